@@ -1,0 +1,236 @@
+"""QL-LSTM recurrent layer, one direction: forward and BPTT (CPU).
+
+One code path, two switches (see docs/model.md):
+  psug off, hgr off  standard LSTM        psug on, hgr off  PSUG only
+  psug off, hgr on   HGR-ASC only         psug on, hgr on   QL-LSTM
+
+Shapes legend
+  B rows, T padded steps, E input features, H hidden units, K block length
+  G   = H with psug (one shared pre-activation z), 4H without (rows i, f, g, o)
+  NB  = (T + K - 1) // K, the most blocks one row can close in one call
+  x (B,T,E)   lengths (B,) int64   out (B,T,H)
+  W (G,E)  U (G,H)  b (G)  gamma, beta (4,H)  V_s, V_m (H,H)  b_r (H)
+  state h, c, m, a (B,H) and n (B,) int64: the initial state on entry, the
+    final state on return (updated in place)
+  saved by forward for backward (the caller allocates them zeroed):
+    Z (B,T,G)       pre-activation: z_t with psug, [i f g o] pre-activations without
+    GATES (B,T,4,H) gate values i, f, g, o
+    C, CPREV, HPREV (B,T,H)  c_t, c_{t-1}, h_{t-1}
+    MBLK (B,NB+1,H) the memory each block started from (MBLK[:,0] = m0),
+                    MBLK[:,j+1] = the memory after close j
+    SBLK, RBLK (B,NB,H)  summary s and gate r of each block close
+Step s of a row of length L reads position pos = s, or L-1-s with reverse.
+Steps s >= L change nothing; out is zero at positions >= L.
+Block bookkeeping needs no saved flags: with n0 the row's initial n, step s
+closes a block iff (n0 + s + 1) % K == 0, and that close is number
+(n0 + s + 1) // K - 1.
+"""
+import numpy as np
+from numba import njit
+
+from ..config import JIT
+from .activations import dsigmoid, dtanh, sigmoid, tanh
+
+
+@njit(**JIT)
+def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
+                      x, lengths,
+                      W, U, b, gamma, beta, V_s, V_m, b_r,
+                      K, psug, hgr, reverse):
+    B, T, E = x.shape
+    H = h.shape[1]
+    G = Z.shape[2]
+    # input projection of every step at once: Z = x W^T (the step loop adds U h + b)
+    np.dot(x.reshape(B * T, E), W.T, Z.reshape(B * T, G))
+    hU = np.empty((B, G), dtype=h.dtype)          # U h_{t-1} for all rows
+    S_close = np.empty((B, H), dtype=h.dtype)     # rows closing a block this step:
+    M_close = np.empty((B, H), dtype=h.dtype)     #   their summary s and memory m,
+    P_close = np.empty((B, H), dtype=h.dtype)     #   V_s s, then the gate pre-activation
+    Q_close = np.empty((B, H), dtype=h.dtype)     #   V_m m
+    rows_close = np.empty(B, dtype=np.int64)
+    n_closed = np.zeros(B, dtype=np.int64)
+    for bb in range(B):
+        out[bb, lengths[bb]:, :] = 0.0
+        if hgr:
+            MBLK[bb, 0, :] = m[bb, :]
+    steps = lengths.max()
+    for s in range(steps):
+        np.dot(h, U.T, hU)
+        nc = 0
+        for bb in range(B):
+            L = lengths[bb]
+            if s >= L:
+                continue
+            pos = L - 1 - s if reverse else s
+            z = Z[bb, pos]
+            for j in range(G):
+                z[j] += hU[bb, j] + b[j]                  # z_t = W x_t + U h_{t-1} + b
+            for j in range(H):
+                HPREV[bb, pos, j] = h[bb, j]
+                CPREV[bb, pos, j] = c[bb, j]
+                if psug:                                  # four gates from the one z
+                    zj = z[j]
+                    ig = sigmoid(gamma[0, j] * zj + beta[0, j])
+                    fg = sigmoid(gamma[1, j] * zj + beta[1, j])
+                    gg = tanh(gamma[2, j] * zj + beta[2, j])
+                    og = sigmoid(gamma[3, j] * zj + beta[3, j])
+                else:                                     # four slices of a 4H pre-activation
+                    ig = sigmoid(z[j])
+                    fg = sigmoid(z[H + j])
+                    gg = tanh(z[2 * H + j])
+                    og = sigmoid(z[3 * H + j])
+                GATES[bb, pos, 0, j] = ig
+                GATES[bb, pos, 1, j] = fg
+                GATES[bb, pos, 2, j] = gg
+                GATES[bb, pos, 3, j] = og
+                cj = fg * c[bb, j] + ig * gg              # c_t = f c_{t-1} + i g
+                c[bb, j] = cj
+                C[bb, pos, j] = cj
+                hhat = og * tanh(cj)                      # ĥ_t = o tanh(c_t)
+                if hgr:
+                    a[bb, j] += hhat                      # a += ĥ_t
+                    hhat += m[bb, j]                      # h_t = ĥ_t + m
+                h[bb, j] = hhat
+                out[bb, pos, j] = hhat
+            if hgr:
+                n[bb] += 1
+                if n[bb] == K:                            # the block closes after its K-th step
+                    for j in range(H):
+                        S_close[nc, j] = a[bb, j] / K     # s = a / K
+                        M_close[nc, j] = m[bb, j]
+                    rows_close[nc] = bb
+                    nc += 1
+        if nc > 0:
+            np.dot(S_close[:nc], V_s.T, P_close[:nc])
+            np.dot(M_close[:nc], V_m.T, Q_close[:nc])
+            for q in range(nc):
+                bb = rows_close[q]
+                jb = n_closed[bb]
+                for j in range(H):
+                    r = sigmoid(P_close[q, j] + Q_close[q, j] + b_r[j])  # r = σ(V_s s + V_m m + b_r)
+                    sv = S_close[q, j]
+                    mj = r * m[bb, j] + (1.0 - r) * sv                  # m = r m + (1-r) s
+                    SBLK[bb, jb, j] = sv
+                    RBLK[bb, jb, j] = r
+                    MBLK[bb, jb + 1, j] = mj
+                    m[bb, j] = mj
+                    a[bb, j] = 0.0
+                n[bb] = 0
+                n_closed[bb] = jb + 1
+
+
+@njit(**JIT)
+def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, dm, da,
+                       dout, x, lengths, n0, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
+                       W, U, gamma, V_s, V_m,
+                       K, psug, hgr, reverse):
+    """BPTT of ``recurrent_forward``.
+
+    dh, dc, dm, da (B,H) are the running state gradients: on entry the
+    gradient of the loss w.r.t. the final state, on return w.r.t. the initial
+    state.  Every other d* buffer is accumulated into.
+    """
+    B, T, E = x.shape
+    H = dh.shape[1]
+    G = Z.shape[2]
+    NB = SBLK.shape[1]
+    DZ = np.zeros((B, T, G), dtype=dh.dtype)        # δz_t of every step, for the products after the loop
+    DZ_step = np.zeros((B, G), dtype=dh.dtype)      # δz of this step, gathered by row
+    dhU = np.empty((B, H), dtype=dh.dtype)          # U^T δz
+    DP = np.zeros((B, NB, H), dtype=dh.dtype)       # δ(gate pre-activation) of every block close
+    DP_close = np.empty((B, H), dtype=dh.dtype)
+    dm_close = np.empty((B, H), dtype=dh.dtype)
+    ds_close = np.empty((B, H), dtype=dh.dtype)
+    rows_close = np.empty(B, dtype=np.int64)
+    steps = lengths.max()
+    for s in range(steps - 1, -1, -1):
+        # 1) block closes at this step: their rule comes first walking backward
+        nc = 0
+        if hgr:
+            for bb in range(B):
+                if s >= lengths[bb] or (n0[bb] + s + 1) % K != 0:
+                    continue
+                jb = (n0[bb] + s + 1) // K - 1
+                for j in range(H):
+                    r = RBLK[bb, jb, j]
+                    dm_after = dm[bb, j]                          # δm' of  m = r m + (1-r) s
+                    dr = dm_after * (MBLK[bb, jb, j] - SBLK[bb, jb, j])
+                    dp = dr * dsigmoid(r)                         # r = σ(p)
+                    DP[bb, jb, j] = dp
+                    DP_close[nc, j] = dp
+                    dm[bb, j] = dm_after * r                      # + V_m^T δp below
+                    da[bb, j] = dm_after * (1.0 - r)              # δs, + V_s^T δp below
+                rows_close[nc] = bb
+                nc += 1
+        if nc > 0:
+            np.dot(DP_close[:nc], V_m, dm_close[:nc])
+            np.dot(DP_close[:nc], V_s, ds_close[:nc])
+            for q in range(nc):
+                bb = rows_close[q]
+                for j in range(H):
+                    dm[bb, j] += dm_close[q, j]
+                    # s = a / K, and a restarted from 0 after the close: the running δa is replaced
+                    da[bb, j] = (da[bb, j] + ds_close[q, j]) / K
+        # 2) the step itself
+        for bb in range(B):
+            L = lengths[bb]
+            if s >= L:
+                continue
+            pos = L - 1 - s if reverse else s
+            for j in range(H):
+                dht = dout[bb, pos, j] + dh[bb, j]                # δh_t = δout_t + U^T δz_{t+1}
+                if hgr:
+                    dm[bb, j] += dht                              # h_t = ĥ_t + m
+                    dhhat = dht + da[bb, j]                       # and a += ĥ_t
+                else:
+                    dhhat = dht
+                ig = GATES[bb, pos, 0, j]
+                fg = GATES[bb, pos, 1, j]
+                gg = GATES[bb, pos, 2, j]
+                og = GATES[bb, pos, 3, j]
+                tc = tanh(C[bb, pos, j])
+                do = dhhat * tc                                   # ĥ_t = o tanh(c_t)
+                dct = dc[bb, j] + dhhat * og * dtanh(tc)
+                df = dct * CPREV[bb, pos, j]                      # c_t = f c_{t-1} + i g
+                di = dct * gg
+                dg = dct * ig
+                dc[bb, j] = dct * fg
+                dpi = di * dsigmoid(ig)
+                dpf = df * dsigmoid(fg)
+                dpg = dg * dtanh(gg)
+                dpo = do * dsigmoid(og)
+                if psug:                                          # gate_k = act(γ_k z + β_k)
+                    zj = Z[bb, pos, j]
+                    DZ_step[bb, j] = (gamma[0, j] * dpi + gamma[1, j] * dpf
+                                      + gamma[2, j] * dpg + gamma[3, j] * dpo)
+                    dgamma[0, j] += dpi * zj
+                    dgamma[1, j] += dpf * zj
+                    dgamma[2, j] += dpg * zj
+                    dgamma[3, j] += dpo * zj
+                    dbeta[0, j] += dpi
+                    dbeta[1, j] += dpf
+                    dbeta[2, j] += dpg
+                    dbeta[3, j] += dpo
+                else:
+                    DZ_step[bb, j] = dpi
+                    DZ_step[bb, H + j] = dpf
+                    DZ_step[bb, 2 * H + j] = dpg
+                    DZ_step[bb, 3 * H + j] = dpo
+            DZ[bb, pos, :] = DZ_step[bb, :]
+        # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
+        np.dot(DZ_step, U, dhU)
+        for bb in range(B):
+            if s < lengths[bb]:
+                dh[bb, :] = dhU[bb, :]
+                DZ_step[bb, :] = 0.0
+    # weight gradients: sums over steps, one matrix product each
+    DZ2 = DZ.reshape(B * T, G)
+    dW += np.dot(DZ2.T, x.reshape(B * T, E))               # z = W x + ...
+    dU += np.dot(DZ2.T, HPREV.reshape(B * T, H))           # z = ... + U h_{t-1} + ...
+    db += DZ2.sum(axis=0)
+    dx += np.dot(DZ2, W).reshape(B, T, E)
+    if hgr:
+        DP2 = DP.reshape(B * NB, H)
+        dV_s += np.dot(DP2.T, SBLK.reshape(B * NB, H))    # p = V_s s + V_m m + b_r
+        dV_m += np.dot(DP2.T, np.ascontiguousarray(MBLK[:, :NB, :]).reshape(B * NB, H))
+        db_r += DP2.sum(axis=0)

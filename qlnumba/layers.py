@@ -1,0 +1,343 @@
+"""Public recurrent layers: ``QLLSTM`` (LSTM / PSUG / HGR-ASC / QL-LSTM) and ``GRU``.
+
+A layer owns its parameters (``layer.params``, a dict of numpy arrays that
+training updates in place), checks its inputs, allocates the buffers the
+kernels fill, and stacks layers and directions.  The arithmetic lives in
+:mod:`qlnumba.kernels`.
+
+Conventions (the same as PyTorch's ``batch_first=True``):
+
+- ``x`` is (B, T, E); ``lengths`` (B,) gives each row's valid steps.
+- ``out`` is (B, T, H * directions), zero at padded positions.
+- a state is a dict of arrays of shape (num_layers * directions, B, H), index
+  ``layer * directions + direction``; ``n`` (steps into the current block) is
+  (num_layers * directions, B) int64.  QL-LSTM keys: h, c, and with hgr m, a, n.
+  GRU: h.
+"""
+import math
+
+import numpy as np
+
+from .config import DTYPES
+from .kernels.gru import gru_backward, gru_forward
+from .kernels.recurrent import recurrent_backward, recurrent_forward
+from .validate import check_float_array, check_lengths
+
+
+def recurrent_param_count(input_size, hidden_size, psug=True, hgr=True):
+    """Parameters of one direction of one recurrent layer (model.md's formulas)."""
+    E, H = input_size, hidden_size
+    count = H * (E + H) + 9 * H if psug else 4 * H * (E + H) + 4 * H
+    if hgr:
+        count += 2 * H * H + H
+    return count
+
+
+def _check_size(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _dummy(ndim, dtype):
+    """A zero-size stand-in for a parameter that a switch turns off."""
+    return np.zeros((0,) * ndim, dtype=dtype)
+
+
+class _QLCell:
+    """One direction of one QL-LSTM layer: parameter set-up and kernel calls."""
+
+    def __init__(self, params, prefix, input_size, hidden_size, psug, hgr, block_size,
+                 reverse, dtype, rng):
+        E, H = input_size, hidden_size
+        G = H if psug else 4 * H
+        self.prefix, self.H, self.psug, self.hgr = prefix, H, psug, hgr
+        self.K, self.reverse, self.dtype = block_size, reverse, dtype
+        self.params = params
+        bound = 1.0 / math.sqrt(H)
+        uniform = lambda *shape: rng.uniform(-bound, bound, shape).astype(dtype)
+        params[prefix + "W"] = uniform(G, E)
+        params[prefix + "U"] = uniform(G, H)
+        b = np.zeros(G, dtype=dtype)
+        if not psug:
+            b[H:2 * H] = 1.0                               # forget-gate bias 1
+        params[prefix + "b"] = b
+        if psug:
+            params[prefix + "gamma"] = np.repeat(np.array([[1.0], [-1.0], [1.0], [1.0]], dtype), H, 1)
+            beta = np.zeros((4, H), dtype=dtype)
+            beta[1] = 1.0                                  # β_f = 1
+            params[prefix + "beta"] = beta
+        if hgr:
+            params[prefix + "V_s"] = uniform(H, H)
+            params[prefix + "V_m"] = uniform(H, H)
+            params[prefix + "b_r"] = np.zeros(H, dtype=dtype)
+        self.cache = None
+
+    def _p(self, name, ndim):
+        return self.params.get(self.prefix + name, _dummy(ndim, self.dtype))
+
+    def forward(self, x, lengths, st):
+        """Run the kernel; ``st`` (h, c, m, a, n of this cell) is updated in place."""
+        B, T, _ = x.shape
+        H, dt = self.H, self.dtype
+        G = self.params[self.prefix + "U"].shape[0]
+        NB = (T + self.K - 1) // self.K if self.hgr else 0
+        zeros = lambda *shape: np.zeros(shape, dtype=dt)
+        out = zeros(B, T, H)
+        saved = dict(Z=zeros(B, T, G), GATES=zeros(B, T, 4, H), C=zeros(B, T, H),
+                     CPREV=zeros(B, T, H), HPREV=zeros(B, T, H),
+                     MBLK=zeros(B, NB + 1 if self.hgr else 0, H), SBLK=zeros(B, NB, H),
+                     RBLK=zeros(B, NB, H))
+        n0 = st["n"].copy()
+        recurrent_forward(out, st["h"], st["c"], st["m"], st["a"], st["n"], *saved.values(),
+                          x, lengths,
+                          self._p("W", 2), self._p("U", 2), self._p("b", 1),
+                          self._p("gamma", 2), self._p("beta", 2),
+                          self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
+                          self.K, self.psug, self.hgr, self.reverse)
+        self.cache = (x, lengths, n0, saved)
+        return out
+
+    def backward(self, dx, grads, dout, dst):
+        """Accumulate into ``dx`` and ``grads``; ``dst`` goes from d(final) to d(initial) state."""
+        x, lengths, n0, saved = self.cache
+        g = lambda name, ndim: grads.get(self.prefix + name, _dummy(ndim, self.dtype))
+        recurrent_backward(dx, g("W", 2), g("U", 2), g("b", 1), g("gamma", 2), g("beta", 2),
+                           g("V_s", 2), g("V_m", 2), g("b_r", 1),
+                           dst["h"], dst["c"], dst["m"], dst["a"],
+                           dout, x, lengths, n0, *saved.values(),
+                           self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
+                           self._p("V_s", 2), self._p("V_m", 2),
+                           self.K, self.psug, self.hgr, self.reverse)
+
+
+class _GRUCell:
+    """One direction of one GRU layer (PyTorch's initialisation: all uniform ±1/sqrt(H))."""
+
+    def __init__(self, params, prefix, input_size, hidden_size, reverse, dtype, rng):
+        E, H = input_size, hidden_size
+        self.prefix, self.H, self.reverse, self.dtype = prefix, H, reverse, dtype
+        self.params = params
+        bound = 1.0 / math.sqrt(H)
+        for name, shape in (("W", (3 * H, E)), ("U", (3 * H, H)), ("b", (3 * H,)), ("b_U", (3 * H,))):
+            params[prefix + name] = rng.uniform(-bound, bound, shape).astype(dtype)
+        self.cache = None
+
+    def forward(self, x, lengths, st):
+        B, T, _ = x.shape
+        H, dt, p = self.H, self.dtype, self.prefix
+        zeros = lambda *shape: np.zeros(shape, dtype=dt)
+        out = zeros(B, T, H)
+        saved = dict(GATES=zeros(B, T, 3, H), HN=zeros(B, T, H), HPREV=zeros(B, T, H))
+        gru_forward(out, st["h"], zeros(B, T, 3 * H), *saved.values(), x, lengths,
+                    self.params[p + "W"], self.params[p + "U"], self.params[p + "b"],
+                    self.params[p + "b_U"], self.reverse)
+        self.cache = (x, lengths, saved)
+        return out
+
+    def backward(self, dx, grads, dout, dst):
+        x, lengths, saved = self.cache
+        p = self.prefix
+        gru_backward(dx, grads[p + "W"], grads[p + "U"], grads[p + "b"], grads[p + "b_U"], dst["h"],
+                     dout, x, lengths, *saved.values(),
+                     self.params[p + "W"], self.params[p + "U"], self.reverse)
+
+
+class _StackedRecurrent:
+    """Stacking, directions, validation and state handling shared by QLLSTM and GRU."""
+
+    state_keys = ("h",)          # float state arrays, each (num_layers * directions, B, H)
+    has_block_counter = False    # whether the state carries the integer n
+
+    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dtype, seed):
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.num_layers = _check_size(num_layers, "num_layers")
+        if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.dtype = np.dtype(dtype).type
+        self.bidirectional = bool(bidirectional)
+        self.directions = 2 if self.bidirectional else 1
+        self.params = {}
+        rng = np.random.default_rng(seed)
+        self._cells = []
+        for k in range(self.num_layers):
+            E = self.input_size if k == 0 else self.hidden_size * self.directions
+            self._cells.append([self._make_cell(f"l{k}{'r' if d else ''}.", E, d == 1, rng)
+                                for d in range(self.directions)])
+        self._tape = None
+        self.dstate0 = None
+
+    def num_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    def initial_state(self, batch):
+        """The all-zero state for ``batch`` rows."""
+        D = self.num_layers * self.directions
+        state = {k: np.zeros((D, batch, self.hidden_size), self.dtype) for k in self.state_keys}
+        if self.has_block_counter:
+            state["n"] = np.zeros((D, batch), np.int64)
+        return state
+
+    def _check_state(self, state, batch):
+        if state is None:
+            return self.initial_state(batch)
+        if not isinstance(state, dict):
+            raise ValueError(f"state must be a dict of arrays, got {type(state).__name__}")
+        want = set(self.state_keys) | ({"n"} if self.has_block_counter else set())
+        if set(state) != want:
+            raise ValueError(f"state must have exactly the keys {sorted(want)}, got {sorted(state)}")
+        D = self.num_layers * self.directions
+        checked = {k: check_float_array(state[k], f"state[{k!r}]", 3, self.dtype,
+                                        (D, batch, self.hidden_size)) for k in self.state_keys}
+        if self.has_block_counter:
+            n = np.asarray(state["n"])
+            if n.shape != (D, batch) or n.dtype.kind not in "iu":
+                raise ValueError(f"state['n'] must be integers of shape ({D}, {batch}), "
+                                 f"got {n.dtype} {n.shape}")
+            if n.min() < 0 or n.max() >= self.block_size:
+                raise ValueError(f"state['n'] counts steps into a block: it must lie in "
+                                 f"[0, {self.block_size - 1}], got {n.min()}..{n.max()}")
+            checked["n"] = n.astype(np.int64)
+        return checked
+
+    def forward(self, x, lengths=None, state=None):
+        """Run all layers and directions.
+
+        Parameters
+        ----------
+        x : ndarray (B, T, input_size), the layer's dtype
+        lengths : int array (B,), each in [1, T]; default all T
+        state : dict, the initial state (see the module docstring); default zeros
+
+        Returns
+        -------
+        out : ndarray (B, T, hidden_size * directions), zero where t >= lengths[b]
+        state : dict, the state after each row's last valid step
+        """
+        x = check_float_array(x, "x", 3, self.dtype, (None, None, self.input_size))
+        B, T, _ = x.shape
+        lengths = check_lengths(lengths, B, T)
+        state = self._check_state(state, B)
+        final = {k: np.empty_like(v) for k, v in state.items()}
+        inp = x
+        for k, row in enumerate(self._cells):
+            outs = []
+            for d, cell in enumerate(row):
+                i = k * self.directions + d
+                st = {key: np.ascontiguousarray(v[i]).copy() for key, v in state.items()}
+                outs.append(cell.forward(inp, lengths, self._cell_state(st, B)))
+                for key in final:
+                    final[key][i] = st[key]
+            inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
+        self._tape = (B, T)
+        return inp, final
+
+    def backward(self, dout, dstate=None):
+        """Gradients of the most recent ``forward``.
+
+        Parameters
+        ----------
+        dout : ndarray (B, T, hidden_size * directions), gradient w.r.t. ``out``
+            (padded positions are ignored)
+        dstate : dict, optional, gradients w.r.t. the returned final state's float
+            arrays (any subset of its keys; missing ones are zero)
+
+        Returns
+        -------
+        dx : ndarray (B, T, input_size)
+        grads : dict with exactly the keys of ``params``
+
+        The gradient w.r.t. the initial state is left in ``self.dstate0``.
+        """
+        if self._tape is None:
+            raise ValueError("backward() called before forward(): there is nothing to differentiate")
+        B, T = self._tape
+        H, D = self.hidden_size, self.directions
+        dout = check_float_array(dout, "dout", 3, self.dtype, (B, T, H * D))
+        dstate = {} if dstate is None else dict(dstate)
+        unknown = set(dstate) - set(self.state_keys)
+        if unknown:
+            raise ValueError(f"dstate keys must be among {list(self.state_keys)}, got {sorted(unknown)}")
+        dstate = {k: (check_float_array(dstate[k], f"dstate[{k!r}]", 3, self.dtype,
+                                        (self.num_layers * D, B, H)) if k in dstate
+                      else np.zeros((self.num_layers * D, B, H), self.dtype))
+                  for k in self.state_keys}
+        grads = {name: np.zeros_like(p) for name, p in self.params.items()}
+        dstate0 = {k: np.empty_like(v) for k, v in dstate.items()}
+        d_in = dout
+        for k in range(self.num_layers - 1, -1, -1):
+            E = self.input_size if k == 0 else H * D
+            dx = np.zeros((B, T, E), self.dtype)
+            for d, cell in enumerate(self._cells[k]):
+                i = k * D + d
+                dst = {key: v[i].copy() for key, v in dstate.items()}
+                cell.backward(dx, grads, np.ascontiguousarray(d_in[:, :, d * H:(d + 1) * H]),
+                              self._cell_state(dst, B))
+                for key in dstate0:
+                    dstate0[key][i] = dst[key]
+            d_in = dx
+        self.dstate0 = dstate0
+        return d_in, grads
+
+    def _cell_state(self, st, batch):
+        return st
+
+
+class QLLSTM(_StackedRecurrent):
+    """QL-LSTM layer stack; with ``psug=False, hgr=False`` a standard LSTM.
+
+    Parameters
+    ----------
+    input_size, hidden_size : int
+    num_layers : int, layer k+1 reads layer k's output sequence
+    bidirectional : bool, a second direction reads each row's valid steps in reverse
+    psug : bool, one shared affine map for the four gates (else 4H-row LSTM weights)
+    hgr : bool, the gated block memory added to every step's output
+    block_size : int, K, steps per HGR-ASC block
+    dtype : np.float32 or np.float64
+    seed : int or None, seeds the initialisation's numpy Generator
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, psug=True,
+                 hgr=True, block_size=32, dtype=np.float32, seed=None):
+        self.psug, self.hgr = bool(psug), bool(hgr)
+        self.block_size = _check_size(block_size, "block_size")
+        self.state_keys = ("h", "c", "m", "a") if self.hgr else ("h", "c")
+        self.has_block_counter = self.hgr
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed)
+
+    def _make_cell(self, prefix, input_size, reverse, rng):
+        return _QLCell(self.params, prefix, input_size, self.hidden_size, self.psug, self.hgr,
+                       self.block_size, reverse, self.dtype, rng)
+
+    def _cell_state(self, st, batch):
+        # without hgr the kernel still takes m, a, n: give it zeros it will not touch
+        if not self.hgr:
+            for key in ("m", "a"):
+                st.setdefault(key, np.zeros((batch, self.hidden_size), self.dtype))
+            st.setdefault("n", np.zeros(batch, np.int64))
+        return st
+
+    def __repr__(self):
+        return (f"QLLSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, psug={self.psug}, hgr={self.hgr}, "
+                f"block_size={self.block_size}, dtype={np.dtype(self.dtype).name})")
+
+
+class GRU(_StackedRecurrent):
+    """GRU layer stack in PyTorch's formulation (gate rows r, z, n).
+
+    Parameters are those of :class:`QLLSTM` without the QL-LSTM switches.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
+                 dtype=np.float32, seed=None):
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed)
+
+    def _make_cell(self, prefix, input_size, reverse, rng):
+        return _GRUCell(self.params, prefix, input_size, self.hidden_size, reverse, self.dtype, rng)
+
+    def __repr__(self):
+        return (f"GRU({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"bidirectional={self.bidirectional}, dtype={np.dtype(self.dtype).name})")

@@ -1,0 +1,50 @@
+"""Input checks shared by the layers, the model and the optimizer.
+
+Every failure is a ``ValueError`` whose message names the argument, what was
+expected and what came in.  Kernels never check anything; these do.
+"""
+import numpy as np
+
+
+def check_float_array(arr, name, ndim, dtype, shape=None):
+    """Return ``arr`` as a C-contiguous array after checking it.
+
+    ``shape`` may hold ``None`` for dimensions that are free.  NaN or inf
+    anywhere is refused.
+    """
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    if arr.dtype != dtype:
+        raise ValueError(f"{name} must have dtype {np.dtype(dtype).name} (the layer's dtype), "
+                         f"got {arr.dtype.name}; convert with .astype(np.{np.dtype(dtype).name})")
+    if shape is not None:
+        for axis, (got, want) in enumerate(zip(arr.shape, shape)):
+            if want is not None and got != want:
+                raise ValueError(f"{name} has shape {arr.shape}, expected {_shape_text(shape)} "
+                                 f"(axis {axis} must be {want})")
+    if 0 in arr.shape:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return np.ascontiguousarray(arr)
+
+
+def check_lengths(lengths, batch, steps):
+    """Per-row lengths as int64 (B,), each in [1, steps]; None means all ``steps``."""
+    if lengths is None:
+        return np.full(batch, steps, dtype=np.int64)
+    lengths = np.asarray(lengths)
+    if lengths.dtype.kind not in "iu":
+        raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape ({batch},) to match the batch, got {lengths.shape}")
+    if lengths.min() < 1 or lengths.max() > steps:
+        raise ValueError(f"lengths must lie in [1, {steps}] (1 <= length <= T), "
+                         f"got min {lengths.min()} and max {lengths.max()}")
+    return lengths.astype(np.int64)
+
+
+def _shape_text(shape):
+    return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"

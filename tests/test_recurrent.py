@@ -1,0 +1,208 @@
+"""QLLSTM (all four switch settings) and GRU: kernels vs the float64 reference,
+gradients vs central differences, batch and chunk invariances."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import qlnumba
+from helpers import assert_close, make_rng, numeric_grad, random_state
+from reference import gru_row, ql_row, stack
+
+SWITCHES = [(False, False), (True, False), (False, True), (True, True)]   # (psug, hgr)
+SWITCH_IDS = ["lstm", "psug", "hgr", "ql"]
+
+
+def make_layer(kind, E, H, num_layers=1, bidirectional=False, K=3, dtype=np.float64, seed=0):
+    if kind == "gru":
+        return qlnumba.GRU(E, H, num_layers, bidirectional, dtype=dtype, seed=seed)
+    psug, hgr = kind
+    return qlnumba.QLLSTM(E, H, num_layers, bidirectional, psug=psug, hgr=hgr, block_size=K,
+                          dtype=dtype, seed=seed)
+
+
+def reference_forward(layer, x, lengths, state):
+    if isinstance(layer, qlnumba.GRU):
+        row = gru_row
+    else:
+        row = lambda xr, L, p, s, rev: ql_row(xr, L, p, s, layer.block_size, layer.psug, layer.hgr, rev)
+    return stack(row, x, lengths, layer.params, state, layer.num_layers, layer.directions)
+
+
+def randomize(layer, rng, scale=0.6):
+    """Parameters away from their tidy initial values, so every path is exercised."""
+    for p in layer.params.values():
+        p[...] = scale * rng.standard_normal(p.shape)
+
+
+KINDS = SWITCHES + ["gru"]
+KIND_IDS = SWITCH_IDS + ["gru"]
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_forward_matches_reference(kind, dtype, tol):
+    rng = make_rng(1)
+    B, T, E, H = 4, 11, 3, 5
+    layer = make_layer(kind, E, H, num_layers=2, bidirectional=True, K=3, dtype=dtype)
+    randomize(layer, rng)
+    x = rng.standard_normal((B, T, E)).astype(dtype)
+    lengths = np.array([11, 1, 7, 9])
+    state = random_state(layer, B, rng)
+    out, final = layer.forward(x, lengths, state)
+    want_out, want_final = reference_forward(layer, x, lengths, state)
+    assert out.dtype == dtype
+    assert_close(out, want_out, tol, tol, "out")
+    for key in final:
+        assert_close(final[key], want_final[key], tol, tol, f"state {key}")
+    for bb, L in enumerate(lengths):
+        assert (out[bb, L:] == 0).all()
+
+
+@st.composite
+def problems(draw, kinds=KINDS):
+    kind = draw(st.sampled_from(kinds))
+    B = draw(st.integers(1, 3))
+    T = draw(st.integers(1, 6))
+    return dict(kind=kind, B=B, T=T,
+                E=draw(st.integers(1, 3)), H=draw(st.integers(1, 3)),
+                K=draw(st.integers(1, 4)),
+                num_layers=draw(st.integers(1, 2)), bidirectional=draw(st.booleans()),
+                lengths=draw(st.lists(st.integers(1, T), min_size=B, max_size=B)),
+                seed=draw(st.integers(0, 2 ** 31)))
+
+
+def run_gradcheck(pb):
+    rng = make_rng(pb["seed"])
+    layer = make_layer(pb["kind"], pb["E"], pb["H"], pb["num_layers"], pb["bidirectional"], pb["K"])
+    randomize(layer, rng)
+    B, T = pb["B"], pb["T"]
+    x = rng.standard_normal((B, T, pb["E"]))
+    lengths = np.array(pb["lengths"])
+    state = random_state(layer, B, rng)
+    out, final = layer.forward(x, lengths, state)
+    R = rng.standard_normal(out.shape)                       # loss = <R, out> + Σ <R_k, final_k>
+    R_state = {k: rng.standard_normal(final[k].shape) for k in layer.state_keys}
+
+    def loss():
+        o, f = layer.forward(x, lengths, state)
+        return (R * o).sum() + sum((R_state[k] * f[k]).sum() for k in layer.state_keys)
+
+    layer.forward(x, lengths, state)
+    dx, grads = layer.backward(R, R_state)
+    dstate0 = layer.dstate0
+    assert set(grads) == set(layer.params)
+    for name, p in layer.params.items():
+        assert_close(grads[name], numeric_grad(loss, p), 1e-5, 1e-7, name)
+    assert_close(dx, numeric_grad(loss, x), 1e-5, 1e-7, "x")
+    for k in layer.state_keys:
+        assert_close(dstate0[k], numeric_grad(loss, state[k]), 1e-5, 1e-7, f"initial state {k}")
+
+
+@given(problems(SWITCHES))
+def test_gradients_qllstm(pb):
+    run_gradcheck(pb)
+
+
+@given(problems(["gru"]))
+def test_gradients_gru(pb):
+    run_gradcheck(pb)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_gradient_long_blocks_partial_final_block(kind):
+    """K=4 over 10 steps: two closed blocks and a partial one, rows of 1, 4, 9, 10 steps."""
+    run_gradcheck(dict(kind=kind, B=4, T=10, E=2, H=2, K=4, num_layers=1, bidirectional=True,
+                       lengths=[10, 1, 4, 9], seed=7))
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_row_alone_equals_row_in_padded_batch(kind):
+    rng = make_rng(3)
+    B, T, E, H = 5, 9, 3, 4
+    layer = make_layer(kind, E, H, num_layers=2, bidirectional=True, K=2)
+    randomize(layer, rng)
+    lengths = np.array([9, 2, 5, 1, 7])
+    x = rng.standard_normal((B, T, E))
+    for bb in range(B):
+        x[bb, lengths[bb]:] = rng.standard_normal((T - lengths[bb], E)) * 100   # padding is ignored
+    dout = rng.standard_normal((B, T, 2 * H))
+    out, _ = layer.forward(x, lengths)
+    dx, grads = layer.backward(dout)
+    perm = rng.permutation(B)
+    out_p, _ = layer.forward(x[perm], lengths[perm])
+    dx_p, grads_p = layer.backward(dout[perm])
+    assert_close(out_p, out[perm], 1e-12, 1e-12, "permuted out")
+    assert_close(dx_p, dx[perm], 1e-12, 1e-12, "permuted dx")
+    total = {k: np.zeros_like(v) for k, v in grads.items()}
+    for bb in range(B):
+        L = lengths[bb]
+        o1, _ = layer.forward(x[bb:bb + 1, :L], None)
+        dx1, g1 = layer.backward(np.ascontiguousarray(dout[bb:bb + 1, :L]))
+        assert_close(o1[0], out[bb, :L], 1e-12, 1e-12, f"row {bb} out")
+        assert_close(dx1[0], dx[bb, :L], 1e-12, 1e-12, f"row {bb} dx")
+        assert (dx[bb, L:] == 0).all()
+        for k in total:
+            total[k] += g1[k]
+    for k in total:
+        assert_close(grads[k], total[k], 1e-10, 1e-12, f"sum of per-row grads {k}")
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_chunks_with_carried_state_equal_one_call(kind):
+    """Streaming: chunk 1 (all rows 6 steps) then chunk 2 (ragged) equals one call, grads included."""
+    rng = make_rng(4)
+    B, E, H, T1 = 3, 2, 3, 6
+    lengths = np.array([13, 8, 7])
+    T = lengths.max()
+    whole, first, second = (make_layer(kind, E, H, num_layers=2, K=4) for _ in range(3))
+    randomize(whole, rng)
+    for layer in (first, second):
+        for k, v in whole.params.items():
+            layer.params[k][...] = v
+    x = rng.standard_normal((B, T, E))
+    dout = rng.standard_normal((B, T, H))
+    state = random_state(whole, B, rng)
+    out, final = whole.forward(x, lengths, state)
+    dx, grads = whole.backward(dout)
+
+    out1, mid = first.forward(x[:, :T1].copy(), None, state)
+    out2, final2 = second.forward(x[:, T1:].copy(), lengths - T1, mid)
+    assert_close(np.concatenate([out1, out2], axis=1), out, 1e-12, 1e-12, "chunked out")
+    for k in final:
+        assert_close(final2[k], final[k], 1e-12, 1e-12, f"chunked final {k}")
+    dx2, g2 = second.backward(dout[:, T1:].copy())
+    dx1, g1 = first.backward(dout[:, :T1].copy(), second.dstate0)
+    assert_close(np.concatenate([dx1, dx2], axis=1), dx, 1e-10, 1e-12, "chunked dx")
+    for k in grads:
+        assert_close(g1[k] + g2[k], grads[k], 1e-10, 1e-12, f"chunked grad {k}")
+
+
+@pytest.mark.parametrize("psug,hgr", SWITCHES, ids=SWITCH_IDS)
+def test_parameter_names_shapes_and_counts(psug, hgr):
+    E, H = 7, 5
+    layer = qlnumba.QLLSTM(E, H, num_layers=2, bidirectional=True, psug=psug, hgr=hgr)
+    G = H if psug else 4 * H
+    want = {"W": (G, E), "U": (G, H), "b": (G,)}
+    if psug:
+        want.update(gamma=(4, H), beta=(4, H))
+    if hgr:
+        want.update(V_s=(H, H), V_m=(H, H), b_r=(H,))
+    for prefix, inp in (("l0.", E), ("l0r.", E), ("l1.", 2 * H), ("l1r.", 2 * H)):
+        for name, shape in want.items():
+            shape = (G, inp) if name == "W" else shape
+            assert layer.params[prefix + name].shape == shape
+    assert len(layer.params) == 4 * len(want)
+    per_dir = [qlnumba.recurrent_param_count(e, H, psug, hgr) for e in (E, E, 2 * H, 2 * H)]
+    assert layer.num_params() == sum(per_dir)
+
+
+def test_param_count_formula_matches_model_md():
+    assert qlnumba.recurrent_param_count(512, 512, psug=True, hgr=True) == 1_053_696
+    assert qlnumba.recurrent_param_count(512, 512, psug=False, hgr=False) == 2_099_200
+
+
+def test_seed_makes_initialisation_reproducible():
+    a = qlnumba.QLLSTM(3, 4, seed=5).params
+    b = qlnumba.QLLSTM(3, 4, seed=5).params
+    assert all((a[k] == b[k]).all() for k in a)
