@@ -98,3 +98,31 @@ def stack(row_fn, x, lengths, params, state, num_layers, directions):
             outs.append(out)
         inp = np.concatenate(outs, axis=2)
     return inp, final
+
+
+def embedding(ids, table):
+    out = table[ids].astype(np.float64)
+    out[ids == 0] = 0.0
+    return out
+
+
+def linear_xent(h, targets, W, b):
+    """Mean softmax cross-entropy of logits h W^T + b; returns (loss, probs)."""
+    logits = h @ W.T + b
+    logits = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return -np.log(probs[np.arange(len(targets)), targets]).mean(), probs
+
+
+def adamw(p, grads, lr, beta1, beta2, eps, weight_decay):
+    """Several AdamW steps on one float64 array, the textbook way; returns the final p."""
+    p = p.astype(np.float64).copy()
+    m = np.zeros_like(p)
+    v = np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        mhat = m / (1 - beta1 ** t)
+        vhat = v / (1 - beta2 ** t)
+        p = p - lr * (mhat / (np.sqrt(vhat) + eps) + weight_decay * p)
+    return p

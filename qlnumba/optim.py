@@ -1,0 +1,95 @@
+"""AdamW over a dict of parameter arrays, with global-norm gradient clipping."""
+import math
+
+import numpy as np
+
+from .kernels.adam import adam_step, sum_of_squares
+
+
+def global_norm(grads):
+    """sqrt of the sum of squares of every gradient array."""
+    return math.sqrt(sum(sum_of_squares(g.reshape(-1)) for g in grads.values()))
+
+
+class Adam:
+    """Adam with bias correction and decoupled weight decay (AdamW).
+
+    Parameters
+    ----------
+    params : dict name -> ndarray, updated in place by :meth:`step`
+    lr, betas, eps : the usual Adam constants
+    weight_decay : decoupled decay, applied to matrices only (ndim >= 2), not to
+        biases, gate scales or offsets
+    clip_norm : if set, gradients are scaled so that their global norm is at most this
+
+    Attributes
+    ----------
+    t : int, steps taken
+    m, v : dict name -> ndarray, first and second moment estimates
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 clip_norm=None):
+        if not params:
+            raise ValueError("Adam needs at least one parameter array")
+        for name, p in params.items():
+            if not isinstance(p, np.ndarray) or not p.flags.c_contiguous or p.dtype.kind != "f":
+                raise ValueError(f"parameter {name!r} must be a C-contiguous float array")
+        if not lr > 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or not eps >= 0:
+            raise ValueError(f"bad Adam constants lr={lr}, betas={betas}, eps={eps}")
+        if weight_decay < 0 or (clip_norm is not None and not clip_norm > 0):
+            raise ValueError(f"weight_decay must be >= 0 and clip_norm > 0, got "
+                             f"{weight_decay}, {clip_norm}")
+        self.params = params
+        self.lr, self.betas, self.eps = float(lr), tuple(map(float, betas)), float(eps)
+        self.weight_decay = float(weight_decay)
+        self.clip_norm = clip_norm
+        self.t = 0
+        self.m = {k: np.zeros_like(p) for k, p in params.items()}
+        self.v = {k: np.zeros_like(p) for k, p in params.items()}
+
+    def step(self, grads):
+        """Apply one update; returns the gradients' global norm before clipping.
+
+        A non-finite norm raises ``ValueError`` and leaves the parameters untouched.
+        """
+        if set(grads) != set(self.params):
+            missing = sorted(set(self.params) - set(grads))
+            extra = sorted(set(grads) - set(self.params))
+            raise ValueError(f"grads must have the keys of params; missing {missing}, extra {extra}")
+        for k, g in grads.items():
+            if g.shape != self.params[k].shape or g.dtype != self.params[k].dtype:
+                raise ValueError(f"grad {k!r} is {g.dtype} {g.shape}, parameter is "
+                                 f"{self.params[k].dtype} {self.params[k].shape}")
+        norm = global_norm(grads)
+        if not math.isfinite(norm):
+            raise ValueError("gradients contain NaN or inf; parameters left unchanged")
+        scale = 1.0
+        if self.clip_norm is not None and norm > self.clip_norm:
+            scale = self.clip_norm / norm
+        self.t += 1
+        b1, b2 = self.betas
+        for k, p in self.params.items():
+            wd = self.weight_decay if p.ndim >= 2 else 0.0
+            adam_step(p.reshape(-1), self.m[k].reshape(-1), self.v[k].reshape(-1),
+                      np.ascontiguousarray(grads[k]).reshape(-1),
+                      self.lr, b1, b2, self.eps, wd, self.t, scale)
+        return norm
+
+    def state_dict(self):
+        """Arrays for a checkpoint: t, and m/v per parameter."""
+        out = {"t": np.array(self.t)}
+        for k in self.params:
+            out[f"m/{k}"] = self.m[k]
+            out[f"v/{k}"] = self.v[k]
+        return out
+
+    def load_state_dict(self, arrays):
+        t = int(arrays["t"])
+        for k, p in self.params.items():
+            for name, store in (("m", self.m), ("v", self.v)):
+                a = arrays[f"{name}/{k}"]
+                if a.shape != p.shape:
+                    raise ValueError(f"optimizer state {name}/{k} has shape {a.shape}, expected {p.shape}")
+                store[k][...] = a
+        self.t = t

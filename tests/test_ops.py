@@ -1,0 +1,114 @@
+"""Embedding, linear softmax cross-entropy head and AdamW: kernels vs reference and gradients."""
+import numpy as np
+import pytest
+
+from helpers import assert_close, make_rng, numeric_grad
+import reference
+from qlnumba.kernels.embedding import embedding_backward, embedding_forward
+from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward
+from qlnumba.optim import Adam, global_norm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_embedding_forward_and_scatter_add(dtype):
+    rng = make_rng(10)
+    V, E = 6, 3
+    table = rng.standard_normal((V, E)).astype(dtype)
+    ids = np.array([[1, 5, 5, 0], [2, 1, 0, 0]], dtype=np.int64)
+    out = np.empty((2, 4, E), dtype)
+    embedding_forward(out, ids, table)
+    assert_close(out, reference.embedding(ids, table), 1e-7, 0, "embedding")
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    dtable = np.zeros_like(table)
+    embedding_backward(dtable, dout, ids)
+    assert (dtable[0] == 0).all()                              # padding gets no gradient
+    assert_close(dtable[5], dout[0, 1] + dout[0, 2], 1e-6, 1e-6, "repeated id sums")
+    assert_close(dtable[1], dout[0, 0] + dout[1, 1], 1e-6, 1e-6, "id 1")
+    assert (dtable[[3, 4]] == 0).all()
+
+
+def test_head_matches_reference_and_finite_differences():
+    rng = make_rng(11)
+    N, D, C = 5, 4, 3
+    h = rng.standard_normal((N, D))
+    W = rng.standard_normal((C, D))
+    b = rng.standard_normal(C)
+    targets = rng.integers(0, C, N)
+
+    def loss():
+        probs, losses = np.empty((N, C)), np.empty(N)
+        linear_xent_forward(probs, losses, h, targets, W, b)
+        return losses.mean()
+
+    want, want_probs = reference.linear_xent(h, targets, W, b)
+    probs, losses = np.empty((N, C)), np.empty(N)
+    linear_xent_forward(probs, losses, h, targets, W, b)
+    assert_close(probs, want_probs, 1e-12, 1e-14, "probs")
+    assert abs(losses.mean() - want) < 1e-12
+    dh, dW, db = np.zeros_like(h), np.zeros_like(W), np.zeros_like(b)
+    linear_xent_backward(dh, dW, db, probs, h, targets, W, 1.0 / N)
+    for got, arr, name in ((dh, h, "h"), (dW, W, "W"), (db, b, "b")):
+        assert_close(got, numeric_grad(loss, arr), 1e-6, 1e-9, name)
+
+
+def test_head_is_stable_for_huge_logits():
+    h = np.array([[1000.0, -1000.0]])
+    W = np.eye(2)
+    probs, losses = np.empty((1, 2)), np.empty(1)
+    linear_xent_forward(probs, losses, h, np.array([1]), W, np.zeros(2))
+    assert np.isfinite(losses).all() and np.isfinite(probs).all()
+
+
+def test_adam_hand_worked_step():
+    # t=1: m = 0.1*0.5, v = 0.001*0.25, m̂ = 0.5, v̂ = 0.25, update = 0.5/0.5 = 1
+    p = np.array([1.0])
+    opt = Adam({"p": p}, lr=0.1, eps=0.0)
+    opt.step({"p": np.array([0.5])})
+    assert p[0] == pytest.approx(0.9, abs=1e-12)
+    q = np.array([[1.0]])                                    # a matrix, so weight decay applies
+    Adam({"q": q}, lr=0.1, eps=0.0, weight_decay=0.1).step({"q": np.array([[0.5]])})
+    assert q[0, 0] == pytest.approx(1 - 0.1 * (1 + 0.1 * 1.0), abs=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_matches_reference_over_steps(dtype):
+    rng = make_rng(12)
+    p0 = rng.standard_normal((3, 4))
+    grads = [rng.standard_normal((3, 4)) for _ in range(7)]
+    p = p0.astype(dtype)
+    opt = Adam({"w": p}, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05)
+    for g in grads:
+        opt.step({"w": g.astype(dtype)})
+    want = reference.adamw(p0, grads, 0.01, 0.8, 0.99, 1e-6, 0.05)
+    assert opt.t == 7
+    assert_close(p, want, 1e-5 if dtype == np.float32 else 1e-12, 1e-6, "adam")
+
+
+def test_weight_decay_skips_vectors():
+    b = np.ones(3)
+    Adam({"b": b}, lr=0.1, weight_decay=0.5).step({"b": np.zeros(3)})
+    assert (b == 1).all()
+
+
+def test_clipping_scales_by_the_global_norm():
+    rng = make_rng(13)
+    g = {"a": rng.standard_normal(5) * 10, "b": rng.standard_normal((2, 2)) * 10}
+    norm = np.sqrt(sum((v ** 2).sum() for v in g.values()))
+    assert global_norm(g) == pytest.approx(norm)
+    p_clip = {k: np.zeros_like(v) for k, v in g.items()}
+    p_ref = {k: np.zeros_like(v) for k, v in g.items()}
+    returned = Adam(p_clip, lr=0.1, betas=(0.5, 0.5), clip_norm=1.0).step(g)
+    assert returned == pytest.approx(norm)
+    Adam(p_ref, lr=0.1, betas=(0.5, 0.5)).step({k: v / norm for k, v in g.items()})
+    for k in g:
+        assert_close(p_clip[k], p_ref[k], 1e-12, 1e-12, f"clipped {k}")
+
+
+def test_adam_refuses_nan_gradients_and_leaves_params():
+    p = np.ones(2)
+    opt = Adam({"p": p})
+    with pytest.raises(ValueError, match="NaN"):
+        opt.step({"p": np.array([np.nan, 1.0])})
+    assert (p == 1).all() and opt.t == 0
+    with pytest.raises(ValueError, match="keys"):
+        opt.step({"q": np.ones(2)})

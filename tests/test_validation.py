@@ -1,0 +1,82 @@
+"""Bad input gets a clear ValueError, never a Numba traceback or a silent wrong answer."""
+import numpy as np
+import pytest
+
+import qlnumba
+
+
+@pytest.fixture(params=["ql", "lstm", "gru"])
+def layer(request):
+    if request.param == "gru":
+        return qlnumba.GRU(3, 4, dtype=np.float64, seed=0)
+    psug = hgr = request.param == "ql"
+    return qlnumba.QLLSTM(3, 4, psug=psug, hgr=hgr, block_size=2, dtype=np.float64, seed=0)
+
+
+def x_ok(B=2, T=5):
+    return np.zeros((B, T, 3))
+
+
+@pytest.mark.parametrize("x,match", [
+    (np.zeros((5, 3)), "3 dimensions"),
+    (np.zeros((2, 5, 3), np.float32), "dtype float64"),
+    (np.zeros((2, 5, 3), np.int64), "dtype float64"),
+    (np.zeros((2, 5, 4)), "axis 2 must be 3"),
+    (np.zeros((0, 5, 3)), "empty"),
+    (np.zeros((2, 0, 3)), "empty"),
+    ([[[0.0] * 3]], "numpy array"),
+])
+def test_bad_x(layer, x, match):
+    with pytest.raises(ValueError, match=match):
+        layer.forward(x)
+
+
+def test_nan_and_inf_in_x(layer):
+    for bad in (np.nan, np.inf):
+        x = x_ok()
+        x[1, 2, 0] = bad
+        with pytest.raises(ValueError, match="NaN or inf"):
+            layer.forward(x)
+
+
+@pytest.mark.parametrize("lengths,match", [
+    ([5, 0], r"\[1, 5\]"), ([6, 5], r"\[1, 5\]"), ([-1, 2], r"\[1, 5\]"),
+    ([5], "shape"), ([2.0, 3.0], "integers"),
+])
+def test_bad_lengths(layer, lengths, match):
+    with pytest.raises(ValueError, match=match):
+        layer.forward(x_ok(), np.array(lengths))
+
+
+def test_bad_state(layer):
+    state = layer.initial_state(2)
+    with pytest.raises(ValueError, match="keys"):
+        layer.forward(x_ok(), None, {"h": state["h"]} if len(state) > 1 else {})
+    wrong = dict(state, h=np.zeros((1, 3, 4)))
+    with pytest.raises(ValueError, match="shape"):
+        layer.forward(x_ok(), None, wrong)
+    if "n" in state:
+        with pytest.raises(ValueError, match="block"):
+            layer.forward(x_ok(), None, dict(state, n=np.full((1, 2), 2)))
+
+
+def test_backward_before_forward_and_bad_dout(layer):
+    with pytest.raises(ValueError, match="before forward"):
+        layer.backward(np.zeros((2, 5, 4)))
+    layer.forward(x_ok())
+    with pytest.raises(ValueError, match="shape"):
+        layer.backward(np.zeros((2, 5, 3)))
+    with pytest.raises(ValueError, match="dstate keys"):
+        layer.backward(np.zeros((2, 5, 4)), {"zz": np.zeros((1, 2, 4))})
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(input_size=0, hidden_size=4), "input_size"),
+    (dict(input_size=3, hidden_size=2.5), "hidden_size"),
+    (dict(input_size=3, hidden_size=4, num_layers=0), "num_layers"),
+    (dict(input_size=3, hidden_size=4, block_size=0), "block_size"),
+    (dict(input_size=3, hidden_size=4, dtype=np.int32), "dtype"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        qlnumba.QLLSTM(**kwargs)
