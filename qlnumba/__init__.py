@@ -1,5 +1,8 @@
 """qlnumba: QL-LSTM (and LSTM, GRU baselines) in Numba, with manual BPTT and Adam."""
 from .layers import GRU, QLLSTM, recurrent_param_count
+from .model import MODEL_KINDS, SequenceClassifier, count_params
+from .optim import Adam
 
 __version__ = "0.1.0"
-__all__ = ["QLLSTM", "GRU", "recurrent_param_count", "__version__"]
+__all__ = ["QLLSTM", "GRU", "SequenceClassifier", "Adam", "MODEL_KINDS", "count_params",
+           "recurrent_param_count", "__version__"]

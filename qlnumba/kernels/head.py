@@ -37,9 +37,11 @@ def linear_xent_forward(probs, losses, h, targets, W, b):
 @njit(**JIT)
 def linear_xent_backward(dh, dW, db, probs, h, targets, W, weight):
     N, C = probs.shape
-    dlogits = probs * weight                              # δlogits = (p - onehot) * weight
+    dlogits = probs.copy()                                # δlogits = (p - onehot) * weight
     for i in range(N):
-        dlogits[i, targets[i]] -= weight
+        dlogits[i, targets[i]] -= 1.0
+        for k in range(C):
+            dlogits[i, k] *= weight
     dW += np.dot(dlogits.T, h)
     db += dlogits.sum(axis=0)
     dh += np.dot(dlogits, W)

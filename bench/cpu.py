@@ -1,0 +1,155 @@
+"""CPU benchmark: qlnumba QL-LSTM and LSTM next to PyTorch's nn.LSTM, in one run.
+
+A training step is: recurrent layer forward, linear head on the last step with
+softmax cross-entropy, backward, one Adam step over every parameter.
+Inference is the layer's forward alone.  Each measurement warms up first
+(compilation excluded) and reports the median of --repeats runs; the output
+gives tokens/s and the ratios against torch.
+
+    python bench/cpu.py --config A            # table
+    python bench/cpu.py --config A --json     # one JSON object
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+CONFIGS = {"A": (32, 256, 128, 256), "C": (64, 512, 300, 512), "tiny": (4, 16, 8, 8)}
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=sorted(CONFIGS), default="A", help="(B, T, E, H) preset")
+    ap.add_argument("--threads", type=int, default=2, help="threads for Numba, BLAS and torch")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    ap.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
+    return ap.parse_args()
+
+
+args = parse_args()
+# thread counts must be fixed before numpy / numba / torch start their pools
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[var] = str(args.threads)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+import qlnumba  # noqa: E402
+from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward  # noqa: E402
+from qlnumba.optim import Adam  # noqa: E402
+
+
+def median_time(fn, repeats):
+    fn()                                          # warm-up: compilation and caches
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def qlnumba_case(psug, hgr, B, T, E, H, rng):
+    layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, dtype=np.float32, seed=0)
+    C = 2
+    head = {"head.W": (rng.standard_normal((C, H)) * 0.1).astype(np.float32),
+            "head.b": np.zeros(C, np.float32)}
+    params = dict(layer.params, **head)
+    opt = Adam(params, lr=1e-3)
+    x = rng.standard_normal((B, T, E)).astype(np.float32)
+    targets = rng.integers(0, C, B)
+    probs, losses = np.empty((B, C), np.float32), np.empty(B, np.float32)
+
+    def train_step():
+        out, _ = layer.forward(x)
+        h_last = np.ascontiguousarray(out[:, -1])
+        linear_xent_forward(probs, losses, h_last, targets, head["head.W"], head["head.b"])
+        grads = {"head.W": np.zeros_like(head["head.W"]), "head.b": np.zeros_like(head["head.b"])}
+        dh = np.zeros_like(h_last)
+        linear_xent_backward(dh, grads["head.W"], grads["head.b"], probs, h_last, targets,
+                             head["head.W"], 1.0 / B)
+        dout = np.zeros_like(out)
+        dout[:, -1] = dh
+        _, g = layer.backward(dout)
+        grads.update(g)
+        opt.step(grads)
+
+    return train_step, lambda: layer.forward(x)
+
+
+def torch_case(B, T, E, H, rng):
+    import torch
+
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(E, H, batch_first=True)
+    head = torch.nn.Linear(H, 2)
+    opt = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=1e-3)
+    x = torch.from_numpy(rng.standard_normal((B, T, E)).astype(np.float32))
+    targets = torch.from_numpy(rng.integers(0, 2, B))
+
+    def train_step():
+        opt.zero_grad()
+        out, _ = lstm(x)
+        loss = torch.nn.functional.cross_entropy(head(out[:, -1]), targets)
+        loss.backward()
+        opt.step()
+
+    def infer():
+        with torch.inference_mode():
+            lstm(x)
+
+    return train_step, infer
+
+
+def main():
+    B, T, E, H = CONFIGS[args.config]
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(0)
+    cases = {"qlnumba_ql": qlnumba_case(True, True, B, T, E, H, rng),
+             "qlnumba_lstm": qlnumba_case(False, False, B, T, E, H, rng)}
+    versions = {"python": platform.python_version(), "numpy": np.__version__,
+                "numba": numba.__version__, "qlnumba": qlnumba.__version__}
+    if not args.no_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(args.threads)
+            cases["torch_lstm"] = torch_case(B, T, E, H, rng)
+            versions["torch"] = torch.__version__
+        except ImportError:
+            pass
+    tokens = B * T
+    result = {"config": args.config, "B": B, "T": T, "E": E, "H": H, "dtype": "float32",
+              "threads": args.threads, "repeats": args.repeats,
+              "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+              "load_avg_1min": os.getloadavg()[0], "versions": versions,
+              "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
+    for name, (train_step, infer) in cases.items():
+        result["train_tokens_per_s"][name] = tokens / median_time(train_step, args.repeats)
+        result["infer_tokens_per_s"][name] = tokens / median_time(infer, args.repeats)
+    if "torch_lstm" in cases:
+        for mode in ("train", "infer"):
+            tps = result[f"{mode}_tokens_per_s"]
+            result[f"{mode}_ratio_vs_torch"] = {k: tps[k] / tps["torch_lstm"] for k in tps}
+    result["load_avg_1min_after"] = os.getloadavg()[0]
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"config {args.config}: B={B} T={T} E={E} H={H} float32, {args.threads} threads, "
+          f"median of {args.repeats}")
+    print(f"machine: {result['machine']}, load {result['load_avg_1min']:.2f}; versions: {versions}")
+    print(f"{'model':14s} {'train tok/s':>12s} {'ratio':>7s} {'infer tok/s':>12s} {'ratio':>7s}")
+    for name in cases:
+        tr, inf = result["train_tokens_per_s"][name], result["infer_tokens_per_s"][name]
+        rt = result.get("train_ratio_vs_torch", {}).get(name, float("nan"))
+        ri = result.get("infer_ratio_vs_torch", {}).get(name, float("nan"))
+        print(f"{name:14s} {tr:12.0f} {rt:7.2f} {inf:12.0f} {ri:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

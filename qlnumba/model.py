@@ -1,0 +1,189 @@
+"""Sequence classifier: ids -> embedding -> recurrent layers -> linear head on the last valid step.
+
+Shapes legend
+  B rows, T padded steps, V vocabulary, E embedding width, H hidden units,
+  D = H * directions, C classes
+  ids (B,T) int, 0 = padding   lengths (B,)   targets (B,)
+  embed (V,E)   head.W (C,D)   head.b (C)   recurrent parameters under "rnn."
+"""
+import math
+
+import numpy as np
+
+from .config import DTYPES
+from .kernels.embedding import embedding_backward, embedding_forward
+from .kernels.head import linear_xent_backward, linear_xent_forward
+from .layers import GRU, QLLSTM
+from .validate import check_lengths
+
+# the six models the IMDB comparison trains: (layer class, keyword arguments)
+MODEL_KINDS = {
+    "ql": (QLLSTM, dict(psug=True, hgr=True)),
+    "lstm": (QLLSTM, dict(psug=False, hgr=False)),
+    "psug": (QLLSTM, dict(psug=True, hgr=False)),
+    "hgr": (QLLSTM, dict(psug=False, hgr=True)),
+    "bilstm": (QLLSTM, dict(psug=False, hgr=False, bidirectional=True)),
+    "gru": (GRU, dict()),
+}
+
+
+class SequenceClassifier:
+    """Embedding, a recurrent stack of one of :data:`MODEL_KINDS`, and a softmax head.
+
+    Parameters
+    ----------
+    vocab_size, embed_dim, hidden_size, num_classes : int
+    kind : str, one of MODEL_KINDS
+    num_layers, block_size : as for :class:`qlnumba.QLLSTM`
+    embed_dropout, head_dropout : float in [0, 1), dropout on the embeddings and
+        on the head's input while training
+    dtype : np.float32 or np.float64
+    seed : int or None, seeds the initialisation
+    """
+
+    def __init__(self, vocab_size, embed_dim=128, hidden_size=256, num_classes=2, kind="ql",
+                 num_layers=1, block_size=32, embed_dropout=0.0, head_dropout=0.0,
+                 dtype=np.float32, seed=None):
+        if kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+        for name, value in (("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {value}")
+        if vocab_size < 2 or num_classes < 2:
+            raise ValueError(f"need vocab_size >= 2 and num_classes >= 2, got {vocab_size}, {num_classes}")
+        if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.config = dict(vocab_size=int(vocab_size), embed_dim=int(embed_dim),
+                           hidden_size=int(hidden_size), num_classes=int(num_classes), kind=kind,
+                           num_layers=int(num_layers), block_size=int(block_size),
+                           embed_dropout=float(embed_dropout), head_dropout=float(head_dropout),
+                           dtype=np.dtype(dtype).name)
+        self.dtype = np.dtype(dtype).type
+        rng = np.random.default_rng(seed)
+        cls, kwargs = MODEL_KINDS[kind]
+        if cls is QLLSTM:
+            kwargs = dict(kwargs, block_size=block_size)
+        self.rnn = cls(embed_dim, hidden_size, num_layers=num_layers, dtype=dtype,
+                       seed=int(rng.integers(2 ** 63)), **kwargs)
+        D = hidden_size * self.rnn.directions
+        embed = rng.standard_normal((vocab_size, embed_dim)).astype(dtype)
+        embed[0] = 0.0                                     # the padding row
+        bound = 1.0 / math.sqrt(D)
+        self.params = {"embed": embed}
+        self.params.update({"rnn." + k: v for k, v in self.rnn.params.items()})
+        self.params["head.W"] = rng.uniform(-bound, bound, (num_classes, D)).astype(dtype)
+        self.params["head.b"] = np.zeros(num_classes, dtype)
+        self._tape = None
+
+    def param_counts(self):
+        """Parameter counts of the three parts and their total."""
+        counts = {"embedding": self.params["embed"].size, "recurrent": self.rnn.num_params(),
+                  "head": self.params["head.W"].size + self.params["head.b"].size}
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def _check_ids(self, ids, lengths):
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or ids.dtype.kind not in "iu":
+            raise ValueError(f"ids must be a 2-D integer array (B, T), got {ids.dtype} {ids.shape}")
+        if 0 in ids.shape:
+            raise ValueError(f"ids is empty (shape {ids.shape})")
+        V = self.config["vocab_size"]
+        if ids.min() < 0 or ids.max() >= V:
+            raise ValueError(f"ids must lie in [0, {V}) (the vocabulary), got {ids.min()}..{ids.max()}")
+        lengths = check_lengths(lengths, *ids.shape)
+        return np.ascontiguousarray(ids, dtype=np.int64), lengths
+
+    def forward(self, ids, lengths=None, targets=None, rng=None):
+        """Mean cross-entropy loss (None without targets) and class probabilities (B, C).
+
+        ``rng`` (a numpy Generator) switches training mode on: dropout masks are
+        drawn from it.  Without it the model runs in evaluation mode.
+        """
+        ids, lengths = self._check_ids(ids, lengths)
+        B, T = ids.shape
+        C = self.config["num_classes"]
+        if targets is not None:
+            targets = np.asarray(targets)
+            if targets.shape != (B,) or targets.dtype.kind not in "iu" or \
+                    targets.min() < 0 or targets.max() >= C:
+                raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
+            targets = targets.astype(np.int64)
+        emb = np.empty((B, T, self.config["embed_dim"]), self.dtype)
+        embedding_forward(emb, ids, self.params["embed"])
+        emb_mask = self._dropout_mask(rng, emb.shape, self.config["embed_dropout"])
+        if emb_mask is not None:
+            emb *= emb_mask
+        out, _ = self.rnn.forward(emb, lengths)
+        h_last = self._last_step(out, lengths)
+        head_mask = self._dropout_mask(rng, h_last.shape, self.config["head_dropout"])
+        if head_mask is not None:
+            h_last *= head_mask
+        probs = np.empty((B, C), self.dtype)
+        losses = np.empty(B, self.dtype)
+        t = np.zeros(B, np.int64) if targets is None else targets
+        linear_xent_forward(probs, losses, h_last, t, self.params["head.W"], self.params["head.b"])
+        self._tape = (ids, lengths, t, emb_mask, h_last, head_mask, probs, targets is not None)
+        return (float(losses.mean()) if targets is not None else None), probs
+
+    def backward(self):
+        """Gradients of the last forward's mean loss; a dict with the keys of ``params``."""
+        if self._tape is None or not self._tape[-1]:
+            raise ValueError("backward() needs a preceding forward() with targets")
+        ids, lengths, targets, emb_mask, h_last, head_mask, probs, _ = self._tape
+        B, T = ids.shape
+        grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        dh_last = np.zeros_like(h_last)
+        linear_xent_backward(dh_last, grads["head.W"], grads["head.b"], probs, h_last, targets,
+                             self.params["head.W"], 1.0 / B)
+        if head_mask is not None:
+            dh_last *= head_mask
+        dout = np.zeros((B, T, h_last.shape[1]), self.dtype)
+        self._scatter_last_step(dout, dh_last, lengths)
+        demb, rnn_grads = self.rnn.backward(dout)
+        if emb_mask is not None:
+            demb *= emb_mask
+        embedding_backward(grads["embed"], demb, ids)
+        for k, g in rnn_grads.items():
+            grads["rnn." + k] = g
+        return grads
+
+    def predict_proba(self, ids, lengths=None, batch_size=256):
+        """Class probabilities (N, C), evaluated in batches, no dropout."""
+        ids, lengths = self._check_ids(ids, lengths)
+        out = []
+        for i in range(0, len(ids), batch_size):
+            T = int(lengths[i:i + batch_size].max())
+            out.append(self.forward(ids[i:i + batch_size, :T], lengths[i:i + batch_size])[1])
+        return np.concatenate(out)
+
+    def _dropout_mask(self, rng, shape, p):
+        if rng is None or p == 0.0:
+            return None
+        return (rng.random(shape) >= p).astype(self.dtype) / self.dtype(1.0 - p)
+
+    def _last_step(self, out, lengths):
+        """h_last: forward direction at the row's last valid step, reverse direction at step 0."""
+        H = self.config["hidden_size"]
+        rows = np.arange(out.shape[0])
+        h_last = out[rows, lengths - 1].copy()
+        if self.rnn.directions == 2:
+            h_last[:, H:] = out[:, 0, H:]
+        return h_last
+
+    def _scatter_last_step(self, dout, dh_last, lengths):
+        H = self.config["hidden_size"]
+        rows = np.arange(dout.shape[0])
+        if self.rnn.directions == 2:
+            dout[rows, lengths - 1, :H] = dh_last[:, :H]
+            dout[:, 0, H:] += dh_last[:, H:]
+        else:
+            dout[rows, lengths - 1] = dh_last
+
+
+def count_params(obj):
+    """Embedding, recurrent and head parameter counts of a model, or of a bare layer."""
+    if isinstance(obj, SequenceClassifier):
+        return obj.param_counts()
+    n = obj.num_params()
+    return {"embedding": 0, "recurrent": n, "head": 0, "total": n}

@@ -1,0 +1,79 @@
+"""SequenceClassifier: gradients of the whole model (dropout included) and a short training run."""
+import numpy as np
+import pytest
+
+import qlnumba
+from helpers import assert_close, make_rng, numeric_grad
+
+
+@pytest.mark.parametrize("kind", sorted(qlnumba.MODEL_KINDS))
+def test_model_gradients_match_finite_differences(kind):
+    rng = make_rng(20)
+    model = qlnumba.SequenceClassifier(7, embed_dim=3, hidden_size=3, num_classes=3, kind=kind,
+                                       block_size=2, embed_dropout=0.3, head_dropout=0.2,
+                                       dtype=np.float64, seed=1)
+    ids = np.array([[1, 2, 3, 4, 5], [6, 1, 0, 0, 0], [2, 2, 2, 0, 0]])
+    lengths = np.array([5, 2, 3])
+    targets = np.array([0, 2, 1])
+
+    def loss():   # the same dropout masks every call: a fresh Generator with one seed
+        return model.forward(ids, lengths, targets, rng=np.random.default_rng(99))[0]
+
+    loss()
+    grads = model.backward()
+    assert set(grads) == set(model.params)
+    assert (grads["embed"][0] == 0).all()
+    for name, p in model.params.items():
+        assert_close(grads[name], numeric_grad(loss, p), 1e-5, 1e-8, name)
+
+
+@pytest.mark.parametrize("kind", ["ql", "lstm", "gru"])
+def test_short_training_run_loss_falls(kind):
+    """Fixed seed, a toy task (is token 3 present?), 60 Adam steps: the loss must fall well."""
+    rng = make_rng(21)
+    V, B, T = 12, 16, 10
+    model = qlnumba.SequenceClassifier(V, embed_dim=8, hidden_size=8, kind=kind, block_size=4, seed=2)
+    opt = qlnumba.Adam(model.params, lr=0.02, clip_norm=5.0)
+    ids = rng.integers(4, V, (B, T))
+    targets = rng.integers(0, 2, B)
+    ids[targets == 1, rng.integers(0, T)] = 3
+    lengths = rng.integers(T // 2, T + 1, B)
+    for bb in range(B):
+        ids[bb, lengths[bb]:] = 0
+        if targets[bb]:
+            ids[bb, rng.integers(0, lengths[bb])] = 3
+    losses = []
+    for _ in range(60):
+        loss, _ = model.forward(ids, lengths, targets, rng=rng)
+        opt.step(model.backward())
+        losses.append(loss)
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+
+
+def test_param_counts_split_into_three_parts():
+    model = qlnumba.SequenceClassifier(100, embed_dim=16, hidden_size=8, num_classes=2, kind="ql")
+    counts = qlnumba.count_params(model)
+    assert counts["embedding"] == 1600
+    assert counts["recurrent"] == qlnumba.recurrent_param_count(16, 8)
+    assert counts["head"] == 2 * 8 + 2
+    assert counts["total"] == sum(p.size for p in model.params.values())
+    layer = qlnumba.QLLSTM(16, 8, psug=False, hgr=False)
+    assert qlnumba.count_params(layer)["recurrent"] == qlnumba.recurrent_param_count(16, 8, False, False)
+
+
+def test_model_bad_input():
+    model = qlnumba.SequenceClassifier(10, embed_dim=4, hidden_size=4, seed=0)
+    with pytest.raises(ValueError, match="vocabulary"):
+        model.forward(np.array([[1, 10]]))
+    with pytest.raises(ValueError, match="vocabulary"):
+        model.forward(np.array([[-1, 2]]))
+    with pytest.raises(ValueError, match="integer"):
+        model.forward(np.array([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match="empty"):
+        model.forward(np.zeros((1, 0), np.int64))
+    with pytest.raises(ValueError, match="targets"):
+        model.forward(np.array([[1, 2]]), targets=np.array([2]))
+    with pytest.raises(ValueError, match="kind"):
+        qlnumba.SequenceClassifier(10, kind="transformer")
+    with pytest.raises(ValueError, match="forward"):
+        qlnumba.SequenceClassifier(10).backward()
