@@ -1,0 +1,74 @@
+"""Checkpoints: one .npz file, versioned, read without pickle.
+
+Layout: ``__format__`` (the string below), ``__version__``, ``__meta__`` (JSON:
+model config, training state, anything JSON-able), ``__vocab__`` (JSON list of
+tokens, optional), ``param/<name>`` for every model parameter and
+``opt/<key>`` for the optimizer's state.
+"""
+import json
+import zipfile
+
+import numpy as np
+
+FORMAT = "qlnumba-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path, model, vocab=None, optimizer=None, meta=None):
+    """Write ``model`` (a SequenceClassifier), its vocabulary and optimizer state to ``path``."""
+    arrays = {"__format__": np.array(FORMAT), "__version__": np.array(VERSION),
+              "__meta__": np.array(json.dumps(dict(meta or {}, model_config=model.config)))}
+    if vocab is not None:
+        arrays["__vocab__"] = np.array(json.dumps(vocab.itos))
+    arrays.update({f"param/{k}": v for k, v in model.params.items()})
+    if optimizer is not None:
+        arrays.update({f"opt/{k}": v for k, v in optimizer.state_dict().items()})
+    path = str(path)
+    with open(path, "wb") as f:                    # np.savez would append .npz to other names
+        np.savez(f, **arrays)
+
+
+def load_checkpoint(path):
+    """Return (model, vocab or None, optimizer state dict or None, meta dict).
+
+    Anything that is not a readable checkpoint of this format and version
+    raises ``ValueError`` naming the file and the problem.
+    """
+    from .data.text import Vocabulary
+    from .model import SequenceClassifier
+
+    try:
+        with np.load(str(path), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise ValueError(f"checkpoint not found: {path}") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable qlnumba checkpoint ({exc})") from None
+    if not isinstance(arrays, dict) or arrays.get("__format__") is None or \
+            str(arrays["__format__"]) != FORMAT:
+        raise ValueError(f"{path} is not a qlnumba checkpoint (no '{FORMAT}' marker)")
+    version = int(arrays["__version__"])
+    if version != VERSION:
+        raise ValueError(f"{path} has checkpoint version {version}; this qlnumba reads version {VERSION}")
+    try:
+        meta = json.loads(str(arrays["__meta__"]))
+        config = dict(meta["model_config"])
+        vocab = Vocabulary(json.loads(str(arrays["__vocab__"]))) if "__vocab__" in arrays else None
+        config["dtype"] = np.dtype(config["dtype"]).type
+        model = SequenceClassifier(**config)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+    stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}
+    if stored != set(model.params):
+        raise ValueError(f"{path}: parameters {sorted(stored ^ set(model.params))} do not match the model")
+    for k, p in model.params.items():
+        a = arrays[f"param/{k}"]
+        if a.shape != p.shape or a.dtype != p.dtype:
+            raise ValueError(f"{path}: parameter {k} is {a.dtype} {a.shape}, expected {p.dtype} {p.shape}")
+        if not np.isfinite(a).all():
+            raise ValueError(f"{path}: parameter {k} contains NaN or inf")
+        p[...] = a
+    if vocab is not None and len(vocab) != model.config["vocab_size"]:
+        raise ValueError(f"{path}: vocabulary has {len(vocab)} tokens, model expects {model.config['vocab_size']}")
+    opt = {k[len("opt/"):]: v for k, v in arrays.items() if k.startswith("opt/")} or None
+    return model, vocab, opt, meta

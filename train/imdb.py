@@ -1,0 +1,236 @@
+"""Train a sentiment classifier on IMDB with qlnumba (no deep-learning framework).
+
+    python train/imdb.py                       # the headline QL-LSTM with the defaults below
+    python train/imdb.py --model lstm --seed 1
+    python train/imdb.py --eval runs/imdb/best.npz
+
+Pipeline: reviews -> tokens -> ids (vocabulary from the training part only) ->
+embedding -> recurrent layer -> linear head on the last valid step. A fixed
+seed holds out a validation part of the train split; it picks the best epoch
+and stops training early. The test split is evaluated once, at the end.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+# ---- defaults: the headline configuration -------------------------------------------------
+MODEL = "ql"            # ql | lstm | gru | bilstm | psug | hgr
+EMBED_DIM = 128
+HIDDEN = 128
+LAYERS = 1
+BLOCK_SIZE = 32         # HGR-ASC block length K
+VOCAB_SIZE = 25_000     # ids in all, pad and unk included
+MIN_FREQ = 2
+MAX_LEN = 400           # tokens kept per review
+KEEP = "end"            # which part of a long review stays: start | end
+BATCH_SIZE = 32
+EPOCHS = 8
+LR = 2e-3
+WEIGHT_DECAY = 0.0
+CLIP = 5.0              # global gradient-norm clip
+EMBED_DROPOUT = 0.3
+HEAD_DROPOUT = 0.3
+PATIENCE = 2            # epochs without a better validation accuracy before stopping
+VAL_FRACTION = 0.1
+SPLIT_SEED = 1234       # the validation hold-out; fixed across training seeds
+SEED = 0
+THREADS = 2
+OUT = "runs/imdb"
+# --------------------------------------------------------------------------------------------
+
+LENGTH_BUCKETS = [(1, 256), (257, 512), (513, 1024), (1025, None)]
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = ap.add_argument
+    a("--model", default=MODEL, choices=["ql", "lstm", "gru", "bilstm", "psug", "hgr"],
+      help="recurrent layer: ql = QL-LSTM, psug / hgr = one component only, lstm, bilstm, gru")
+    a("--embed-dim", type=int, default=EMBED_DIM, help="embedding width E")
+    a("--hidden", type=int, default=HIDDEN, help="hidden size H (per direction)")
+    a("--layers", type=int, default=LAYERS, help="stacked recurrent layers")
+    a("--block-size", type=int, default=BLOCK_SIZE, help="HGR-ASC block length K (ql, hgr)")
+    a("--vocab-size", type=int, default=VOCAB_SIZE, help="vocabulary size, pad and unk included")
+    a("--min-freq", type=int, default=MIN_FREQ, help="minimum count of a token in the training part")
+    a("--max-len", type=int, default=MAX_LEN, help="tokens kept per review")
+    a("--keep", default=KEEP, choices=["start", "end"], help="part of a long review to keep")
+    a("--batch-size", type=int, default=BATCH_SIZE)
+    a("--epochs", type=int, default=EPOCHS, help="most epochs to train")
+    a("--lr", type=float, default=LR, help="Adam learning rate")
+    a("--weight-decay", type=float, default=WEIGHT_DECAY, help="AdamW decoupled decay (matrices only)")
+    a("--clip", type=float, default=CLIP, help="global gradient-norm clip (0 = none)")
+    a("--embed-dropout", type=float, default=EMBED_DROPOUT)
+    a("--head-dropout", type=float, default=HEAD_DROPOUT)
+    a("--patience", type=int, default=PATIENCE, help="early stopping: epochs without improvement")
+    a("--val-fraction", type=float, default=VAL_FRACTION, help="part of train held out for validation")
+    a("--split-seed", type=int, default=SPLIT_SEED, help="seed of the validation hold-out")
+    a("--seed", type=int, default=SEED, help="seed of initialisation, shuffling and dropout")
+    a("--threads", type=int, default=THREADS, help="threads for Numba and BLAS")
+    a("--data-dir", default=None,
+      help="folder with train.jsonl.gz and test.jsonl.gz (default: $QLNUMBA_IMDB_DIR, "
+           "$QLNUMBA_DATA_DIR/imdb, then ../shared/data/imdb beside the checkout)")
+    a("--out", default=OUT, help="folder for best.npz, log.jsonl and summary.json")
+    a("--resume", default=None, metavar="CKPT", help="continue training from a checkpoint")
+    a("--eval", default=None, metavar="CKPT", help="only evaluate a saved model on the test split")
+    a("--limit", type=int, default=None, help="use only the first N reviews of each split (smoke runs)")
+    a("--dtype", default="float32", choices=["float32", "float64"])
+    a("--no-progress", action="store_true", help="no progress bar")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    try:
+        return run(args)
+    except (ValueError, OSError) as exc:        # DataError, checkpoint and argument problems
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(args):
+    import numpy as np
+    from sklearn.metrics import f1_score
+    from tqdm import tqdm
+
+    import qlnumba
+    from qlnumba.checkpoint import load_checkpoint, save_checkpoint
+    from qlnumba.config import set_num_threads
+    from qlnumba.data import (Vocabulary, bucket_batches, encode_corpus, load_imdb, pad_batch,
+                              sorted_batches, tokenize)
+
+    set_num_threads(args.threads)
+    dtype = np.dtype(args.dtype).type
+    out_dir = Path(args.out)
+    t_start = time.time()
+
+    def evaluate(model, corpus, labels):
+        """Accuracy, macro-F1 and predictions, in length-sorted batches."""
+        pred = np.empty(len(corpus), np.int64)
+        for idx in sorted_batches(corpus.lengths, 256):
+            ids, lengths = pad_batch(corpus, idx)
+            pred[idx] = model.forward(ids, lengths)[1].argmax(axis=1)
+        return float((pred == labels).mean()), float(f1_score(labels, pred, average="macro")), pred
+
+    def test_report(model, vocab, max_len, keep):
+        (texts, labels), = load_imdb(args.data_dir, ("test",), args.limit).values()
+        tokens = [tokenize(t) for t in texts]
+        corpus = encode_corpus(tokens, vocab, max_len, keep)
+        acc, f1, pred = evaluate(model, corpus, labels)
+        full_len = np.array([max(len(t), 1) for t in tokens])
+        by_length = {}
+        for lo, hi in LENGTH_BUCKETS:
+            sel = (full_len >= lo) & (full_len <= (hi or full_len.max()))
+            if sel.any():
+                name = f"{lo}-{hi}" if hi else f">{lo - 1}"
+                by_length[name] = {"n": int(sel.sum()), "accuracy": float((pred[sel] == labels[sel]).mean())}
+        return {"test_accuracy": acc, "test_macro_f1": f1, "test_by_length": by_length}
+
+    if args.eval:
+        model, vocab, _, meta = load_checkpoint(args.eval)
+        if vocab is None:
+            raise ValueError(f"{args.eval} has no vocabulary; it cannot read text")
+        data = meta.get("data", {})
+        report = test_report(model, vocab, data.get("max_len", args.max_len), data.get("keep", args.keep))
+        print(json.dumps(report, indent=1))
+        return 0
+
+    # ---- data ----
+    (texts, labels), = load_imdb(args.data_dir, ("train",), args.limit).values()
+    split_rng = np.random.default_rng(args.split_seed)
+    order = split_rng.permutation(len(texts))
+    n_val = max(1, int(round(args.val_fraction * len(texts))))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    tokens = [tokenize(t) for t in texts]
+    train_tokens = [tokens[i] for i in train_idx]
+    resumed = load_checkpoint(args.resume) if args.resume else None
+    vocab = resumed[1] if resumed else Vocabulary.build(train_tokens, args.vocab_size, args.min_freq)
+    train = encode_corpus(train_tokens, vocab, args.max_len, args.keep)
+    val = encode_corpus([tokens[i] for i in val_idx], vocab, args.max_len, args.keep)
+    y_train, y_val = labels[train_idx], labels[val_idx]
+
+    # ---- model ----
+    if resumed:
+        model, _, opt_state, meta = resumed
+    else:
+        model = qlnumba.SequenceClassifier(
+            len(vocab), args.embed_dim, args.hidden, 2, kind=args.model, num_layers=args.layers,
+            block_size=args.block_size, embed_dropout=args.embed_dropout,
+            head_dropout=args.head_dropout, dtype=dtype, seed=args.seed)
+        opt_state, meta = None, {}
+    opt = qlnumba.Adam(model.params, lr=args.lr, weight_decay=args.weight_decay,
+                       clip_norm=args.clip or None)
+    if opt_state:
+        opt.load_state_dict(opt_state)
+    counts = model.param_counts()
+    first_epoch = meta.get("epoch", 0) + 1
+    best_val = meta.get("best_val_accuracy", -1.0)
+    rng = np.random.default_rng([args.seed, first_epoch])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / "best.npz"
+    log = open(out_dir / "log.jsonl", "a")
+    print(f"model {model.config['kind']}: parameters {counts}; vocabulary {len(vocab)}; "
+          f"train {len(train)} / val {len(val)} reviews, {int(train.lengths.sum())} tokens per epoch")
+
+    # ---- training ----
+    since_best, train_time, train_tokens_seen = 0, 0.0, 0
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, args.epochs + 1):
+        batches = bucket_batches(train.lengths, args.batch_size, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch}", disable=args.no_progress, mininterval=1.0)
+        t0, seen, loss_sum, correct, n = time.time(), 0, 0.0, 0, 0
+        for idx in bar:
+            ids, lengths = pad_batch(train, idx)
+            loss, probs = model.forward(ids, lengths, y_train[idx], rng=rng)
+            if not math.isfinite(loss):
+                print(f"error: loss became {loss} at epoch {epoch}; stopping. Try a smaller --lr "
+                      f"or --clip.", file=sys.stderr)
+                return 1
+            opt.step(model.backward())
+            seen += int(lengths.sum())
+            loss_sum += loss * len(idx)
+            correct += int((probs.argmax(1) == y_train[idx]).sum())
+            n += len(idx)
+            bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}",
+                            tok_s=f"{seen / (time.time() - t0):.0f}", refresh=False)
+        epoch_time = time.time() - t0
+        train_time += epoch_time
+        train_tokens_seen += seen
+        val_acc, val_f1, _ = evaluate(model, val, y_val)
+        record = {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
+                  "val_accuracy": val_acc, "val_macro_f1": val_f1, "epoch_seconds": epoch_time,
+                  "train_tokens_per_s": seen / epoch_time}
+        print(json.dumps(record), file=log, flush=True)
+        print(json.dumps(record))
+        if val_acc > best_val:
+            best_val, since_best = val_acc, 0
+            save_checkpoint(ckpt, model, vocab, opt, meta={
+                "epoch": epoch, "best_val_accuracy": best_val, "args": vars(args),
+                "data": {"max_len": args.max_len, "keep": args.keep}})
+        else:
+            since_best += 1
+            if since_best >= args.patience:
+                print(f"early stop: no better validation accuracy for {since_best} epochs")
+                break
+
+    # ---- the test split, once, with the best model ----
+    best, _, _, best_meta = load_checkpoint(ckpt)
+    summary = {"model": args.model, "seed": args.seed, "params": counts, "epochs_run": epoch,
+               "best_epoch": best_meta["epoch"], "best_val_accuracy": best_val,
+               "train_seconds": train_time, "wall_seconds": time.time() - t_start,
+               "train_tokens_per_s": train_tokens_seen / max(train_time, 1e-9), "args": vars(args)}
+    summary.update(test_report(best, vocab, args.max_len, args.keep))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"test accuracy {summary['test_accuracy']:.4f}  macro-F1 {summary['test_macro_f1']:.4f}  "
+          f"(best epoch {summary['best_epoch']}, {summary['wall_seconds'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
