@@ -1,0 +1,98 @@
+"""Checkpoints, the training program's CLI, and a short run on real IMDB reviews."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qlnumba
+from qlnumba.checkpoint import load_checkpoint, save_checkpoint
+from qlnumba.data import Vocabulary, default_imdb_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+import imdb as train_imdb  # noqa: E402
+
+HAVE_IMDB = (default_imdb_dir() / "train.jsonl.gz").is_file()
+
+
+def small_model(kind="ql"):
+    return qlnumba.SequenceClassifier(6, embed_dim=4, hidden_size=3, kind=kind, block_size=2, seed=0)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = small_model()
+    vocab = Vocabulary(["<pad>", "<unk>", "a", "b", "c", "d"])
+    opt = qlnumba.Adam(model.params)
+    ids = np.array([[2, 3, 4, 5]])
+    model.forward(ids, None, np.array([1]))
+    opt.step(model.backward())
+    path = tmp_path / "m.npz"
+    save_checkpoint(path, model, vocab, opt, meta={"epoch": 3})
+    loaded, vocab2, opt_state, meta = load_checkpoint(path)
+    assert vocab2.itos == vocab.itos and meta["epoch"] == 3
+    assert loaded.config == model.config
+    for k in model.params:
+        assert (loaded.params[k] == model.params[k]).all()
+    assert np.allclose(loaded.forward(ids)[1], model.forward(ids)[1])
+    opt2 = qlnumba.Adam(loaded.params)
+    opt2.load_state_dict(opt_state)
+    assert opt2.t == 1 and all((opt2.m[k] == opt.m[k]).all() for k in opt.m)
+
+
+def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_checkpoint(bad)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weights=np.ones(3))
+    with pytest.raises(ValueError, match="not a qlnumba checkpoint"):
+        load_checkpoint(foreign)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, __format__=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError):
+        load_checkpoint(pickled)
+    good = tmp_path / "good.npz"
+    save_checkpoint(good, small_model())
+    with np.load(good) as z:
+        arrays = dict(z)
+    arrays["param/head.W"] = np.zeros((7, 7), np.float32)
+    np.savez(tmp_path / "shapes.npz", **arrays)
+    with pytest.raises(ValueError, match="head.W"):
+        load_checkpoint(tmp_path / "shapes.npz")
+    arrays["__version__"] = np.array(99)
+    np.savez(tmp_path / "future.npz", **arrays)
+    with pytest.raises(ValueError, match="version 99"):
+        load_checkpoint(tmp_path / "future.npz")
+    with pytest.raises(ValueError, match="not found"):
+        load_checkpoint(tmp_path / "absent.npz")
+
+
+def test_training_cli_reports_missing_data_without_traceback(tmp_path, capsys):
+    rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "IMDB data folder not found" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not HAVE_IMDB, reason="real IMDB data not found beside the checkout")
+def test_short_run_on_real_reviews_learns(tmp_path, capsys):
+    """1500 real reviews, 4 epochs of a small QL-LSTM: the loss falls and held-out accuracy beats chance."""
+    out = tmp_path / "run"
+    rc = train_imdb.main(["--limit", "1500", "--epochs", "4", "--max-len", "120", "--hidden", "32",
+                          "--embed-dim", "32", "--vocab-size", "4000", "--batch-size", "16",
+                          "--val-fraction", "0.2", "--patience", "4", "--out", str(out),
+                          "--no-progress", "--seed", "0"])
+    assert rc == 0, capsys.readouterr().err
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    print(log)
+    assert log[-1]["train_loss"] < log[0]["train_loss"] - 0.1
+    assert max(r["val_accuracy"] for r in log) > 0.62
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.6
+    assert set(summary["params"]) == {"embedding", "recurrent", "head", "total"}
+    # --eval on the saved model reproduces the test accuracy
+    capsys.readouterr()
+    assert train_imdb.main(["--eval", str(out / "best.npz"), "--limit", "1500"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
