@@ -17,7 +17,9 @@ FASTMATH = False
 PARALLEL = False
 CACHE = os.environ.get("QLNUMBA_CACHE", "1") != "0"
 
-JIT = dict(fastmath=FASTMATH, parallel=PARALLEL, cache=CACHE, nogil=True)
+# error_model="numpy": a division by zero gives inf instead of raising, which lets LLVM
+# vectorise loops with divisions (kernels never divide by a value that can be zero).
+JIT = dict(fastmath=FASTMATH, parallel=PARALLEL, cache=CACHE, nogil=True, error_model="numpy")
 
 DTYPES = (np.float32, np.float64)
 DEFAULT_DTYPE = np.float32

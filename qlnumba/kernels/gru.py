@@ -12,6 +12,7 @@ Shapes legend
     HPREV (B,T,H)   h_{t-1}
 Step s of a row of length L reads position pos = s, or L-1-s with reverse.
 Steps s >= L change nothing; out is zero at positions >= L.
+Element-wise work runs as short loops over contiguous rows, which LLVM vectorises.
 """
 import numpy as np
 from numba import njit
@@ -28,12 +29,9 @@ def gru_forward(out, h, ZX, GATES, HN, HPREV,
     B, T, E = x.shape
     H = h.shape[1]
     np.dot(x.reshape(B * T, E), W.T, ZX.reshape(B * T, 3 * H))
-    hU = np.empty((B, 3 * H), dtype=h.dtype)
+    hU = np.empty((B, 3 * H), dtype=h.dtype)                 # U h_{t-1} + b_U for all rows
     for bb in range(B):
         out[bb, lengths[bb]:, :] = 0.0
-        for t in range(lengths[bb]):
-            for j in range(3 * H):
-                ZX[bb, t, j] += b[j]
     for s in range(lengths.max()):
         np.dot(h, U.T, hU)
         for bb in range(B):
@@ -41,20 +39,22 @@ def gru_forward(out, h, ZX, GATES, HN, HPREV,
             if s >= L:
                 continue
             pos = L - 1 - s if reverse else s
+            zx, hu, gt = ZX[bb, pos], hU[bb], GATES[bb, pos]
+            hrow, hprev, hn, orow = h[bb], HPREV[bb, pos], HN[bb, pos], out[bb, pos]
+            for j in range(3 * H):
+                zx[j] += b[j]                                   # W x_t + b
+                hu[j] += b_U[j]                                 # U h_{t-1} + b_U
             for j in range(H):
-                hprev = h[bb, j]
-                r = sigmoid(ZX[bb, pos, j] + hU[bb, j] + b_U[j])                 # r_t
-                u = sigmoid(ZX[bb, pos, H + j] + hU[bb, H + j] + b_U[H + j])     # u_t
-                hn = hU[bb, 2 * H + j] + b_U[2 * H + j]
-                nn = tanh(ZX[bb, pos, 2 * H + j] + r * hn)                       # n_t
-                hj = (1.0 - u) * nn + u * hprev                                  # h_t
-                GATES[bb, pos, 0, j] = r
-                GATES[bb, pos, 1, j] = u
-                GATES[bb, pos, 2, j] = nn
-                HN[bb, pos, j] = hn
-                HPREV[bb, pos, j] = hprev
-                h[bb, j] = hj
-                out[bb, pos, j] = hj
+                gt[0, j] = sigmoid(zx[j] + hu[j])               # r_t
+            for j in range(H):
+                gt[1, j] = sigmoid(zx[H + j] + hu[H + j])       # u_t
+            for j in range(H):
+                hn[j] = hu[2 * H + j]
+                gt[2, j] = tanh(zx[2 * H + j] + gt[0, j] * hn[j])   # n_t = tanh(.. + r (U_n h + b_Un))
+            for j in range(H):
+                hprev[j] = hrow[j]
+                hrow[j] = (1 - gt[1, j]) * gt[2, j] + gt[1, j] * hprev[j]   # h_t = (1-u) n + u h_{t-1}
+                orow[j] = hrow[j]
 
 
 @njit(**JIT)
@@ -79,25 +79,21 @@ def gru_backward(dx, dW, dU, db, db_U, dh,
             if s >= L:
                 continue
             pos = L - 1 - s if reverse else s
+            gt, hn, hprev, drow, dhrow = GATES[bb, pos], HN[bb, pos], HPREV[bb, pos], dout[bb, pos], dh[bb]
+            dxr, dhs = DX[bb, pos], DH_step[bb]
             for j in range(H):
-                r = GATES[bb, pos, 0, j]
-                u = GATES[bb, pos, 1, j]
-                nn = GATES[bb, pos, 2, j]
-                dht = dout[bb, pos, j] + dh[bb, j]
+                dht = drow[j] + dhrow[j]
+                u = gt[1, j]
                 # h_t = (1 - u) n + u h_{t-1}
-                dn = dht * (1.0 - u)
-                du = dht * (HPREV[bb, pos, j] - nn)
-                dh[bb, j] = dht * u                          # + U^T δ below
-                dpn = dn * dtanh(nn)                         # n = tanh(W_n x + b_n + r hn)
-                dpr = dpn * HN[bb, pos, j] * dsigmoid(r)
-                dpu = du * dsigmoid(u)
-                DX[bb, pos, j] = dpr
-                DX[bb, pos, H + j] = dpu
-                DX[bb, pos, 2 * H + j] = dpn
-                DH_step[bb, j] = dpr
-                DH_step[bb, H + j] = dpu
-                DH_step[bb, 2 * H + j] = dpn * r
-            DHID[bb, pos, :] = DH_step[bb, :]
+                dpn = dht * (1 - u) * dtanh(gt[2, j])         # n = tanh(W_n x + b_n + r hn)
+                dxr[2 * H + j] = dpn
+                dhs[2 * H + j] = dpn * gt[0, j]
+                dxr[j] = dpn * hn[j] * dsigmoid(gt[0, j])   # r
+                dxr[H + j] = dht * (hprev[j] - gt[2, j]) * dsigmoid(u)   # u
+                dhrow[j] = dht * u                          # + U^T δ below
+            for j in range(2 * H):
+                dhs[j] = dxr[j]
+            DHID[bb, pos, :] = dhs
         np.dot(DH_step, U, dhU)
         for bb in range(B):
             if s < lengths[bb]:

@@ -20,6 +20,8 @@ Shapes legend
                     MBLK[:,j+1] = the memory after close j
     SBLK, RBLK (B,NB,H)  summary s and gate r of each block close
 Step s of a row of length L reads position pos = s, or L-1-s with reverse.
+The element-wise work is written as short loops over contiguous rows of H values
+(few arrays per loop) so that LLVM vectorises them.
 Steps s >= L change nothing; out is zero at positions >= L.
 Block bookkeeping needs no saved flags: with n0 the row's initial n, step s
 closes a block iff (n0 + s + 1) % K == 0, and that close is number
@@ -43,9 +45,10 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
     # input projection of every step at once: Z = x W^T (the step loop adds U h + b)
     np.dot(x.reshape(B * T, E), W.T, Z.reshape(B * T, G))
     hU = np.empty((B, G), dtype=h.dtype)          # U h_{t-1} for all rows
+    th = np.empty(H, dtype=h.dtype)               # tanh(c_t) of one row
     S_close = np.empty((B, H), dtype=h.dtype)     # rows closing a block this step:
     M_close = np.empty((B, H), dtype=h.dtype)     #   their summary s and memory m,
-    P_close = np.empty((B, H), dtype=h.dtype)     #   V_s s, then the gate pre-activation
+    P_close = np.empty((B, H), dtype=h.dtype)     #   V_s s
     Q_close = np.empty((B, H), dtype=h.dtype)     #   V_m m
     rows_close = np.empty(B, dtype=np.int64)
     n_closed = np.zeros(B, dtype=np.int64)
@@ -62,44 +65,55 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
             if s >= L:
                 continue
             pos = L - 1 - s if reverse else s
-            z = Z[bb, pos]
+            z, hu = Z[bb, pos], hU[bb]
             for j in range(G):
-                z[j] += hU[bb, j] + b[j]                  # z_t = W x_t + U h_{t-1} + b
-            for j in range(H):
-                HPREV[bb, pos, j] = h[bb, j]
-                CPREV[bb, pos, j] = c[bb, j]
-                if psug:                                  # four gates from the one z
-                    zj = z[j]
-                    ig = sigmoid(gamma[0, j] * zj + beta[0, j])
-                    fg = sigmoid(gamma[1, j] * zj + beta[1, j])
-                    gg = tanh(gamma[2, j] * zj + beta[2, j])
-                    og = sigmoid(gamma[3, j] * zj + beta[3, j])
-                else:                                     # four slices of a 4H pre-activation
-                    ig = sigmoid(z[j])
-                    fg = sigmoid(z[H + j])
-                    gg = tanh(z[2 * H + j])
-                    og = sigmoid(z[3 * H + j])
-                GATES[bb, pos, 0, j] = ig
-                GATES[bb, pos, 1, j] = fg
-                GATES[bb, pos, 2, j] = gg
-                GATES[bb, pos, 3, j] = og
-                cj = fg * c[bb, j] + ig * gg              # c_t = f c_{t-1} + i g
-                c[bb, j] = cj
-                C[bb, pos, j] = cj
-                hhat = og * tanh(cj)                      # ĥ_t = o tanh(c_t)
-                if hgr:
-                    a[bb, j] += hhat                      # a += ĥ_t
-                    hhat += m[bb, j]                      # h_t = ĥ_t + m
-                h[bb, j] = hhat
-                out[bb, pos, j] = hhat
-            if hgr:
-                n[bb] += 1
-                if n[bb] == K:                            # the block closes after its K-th step
+                z[j] += hu[j] + b[j]                              # z_t = W x_t + U h_{t-1} + b
+            gt = GATES[bb, pos]                                   # (4, H): i, f, g, o
+            if psug:
+                for k in range(4):                                # pre-activation γ_k z + β_k
                     for j in range(H):
-                        S_close[nc, j] = a[bb, j] / K     # s = a / K
-                        M_close[nc, j] = m[bb, j]
+                        gt[k, j] = gamma[k, j] * z[j] + beta[k, j]
+            else:
+                for k in range(4):                                # the k-th slice of the 4H z
+                    for j in range(H):
+                        gt[k, j] = z[k * H + j]
+            for j in range(H):
+                gt[0, j] = sigmoid(gt[0, j])                      # i
+            for j in range(H):
+                gt[1, j] = sigmoid(gt[1, j])                      # f
+            for j in range(H):
+                gt[2, j] = tanh(gt[2, j])                         # g
+            for j in range(H):
+                gt[3, j] = sigmoid(gt[3, j])                      # o
+            hrow, crow = h[bb], c[bb]
+            cprev, hprev, ct = CPREV[bb, pos], HPREV[bb, pos], C[bb, pos]
+            for j in range(H):
+                cprev[j] = crow[j]
+                hprev[j] = hrow[j]
+            for j in range(H):
+                ct[j] = gt[1, j] * cprev[j] + gt[0, j] * gt[2, j]  # c_t = f c_{t-1} + i g
+                crow[j] = ct[j]
+            for j in range(H):
+                th[j] = tanh(ct[j])
+            orow = out[bb, pos]
+            if hgr:
+                mrow, arow = m[bb], a[bb]
+                for j in range(H):
+                    hhat = gt[3, j] * th[j]                       # ĥ_t = o tanh(c_t)
+                    arow[j] += hhat                               # a += ĥ_t
+                    orow[j] = hhat + mrow[j]                      # h_t = ĥ_t + m
+                    hrow[j] = orow[j]
+                n[bb] += 1
+                if n[bb] == K:                                    # the block closes after its K-th step
+                    for j in range(H):
+                        S_close[nc, j] = arow[j] / K              # s = a / K
+                        M_close[nc, j] = mrow[j]
                     rows_close[nc] = bb
                     nc += 1
+            else:
+                for j in range(H):
+                    orow[j] = gt[3, j] * th[j]                    # h_t = ĥ_t = o tanh(c_t)
+                    hrow[j] = orow[j]
         if nc > 0:
             np.dot(S_close[:nc], V_s.T, P_close[:nc])
             np.dot(M_close[:nc], V_m.T, Q_close[:nc])
@@ -109,7 +123,7 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                 for j in range(H):
                     r = sigmoid(P_close[q, j] + Q_close[q, j] + b_r[j])  # r = σ(V_s s + V_m m + b_r)
                     sv = S_close[q, j]
-                    mj = r * m[bb, j] + (1.0 - r) * sv                  # m = r m + (1-r) s
+                    mj = r * m[bb, j] + (1 - r) * sv                    # m = r m + (1-r) s
                     SBLK[bb, jb, j] = sv
                     RBLK[bb, jb, j] = r
                     MBLK[bb, jb + 1, j] = mj
@@ -137,6 +151,9 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
     DZ = np.zeros((B, T, G), dtype=dh.dtype)        # δz_t of every step, for the products after the loop
     DZ_step = np.zeros((B, G), dtype=dh.dtype)      # δz of this step, gathered by row
     dhU = np.empty((B, H), dtype=dh.dtype)          # U^T δz
+    dhhat = np.empty(H, dtype=dh.dtype)             # δĥ_t of one row
+    th = np.empty(H, dtype=dh.dtype)                # tanh(c_t) of one row
+    dpre = np.empty((4, H), dtype=dh.dtype)         # δ of the four gate pre-activations of one row
     DP = np.zeros((B, NB, H), dtype=dh.dtype)       # δ(gate pre-activation) of every block close
     DP_close = np.empty((B, H), dtype=dh.dtype)
     dm_close = np.empty((B, H), dtype=dh.dtype)
@@ -153,13 +170,13 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
                 jb = (n0[bb] + s + 1) // K - 1
                 for j in range(H):
                     r = RBLK[bb, jb, j]
-                    dm_after = dm[bb, j]                          # δm' of  m = r m + (1-r) s
+                    dm_after = dm[bb, j]                          # δm' of  m' = r m + (1-r) s
                     dr = dm_after * (MBLK[bb, jb, j] - SBLK[bb, jb, j])
                     dp = dr * dsigmoid(r)                         # r = σ(p)
                     DP[bb, jb, j] = dp
                     DP_close[nc, j] = dp
                     dm[bb, j] = dm_after * r                      # + V_m^T δp below
-                    da[bb, j] = dm_after * (1.0 - r)              # δs, + V_s^T δp below
+                    da[bb, j] = dm_after * (1 - r)                # δs, + V_s^T δp below
                 rows_close[nc] = bb
                 nc += 1
         if nc > 0:
@@ -177,46 +194,41 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
             if s >= L:
                 continue
             pos = L - 1 - s if reverse else s
+            gt, drow, dhrow = GATES[bb, pos], dout[bb, pos], dh[bb]
+            if hgr:                                               # h_t = ĥ_t + m  and  a += ĥ_t
+                dmrow, darow = dm[bb], da[bb]
+                for j in range(H):
+                    dht = drow[j] + dhrow[j]                      # δh_t = δout_t + U^T δz_{t+1}
+                    dmrow[j] += dht
+                    dhhat[j] = dht + darow[j]
+            else:
+                for j in range(H):
+                    dhhat[j] = drow[j] + dhrow[j]
+            ct, cprev, dcrow = C[bb, pos], CPREV[bb, pos], dc[bb]
             for j in range(H):
-                dht = dout[bb, pos, j] + dh[bb, j]                # δh_t = δout_t + U^T δz_{t+1}
-                if hgr:
-                    dm[bb, j] += dht                              # h_t = ĥ_t + m
-                    dhhat = dht + da[bb, j]                       # and a += ĥ_t
-                else:
-                    dhhat = dht
-                ig = GATES[bb, pos, 0, j]
-                fg = GATES[bb, pos, 1, j]
-                gg = GATES[bb, pos, 2, j]
-                og = GATES[bb, pos, 3, j]
-                tc = tanh(C[bb, pos, j])
-                do = dhhat * tc                                   # ĥ_t = o tanh(c_t)
-                dct = dc[bb, j] + dhhat * og * dtanh(tc)
-                df = dct * CPREV[bb, pos, j]                      # c_t = f c_{t-1} + i g
-                di = dct * gg
-                dg = dct * ig
-                dc[bb, j] = dct * fg
-                dpi = di * dsigmoid(ig)
-                dpf = df * dsigmoid(fg)
-                dpg = dg * dtanh(gg)
-                dpo = do * dsigmoid(og)
-                if psug:                                          # gate_k = act(γ_k z + β_k)
-                    zj = Z[bb, pos, j]
-                    DZ_step[bb, j] = (gamma[0, j] * dpi + gamma[1, j] * dpf
-                                      + gamma[2, j] * dpg + gamma[3, j] * dpo)
-                    dgamma[0, j] += dpi * zj
-                    dgamma[1, j] += dpf * zj
-                    dgamma[2, j] += dpg * zj
-                    dgamma[3, j] += dpo * zj
-                    dbeta[0, j] += dpi
-                    dbeta[1, j] += dpf
-                    dbeta[2, j] += dpg
-                    dbeta[3, j] += dpo
-                else:
-                    DZ_step[bb, j] = dpi
-                    DZ_step[bb, H + j] = dpf
-                    DZ_step[bb, 2 * H + j] = dpg
-                    DZ_step[bb, 3 * H + j] = dpo
-            DZ[bb, pos, :] = DZ_step[bb, :]
+                th[j] = tanh(ct[j])
+            for j in range(H):                                    # ĥ_t = o tanh(c_t)
+                dpre[3, j] = dhhat[j] * th[j] * dsigmoid(gt[3, j])
+                dcrow[j] += dhhat[j] * gt[3, j] * dtanh(th[j])
+            for j in range(H):                                    # c_t = f c_{t-1} + i g
+                dct = dcrow[j]
+                dpre[0, j] = dct * gt[2, j] * dsigmoid(gt[0, j])
+                dpre[1, j] = dct * cprev[j] * dsigmoid(gt[1, j])
+                dpre[2, j] = dct * gt[0, j] * dtanh(gt[2, j])
+                dcrow[j] = dct * gt[1, j]                         # δc_{t-1}
+            dz = DZ_step[bb]
+            if psug:                                              # gate_k = act(γ_k z + β_k)
+                z = Z[bb, pos]
+                for k in range(4):
+                    for j in range(H):
+                        dz[j] += gamma[k, j] * dpre[k, j]
+                        dgamma[k, j] += dpre[k, j] * z[j]
+                        dbeta[k, j] += dpre[k, j]
+            else:
+                for k in range(4):
+                    for j in range(H):
+                        dz[k * H + j] = dpre[k, j]
+            DZ[bb, pos, :] = dz
         # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
         np.dot(DZ_step, U, dhU)
         for bb in range(B):
