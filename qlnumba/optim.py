@@ -71,9 +71,10 @@ class Adam:
         b1, b2 = self.betas
         for k, p in self.params.items():
             wd = self.weight_decay if p.ndim >= 2 else 0.0
+            consts = np.array([self.lr, b1, b2, self.eps, wd, 1 - b1 ** self.t, 1 - b2 ** self.t,
+                               scale], dtype=p.dtype)
             adam_step(p.reshape(-1), self.m[k].reshape(-1), self.v[k].reshape(-1),
-                      np.ascontiguousarray(grads[k]).reshape(-1),
-                      self.lr, b1, b2, self.eps, wd, self.t, scale)
+                      np.ascontiguousarray(grads[k]).reshape(-1), consts)
         return norm
 
     def state_dict(self):
