@@ -96,3 +96,17 @@ def test_short_run_on_real_reviews_learns(tmp_path, capsys):
     capsys.readouterr()
     assert train_imdb.main(["--eval", str(out / "best.npz"), "--limit", "1500"]) == 0
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+
+@pytest.mark.skipif(not HAVE_IMDB, reason="real IMDB data not found beside the checkout")
+def test_resume_continues_after_the_last_epoch(tmp_path):
+    common = ["--limit", "300", "--max-len", "40", "--hidden", "8", "--embed-dim", "8",
+              "--vocab-size", "500", "--patience", "9", "--no-progress", "--seed", "3"]
+    out = tmp_path / "run"
+    assert train_imdb.main(common + ["--epochs", "1", "--out", str(out)]) == 0
+    assert train_imdb.main(common + ["--epochs", "2", "--out", str(out),
+                                     "--resume", str(out / "last.npz")]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    _, _, opt_state, meta = load_checkpoint(out / "last.npz")
+    assert meta["epoch"] == 2 and int(opt_state["t"]) > 0

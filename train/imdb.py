@@ -73,8 +73,9 @@ def parse_args(argv=None):
     a("--data-dir", default=None,
       help="folder with train.jsonl.gz and test.jsonl.gz (default: $QLNUMBA_IMDB_DIR, "
            "$QLNUMBA_DATA_DIR/imdb, then ../shared/data/imdb beside the checkout)")
-    a("--out", default=OUT, help="folder for best.npz, log.jsonl and summary.json")
-    a("--resume", default=None, metavar="CKPT", help="continue training from a checkpoint")
+    a("--out", default=OUT, help="folder for best.npz, last.npz, log.jsonl and summary.json")
+    a("--resume", default=None, metavar="CKPT",
+      help="continue training from a checkpoint (OUT/last.npz: after the last finished epoch)")
     a("--eval", default=None, metavar="CKPT", help="only evaluate a saved model on the test split")
     a("--limit", type=int, default=None, help="use only the first N reviews of each split (smoke runs)")
     a("--dtype", default="float32", choices=["float32", "float64"])
@@ -208,11 +209,14 @@ def run(args):
                   "train_tokens_per_s": seen / epoch_time}
         print(json.dumps(record), file=log, flush=True)
         print(json.dumps(record))
-        if val_acc > best_val:
-            best_val, since_best = val_acc, 0
-            save_checkpoint(ckpt, model, vocab, opt, meta={
-                "epoch": epoch, "best_val_accuracy": best_val, "args": vars(args),
-                "data": {"max_len": args.max_len, "keep": args.keep}})
+        improved = val_acc > best_val
+        best_val = max(best_val, val_acc)
+        meta = {"epoch": epoch, "best_val_accuracy": best_val, "args": vars(args),
+                "data": {"max_len": args.max_len, "keep": args.keep}}
+        save_checkpoint(out_dir / "last.npz", model, vocab, opt, meta=meta)   # for --resume
+        if improved:
+            since_best = 0
+            save_checkpoint(ckpt, model, vocab, opt, meta=meta)
         else:
             since_best += 1
             if since_best >= args.patience:
