@@ -1,45 +1,63 @@
-"""One place for Numba flags and dtype defaults.
+"""One place for Numba flags, dtype defaults and the thread count.
 
-Every ``@njit`` in the library is written ``@njit(**JIT)``; nothing else sets
-``fastmath``, ``parallel`` or ``cache``.  ``fastmath`` stays off: the test
-suite checks gradients to 1e-6 and relies on IEEE NaN/inf behaviour.
+Every ``@njit`` in the library is written ``@njit(**JIT)`` (or ``JIT_PARALLEL`` for
+the ``*_split`` kernels); nothing else sets ``fastmath``, ``parallel`` or ``cache``.
+``fastmath`` stays off: the tests check gradients to 1e-6 and rely on IEEE NaN/inf.
+
+Threads.  By default the kernels run serially and only BLAS (inside the big matrix
+products) uses its own threads.  ``set_num_threads(n)`` switches to one thread
+pool: the rows of each batch are split into ``n`` blocks that Numba threads run
+side by side (rows never interact, so there is no synchronisation between steps),
+and BLAS is pinned to one thread, since two pools fighting over the cores
+collapses speed.
 
 Environment variables (read once, at import):
 
 ``QLNUMBA_CACHE``    "0" disables Numba's on-disk cache (default on).
-``QLNUMBA_THREADS``  number of threads for Numba and BLAS (default: Numba's).
+``QLNUMBA_THREADS``  calls ``set_num_threads`` with this value.
 """
 import os
 
 import numpy as np
 
 FASTMATH = False
-PARALLEL = False
 CACHE = os.environ.get("QLNUMBA_CACHE", "1") != "0"
 
 # error_model="numpy": a division by zero gives inf instead of raising, which lets LLVM
 # vectorise loops with divisions (kernels never divide by a value that can be zero).
-JIT = dict(fastmath=FASTMATH, parallel=PARALLEL, cache=CACHE, nogil=True, error_model="numpy")
+JIT = dict(fastmath=FASTMATH, parallel=False, cache=CACHE, nogil=True, error_model="numpy")
+JIT_PARALLEL = dict(JIT, parallel=True)
 
 DTYPES = (np.float32, np.float64)
 DEFAULT_DTYPE = np.float32
 
+_threads = 1
+
 
 def set_num_threads(n):
-    """Set the thread count used by Numba's parallel regions and BLAS."""
+    """Run the recurrent kernels on ``n`` threads (row blocks) with single-threaded BLAS."""
+    global _threads
     import numba
 
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"thread count must be >= 1, got {n}")
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        from threadpoolctl import threadpool_limits
+    if isinstance(n, bool) or int(n) != n or int(n) < 1:
+        raise ValueError(f"thread count must be an integer >= 1, got {n!r}")
+    n = min(int(n), numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    from threadpoolctl import threadpool_limits     # installed with scikit-learn
 
-        threadpool_limits(n)
-    except ImportError:  # threadpoolctl comes with scikit-learn; optional here
-        pass
+    threadpool_limits(1, user_api="blas")
+    _threads = n
+
+
+def get_num_threads():
+    return _threads
+
+
+def row_blocks(batch):
+    """Edges (P+1,) int64 of the row blocks a batch of ``batch`` rows is split into."""
+    parts = max(1, min(_threads, batch))
+    return np.linspace(0, batch, parts + 1).round().astype(np.int64)
 
 
 if "QLNUMBA_THREADS" in os.environ:
-    set_num_threads(os.environ["QLNUMBA_THREADS"])
+    set_num_threads(int(os.environ["QLNUMBA_THREADS"]))

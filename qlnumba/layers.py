@@ -18,9 +18,10 @@ import math
 
 import numpy as np
 
-from .config import DTYPES
-from .kernels.gru import gru_backward, gru_forward
-from .kernels.recurrent import recurrent_backward, recurrent_forward
+from .config import DTYPES, row_blocks
+from .kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forward_split
+from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, recurrent_forward,
+                                recurrent_forward_split)
 from .validate import check_float_array, check_lengths
 
 
@@ -89,12 +90,17 @@ class _QLCell:
                      MBLK=zeros(B, NB + 1 if self.hgr else 0, H), SBLK=zeros(B, NB, H),
                      RBLK=zeros(B, NB, H))
         n0 = st["n"].copy()
-        recurrent_forward(out, st["h"], st["c"], st["m"], st["a"], st["n"], *saved.values(),
-                          x, lengths,
-                          self._p("W", 2), self._p("U", 2), self._p("b", 1),
-                          self._p("gamma", 2), self._p("beta", 2),
-                          self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
-                          self.K, self.psug, self.hgr, self.reverse)
+        args = (out, st["h"], st["c"], st["m"], st["a"], st["n"], *saved.values(),
+                x, lengths,
+                self._p("W", 2), self._p("U", 2), self._p("b", 1),
+                self._p("gamma", 2), self._p("beta", 2),
+                self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
+                self.K, self.psug, self.hgr, self.reverse)
+        bounds = row_blocks(B)
+        if len(bounds) > 2:
+            recurrent_forward_split(*args, bounds)
+        else:
+            recurrent_forward(*args)
         self.cache = (x, lengths, n0, saved)
         return out
 
@@ -102,13 +108,18 @@ class _QLCell:
         """Accumulate into ``dx`` and ``grads``; ``dst`` goes from d(final) to d(initial) state."""
         x, lengths, n0, saved = self.cache
         g = lambda name, ndim: grads.get(self.prefix + name, _dummy(ndim, self.dtype))
-        recurrent_backward(dx, g("W", 2), g("U", 2), g("b", 1), g("gamma", 2), g("beta", 2),
-                           g("V_s", 2), g("V_m", 2), g("b_r", 1),
-                           dst["h"], dst["c"], dst["m"], dst["a"],
-                           dout, x, lengths, n0, *saved.values(),
-                           self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
-                           self._p("V_s", 2), self._p("V_m", 2),
-                           self.K, self.psug, self.hgr, self.reverse)
+        args = (dx, g("W", 2), g("U", 2), g("b", 1), g("gamma", 2), g("beta", 2),
+                g("V_s", 2), g("V_m", 2), g("b_r", 1),
+                dst["h"], dst["c"], dst["m"], dst["a"],
+                dout, x, lengths, n0, *saved.values(),
+                self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
+                self._p("V_s", 2), self._p("V_m", 2),
+                self.K, self.psug, self.hgr, self.reverse)
+        bounds = row_blocks(x.shape[0])
+        if len(bounds) > 2:
+            recurrent_backward_split(*args, bounds)
+        else:
+            recurrent_backward(*args)
 
 
 class _GRUCell:
@@ -129,18 +140,28 @@ class _GRUCell:
         zeros = lambda *shape: np.zeros(shape, dtype=dt)
         out = zeros(B, T, H)
         saved = dict(GATES=zeros(B, T, 3, H), HN=zeros(B, T, H), HPREV=zeros(B, T, H))
-        gru_forward(out, st["h"], zeros(B, T, 3 * H), *saved.values(), x, lengths,
-                    self.params[p + "W"], self.params[p + "U"], self.params[p + "b"],
-                    self.params[p + "b_U"], self.reverse)
+        args = (out, st["h"], zeros(B, T, 3 * H), *saved.values(), x, lengths,
+                self.params[p + "W"], self.params[p + "U"], self.params[p + "b"],
+                self.params[p + "b_U"], self.reverse)
+        bounds = row_blocks(B)
+        if len(bounds) > 2:
+            gru_forward_split(*args, bounds)
+        else:
+            gru_forward(*args)
         self.cache = (x, lengths, saved)
         return out
 
     def backward(self, dx, grads, dout, dst):
         x, lengths, saved = self.cache
         p = self.prefix
-        gru_backward(dx, grads[p + "W"], grads[p + "U"], grads[p + "b"], grads[p + "b_U"], dst["h"],
-                     dout, x, lengths, *saved.values(),
-                     self.params[p + "W"], self.params[p + "U"], self.reverse)
+        args = (dx, grads[p + "W"], grads[p + "U"], grads[p + "b"], grads[p + "b_U"], dst["h"],
+                dout, x, lengths, *saved.values(),
+                self.params[p + "W"], self.params[p + "U"], self.reverse)
+        bounds = row_blocks(x.shape[0])
+        if len(bounds) > 2:
+            gru_backward_split(*args, bounds)
+        else:
+            gru_backward(*args)
 
 
 class _StackedRecurrent:

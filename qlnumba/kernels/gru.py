@@ -10,14 +10,15 @@ Shapes legend
     GATES (B,T,3,H) r_t, u_t, n_t
     HN (B,T,H)      U_n h_{t-1} + b_Un (what the reset gate multiplies)
     HPREV (B,T,H)   h_{t-1}
+  bounds (P+1,) int64  row-block edges for the *_split kernels (one thread per block)
 Step s of a row of length L reads position pos = s, or L-1-s with reverse.
 Steps s >= L change nothing; out is zero at positions >= L.
 Element-wise work runs as short loops over contiguous rows, which LLVM vectorises.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from ..config import JIT
+from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
 
@@ -107,3 +108,38 @@ def gru_backward(dx, dW, dU, db, db_U, dh,
     dU += np.dot(DH2.T, HPREV.reshape(B * T, H))
     db_U += DH2.sum(axis=0)
     dx += np.dot(DX2, W).reshape(B, T, E)
+
+
+@njit(**JIT_PARALLEL)
+def gru_forward_split(out, h, ZX, GATES, HN, HPREV,
+                      x, lengths,
+                      W, U, b, b_U,
+                      reverse, bounds):
+    """``gru_forward`` on row blocks [bounds[p], bounds[p+1]) in parallel, one thread each."""
+    for p in prange(len(bounds) - 1):
+        r0, r1 = bounds[p], bounds[p + 1]
+        gru_forward(out[r0:r1], h[r0:r1], ZX[r0:r1], GATES[r0:r1], HN[r0:r1], HPREV[r0:r1],
+                    x[r0:r1], lengths[r0:r1], W, U, b, b_U, reverse)
+
+
+@njit(**JIT_PARALLEL)
+def gru_backward_split(dx, dW, dU, db, db_U, dh,
+                       dout, x, lengths, GATES, HN, HPREV,
+                       W, U,
+                       reverse, bounds):
+    """``gru_backward`` on row blocks in parallel, weight gradients summed at the end."""
+    P = len(bounds) - 1
+    dW_p = np.zeros((P, dW.shape[0], dW.shape[1]), dtype=dW.dtype)
+    dU_p = np.zeros((P, dU.shape[0], dU.shape[1]), dtype=dU.dtype)
+    db_p = np.zeros((P, db.shape[0]), dtype=db.dtype)
+    db_U_p = np.zeros((P, db_U.shape[0]), dtype=db_U.dtype)
+    for p in prange(P):
+        r0, r1 = bounds[p], bounds[p + 1]
+        gru_backward(dx[r0:r1], dW_p[p], dU_p[p], db_p[p], db_U_p[p], dh[r0:r1],
+                     dout[r0:r1], x[r0:r1], lengths[r0:r1], GATES[r0:r1], HN[r0:r1], HPREV[r0:r1],
+                     W, U, reverse)
+    for p in range(P):
+        dW += dW_p[p]
+        dU += dU_p[p]
+        db += db_p[p]
+        db_U += db_U_p[p]

@@ -19,6 +19,7 @@ Shapes legend
     MBLK (B,NB+1,H) the memory each block started from (MBLK[:,0] = m0),
                     MBLK[:,j+1] = the memory after close j
     SBLK, RBLK (B,NB,H)  summary s and gate r of each block close
+  bounds (P+1,) int64  row-block edges for the *_split kernels (one thread per block)
 Step s of a row of length L reads position pos = s, or L-1-s with reverse.
 The element-wise work is written as short loops over contiguous rows of H values
 (few arrays per loop) so that LLVM vectorises them.
@@ -28,9 +29,9 @@ closes a block iff (n0 + s + 1) % K == 0, and that close is number
 (n0 + s + 1) // K - 1.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from ..config import JIT
+from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, sigmoid, tanh
 
 
@@ -246,3 +247,60 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
         dV_s += np.dot(DP2.T, SBLK.reshape(B * NB, H))    # p = V_s s + V_m m + b_r
         dV_m += np.dot(DP2.T, np.ascontiguousarray(MBLK[:, :NB, :]).reshape(B * NB, H))
         db_r += DP2.sum(axis=0)
+
+
+@njit(**JIT_PARALLEL)
+def recurrent_forward_split(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
+                            x, lengths,
+                            W, U, b, gamma, beta, V_s, V_m, b_r,
+                            K, psug, hgr, reverse, bounds):
+    """``recurrent_forward`` on row blocks [bounds[p], bounds[p+1]) in parallel, one thread each.
+
+    Rows never interact, so each thread runs the serial kernel on its own rows
+    for the whole sequence: no synchronisation between steps.
+    """
+    for p in prange(len(bounds) - 1):
+        r0, r1 = bounds[p], bounds[p + 1]
+        recurrent_forward(out[r0:r1], h[r0:r1], c[r0:r1], m[r0:r1], a[r0:r1], n[r0:r1],
+                          Z[r0:r1], GATES[r0:r1], C[r0:r1], CPREV[r0:r1], HPREV[r0:r1],
+                          MBLK[r0:r1], SBLK[r0:r1], RBLK[r0:r1],
+                          x[r0:r1], lengths[r0:r1],
+                          W, U, b, gamma, beta, V_s, V_m, b_r,
+                          K, psug, hgr, reverse)
+
+
+@njit(**JIT_PARALLEL)
+def recurrent_backward_split(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, dm, da,
+                             dout, x, lengths, n0, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
+                             W, U, gamma, V_s, V_m,
+                             K, psug, hgr, reverse, bounds):
+    """``recurrent_backward`` on row blocks in parallel; each thread sums its weight
+    gradients into a buffer of its own, and the buffers are added at the end."""
+    P = len(bounds) - 1
+    dW_p = np.zeros((P, dW.shape[0], dW.shape[1]), dtype=dW.dtype)
+    dU_p = np.zeros((P, dU.shape[0], dU.shape[1]), dtype=dU.dtype)
+    db_p = np.zeros((P, db.shape[0]), dtype=db.dtype)
+    dgamma_p = np.zeros((P, dgamma.shape[0], dgamma.shape[1]), dtype=dgamma.dtype)
+    dbeta_p = np.zeros((P, dbeta.shape[0], dbeta.shape[1]), dtype=dbeta.dtype)
+    dV_s_p = np.zeros((P, dV_s.shape[0], dV_s.shape[1]), dtype=dV_s.dtype)
+    dV_m_p = np.zeros((P, dV_m.shape[0], dV_m.shape[1]), dtype=dV_m.dtype)
+    db_r_p = np.zeros((P, db_r.shape[0]), dtype=db_r.dtype)
+    for p in prange(P):
+        r0, r1 = bounds[p], bounds[p + 1]
+        recurrent_backward(dx[r0:r1], dW_p[p], dU_p[p], db_p[p], dgamma_p[p], dbeta_p[p],
+                           dV_s_p[p], dV_m_p[p], db_r_p[p],
+                           dh[r0:r1], dc[r0:r1], dm[r0:r1], da[r0:r1],
+                           dout[r0:r1], x[r0:r1], lengths[r0:r1], n0[r0:r1],
+                           Z[r0:r1], GATES[r0:r1], C[r0:r1], CPREV[r0:r1], HPREV[r0:r1],
+                           MBLK[r0:r1], SBLK[r0:r1], RBLK[r0:r1],
+                           W, U, gamma, V_s, V_m,
+                           K, psug, hgr, reverse)
+    for p in range(P):
+        dW += dW_p[p]
+        dU += dU_p[p]
+        db += db_p[p]
+        dgamma += dgamma_p[p]
+        dbeta += dbeta_p[p]
+        dV_s += dV_s_p[p]
+        dV_m += dV_m_p[p]
+        db_r += db_r_p[p]
