@@ -2,7 +2,11 @@
 
 A training step is: recurrent layer forward, linear head on the last step with
 softmax cross-entropy, backward, one Adam step over every parameter.
-Inference is the layer's forward alone.  Each measurement warms up first
+Inference is the layer's forward alone.  qlnumba runs with
+``qlnumba.config.set_num_threads(--threads)`` (rows split across threads, BLAS on
+one thread); torch with ``torch.set_num_threads(--threads)``.  GFLOP/s counts the
+matrix products only (2 flops per multiply-add; training = 3x the forward's
+products), against the peak of a large float32 BLAS product on the same threads.  Each measurement warms up first
 (compilation excluded) and reports the median of --repeats runs; the output
 gives tokens/s and the ratios against torch.
 
@@ -52,6 +56,21 @@ def median_time(fn, repeats):
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def matmul_peak_gflops(threads):
+    """float32 GFLOP/s of a 2048^3 BLAS product on ``threads`` threads (median of 5)."""
+    from threadpoolctl import threadpool_limits
+
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    with threadpool_limits(threads, user_api="blas"):
+        return 2 * 2048 ** 3 / median_time(lambda: a @ a, 5) / 1e9
+
+
+def forward_flops(psug, hgr, B, T, E, H):
+    G = H if psug else 4 * H
+    per_token = 2 * G * (E + H) + (2 * 2 * H * H / 32 if hgr else 0)
+    return B * T * per_token
 
 
 def qlnumba_case(psug, hgr, B, T, E, H, rng):
@@ -108,7 +127,8 @@ def torch_case(B, T, E, H, rng):
 
 def main():
     B, T, E, H = CONFIGS[args.config]
-    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    peak = matmul_peak_gflops(args.threads)
+    qlnumba.config.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     cases = {"qlnumba_ql": qlnumba_case(True, True, B, T, E, H, rng),
              "qlnumba_lstm": qlnumba_case(False, False, B, T, E, H, rng)}
@@ -121,6 +141,7 @@ def main():
             torch.set_num_threads(args.threads)
             cases["torch_lstm"] = torch_case(B, T, E, H, rng)
             versions["torch"] = torch.__version__
+            versions["torch_threads"] = torch.get_num_threads()
         except ImportError:
             pass
     tokens = B * T
@@ -128,10 +149,16 @@ def main():
               "threads": args.threads, "repeats": args.repeats,
               "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
               "load_avg_1min": os.getloadavg()[0], "versions": versions,
-              "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
+              "matmul_peak_gflops": peak, "qlnumba_threads": qlnumba.config.get_num_threads(),
+              "train_tokens_per_s": {}, "infer_tokens_per_s": {}, "gflops": {}}
     for name, (train_step, infer) in cases.items():
         result["train_tokens_per_s"][name] = tokens / median_time(train_step, args.repeats)
         result["infer_tokens_per_s"][name] = tokens / median_time(infer, args.repeats)
+    for name in cases:
+        psug = name == "qlnumba_ql"
+        fwd = forward_flops(psug, psug, B, T, E, H) / tokens
+        result["gflops"][name] = {"train": 3 * fwd * result["train_tokens_per_s"][name] / 1e9,
+                                  "infer": fwd * result["infer_tokens_per_s"][name] / 1e9}
     if "torch_lstm" in cases:
         for mode in ("train", "infer"):
             tps = result[f"{mode}_tokens_per_s"]
@@ -143,12 +170,16 @@ def main():
     print(f"config {args.config}: B={B} T={T} E={E} H={H} float32, {args.threads} threads, "
           f"median of {args.repeats}")
     print(f"machine: {result['machine']}, load {result['load_avg_1min']:.2f}; versions: {versions}")
-    print(f"{'model':14s} {'train tok/s':>12s} {'ratio':>7s} {'infer tok/s':>12s} {'ratio':>7s}")
+    print(f"float32 matrix-product peak on {args.threads} threads: {peak:.0f} GFLOP/s")
+    print(f"{'model':14s} {'train tok/s':>12s} {'ratio':>7s} {'infer tok/s':>12s} {'ratio':>7s} "
+          f"{'GFLOP/s train/infer':>20s}")
     for name in cases:
         tr, inf = result["train_tokens_per_s"][name], result["infer_tokens_per_s"][name]
         rt = result.get("train_ratio_vs_torch", {}).get(name, float("nan"))
         ri = result.get("infer_ratio_vs_torch", {}).get(name, float("nan"))
-        print(f"{name:14s} {tr:12.0f} {rt:7.2f} {inf:12.0f} {ri:7.2f}")
+        gf = result["gflops"][name]
+        print(f"{name:14s} {tr:12.0f} {rt:7.2f} {inf:12.0f} {ri:7.2f} "
+              f"{gf['train']:9.1f} / {gf['infer']:.1f}")
 
 
 if __name__ == "__main__":
