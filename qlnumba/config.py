@@ -43,6 +43,9 @@ def set_num_threads(n):
         raise ValueError(f"thread count must be an integer >= 1, got {n!r}")
     n = min(int(n), numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
+    # Numba's np.dot calls SciPy's BLAS, which is loaded lazily: load it now, or the
+    # limit (which reaches only libraries already loaded) would miss it
+    import scipy.linalg.cython_blas  # noqa: F401
     from threadpoolctl import threadpool_limits     # installed with scikit-learn
 
     threadpool_limits(1, user_api="blas")

@@ -51,3 +51,15 @@ def test_row_blocks_and_thread_setting(three_blocks):
     assert config.row_blocks(1).tolist() == [0, 1]          # never an empty block
     with pytest.raises(ValueError, match="thread count"):
         config.set_num_threads(0)
+
+
+def test_set_num_threads_pins_the_blas_numba_calls():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    before = config.get_num_threads()
+    try:
+        config.set_num_threads(1)
+        blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        assert any("scipy" in i["filepath"] for i in blas)
+        assert all(i["num_threads"] == 1 for i in blas)
+    finally:
+        config._threads = before
