@@ -70,22 +70,24 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
             for j in range(G):
                 z[j] += hu[j] + b[j]                              # z_t = W x_t + U h_{t-1} + b
             gt = GATES[bb, pos]                                   # (4, H): i, f, g, o
-            if psug:
-                for k in range(4):                                # pre-activation γ_k z + β_k
-                    for j in range(H):
-                        gt[k, j] = gamma[k, j] * z[j] + beta[k, j]
-            else:
-                for k in range(4):                                # the k-th slice of the 4H z
-                    for j in range(H):
-                        gt[k, j] = z[k * H + j]
-            for j in range(H):
-                gt[0, j] = sigmoid(gt[0, j])                      # i
-            for j in range(H):
-                gt[1, j] = sigmoid(gt[1, j])                      # f
-            for j in range(H):
-                gt[2, j] = tanh(gt[2, j])                         # g
-            for j in range(H):
-                gt[3, j] = sigmoid(gt[3, j])                      # o
+            if psug:                                              # gate_k = act(γ_k z + β_k)
+                for j in range(H):
+                    gt[0, j] = sigmoid(gamma[0, j] * z[j] + beta[0, j])
+                for j in range(H):
+                    gt[1, j] = sigmoid(gamma[1, j] * z[j] + beta[1, j])
+                for j in range(H):
+                    gt[2, j] = tanh(gamma[2, j] * z[j] + beta[2, j])
+                for j in range(H):
+                    gt[3, j] = sigmoid(gamma[3, j] * z[j] + beta[3, j])
+            else:                                                 # gate_k = act(k-th slice of z)
+                for j in range(H):
+                    gt[0, j] = sigmoid(z[j])
+                for j in range(H):
+                    gt[1, j] = sigmoid(z[H + j])
+                for j in range(H):
+                    gt[2, j] = tanh(z[2 * H + j])
+                for j in range(H):
+                    gt[3, j] = sigmoid(z[3 * H + j])
             hrow, crow = h[bb], c[bb]
             cprev, hprev, ct = CPREV[bb, pos], HPREV[bb, pos], C[bb, pos]
             for j in range(H):
@@ -135,7 +137,7 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
 
 
 @njit(**JIT)
-def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, dm, da,
+def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, dm, da, DZ,
                        dout, x, lengths, n0, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
                        W, U, gamma, V_s, V_m,
                        K, psug, hgr, reverse):
@@ -143,13 +145,16 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
 
     dh, dc, dm, da (B,H) are the running state gradients: on entry the
     gradient of the loss w.r.t. the final state, on return w.r.t. the initial
-    state.  Every other d* buffer is accumulated into.
+    state.  DZ (B,T,G) is workspace (any content on entry): it ends holding
+    δz_t of every step, zero at padded positions.  Every other d* buffer is
+    accumulated into.
     """
     B, T, E = x.shape
     H = dh.shape[1]
     G = Z.shape[2]
     NB = SBLK.shape[1]
-    DZ = np.zeros((B, T, G), dtype=dh.dtype)        # δz_t of every step, for the products after the loop
+    for bb in range(B):
+        DZ[bb, lengths[bb]:, :] = 0.0               # padded steps add nothing to the sums below
     DZ_step = np.zeros((B, G), dtype=dh.dtype)      # δz of this step, gathered by row
     dhU = np.empty((B, H), dtype=dh.dtype)          # U^T δz
     dhhat = np.empty(H, dtype=dh.dtype)             # δĥ_t of one row
@@ -270,7 +275,7 @@ def recurrent_forward_split(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK,
 
 
 @njit(**JIT_PARALLEL)
-def recurrent_backward_split(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, dm, da,
+def recurrent_backward_split(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, dm, da, DZ,
                              dout, x, lengths, n0, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
                              W, U, gamma, V_s, V_m,
                              K, psug, hgr, reverse, bounds):
@@ -289,7 +294,7 @@ def recurrent_backward_split(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh
         r0, r1 = bounds[p], bounds[p + 1]
         recurrent_backward(dx[r0:r1], dW_p[p], dU_p[p], db_p[p], dgamma_p[p], dbeta_p[p],
                            dV_s_p[p], dV_m_p[p], db_r_p[p],
-                           dh[r0:r1], dc[r0:r1], dm[r0:r1], da[r0:r1],
+                           dh[r0:r1], dc[r0:r1], dm[r0:r1], da[r0:r1], DZ[r0:r1],
                            dout[r0:r1], x[r0:r1], lengths[r0:r1], n0[r0:r1],
                            Z[r0:r1], GATES[r0:r1], C[r0:r1], CPREV[r0:r1], HPREV[r0:r1],
                            MBLK[r0:r1], SBLK[r0:r1], RBLK[r0:r1],
