@@ -340,10 +340,18 @@ class QLLSTM(_StackedRecurrent):
     block_size : int, K, steps per HGR-ASC block
     dtype : np.float32 or np.float64
     seed : int or None, seeds the initialisation's numpy Generator
+    device : "cpu" or "cuda" (numba-cuda's kernels, the extra ``qlnumba[cuda]``; host
+        arrays in and out, the same results as "cpu")
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, psug=True,
-                 hgr=True, block_size=32, dtype=np.float32, seed=None):
+                 hgr=True, block_size=32, dtype=np.float32, seed=None, device="cpu"):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.device = device
+        if device == "cuda":
+            from .cuda.recurrent import CudaQLCell      # imported only when asked for
+            self._wrap = CudaQLCell
         self.psug, self.hgr = bool(psug), bool(hgr)
         self.block_size = _check_size(block_size, "block_size")
         self.state_keys = ("h", "c", "m", "a") if self.hgr else ("h", "c")
@@ -351,8 +359,9 @@ class QLLSTM(_StackedRecurrent):
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed)
 
     def _make_cell(self, prefix, input_size, reverse, rng):
-        return _QLCell(self.params, prefix, input_size, self.hidden_size, self.psug, self.hgr,
+        cell = _QLCell(self.params, prefix, input_size, self.hidden_size, self.psug, self.hgr,
                        self.block_size, reverse, self.dtype, rng)
+        return self._wrap(cell) if self.device == "cuda" else cell
 
     def _cell_state(self, st, batch):
         # without hgr the kernel still takes m, a, n: give it zeros it will not touch
@@ -365,7 +374,8 @@ class QLLSTM(_StackedRecurrent):
     def __repr__(self):
         return (f"QLLSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, psug={self.psug}, hgr={self.hgr}, "
-                f"block_size={self.block_size}, dtype={np.dtype(self.dtype).name})")
+                f"block_size={self.block_size}, dtype={np.dtype(self.dtype).name}, "
+                f"device={self.device!r})")
 
 
 class GRU(_StackedRecurrent):
