@@ -1,0 +1,107 @@
+"""GPU benchmark: qlnumba's GPU QL-LSTM and LSTM next to PyTorch's cuDNN nn.LSTM, one run, one card.
+
+A training step here is forward + backward of the recurrent layer (host arrays in
+and out for qlnumba: its simple per-step path copies at the API boundary) with a
+gradient on every output; torch's step is the same on device tensors, plus
+nothing else.  Inference is the forward alone.  Warm-up first (compilation
+excluded), medians, tokens/s and ratios against cuDNN.
+
+    python bench/gpu.py [--shapes small,large] [--json-out FILE]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack                   # numba-cuda 0.30 against numpy 2.5
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+SHAPES = {"small": (32, 256, 128, 256), "large": (64, 1024, 300, 512)}
+
+
+def median_time(fn, repeats, sync=lambda: None):
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="small,large")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    import numba
+    from numba import cuda
+
+    import qlnumba
+
+    result = {"device": cuda.get_current_device().name.decode() if hasattr(cuda.get_current_device().name, "decode")
+              else str(cuda.get_current_device().name),
+              "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                           "numba": numba.__version__, "qlnumba": qlnumba.__version__},
+              "path": "qlnumba simple per-step GPU path (one launch group per step, host I/O per call)",
+              "shapes": {}}
+    try:
+        import torch
+        result["versions"]["torch"] = torch.__version__
+        result["versions"]["cudnn"] = torch.backends.cudnn.version()
+    except ImportError:
+        torch = None
+    rng = np.random.default_rng(0)
+    for name in args.shapes.split(","):
+        B, T, E, H = SHAPES[name]
+        tokens = B * T
+        x = rng.standard_normal((B, T, E)).astype(np.float32)
+        dout = rng.standard_normal((B, T, H)).astype(np.float32)
+        row = {"B": B, "T": T, "E": E, "H": H, "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
+        for label, psug, hgr in (("qlnumba_ql", True, True), ("qlnumba_lstm", False, False)):
+            layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, device="cuda", seed=0)
+
+            def train(layer=layer):
+                layer.forward(x)
+                layer.backward(dout)
+
+            row["train_tokens_per_s"][label] = tokens / median_time(train, args.repeats)
+            row["infer_tokens_per_s"][label] = tokens / median_time(lambda: layer.forward(x), args.repeats)
+        if torch is not None and torch.cuda.is_available():
+            lstm = torch.nn.LSTM(E, H, batch_first=True).cuda()
+            xt = torch.from_numpy(x).cuda()
+            dt = torch.from_numpy(dout).cuda()
+
+            def ttrain():
+                out, _ = lstm(xt)
+                out.backward(dt)
+
+            def tinfer():
+                with torch.inference_mode():
+                    lstm(xt)
+
+            sync = torch.cuda.synchronize
+            row["train_tokens_per_s"]["torch_cudnn_lstm"] = tokens / median_time(ttrain, args.repeats, sync)
+            row["infer_tokens_per_s"]["torch_cudnn_lstm"] = tokens / median_time(tinfer, args.repeats, sync)
+            for mode in ("train", "infer"):
+                tps = row[f"{mode}_tokens_per_s"]
+                row[f"{mode}_ratio_vs_cudnn"] = {k: v / tps["torch_cudnn_lstm"] for k, v in tps.items()}
+        result["shapes"][name] = row
+        print(json.dumps({name: row}), flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
