@@ -22,7 +22,7 @@ if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack                   # numba-cuda 0.30 against numpy 2.5
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-SHAPES = {"small": (32, 256, 128, 256), "large": (64, 1024, 300, 512)}
+SHAPES = {"small": (32, 256, 128, 256), "large": (64, 1024, 300, 512), "tiny": (2, 4, 2, 3)}
 
 
 def median_time(fn, repeats, sync=lambda: None):
@@ -48,8 +48,12 @@ def main():
 
     import qlnumba
 
-    result = {"device": cuda.get_current_device().name.decode() if hasattr(cuda.get_current_device().name, "decode")
-              else str(cuda.get_current_device().name),
+    try:
+        device = cuda.get_current_device().name
+        device = device.decode() if isinstance(device, bytes) else str(device)
+    except AttributeError:                      # the simulator has no device to name
+        device = "numba CUDA simulator"
+    result = {"device": device,
               "versions": {"python": platform.python_version(), "numpy": np.__version__,
                            "numba": numba.__version__, "qlnumba": qlnumba.__version__},
               "path": "qlnumba simple per-step GPU path (one launch group per step, host I/O per call)",

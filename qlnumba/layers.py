@@ -350,7 +350,7 @@ class QLLSTM(_StackedRecurrent):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.device = device
         if device == "cuda":
-            from .cuda.recurrent import CudaQLCell      # imported only when asked for
+            from .gpu.recurrent import CudaQLCell      # imported only when asked for
             self._wrap = CudaQLCell
         self.psug, self.hgr = bool(psug), bool(hgr)
         self.block_size = _check_size(block_size, "block_size")

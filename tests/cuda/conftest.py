@@ -9,7 +9,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
 def pytest_collection_modifyitems(config, items):
-    import qlnumba.cuda  # noqa: F401  (applies the numpy 2.5 shim before numba.cuda loads)
+    import qlnumba.gpu  # noqa: F401  (applies the numpy 2.5 shim before numba.cuda loads)
     from numba import cuda
 
     if not cuda.is_available():

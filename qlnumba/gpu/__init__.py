@@ -1,5 +1,8 @@
 """GPU path (numba-cuda), imported only on demand: the CPU library never imports this package.
 
+Named `gpu`, not `cuda`: numba-cuda redirects every module whose name contains
+"numba.cuda", and "qlnumba.cuda" does (it recursed forever on the GPU machine).
+
 ``qlnumba.QLLSTM(..., device="cuda")`` reaches it.  Install with ``pip install
 qlnumba[cuda]``.  Under ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is
 imported) the same kernels run on the CPU in Numba's simulator, which is how
