@@ -6,11 +6,7 @@
 # Extra arguments go to both pytest runs (for example: scripts/test.sh --runslow).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+source scripts/venv.sh
+ensure_venv test
 .venv/bin/python -m pytest --ignore=tests/cuda "$@"
 NUMBA_ENABLE_CUDASIM=1 exec .venv/bin/python -m pytest tests/cuda "$@"

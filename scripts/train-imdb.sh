@@ -4,10 +4,6 @@
 # Extra arguments go to train/imdb.py (see: scripts/train-imdb.sh --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+source scripts/venv.sh
+ensure_venv
 exec .venv/bin/python train/imdb.py "$@"
