@@ -45,6 +45,15 @@ def _dummy(ndim, dtype):
     return np.zeros((0,) * ndim, dtype=dtype)
 
 
+def _run(serial, split, args, batch):
+    """``split`` on row blocks when set_num_threads asked for several threads, else ``serial``."""
+    bounds = row_blocks(batch)
+    if len(bounds) > 2:
+        split(*args, bounds)
+    else:
+        serial(*args)
+
+
 class _BufferPool:
     """Flat arrays reused from call to call for what forward saves and backward's workspace.
 
@@ -118,11 +127,7 @@ class _QLCell:
                 self._p("gamma", 2), self._p("beta", 2),
                 self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
                 self.K, self.psug, self.hgr, self.reverse)
-        bounds = row_blocks(B)
-        if len(bounds) > 2:
-            recurrent_forward_split(*args, bounds)
-        else:
-            recurrent_forward(*args)
+        _run(recurrent_forward, recurrent_forward_split, args, B)
         self.cache = (x, lengths, n0, saved)
         return out
 
@@ -137,11 +142,7 @@ class _QLCell:
                 self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
                 self._p("V_s", 2), self._p("V_m", 2),
                 self.K, self.psug, self.hgr, self.reverse)
-        bounds = row_blocks(x.shape[0])
-        if len(bounds) > 2:
-            recurrent_backward_split(*args, bounds)
-        else:
-            recurrent_backward(*args)
+        _run(recurrent_backward, recurrent_backward_split, args, x.shape[0])
 
 
 class _GRUCell:
@@ -151,6 +152,7 @@ class _GRUCell:
         E, H = input_size, hidden_size
         self.prefix, self.H, self.reverse, self.dtype = prefix, H, reverse, dtype
         self.params = params
+        self.pool = _BufferPool(dtype)
         bound = 1.0 / math.sqrt(H)
         for name, shape in (("W", (3 * H, E)), ("U", (3 * H, H)), ("b", (3 * H,)), ("b_U", (3 * H,))):
             params[prefix + name] = rng.uniform(-bound, bound, shape).astype(dtype)
@@ -158,18 +160,13 @@ class _GRUCell:
 
     def forward(self, x, lengths, st):
         B, T, _ = x.shape
-        H, dt, p = self.H, self.dtype, self.prefix
-        zeros = lambda *shape: np.zeros(shape, dtype=dt)
-        out = zeros(B, T, H)
-        saved = dict(GATES=zeros(B, T, 3, H), HN=zeros(B, T, H), HPREV=zeros(B, T, H))
-        args = (out, st["h"], zeros(B, T, 3 * H), *saved.values(), x, lengths,
+        H, p, buf = self.H, self.prefix, self.pool.take
+        out = np.zeros((B, T, H), dtype=self.dtype)
+        saved = dict(GATES=buf("GATES", B, T, 3, H), HN=buf("HN", B, T, H), HPREV=buf("HPREV", B, T, H))
+        args = (out, st["h"], buf("ZX", B, T, 3 * H), *saved.values(), x, lengths,
                 self.params[p + "W"], self.params[p + "U"], self.params[p + "b"],
                 self.params[p + "b_U"], self.reverse)
-        bounds = row_blocks(B)
-        if len(bounds) > 2:
-            gru_forward_split(*args, bounds)
-        else:
-            gru_forward(*args)
+        _run(gru_forward, gru_forward_split, args, B)
         self.cache = (x, lengths, saved)
         return out
 
@@ -179,11 +176,7 @@ class _GRUCell:
         args = (dx, grads[p + "W"], grads[p + "U"], grads[p + "b"], grads[p + "b_U"], dst["h"],
                 dout, x, lengths, *saved.values(),
                 self.params[p + "W"], self.params[p + "U"], self.reverse)
-        bounds = row_blocks(x.shape[0])
-        if len(bounds) > 2:
-            gru_backward_split(*args, bounds)
-        else:
-            gru_backward(*args)
+        _run(gru_backward, gru_backward_split, args, x.shape[0])
 
 
 class _StackedRecurrent:
