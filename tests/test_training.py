@@ -70,7 +70,7 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
 
 
 def test_training_cli_reports_missing_data_without_traceback(tmp_path, capsys):
-    rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--threads", "1"])
     assert rc == 2
     err = capsys.readouterr().err
     assert "IMDB data folder not found" in err and "Traceback" not in err
@@ -83,7 +83,7 @@ def test_short_run_on_real_reviews_learns(tmp_path, capsys):
     rc = train_imdb.main(["--limit", "1500", "--epochs", "4", "--max-len", "120", "--hidden", "32",
                           "--embed-dim", "32", "--vocab-size", "4000", "--batch-size", "16",
                           "--val-fraction", "0.2", "--patience", "4", "--out", str(out),
-                          "--no-progress", "--seed", "0"])
+                          "--no-progress", "--seed", "0", "--threads", "1"])
     assert rc == 0, capsys.readouterr().err
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     print(log)
@@ -94,14 +94,15 @@ def test_short_run_on_real_reviews_learns(tmp_path, capsys):
     assert set(summary["params"]) == {"embedding", "recurrent", "head", "total"}
     # --eval on the saved model reproduces the test accuracy
     capsys.readouterr()
-    assert train_imdb.main(["--eval", str(out / "best.npz"), "--limit", "1500"]) == 0
+    assert train_imdb.main(["--eval", str(out / "best.npz"), "--limit", "1500", "--threads", "1"]) == 0
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
 
 
 @pytest.mark.skipif(not HAVE_IMDB, reason="real IMDB data not found beside the checkout")
 def test_resume_continues_after_the_last_epoch(tmp_path):
     common = ["--limit", "300", "--max-len", "40", "--hidden", "8", "--embed-dim", "8",
-              "--vocab-size", "500", "--patience", "9", "--no-progress", "--seed", "3"]
+              "--vocab-size", "500", "--patience", "9", "--no-progress", "--seed", "3",
+              "--threads", "1"]
     out = tmp_path / "run"
     assert train_imdb.main(common + ["--epochs", "1", "--out", str(out)]) == 0
     assert train_imdb.main(common + ["--epochs", "2", "--out", str(out),
