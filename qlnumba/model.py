@@ -39,13 +39,17 @@ class SequenceClassifier:
         on the head's input while training
     dtype : np.float32 or np.float64
     seed : int or None, seeds the initialisation
+    device : "cpu" or "cuda": where the recurrent layers run (the embedding and head
+        run on the CPU; GRU has no GPU kernels yet)
     """
 
     def __init__(self, vocab_size, embed_dim=128, hidden_size=256, num_classes=2, kind="ql",
                  num_layers=1, block_size=32, embed_dropout=0.0, head_dropout=0.0,
-                 dtype=np.float32, seed=None):
+                 dtype=np.float32, seed=None, device="cpu"):
         if kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
+        if device == "cuda" and MODEL_KINDS[kind][0] is not QLLSTM:
+            raise ValueError(f"kind {kind!r} has no GPU kernels yet; use device='cpu'")
         for name, value in (("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {value}")
@@ -57,12 +61,12 @@ class SequenceClassifier:
                            hidden_size=int(hidden_size), num_classes=int(num_classes), kind=kind,
                            num_layers=int(num_layers), block_size=int(block_size),
                            embed_dropout=float(embed_dropout), head_dropout=float(head_dropout),
-                           dtype=np.dtype(dtype).name)
+                           dtype=np.dtype(dtype).name, device=device)
         self.dtype = np.dtype(dtype).type
         rng = np.random.default_rng(seed)
         cls, kwargs = MODEL_KINDS[kind]
         if cls is QLLSTM:
-            kwargs = dict(kwargs, block_size=block_size)
+            kwargs = dict(kwargs, block_size=block_size, device=device)
         self.rnn = cls(embed_dim, hidden_size, num_layers=num_layers, dtype=dtype,
                        seed=int(rng.integers(2 ** 63)), **kwargs)
         D = hidden_size * self.rnn.directions

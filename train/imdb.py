@@ -79,6 +79,8 @@ def parse_args(argv=None):
     a("--eval", default=None, metavar="CKPT", help="only evaluate a saved model on the test split")
     a("--limit", type=int, default=None, help="use only the first N reviews of each split (smoke runs)")
     a("--dtype", default="float32", choices=["float32", "float64"])
+    a("--device", default="cpu", choices=["cpu", "cuda"],
+      help="where the recurrent layers run (cuda: numba-cuda's simple per-step path, QL-LSTM kinds only)")
     a("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -163,7 +165,7 @@ def run(args):
         model = qlnumba.SequenceClassifier(
             len(vocab), args.embed_dim, args.hidden, 2, kind=args.model, num_layers=args.layers,
             block_size=args.block_size, embed_dropout=args.embed_dropout,
-            head_dropout=args.head_dropout, dtype=dtype, seed=args.seed)
+            head_dropout=args.head_dropout, dtype=dtype, seed=args.seed, device=args.device)
         opt_state, meta = None, {}
     opt = qlnumba.Adam(model.params, lr=args.lr, weight_decay=args.weight_decay,
                        clip_norm=args.clip or None)

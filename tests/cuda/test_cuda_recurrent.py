@@ -48,3 +48,22 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol):
 def test_device_argument_is_checked():
     with pytest.raises(ValueError, match="device"):
         qlnumba.QLLSTM(2, 3, device="tpu")
+
+
+def test_cuda_model_equals_cpu_model():
+    """A whole classifier (embedding, QL-LSTM on the device, head): the same loss and gradients."""
+    rng = make_rng(61)
+    kw = dict(embed_dim=2, hidden_size=3, kind="ql", block_size=2, dtype=np.float64, seed=5)
+    cpu = qlnumba.SequenceClassifier(9, **kw)
+    gpu = qlnumba.SequenceClassifier(9, device="cuda", **kw)
+    ids = rng.integers(1, 9, (2, 4))
+    lengths = np.array([4, 3])
+    targets = np.array([1, 0])
+    loss_c, _ = cpu.forward(ids, lengths, targets)
+    loss_g, _ = gpu.forward(ids, lengths, targets)
+    assert abs(loss_c - loss_g) < 1e-10
+    gc, gg = cpu.backward(), gpu.backward()
+    for k in gc:
+        assert_close(gg[k], gc[k], 1e-10, 1e-10, k)
+    with pytest.raises(ValueError, match="GPU"):
+        qlnumba.SequenceClassifier(9, kind="gru", device="cuda")
