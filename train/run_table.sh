@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train every row of results/imdb.md, at most two jobs at a time with one thread each
-# (2 cores), then rebuild the table.  A job whose summary.json exists is skipped.
+# (2 cores), then print the tables.  A job whose summary.json exists is skipped.
 #   train/run_table.sh [JOB ...]      JOB = model:seed, default: the full table
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,4 +16,4 @@ for job in "${jobs[@]}"; do
     sleep 2
 done
 wait
-.venv/bin/python train/report.py runs > results/imdb_table.md
+.venv/bin/python train/report.py runs          # paste into results/imdb.md
