@@ -11,18 +11,20 @@ ORDER = ["ql", "lstm", "bilstm", "gru", "psug", "hgr"]
 
 def command(s):
     a = s["args"]
-    return f"`python train/imdb.py --model {a['model']} --seed {a['seed']} --threads {a['threads']}`"
+    hidden = f" --hidden {a['hidden']}" if a["hidden"] != 128 else ""
+    return f"`python train/imdb.py --model {a['model']}{hidden} --seed {a['seed']} --threads {a['threads']}`"
 
 
 def main(root):
     runs = [json.loads(p.read_text()) for p in sorted(Path(root).glob("*/summary.json"))]
-    runs.sort(key=lambda s: (ORDER.index(s["model"]) if s["model"] in ORDER else 99, s["seed"]))
-    print("| model | seed | embedding | recurrent | head | total | test acc | macro-F1 | best / run epochs "
+    runs.sort(key=lambda s: (ORDER.index(s["model"]) if s["model"] in ORDER else 99,
+                             s["args"]["hidden"], s["seed"]))
+    print("| model | H | seed | embedding | recurrent | head | total | test acc | macro-F1 | best / run epochs "
           "| wall min | train tok/s | command |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for s in runs:
         p = s["params"]
-        print(f"| {s['model']} | {s['seed']} | {p['embedding']:,} | {p['recurrent']:,} | {p['head']:,} "
+        print(f"| {s['model']} | {s['args']['hidden']} | {s['seed']} | {p['embedding']:,} | {p['recurrent']:,} | {p['head']:,} "
               f"| {p['total']:,} | {100 * s['test_accuracy']:.2f}% | {100 * s['test_macro_f1']:.2f}% "
               f"| {s['best_epoch']} / {s['epochs_run']} | {s['wall_seconds'] / 60:.1f} "
               f"| {s['train_tokens_per_s']:,.0f} | {command(s)} |")
@@ -31,11 +33,11 @@ def main(root):
     print("Test accuracy by review length (tokens before truncation; models trained with max_len "
           f"{runs[0]['args']['max_len'] if runs else '?'}):")
     print()
-    print("| model | seed | " + " | ".join(f"{b} (n={runs[0]['test_by_length'][b]['n']})" for b in buckets) + " |")
-    print("|---|---|" + "---|" * len(buckets))
+    print("| model | H | seed | " + " | ".join(f"{b} (n={runs[0]['test_by_length'][b]['n']})" for b in buckets) + " |")
+    print("|---|---|---|" + "---|" * len(buckets))
     for s in runs:
         cells = " | ".join(f"{100 * s['test_by_length'][b]['accuracy']:.2f}%" for b in buckets)
-        print(f"| {s['model']} | {s['seed']} | {cells} |")
+        print(f"| {s['model']} | {s['args']['hidden']} | {s['seed']} | {cells} |")
 
 
 if __name__ == "__main__":
