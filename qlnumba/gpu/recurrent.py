@@ -231,9 +231,9 @@ def kernels(dtype):
             out[col] += acc
 
     @cuda.jit
-    def gate_param_grads(dgamma, dbeta, DPRE, Z, BT, psug):
+    def gate_param_grads(dgamma, dbeta, DPRE, Z, BT):
         """δγ_k = Σ δp_k z,  δβ_k = Σ δp_k over every row and step (zero where padded)."""
-        H = dbeta.shape[1] if psug else 0
+        H = dbeta.shape[1]
         for idx in range(cuda.grid(1), 4 * H, cuda.gridsize(1)):
             k, j = idx // H, idx % H
             g_acc = ftype(0.0)
@@ -245,16 +245,10 @@ def kernels(dtype):
             dgamma[k, j] += g_acc
             dbeta[k, j] += b_acc
 
-    @cuda.jit
-    def fill(arr, value):
-        for i in range(cuda.grid(1), arr.size, cuda.gridsize(1)):
-            arr[i] = value
-
     return dict(matmul=matmul, step_forward=step_forward, close_summary=close_summary,
                 close_forward=close_forward, close_backward=close_backward,
                 close_backward_finish=close_backward_finish, step_backward=step_backward,
-                carry_dh=carry_dh, column_sums=column_sums, gate_param_grads=gate_param_grads,
-                fill=fill)
+                carry_dh=carry_dh, column_sums=column_sums, gate_param_grads=gate_param_grads)
 
 
 def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False):
@@ -376,7 +370,7 @@ class CudaQLCell:
         if self.psug:
             dgamma, dbeta = zeros((4, H), dt), zeros((4, H), dt)
             k["gate_param_grads"][grid_for(4 * H)](dgamma, dbeta, DPRE.reshape(BT, 4, H),
-                                                  cc["Z"].reshape(BT, H), BT, True)
+                                                  cc["Z"].reshape(BT, H), BT)
             grads[p + "gamma"] += dgamma.copy_to_host()
             grads[p + "beta"] += dbeta.copy_to_host()
         if self.hgr:
