@@ -29,7 +29,6 @@ JIT = dict(fastmath=FASTMATH, parallel=False, cache=CACHE, nogil=True, error_mod
 JIT_PARALLEL = dict(JIT, parallel=True)
 
 DTYPES = (np.float32, np.float64)
-DEFAULT_DTYPE = np.float32
 
 _threads = 1
 

@@ -8,7 +8,6 @@ from helpers import assert_close, make_rng, numeric_grad
 
 @pytest.mark.parametrize("kind", sorted(qlnumba.MODEL_KINDS))
 def test_model_gradients_match_finite_differences(kind):
-    rng = make_rng(20)
     model = qlnumba.SequenceClassifier(7, embed_dim=3, hidden_size=3, num_classes=3, kind=kind,
                                        block_size=2, embed_dropout=0.3, head_dropout=0.2,
                                        dtype=np.float64, seed=1)

@@ -1,8 +1,6 @@
 """Row blocks on several threads give the serial results: outputs, states and gradients."""
-import numpy as np
 import pytest
 
-import qlnumba
 from qlnumba import config
 from helpers import assert_close, make_rng, random_state
 from test_recurrent import KIND_IDS, KINDS, make_layer, randomize
