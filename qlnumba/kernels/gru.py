@@ -5,7 +5,9 @@ Shapes legend
   x (B,T,E)   lengths (B,) int64   out (B,T,H)
   W (3H,E)  U (3H,H)  b, b_U (3H); rows r, z, n (reset, update, new)
   state h (B,H): the initial state on entry, the final state on return
-  saved by forward for backward (the caller allocates them zeroed):
+  saved by forward for backward (caller's buffers, reused between calls; a
+    position a call does not write keeps a finite stale value that backward
+    only ever multiplies by a zero gradient):
     ZX (B,T,3H)     input side W x_t + b
     GATES (B,T,3,H) r_t, u_t, n_t
     HN (B,T,H)      U_n h_{t-1} + b_Un (what the reset gate multiplies)

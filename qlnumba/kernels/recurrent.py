@@ -12,7 +12,9 @@ Shapes legend
   W (G,E)  U (G,H)  b (G)  gamma, beta (4,H)  V_s, V_m (H,H)  b_r (H)
   state h, c, m, a (B,H) and n (B,) int64: the initial state on entry, the
     final state on return (updated in place)
-  saved by forward for backward (the caller allocates them zeroed):
+  saved by forward for backward (caller's buffers, reused between calls; a
+    position a call does not write keeps a finite stale value that backward
+    only ever multiplies by a zero gradient):
     Z (B,T,G)       pre-activation: z_t with psug, [i f g o] pre-activations without
     GATES (B,T,4,H) gate values i, f, g, o
     C, CPREV, HPREV (B,T,H)  c_t, c_{t-1}, h_{t-1}
@@ -21,9 +23,9 @@ Shapes legend
     SBLK, RBLK (B,NB,H)  summary s and gate r of each block close
   bounds (P+1,) int64  row-block edges for the *_split kernels (one thread per block)
 Step s of a row of length L reads position pos = s, or L-1-s with reverse.
+Steps s >= L change nothing; out is zero at positions >= L.
 The element-wise work is written as short loops over contiguous rows of H values
 (few arrays per loop) so that LLVM vectorises them.
-Steps s >= L change nothing; out is zero at positions >= L.
 Block bookkeeping needs no saved flags: with n0 the row's initial n, step s
 closes a block iff (n0 + s + 1) % K == 0, and that close is number
 (n0 + s + 1) // K - 1.
