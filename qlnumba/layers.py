@@ -18,11 +18,11 @@ import math
 
 import numpy as np
 
-from .config import DTYPES, row_blocks
+from .config import row_blocks
 from .kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forward_split
 from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, recurrent_forward,
                                 recurrent_forward_split)
-from .validate import check_float_array, check_lengths
+from .validate import check_dtype, check_float_array, check_lengths
 
 
 def recurrent_param_count(input_size, hidden_size, psug=True, hgr=True):
@@ -189,9 +189,7 @@ class _StackedRecurrent:
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
         self.num_layers = _check_size(num_layers, "num_layers")
-        if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
-            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-        self.dtype = np.dtype(dtype).type
+        self.dtype = check_dtype(dtype)
         self.bidirectional = bool(bidirectional)
         self.directions = 2 if self.bidirectional else 1
         self.params = {}
@@ -261,7 +259,7 @@ class _StackedRecurrent:
             outs = []
             for d, cell in enumerate(row):
                 i = k * self.directions + d
-                st = {key: np.ascontiguousarray(v[i]).copy() for key, v in state.items()}
+                st = {key: v[i].copy() for key, v in state.items()}
                 outs.append(cell.forward(inp, lengths, self._cell_state(st, B)))
                 for key in final:
                     final[key][i] = st[key]

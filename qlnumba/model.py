@@ -10,11 +10,10 @@ import math
 
 import numpy as np
 
-from .config import DTYPES
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
 from .layers import GRU, QLLSTM
-from .validate import check_lengths
+from .validate import check_dtype, check_lengths
 
 # the six models the IMDB comparison trains: (layer class, keyword arguments)
 MODEL_KINDS = {
@@ -55,14 +54,13 @@ class SequenceClassifier:
                 raise ValueError(f"{name} must lie in [0, 1), got {value}")
         if vocab_size < 2 or num_classes < 2:
             raise ValueError(f"need vocab_size >= 2 and num_classes >= 2, got {vocab_size}, {num_classes}")
-        if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
-            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        dtype = check_dtype(dtype)
         self.config = dict(vocab_size=int(vocab_size), embed_dim=int(embed_dim),
                            hidden_size=int(hidden_size), num_classes=int(num_classes), kind=kind,
                            num_layers=int(num_layers), block_size=int(block_size),
                            embed_dropout=float(embed_dropout), head_dropout=float(head_dropout),
                            dtype=np.dtype(dtype).name, device=device)
-        self.dtype = np.dtype(dtype).type
+        self.dtype = dtype
         rng = np.random.default_rng(seed)
         cls, kwargs = MODEL_KINDS[kind]
         if cls is QLLSTM:

@@ -5,6 +5,15 @@ expected and what came in.  Kernels never check anything; these do.
 """
 import numpy as np
 
+from .config import DTYPES
+
+
+def check_dtype(dtype):
+    """The numpy scalar type for ``dtype``, which must be float32 or float64."""
+    if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return np.dtype(dtype).type
+
 
 def check_float_array(arr, name, ndim, dtype, shape=None):
     """Return ``arr`` as a C-contiguous array after checking it.
