@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 CONFIGS = {"A": (32, 256, 128, 256), "C": (64, 512, 300, 512), "tiny": (4, 16, 8, 8)}
 
@@ -46,16 +44,7 @@ import numpy as np  # noqa: E402
 import qlnumba  # noqa: E402
 from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward  # noqa: E402
 from qlnumba.optim import Adam  # noqa: E402
-
-
-def median_time(fn, repeats):
-    fn()                                          # warm-up: compilation and caches
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_time  # noqa: E402  (bench/ is the script's folder)
 
 
 def matmul_peak_gflops(threads):

@@ -12,29 +12,16 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 
 if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack                   # numba-cuda 0.30 against numpy 2.5
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from timing import median_time  # noqa: E402  (bench/ is the script's folder)
 
 SHAPES = {"small": (32, 256, 128, 256), "large": (64, 1024, 300, 512), "tiny": (2, 4, 2, 3)}
-
-
-def median_time(fn, repeats, sync=lambda: None):
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():
