@@ -3,12 +3,15 @@
 A training step is: recurrent layer forward, linear head on the last step with
 softmax cross-entropy, backward, one Adam step over every parameter.
 Inference is the layer's forward alone.  qlnumba runs with
-``qlnumba.config.set_num_threads(--threads)`` (rows split across threads, BLAS on
-one thread); torch with ``torch.set_num_threads(--threads)``.  GFLOP/s counts the
-matrix products only (2 flops per multiply-add; training = 3x the forward's
-products), against the peak of a large float32 BLAS product on the same threads.  Each measurement warms up first
-(compilation excluded) and reports the median of --repeats runs; the output
-gives tokens/s and the ratios against torch.
+``qlnumba.config.set_num_threads(--threads, --partition)`` (BLAS on one thread);
+torch with ``torch.set_num_threads(--threads)``.  Inference is ``forward(x,
+need_grad=False)`` on our side and ``torch.inference_mode()`` on torch's.  GFLOP/s
+counts the matrix products only (2 flops per multiply-add; training = 3x the
+forward's products), against the peak of a large float32 BLAS product on the same
+threads.  Every case warms up first (compilation excluded); then the cases are
+timed in --repeats interleaved rounds (each round runs every case once, so a
+slow spell of a shared machine hits all of them) and the medians are reported
+as tokens/s and ratios against torch.
 
     python bench/cpu.py --config A            # table
     python bench/cpu.py --config A --json     # one JSON object
@@ -26,7 +29,9 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="A", help="(B, T, E, H) preset")
     ap.add_argument("--threads", type=int, default=2, help="threads for Numba, BLAS and torch")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds (median)")
+    ap.add_argument("--partition", choices=("units", "rows"), default="units",
+                    help="how qlnumba splits work across threads (qlnumba.config.set_num_threads)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     return ap.parse_args()
@@ -44,7 +49,7 @@ import numpy as np  # noqa: E402
 import qlnumba  # noqa: E402
 from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward  # noqa: E402
 from qlnumba.optim import Adam  # noqa: E402
-from timing import median_time  # noqa: E402  (bench/ is the script's folder)
+from timing import interleaved_median_times, median_time  # noqa: E402  (bench/ is the script's folder)
 
 
 def matmul_peak_gflops(threads):
@@ -87,7 +92,7 @@ def qlnumba_case(psug, hgr, B, T, E, H, rng):
         grads.update(g)
         opt.step(grads)
 
-    return train_step, lambda: layer.forward(x)
+    return train_step, lambda: layer.forward(x, need_grad=False)
 
 
 def torch_case(B, T, E, H, rng):
@@ -117,7 +122,7 @@ def torch_case(B, T, E, H, rng):
 def main():
     B, T, E, H = CONFIGS[args.config]
     peak = matmul_peak_gflops(args.threads)
-    qlnumba.config.set_num_threads(args.threads)
+    qlnumba.config.set_num_threads(args.threads, args.partition)
     rng = np.random.default_rng(0)
     cases = {"qlnumba_ql": qlnumba_case(True, True, B, T, E, H, rng),
              "qlnumba_lstm": qlnumba_case(False, False, B, T, E, H, rng)}
@@ -139,10 +144,12 @@ def main():
               "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
               "load_avg_1min": os.getloadavg()[0], "versions": versions,
               "matmul_peak_gflops": peak, "qlnumba_threads": qlnumba.config.get_num_threads(),
+              "qlnumba_partition": qlnumba.config.get_partition(),
               "train_tokens_per_s": {}, "infer_tokens_per_s": {}, "gflops": {}}
-    for name, (train_step, infer) in cases.items():
-        result["train_tokens_per_s"][name] = tokens / median_time(train_step, args.repeats)
-        result["infer_tokens_per_s"][name] = tokens / median_time(infer, args.repeats)
+    for mode, index in (("train", 0), ("infer", 1)):
+        seconds = interleaved_median_times({name: fns[index] for name, fns in cases.items()},
+                                           args.repeats)
+        result[f"{mode}_tokens_per_s"] = {name: tokens / t for name, t in seconds.items()}
     for name in cases:
         psug = name == "qlnumba_ql"
         fwd = forward_flops(psug, psug, B, T, E, H) / tokens
@@ -160,6 +167,7 @@ def main():
           f"median of {args.repeats}")
     print(f"machine: {result['machine']}, load {result['load_avg_1min']:.2f}; versions: {versions}")
     print(f"float32 matrix-product peak on {args.threads} threads: {peak:.0f} GFLOP/s")
+    print(f"qlnumba partition: {result['qlnumba_partition']}")
     print(f"{'model':14s} {'train tok/s':>12s} {'ratio':>7s} {'infer tok/s':>12s} {'ratio':>7s} "
           f"{'GFLOP/s train/infer':>20s}")
     for name in cases:

@@ -5,12 +5,24 @@ import time
 
 def median_time(fn, repeats, sync=lambda: None):
     """Median seconds of ``repeats`` calls of ``fn`` after one warm-up; ``sync`` waits for a device."""
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    return interleaved_median_times({"fn": fn}, repeats, sync)["fn"]
+
+
+def interleaved_median_times(fns, repeats, sync=lambda: None):
+    """Median seconds of each of ``fns`` (a dict of callables), timed in rounds.
+
+    Every function is warmed up first; then each round calls every function once.
+    On a shared machine whose speed drifts, a slow spell then hits all contenders
+    alike instead of whichever one happened to be running.
+    """
+    for fn in fns.values():
         fn()
         sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}

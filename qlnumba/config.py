@@ -6,10 +6,15 @@ the ``*_split`` kernels); nothing else sets ``fastmath``, ``parallel`` or ``cach
 
 Threads.  By default the kernels run serially and only BLAS (inside the big matrix
 products) uses its own threads.  ``set_num_threads(n)`` switches to one thread
-pool: the rows of each batch are split into ``n`` blocks that Numba threads run
-side by side (rows never interact, so there is no synchronisation between steps),
-and BLAS is pinned to one thread, since two pools fighting over the cores
-collapses speed.
+pool of ``n`` Numba threads, and BLAS is pinned to one thread, since two pools
+fighting over the cores collapses speed.  How the work is split (``partition``):
+
+- ``"units"`` (QL-LSTM/LSTM layers, the default): each thread owns a slice of the
+  hidden units of every row and the threads meet at a spin barrier every step
+  (kernels/recurrent_units.py).  Per-step products keep all B rows, which BLAS
+  runs much faster than B/n rows.
+- ``"rows"``: the rows of each batch are split into ``n`` blocks run side by side
+  with no synchronisation at all (GRU layers always split this way).
 
 Environment variables (read once, at import):
 
@@ -31,11 +36,19 @@ JIT_PARALLEL = dict(JIT, parallel=True)
 DTYPES = (np.float32, np.float64)
 
 _threads = 1
+_partition = "units"
+PARTITIONS = ("units", "rows")
 
 
-def set_num_threads(n):
-    """Run the recurrent kernels on ``n`` threads (row blocks) with single-threaded BLAS."""
-    global _threads
+def set_num_threads(n, partition="units"):
+    """Run the recurrent kernels on ``n`` threads with single-threaded BLAS.
+
+    ``partition`` is "units" (threads split the hidden units, one barrier per
+    step) or "rows" (threads split the batch rows); see the module docstring.
+    """
+    global _threads, _partition
+    if partition not in PARTITIONS:
+        raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
     import numba
 
     if isinstance(n, bool) or int(n) != n or int(n) < 1:
@@ -48,11 +61,34 @@ def set_num_threads(n):
     from threadpoolctl import threadpool_limits     # installed with scikit-learn
 
     threadpool_limits(1, user_api="blas")
-    _threads = n
+    _threads, _partition = n, partition
 
 
 def get_num_threads():
     return _threads
+
+
+def get_partition():
+    return _partition
+
+
+def unit_blocks(hidden, align=8):
+    """Edges (P+1,) int64 of the hidden-unit slices for the "units" partition, or None.
+
+    None means: do not split units (one thread, fewer units than threads, or Numba
+    running fewer threads than asked, when a spin barrier would wait forever).
+    Slices are multiples of ``align`` units where the size allows (aligned rows).
+    """
+    import numba
+
+    parts = min(_threads, numba.get_num_threads())
+    if _partition != "units" or parts < 2 or hidden < parts:
+        return None
+    if hidden >= parts * align:
+        edges = np.linspace(0, hidden // align, parts + 1).round().astype(np.int64) * align
+        edges[-1] = hidden
+        return edges
+    return np.linspace(0, hidden, parts + 1).round().astype(np.int64)
 
 
 def row_blocks(batch):

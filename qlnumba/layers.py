@@ -18,10 +18,11 @@ import math
 
 import numpy as np
 
-from .config import row_blocks
+from .config import row_blocks, unit_blocks
 from .kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forward_split
 from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, recurrent_forward,
                                 recurrent_forward_split)
+from .kernels.recurrent_units import recurrent_backward_units, recurrent_forward_units
 from .validate import check_dtype, check_float_array, check_lengths
 
 
@@ -45,10 +46,14 @@ def _dummy(ndim, dtype):
     return np.zeros((0,) * ndim, dtype=dtype)
 
 
-def _run(serial, split, args, batch):
-    """``split`` on row blocks when set_num_threads asked for several threads, else ``serial``."""
+def _run(serial, split, args, batch, units=None, hidden=0):
+    """The kernel that set_num_threads asked for: ``units`` on hidden-unit slices,
+    ``split`` on row blocks, or ``serial`` on one thread."""
     bounds = row_blocks(batch)
-    if len(bounds) > 2:
+    ubounds = unit_blocks(hidden) if units is not None else None
+    if ubounds is not None:
+        units(*args, bounds, ubounds)
+    elif len(bounds) > 2:
         split(*args, bounds)
     else:
         serial(*args)
@@ -108,16 +113,21 @@ class _QLCell:
     def _p(self, name, ndim):
         return self.params.get(self.prefix + name, _dummy(ndim, self.dtype))
 
-    def forward(self, x, lengths, st):
-        """Run the kernel; ``st`` (h, c, m, a, n of this cell) is updated in place."""
+    def forward(self, x, lengths, st, need_grad=True):
+        """Run the kernel; ``st`` (h, c, m, a, n of this cell) is updated in place.
+
+        With ``need_grad=False`` the per-step saves go to a single slot (less
+        memory traffic) and ``backward`` is not possible.
+        """
         B, T, _ = x.shape
         H, dt = self.H, self.dtype
         G = self.params[self.prefix + "U"].shape[0]
         NB = (T + self.K - 1) // self.K if self.hgr else 0
+        TS = T if need_grad else 1
         out = np.zeros((B, T, H), dtype=dt)
         buf = self.pool.take
-        saved = dict(Z=buf("Z", B, T, G), GATES=buf("GATES", B, T, 4, H), C=buf("C", B, T, H),
-                     CPREV=buf("CPREV", B, T, H), HPREV=buf("HPREV", B, T, H),
+        saved = dict(Z=buf("Z", B, T, G), GATES=buf("GATES", B, TS, 4, H), C=buf("C", B, TS, H),
+                     CPREV=buf("CPREV", B, TS, H), HPREV=buf("HPREV", B, TS, H),
                      MBLK=buf("MBLK", B, NB + 1 if self.hgr else 0, H), SBLK=buf("SBLK", B, NB, H),
                      RBLK=buf("RBLK", B, NB, H))
         n0 = st["n"].copy()
@@ -127,8 +137,8 @@ class _QLCell:
                 self._p("gamma", 2), self._p("beta", 2),
                 self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
                 self.K, self.psug, self.hgr, self.reverse)
-        _run(recurrent_forward, recurrent_forward_split, args, B)
-        self.cache = (x, lengths, n0, saved)
+        _run(recurrent_forward, recurrent_forward_split, args, B, recurrent_forward_units, H)
+        self.cache = (x, lengths, n0, saved) if need_grad else None
         return out
 
     def backward(self, dx, grads, dout, dst):
@@ -142,7 +152,8 @@ class _QLCell:
                 self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
                 self._p("V_s", 2), self._p("V_m", 2),
                 self.K, self.psug, self.hgr, self.reverse)
-        _run(recurrent_backward, recurrent_backward_split, args, x.shape[0])
+        _run(recurrent_backward, recurrent_backward_split, args, x.shape[0],
+             recurrent_backward_units, self.H)
 
 
 class _GRUCell:
@@ -158,7 +169,8 @@ class _GRUCell:
             params[prefix + name] = rng.uniform(-bound, bound, shape).astype(dtype)
         self.cache = None
 
-    def forward(self, x, lengths, st):
+    def forward(self, x, lengths, st, need_grad=True):
+        """``need_grad`` is accepted for a common interface; the GRU kernel always saves."""
         B, T, _ = x.shape
         H, p, buf = self.H, self.prefix, self.pool.take
         out = np.zeros((B, T, H), dtype=self.dtype)
@@ -235,7 +247,7 @@ class _StackedRecurrent:
             checked["n"] = n.astype(np.int64)
         return checked
 
-    def forward(self, x, lengths=None, state=None):
+    def forward(self, x, lengths=None, state=None, need_grad=True):
         """Run all layers and directions.
 
         Parameters
@@ -243,6 +255,7 @@ class _StackedRecurrent:
         x : ndarray (B, T, input_size), the layer's dtype
         lengths : int array (B,), each in [1, T]; default all T
         state : dict, the initial state (see the module docstring); default zeros
+        need_grad : bool, False for inference: saves nothing for ``backward`` (faster)
 
         Returns
         -------
@@ -260,11 +273,11 @@ class _StackedRecurrent:
             for d, cell in enumerate(row):
                 i = k * self.directions + d
                 st = {key: v[i].copy() for key, v in state.items()}
-                outs.append(cell.forward(inp, lengths, self._cell_state(st, B)))
+                outs.append(cell.forward(inp, lengths, self._cell_state(st, B), need_grad))
                 for key in final:
                     final[key][i] = st[key]
             inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
-        self._tape = (B, T)
+        self._tape = (B, T) if need_grad else None
         return inp, final
 
     def backward(self, dout, dstate=None):
@@ -285,7 +298,8 @@ class _StackedRecurrent:
         The gradient w.r.t. the initial state is left in ``self.dstate0``.
         """
         if self._tape is None:
-            raise ValueError("backward() called before forward(): there is nothing to differentiate")
+            raise ValueError("backward() called before forward() (or after forward(..., "
+                             "need_grad=False)): there is nothing to differentiate")
         B, T = self._tape
         H, D = self.hidden_size, self.directions
         dout = check_float_array(dout, "dout", 3, self.dtype, (B, T, H * D))

@@ -116,7 +116,7 @@ class SequenceClassifier:
         emb_mask = self._dropout_mask(rng, emb.shape, self.config["embed_dropout"])
         if emb_mask is not None:
             emb *= emb_mask
-        out, _ = self.rnn.forward(emb, lengths)
+        out, _ = self.rnn.forward(emb, lengths, need_grad=targets is not None)
         h_last = self._last_step(out, lengths)
         head_mask = self._dropout_mask(rng, h_last.shape, self.config["head_dropout"])
         if head_mask is not None:

@@ -1,54 +1,123 @@
-"""Row blocks on several threads give the serial results: outputs, states and gradients."""
+"""Several threads give the serial results (outputs, states and gradients), with the
+rows split ("rows") or the hidden units split ("units", spin barriers between steps)."""
+import numba
+import numpy as np
 import pytest
 
 from qlnumba import config
+from qlnumba.kernels.sync import STRIDE, barrier
 from helpers import assert_close, make_rng, random_state
 from test_recurrent import KIND_IDS, KINDS, make_layer, randomize
 
 
 @pytest.fixture
-def three_blocks(monkeypatch):
-    """Split every batch into 3 row blocks (prange runs them on whatever threads exist)."""
-    def use(n):
+def threads(monkeypatch):
+    """use(n, partition): n threads split that way (BLAS pinning is left as it is)."""
+    def use(n, partition="rows"):
         monkeypatch.setattr(config, "_threads", n)
+        monkeypatch.setattr(config, "_partition", partition)
     return use
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
-def test_split_rows_equal_serial(kind, three_blocks):
-    rng = make_rng(50)
-    B, T, E, H = 7, 9, 3, 4
-    layer = make_layer(kind, E, H, num_layers=2, bidirectional=True, K=3)
+def run_layer(layer, x, lengths, state, dout, dstate):
+    out, final = layer.forward(x, lengths, {k: v.copy() for k, v in state.items()})
+    dx, grads = layer.backward(dout, dstate)
+    return out, final, dx, grads, layer.dstate0
+
+
+def assert_same_results(got, want):
+    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = want, got
+    assert_close(o2, o1, 1e-12, 1e-13, "out")
+    assert_close(dx2, dx1, 1e-12, 1e-13, "dx")
+    for k in f1:
+        assert_close(f2[k], f1[k], 1e-12, 1e-13, f"final {k}")
+    for k in s1:
+        assert_close(s2[k], s1[k], 1e-12, 1e-13, f"dstate0 {k}")
+    for k in g1:
+        assert_close(g2[k], g1[k], 1e-11, 1e-12, f"grad {k}")
+
+
+def random_problem(kind, B, T, E, H, K, seed):
+    rng = make_rng(seed)
+    layer = make_layer(kind, E, H, num_layers=2, bidirectional=True, K=K)
     randomize(layer, rng)
     x = rng.standard_normal((B, T, E))
     lengths = rng.integers(1, T + 1, B)
     state = random_state(layer, B, rng)
     dout = rng.standard_normal((B, T, 2 * H))
     dstate = {k: rng.standard_normal(v.shape) for k, v in state.items() if k != "n"}
-    results = []
-    for blocks in (1, 3):
-        three_blocks(blocks)
-        assert len(config.row_blocks(B)) == blocks + 1
-        out, final = layer.forward(x, lengths, state)
-        dx, grads = layer.backward(dout, dstate)
-        results.append((out, final, dx, grads, layer.dstate0))
-    (o1, f1, dx1, g1, s1), (o3, f3, dx3, g3, s3) = results
-    assert_close(o3, o1, 1e-12, 1e-13, "out")
-    assert_close(dx3, dx1, 1e-12, 1e-13, "dx")
-    for k in f1:
-        assert_close(f3[k], f1[k], 1e-12, 1e-13, f"final {k}")
-    for k in s1:
-        assert_close(s3[k], s1[k], 1e-12, 1e-13, f"dstate0 {k}")
-    for k in g1:
-        assert_close(g3[k], g1[k], 1e-11, 1e-12, f"grad {k}")
+    return layer, (x, lengths, state, dout, dstate)
 
 
-def test_row_blocks_and_thread_setting(three_blocks):
-    three_blocks(2)
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_split_rows_equal_serial(kind, threads):
+    B = 7
+    layer, problem = random_problem(kind, B, 9, 3, 4, 3, seed=50)
+    threads(1)
+    serial = run_layer(layer, *problem)
+    threads(3, "rows")
+    assert len(config.row_blocks(B)) == 4
+    assert_same_results(run_layer(layer, *problem), serial)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("H", [4, 19, 40])        # 2 + 2, uneven 10 + 9, 8-aligned 16 + 24
+@pytest.mark.parametrize("kind", KINDS[:4], ids=KIND_IDS[:4])
+def test_split_units_equal_serial(kind, H, threads):
+    layer, problem = random_problem(kind, 6, 13, 4, H, 4, seed=51 + H)
+    threads(1)
+    serial = run_layer(layer, *problem)
+    threads(2, "units")
+    assert config.unit_blocks(H) is not None and len(config.unit_blocks(H)) == 3
+    assert_same_results(run_layer(layer, *problem), serial)
+    # inference (nothing saved) gives the same outputs and states
+    out, final = layer.forward(problem[0], problem[1], problem[2], need_grad=False)
+    assert_close(out, serial[0], 1e-12, 1e-13, "out (inference)")
+    for k in final:
+        assert_close(final[k], serial[1][k], 1e-12, 1e-13, f"final {k} (inference)")
+
+
+def test_unit_blocks(threads):
+    threads(2, "units")
+    if numba.get_num_threads() >= 2:
+        assert config.unit_blocks(256).tolist() == [0, 128, 256]
+        assert config.unit_blocks(40).tolist() == [0, 16, 40]      # multiples of 8 where possible
+        assert config.unit_blocks(5).tolist() == [0, 2, 5]
+    assert config.unit_blocks(1) is None                           # fewer units than threads
+    threads(2, "rows")
+    assert config.unit_blocks(256) is None
+    threads(1, "units")
+    assert config.unit_blocks(256) is None
+
+
+@numba.njit(parallel=True)
+def _barrier_rounds(N, seen):
+    P = seen.shape[0]
+    flags = np.zeros(P * STRIDE, dtype=np.int64)
+    box = np.zeros(P, dtype=np.int64)
+    for p in numba.prange(P):
+        for s in range(N):
+            box[p] = s
+            barrier(flags, p, P, 2 * s + 1)
+            seen[p, s] = box[(p + 1) % P]      # the other thread's write of this round
+            barrier(flags, p, P, 2 * s + 2)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_barrier_orders_writes_between_threads():
+    seen = np.full((2, 5000), -1, dtype=np.int64)
+    _barrier_rounds(5000, seen)
+    assert (seen == np.arange(5000)).all()
+
+
+def test_row_blocks_and_thread_setting(threads):
+    threads(2)
     assert config.row_blocks(7).tolist() == [0, 4, 7]
     assert config.row_blocks(1).tolist() == [0, 1]          # never an empty block
     with pytest.raises(ValueError, match="thread count"):
         config.set_num_threads(0)
+    with pytest.raises(ValueError, match="partition"):
+        config.set_num_threads(2, "columns")
 
 
 def test_set_num_threads_pins_the_blas_numba_calls():
@@ -61,3 +130,4 @@ def test_set_num_threads_pins_the_blas_numba_calls():
         assert all(i["num_threads"] == 1 for i in blas)
     finally:
         config._threads = before
+        config._partition = "units"

@@ -66,6 +66,10 @@ def test_backward_before_forward_and_bad_dout(layer):
     layer.forward(x_ok())
     with pytest.raises(ValueError, match="shape"):
         layer.backward(np.zeros((2, 5, 3)))
+    layer.forward(x_ok(), need_grad=False)                  # inference saves nothing
+    with pytest.raises(ValueError, match="need_grad=False"):
+        layer.backward(np.zeros((2, 5, 4)))
+    layer.forward(x_ok())
     with pytest.raises(ValueError, match="dstate keys"):
         layer.backward(np.zeros((2, 5, 4)), {"zz": np.zeros((1, 2, 4))})
 

@@ -285,7 +285,7 @@ class CudaQLCell:
     def _param(self, name, ndim):
         return cuda.to_device(np.ascontiguousarray(self.cpu._p(name, ndim)))
 
-    def forward(self, x, lengths, st):
+    def forward(self, x, lengths, st, need_grad=True):
         k = kernels(np.dtype(self.dtype))
         B, T, E = x.shape
         H, dt, K = self.H, self.dtype, self.K
