@@ -52,7 +52,8 @@ def _run(serial, split, args, batch, units=None, hidden=0):
     bounds = row_blocks(batch)
     ubounds = unit_blocks(hidden) if units is not None else None
     if ubounds is not None:
-        units(*args, bounds, ubounds)
+        # one row block per part (some empty when batch < parts) for the big products
+        units(*args, row_blocks(batch, len(ubounds) - 1), ubounds)
     elif len(bounds) > 2:
         split(*args, bounds)
     else:

@@ -61,10 +61,10 @@ def test_split_rows_equal_serial(kind, threads):
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
-@pytest.mark.parametrize("H", [4, 19, 40])        # 2 + 2, uneven 10 + 9, 8-aligned 16 + 24
-@pytest.mark.parametrize("kind", KINDS[:4], ids=KIND_IDS[:4])
-def test_split_units_equal_serial(kind, H, threads):
-    layer, problem = random_problem(kind, 6, 13, 4, H, 4, seed=51 + H)
+@pytest.mark.parametrize("B,H", [(6, 4), (6, 19), (6, 40), (1, 5)])   # units 2 + 2, uneven
+@pytest.mark.parametrize("kind", KINDS[:4], ids=KIND_IDS[:4])          # 10 + 9, 16 + 24; 1 row
+def test_split_units_equal_serial(kind, B, H, threads):
+    layer, problem = random_problem(kind, B, 13, 4, H, 4, seed=51 + H)
     threads(1)
     serial = run_layer(layer, *problem)
     threads(2, "units")
@@ -114,6 +114,7 @@ def test_row_blocks_and_thread_setting(threads):
     threads(2)
     assert config.row_blocks(7).tolist() == [0, 4, 7]
     assert config.row_blocks(1).tolist() == [0, 1]          # never an empty block
+    assert config.row_blocks(1, 2).tolist() == [0, 0, 1]    # unless asked for that many
     with pytest.raises(ValueError, match="thread count"):
         config.set_num_threads(0)
     with pytest.raises(ValueError, match="partition"):

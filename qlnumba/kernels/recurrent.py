@@ -15,7 +15,8 @@ Shapes legend
   saved by forward for backward (caller's buffers, reused between calls; a
     position a call does not write keeps a finite stale value that backward
     only ever multiplies by a zero gradient):
-    Z (B,T,G)       pre-activation: z_t with psug, [i f g o] pre-activations without
+    Z (B,T,G)       with psug z_t (the shared pre-activation); without, only x_t W^T
+                    (backward reads Z only for δγ)
     GATES (B,T,4,H) gate values i, f, g, o
     C, CPREV, HPREV (B,T,H)  c_t, c_{t-1}, h_{t-1}
     MBLK (B,NB+1,H) the memory each block started from (MBLK[:,0] = m0),
@@ -71,9 +72,10 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
             if s >= L:
                 continue
             pos = L - 1 - s if reverse else s
-            z, hu = Z[bb, pos], hU[bb]
-            for j in range(G):
-                z[j] += hu[j] + b[j]                              # z_t = W x_t + U h_{t-1} + b
+            xw, hu = Z[bb, pos], hU[bb]
+            z = xw if psug else hu                                # z_t is kept in Z with psug only
+            for j in range(G):                                    # (backward needs it for δγ)
+                z[j] = xw[j] + hu[j] + b[j]                       # z_t = W x_t + U h_{t-1} + b
             sp = pos if save else 0                               # where this step's saves go
             gt = GATES[bb, sp]                                    # (4, H): i, f, g, o
             if psug:                                              # gate_k = act(γ_k z + β_k)

@@ -128,12 +128,11 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
                 for i in range(Hp):
                     go[i] = sigmoid(gam[3, i] * z[i] + bet[3, i])
             else:                                                 # gate_k = act(k-th slice of z)
-                for k in range(4):
-                    zk, hk, bk = zrow[k * H + u0:k * H + u1], hu[k * Hp:(k + 1) * Hp], bp[k * Hp:(k + 1) * Hp]
+                for k in range(4):                                # z_t assembled in hU (not kept)
+                    xk, zk, bk = zrow[k * H + u0:k * H + u1], hu[k * Hp:(k + 1) * Hp], bp[k * Hp:(k + 1) * Hp]
                     for i in range(Hp):
-                        zk[i] += hk[i] + bk[i]
-                z0, z1 = zrow[u0:u1], zrow[H + u0:H + u1]
-                z2, z3 = zrow[2 * H + u0:2 * H + u1], zrow[3 * H + u0:3 * H + u1]
+                        zk[i] += xk[i] + bk[i]
+                z0, z1, z2, z3 = hu[:Hp], hu[Hp:2 * Hp], hu[2 * Hp:3 * Hp], hu[3 * Hp:]
                 for i in range(Hp):
                     gi[i] = sigmoid(z0[i])
                 for i in range(Hp):
@@ -222,7 +221,7 @@ def recurrent_forward_units(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK,
 
 
 @njit(**JIT)
-def _backward_part(p, P, flags, DZbuf, DP, MB2, dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r,
+def _backward_part(p, P, flags, DZbuf, DP, MB2, dW_p, dU_p, db_p, dx, dgamma, dbeta, dV_s, dV_m, db_r,
                    dh, dc, dm, da, DZ, dout, x, lengths, n0, Z, GATES, C, CPREV, HPREV,
                    MBLK, SBLK, RBLK, W, U, gamma, V_s, V_m, K, psug, hgr, reverse,
                    rbounds, ubounds):
@@ -349,16 +348,14 @@ def _backward_part(p, P, flags, DZbuf, DP, MB2, dx, dW, dU, db, dgamma, dbeta, d
         dbeta[:, u0:u1] += dbet
     nbar += 1
     barrier(flags, p, P, nbar)                    # DZ and DP complete
-    # weight gradients: this part's own gate rows, so nothing is summed across parts
-    x2 = x.reshape(B * T, E)
-    DZ2 = DZ.reshape(B * T, G)
-    for k in range(NG):
-        g0, g1 = k * H + u0, k * H + u1
-        DZk = np.ascontiguousarray(DZ2[:, g0:g1])          # (B*T, Hp)
-        dW[g0:g1] += np.dot(DZk.T, x2)                       # z = W x + ...
-        dU[g0:g1] += np.dot(DZk.T, HPREV.reshape(B * T, H))  # z = ... + U h_{t-1} + ...
-        db[g0:g1] += DZk.sum(axis=0)
-    dx[r0:r1] += np.dot(DZ[r0:r1].reshape((r1 - r0) * T, G), W).reshape(r1 - r0, T, E)
+    # weight gradients: this part's rows of every step, summed over parts by the caller
+    if r1 > r0:
+        x2 = x[r0:r1].reshape((r1 - r0) * T, E)
+        DZ2 = DZ[r0:r1].reshape((r1 - r0) * T, G)
+        np.dot(DZ2.T, x2, dW_p)                                      # z = W x + ...
+        np.dot(DZ2.T, HPREV[r0:r1].reshape((r1 - r0) * T, H), dU_p)  # z = ... + U h_{t-1} + ...
+        db_p[:] = DZ2.sum(axis=0)
+        dx[r0:r1] += np.dot(DZ2, W).reshape(r1 - r0, T, E)
     if hgr and NB > 0:
         DPu = np.ascontiguousarray(DP.reshape(B * NB, H)[:, u0:u1])   # p = V_s s + V_m m + b_r
         dV_s[u0:u1] += np.dot(DPu.T, SBLK.reshape(B * NB, H))
@@ -379,8 +376,16 @@ def recurrent_backward_units(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh
     DZbuf = np.empty((2, B, Z.shape[2]), dtype=dh.dtype)
     DP = np.zeros((B, NB, H), dtype=dh.dtype)
     MB2 = np.ascontiguousarray(MBLK[:, :NB, :]).reshape(B * NB, H)
+    dW_p = np.zeros((P, dW.shape[0], dW.shape[1]), dtype=dW.dtype)   # each part's sums over its rows
+    dU_p = np.zeros((P, dU.shape[0], dU.shape[1]), dtype=dU.dtype)
+    db_p = np.zeros((P, db.shape[0]), dtype=db.dtype)
     for p in prange(P):
-        _backward_part(p, P, flags, DZbuf, DP, MB2, dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r,
+        _backward_part(p, P, flags, DZbuf, DP, MB2, dW_p[p], dU_p[p], db_p[p], dx, dgamma, dbeta,
+                       dV_s, dV_m, db_r,
                        dh, dc, dm, da, DZ, dout, x, lengths, n0, Z, GATES, C, CPREV, HPREV,
                        MBLK, SBLK, RBLK, W, U, gamma, V_s, V_m, K, psug, hgr, reverse,
                        rbounds, ubounds)
+    for p in range(P):                            # in a fixed order: deterministic
+        dW += dW_p[p]
+        dU += dU_p[p]
+        db += db_p[p]
