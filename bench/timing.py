@@ -8,12 +8,15 @@ def median_time(fn, repeats, sync=lambda: None):
     return interleaved_median_times({"fn": fn}, repeats, sync)["fn"]
 
 
-def interleaved_median_times(fns, repeats, sync=lambda: None):
+def interleaved_median_times(fns, repeats, sync=lambda: None, settle=0.05):
     """Median seconds of each of ``fns`` (a dict of callables), timed in rounds.
 
     Every function is warmed up first; then each round calls every function once.
     On a shared machine whose speed drifts, a slow spell then hits all contenders
-    alike instead of whichever one happened to be running.
+    alike instead of whichever one happened to be running.  Before each timed call
+    the process sleeps ``settle`` seconds (not timed), so that the thread pool of
+    the previous contender (OpenMP threads spin for a while after their work) is
+    asleep and does not compete for the cores.
     """
     for fn in fns.values():
         fn()
@@ -21,6 +24,7 @@ def interleaved_median_times(fns, repeats, sync=lambda: None):
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(settle)
             t0 = time.perf_counter()
             fn()
             sync()
