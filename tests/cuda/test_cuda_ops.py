@@ -1,0 +1,92 @@
+"""GPU embedding, softmax cross-entropy head and AdamW equal the CPU kernels (tiny shapes)."""
+import numpy as np
+import pytest
+
+import qlnumba
+from helpers import assert_close, make_rng
+from qlnumba.kernels.embedding import embedding_backward, embedding_forward
+from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward
+
+DTYPES = [(np.float64, 1e-12), (np.float32, 1e-5)]
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    from qlnumba.gpu import ops
+    return ops
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_embedding_forward_backward(gpu, dtype, tol):
+    cuda = gpu.cuda
+    rng = make_rng(70)
+    B, T, V, E = 2, 4, 5, 3
+    ids = rng.integers(0, V, (B, T))
+    ids[0, 0], ids[1, 1], ids[1, 2] = 0, 3, 3                  # padding and a repeated id
+    table = rng.standard_normal((V, E)).astype(dtype)
+    dout = rng.standard_normal((B, T, E)).astype(dtype)
+    want = np.empty((B, T, E), dtype)
+    embedding_forward(want, ids, table)
+    got = cuda.device_array((B, T, E), dtype=dtype)
+    d_ids = cuda.to_device(ids)
+    gpu.embedding_forward(got, d_ids, cuda.to_device(table))
+    assert_close(got.copy_to_host(), want, tol, tol, "embedding out")
+    dtable_want = np.full((V, E), 0.5, dtype)
+    embedding_backward(dtable_want, dout, ids)
+    dtable = cuda.to_device(np.full((V, E), 0.5, dtype))     # accumulated into, like the CPU
+    gpu.embedding_backward(dtable, cuda.to_device(dout), d_ids, gpu.id_segments(ids))
+    assert_close(dtable.copy_to_host(), dtable_want, tol, tol, "dtable")
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_head_forward_backward(gpu, dtype, tol):
+    cuda = gpu.cuda
+    rng = make_rng(71)
+    N, D, C = 3, 4, 3
+    h = rng.standard_normal((N, D)).astype(dtype)
+    W = rng.standard_normal((C, D)).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    targets = rng.integers(0, C, N)
+    probs, losses = np.empty((N, C), dtype), np.empty(N, dtype)
+    linear_xent_forward(probs, losses, h, targets, W, b)
+    dh, dW, db = np.ones((N, D), dtype), np.ones((C, D), dtype), np.ones(C, dtype)
+    linear_xent_backward(dh, dW, db, probs, h, targets, W, 1.0 / N)
+    d = {k: cuda.to_device(v) for k, v in dict(h=h, W=W, b=b, targets=targets).items()}
+    g_probs, g_losses = cuda.device_array((N, C), dtype), cuda.device_array(N, dtype)
+    gpu.linear_xent_forward(g_probs, g_losses, d["h"], d["targets"], d["W"], d["b"])
+    assert_close(g_probs.copy_to_host(), probs, tol, tol, "probs")
+    assert_close(g_losses.copy_to_host(), losses, tol, tol, "losses")
+    g_dh, g_dW, g_db = (cuda.to_device(np.ones(s, dtype)) for s in ((N, D), (C, D), C))
+    gpu.linear_xent_backward(g_dh, g_dW, g_db, g_probs, d["h"], d["targets"], d["W"], 1.0 / N)
+    assert_close(g_dh.copy_to_host(), dh, tol, tol, "dh")
+    assert_close(g_dW.copy_to_host(), dW, tol, tol, "dW")
+    assert_close(g_db.copy_to_host(), db, tol, tol, "db")
+
+
+@pytest.mark.parametrize("dtype,tol", DTYPES)
+def test_adam_with_clipping_equals_cpu(gpu, dtype, tol):
+    cuda = gpu.cuda
+    rng = make_rng(72)
+    shapes = {"W": (2, 3), "b": (5,)}
+    params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    kw = dict(lr=0.1, weight_decay=0.01, clip_norm=0.5)
+    cpu = qlnumba.Adam({k: p.copy() for k, p in params.items()}, **kw)
+    dev = gpu.CudaAdam({k: cuda.to_device(p) for k, p in params.items()}, **kw)
+    for step in range(3):
+        grads = {k: (2.0 * rng.standard_normal(s)).astype(dtype) for k, s in shapes.items()}
+        n_cpu = cpu.step(grads)
+        n_dev = dev.step({k: cuda.to_device(g) for k, g in grads.items()})
+        assert abs(n_dev - n_cpu) <= tol * n_cpu
+    for k in shapes:
+        assert_close(dev.params[k].copy_to_host(), cpu.params[k], tol, tol, f"param {k}")
+        assert_close(dev.m[k].copy_to_host(), cpu.m[k], tol, tol, f"m {k}")
+    bad = {k: cuda.to_device(np.full(s, np.nan, dtype)) for k, s in shapes.items()}
+    before = dev.params["W"].copy_to_host()
+    with pytest.raises(ValueError, match="NaN"):
+        dev.step(bad)
+    assert (dev.params["W"].copy_to_host() == before).all()
+
+
+def test_adam_refuses_host_arrays(gpu):
+    with pytest.raises(ValueError, match="device array"):
+        gpu.CudaAdam({"W": np.zeros((2, 2))})
