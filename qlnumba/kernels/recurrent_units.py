@@ -58,7 +58,7 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
     u0, u1 = ubounds[p], ubounds[p + 1]
     Hp = u1 - u0
     r0, r1 = rbounds[p], rbounds[p + 1]
-    save = GATES.shape[1] == T                    # else inference (see recurrent.py)
+    save = GATES.shape[1] == T                    # else inference: nothing is saved
     # this part's rows of the input projection Z = x W^T (all gate columns)
     np.dot(x[r0:r1].reshape((r1 - r0) * T, E), W.T, Z[r0:r1].reshape((r1 - r0) * T, G))
     for bb in range(B):
@@ -75,7 +75,8 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
     Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H): this part's rows of V_s, V_m
     Vm_p = np.ascontiguousarray(V_m[u0:u1])
     hUT = np.empty((NG * Hp, B), dtype=h.dtype)   # this part's rows of U h_{t-1}, one column per row
-    zbuf = np.empty(NG * Hp, dtype=h.dtype)       # z_t of one row without psug
+    zbuf = np.empty(NG * Hp, dtype=h.dtype)       # z_t of one row when it is not saved
+    gbuf = np.empty((4, Hp), dtype=h.dtype)       # the gates of one row when they are not saved
     th = np.empty(Hp, dtype=h.dtype)
     S_close = np.empty((B, H), dtype=h.dtype)     # every unit of s and m of the closing rows
     M_close = np.empty((B, H), dtype=h.dtype)
@@ -98,13 +99,16 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
                 continue
             pos = L - 1 - s if reverse else s
             zrow, hu = Z[bb, pos], hUT[:, bb]                     # hu: strided, read once
-            sp = pos if save else 0                               # where this step's saves go
-            gi, gf = GATES[bb, sp, 0, u0:u1], GATES[bb, sp, 1, u0:u1]
-            gg, go = GATES[bb, sp, 2, u0:u1], GATES[bb, sp, 3, u0:u1]
+            if save:
+                gi, gf = GATES[bb, pos, 0, u0:u1], GATES[bb, pos, 1, u0:u1]
+                gg, go = GATES[bb, pos, 2, u0:u1], GATES[bb, pos, 3, u0:u1]
+            else:                                                 # inference: scratch in L1
+                gi, gf, gg, go = gbuf[0], gbuf[1], gbuf[2], gbuf[3]
             if psug:                                              # gate_k = act(γ_k z + β_k)
-                z = zrow[u0:u1]
+                xw = zrow[u0:u1]
+                z = xw if save else zbuf[:Hp]                     # z_t is saved for δγ
                 for i in range(Hp):
-                    z[i] += hu[i] + bp[i]                         # z_t = W x_t + U h_{t-1} + b
+                    z[i] = xw[i] + hu[i] + bp[i]                  # z_t = W x_t + U h_{t-1} + b
                 for i in range(Hp):
                     gi[i] = sigmoid(gam[0, i] * z[i] + bet[0, i])
                 for i in range(Hp):
@@ -130,15 +134,19 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
                 for i in range(Hp):
                     go[i] = sigmoid(z3[i])
             crow = c[bb, u0:u1]
-            cprev, hprev, ct = CPREV[bb, sp, u0:u1], HPREV[bb, sp, u0:u1], C[bb, sp, u0:u1]
+            if save:
+                cprev, hprev, ct = CPREV[bb, pos, u0:u1], HPREV[bb, pos, u0:u1], C[bb, pos, u0:u1]
+                for i in range(Hp):
+                    cprev[i] = crow[i]
+                    hprev[i] = hprev_u[i]
+                for i in range(Hp):
+                    ct[i] = gf[i] * cprev[i] + gi[i] * gg[i]      # c_t = f c_{t-1} + i g
+                    crow[i] = ct[i]
+            else:
+                for i in range(Hp):
+                    crow[i] = gf[i] * crow[i] + gi[i] * gg[i]
             for i in range(Hp):
-                cprev[i] = crow[i]
-                hprev[i] = hprev_u[i]
-            for i in range(Hp):
-                ct[i] = gf[i] * cprev[i] + gi[i] * gg[i]          # c_t = f c_{t-1} + i g
-                crow[i] = ct[i]
-            for i in range(Hp):
-                th[i] = tanh(ct[i])
+                th[i] = tanh(crow[i])
             orow = out[bb, pos, u0:u1]
             if hgr:
                 mrow, arow = m[bb, u0:u1], a[bb, u0:u1]
