@@ -71,146 +71,178 @@ def kernels(dtype):
                 else:
                     C[row * N + col] = acc
 
+    @cuda.jit(device=True)
+    def cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma,
+                     beta, s, psug, hgr, reverse, bb, j):
+        """Step s of row bb, unit j: reads h_{t-1} from hcur, writes h_t to hnext (may be hcur)."""
+        H = c.shape[1]
+        L = lengths[bb]
+        if s >= L:
+            hnext[bb, j] = hcur[bb, j]                                    # idle rows keep h
+            return
+        pos = L - 1 - s if reverse else s
+        HPREV[bb, pos, j] = hcur[bb, j]
+        CPREV[bb, pos, j] = c[bb, j]
+        if psug:
+            z = Z[bb, pos, j] + hU[bb, j] + b[j]                        # z_t = W x + U h + b
+            Z[bb, pos, j] = z
+            ig = sigmoid(gamma[0, j] * z + beta[0, j])
+            fg = sigmoid(gamma[1, j] * z + beta[1, j])
+            gg = math.tanh(gamma[2, j] * z + beta[2, j])
+            og = sigmoid(gamma[3, j] * z + beta[3, j])
+        else:
+            for k in range(4):
+                Z[bb, pos, k * H + j] += hU[bb, k * H + j] + b[k * H + j]
+            ig = sigmoid(Z[bb, pos, j])
+            fg = sigmoid(Z[bb, pos, H + j])
+            gg = math.tanh(Z[bb, pos, 2 * H + j])
+            og = sigmoid(Z[bb, pos, 3 * H + j])
+        GATES[bb, pos, 0, j] = ig
+        GATES[bb, pos, 1, j] = fg
+        GATES[bb, pos, 2, j] = gg
+        GATES[bb, pos, 3, j] = og
+        ct = fg * c[bb, j] + ig * gg                                      # c_t = f c + i g
+        c[bb, j] = ct
+        C[bb, pos, j] = ct
+        hhat = og * math.tanh(ct)                                         # ĥ_t = o tanh(c_t)
+        if hgr:
+            a[bb, j] += hhat                                              # a += ĥ_t
+            hhat += m[bb, j]                                              # h_t = ĥ_t + m
+        hnext[bb, j] = hhat
+        out[bb, pos, j] = hhat
+
     @cuda.jit
     def step_forward(out, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma, beta,
                      s, psug, hgr, reverse):
         B, H = h.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            bb, j = idx // H, idx % H
-            L = lengths[bb]
-            if s >= L:
-                continue
-            pos = L - 1 - s if reverse else s
-            HPREV[bb, pos, j] = h[bb, j]
-            CPREV[bb, pos, j] = c[bb, j]
-            if psug:
-                z = Z[bb, pos, j] + hU[bb, j] + b[j]                    # z_t = W x + U h + b
-                Z[bb, pos, j] = z
-                ig = sigmoid(gamma[0, j] * z + beta[0, j])
-                fg = sigmoid(gamma[1, j] * z + beta[1, j])
-                gg = math.tanh(gamma[2, j] * z + beta[2, j])
-                og = sigmoid(gamma[3, j] * z + beta[3, j])
-            else:
-                for k in range(4):
-                    Z[bb, pos, k * H + j] += hU[bb, k * H + j] + b[k * H + j]
-                ig = sigmoid(Z[bb, pos, j])
-                fg = sigmoid(Z[bb, pos, H + j])
-                gg = math.tanh(Z[bb, pos, 2 * H + j])
-                og = sigmoid(Z[bb, pos, 3 * H + j])
-            GATES[bb, pos, 0, j] = ig
-            GATES[bb, pos, 1, j] = fg
-            GATES[bb, pos, 2, j] = gg
-            GATES[bb, pos, 3, j] = og
-            ct = fg * c[bb, j] + ig * gg                                  # c_t = f c + i g
-            c[bb, j] = ct
-            C[bb, pos, j] = ct
-            hhat = og * math.tanh(ct)                                     # ĥ_t = o tanh(c_t)
-            if hgr:
-                a[bb, j] += hhat                                          # a += ĥ_t
-                hhat += m[bb, j]                                          # h_t = ĥ_t + m
-            h[bb, j] = hhat
-            out[bb, pos, j] = hhat
+            cell_forward(out, h, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma,
+                         beta, s, psug, hgr, reverse, idx // H, idx % H)
+
+    @cuda.jit(device=True)
+    def closes_at(lengths, n0, s, K, bb):
+        """Whether row bb closes a block at step s (from its initial n, no saved flags)."""
+        return s < lengths[bb] and (n0[bb] + s + 1) % K == 0
+
+    @cuda.jit(device=True)
+    def close_summary_cell(S, a, lengths, n0, s, K, bb, j):
+        S[bb, j] = a[bb, j] / K if closes_at(lengths, n0, s, K, bb) else ftype(0.0)
+
+    @cuda.jit(device=True)
+    def close_forward_cell(m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, lengths, n0, s, K, bb, j):
+        if not closes_at(lengths, n0, s, K, bb):
+            return
+        jb = (n0[bb] + s + 1) // K - 1
+        r = sigmoid(P[bb, j] + Q[bb, j] + b_r[j])                         # r = σ(V_s s + V_m m + b_r)
+        mj = r * m[bb, j] + (one - r) * S[bb, j]                          # m = r m + (1-r) s
+        SBLK[bb, jb, j] = S[bb, j]
+        RBLK[bb, jb, j] = r
+        MBLK[bb, jb + 1, j] = mj
+        m[bb, j] = mj
+        a[bb, j] = 0.0
+
+    @cuda.jit(device=True)
+    def close_backward_cell(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s, K, bb, j):
+        if not closes_at(lengths, n0, s, K, bb):
+            DP_step[bb, j] = 0.0
+            return
+        jb = (n0[bb] + s + 1) // K - 1
+        r = RBLK[bb, jb, j]
+        dm_after = dm[bb, j]                                          # δm' of m' = r m + (1-r) s
+        dp = dm_after * (MBLK[bb, jb, j] - SBLK[bb, jb, j]) * r * (one - r)
+        DP[bb, jb, j] = dp
+        DP_step[bb, j] = dp
+        dm[bb, j] = dm_after * r
+        da[bb, j] = dm_after * (one - r)
+
+    @cuda.jit(device=True)
+    def close_backward_finish_cell(dm, da, dmV, dsV, lengths, n0, s, K, bb, j):
+        if closes_at(lengths, n0, s, K, bb):
+            dm[bb, j] += dmV[bb, j]                                   # δm += V_m^T δp
+            da[bb, j] = (da[bb, j] + dsV[bb, j]) / K                  # δa = (δs + V_s^T δp) / K
 
     @cuda.jit
     def close_summary(S, a, lengths, n0, s, K):
         """S = a / K for the rows that close a block at step s, 0 elsewhere."""
         B, H = a.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            bb, j = idx // H, idx % H
-            closes = s < lengths[bb] and (n0[bb] + s + 1) % K == 0
-            S[bb, j] = a[bb, j] / K if closes else ftype(0.0)
+            close_summary_cell(S, a, lengths, n0, s, K, idx // H, idx % H)
 
     @cuda.jit
     def close_forward(m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, lengths, n0, s, K):
         """r = σ(V_s s + V_m m + b_r); m = r m + (1-r) s; a = 0, for the closing rows."""
         B, H = a.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            bb, j = idx // H, idx % H
-            if s >= lengths[bb] or (n0[bb] + s + 1) % K != 0:
-                continue
-            jb = (n0[bb] + s + 1) // K - 1
-            r = sigmoid(P[bb, j] + Q[bb, j] + b_r[j])
-            mj = r * m[bb, j] + (one - r) * S[bb, j]
-            SBLK[bb, jb, j] = S[bb, j]
-            RBLK[bb, jb, j] = r
-            MBLK[bb, jb + 1, j] = mj
-            m[bb, j] = mj
-            a[bb, j] = 0.0
+            close_forward_cell(m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, lengths, n0, s, K,
+                               idx // H, idx % H)
 
     @cuda.jit
     def close_backward(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s, K):
         """The block-close rule, before the V^T δp products (done by matmul)."""
         B, H = dm.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            bb, j = idx // H, idx % H
-            if s >= lengths[bb] or (n0[bb] + s + 1) % K != 0:
-                DP_step[bb, j] = 0.0
-                continue
-            jb = (n0[bb] + s + 1) // K - 1
-            r = RBLK[bb, jb, j]
-            dm_after = dm[bb, j]                                      # δm' of m' = r m + (1-r) s
-            dp = dm_after * (MBLK[bb, jb, j] - SBLK[bb, jb, j]) * r * (one - r)
-            DP[bb, jb, j] = dp
-            DP_step[bb, j] = dp
-            dm[bb, j] = dm_after * r
-            da[bb, j] = dm_after * (one - r)
+            close_backward_cell(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s, K,
+                                idx // H, idx % H)
 
     @cuda.jit
     def close_backward_finish(dm, da, dmV, dsV, lengths, n0, s, K):
         """δm += V_m^T δp;  δa = (δs + V_s^T δp) / K, for the closing rows."""
         B, H = dm.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            bb, j = idx // H, idx % H
-            if s < lengths[bb] and (n0[bb] + s + 1) % K == 0:
-                dm[bb, j] += dmV[bb, j]
-                da[bb, j] = (da[bb, j] + dsV[bb, j]) / K
+            close_backward_finish_cell(dm, da, dmV, dsV, lengths, n0, s, K, idx // H, idx % H)
+
+    @cuda.jit(device=True)
+    def cell_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma, lengths,
+                      s, psug, hgr, reverse, bb, j):
+        H = dh.shape[1]
+        L = lengths[bb]
+        if s >= L:
+            DZ_step[bb, j] = 0.0
+            if not psug:
+                for k in range(1, 4):
+                    DZ_step[bb, k * H + j] = 0.0
+            return
+        pos = L - 1 - s if reverse else s
+        dht = dout[bb, pos, j] + dh[bb, j]                            # δh_t = δout + U^T δz_{t+1}
+        if hgr:
+            dm[bb, j] += dht                                          # h_t = ĥ_t + m
+            dhhat = dht + da[bb, j]                                   # a += ĥ_t
+        else:
+            dhhat = dht
+        ig, fg = GATES[bb, pos, 0, j], GATES[bb, pos, 1, j]
+        gg, og = GATES[bb, pos, 2, j], GATES[bb, pos, 3, j]
+        tc = math.tanh(C[bb, pos, j])
+        dpo = dhhat * tc * og * (one - og)                            # ĥ = o tanh(c)
+        dct = dc[bb, j] + dhhat * og * (one - tc * tc)
+        dpi = dct * gg * ig * (one - ig)                              # c = f c_prev + i g
+        dpf = dct * CPREV[bb, pos, j] * fg * (one - fg)
+        dpg = dct * ig * (one - gg * gg)
+        dc[bb, j] = dct * fg
+        DPRE[bb, pos, 0, j] = dpi
+        DPRE[bb, pos, 1, j] = dpf
+        DPRE[bb, pos, 2, j] = dpg
+        DPRE[bb, pos, 3, j] = dpo
+        if psug:                                                      # gate_k = act(γ_k z + β_k)
+            dz = gamma[0, j] * dpi + gamma[1, j] * dpf + gamma[2, j] * dpg + gamma[3, j] * dpo
+            DZ_step[bb, j] = dz
+            DZ[bb, pos, j] = dz
+        else:
+            DZ_step[bb, j] = dpi
+            DZ_step[bb, H + j] = dpf
+            DZ_step[bb, 2 * H + j] = dpg
+            DZ_step[bb, 3 * H + j] = dpo
+            DZ[bb, pos, j] = dpi
+            DZ[bb, pos, H + j] = dpf
+            DZ[bb, pos, 2 * H + j] = dpg
+            DZ[bb, pos, 3 * H + j] = dpo
 
     @cuda.jit
     def step_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma, lengths,
                       s, psug, hgr, reverse):
         B, H = dh.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            bb, j = idx // H, idx % H
-            L = lengths[bb]
-            if s >= L:
-                DZ_step[bb, j] = 0.0
-                if not psug:
-                    for k in range(1, 4):
-                        DZ_step[bb, k * H + j] = 0.0
-                continue
-            pos = L - 1 - s if reverse else s
-            dht = dout[bb, pos, j] + dh[bb, j]                        # δh_t = δout + U^T δz_{t+1}
-            if hgr:
-                dm[bb, j] += dht                                      # h_t = ĥ_t + m
-                dhhat = dht + da[bb, j]                               # a += ĥ_t
-            else:
-                dhhat = dht
-            ig, fg = GATES[bb, pos, 0, j], GATES[bb, pos, 1, j]
-            gg, og = GATES[bb, pos, 2, j], GATES[bb, pos, 3, j]
-            tc = math.tanh(C[bb, pos, j])
-            dpo = dhhat * tc * og * (one - og)                        # ĥ = o tanh(c)
-            dct = dc[bb, j] + dhhat * og * (one - tc * tc)
-            dpi = dct * gg * ig * (one - ig)                          # c = f c_prev + i g
-            dpf = dct * CPREV[bb, pos, j] * fg * (one - fg)
-            dpg = dct * ig * (one - gg * gg)
-            dc[bb, j] = dct * fg
-            DPRE[bb, pos, 0, j] = dpi
-            DPRE[bb, pos, 1, j] = dpf
-            DPRE[bb, pos, 2, j] = dpg
-            DPRE[bb, pos, 3, j] = dpo
-            if psug:                                                  # gate_k = act(γ_k z + β_k)
-                dz = gamma[0, j] * dpi + gamma[1, j] * dpf + gamma[2, j] * dpg + gamma[3, j] * dpo
-                DZ_step[bb, j] = dz
-                DZ[bb, pos, j] = dz
-            else:
-                DZ_step[bb, j] = dpi
-                DZ_step[bb, H + j] = dpf
-                DZ_step[bb, 2 * H + j] = dpg
-                DZ_step[bb, 3 * H + j] = dpo
-                DZ[bb, pos, j] = dpi
-                DZ[bb, pos, H + j] = dpf
-                DZ[bb, pos, 2 * H + j] = dpg
-                DZ[bb, pos, 3 * H + j] = dpo
+            cell_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma, lengths,
+                          s, psug, hgr, reverse, idx // H, idx % H)
 
     @cuda.jit
     def carry_dh(dh, dhU, lengths, s):
@@ -245,7 +277,87 @@ def kernels(dtype):
             dgamma[k, j] += g_acc
             dbeta[k, j] += b_acc
 
-    return dict(matmul=matmul, step_forward=step_forward, close_summary=close_summary,
+    @cuda.jit(device=True)
+    def dot_rows(out, A, X, M, N, Kd, transpose_a):
+        """out[r, i] = Σ_k A[i, k] X[r, k] (or A[k, i] with transpose_a), r < N rows, i < M:
+        one output per thread, grid-stride, k in order (deterministic)."""
+        for idx in range(cuda.grid(1), N * M, cuda.gridsize(1)):
+            r, i = idx // M, idx % M
+            acc = ftype(0.0)
+            for k in range(Kd):
+                acc += (A[k, i] if transpose_a else A[i, k]) * X[r, k]
+            out[r, i] = acc
+
+    @cuda.jit
+    def persistent_forward(out, hbuf, c, m, a, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
+                           hU, S, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m, b_r,
+                           steps, K, psug, hgr, reverse):
+        """Every step in one cooperative launch; grid syncs separate the phases of a step.
+
+        h alternates between hbuf[0] and hbuf[1] (step s reads hbuf[s % 2]), so a
+        step needs two syncs: after U h_{t-1}, and after the cells.  A step where a
+        block closes (close_flags[s]) adds three more.
+        """
+        grid = cuda.cg.this_grid()
+        B, H = c.shape
+        G = U.shape[0]
+        for s in range(steps):
+            hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
+            dot_rows(hU, U, hcur, G, B, H, False)                         # U h_{t-1}
+            grid.sync()
+            for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+                cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths,
+                             b, gamma, beta, s, psug, hgr, reverse, idx // H, idx % H)
+            grid.sync()
+            if hgr and close_flags[s]:
+                for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+                    close_summary_cell(S, a, lengths, n0, s, K, idx // H, idx % H)
+                grid.sync()
+                dot_rows(P, V_s, S, H, B, H, False)                       # V_s s
+                dot_rows(Q, V_m, m, H, B, H, False)                       # V_m m
+                grid.sync()
+                for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+                    close_forward_cell(m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, lengths, n0, s, K,
+                                       idx // H, idx % H)
+                grid.sync()
+
+    @cuda.jit
+    def persistent_backward(DZ, DZ_step, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
+                            GATES, C, CPREV, MBLK, SBLK, RBLK, lengths, n0, close_flags,
+                            U, gamma, V_s, V_m, steps, K, psug, hgr, reverse):
+        """BPTT of ``persistent_forward`` in one cooperative launch (steps in reverse)."""
+        grid = cuda.cg.this_grid()
+        B, H = dh.shape
+        G = U.shape[0]
+        for s in range(steps - 1, -1, -1):
+            if hgr and close_flags[s]:                                    # the close rule first
+                for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+                    close_backward_cell(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s, K,
+                                        idx // H, idx % H)
+                grid.sync()
+                dot_rows(dmV, V_m, DP_step, H, B, H, True)                # V_m^T δp
+                dot_rows(dsV, V_s, DP_step, H, B, H, True)                # V_s^T δp
+                grid.sync()
+                for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+                    close_backward_finish_cell(dm, da, dmV, dsV, lengths, n0, s, K, idx // H, idx % H)
+                grid.sync()
+            for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+                cell_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma,
+                              lengths, s, psug, hgr, reverse, idx // H, idx % H)
+            grid.sync()
+            # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs.  Thread
+            # (bb, j) read only dh[bb, j] above, so writing it now is safe after the sync.
+            for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
+                bb, j = idx // H, idx % H
+                if s < lengths[bb]:
+                    acc = ftype(0.0)
+                    for g in range(G):
+                        acc += U[g, j] * DZ_step[bb, g]
+                    dh[bb, j] = acc
+            grid.sync()
+
+    return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward,
+                matmul=matmul, step_forward=step_forward, close_summary=close_summary,
                 close_forward=close_forward, close_backward=close_backward,
                 close_backward_finish=close_backward_finish, step_backward=step_backward,
                 carry_dh=carry_dh, column_sums=column_sums, gate_param_grads=gate_param_grads)
@@ -269,14 +381,30 @@ def closing_steps(lengths, n0, K, steps):
     return set(np.flatnonzero(closes.any(axis=0)).tolist())
 
 
+def cooperative_grid():
+    """(blocks, threads) of a persistent launch: one block per multiprocessor, so that every
+    block is resident at once (grid sync needs that); one block in the simulator."""
+    if SIM:
+        return 1, THREADS
+    return cuda.get_current_device().MULTIPROCESSOR_COUNT, THREADS
+
+
+PATHS = ("persistent", "simple")
+
+
 class CudaQLCell:
     """One direction of one QL-LSTM layer on the GPU; the interface of ``layers._QLCell``.
 
-    Host arrays in and out; parameters are copied to the device on each call
-    (the simple path: correct first, fast later).
+    Host arrays in and out; parameters are copied to the device on each call.
+    ``path`` picks the step loop: "persistent" (default: one cooperative launch
+    for all steps, grid syncs between phases) or "simple" (a few launches per
+    step, the reference the persistent path is tested against).
     """
 
-    def __init__(self, cpu_cell):
+    def __init__(self, cpu_cell, path="persistent"):
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        self.path = path
         self.cpu = cpu_cell
         self.prefix, self.H, self.psug, self.hgr = cpu_cell.prefix, cpu_cell.H, cpu_cell.psug, cpu_cell.hgr
         self.K, self.reverse, self.dtype = cpu_cell.K, cpu_cell.reverse, cpu_cell.dtype
@@ -309,16 +437,26 @@ class CudaQLCell:
         matmul(k, Z, d_x, W, B * T, G, E, E, 1, 1, E)                       # Z = x W^T
         steps = int(lengths.max())
         closes = closing_steps(lengths, n0, K, steps) if self.hgr else set()
-        grid = grid_for(B * H)
-        for s in range(steps):
-            matmul(k, hU, h, U, B, G, H, H, 1, 1, H)                        # U h_{t-1}
-            k["step_forward"][grid](out, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, d_len, b,
-                                    gamma, beta, s, self.psug, self.hgr, self.reverse)
-            if s in closes:
-                k["close_summary"][grid](S, a, d_len, d_n0, s, K)
-                matmul(k, P, S, V_s, B, H, H, H, 1, 1, H)                   # V_s s
-                matmul(k, Q, m, V_m, B, H, H, H, 1, 1, H)                   # V_m m
-                k["close_forward"][grid](m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, d_len, d_n0, s, K)
+        if self.path == "persistent":
+            hbuf = cuda.to_device(np.stack([st["h"], st["h"]]).astype(dt))
+            flags = cuda.to_device(np.isin(np.arange(steps), list(closes)).astype(np.int8))
+            k["persistent_forward"][cooperative_grid()](
+                out, hbuf, c, m, a, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, S, P, Q,
+                d_len, d_n0, flags, U, b, gamma, beta, V_s, V_m, b_r,
+                steps, K, self.psug, self.hgr, self.reverse)
+            h = hbuf[steps % 2]
+        else:
+            grid = grid_for(B * H)
+            for s in range(steps):
+                matmul(k, hU, h, U, B, G, H, H, 1, 1, H)                    # U h_{t-1}
+                k["step_forward"][grid](out, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, d_len, b,
+                                        gamma, beta, s, self.psug, self.hgr, self.reverse)
+                if s in closes:
+                    k["close_summary"][grid](S, a, d_len, d_n0, s, K)
+                    matmul(k, P, S, V_s, B, H, H, H, 1, 1, H)               # V_s s
+                    matmul(k, Q, m, V_m, B, H, H, H, 1, 1, H)               # V_m m
+                    k["close_forward"][grid](m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, d_len, d_n0,
+                                             s, K)
         for key, arr in (("h", h), ("c", c), ("m", m), ("a", a)):
             st[key][...] = arr.copy_to_host()
         if self.hgr:
@@ -342,19 +480,28 @@ class CudaQLCell:
         DPRE = zeros((B, T, 4, H), dt)
         DP, DP_step = zeros((B, NB, H), dt), zeros((B, H), dt)
         dhU, dmV, dsV = zeros((B, H), dt), zeros((B, H), dt), zeros((B, H), dt)
-        grid = grid_for(B * H)
-        for s in range(int(lengths.max()) - 1, -1, -1):
-            if s in cc["closes"]:                                            # the close rule first
-                k["close_backward"][grid](dm, da, DP, DP_step, cc["MBLK"], cc["SBLK"], cc["RBLK"],
-                                          d_len, d_n0, s, K)
-                matmul(k, dmV, DP_step, cc["V_m"], B, H, H, H, 1, H, 1)     # V_m^T δp
-                matmul(k, dsV, DP_step, cc["V_s"], B, H, H, H, 1, H, 1)     # V_s^T δp
-                k["close_backward_finish"][grid](dm, da, dmV, dsV, d_len, d_n0, s, K)
-            k["step_backward"][grid](DZ, DZ_step, DPRE, dh, dc, dm, da, d_dout, cc["GATES"], cc["C"],
-                                     cc["CPREV"], cc["gamma"], d_len, s, self.psug, self.hgr,
-                                     self.reverse)
-            matmul(k, dhU, DZ_step, cc["U"], B, H, G, G, 1, H, 1)           # U^T δz_t
-            k["carry_dh"][grid](dh, dhU, d_len, s)
+        steps = int(lengths.max())
+        if self.path == "persistent":
+            flags = cuda.to_device(np.isin(np.arange(steps), list(cc["closes"])).astype(np.int8))
+            k["persistent_backward"][cooperative_grid()](
+                DZ, DZ_step, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
+                cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,
+                flags, cc["U"], cc["gamma"], cc["V_s"], cc["V_m"],
+                steps, K, self.psug, self.hgr, self.reverse)
+        else:
+            grid = grid_for(B * H)
+            for s in range(steps - 1, -1, -1):
+                if s in cc["closes"]:                                        # the close rule first
+                    k["close_backward"][grid](dm, da, DP, DP_step, cc["MBLK"], cc["SBLK"],
+                                              cc["RBLK"], d_len, d_n0, s, K)
+                    matmul(k, dmV, DP_step, cc["V_m"], B, H, H, H, 1, H, 1)  # V_m^T δp
+                    matmul(k, dsV, DP_step, cc["V_s"], B, H, H, H, 1, H, 1)  # V_s^T δp
+                    k["close_backward_finish"][grid](dm, da, dmV, dsV, d_len, d_n0, s, K)
+                k["step_backward"][grid](DZ, DZ_step, DPRE, dh, dc, dm, da, d_dout, cc["GATES"],
+                                         cc["C"], cc["CPREV"], cc["gamma"], d_len, s, self.psug,
+                                         self.hgr, self.reverse)
+                matmul(k, dhU, DZ_step, cc["U"], B, H, G, G, 1, H, 1)        # U^T δz_t
+                k["carry_dh"][grid](dh, dhU, d_len, s)
         BT = B * T
         dW, dU, db = zeros((G, E), dt), zeros((G, H), dt), zeros(G, dt)
         d_dx = zeros((B, T, E), dt)

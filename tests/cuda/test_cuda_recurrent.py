@@ -13,14 +13,20 @@ SWITCHES = [(False, False), (True, False), (False, True), (True, True)]
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
+@pytest.mark.parametrize("path", ["persistent", "simple"])
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 2e-4)])
 @pytest.mark.parametrize("psug,hgr", SWITCHES, ids=["lstm", "psug", "hgr", "ql"])
-def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol):
+def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
+    """Both GPU step loops: the persistent cooperative kernel (in the simulator: one block,
+    grid-stride loops) and the simple per-step launches it is checked against."""
     rng = make_rng(60)
     B, T, E, H = 3, 5, 2, 3
     kw = dict(num_layers=1, bidirectional=True, psug=psug, hgr=hgr, block_size=2, dtype=dtype, seed=4)
     cpu = qlnumba.QLLSTM(E, H, **kw)
     gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
+    for row in gpu._cells:
+        for cell in row:
+            cell.path = path
     for name, p in cpu.params.items():
         p[...] = 0.7 * rng.standard_normal(p.shape)
         gpu.params[name][...] = p
@@ -48,6 +54,9 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol):
 def test_device_argument_is_checked():
     with pytest.raises(ValueError, match="device"):
         qlnumba.QLLSTM(2, 3, device="tpu")
+    from qlnumba.gpu.recurrent import CudaQLCell
+    with pytest.raises(ValueError, match="path"):
+        CudaQLCell(qlnumba.QLLSTM(2, 3)._cells[0][0], path="fast")
 
 
 def test_cuda_model_equals_cpu_model():
