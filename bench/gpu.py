@@ -1,12 +1,14 @@
 """GPU benchmark: qlnumba's GPU QL-LSTM and LSTM next to PyTorch's cuDNN nn.LSTM, one run, one card.
 
 A training step here is forward + backward of the recurrent layer (host arrays in
-and out for qlnumba: its simple per-step path copies at the API boundary) with a
-gradient on every output; torch's step is the same on device tensors, plus
-nothing else.  Inference is the forward alone.  Warm-up first (compilation
-excluded), medians, tokens/s and ratios against cuDNN.
+and out for qlnumba: it copies at the API boundary) with a gradient on every
+output; torch's step is the same on device tensors, plus nothing else.
+Inference is the forward alone.  qlnumba runs both step loops: the persistent
+cooperative kernel ("persistent", the default) and the per-step launches
+("simple").  Warm-up first (compilation excluded), medians, tokens/s and ratios
+against cuDNN.
 
-    python bench/gpu.py [--shapes small,large] [--json-out FILE]
+    python bench/gpu.py [--shapes small,large] [--paths persistent,simple] [--json-out FILE]
 """
 import argparse
 import json
@@ -28,6 +30,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="small,large")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--paths", default="persistent,simple", help="qlnumba GPU step loops to time")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     import numba
@@ -43,7 +46,8 @@ def main():
     result = {"device": device,
               "versions": {"python": platform.python_version(), "numpy": np.__version__,
                            "numba": numba.__version__, "qlnumba": qlnumba.__version__},
-              "path": "qlnumba simple per-step GPU path (one launch group per step, host I/O per call)",
+              "paths": {"persistent": "one cooperative launch for all steps (grid syncs), host I/O per call",
+                        "simple": "a launch group per step, host I/O per call"},
               "shapes": {}}
     try:
         import torch
@@ -58,8 +62,12 @@ def main():
         x = rng.standard_normal((B, T, E)).astype(np.float32)
         dout = rng.standard_normal((B, T, H)).astype(np.float32)
         row = {"B": B, "T": T, "E": E, "H": H, "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
-        for label, psug, hgr in (("qlnumba_ql", True, True), ("qlnumba_lstm", False, False)):
-            layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, device="cuda", seed=0)
+        cases = [(f"qlnumba_{kind}_{path}", psug, path) for path in args.paths.split(",")
+                 for kind, psug in (("ql", True), ("lstm", False))]
+        for label, psug, path in cases:
+            layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, device="cuda", seed=0)
+            for cell in layer._cells[0]:
+                cell.path = path
 
             def train(layer=layer):
                 layer.forward(x)
