@@ -198,7 +198,10 @@ class _StackedRecurrent:
     state_keys = ("h",)          # float state arrays, each (num_layers * directions, B, H)
     has_block_counter = False    # whether the state carries the integer n
 
-    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dtype, seed):
+    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dtype, seed, device):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self.device = device
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
         self.num_layers = _check_size(num_layers, "num_layers")
@@ -352,22 +355,19 @@ class QLLSTM(_StackedRecurrent):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, psug=True,
                  hgr=True, block_size=32, dtype=np.float32, seed=None, device="cpu"):
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        self.device = device
-        if device == "cuda":
-            from .gpu.recurrent import CudaQLCell      # imported only when asked for
-            self._wrap = CudaQLCell
         self.psug, self.hgr = bool(psug), bool(hgr)
         self.block_size = _check_size(block_size, "block_size")
         self.state_keys = ("h", "c", "m", "a") if self.hgr else ("h", "c")
         self.has_block_counter = self.hgr
-        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed)
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed, device)
 
     def _make_cell(self, prefix, input_size, reverse, rng):
         cell = _QLCell(self.params, prefix, input_size, self.hidden_size, self.psug, self.hgr,
                        self.block_size, reverse, self.dtype, rng)
-        return self._wrap(cell) if self.device == "cuda" else cell
+        if self.device == "cuda":
+            from .gpu.recurrent import CudaQLCell      # imported only when asked for
+            return CudaQLCell(cell)
+        return cell
 
     def _cell_state(self, st, batch):
         # without hgr the kernel still takes m, a, n: give it zeros it will not touch
@@ -391,12 +391,17 @@ class GRU(_StackedRecurrent):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 dtype=np.float32, seed=None):
-        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed)
+                 dtype=np.float32, seed=None, device="cpu"):
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed, device)
 
     def _make_cell(self, prefix, input_size, reverse, rng):
-        return _GRUCell(self.params, prefix, input_size, self.hidden_size, reverse, self.dtype, rng)
+        cell = _GRUCell(self.params, prefix, input_size, self.hidden_size, reverse, self.dtype, rng)
+        if self.device == "cuda":
+            from .gpu.gru import CudaGRUCell           # imported only when asked for
+            return CudaGRUCell(cell)
+        return cell
 
     def __repr__(self):
         return (f"GRU({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
-                f"bidirectional={self.bidirectional}, dtype={np.dtype(self.dtype).name})")
+                f"bidirectional={self.bidirectional}, dtype={np.dtype(self.dtype).name}, "
+                f"device={self.device!r})")

@@ -39,7 +39,7 @@ class SequenceClassifier:
     dtype : np.float32 or np.float64
     seed : int or None, seeds the initialisation
     device : "cpu" or "cuda": where the recurrent layers run (the embedding and head
-        run on the CPU; GRU has no GPU kernels yet)
+        run on the CPU here; their GPU kernels are in qlnumba.gpu.ops)
     """
 
     def __init__(self, vocab_size, embed_dim=128, hidden_size=256, num_classes=2, kind="ql",
@@ -47,8 +47,6 @@ class SequenceClassifier:
                  dtype=np.float32, seed=None, device="cpu"):
         if kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
-        if device == "cuda" and MODEL_KINDS[kind][0] is not QLLSTM:
-            raise ValueError(f"kind {kind!r} has no GPU kernels yet; use device='cpu'")
         for name, value in (("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {value}")
@@ -63,8 +61,9 @@ class SequenceClassifier:
         self.dtype = dtype
         rng = np.random.default_rng(seed)
         cls, kwargs = MODEL_KINDS[kind]
+        kwargs = dict(kwargs, device=device)
         if cls is QLLSTM:
-            kwargs = dict(kwargs, block_size=block_size, device=device)
+            kwargs["block_size"] = block_size
         self.rnn = cls(embed_dim, hidden_size, num_layers=num_layers, dtype=dtype,
                        seed=int(rng.integers(2 ** 63)), **kwargs)
         D = hidden_size * self.rnn.directions

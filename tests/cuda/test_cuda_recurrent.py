@@ -74,5 +74,32 @@ def test_cuda_model_equals_cpu_model():
     gc, gg = cpu.backward(), gpu.backward()
     for k in gc:
         assert_close(gg[k], gc[k], 1e-10, 1e-10, k)
-    with pytest.raises(ValueError, match="GPU"):
-        qlnumba.SequenceClassifier(9, kind="gru", device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        qlnumba.SequenceClassifier(9, kind="gru", device="gpu")
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 2e-4)])
+def test_cuda_gru_equals_cpu(dtype, tol):
+    rng = make_rng(62)
+    B, T, E, H = 3, 5, 2, 3
+    kw = dict(num_layers=1, bidirectional=True, dtype=dtype, seed=6)
+    cpu = qlnumba.GRU(E, H, **kw)
+    gpu = qlnumba.GRU(E, H, device="cuda", **kw)
+    for name, p in cpu.params.items():
+        p[...] = 0.7 * rng.standard_normal(p.shape)
+        gpu.params[name][...] = p
+    x = rng.standard_normal((B, T, E)).astype(dtype)
+    lengths = np.array([5, 2, 4])
+    state = {"h": (0.5 * rng.standard_normal((2, B, H))).astype(dtype)}
+    dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
+    dstate = {"h": rng.standard_normal((2, B, H)).astype(dtype)}
+    results = []
+    for layer in (cpu, gpu):
+        out, final = layer.forward(x, lengths, state)
+        dx, grads = layer.backward(dout, dstate)
+        results.append((out, final["h"], dx, grads, layer.dstate0["h"]))
+    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = results
+    for got, want, what in ((o2, o1, "out"), (f2, f1, "final h"), (dx2, dx1, "dx"), (s2, s1, "dstate0")):
+        assert_close(got, want, tol, tol, what)
+    for k in g1:
+        assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
