@@ -72,17 +72,41 @@ def get_partition():
     return _partition
 
 
+_layer_ok = None
+
+
+def _threads_run_together():
+    """Whether Numba's threading layer gives each prange chunk a thread of its own at once.
+
+    OpenMP and the workqueue do; TBB may run two chunks one after the other on one
+    thread, and a spin barrier between them would then wait forever.
+    """
+    global _layer_ok
+    if _layer_ok is None:
+        import numba
+
+        @numba.njit(parallel=True, cache=False)
+        def probe(a):
+            for i in numba.prange(a.size):
+                a[i] = i
+
+        probe(np.zeros(2))                        # the layer is chosen at the first parallel run
+        _layer_ok = numba.threading_layer() in ("omp", "workqueue")
+    return _layer_ok
+
+
 def unit_blocks(hidden, align=8):
     """Edges (P+1,) int64 of the hidden-unit slices for the "units" partition, or None.
 
-    None means: do not split units (one thread, fewer units than threads, or Numba
-    running fewer threads than asked, when a spin barrier would wait forever).
+    None means: do not split units (one thread, fewer units than threads, Numba
+    running fewer threads than asked, or a threading layer that does not run the
+    threads together: a spin barrier would then wait forever).
     Slices are multiples of ``align`` units where the size allows (aligned rows).
     """
     import numba
 
     parts = min(_threads, numba.get_num_threads())
-    if _partition != "units" or parts < 2 or hidden < parts:
+    if _partition != "units" or parts < 2 or hidden < parts or not _threads_run_together():
         return None
     if hidden >= parts * align:
         edges = np.linspace(0, hidden // align, parts + 1).round().astype(np.int64) * align

@@ -11,6 +11,15 @@ def global_norm(grads):
     return math.sqrt(sum(sum_of_squares(g.reshape(-1)) for g in grads.values()))
 
 
+def check_adam_constants(lr, betas, eps, weight_decay, clip_norm):
+    """ValueError unless lr > 0, betas in [0, 1), eps >= 0, weight_decay >= 0, clip_norm None or > 0."""
+    if not lr > 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or not eps >= 0:
+        raise ValueError(f"bad Adam constants lr={lr}, betas={betas}, eps={eps}")
+    if weight_decay < 0 or (clip_norm is not None and not clip_norm > 0):
+        raise ValueError(f"weight_decay must be >= 0 and clip_norm > 0, got "
+                         f"{weight_decay}, {clip_norm}")
+
+
 class Adam:
     """Adam with bias correction and decoupled weight decay (AdamW).
 
@@ -35,11 +44,7 @@ class Adam:
         for name, p in params.items():
             if not isinstance(p, np.ndarray) or not p.flags.c_contiguous or p.dtype.kind != "f":
                 raise ValueError(f"parameter {name!r} must be a C-contiguous float array")
-        if not lr > 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or not eps >= 0:
-            raise ValueError(f"bad Adam constants lr={lr}, betas={betas}, eps={eps}")
-        if weight_decay < 0 or (clip_norm is not None and not clip_norm > 0):
-            raise ValueError(f"weight_decay must be >= 0 and clip_norm > 0, got "
-                             f"{weight_decay}, {clip_norm}")
+        check_adam_constants(lr, betas, eps, weight_decay, clip_norm)
         self.params = params
         self.lr, self.betas, self.eps = float(lr), tuple(map(float, betas)), float(eps)
         self.weight_decay = float(weight_decay)

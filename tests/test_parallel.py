@@ -90,6 +90,13 @@ def test_unit_blocks(threads):
     assert config.unit_blocks(256) is None
 
 
+def test_units_need_a_layer_that_runs_threads_together(threads, monkeypatch):
+    """Under a layer that may run prange chunks one after another (TBB), no spin barriers."""
+    threads(2, "units")
+    monkeypatch.setattr(config, "_layer_ok", False)
+    assert config.unit_blocks(256) is None
+
+
 @numba.njit(parallel=True)
 def _barrier_rounds(N, seen):
     P = seen.shape[0]

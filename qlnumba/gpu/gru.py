@@ -22,9 +22,6 @@ from .recurrent import cuda, grid_for, matmul, zeros
 
 @lru_cache(maxsize=None)
 def kernels(dtype):
-    from numba import float32, float64
-
-    ftype = float32 if np.dtype(dtype) == np.float32 else float64
     one = np.dtype(dtype).type(1.0)
 
     @cuda.jit(device=True, inline=True)
@@ -88,18 +85,10 @@ def kernels(dtype):
             if s < lengths[bb]:
                 dh[bb, j] += dhU[bb, j]
 
-    @cuda.jit
-    def column_sums(out, A, rows, cols):
-        """out[c] += Σ_r A[r*cols + c], rows in order (deterministic)."""
-        for col in range(cuda.grid(1), cols, cuda.gridsize(1)):
-            acc = ftype(0.0)
-            for r in range(rows):
-                acc += A[r * cols + col]
-            out[col] += acc
-
     from . import recurrent
+    shared = recurrent.kernels(dtype)                     # the tiled product and column sums
     return dict(step_forward=step_forward, step_backward=step_backward, carry_dh=carry_dh,
-                column_sums=column_sums, matmul=recurrent.kernels(dtype)["matmul"])
+                column_sums=shared["column_sums"], matmul=shared["matmul"])
 
 
 class CudaGRUCell:

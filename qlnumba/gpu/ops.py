@@ -17,6 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..optim import check_adam_constants
 from . import get_cuda
 from .recurrent import SIM, THREADS, grid_for
 
@@ -217,11 +218,7 @@ class CudaAdam:
             on_device = hasattr(p, "copy_to_host") and not isinstance(p, np.ndarray)
             if not on_device or np.dtype(p.dtype).kind != "f":
                 raise ValueError(f"parameter {name!r} must be a float device array")
-        if not lr > 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or not eps >= 0:
-            raise ValueError(f"bad Adam constants lr={lr}, betas={betas}, eps={eps}")
-        if weight_decay < 0 or (clip_norm is not None and not clip_norm > 0):
-            raise ValueError(f"weight_decay must be >= 0 and clip_norm > 0, got "
-                             f"{weight_decay}, {clip_norm}")
+        check_adam_constants(lr, betas, eps, weight_decay, clip_norm)
         self.params, self.lr, self.betas, self.eps = params, float(lr), tuple(betas), float(eps)
         self.weight_decay, self.clip_norm, self.t = float(weight_decay), clip_norm, 0
         self.m = {k: cuda.to_device(np.zeros(p.shape, p.dtype)) for k, p in params.items()}

@@ -10,8 +10,9 @@ output, and waits at one spin barrier (``sync.barrier``) for the others before
 the next step reads the new h.  h (and, in backward, δz) alternate between two
 buffers, so one barrier per step is enough; a step where some block closes needs
 a second one (the close reads every unit of a and m before any thread updates its
-own).  The big products before and after the step loop are split by rows, or by
-each thread's own gate rows, so no weight gradient is ever summed across threads.
+own).  The big products before and after the step loop are split by row blocks;
+the weight gradients of the blocks are then added in a fixed order (deterministic),
+except the small V_s, V_m ones, which each thread computes for its own units.
 
 Shapes legend (besides recurrent.py's)
   P threads; ubounds (P+1,) int64 unit edges; rbounds (P+1,) int64 row edges
