@@ -12,7 +12,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long accuracy runs (run with --runslow)")
+    config.addinivalue_line("markers", "slow: long runs (accuracy, benchmark smoke test; run with --runslow)")
 
 
 def pytest_addoption(parser):
