@@ -32,21 +32,23 @@ def gru_forward(out, h, ZX, GATES, HN, HPREV,
     B, T, E = x.shape
     H = h.shape[1]
     np.dot(x.reshape(B * T, E), W.T, ZX.reshape(B * T, 3 * H))
-    hU = np.empty((B, 3 * H), dtype=h.dtype)                 # U h_{t-1} + b_U for all rows
+    hUT = np.empty((3 * H, B), dtype=h.dtype)                # U h_{t-1}, one column per row
+                                                             # (U h^T: the faster BLAS orientation)
+    hu = np.empty(3 * H, dtype=h.dtype)                      # U h_{t-1} + b_U of one row
     for bb in range(B):
         out[bb, lengths[bb]:, :] = 0.0
     for s in range(lengths.max()):
-        np.dot(h, U.T, hU)
+        np.dot(U, h.T, hUT)
         for bb in range(B):
             L = lengths[bb]
             if s >= L:
                 continue
             pos = L - 1 - s if reverse else s
-            zx, hu, gt = ZX[bb, pos], hU[bb], GATES[bb, pos]
+            zx, hu_col, gt = ZX[bb, pos], hUT[:, bb], GATES[bb, pos]
             hrow, hprev, hn, orow = h[bb], HPREV[bb, pos], HN[bb, pos], out[bb, pos]
             for j in range(3 * H):
                 zx[j] += b[j]                                   # W x_t + b
-                hu[j] += b_U[j]                                 # U h_{t-1} + b_U
+                hu[j] = hu_col[j] + b_U[j]                      # U h_{t-1} + b_U
             for j in range(H):
                 gt[0, j] = sigmoid(zx[j] + hu[j])               # r_t
             for j in range(H):
@@ -75,7 +77,7 @@ def gru_backward(dx, dW, dU, db, db_U, dh,
     DX = np.zeros((B, T, 3 * H), dtype=dh.dtype)     # δ of the input-side pre-activations
     DHID = np.zeros((B, T, 3 * H), dtype=dh.dtype)   # δ of U h_{t-1} + b_U
     DH_step = np.zeros((B, 3 * H), dtype=dh.dtype)
-    dhU = np.empty((B, H), dtype=dh.dtype)
+    dhUT = np.empty((H, B), dtype=dh.dtype)          # U^T δ, one column per row
     for s in range(lengths.max() - 1, -1, -1):
         for bb in range(B):
             L = lengths[bb]
@@ -97,11 +99,11 @@ def gru_backward(dx, dW, dU, db, db_U, dh,
             for j in range(2 * H):
                 dhs[j] = dxr[j]
             DHID[bb, pos, :] = dhs
-        np.dot(DH_step, U, dhU)
+        np.dot(U.T, DH_step.T, dhUT)
         for bb in range(B):
             if s < lengths[bb]:
                 for j in range(H):
-                    dh[bb, j] += dhU[bb, j]
+                    dh[bb, j] += dhUT[j, bb]
                 DH_step[bb, :] = 0.0
     DX2 = DX.reshape(B * T, 3 * H)
     DH2 = DHID.reshape(B * T, 3 * H)
