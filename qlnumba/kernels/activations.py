@@ -16,6 +16,10 @@ Python zero-division check.
 
 The derivatives take the activation's *output* (what forward saved), as in
 scikit-learn's ``neural_network._base``.
+
+After editing this file, delete ``qlnumba/kernels/__pycache__`` (or set
+QLNUMBA_CACHE=0): Numba's on-disk cache keys a kernel on its own file only, so
+kernels that inline these functions would keep the old code.
 """
 import math
 
