@@ -9,6 +9,7 @@ a release store publishes the count (and every write made before it), an acquire
 load sees it.  The caller must guarantee that all P threads run at the same time
 (one ``prange`` iteration per Numba thread), or the spin never ends.
 """
+from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
@@ -54,7 +55,7 @@ def store_release(typingctx, arr, index, value):
 def spin_pause(typingctx):
     """The x86 ``pause`` hint inside a spin loop (nothing elsewhere)."""
     def codegen(context, builder, sig, args):
-        if "86" in context.codegen()._tm.triple:          # x86 and x86_64
+        if "86" in llvm.get_process_triple():             # x86 and x86_64
             pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
                                                    "llvm.x86.sse2.pause")
             builder.call(pause, [])
