@@ -1,9 +1,19 @@
-"""QL-LSTM recurrent layer on the GPU: the simple per-step path (one direction).
+"""QL-LSTM recurrent layer on the GPU, one direction: two step loops.
 
 The same equations and buffers as ``qlnumba/kernels/recurrent.py`` (read that
-file first); each step is a few launches: a tiled product U h_{t-1}, then one
-thread per (row, hidden unit).  Gradient sums over rows and steps are loops in
-a fixed order, never atomics, so results are deterministic.
+file first).  The products before and after the step loop (x W^T, the weight
+gradients) are tiled shared-memory launches.  The step loop is either
+
+- persistent (``persistent_forward`` / ``persistent_backward``, the default):
+  one cooperative launch runs every step; ``cuda.cg.this_grid().sync()``
+  separates a step's phases (U h_{t-1}, the cells, a block close), h is
+  double-buffered, and the per-element bodies are the device functions
+  ``cell_forward``, ``close_*_cell``, ``cell_backward`` shared with
+- simple (the tested reference): a few launches per step, a tiled product
+  U h_{t-1}, then one thread per (row, hidden unit).
+
+Gradient sums over rows and steps are loops in a fixed order, never atomics, so
+results are deterministic.
 
 Shapes legend (device arrays, C order)
   B rows, T padded steps, E inputs, H hidden units, G = H (psug) or 4H, K block length,
