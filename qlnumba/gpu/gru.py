@@ -78,7 +78,8 @@ def kernels(dtype):
             dh[bb, j] = dht * u                                   # + U^T δ below
 
     @cuda.jit
-    def carry_dh(dh, dhU, lengths, s):
+    def add_dh(dh, dhU, lengths, s):
+        """δh_{t-1} = δh_t u + U^T δ for the rows that stepped (the first term is already in dh)."""
         B, H = dh.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
             bb, j = idx // H, idx % H
@@ -87,7 +88,7 @@ def kernels(dtype):
 
     from . import recurrent
     shared = recurrent.kernels(dtype)                     # the tiled product and column sums
-    return dict(step_forward=step_forward, step_backward=step_backward, carry_dh=carry_dh,
+    return dict(step_forward=step_forward, step_backward=step_backward, add_dh=add_dh,
                 column_sums=shared["column_sums"], matmul=shared["matmul"])
 
 
@@ -140,7 +141,7 @@ class CudaGRUCell:
             k["step_backward"][grid](DX, DHID, DH_step, dh, d_dout, cc["GATES"], cc["HN"], cc["HPREV"],
                                      d_len, s, self.reverse)
             matmul(k, dhU, DH_step, cc["U"], B, H, 3 * H, 3 * H, 1, H, 1)   # U^T δ
-            k["carry_dh"][grid](dh, dhU, d_len, s)
+            k["add_dh"][grid](dh, dhU, d_len, s)
         BT, G = B * T, 3 * H
         dW, dU, db, db_U = zeros((G, E), dt), zeros((G, H), dt), zeros(G, dt), zeros(G, dt)
         d_dx = zeros((B, T, E), dt)
