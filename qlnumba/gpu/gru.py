@@ -77,19 +77,11 @@ def kernels(dtype):
                 DHID[bb, pos, k * H + j] = DH_step[bb, k * H + j]
             dh[bb, j] = dht * u                                   # + U^T δ below
 
-    @cuda.jit
-    def add_dh(dh, dhU, lengths, s):
-        """δh_{t-1} = δh_t u + U^T δ for the rows that stepped (the first term is already in dh)."""
-        B, H = dh.shape
-        for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            bb, j = idx // H, idx % H
-            if s < lengths[bb]:
-                dh[bb, j] += dhU[bb, j]
-
     from . import recurrent
-    shared = recurrent.kernels(dtype)                     # the tiled product and column sums
-    return dict(step_forward=step_forward, step_backward=step_backward, add_dh=add_dh,
-                column_sums=shared["column_sums"], matmul=shared["matmul"])
+    shared = recurrent.kernels(dtype)                     # product, column sums, carry_dh
+    return dict(step_forward=step_forward, step_backward=step_backward,
+                carry_dh=shared["carry_dh"], column_sums=shared["column_sums"],
+                matmul=shared["matmul"])
 
 
 class CudaGRUCell:
@@ -141,7 +133,7 @@ class CudaGRUCell:
             k["step_backward"][grid](DX, DHID, DH_step, dh, d_dout, cc["GATES"], cc["HN"], cc["HPREV"],
                                      d_len, s, self.reverse)
             matmul(k, dhU, DH_step, cc["U"], B, H, 3 * H, 3 * H, 1, H, 1)   # U^T δ
-            k["add_dh"][grid](dh, dhU, d_len, s)
+            k["carry_dh"][grid](dh, dhU, d_len, s, True)        # δh_{t-1} = δh u + U^T δ
         BT, G = B * T, 3 * H
         dW, dU, db, db_U = zeros((G, E), dt), zeros((G, H), dt), zeros(G, dt), zeros(G, dt)
         d_dx = zeros((B, T, E), dt)

@@ -255,13 +255,14 @@ def kernels(dtype):
                           s, psug, hgr, reverse, idx // H, idx % H)
 
     @cuda.jit
-    def carry_dh(dh, dhU, lengths, s):
-        """δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs."""
+    def carry_dh(dh, dhU, lengths, s, accumulate):
+        """δh_{t-1} = U^T δz_t (or += it, where dh already holds a direct term, as in the
+        GRU) for the rows that stepped; idle rows keep theirs."""
         B, H = dh.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
             bb, j = idx // H, idx % H
             if s < lengths[bb]:
-                dh[bb, j] = dhU[bb, j]
+                dh[bb, j] = dh[bb, j] + dhU[bb, j] if accumulate else dhU[bb, j]
 
     @cuda.jit
     def column_sums(out, A, rows, cols):
@@ -385,10 +386,10 @@ def zeros(shape, dtype):
 
 
 def closing_steps(lengths, n0, K, steps):
-    """Steps at which at least one row closes a block (host side, from the initial n)."""
+    """(steps,) int8, 1 where at least one row closes a block (host side, from the initial n)."""
     s = np.arange(steps)
     closes = (s[None, :] < lengths[:, None]) & ((n0[:, None] + s[None, :] + 1) % K == 0)
-    return set(np.flatnonzero(closes.any(axis=0)).tolist())
+    return closes.any(axis=0).astype(np.int8)
 
 
 def cooperative_grid():
@@ -446,13 +447,13 @@ class CudaQLCell:
         hU, S, P, Q = zeros((B, G), dt), zeros((B, H), dt), zeros((B, H), dt), zeros((B, H), dt)
         matmul(k, Z, d_x, W, B * T, G, E, E, 1, 1, E)                       # Z = x W^T
         steps = int(lengths.max())
-        closes = closing_steps(lengths, n0, K, steps) if self.hgr else set()
+        closes = closing_steps(lengths, n0, K, steps) if self.hgr else np.zeros(steps, np.int8)
+        d_closes = cuda.to_device(closes)
         if self.path == "persistent":
             hbuf = cuda.to_device(np.stack([st["h"], st["h"]]).astype(dt))
-            flags = cuda.to_device(np.isin(np.arange(steps), list(closes)).astype(np.int8))
             k["persistent_forward"][cooperative_grid()](
                 out, hbuf, c, m, a, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, S, P, Q,
-                d_len, d_n0, flags, U, b, gamma, beta, V_s, V_m, b_r,
+                d_len, d_n0, d_closes, U, b, gamma, beta, V_s, V_m, b_r,
                 steps, K, self.psug, self.hgr, self.reverse)
             h = hbuf[steps % 2]
         else:
@@ -461,7 +462,7 @@ class CudaQLCell:
                 matmul(k, hU, h, U, B, G, H, H, 1, 1, H)                    # U h_{t-1}
                 k["step_forward"][grid](out, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, d_len, b,
                                         gamma, beta, s, self.psug, self.hgr, self.reverse)
-                if s in closes:
+                if closes[s]:
                     k["close_summary"][grid](S, a, d_len, d_n0, s, K)
                     matmul(k, P, S, V_s, B, H, H, H, 1, 1, H)               # V_s s
                     matmul(k, Q, m, V_m, B, H, H, H, 1, 1, H)               # V_m m
@@ -471,7 +472,7 @@ class CudaQLCell:
             st[key][...] = arr.copy_to_host()
         if self.hgr:
             st["n"][...] = (n0 + lengths) % K
-        self.cache = dict(x=d_x, lengths=lengths, d_len=d_len, d_n0=d_n0, closes=closes, Z=Z,
+        self.cache = dict(x=d_x, lengths=lengths, d_len=d_len, d_n0=d_n0, closes=closes, d_closes=d_closes, Z=Z,
                           GATES=GATES, C=C, CPREV=CPREV, HPREV=HPREV, MBLK=MBLK, SBLK=SBLK,
                           RBLK=RBLK, W=W, U=U, gamma=gamma, V_s=V_s, V_m=V_m, NB=NB)
         return out.copy_to_host()
@@ -492,16 +493,15 @@ class CudaQLCell:
         dhU, dmV, dsV = zeros((B, H), dt), zeros((B, H), dt), zeros((B, H), dt)
         steps = int(lengths.max())
         if self.path == "persistent":
-            flags = cuda.to_device(np.isin(np.arange(steps), list(cc["closes"])).astype(np.int8))
             k["persistent_backward"][cooperative_grid()](
                 DZ, DZ_step, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,
-                flags, cc["U"], cc["gamma"], cc["V_s"], cc["V_m"],
+                cc["d_closes"], cc["U"], cc["gamma"], cc["V_s"], cc["V_m"],
                 steps, K, self.psug, self.hgr, self.reverse)
         else:
             grid = grid_for(B * H)
             for s in range(steps - 1, -1, -1):
-                if s in cc["closes"]:                                        # the close rule first
+                if cc["closes"][s]:                                        # the close rule first
                     k["close_backward"][grid](dm, da, DP, DP_step, cc["MBLK"], cc["SBLK"],
                                               cc["RBLK"], d_len, d_n0, s, K)
                     matmul(k, dmV, DP_step, cc["V_m"], B, H, H, H, 1, H, 1)  # V_m^T δp
@@ -511,7 +511,7 @@ class CudaQLCell:
                                          cc["C"], cc["CPREV"], cc["gamma"], d_len, s, self.psug,
                                          self.hgr, self.reverse)
                 matmul(k, dhU, DZ_step, cc["U"], B, H, G, G, 1, H, 1)        # U^T δz_t
-                k["carry_dh"][grid](dh, dhU, d_len, s)
+                k["carry_dh"][grid](dh, dhU, d_len, s, False)
         BT = B * T
         dW, dU, db = zeros((G, E), dt), zeros((G, H), dt), zeros(G, dt)
         d_dx = zeros((B, T, E), dt)
