@@ -168,7 +168,7 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
         for bb in range(B):
             if s < lengths[bb] and (n0[bb] + s + 1) % K == 0:
                 for j in range(H):
-                    S_close[nc, j] = a[bb, j] / K
+                    S_close[nc, j] = a[bb, j] / K                     # s = a / K
                     M_close[nc, j] = m[bb, j]
                 rows_close[nc] = bb
                 nc += 1
@@ -183,9 +183,9 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
             jb = (n0[bb] + s + 1) // K - 1
             for i in range(Hp):
                 j = u0 + i
-                r = sigmoid(P_close[q, i] + Q_close[q, i] + b_r[j])
+                r = sigmoid(P_close[q, i] + Q_close[q, i] + b_r[j])   # r = σ(V_s s + V_m m + b_r)
                 sv = S_close[q, j]
-                mj = r * m[bb, j] + (1 - r) * sv
+                mj = r * m[bb, j] + (1 - r) * sv                      # m = r m + (1-r) s
                 SBLK[bb, jb, j] = sv
                 RBLK[bb, jb, j] = r
                 MBLK[bb, jb + 1, j] = mj
