@@ -206,8 +206,9 @@ def adam_step(p, m, v, g, consts):
 class CudaAdam:
     """AdamW with global-norm clipping over a dict of device arrays (see ``qlnumba.Adam``).
 
-    The parameters, the moments and the gradients stay on the device; one float
-    (the gradient norm) comes back to the host per step.
+    The parameters, the moments and the gradients stay on the device; per step,
+    only the partial sums of squares (NPART floats per gradient array) come back
+    to the host for the global norm.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
