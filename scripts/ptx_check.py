@@ -1,0 +1,169 @@
+"""Compile every GPU kernel to PTX (and, with ptxas, to sm_90 machine code) on a machine with no GPU.
+
+The simulator runs the kernels as Python, so it cannot catch what only the real
+compiler rejects (typing, unsupported calls).  This script drives the real
+layer code (QLLSTM and GRU, every switch setting, embedding, head, Adam) with
+``cuda.to_device`` and kernel launches replaced by stand-ins: each launch
+compiles its kernel for the argument types it was given, with
+``cuda.compile_ptx`` (needs numba-cuda and libnvvm, not a GPU), and assembles
+the PTX with ``ptxas`` when it is on PATH, printing registers and shared memory.
+The numbers the kernels "return" are meaningless: only compilation is checked.
+
+    CUDA_HOME=/usr/local/cuda python scripts/ptx_check.py [--cc 9.0]
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
+from numba import cuda, typeof  # noqa: E402
+
+cuda.is_available = lambda: True     # compile only: qlnumba.gpu.get_cuda would refuse otherwise
+
+
+class HostDeviceArray(np.ndarray):
+    """A host array that answers ``copy_to_host`` like a device array."""
+
+    def copy_to_host(self):
+        return np.array(self)
+
+
+def to_device(a, *args, **kwargs):
+    return np.array(a).view(HostDeviceArray)
+
+
+cuda.to_device = to_device
+cuda.device_array = lambda shape, dtype=np.float64, **kw: np.zeros(shape, dtype).view(HostDeviceArray)
+
+
+class FakeDevice:
+    MULTIPROCESSOR_COUNT = 132
+    name = "ptx-check"
+    compute_capability = (9, 0)
+
+
+cuda.get_current_device = lambda: FakeDevice()
+import numba.cuda.dispatcher as _dispatcher  # noqa: E402  (device functions ask it for the target)
+
+_dispatcher.get_current_device = cuda.get_current_device
+COMPILED = {}
+
+
+def arg_type(a):
+    if isinstance(a, np.ndarray):
+        return typeof(np.ascontiguousarray(a) if a.flags.c_contiguous else a)
+    return typeof(a)
+
+
+class Launcher:
+    """Stands in for a kernel dispatcher: ``k[grid](*args)`` compiles instead of running."""
+
+    def __init__(self, name, dispatcher, cc):
+        self.name, self.dispatcher, self.cc = name, dispatcher, cc
+
+    def __getitem__(self, config):
+        return self
+
+    def __call__(self, *args):
+        sig = tuple(arg_type(a) for a in args)
+        key = (self.name, sig)
+        if key not in COMPILED:
+            ptx, _ = cuda.compile_ptx(self.dispatcher.py_func, sig, cc=self.cc)
+            COMPILED[key] = ptx
+
+
+def wrap(kernel_dict, cc):
+    return {name: Launcher(name, d, cc) for name, d in kernel_dict.items()}
+
+
+def ptxas_report(cc):
+    exe = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
+    if not os.path.exists(exe):
+        print("ptxas not found: PTX compiled, machine code not checked")
+        return
+    arch = f"sm_{cc[0]}{cc[1]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, ((name, sig), ptx) in enumerate(sorted(COMPILED.items(), key=lambda kv: kv[0][0])):
+            path = os.path.join(tmp, f"k{i}.ptx")
+            with open(path, "w") as f:
+                f.write(ptx)
+            r = subprocess.run([exe, "-v", f"-arch={arch}", "-c", path, "-o", path + ".o"],
+                               capture_output=True, text=True)
+            if r.returncode:
+                raise SystemExit(f"ptxas failed on {name}{sig}:\n{r.stderr}")
+            used = re.search(r"Used (\d+) registers.*", r.stderr)
+            dtype = "f64" if "float64" in str(sig) else "f32"
+            print(f"  {name:28s} {dtype}  {used.group(0) if used else r.stderr.strip()[:120]}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cc", default="9.0")
+    args = ap.parse_args()
+    cc = tuple(int(v) for v in args.cc.split("."))
+    FakeDevice.compute_capability = cc
+
+    import qlnumba
+    from qlnumba.gpu import gru as ggru
+    from qlnumba.gpu import ops as gops
+    from qlnumba.gpu import recurrent as grec
+
+    for module in (grec, ggru, gops):
+        real = module.kernels
+        module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc))(real)
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        B, T, E, H = 3, 5, 2, 4
+        x = rng.standard_normal((B, T, E)).astype(dtype)
+        lengths = np.array([5, 2, 4])
+        dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
+        for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
+            for path in grec.PATHS:
+                layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
+                                       dtype=dtype, device="cuda", seed=0)
+                for row in layer._cells:
+                    for cell in row:
+                        cell.path = path
+                layer.forward(x, lengths)
+                layer.backward(dout)
+        gru = qlnumba.GRU(E, H, dtype=dtype, device="cuda", seed=0)
+        gru.forward(x, lengths)
+        gru.backward(dout[..., :H])
+        check_ops(gops, dtype, rng)
+    print(f"compiled {len(COMPILED)} kernel specialisations to PTX for sm_{cc[0]}{cc[1]}")
+    ptxas_report(cc)
+
+
+def check_ops(gops, dtype, rng):
+    """Embedding, head and AdamW through their public GPU helpers."""
+    B, T, E, V, C = 2, 3, 4, 6, 2
+    dev = cuda.to_device
+    ids = rng.integers(0, V, (B, T))
+    table = dev(rng.standard_normal((V, E)).astype(dtype))
+    emb = dev(np.zeros((B, T, E), dtype))
+    gops.embedding_forward(emb, dev(ids), table)
+    gops.embedding_backward(dev(np.zeros((V, E), dtype)), emb, dev(ids), gops.id_segments(ids))
+    h = dev(rng.standard_normal((B, E)).astype(dtype))
+    W, b = dev(rng.standard_normal((C, E)).astype(dtype)), dev(np.zeros(C, dtype))
+    targets = dev(np.array([0, 1]))
+    probs, losses = dev(np.zeros((B, C), dtype)), dev(np.zeros(B, dtype))
+    gops.linear_xent_forward(probs, losses, h, targets, W, b)
+    gops.linear_xent_backward(dev(np.zeros((B, E), dtype)), dev(np.zeros((C, E), dtype)),
+                              dev(np.zeros(C, dtype)), probs, h, targets, W, 0.5)
+    gops.sum_of_squares(W.reshape(-1))          # CudaAdam.step's two kernels (it refuses host arrays)
+    flat = W.reshape(-1)
+    gops.adam_step(flat, np.zeros_like(flat), np.zeros_like(flat), np.ones_like(flat),
+                   np.ones(8, dtype))
+
+
+if __name__ == "__main__":
+    main()
