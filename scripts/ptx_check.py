@@ -101,8 +101,10 @@ def ptxas_report(cc):
             if r.returncode:
                 raise SystemExit(f"ptxas failed on {name}{sig}:\n{r.stderr}")
             used = re.search(r"Used (\d+) registers.*", r.stderr)
+            frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", r.stderr)
             dtype = "f64" if "float64" in str(sig) else "f32"
-            print(f"  {name:28s} {dtype}  {used.group(0) if used else r.stderr.strip()[:120]}")
+            print(f"  {name:28s} {dtype}  {used.group(0) if used else r.stderr.strip()[:120]}"
+                  + (f"; {frame.group(0)}" if frame else ""))
 
 
 def main():

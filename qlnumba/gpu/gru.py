@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .recurrent import cuda, grid_for, matmul, zeros
+from .recurrent import column_sums, cuda, grid_for, matmul, zeros
 
 
 @lru_cache(maxsize=None)
@@ -79,9 +79,7 @@ def kernels(dtype):
 
     from . import recurrent
     shared = recurrent.kernels(dtype)                     # product, column sums, carry_dh
-    return dict(step_forward=step_forward, step_backward=step_backward,
-                carry_dh=shared["carry_dh"], column_sums=shared["column_sums"],
-                matmul=shared["matmul"])
+    return dict(shared, step_forward=step_forward, step_backward=step_backward)
 
 
 class CudaGRUCell:
@@ -140,8 +138,8 @@ class CudaGRUCell:
         matmul(k, dW, DX, x, G, E, BT, 1, G, E, 1)                          # Σ δx x^T
         matmul(k, dU, DHID, cc["HPREV"], G, H, BT, 1, G, H, 1)              # Σ δh h_{t-1}^T
         matmul(k, d_dx, DX, cc["W"], BT, E, G, G, 1, E, 1)                  # W^T δx
-        k["column_sums"][grid_for(G)](db, DX.reshape(-1), BT, G)
-        k["column_sums"][grid_for(G)](db_U, DHID.reshape(-1), BT, G)
+        column_sums(k, db, DX.reshape(BT * G), BT, G)
+        column_sums(k, db_U, DHID.reshape(BT * G), BT, G)
         p = self.prefix
         for name, arr in (("W", dW), ("U", dU), ("b", db), ("b_U", db_U)):
             grads[p + name] += arr.copy_to_host()

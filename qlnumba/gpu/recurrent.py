@@ -36,9 +36,13 @@ from . import get_cuda
 
 cuda = get_cuda()
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-TILE = 4 if SIM else 16                  # matrix-product tile edge
+# matrix product: (TY, TX) threads per block, TM x TN outputs each, k-slabs of BK
+TY, TX, TM, TN, BK = (2, 2, 2, 2, 2) if SIM else (16, 16, 4, 4, 16)
+BM, BN = TM * TY, TN * TX                # the (BM, BN) tile of C one block makes
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
+TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
 MAX_BLOCKS = 2 if SIM else 1024
+SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 
 
 def grid_for(n):
@@ -57,29 +61,70 @@ def kernels(dtype):
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate):
-        """C (M,N) [+]= A B, A and B flat with strides: A[m,k] = A[m*sam + k*sak]."""
-        sA = cuda.shared.array((TILE, TILE), ftype)
-        sB = cuda.shared.array((TILE, TILE), ftype)
+        """C (M,N) [+]= A B, A and B flat with strides: A[m,k] = A[m*sam + k*sak].
+
+        Register-blocked: a block of (TY, TX) threads makes a (TM*TY) x (TN*TX) tile of C,
+        each thread TM x TN outputs (rows ty + TY*i, columns tx + TX*j), from k-slabs of
+        A and B staged in shared memory (loaded along whichever index is contiguous)."""
+        sA = cuda.shared.array((BK, BM), ftype)
+        sB = cuda.shared.array((BK, BN), ftype)
+        acc = cuda.local.array((TM, TN), ftype)
         ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
-        tiles_n = (N + TILE - 1) // TILE
-        tiles = ((M + TILE - 1) // TILE) * tiles_n
+        tid = ty * TX + tx
+        tiles_n = (N + BN - 1) // BN
+        tiles = ((M + BM - 1) // BM) * tiles_n
         for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
-            row = (tile // tiles_n) * TILE + ty
-            col = (tile % tiles_n) * TILE + tx
-            acc = ftype(0.0)
-            for k0 in range(0, Kd, TILE):
-                ka, kb = k0 + tx, k0 + ty
-                sA[ty, tx] = A[row * sam + ka * sak] if row < M and ka < Kd else ftype(0.0)
-                sB[ty, tx] = Bm[kb * sbk + col * sbn] if kb < Kd and col < N else ftype(0.0)
+            m0 = (tile // tiles_n) * BM
+            n0 = (tile % tiles_n) * BN
+            for i in range(TM):
+                for j in range(TN):
+                    acc[i, j] = 0.0
+            for k0 in range(0, Kd, BK):
+                for e in range(tid, BM * BK, TX * TY):
+                    if sak == 1:
+                        mm, kk = e // BK, e % BK
+                    else:
+                        mm, kk = e % BM, e // BM
+                    row, k = m0 + mm, k0 + kk
+                    sA[kk, mm] = A[row * sam + k * sak] if row < M and k < Kd else ftype(0.0)
+                for e in range(tid, BN * BK, TX * TY):
+                    if sbn == 1:
+                        nn, kk = e % BN, e // BN
+                    else:
+                        nn, kk = e // BK, e % BK
+                    col, k = n0 + nn, k0 + kk
+                    sB[kk, nn] = Bm[k * sbk + col * sbn] if col < N and k < Kd else ftype(0.0)
                 cuda.syncthreads()
-                for i in range(TILE):
-                    acc += sA[ty, i] * sB[i, tx]
+                for kk in range(BK):
+                    for i in range(TM):
+                        av = sA[kk, ty + TY * i]
+                        for j in range(TN):
+                            acc[i, j] += av * sB[kk, tx + TX * j]
                 cuda.syncthreads()
-            if row < M and col < N:
-                if accumulate:
-                    C[row * N + col] += acc
-                else:
-                    C[row * N + col] = acc
+            for i in range(TM):
+                row = m0 + ty + TY * i
+                for j in range(TN):
+                    col = n0 + tx + TX * j
+                    if row < M and col < N:
+                        if accumulate:
+                            C[row * N + col] += acc[i, j]
+                        else:
+                            C[row * N + col] = acc[i, j]
+
+    @cuda.jit
+    def fill_zero(A):
+        for i in range(cuda.grid(1), A.shape[0], cuda.gridsize(1)):
+            A[i] = 0.0
+
+    @cuda.jit
+    def copy_rows(dst, src, nrows, nb, dst_stride, src_stride, H):
+        """Row r < nrows of src to row r of dst (flat, rows of H), where row r of an array of
+        stride S is (r // nb) * S + r % nb: copies runs of nb rows between layouts with
+        S rows per run (MBLK (B,NB+1,H) <-> (B*NB, H), m (B,H) -> MBLK[:, 0])."""
+        for idx in range(cuda.grid(1), nrows * H, cuda.gridsize(1)):
+            r, k = idx // H, idx % H
+            q, i = r // nb, r % nb
+            dst[(q * dst_stride + i) * H + k] = src[(q * src_stride + i) * H + k]
 
     @cuda.jit(device=True)
     def cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma,
@@ -139,16 +184,19 @@ def kernels(dtype):
         S[bb, j] = a[bb, j] / K if closes_at(lengths, n0, s, K, bb) else ftype(0.0)
 
     @cuda.jit(device=True)
-    def close_forward_cell(m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, lengths, n0, s, K, bb, j):
+    def close_forward_cell(mnext, m, a, MBLK, SBLK, RBLK, S, pq, b_r, lengths, n0, s, K, bb, j):
+        """The block close of row bb, unit j, given pq = (V_s s + V_m m)[bb, j]; mnext may be m.
+        Rows that do not close copy m into mnext."""
         if not closes_at(lengths, n0, s, K, bb):
+            mnext[bb, j] = m[bb, j]
             return
         jb = (n0[bb] + s + 1) // K - 1
-        r = sigmoid(P[bb, j] + Q[bb, j] + b_r[j])                         # r = σ(V_s s + V_m m + b_r)
+        r = sigmoid(pq + b_r[j])                                          # r = σ(V_s s + V_m m + b_r)
         mj = r * m[bb, j] + (one - r) * S[bb, j]                          # m = r m + (1-r) s
         SBLK[bb, jb, j] = S[bb, j]
         RBLK[bb, jb, j] = r
         MBLK[bb, jb + 1, j] = mj
-        m[bb, j] = mj
+        mnext[bb, j] = mj
         a[bb, j] = 0.0
 
     @cuda.jit(device=True)
@@ -166,10 +214,10 @@ def kernels(dtype):
         da[bb, j] = dm_after * (one - r)
 
     @cuda.jit(device=True)
-    def close_backward_finish_cell(dm, da, dmV, dsV, lengths, n0, s, K, bb, j):
-        if closes_at(lengths, n0, s, K, bb):
-            dm[bb, j] += dmV[bb, j]                                   # δm += V_m^T δp
-            da[bb, j] = (da[bb, j] + dsV[bb, j]) / K                  # δa = (δs + V_s^T δp) / K
+    def close_backward_finish_cell(dm, da, dmv, dsv, K, bb, j):
+        """dmv, dsv: (V_m^T δp)[bb, j], (V_s^T δp)[bb, j] of a closing row."""
+        dm[bb, j] += dmv                                              # δm += V_m^T δp
+        da[bb, j] = (da[bb, j] + dsv) / K                             # δa = (δs + V_s^T δp) / K
 
     @cuda.jit
     def close_summary(S, a, lengths, n0, s, K):
@@ -183,8 +231,9 @@ def kernels(dtype):
         """r = σ(V_s s + V_m m + b_r); m = r m + (1-r) s; a = 0, for the closing rows."""
         B, H = a.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            close_forward_cell(m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, lengths, n0, s, K,
-                               idx // H, idx % H)
+            bb, j = idx // H, idx % H
+            close_forward_cell(m, m, a, MBLK, SBLK, RBLK, S, P[bb, j] + Q[bb, j], b_r, lengths, n0,
+                               s, K, bb, j)
 
     @cuda.jit
     def close_backward(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s, K):
@@ -199,7 +248,9 @@ def kernels(dtype):
         """δm += V_m^T δp;  δa = (δs + V_s^T δp) / K, for the closing rows."""
         B, H = dm.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            close_backward_finish_cell(dm, da, dmV, dsV, lengths, n0, s, K, idx // H, idx % H)
+            bb, j = idx // H, idx % H
+            if closes_at(lengths, n0, s, K, bb):
+                close_backward_finish_cell(dm, da, dmV[bb, j], dsV[bb, j], K, bb, j)
 
     @cuda.jit(device=True)
     def cell_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma, lengths,
@@ -274,115 +325,282 @@ def kernels(dtype):
             out[col] += acc
 
     @cuda.jit
-    def gate_param_grads(dgamma, dbeta, DPRE, Z, BT):
-        """δγ_k = Σ δp_k z,  δβ_k = Σ δp_k over every row and step (zero where padded)."""
-        H = dbeta.shape[1]
-        for idx in range(cuda.grid(1), 4 * H, cuda.gridsize(1)):
-            k, j = idx // H, idx % H
+    def column_sums_partial(partial, A, rows, cols, chunk):
+        """partial[p, c] = Σ A[r*cols + c] over the rows r of chunk p, in row order: the first
+        pass of a two-pass column sum (one thread per column alone is latency-bound)."""
+        nch = partial.shape[0]
+        for idx in range(cuda.grid(1), nch * cols, cuda.gridsize(1)):
+            p, col = idx // cols, idx % cols
+            acc = ftype(0.0)
+            for r in range(p * chunk, min(rows, (p + 1) * chunk)):
+                acc += A[r * cols + col]
+            partial[p, col] = acc
+
+    @cuda.jit
+    def gate_param_partial(partial, DPRE, Z, BT, chunk):
+        """partial[0, p, k*H + j] = Σ δp_k z and partial[1, p, k*H + j] = Σ δp_k over chunk p's
+        rows (zero where padded): the first pass of δγ_k = Σ δp_k z, δβ_k = Σ δp_k."""
+        nch = partial.shape[1]
+        H = Z.shape[1]
+        for idx in range(cuda.grid(1), nch * 4 * H, cuda.gridsize(1)):
+            p, kj = idx // (4 * H), idx % (4 * H)
+            k, j = kj // H, kj % H
             g_acc = ftype(0.0)
             b_acc = ftype(0.0)
-            for r in range(BT):
+            for r in range(p * chunk, min(BT, (p + 1) * chunk)):
                 d = DPRE[r, k, j]
                 g_acc += d * Z[r, j]
                 b_acc += d
-            dgamma[k, j] += g_acc
-            dbeta[k, j] += b_acc
+            partial[0, p, kj] = g_acc
+            partial[1, p, kj] = b_acc
 
     @cuda.jit(device=True)
-    def dot_rows(out, A, X, M, N, Kd, transpose_a):
-        """out[r, i] = Σ_k A[i, k] X[r, k] (or A[k, i] with transpose_a), r < N rows, i < M:
-        one output per thread, grid-stride, k in order (deterministic)."""
-        for idx in range(cuda.grid(1), N * M, cuda.gridsize(1)):
-            r, i = idx // M, idx % M
-            acc = ftype(0.0)
-            for k in range(Kd):
-                acc += (A[k, i] if transpose_a else A[i, k]) * X[r, k]
-            out[r, i] = acc
+    def part_columns(q, nparts, H):
+        """Hidden units [u0, u0 + nq) of part q, nu = ceil(H / nparts) per part."""
+        nu = (H + nparts - 1) // nparts
+        u0 = q * nu
+        return u0, min(H, u0 + nu) - u0, nu
+
+    @cuda.jit(device=True)
+    def load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose):
+        """This part's slice of U into shared memory, one row per output column c:
+        forward  Ush[c*Kd + k] = U[col(c), k]   (k < H), the rows of U this part's units need;
+        backward Ush[c*Kd + k] = U[k, col(c)]   (k < G), the columns (transpose);
+        col(c) = (c // nu) * H + u0 + c % nu; padded or empty columns are 0."""
+        for e in range(cuda.threadIdx.x, ncol_pad * Kd, cuda.blockDim.x):
+            c, k = e // Kd, e % Kd
+            val = ftype(0.0)
+            if c < ncol and c % nu < nq:
+                col = (c // nu) * H + u0 + c % nu
+                val = U[k, col] if transpose else U[col, k]
+            Ush[e] = val
+
+    @cuda.jit(device=True)
+    def team_dot(out, X, Ush, red, B, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s):
+        """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b, k] for this part's columns c and the rows b
+        that step at s (idle rows are not written).
+
+        Teams of TEAM threads take (2 rows × 4 columns) items; a team's lanes split k
+        (consecutive k: coalesced reads of X, conflict-free reads of Ush), then each
+        output sums its TEAM lane partials from shared memory in lane order
+        (deterministic).  Block-uniform rounds, so every thread meets every barrier."""
+        tid = cuda.threadIdx.x
+        nthr = cuda.blockDim.x
+        nteams = nthr // TEAM
+        team, lane = tid // TEAM, tid % TEAM
+        ngrp = ncol_pad // 4
+        nitems = ((B + 1) // 2) * ngrp
+        for base in range(0, nitems, nteams):
+            item = base + team
+            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = ftype(0.0)
+            if item < nitems:
+                b0 = (item // ngrp) * 2
+                b1 = min(b0 + 1, B - 1)
+                c0 = (item % ngrp) * 4
+                for k in range(lane, Kd, TEAM):
+                    x0, x1 = X[b0, k], X[b1, k]
+                    w0, w1 = Ush[c0 * Kd + k], Ush[(c0 + 1) * Kd + k]
+                    w2, w3 = Ush[(c0 + 2) * Kd + k], Ush[(c0 + 3) * Kd + k]
+                    a00 += w0 * x0
+                    a01 += w1 * x0
+                    a02 += w2 * x0
+                    a03 += w3 * x0
+                    a10 += w0 * x1
+                    a11 += w1 * x1
+                    a12 += w2 * x1
+                    a13 += w3 * x1
+            red[tid] = a00
+            red[nthr + tid] = a01
+            red[2 * nthr + tid] = a02
+            red[3 * nthr + tid] = a03
+            red[4 * nthr + tid] = a10
+            red[5 * nthr + tid] = a11
+            red[6 * nthr + tid] = a12
+            red[7 * nthr + tid] = a13
+            cuda.syncthreads()
+            for o in range(tid, nteams * 8, nthr):
+                tm, i = o // 8, o % 8                     # team tm's output i: row b0 + i // 4, column c0 + i % 4
+                item = base + tm
+                if item < nitems:
+                    b = (item // ngrp) * 2 + i // 4
+                    c = (item % ngrp) * 4 + i % 4
+                    if b < B and c < ncol and c % nu < nq and s < lengths[b]:
+                        acc = ftype(0.0)
+                        for ln in range(TEAM):
+                            acc += red[i * nthr + tm * TEAM + ln]
+                        out[b, (c // nu) * H + u0 + c % nu] = acc
+            cuda.syncthreads()
 
     @cuda.jit
-    def persistent_forward(out, hbuf, c, m, a, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
-                           hU, S, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m, b_r,
-                           steps, K, psug, hgr, reverse):
-        """Every step in one cooperative launch; grid syncs separate the phases of a step.
+    def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
+                           RBLK, hU, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m, b_r,
+                           steps, K, nparts, psug, hgr, reverse):
+        """Every step in one cooperative launch: block q owns the hidden units of part q
+        (all four gates' rows of U, kept in shared memory), so a step needs one grid sync.
 
-        h alternates between hbuf[0] and hbuf[1] (step s reads hbuf[s % 2]), so a
-        step needs two syncs: after U h_{t-1}, and after the cells.  A step where a
-        block closes (close_flags[s]) adds three more.
+        Per step: U h_{t-1} for the part's rows (``team_dot``), then its cells, then a
+        grid sync, then (on a closing step) the block close of its units.  h alternates
+        between hbuf[0] and hbuf[1] (step s reads hbuf[s % 2]); the block summary s
+        between Sbuf[0] and Sbuf[1] by step; m between mbuf[0] and mbuf[1] by close, so
+        a close reads every unit's old m while writing its own new one.  When there are
+        more parts than blocks (the simulator's one block), a block loops over parts and
+        reloads each slice.
         """
         grid = cuda.cg.this_grid()
         B, H = c.shape
         G = U.shape[0]
+        nu = (H + nparts - 1) // nparts
+        ncol = (G // H) * nu
+        ncol_pad = (ncol + 3) // 4 * 4
+        dyn = cuda.shared.array(0, ftype)
+        Ush = dyn[:ncol_pad * H]
+        red = dyn[ncol_pad * H:]
+        resident = nparts == cuda.gridDim.x
+        if resident:
+            u0, nq, nu = part_columns(cuda.blockIdx.x, nparts, H)
+            load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, H, H, False)
+            cuda.syncthreads()
+        closes = 0
         for s in range(steps):
             hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
-            dot_rows(hU, U, hcur, G, B, H, False)                         # U h_{t-1}
-            grid.sync()
-            for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-                cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths,
-                             b, gamma, beta, s, psug, hgr, reverse, idx // H, idx % H)
+            m, S = mbuf[closes % 2], Sbuf[s % 2]
+            for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                u0, nq, nu = part_columns(q, nparts, H)
+                if not resident:
+                    cuda.syncthreads()
+                    load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, H, H, False)
+                    cuda.syncthreads()
+                team_dot(hU, hcur, Ush, red, B, ncol, ncol_pad, nu, nq, H, u0, H, lengths, s)  # U h_{t-1}
+                for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
+                    bb, j = e // nq, u0 + e % nq
+                    cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths,
+                                 b, gamma, beta, s, psug, hgr, reverse, bb, j)
+                    if hgr and closes_at(lengths, n0, s, K, bb):
+                        S[bb, j] = a[bb, j] / K                           # s = a / K
             grid.sync()
             if hgr and close_flags[s]:
-                for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-                    close_summary_cell(S, a, lengths, n0, s, K, idx // H, idx % H)
-                grid.sync()
-                dot_rows(P, V_s, S, H, B, H, False)                       # V_s s
-                dot_rows(Q, V_m, m, H, B, H, False)                       # V_m m
-                grid.sync()
-                for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-                    close_forward_cell(m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, lengths, n0, s, K,
-                                       idx // H, idx % H)
-                grid.sync()
+                mnext = mbuf[(closes + 1) % 2]
+                for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                    u0, nq, nu = part_columns(q, nparts, H)
+                    for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
+                        bb, j = e // nq, u0 + e % nq
+                        pq = ftype(0.0)
+                        if closes_at(lengths, n0, s, K, bb):
+                            for k in range(H):                            # V_s s + V_m m
+                                pq += V_s[j, k] * S[bb, k] + V_m[j, k] * m[bb, k]
+                        close_forward_cell(mnext, m, a, MBLK, SBLK, RBLK, S, pq, b_r, lengths, n0,
+                                           s, K, bb, j)
+                closes += 1
+                cuda.syncthreads()
 
     @cuda.jit
-    def persistent_backward(DZ, DZ_step, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
+    def persistent_backward(DZ, DZbuf, DPRE, DP, DP_step, dh, dc, dm, da, dout,
                             GATES, C, CPREV, MBLK, SBLK, RBLK, lengths, n0, close_flags,
-                            U, gamma, V_s, V_m, steps, K, psug, hgr, reverse):
-        """BPTT of ``persistent_forward`` in one cooperative launch (steps in reverse)."""
+                            U, gamma, V_s, V_m, steps, K, nparts, psug, hgr, reverse):
+        """BPTT of ``persistent_forward`` in one cooperative launch, steps in reverse.
+
+        Block q owns part q's units and keeps U[:, units] in shared memory.  Per
+        step: (on a closing step: the close rule, a grid sync, V^T δp for its units),
+        the cells, a grid sync, then δh_{t-1} = U^T δz_t for its units.  δz_t
+        alternates between DZbuf[0] and DZbuf[1] by step.  A thread keeps the same
+        (row, unit) in every loop of a step, so δm, δa, δc need no barrier.
+        """
         grid = cuda.cg.this_grid()
         B, H = dh.shape
         G = U.shape[0]
+        nu = (H + nparts - 1) // nparts
+        ncol_pad = (nu + 3) // 4 * 4
+        dyn = cuda.shared.array(0, ftype)
+        Ush = dyn[:ncol_pad * G]
+        red = dyn[ncol_pad * G:]
+        resident = nparts == cuda.gridDim.x
+        if resident:
+            u0, nq, nu = part_columns(cuda.blockIdx.x, nparts, H)
+            load_slice(Ush, U, u0, nq, nu, nu, ncol_pad, G, H, True)
+            cuda.syncthreads()
         for s in range(steps - 1, -1, -1):
+            DZs = DZbuf[s % 2]
             if hgr and close_flags[s]:                                    # the close rule first
-                for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-                    close_backward_cell(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s, K,
-                                        idx // H, idx % H)
+                for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                    u0, nq, nu = part_columns(q, nparts, H)
+                    for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
+                        close_backward_cell(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s,
+                                            K, e // nq, u0 + e % nq)
                 grid.sync()
-                dot_rows(dmV, V_m, DP_step, H, B, H, True)                # V_m^T δp
-                dot_rows(dsV, V_s, DP_step, H, B, H, True)                # V_s^T δp
-                grid.sync()
-                for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-                    close_backward_finish_cell(dm, da, dmV, dsV, lengths, n0, s, K, idx // H, idx % H)
-                grid.sync()
-            for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-                cell_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma,
-                              lengths, s, psug, hgr, reverse, idx // H, idx % H)
+                for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                    u0, nq, nu = part_columns(q, nparts, H)
+                    for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
+                        bb, j = e // nq, u0 + e % nq
+                        if closes_at(lengths, n0, s, K, bb):
+                            dmv = ftype(0.0)
+                            dsv = ftype(0.0)
+                            for i in range(H):                            # V_m^T δp, V_s^T δp
+                                dmv += V_m[i, j] * DP_step[bb, i]
+                                dsv += V_s[i, j] * DP_step[bb, i]
+                            close_backward_finish_cell(dm, da, dmv, dsv, K, bb, j)
+            for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                u0, nq, nu = part_columns(q, nparts, H)
+                for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
+                    cell_backward(DZ, DZs, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma,
+                                  lengths, s, psug, hgr, reverse, e // nq, u0 + e % nq)
             grid.sync()
-            # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs.  Thread
-            # (bb, j) read only dh[bb, j] above, so writing it now is safe after the sync.
-            for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-                bb, j = idx // H, idx % H
-                if s < lengths[bb]:
-                    acc = ftype(0.0)
-                    for g in range(G):
-                        acc += U[g, j] * DZ_step[bb, g]
-                    dh[bb, j] = acc
-            grid.sync()
+            for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                u0, nq, nu = part_columns(q, nparts, H)
+                if not resident:
+                    cuda.syncthreads()
+                    load_slice(Ush, U, u0, nq, nu, nu, ncol_pad, G, H, True)
+                    cuda.syncthreads()
+                # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
+                team_dot(dh, DZs, Ush, red, B, nu, ncol_pad, nu, nq, H, u0, G, lengths, s)
 
     return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward,
                 matmul=matmul, step_forward=step_forward, close_summary=close_summary,
                 close_forward=close_forward, close_backward=close_backward,
                 close_backward_finish=close_backward_finish, step_backward=step_backward,
-                carry_dh=carry_dh, column_sums=column_sums, gate_param_grads=gate_param_grads)
+                carry_dh=carry_dh, column_sums=column_sums, column_sums_partial=column_sums_partial,
+                gate_param_partial=gate_param_partial, fill_zero=fill_zero, copy_rows=copy_rows)
 
 
 def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False):
     """C (M,N) [+]= A (M,K) B (K,N) with A, B given as flat arrays and element strides."""
-    tiles = ((M + TILE - 1) // TILE) * ((N + TILE - 1) // TILE)
-    k["matmul"][min(tiles, MAX_BLOCKS), (TILE, TILE)](
+    tiles = ((M + BM - 1) // BM) * ((N + BN - 1) // BN)
+    k["matmul"][min(tiles, 4 * MAX_BLOCKS), (TX, TY)](
         C.reshape(-1), A.reshape(-1), Bm.reshape(-1), M, N, Kd, sam, sak, sbk, sbn, accumulate)
 
 
 def zeros(shape, dtype):
-    return cuda.to_device(np.zeros(shape, dtype))
+    """A device array of zeros, zeroed on the device (no host array is copied)."""
+    arr = cuda.device_array(shape, dtype)
+    if arr.size:
+        kernels(np.dtype(dtype))["fill_zero"][grid_for(arr.size)](arr.reshape(arr.size))
+    return arr
+
+
+def _chunks(rows, cols):
+    """(chunks, rows per chunk) for a two-pass column sum: about 64k first-pass threads."""
+    target = 4 if SIM else 65536
+    nch = max(1, min(rows, -(-target // max(cols, 1))))
+    chunk = -(-rows // nch)
+    return -(-rows // chunk), chunk
+
+
+def column_sums(k, out, A, rows, cols):
+    """out (cols,) += column sums of the flat (rows, cols) device array A, in a fixed order:
+    chunk sums in parallel, then the chunks in order (deterministic)."""
+    nch, chunk = _chunks(rows, cols)
+    partial = cuda.device_array((nch, cols), out.dtype)
+    k["column_sums_partial"][grid_for(nch * cols)](partial, A, rows, cols, chunk)
+    k["column_sums"][grid_for(cols)](out, partial.reshape(nch * cols), nch, cols)
+
+
+def gate_param_grads(k, dgamma, dbeta, DPRE, Z, BT, H):
+    """δγ_k += Σ δp_k z,  δβ_k += Σ δp_k over every row and step (two passes, fixed order);
+    DPRE (BT,4,H), Z (BT,H)."""
+    nch, chunk = _chunks(BT, 4 * H)
+    partial = cuda.device_array((2, nch, 4 * H), dgamma.dtype)
+    k["gate_param_partial"][grid_for(nch * 4 * H)](partial, DPRE, Z, BT, chunk)
+    for out, part in ((dgamma, partial[0]), (dbeta, partial[1])):
+        k["column_sums"][grid_for(4 * H)](out.reshape(4 * H), part.reshape(nch * 4 * H), nch, 4 * H)
 
 
 def closing_steps(lengths, n0, K, steps):
@@ -392,24 +610,48 @@ def closing_steps(lengths, n0, K, steps):
     return closes.any(axis=0).astype(np.int8)
 
 
-def cooperative_grid():
-    """(blocks, threads) of a persistent launch: one block per multiprocessor, so that every
-    block is resident at once (grid sync needs that); one block in the simulator."""
-    if SIM:
-        return 1, THREADS
-    return cuda.get_current_device().MULTIPROCESSOR_COUNT, THREADS
+def persistent_plan(H, G, itemsize):
+    """How the persistent kernels split the hidden units, or None where they cannot run.
+
+    Returns (parts, blocks, forward shared bytes, backward shared bytes).  On a GPU
+    there is one part per block and at most one block per multiprocessor, so every
+    block is resident (a grid sync needs that); each part's slice of U must fit the
+    dynamic shared memory a launch gets without an opt-in.  The simulator runs one
+    block that loops over three parts (so the partition logic is tested there too).
+    """
+    blocks = min(3, H) if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
+    nu = -(-H // blocks)
+    parts = -(-H // nu)
+    pad4 = lambda n: (n + 3) // 4 * 4
+    red = 8 * THREADS
+    fwd = (pad4((G // H) * nu) * H + red) * itemsize
+    bwd = (pad4(nu) * G + red) * itemsize
+    if max(fwd, bwd) > SHARED_BYTES:
+        return None
+    return parts, 1 if SIM else parts, fwd, bwd
 
 
 PATHS = ("persistent", "simple")
+PARAM_NAMES = ("W", "U", "b", "gamma", "beta", "V_s", "V_m", "b_r")
+PARAM_NDIM = dict(W=2, U=2, b=1, gamma=2, beta=2, V_s=2, V_m=2, b_r=1)
 
 
 class CudaQLCell:
     """One direction of one QL-LSTM layer on the GPU; the interface of ``layers._QLCell``.
 
-    Host arrays in and out; parameters are copied to the device on each call.
+    Two interfaces:
+
+    - ``forward`` / ``backward``: host arrays in and out (the layer API); the
+      parameters are copied to the device on each call.
+    - ``forward_device`` / ``backward_device``: device arrays in and out, with
+      the parameters and gradient accumulators given as dicts of device arrays
+      (short names: W, U, b, gamma, beta, V_s, V_m, b_r); only the small per-row
+      state (h, c, m, a, n) crosses to the host.  This is the training-loop path.
+
     ``path`` picks the step loop: "persistent" (default: one cooperative launch
-    for all steps, grid syncs between phases) or "simple" (a few launches per
-    step, the reference the persistent path is tested against).
+    for all steps) or "simple" (a few launches per step, the reference the
+    persistent path is tested against; also used where a part's slice of U does
+    not fit in shared memory, see ``persistent_plan``).
     """
 
     def __init__(self, cpu_cell, path="persistent"):
@@ -421,123 +663,151 @@ class CudaQLCell:
         self.K, self.reverse, self.dtype = cpu_cell.K, cpu_cell.reverse, cpu_cell.dtype
         self.cache = None
 
-    def _param(self, name, ndim):
-        return cuda.to_device(np.ascontiguousarray(self.cpu._p(name, ndim)))
+    def device_params(self):
+        """The cell's parameters as device arrays (copied from the host arrays now)."""
+        return {name: cuda.to_device(np.ascontiguousarray(self.cpu._p(name, PARAM_NDIM[name])))
+                for name in PARAM_NAMES}
+
+    def device_grads(self):
+        """Zeroed device gradient accumulators shaped like ``device_params``."""
+        return {name: zeros(self.cpu._p(name, PARAM_NDIM[name]).shape, self.dtype)
+                for name in PARAM_NAMES}
+
+    def _plan(self, G):
+        if self.path != "persistent":
+            return None
+        return persistent_plan(self.H, G, np.dtype(self.dtype).itemsize)
 
     def forward(self, x, lengths, st, need_grad=True):
-        k = kernels(np.dtype(self.dtype))
-        B, T, E = x.shape
-        H, dt, K = self.H, self.dtype, self.K
-        W, U, b = self._param("W", 2), self._param("U", 2), self._param("b", 1)
-        gamma, beta = self._param("gamma", 2), self._param("beta", 2)
-        V_s, V_m, b_r = self._param("V_s", 2), self._param("V_m", 2), self._param("b_r", 1)
-        G = U.shape[0]
-        NB = (T + K - 1) // K if self.hgr else 0
-        d_x, d_len = cuda.to_device(x), cuda.to_device(lengths)
-        n0 = st["n"].copy()
-        d_n0 = cuda.to_device(n0)
-        h, c, m, a = (cuda.to_device(np.ascontiguousarray(st[key])) for key in ("h", "c", "m", "a"))
-        out, Z = zeros((B, T, H), dt), zeros((B, T, G), dt)
-        GATES = zeros((B, T, 4, H), dt)
-        C, CPREV, HPREV = zeros((B, T, H), dt), zeros((B, T, H), dt), zeros((B, T, H), dt)
-        mblk = np.zeros((B, NB + 1 if self.hgr else 0, H), dt)
-        if self.hgr:
-            mblk[:, 0] = st["m"]
-        MBLK, SBLK, RBLK = cuda.to_device(mblk), zeros((B, NB, H), dt), zeros((B, NB, H), dt)
-        hU, S, P, Q = zeros((B, G), dt), zeros((B, H), dt), zeros((B, H), dt), zeros((B, H), dt)
-        matmul(k, Z, d_x, W, B * T, G, E, E, 1, 1, E)                       # Z = x W^T
-        steps = int(lengths.max())
-        closes = closing_steps(lengths, n0, K, steps) if self.hgr else np.zeros(steps, np.int8)
-        d_closes = cuda.to_device(closes)
-        if self.path == "persistent":
-            hbuf = cuda.to_device(np.stack([st["h"], st["h"]]).astype(dt))
-            k["persistent_forward"][cooperative_grid()](
-                out, hbuf, c, m, a, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, S, P, Q,
-                d_len, d_n0, d_closes, U, b, gamma, beta, V_s, V_m, b_r,
-                steps, K, self.psug, self.hgr, self.reverse)
-            h = hbuf[steps % 2]
-        else:
-            grid = grid_for(B * H)
-            for s in range(steps):
-                matmul(k, hU, h, U, B, G, H, H, 1, 1, H)                    # U h_{t-1}
-                k["step_forward"][grid](out, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, d_len, b,
-                                        gamma, beta, s, self.psug, self.hgr, self.reverse)
-                if closes[s]:
-                    k["close_summary"][grid](S, a, d_len, d_n0, s, K)
-                    matmul(k, P, S, V_s, B, H, H, H, 1, 1, H)               # V_s s
-                    matmul(k, Q, m, V_m, B, H, H, H, 1, 1, H)               # V_m m
-                    k["close_forward"][grid](m, a, MBLK, SBLK, RBLK, S, P, Q, b_r, d_len, d_n0,
-                                             s, K)
-        for key, arr in (("h", h), ("c", c), ("m", m), ("a", a)):
-            st[key][...] = arr.copy_to_host()
-        if self.hgr:
-            st["n"][...] = (n0 + lengths) % K
-        self.cache = dict(x=d_x, lengths=lengths, d_len=d_len, d_n0=d_n0, closes=closes, d_closes=d_closes, Z=Z,
-                          GATES=GATES, C=C, CPREV=CPREV, HPREV=HPREV, MBLK=MBLK, SBLK=SBLK,
-                          RBLK=RBLK, W=W, U=U, gamma=gamma, V_s=V_s, V_m=V_m, NB=NB)
+        out = self.forward_device(cuda.to_device(x), lengths, st, self.device_params(), need_grad)
         return out.copy_to_host()
 
     def backward(self, dx, grads, dout, dst):
         """Accumulate into host ``dx`` and ``grads``; ``dst`` goes from d(final) to d(initial)."""
+        dgrads = self.device_grads()
+        d_dx = self.backward_device(cuda.to_device(dout), dgrads, dst)
+        dx += d_dx.copy_to_host()
+        for name, g in dgrads.items():
+            if self.prefix + name in grads:
+                grads[self.prefix + name] += g.copy_to_host()
+
+    def forward_device(self, d_x, lengths, st, P, need_grad=True):
+        """Device x (B,T,E) in, device out (B,T,H) back; host ``lengths`` and state ``st``
+        (updated in place); P: device parameters.  Saves what ``backward_device`` needs."""
+        k = kernels(np.dtype(self.dtype))
+        B, T, E = d_x.shape
+        H, dt, K = self.H, self.dtype, self.K
+        G = P["U"].shape[0]
+        NB = (T + K - 1) // K if self.hgr else 0
+        d_len = cuda.to_device(np.ascontiguousarray(lengths))
+        n0 = st["n"].copy()
+        d_n0 = cuda.to_device(n0)
+        c, a = (cuda.to_device(np.ascontiguousarray(st[key])) for key in ("c", "a"))
+        out, GATES = zeros((B, T, H), dt), cuda.device_array((B, T, 4, H), dt)
+        Z = cuda.device_array((B, T, G), dt)
+        C, CPREV, HPREV = cuda.device_array((B, T, H), dt), cuda.device_array((B, T, H), dt), zeros((B, T, H), dt)
+        MBLK, SBLK, RBLK = zeros((B, NB + 1 if self.hgr else 0, H), dt), zeros((B, NB, H), dt), zeros((B, NB, H), dt)
+        if self.hgr:                                                       # MBLK[:, 0] = initial m
+            m0 = cuda.to_device(np.ascontiguousarray(st["m"]))
+            k["copy_rows"][grid_for(B * H)](MBLK.reshape(MBLK.size), m0.reshape(B * H), B, 1, NB + 1,
+                                            1, H)
+        hU = zeros((B, G), dt)
+        matmul(k, Z, d_x, P["W"], B * T, G, E, E, 1, 1, E)                 # Z = x W^T
+        steps = int(lengths.max())
+        closes = closing_steps(lengths, n0, K, steps) if self.hgr else np.zeros(steps, np.int8)
+        d_closes = cuda.to_device(closes)
+        plan = self._plan(G)
+        if plan is not None:
+            parts, blocks, fwd_bytes, _ = plan
+            hbuf = cuda.to_device(np.stack([st["h"], st["h"]]).astype(dt))
+            mbuf = cuda.to_device(np.stack([st["m"], st["m"]]).astype(dt))
+            Sbuf = zeros((2, B, H), dt)
+            k["persistent_forward"][blocks, THREADS, 0, fwd_bytes](
+                out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU,
+                d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
+                P["b_r"], steps, K, parts, self.psug, self.hgr, self.reverse)
+            h, m = hbuf[steps % 2], mbuf[int(closes.sum()) % 2]
+        else:
+            h, m = (cuda.to_device(np.ascontiguousarray(st[key])) for key in ("h", "m"))
+            S, Pv, Q = zeros((B, H), dt), zeros((B, H), dt), zeros((B, H), dt)
+            grid = grid_for(B * H)
+            for s in range(steps):
+                matmul(k, hU, h, P["U"], B, G, H, H, 1, 1, H)               # U h_{t-1}
+                k["step_forward"][grid](out, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, d_len,
+                                        P["b"], P["gamma"], P["beta"], s, self.psug, self.hgr,
+                                        self.reverse)
+                if closes[s]:
+                    k["close_summary"][grid](S, a, d_len, d_n0, s, K)
+                    matmul(k, Pv, S, P["V_s"], B, H, H, H, 1, 1, H)         # V_s s
+                    matmul(k, Q, m, P["V_m"], B, H, H, H, 1, 1, H)          # V_m m
+                    k["close_forward"][grid](m, a, MBLK, SBLK, RBLK, S, Pv, Q, P["b_r"], d_len,
+                                             d_n0, s, K)
+        for key, arr in (("h", h), ("c", c), ("m", m), ("a", a)):
+            st[key][...] = arr.copy_to_host()
+        if self.hgr:
+            st["n"][...] = (n0 + lengths) % K
+        self.cache = dict(x=d_x, lengths=lengths, d_len=d_len, d_n0=d_n0, closes=closes,
+                          d_closes=d_closes, Z=Z, GATES=GATES, C=C, CPREV=CPREV, HPREV=HPREV,
+                          MBLK=MBLK, SBLK=SBLK, RBLK=RBLK, P=P, NB=NB) if need_grad else None
+        return out
+
+    def backward_device(self, d_dout, grads, dst):
+        """Device δout (B,T,H) in, device δx (B,T,E) back; accumulates into the device
+        ``grads`` (short names); host ``dst`` goes from d(final) to d(initial)."""
+        if self.cache is None:
+            raise ValueError("backward called before forward() (or after forward(..., need_grad=False))")
         k = kernels(np.dtype(self.dtype))
         cc = self.cache
-        x, lengths, d_len, d_n0 = cc["x"], cc["lengths"], cc["d_len"], cc["d_n0"]
+        x, lengths, d_len, d_n0, P = cc["x"], cc["lengths"], cc["d_len"], cc["d_n0"], cc["P"]
         B, T, E = x.shape
         H, dt, K, NB = self.H, self.dtype, self.K, cc["NB"]
-        G = cc["U"].shape[0]
-        d_dout = cuda.to_device(dout)
+        G = P["U"].shape[0]
         dh, dc, dm, da = (cuda.to_device(np.ascontiguousarray(dst[key])) for key in ("h", "c", "m", "a"))
-        DZ, DZ_step = zeros((B, T, G), dt), zeros((B, G), dt)
-        DPRE = zeros((B, T, 4, H), dt)
+        DZ, DPRE = zeros((B, T, G), dt), zeros((B, T, 4, H), dt)
         DP, DP_step = zeros((B, NB, H), dt), zeros((B, H), dt)
-        dhU, dmV, dsV = zeros((B, H), dt), zeros((B, H), dt), zeros((B, H), dt)
         steps = int(lengths.max())
-        if self.path == "persistent":
-            k["persistent_backward"][cooperative_grid()](
-                DZ, DZ_step, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
+        plan = self._plan(G)
+        if plan is not None:
+            parts, blocks, _, bwd_bytes = plan
+            DZbuf = zeros((2, B, G), dt)
+            k["persistent_backward"][blocks, THREADS, 0, bwd_bytes](
+                DZ, DZbuf, DPRE, DP, DP_step, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,
-                cc["d_closes"], cc["U"], cc["gamma"], cc["V_s"], cc["V_m"],
-                steps, K, self.psug, self.hgr, self.reverse)
+                cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
+                steps, K, parts, self.psug, self.hgr, self.reverse)
         else:
+            DZ_step = zeros((B, G), dt)
+            dhU, dmV, dsV = zeros((B, H), dt), zeros((B, H), dt), zeros((B, H), dt)
             grid = grid_for(B * H)
             for s in range(steps - 1, -1, -1):
                 if cc["closes"][s]:                                        # the close rule first
                     k["close_backward"][grid](dm, da, DP, DP_step, cc["MBLK"], cc["SBLK"],
                                               cc["RBLK"], d_len, d_n0, s, K)
-                    matmul(k, dmV, DP_step, cc["V_m"], B, H, H, H, 1, H, 1)  # V_m^T δp
-                    matmul(k, dsV, DP_step, cc["V_s"], B, H, H, H, 1, H, 1)  # V_s^T δp
+                    matmul(k, dmV, DP_step, P["V_m"], B, H, H, H, 1, H, 1)  # V_m^T δp
+                    matmul(k, dsV, DP_step, P["V_s"], B, H, H, H, 1, H, 1)  # V_s^T δp
                     k["close_backward_finish"][grid](dm, da, dmV, dsV, d_len, d_n0, s, K)
                 k["step_backward"][grid](DZ, DZ_step, DPRE, dh, dc, dm, da, d_dout, cc["GATES"],
-                                         cc["C"], cc["CPREV"], cc["gamma"], d_len, s, self.psug,
+                                         cc["C"], cc["CPREV"], P["gamma"], d_len, s, self.psug,
                                          self.hgr, self.reverse)
-                matmul(k, dhU, DZ_step, cc["U"], B, H, G, G, 1, H, 1)        # U^T δz_t
+                matmul(k, dhU, DZ_step, P["U"], B, H, G, G, 1, H, 1)        # U^T δz_t
                 k["carry_dh"][grid](dh, dhU, d_len, s, False)
         BT = B * T
-        dW, dU, db = zeros((G, E), dt), zeros((G, H), dt), zeros(G, dt)
-        d_dx = zeros((B, T, E), dt)
-        matmul(k, dW, DZ, x, G, E, BT, 1, G, E, 1)                          # Σ δz x^T
-        matmul(k, dU, DZ, cc["HPREV"], G, H, BT, 1, G, H, 1)                # Σ δz h_{t-1}^T
-        matmul(k, d_dx, DZ, cc["W"], BT, E, G, G, 1, E, 1)                  # W^T δz
-        k["column_sums"][grid_for(G)](db, DZ.reshape(-1), BT, G)
-        p = self.prefix
-        grads[p + "W"] += dW.copy_to_host()
-        grads[p + "U"] += dU.copy_to_host()
-        grads[p + "b"] += db.copy_to_host()
-        dx += d_dx.copy_to_host()
+        d_dx = cuda.device_array((B, T, E), dt)
+        matmul(k, grads["W"], DZ, x, G, E, BT, 1, G, E, 1, accumulate=True)       # Σ δz x^T
+        matmul(k, grads["U"], DZ, cc["HPREV"], G, H, BT, 1, G, H, 1, accumulate=True)  # Σ δz h_{t-1}^T
+        matmul(k, d_dx, DZ, P["W"], BT, E, G, G, 1, E, 1)                   # W^T δz
+        column_sums(k, grads["b"], DZ.reshape(BT * G), BT, G)
         if self.psug:
-            dgamma, dbeta = zeros((4, H), dt), zeros((4, H), dt)
-            k["gate_param_grads"][grid_for(4 * H)](dgamma, dbeta, DPRE.reshape(BT, 4, H),
-                                                  cc["Z"].reshape(BT, H), BT)
-            grads[p + "gamma"] += dgamma.copy_to_host()
-            grads[p + "beta"] += dbeta.copy_to_host()
+            gate_param_grads(k, grads["gamma"], grads["beta"], DPRE.reshape(BT, 4, H),
+                             cc["Z"].reshape(BT, H), BT, H)
         if self.hgr:
-            dV_s, dV_m, db_r = zeros((H, H), dt), zeros((H, H), dt), zeros(H, dt)
-            matmul(k, dV_s, DP, cc["SBLK"], H, H, B * NB, 1, H, H, 1)       # Σ δp s^T
-            for bb in range(B):                                             # Σ δp m^T, row by row
-                matmul(k, dV_m, DP[bb], cc["MBLK"][bb], H, H, NB, 1, H, H, 1, accumulate=True)
-            k["column_sums"][grid_for(H)](db_r, DP.reshape(-1), B * NB, H)
-            grads[p + "V_s"] += dV_s.copy_to_host()
-            grads[p + "V_m"] += dV_m.copy_to_host()
-            grads[p + "b_r"] += db_r.copy_to_host()
+            matmul(k, grads["V_s"], DP, cc["SBLK"], H, H, B * NB, 1, H, H, 1, accumulate=True)  # Σ δp s^T
+            MPRE = cuda.device_array((B * NB, H), dt)                      # m before each close
+            k["copy_rows"][grid_for(B * NB * H)](MPRE.reshape(B * NB * H),
+                                                  cc["MBLK"].reshape(B * (NB + 1) * H), B * NB, NB,
+                                                  NB, NB + 1, H)
+            matmul(k, grads["V_m"], DP, MPRE, H, H, B * NB, 1, H, H, 1, accumulate=True)  # Σ δp m^T
+            column_sums(k, grads["b_r"], DP.reshape(B * NB * H), B * NB, H)
         for key, arr in (("h", dh), ("c", dc), ("m", dm), ("a", da)):
             dst[key][...] = arr.copy_to_host()
+        return d_dx
