@@ -1,0 +1,122 @@
+"""Where a GPU training step's time goes: every kernel launch timed on its own.
+
+Each launch of the recurrent cell's kernels is bracketed by device
+synchronisations and timed; the rest of a call (allocations, small host copies,
+Python) is reported as host overhead.  Also measures one grid sync of an empty
+cooperative kernel.  Timings with synchronisation after every launch are an
+upper bound on the real (asynchronous) step; use them for proportions.
+
+    python bench/gpu_profile.py [--shapes small,large]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack                   # numba-cuda 0.30 against numpy 2.5
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+SHAPES = {"small": (32, 256, 128, 256), "large": (64, 1024, 300, 512), "tiny": (2, 4, 2, 3)}
+TIMES = defaultdict(float)
+
+
+class Timed:
+    def __init__(self, name, kernel, cuda):
+        self.name, self.kernel, self.cuda = name, kernel, cuda
+
+    def __getitem__(self, config):
+        launch = self.kernel[config]
+
+        def call(*args):
+            self.cuda.synchronize()
+            t0 = time.perf_counter()
+            launch(*args)
+            self.cuda.synchronize()
+            TIMES[self.name] += time.perf_counter() - t0
+        return call
+
+
+def grid_sync_seconds(blocks, threads, n=2000):
+    @cuda.jit
+    def syncs(count, out):
+        grid = cuda.cg.this_grid()
+        for _ in range(count):
+            grid.sync()
+        if cuda.grid(1) == 0:
+            out[0] = count
+
+    out = cuda.device_array(1, np.int64)
+    syncs[blocks, threads](10, out)
+    cuda.synchronize()
+    t0 = time.perf_counter()
+    syncs[blocks, threads](n, out)
+    cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="small,large")
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args()
+    global cuda                                # a module global: the simulator swaps it in kernels
+    from numba import cuda
+
+    import qlnumba
+    from qlnumba.gpu import recurrent as grec
+
+    real = grec.kernels
+    grec.kernels = lambda dtype: {k: Timed(k, v, cuda) for k, v in real(dtype).items()}
+    blocks = 1 if grec.SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
+    counts = (1,) if grec.SIM else (1, 64, blocks)
+    report = {"grid_sync_us": {f"{b} blocks x {grec.THREADS}": 1e6 * grid_sync_seconds(b, grec.THREADS)
+                               for b in counts}}
+    print(json.dumps(report), flush=True)
+    rng = np.random.default_rng(0)
+    for name in args.shapes.split(","):
+        B, T, E, H = SHAPES[name]
+        d_x = cuda.to_device(rng.standard_normal((B, T, E)).astype(np.float32))
+        d_dout = cuda.to_device(rng.standard_normal((B, T, H)).astype(np.float32))
+        lengths = np.full(B, T, np.int64)
+        for label, psug, hgr in (("ql", True, True), ("psug_only", True, False), ("lstm", False, False)):
+            cell = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, device="cuda", seed=0)._cells[0][0]
+            params, grads = cell.device_params(), cell.device_grads()
+
+            def state():
+                z = np.zeros((B, H), np.float32)
+                return dict(h=z, c=z.copy(), m=z.copy(), a=z.copy(), n=np.zeros(B, np.int64))
+
+            row = {}
+            for phase in ("warm", "forward", "backward"):
+                TIMES.clear()
+                cuda.synchronize()
+                t0 = time.perf_counter()
+                if phase in ("warm", "forward"):
+                    cell.forward_device(d_x, lengths, state(), params)
+                if phase in ("warm", "backward"):
+                    cell.backward_device(d_dout, grads, state())
+                cuda.synchronize()
+                total = time.perf_counter() - t0
+                if phase != "warm":
+                    row[phase] = {"total_ms": 1e3 * total,
+                                  "kernels_ms": {k: round(1e3 * v, 3) for k, v in
+                                                 sorted(TIMES.items(), key=lambda kv: -kv[1])},
+                                  "host_overhead_ms": 1e3 * (total - sum(TIMES.values()))}
+            step_us = 1e3 * row["forward"]["kernels_ms"].get("persistent_forward", 0) / T
+            row["persistent_forward_us_per_step"] = step_us
+            row["persistent_backward_us_per_step"] = 1e3 * row["backward"]["kernels_ms"].get(
+                "persistent_backward", 0) / T
+            report[f"{name}_{label}"] = row
+            print(json.dumps({f"{name}_{label}": row}), flush=True)
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
