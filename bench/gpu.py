@@ -61,7 +61,7 @@ def check_against_cpu(qlnumba, shape, block_size, rng):
 def layer_plan(qlnumba, E, H, psug):
     """Whether the persistent kernels run at this size (else the cell falls back to simple)."""
     from qlnumba.gpu.recurrent import persistent_plan
-    return persistent_plan(H, H if psug else 4 * H, 4) is not None
+    return persistent_plan(H, H if psug else 4 * H, 4, hgr=psug) is not None
 
 
 def main():

@@ -36,6 +36,9 @@ class HostDeviceArray(np.ndarray):
     def copy_to_host(self):
         return np.array(self)
 
+    def copy_to_device(self, host):
+        self[...] = host
+
 
 def to_device(a, *args, **kwargs):
     return np.array(a).view(HostDeviceArray)

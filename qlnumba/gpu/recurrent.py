@@ -60,12 +60,14 @@ def kernels(dtype):
         return one / (one + math.exp(-x))
 
     @cuda.jit
-    def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate):
+    def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
         """C (M,N) [+]= A B, A and B flat with strides: A[m,k] = A[m*sam + k*sak].
 
         Register-blocked: a block of (TY, TX) threads makes a (TM*TY) x (TN*TX) tile of C,
         each thread TM x TN outputs (rows ty + TY*i, columns tx + TX*j), from k-slabs of
-        A and B staged in shared memory (loaded along whichever index is contiguous)."""
+        A and B staged in shared memory (loaded along whichever index is contiguous).
+        Split k: with kchunk < Kd, chunk p of k writes its product to C[p*M*N:], the
+        caller sums the chunks in order (the weight gradients have k = B*T and few tiles)."""
         sA = cuda.shared.array((BK, BM), ftype)
         sB = cuda.shared.array((BK, BN), ftype)
         acc = cuda.local.array((TM, TN), ftype)
@@ -73,27 +75,30 @@ def kernels(dtype):
         tid = ty * TX + tx
         tiles_n = (N + BN - 1) // BN
         tiles = ((M + BM - 1) // BM) * tiles_n
-        for tile in range(cuda.blockIdx.x, tiles, cuda.gridDim.x):
+        nsplit = (Kd + kchunk - 1) // kchunk
+        for work in range(cuda.blockIdx.x, tiles * nsplit, cuda.gridDim.x):
+            tile, split = work % tiles, work // tiles
             m0 = (tile // tiles_n) * BM
             n0 = (tile % tiles_n) * BN
+            k_end = min(Kd, (split + 1) * kchunk)
             for i in range(TM):
                 for j in range(TN):
                     acc[i, j] = 0.0
-            for k0 in range(0, Kd, BK):
+            for k0 in range(split * kchunk, k_end, BK):
                 for e in range(tid, BM * BK, TX * TY):
                     if sak == 1:
                         mm, kk = e // BK, e % BK
                     else:
                         mm, kk = e % BM, e // BM
                     row, k = m0 + mm, k0 + kk
-                    sA[kk, mm] = A[row * sam + k * sak] if row < M and k < Kd else ftype(0.0)
+                    sA[kk, mm] = A[row * sam + k * sak] if row < M and k < k_end else ftype(0.0)
                 for e in range(tid, BN * BK, TX * TY):
                     if sbn == 1:
                         nn, kk = e % BN, e // BN
                     else:
                         nn, kk = e // BK, e % BK
                     col, k = n0 + nn, k0 + kk
-                    sB[kk, nn] = Bm[k * sbk + col * sbn] if col < N and k < Kd else ftype(0.0)
+                    sB[kk, nn] = Bm[k * sbk + col * sbn] if col < N and k < k_end else ftype(0.0)
                 cuda.syncthreads()
                 for kk in range(BK):
                     for i in range(TM):
@@ -107,9 +112,9 @@ def kernels(dtype):
                     col = n0 + tx + TX * j
                     if row < M and col < N:
                         if accumulate:
-                            C[row * N + col] += acc[i, j]
+                            C[split * M * N + row * N + col] += acc[i, j]
                         else:
-                            C[row * N + col] = acc[i, j]
+                            C[split * M * N + row * N + col] = acc[i, j]
 
     @cuda.jit
     def fill_zero(A):
@@ -375,6 +380,13 @@ def kernels(dtype):
                 val = U[k, col] if transpose else U[col, k]
             Ush[e] = val
 
+    @cuda.jit(device=True, inline=True)
+    def fma_2x4(a00, a01, a02, a03, a10, a11, a12, a13, Ush, i, stride, x0, x1):
+        """The 2 rows × 4 columns update of ``team_dot`` at one k: columns at Ush[i + c*stride]."""
+        w0, w1, w2, w3 = Ush[i], Ush[i + stride], Ush[i + 2 * stride], Ush[i + 3 * stride]
+        return (a00 + w0 * x0, a01 + w1 * x0, a02 + w2 * x0, a03 + w3 * x0,
+                a10 + w0 * x1, a11 + w1 * x1, a12 + w2 * x1, a13 + w3 * x1)
+
     @cuda.jit(device=True)
     def team_dot(out, X, Ush, red, B, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s):
         """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b, k] for this part's columns c and the rows b
@@ -397,18 +409,27 @@ def kernels(dtype):
                 b0 = (item // ngrp) * 2
                 b1 = min(b0 + 1, B - 1)
                 c0 = (item % ngrp) * 4
-                for k in range(lane, Kd, TEAM):
-                    x0, x1 = X[b0, k], X[b1, k]
-                    w0, w1 = Ush[c0 * Kd + k], Ush[(c0 + 1) * Kd + k]
-                    w2, w3 = Ush[(c0 + 2) * Kd + k], Ush[(c0 + 3) * Kd + k]
-                    a00 += w0 * x0
-                    a01 += w1 * x0
-                    a02 += w2 * x0
-                    a03 += w3 * x0
-                    a10 += w0 * x1
-                    a11 += w1 * x1
-                    a12 += w2 * x1
-                    a13 += w3 * x1
+                k = lane
+                while k + 3 * TEAM < Kd:
+                    # four k per pass, their eight X loads issued together: the loop is
+                    # bound by the latency of X (just written by other blocks), not by math
+                    xa0, xa1 = X[b0, k], X[b1, k]
+                    xb0, xb1 = X[b0, k + TEAM], X[b1, k + TEAM]
+                    xc0, xc1 = X[b0, k + 2 * TEAM], X[b1, k + 2 * TEAM]
+                    xd0, xd1 = X[b0, k + 3 * TEAM], X[b1, k + 3 * TEAM]
+                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k, Kd, xa0, xa1)
+                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k + TEAM, Kd, xb0, xb1)
+                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k + 2 * TEAM, Kd, xc0, xc1)
+                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k + 3 * TEAM, Kd, xd0, xd1)
+                    k += 4 * TEAM
+                while k < Kd:
+                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k, Kd, X[b0, k], X[b1, k])
+                    k += TEAM
             red[tid] = a00
             red[nthr + tid] = a01
             red[2 * nthr + tid] = a02
@@ -431,20 +452,32 @@ def kernels(dtype):
                         out[b, (c // nu) * H + u0 + c % nu] = acc
             cuda.syncthreads()
 
+    @cuda.jit(device=True)
+    def load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose, hgr):
+        """Part (u0, nq)'s slices of U, and with hgr of V_s and V_m, into shared memory
+        (``load_slice``; V slices have one column per unit, read as rows or, in
+        backward, as columns)."""
+        load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose)
+        if hgr:
+            nu_pad = (nu + 3) // 4 * 4
+            load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, transpose)
+            load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, transpose)
+
     @cuda.jit
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
-                           RBLK, hU, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m, b_r,
-                           steps, K, nparts, psug, hgr, reverse):
+                           RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
+                           b_r, steps, K, nparts, psug, hgr, reverse):
         """Every step in one cooperative launch: block q owns the hidden units of part q
-        (all four gates' rows of U, kept in shared memory), so a step needs one grid sync.
+        and keeps their rows of U (all four gates), V_s and V_m in shared memory, so a
+        step needs one grid sync.
 
         Per step: U h_{t-1} for the part's rows (``team_dot``), then its cells, then a
-        grid sync, then (on a closing step) the block close of its units.  h alternates
-        between hbuf[0] and hbuf[1] (step s reads hbuf[s % 2]); the block summary s
-        between Sbuf[0] and Sbuf[1] by step; m between mbuf[0] and mbuf[1] by close, so
-        a close reads every unit's old m while writing its own new one.  When there are
-        more parts than blocks (the simulator's one block), a block loops over parts and
-        reloads each slice.
+        grid sync, then (on a closing step) V_s s and V_m m for its units and their
+        block close.  h alternates between hbuf[0] and hbuf[1] (step s reads
+        hbuf[s % 2]); the block summary s between Sbuf[0] and Sbuf[1] by step; m
+        between mbuf[0] and mbuf[1] by close, so a close reads every unit's old m
+        while writing its own new one.  When there are more parts than blocks (the
+        simulator's one block), a block loops over parts and reloads each slice.
         """
         grid = cuda.cg.this_grid()
         B, H = c.shape
@@ -452,13 +485,16 @@ def kernels(dtype):
         nu = (H + nparts - 1) // nparts
         ncol = (G // H) * nu
         ncol_pad = (ncol + 3) // 4 * 4
+        nv = (nu + 3) // 4 * 4 * H if hgr else 0
         dyn = cuda.shared.array(0, ftype)
         Ush = dyn[:ncol_pad * H]
-        red = dyn[ncol_pad * H:]
+        Vs_sh = dyn[ncol_pad * H:ncol_pad * H + nv]
+        Vm_sh = dyn[ncol_pad * H + nv:ncol_pad * H + 2 * nv]
+        red = dyn[ncol_pad * H + 2 * nv:]
         resident = nparts == cuda.gridDim.x
         if resident:
             u0, nq, nu = part_columns(cuda.blockIdx.x, nparts, H)
-            load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, H, H, False)
+            load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, H, H, False, hgr)
             cuda.syncthreads()
         closes = 0
         for s in range(steps):
@@ -468,7 +504,8 @@ def kernels(dtype):
                 u0, nq, nu = part_columns(q, nparts, H)
                 if not resident:
                     cuda.syncthreads()
-                    load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, H, H, False)
+                    load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, H, H,
+                              False, hgr)
                     cuda.syncthreads()
                 team_dot(hU, hcur, Ush, red, B, ncol, ncol_pad, nu, nq, H, u0, H, lengths, s)  # U h_{t-1}
                 for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
@@ -482,41 +519,49 @@ def kernels(dtype):
                 mnext = mbuf[(closes + 1) % 2]
                 for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                     u0, nq, nu = part_columns(q, nparts, H)
+                    if not resident:
+                        cuda.syncthreads()
+                        load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, H, H,
+                                  False, hgr)
+                        cuda.syncthreads()
+                    nu_pad = (nu + 3) // 4 * 4
+                    team_dot(P, S, Vs_sh, red, B, nu, nu_pad, nu, nq, H, u0, H, lengths, s)  # V_s s
+                    team_dot(Q, m, Vm_sh, red, B, nu, nu_pad, nu, nq, H, u0, H, lengths, s)  # V_m m
                     for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
                         bb, j = e // nq, u0 + e % nq
-                        pq = ftype(0.0)
-                        if closes_at(lengths, n0, s, K, bb):
-                            for k in range(H):                            # V_s s + V_m m
-                                pq += V_s[j, k] * S[bb, k] + V_m[j, k] * m[bb, k]
-                        close_forward_cell(mnext, m, a, MBLK, SBLK, RBLK, S, pq, b_r, lengths, n0,
-                                           s, K, bb, j)
+                        close_forward_cell(mnext, m, a, MBLK, SBLK, RBLK, S, P[bb, j] + Q[bb, j], b_r,
+                                           lengths, n0, s, K, bb, j)
                 closes += 1
                 cuda.syncthreads()
 
     @cuda.jit
-    def persistent_backward(DZ, DZbuf, DPRE, DP, DP_step, dh, dc, dm, da, dout,
+    def persistent_backward(DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
                             GATES, C, CPREV, MBLK, SBLK, RBLK, lengths, n0, close_flags,
                             U, gamma, V_s, V_m, steps, K, nparts, psug, hgr, reverse):
         """BPTT of ``persistent_forward`` in one cooperative launch, steps in reverse.
 
-        Block q owns part q's units and keeps U[:, units] in shared memory.  Per
-        step: (on a closing step: the close rule, a grid sync, V^T δp for its units),
-        the cells, a grid sync, then δh_{t-1} = U^T δz_t for its units.  δz_t
-        alternates between DZbuf[0] and DZbuf[1] by step.  A thread keeps the same
-        (row, unit) in every loop of a step, so δm, δa, δc need no barrier.
+        Block q owns part q's units and keeps U[:, units] (and V_s, V_m[:, units]) in
+        shared memory.  Per step: (on a closing step: the close rule, a grid sync,
+        V^T δp for its units), the cells, a grid sync, then δh_{t-1} = U^T δz_t for
+        its units.  δz_t alternates between DZbuf[0] and DZbuf[1] by step.  A thread
+        keeps the same (row, unit) in the close and cell loops of a step, so δm, δa,
+        δc need no barrier there.
         """
         grid = cuda.cg.this_grid()
         B, H = dh.shape
         G = U.shape[0]
         nu = (H + nparts - 1) // nparts
         ncol_pad = (nu + 3) // 4 * 4
+        nv = ncol_pad * H if hgr else 0
         dyn = cuda.shared.array(0, ftype)
         Ush = dyn[:ncol_pad * G]
-        red = dyn[ncol_pad * G:]
+        Vs_sh = dyn[ncol_pad * G:ncol_pad * G + nv]
+        Vm_sh = dyn[ncol_pad * G + nv:ncol_pad * G + 2 * nv]
+        red = dyn[ncol_pad * G + 2 * nv:]
         resident = nparts == cuda.gridDim.x
         if resident:
             u0, nq, nu = part_columns(cuda.blockIdx.x, nparts, H)
-            load_slice(Ush, U, u0, nq, nu, nu, ncol_pad, G, H, True)
+            load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, nu, ncol_pad, G, H, True, hgr)
             cuda.syncthreads()
         for s in range(steps - 1, -1, -1):
             DZs = DZbuf[s % 2]
@@ -529,15 +574,17 @@ def kernels(dtype):
                 grid.sync()
                 for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                     u0, nq, nu = part_columns(q, nparts, H)
+                    if not resident:
+                        cuda.syncthreads()
+                        load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, nu, ncol_pad, G, H,
+                                  True, hgr)
+                        cuda.syncthreads()
+                    team_dot(dmV, DP_step, Vm_sh, red, B, nu, ncol_pad, nu, nq, H, u0, H, lengths, s)
+                    team_dot(dsV, DP_step, Vs_sh, red, B, nu, ncol_pad, nu, nq, H, u0, H, lengths, s)
                     for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
                         bb, j = e // nq, u0 + e % nq
-                        if closes_at(lengths, n0, s, K, bb):
-                            dmv = ftype(0.0)
-                            dsv = ftype(0.0)
-                            for i in range(H):                            # V_m^T δp, V_s^T δp
-                                dmv += V_m[i, j] * DP_step[bb, i]
-                                dsv += V_s[i, j] * DP_step[bb, i]
-                            close_backward_finish_cell(dm, da, dmv, dsv, K, bb, j)
+                        if closes_at(lengths, n0, s, K, bb):              # V_m^T δp, V_s^T δp
+                            close_backward_finish_cell(dm, da, dmV[bb, j], dsV[bb, j], K, bb, j)
             for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                 u0, nq, nu = part_columns(q, nparts, H)
                 for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
@@ -548,7 +595,8 @@ def kernels(dtype):
                 u0, nq, nu = part_columns(q, nparts, H)
                 if not resident:
                     cuda.syncthreads()
-                    load_slice(Ush, U, u0, nq, nu, nu, ncol_pad, G, H, True)
+                    load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, nu, ncol_pad, G, H, True,
+                              hgr)
                     cuda.syncthreads()
                 # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
                 team_dot(dh, DZs, Ush, red, B, nu, ncol_pad, nu, nq, H, u0, G, lengths, s)
@@ -562,10 +610,27 @@ def kernels(dtype):
 
 
 def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False):
-    """C (M,N) [+]= A (M,K) B (K,N) with A, B given as flat arrays and element strides."""
+    """C (M,N) [+]= A (M,K) B (K,N) with A, B given as flat arrays and element strides.
+
+    Where the tiles of C are too few to fill the GPU and k is long (the weight
+    gradients: k = B*T), k is split into chunks whose products are summed in chunk
+    order afterwards (deterministic, no atomics)."""
     tiles = ((M + BM - 1) // BM) * ((N + BN - 1) // BN)
-    k["matmul"][min(tiles, 4 * MAX_BLOCKS), (TX, TY)](
-        C.reshape(-1), A.reshape(-1), Bm.reshape(-1), M, N, Kd, sam, sak, sbk, sbn, accumulate)
+    want, min_k = (64, 2 * BK) if SIM else (512, 8 * BK)   # blocks wanted; shortest chunk
+    nsplit = max(1, min(want // tiles, Kd // min_k))
+    kchunk = -(-Kd // nsplit) if nsplit > 1 else max(Kd, 1)
+    nsplit = -(-Kd // kchunk) if Kd else 1
+    launch = k["matmul"][min(tiles * nsplit, 4 * MAX_BLOCKS), (TX, TY)]
+    if nsplit == 1:
+        launch(C.reshape(C.size), A.reshape(A.size), Bm.reshape(Bm.size), M, N, Kd, sam, sak, sbk, sbn,
+               accumulate, kchunk)
+        return
+    partial = cuda.device_array(nsplit * M * N, C.dtype)
+    launch(partial, A.reshape(A.size), Bm.reshape(Bm.size), M, N, Kd, sam, sak, sbk, sbn, False, kchunk)
+    flat = C.reshape(C.size)
+    if not accumulate:
+        k["fill_zero"][grid_for(M * N)](flat)
+    k["column_sums"][grid_for(M * N)](flat, partial, nsplit, M * N)        # chunks in order
 
 
 def zeros(shape, dtype):
@@ -610,25 +675,59 @@ def closing_steps(lengths, n0, K, steps):
     return closes.any(axis=0).astype(np.int8)
 
 
-def persistent_plan(H, G, itemsize):
+def persistent_plan(H, G, itemsize, hgr):
     """How the persistent kernels split the hidden units, or None where they cannot run.
 
     Returns (parts, blocks, forward shared bytes, backward shared bytes).  On a GPU
     there is one part per block and at most one block per multiprocessor, so every
-    block is resident (a grid sync needs that); each part's slice of U must fit the
-    dynamic shared memory a launch gets without an opt-in.  The simulator runs one
-    block that loops over three parts (so the partition logic is tested there too).
+    block is resident (a grid sync needs that); each part's slices of U (and V_s,
+    V_m) must fit the dynamic shared memory a launch gets without an opt-in.  The
+    simulator runs one block that loops over three parts (so the partition logic is
+    tested there too).
     """
     blocks = min(3, H) if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
     nu = -(-H // blocks)
     parts = -(-H // nu)
     pad4 = lambda n: (n + 3) // 4 * 4
     red = 8 * THREADS
-    fwd = (pad4((G // H) * nu) * H + red) * itemsize
-    bwd = (pad4(nu) * G + red) * itemsize
+    v = 2 * pad4(nu) * H if hgr else 0
+    fwd = (pad4((G // H) * nu) * H + v + red) * itemsize
+    bwd = (pad4(nu) * G + v + red) * itemsize
     if max(fwd, bwd) > SHARED_BYTES:
         return None
     return parts, 1 if SIM else parts, fwd, bwd
+
+
+class Workspace:
+    """Device buffers kept between calls, by name: a training loop calls with the same
+    shapes every step, and a device allocation (with the copy of a host array of
+    zeros it used to need) costs more than the kernels of a small step.  A buffer is
+    reallocated when its shape changes; ``zeros`` clears it on the device."""
+
+    def __init__(self, dtype):
+        self.dtype, self.bufs = np.dtype(dtype), {}
+
+    def empty(self, name, shape, dtype=None):
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        shape = tuple(int(n) for n in shape)
+        buf = self.bufs.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self.bufs[name] = cuda.device_array(shape, dtype)
+        return buf
+
+    def zeros(self, name, shape):
+        buf = self.empty(name, shape)
+        if buf.size:
+            kernels(self.dtype)["fill_zero"][grid_for(buf.size)](buf.reshape(buf.size))
+        return buf
+
+    def put(self, name, host):
+        """The host array's values in the buffer ``name`` (its own dtype for integers)."""
+        host = np.ascontiguousarray(host if np.dtype(host.dtype).kind in "iub" else host.astype(self.dtype))
+        buf = self.empty(name, host.shape, host.dtype)
+        if buf.size:
+            buf.copy_to_device(host)
+        return buf
 
 
 PATHS = ("persistent", "simple")
@@ -662,6 +761,7 @@ class CudaQLCell:
         self.prefix, self.H, self.psug, self.hgr = cpu_cell.prefix, cpu_cell.H, cpu_cell.psug, cpu_cell.hgr
         self.K, self.reverse, self.dtype = cpu_cell.K, cpu_cell.reverse, cpu_cell.dtype
         self.cache = None
+        self.workspace = Workspace(self.dtype)
 
     def device_params(self):
         """The cell's parameters as device arrays (copied from the host arrays now)."""
@@ -676,7 +776,7 @@ class CudaQLCell:
     def _plan(self, G):
         if self.path != "persistent":
             return None
-        return persistent_plan(self.H, G, np.dtype(self.dtype).itemsize)
+        return persistent_plan(self.H, G, np.dtype(self.dtype).itemsize, self.hgr)
 
     def forward(self, x, lengths, st, need_grad=True):
         out = self.forward_device(cuda.to_device(x), lengths, st, self.device_params(), need_grad)
@@ -693,43 +793,46 @@ class CudaQLCell:
 
     def forward_device(self, d_x, lengths, st, P, need_grad=True):
         """Device x (B,T,E) in, device out (B,T,H) back; host ``lengths`` and state ``st``
-        (updated in place); P: device parameters.  Saves what ``backward_device`` needs."""
+        (updated in place); P: device parameters.  Saves what ``backward_device`` needs.
+        ``out`` is a buffer of this cell's workspace: valid until its next forward_device."""
         k = kernels(np.dtype(self.dtype))
         B, T, E = d_x.shape
         H, dt, K = self.H, self.dtype, self.K
         G = P["U"].shape[0]
         NB = (T + K - 1) // K if self.hgr else 0
-        d_len = cuda.to_device(np.ascontiguousarray(lengths))
+        ws = self.workspace
+        d_len = ws.put("lengths", lengths.astype(np.int64))
         n0 = st["n"].copy()
-        d_n0 = cuda.to_device(n0)
-        c, a = (cuda.to_device(np.ascontiguousarray(st[key])) for key in ("c", "a"))
-        out, GATES = zeros((B, T, H), dt), cuda.device_array((B, T, 4, H), dt)
-        Z = cuda.device_array((B, T, G), dt)
-        C, CPREV, HPREV = cuda.device_array((B, T, H), dt), cuda.device_array((B, T, H), dt), zeros((B, T, H), dt)
-        MBLK, SBLK, RBLK = zeros((B, NB + 1 if self.hgr else 0, H), dt), zeros((B, NB, H), dt), zeros((B, NB, H), dt)
+        d_n0 = ws.put("n0", n0)
+        c, a = ws.put("c", st["c"]), ws.put("a", st["a"])
+        out, GATES = ws.zeros("out", (B, T, H)), ws.empty("GATES", (B, T, 4, H))
+        Z = ws.empty("Z", (B, T, G))
+        C, CPREV, HPREV = ws.empty("C", (B, T, H)), ws.empty("CPREV", (B, T, H)), ws.zeros("HPREV", (B, T, H))
+        MBLK = ws.zeros("MBLK", (B, NB + 1 if self.hgr else 0, H))
+        SBLK, RBLK = ws.zeros("SBLK", (B, NB, H)), ws.zeros("RBLK", (B, NB, H))
         if self.hgr:                                                       # MBLK[:, 0] = initial m
-            m0 = cuda.to_device(np.ascontiguousarray(st["m"]))
+            m0 = ws.put("m0", st["m"])
             k["copy_rows"][grid_for(B * H)](MBLK.reshape(MBLK.size), m0.reshape(B * H), B, 1, NB + 1,
                                             1, H)
-        hU = zeros((B, G), dt)
+        hU = ws.zeros("hU", (B, G))
         matmul(k, Z, d_x, P["W"], B * T, G, E, E, 1, 1, E)                 # Z = x W^T
         steps = int(lengths.max())
         closes = closing_steps(lengths, n0, K, steps) if self.hgr else np.zeros(steps, np.int8)
-        d_closes = cuda.to_device(closes)
+        d_closes = ws.put("closes", closes)
         plan = self._plan(G)
         if plan is not None:
             parts, blocks, fwd_bytes, _ = plan
-            hbuf = cuda.to_device(np.stack([st["h"], st["h"]]).astype(dt))
-            mbuf = cuda.to_device(np.stack([st["m"], st["m"]]).astype(dt))
-            Sbuf = zeros((2, B, H), dt)
+            hbuf = ws.put("hbuf", np.stack([st["h"], st["h"]]))
+            mbuf = ws.put("mbuf", np.stack([st["m"], st["m"]]))
+            Sbuf, Pv, Q = ws.zeros("Sbuf", (2, B, H)), ws.zeros("P", (B, H)), ws.zeros("Q", (B, H))
             k["persistent_forward"][blocks, THREADS, 0, fwd_bytes](
-                out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU,
+                out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
                 P["b_r"], steps, K, parts, self.psug, self.hgr, self.reverse)
             h, m = hbuf[steps % 2], mbuf[int(closes.sum()) % 2]
         else:
-            h, m = (cuda.to_device(np.ascontiguousarray(st[key])) for key in ("h", "m"))
-            S, Pv, Q = zeros((B, H), dt), zeros((B, H), dt), zeros((B, H), dt)
+            h, m = ws.put("h", st["h"]), ws.put("m", st["m"])
+            S, Pv, Q = ws.zeros("S", (B, H)), ws.zeros("P", (B, H)), ws.zeros("Q", (B, H))
             grid = grid_for(B * H)
             for s in range(steps):
                 matmul(k, hU, h, P["U"], B, G, H, H, 1, 1, H)               # U h_{t-1}
@@ -752,8 +855,9 @@ class CudaQLCell:
         return out
 
     def backward_device(self, d_dout, grads, dst):
-        """Device δout (B,T,H) in, device δx (B,T,E) back; accumulates into the device
-        ``grads`` (short names); host ``dst`` goes from d(final) to d(initial)."""
+        """Device δout (B,T,H) in, device δx (B,T,E) back (a workspace buffer, valid until
+        the next backward_device); accumulates into the device ``grads`` (short names);
+        host ``dst`` goes from d(final) to d(initial)."""
         if self.cache is None:
             raise ValueError("backward called before forward() (or after forward(..., need_grad=False))")
         k = kernels(np.dtype(self.dtype))
@@ -762,22 +866,23 @@ class CudaQLCell:
         B, T, E = x.shape
         H, dt, K, NB = self.H, self.dtype, self.K, cc["NB"]
         G = P["U"].shape[0]
-        dh, dc, dm, da = (cuda.to_device(np.ascontiguousarray(dst[key])) for key in ("h", "c", "m", "a"))
-        DZ, DPRE = zeros((B, T, G), dt), zeros((B, T, 4, H), dt)
-        DP, DP_step = zeros((B, NB, H), dt), zeros((B, H), dt)
+        ws = self.workspace
+        dh, dc, dm, da = (ws.put("d" + key, dst[key]) for key in ("h", "c", "m", "a"))
+        DZ, DPRE = ws.zeros("DZ", (B, T, G)), ws.zeros("DPRE", (B, T, 4, H))
+        DP, DP_step = ws.zeros("DP", (B, NB, H)), ws.zeros("DP_step", (B, H))
         steps = int(lengths.max())
         plan = self._plan(G)
         if plan is not None:
             parts, blocks, _, bwd_bytes = plan
-            DZbuf = zeros((2, B, G), dt)
+            DZbuf, dmV, dsV = ws.zeros("DZbuf", (2, B, G)), ws.zeros("dmV", (B, H)), ws.zeros("dsV", (B, H))
             k["persistent_backward"][blocks, THREADS, 0, bwd_bytes](
-                DZ, DZbuf, DPRE, DP, DP_step, dh, dc, dm, da, d_dout,
+                DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,
                 cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
                 steps, K, parts, self.psug, self.hgr, self.reverse)
         else:
-            DZ_step = zeros((B, G), dt)
-            dhU, dmV, dsV = zeros((B, H), dt), zeros((B, H), dt), zeros((B, H), dt)
+            DZ_step = ws.zeros("DZ_step", (B, G))
+            dhU, dmV, dsV = ws.zeros("dhU", (B, H)), ws.zeros("dmV", (B, H)), ws.zeros("dsV", (B, H))
             grid = grid_for(B * H)
             for s in range(steps - 1, -1, -1):
                 if cc["closes"][s]:                                        # the close rule first
@@ -792,7 +897,7 @@ class CudaQLCell:
                 matmul(k, dhU, DZ_step, P["U"], B, H, G, G, 1, H, 1)        # U^T δz_t
                 k["carry_dh"][grid](dh, dhU, d_len, s, False)
         BT = B * T
-        d_dx = cuda.device_array((B, T, E), dt)
+        d_dx = ws.empty("dx", (B, T, E))
         matmul(k, grads["W"], DZ, x, G, E, BT, 1, G, E, 1, accumulate=True)       # Σ δz x^T
         matmul(k, grads["U"], DZ, cc["HPREV"], G, H, BT, 1, G, H, 1, accumulate=True)  # Σ δz h_{t-1}^T
         matmul(k, d_dx, DZ, P["W"], BT, E, G, G, 1, E, 1)                   # W^T δz
@@ -802,7 +907,7 @@ class CudaQLCell:
                              cc["Z"].reshape(BT, H), BT, H)
         if self.hgr:
             matmul(k, grads["V_s"], DP, cc["SBLK"], H, H, B * NB, 1, H, H, 1, accumulate=True)  # Σ δp s^T
-            MPRE = cuda.device_array((B * NB, H), dt)                      # m before each close
+            MPRE = ws.empty("MPRE", (B * NB, H))                           # m before each close
             k["copy_rows"][grid_for(B * NB * H)](MPRE.reshape(B * NB * H),
                                                   cc["MBLK"].reshape(B * (NB + 1) * H), B * NB, NB,
                                                   NB, NB + 1, H)

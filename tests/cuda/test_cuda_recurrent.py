@@ -51,6 +51,36 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
         assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
 
 
+@pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
+def test_persistent_wide_layer_equals_cpu(psug, hgr):
+    """H = 14: every part holds several units and team_dot's four-k passes run (the tiny
+    shapes above only reach its remainder loop); K = 1 closes a block at every step."""
+    rng = make_rng(63)
+    B, T, E, H = 3, 3, 2, 14
+    kw = dict(psug=psug, hgr=hgr, block_size=1, dtype=np.float64, seed=7)
+    cpu = qlnumba.QLLSTM(E, H, **kw)
+    gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
+    assert gpu._cells[0][0]._plan(gpu._cells[0][0].cpu._p("U", 2).shape[0]) is not None
+    for name, p in cpu.params.items():
+        p[...] = 0.5 * rng.standard_normal(p.shape)
+        gpu.params[name][...] = p
+    x = rng.standard_normal((B, T, E))
+    lengths = np.array([3, 1, 2])
+    dout = rng.standard_normal((B, T, H))
+    results = []
+    for layer in (cpu, gpu):
+        out, final = layer.forward(x, lengths)
+        dx, grads = layer.backward(dout)
+        results.append((out, final, dx, grads))
+    (o1, f1, dx1, g1), (o2, f2, dx2, g2) = results
+    assert_close(o2, o1, 1e-10, 1e-10, "out")
+    assert_close(dx2, dx1, 1e-10, 1e-10, "dx")
+    for k in f1:
+        assert_close(f2[k], f1[k], 1e-10, 1e-10, f"final {k}")
+    for k in g1:
+        assert_close(g2[k], g1[k], 1e-10, 1e-10, f"grad {k}")
+
+
 def test_device_argument_is_checked():
     with pytest.raises(ValueError, match="device"):
         qlnumba.QLLSTM(2, 3, device="tpu")
