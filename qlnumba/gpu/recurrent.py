@@ -797,7 +797,7 @@ class CudaQLCell:
         ``out`` is a buffer of this cell's workspace: valid until its next forward_device."""
         k = kernels(np.dtype(self.dtype))
         B, T, E = d_x.shape
-        H, dt, K = self.H, self.dtype, self.K
+        H, K = self.H, self.K
         G = P["U"].shape[0]
         NB = (T + K - 1) // K if self.hgr else 0
         ws = self.workspace
@@ -864,7 +864,7 @@ class CudaQLCell:
         cc = self.cache
         x, lengths, d_len, d_n0, P = cc["x"], cc["lengths"], cc["d_len"], cc["d_n0"], cc["P"]
         B, T, E = x.shape
-        H, dt, K, NB = self.H, self.dtype, self.K, cc["NB"]
+        H, K, NB = self.H, self.K, cc["NB"]
         G = P["U"].shape[0]
         ws = self.workspace
         dh, dc, dm, da = (ws.put("d" + key, dst[key]) for key in ("h", "c", "m", "a"))
