@@ -2,13 +2,18 @@
 
 The same equations and buffers as ``qlnumba/kernels/recurrent.py`` (read that
 file first).  The products before and after the step loop (x W^T, the weight
-gradients) are tiled shared-memory launches.  The step loop is either
+gradients) are register-blocked shared-memory launches (``matmul``, split k where
+the product has few tiles).  The step loop is either
 
 - persistent (``persistent_forward`` / ``persistent_backward``, the default):
-  one cooperative launch runs every step; ``cuda.cg.this_grid().sync()``
-  separates a step's phases (U h_{t-1}, the cells, a block close), h is
-  double-buffered, and the per-element bodies are the device functions
-  ``cell_forward``, ``close_*_cell``, ``cell_backward`` shared with
+  one cooperative launch runs every step.  Block q owns part q of the hidden
+  units and keeps their slices of U (and V_s, V_m) in shared memory; its teams
+  of threads make U h_{t-1} for those units (``team_dot``), then run their
+  cells, and one ``cuda.cg.this_grid().sync()`` per step (two on a closing
+  step in BPTT) publishes the new h.  h, s, m and δz are double-buffered so no
+  block overwrites what another still reads.  The per-element bodies are the
+  device functions ``cell_forward``, ``close_*_cell``, ``cell_backward``
+  shared with
 - simple (the tested reference): a few launches per step, a tiled product
   U h_{t-1}, then one thread per (row, hidden unit).
 
@@ -22,6 +27,9 @@ Shapes legend (device arrays, C order)
   saved: Z (B,T,G), GATES (B,T,4,H), C, CPREV, HPREV (B,T,H), MBLK (B,NB+1,H), SBLK, RBLK (B,NB,H)
   backward scratch: DZ (B,T,G), DZ_step (B,G), DPRE (B,T,4,H) δ of the gate pre-activations,
     DP (B,NB,H) δ of the block gates, DP_step (B,H)
+  persistent double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G); shared memory per
+    block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward, V_s and V_m slices,
+    team partials (8, threads)
 Every kernel loops over its elements with a grid stride, so any launch shape is
 correct (the simulator runs few threads; a GPU runs many).
 """
