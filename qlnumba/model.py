@@ -39,7 +39,8 @@ class SequenceClassifier:
     dtype : np.float32 or np.float64
     seed : int or None, seeds the initialisation
     device : "cpu" or "cuda": where the recurrent layers run (the embedding and head
-        run on the CPU here; their GPU kernels are in qlnumba.gpu.ops)
+        run on the CPU here).  ``qlnumba.gpu.model.CudaTrainer`` trains a one-direction
+        QL-LSTM model with everything on the GPU (embedding, head and Adam included)
     """
 
     def __init__(self, vocab_size, embed_dim=128, hidden_size=256, num_classes=2, kind="ql",

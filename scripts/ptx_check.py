@@ -119,10 +119,11 @@ def main():
 
     import qlnumba
     from qlnumba.gpu import gru as ggru
+    from qlnumba.gpu import model as gmodel
     from qlnumba.gpu import ops as gops
     from qlnumba.gpu import recurrent as grec
 
-    for module in (grec, ggru, gops):
+    for module in (grec, ggru, gops, gmodel):
         real = module.kernels
         module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc))(real)
     rng = np.random.default_rng(0)
@@ -144,6 +145,7 @@ def main():
         gru.forward(x, lengths)
         gru.backward(dout[..., :H])
         check_ops(gops, dtype, rng)
+        check_trainer_kernels(gmodel, dtype)
     print(f"compiled {len(COMPILED)} kernel specialisations to PTX for sm_{cc[0]}{cc[1]}")
     ptxas_report(cc)
 
@@ -168,6 +170,16 @@ def check_ops(gops, dtype, rng):
     flat = W.reshape(-1)
     gops.adam_step(flat, np.zeros_like(flat), np.zeros_like(flat), np.ones_like(flat),
                    np.ones(8, dtype))
+
+
+def check_trainer_kernels(gmodel, dtype):
+    """The device training loop's own kernels (CudaTrainer itself wants real device arrays)."""
+    k = gmodel.kernels(np.dtype(dtype))
+    dev = cuda.to_device
+    out, h_last, lengths = dev(np.zeros((2, 3, 4), dtype)), dev(np.zeros((2, 4), dtype)), dev(np.array([3, 1]))
+    k["scale"][1, 1](out.reshape(-1), out.reshape(-1))
+    k["last_step_forward"][1, 1](h_last, out, lengths)
+    k["last_step_backward"][1, 1](out, h_last, lengths)
 
 
 if __name__ == "__main__":

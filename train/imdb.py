@@ -80,7 +80,8 @@ def parse_args(argv=None):
     a("--limit", type=int, default=None, help="use only the first N reviews of each split (smoke runs)")
     a("--dtype", default="float32", choices=["float32", "float64"])
     a("--device", default="cpu", choices=["cpu", "cuda"],
-      help="where the recurrent layers run (cuda: numba-cuda's simple per-step path, QL-LSTM kinds only)")
+      help="cuda: one-direction QL-LSTM kinds (ql, lstm, psug, hgr) train with every array on the GPU "
+           "(qlnumba.gpu.model.CudaTrainer); bilstm and gru run their layers there, host arrays per call")
     a("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -171,6 +172,10 @@ def run(args):
                        clip_norm=args.clip or None)
     if opt_state:
         opt.load_state_dict(opt_state)
+    trainer = None
+    if args.device == "cuda" and args.model in ("ql", "lstm", "psug", "hgr"):
+        from qlnumba.gpu.model import CudaTrainer
+        trainer = CudaTrainer(model, opt)          # parameters and Adam state live on the GPU
     counts = model.param_counts()
     first_epoch = meta.get("epoch", 0) + 1
     best_val = meta.get("best_val_accuracy", -1.0)
@@ -190,12 +195,16 @@ def run(args):
         t0, seen, loss_sum, correct, n = time.time(), 0, 0.0, 0, 0
         for idx in bar:
             ids, lengths = pad_batch(train, idx)
-            loss, probs = model.forward(ids, lengths, y_train[idx], rng=rng)
+            if trainer is not None:                    # forward, backward and AdamW on the GPU
+                loss, probs = trainer.step(ids, lengths, y_train[idx], rng=rng)
+            else:
+                loss, probs = model.forward(ids, lengths, y_train[idx], rng=rng)
             if not math.isfinite(loss):
                 print(f"error: loss became {loss} at epoch {epoch}; stopping. Try a smaller --lr "
                       f"or --clip.", file=sys.stderr)
                 return 1
-            opt.step(model.backward())
+            if trainer is None:
+                opt.step(model.backward())
             seen += int(lengths.sum())
             loss_sum += loss * len(idx)
             correct += int((probs.argmax(1) == y_train[idx]).sum())
@@ -203,6 +212,8 @@ def run(args):
             bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}",
                             tok_s=f"{seen / (time.time() - t0):.0f}", refresh=False)
         epoch_time = time.time() - t0
+        if trainer is not None:
+            trainer.sync_to_host()                     # for evaluation and the checkpoints
         train_time += epoch_time
         train_tokens_seen += seen
         val_acc, val_f1, _ = evaluate(model, val, y_val)

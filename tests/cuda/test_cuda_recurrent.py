@@ -133,3 +133,72 @@ def test_cuda_gru_equals_cpu(dtype, tol):
         assert_close(got, want, tol, tol, what)
     for k in g1:
         assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
+
+
+@pytest.mark.parametrize("kind,layers", [("ql", 2), ("lstm", 1)])
+def test_cuda_trainer_steps_equal_cpu_training(kind, layers):
+    """Two device-resident training steps (dropout on) give the CPU loop's losses,
+    probabilities, parameters and Adam state."""
+    from qlnumba.gpu.model import CudaTrainer
+    rng = make_rng(64)
+    kw = dict(embed_dim=3, hidden_size=4, kind=kind, num_layers=layers, block_size=2,
+              embed_dropout=0.2, head_dropout=0.3, dtype=np.float64, seed=8)
+    cpu = qlnumba.SequenceClassifier(11, **kw)
+    gpu = qlnumba.SequenceClassifier(11, device="cuda", **kw)
+    opt_kw = dict(lr=0.05, weight_decay=0.01, clip_norm=0.5)
+    cpu_opt, gpu_opt = qlnumba.Adam(cpu.params, **opt_kw), qlnumba.Adam(gpu.params, **opt_kw)
+    trainer = CudaTrainer(gpu, gpu_opt)
+    cpu_rng, gpu_rng = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(2):
+        ids = rng.integers(0, 11, (3, 5))
+        lengths = np.array([5, 2, 4])
+        targets = rng.integers(0, 2, 3)
+        loss_c, probs_c = cpu.forward(ids, lengths, targets, rng=cpu_rng)
+        cpu_opt.step(cpu.backward())
+        loss_g, probs_g = trainer.step(ids, lengths, targets, rng=gpu_rng)
+        assert abs(loss_g - loss_c) < 1e-10
+        assert_close(probs_g, probs_c, 1e-10, 1e-10, "probs")
+    trainer.sync_to_host()
+    assert gpu_opt.t == cpu_opt.t == 2
+    for k in cpu.params:
+        assert_close(gpu.params[k], cpu.params[k], 1e-9, 1e-9, k)
+        assert_close(gpu_opt.m[k], cpu_opt.m[k], 1e-9, 1e-9, "m " + k)
+        assert_close(gpu_opt.v[k], cpu_opt.v[k], 1e-9, 1e-9, "v " + k)
+
+
+def test_cuda_trainer_refuses_what_it_cannot_train():
+    from qlnumba.gpu.model import CudaTrainer
+    for kind in ("bilstm", "gru"):
+        model = qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=3, kind=kind, device="cuda")
+        with pytest.raises(ValueError, match="one-direction"):
+            CudaTrainer(model, qlnumba.Adam(model.params))
+    cpu = qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=3)
+    with pytest.raises(ValueError, match="one-direction"):
+        CudaTrainer(cpu, qlnumba.Adam(cpu.params))
+
+
+def test_training_program_runs_on_the_device(tmp_path):
+    """train/imdb.py --device cuda end to end (CudaTrainer, then evaluation and the test
+    split) on a few made-up reviews in the IMDB file format."""
+    import gzip
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "train"))
+    import imdb as train_imdb
+    data = tmp_path / "imdb"
+    data.mkdir()
+    reviews = [("good fun great film", 1), ("bad awful dull", 0), ("great good", 1), ("awful bad bad", 0)]
+    for split in ("train", "test"):
+        with gzip.open(data / f"{split}.jsonl.gz", "wt") as f:
+            for i in range(3):
+                for text, label in reviews:
+                    f.write(json.dumps({"text": text, "label": label}) + "\n")
+    out = tmp_path / "run"
+    rc = train_imdb.main(["--data-dir", str(data), "--out", str(out), "--device", "cuda", "--hidden", "3",
+                          "--embed-dim", "2", "--max-len", "4", "--batch-size", "5", "--epochs", "1",
+                          "--vocab-size", "20", "--min-freq", "1", "--threads", "1", "--no-progress",
+                          "--block-size", "2", "--val-fraction", "0.25"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 1 and 0.0 <= summary["test_accuracy"] <= 1.0
