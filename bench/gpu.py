@@ -58,6 +58,26 @@ def check_against_cpu(qlnumba, shape, block_size, rng):
     return report
 
 
+def time_trainer(qlnumba, repeats, rng):
+    """Tokens/s of CudaTrainer.step (embedding, recurrent layer, head, BPTT, AdamW, all on the
+    device) for the headline IMDB configuration's sizes: vocabulary 20000, E 128, H 256,
+    batches of 32 x 256 tokens."""
+    from numba import cuda
+
+    from qlnumba.gpu.model import CudaTrainer
+    B, T, V = 32, 256, 20000
+    ids = rng.integers(1, V, (B, T))
+    lengths = np.full(B, T)
+    targets = rng.integers(0, 2, B)
+    out = {}
+    for kind in ("ql", "lstm"):
+        model = qlnumba.SequenceClassifier(V, 128, 256, kind=kind, device="cuda", seed=0)
+        trainer = CudaTrainer(model, qlnumba.Adam(model.params, lr=1e-3, clip_norm=1.0))
+        step = lambda: trainer.step(ids, lengths, targets)        # noqa: E731
+        out[f"{kind}_train_tokens_per_s"] = B * T / median_time(step, repeats, cuda.synchronize)
+    return out
+
+
 def layer_plan(qlnumba, E, H, psug):
     """Whether the persistent kernels run at this size (else the cell falls back to simple)."""
     from qlnumba.gpu.recurrent import persistent_plan
@@ -70,6 +90,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--paths", default="persistent", help="qlnumba GPU step loops to time (persistent,simple)")
     ap.add_argument("--block-size", type=int, default=32, help="QL-LSTM block length K (library default)")
+    ap.add_argument("--trainer", action="store_true",
+                    help="also time whole training steps of the IMDB model kinds on the device (CudaTrainer)")
     ap.add_argument("--check", action="store_true",
                     help="first compare the GPU layer with the CPU layer at the first shape (max errors)")
     ap.add_argument("--host-api", action="store_true", help="also time the host-array layer API")
@@ -167,6 +189,9 @@ def main():
                 row[f"{mode}_ratio_vs_cudnn"] = {k: v / tps["torch_cudnn_lstm"] for k, v in tps.items()}
         result["shapes"][name] = row
         print(json.dumps({name: row}), flush=True)
+    if args.trainer:
+        result["trainer"] = time_trainer(qlnumba, args.repeats, rng)
+        print(json.dumps({"trainer": result["trainer"]}), flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(result, f, indent=1)

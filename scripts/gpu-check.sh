@@ -14,5 +14,5 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$DEST/gpu_card.txt"
 "$PY" -m pip list 2>/dev/null | grep -i -E "^(numba|numba-cuda|numpy|torch|cuda-bindings) " | tee -a "$DEST/gpu_card.txt"
 timeout "${TEST_TIMEOUT:-240}" "$PY" -m pytest -q -x -p no:cacheprovider tests/cuda 2>&1 | tee "$DEST/gpu_cuda_tests.log" | tail -25
-timeout "${BENCH_TIMEOUT:-300}" "$PY" bench/gpu.py --check --repeats 3 --json-out "$DEST/gpu_bench.json" "$@" 2>&1 \
+timeout "${BENCH_TIMEOUT:-300}" "$PY" bench/gpu.py --check --trainer --repeats 3 --json-out "$DEST/gpu_bench.json" "$@" 2>&1 \
     | tee "$DEST/gpu_bench.log" | tail -80

@@ -38,7 +38,7 @@ import os
 from functools import lru_cache
 
 import numpy as np
-from numba import float32, float64
+from numba import float32, float64, uint64
 
 from . import get_cuda
 
@@ -47,10 +47,14 @@ SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # matrix product: (TY, TX) threads per block, TM x TN outputs each, k-slabs of BK
 TY, TX, TM, TN, BK = (2, 2, 2, 2, 2) if SIM else (16, 16, 4, 4, 16)
 BM, BN = TM * TY, TN * TX                # the (BM, BN) tile of C one block makes
+SLAB_A, SLAB_B = BK * BM, BK * BN          # shared slab sizes (compile-time constants)
+TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
 MAX_BLOCKS = 2 if SIM else 1024
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
+TEAM1, TEAM2, TEAM3, TEAM4 = (np.uint64(n * TEAM) for n in (1, 2, 3, 4))   # unsigned strides
+ONE, TWO, THREE, FOUR = (np.uint64(n) for n in (1, 2, 3, 4))
 
 
 def grid_for(n):
@@ -76,8 +80,8 @@ def kernels(dtype):
         A and B staged in shared memory (loaded along whichever index is contiguous).
         Split k: with kchunk < Kd, chunk p of k writes its product to C[p*M*N:], the
         caller sums the chunks in order (the weight gradients have k = B*T and few tiles)."""
-        sA = cuda.shared.array((BK, BM), ftype)
-        sB = cuda.shared.array((BK, BN), ftype)
+        sA = cuda.shared.array(SLAB_A, ftype)               # sA[kk*BM + m]: the slab of A, k-major
+        sB = cuda.shared.array(SLAB_B, ftype)               # sB[kk*BN + n]
         acc = cuda.local.array((TM, TN), ftype)
         ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
         tid = ty * TX + tx
@@ -99,20 +103,28 @@ def kernels(dtype):
                     else:
                         mm, kk = e % BM, e // BM
                     row, k = m0 + mm, k0 + kk
-                    sA[kk, mm] = A[row * sam + k * sak] if row < M and k < k_end else ftype(0.0)
+                    sA[kk * BM + mm] = A[row * sam + k * sak] if row < M and k < k_end else ftype(0.0)
                 for e in range(tid, BN * BK, TX * TY):
                     if sbn == 1:
                         nn, kk = e % BN, e // BN
                     else:
                         nn, kk = e // BK, e % BK
                     col, k = n0 + nn, k0 + kk
-                    sB[kk, nn] = Bm[k * sbk + col * sbn] if col < N and k < k_end else ftype(0.0)
+                    sB[kk * BN + nn] = Bm[k * sbk + col * sbn] if col < N and k < k_end else ftype(0.0)
                 cuda.syncthreads()
+                # unsigned offsets: no negative-index wraparound code in the inner loop
+                offa, offb = uint64(ty), uint64(tx)
                 for kk in range(BK):
+                    oa = offa
                     for i in range(TM):
-                        av = sA[kk, ty + TY * i]
+                        av = sA[oa]
+                        ob = offb
                         for j in range(TN):
-                            acc[i, j] += av * sB[kk, tx + TX * j]
+                            acc[i, j] += av * sB[ob]               # C[ty + TY i, tx + TX j]
+                            ob += TXU
+                        oa += TYU
+                    offa += BMU
+                    offb += BNU
                 cuda.syncthreads()
             for i in range(TM):
                 row = m0 + ty + TY * i
@@ -390,8 +402,11 @@ def kernels(dtype):
 
     @cuda.jit(device=True, inline=True)
     def fma_2x4(a00, a01, a02, a03, a10, a11, a12, a13, Ush, i, stride, x0, x1):
-        """The 2 rows × 4 columns update of ``team_dot`` at one k: columns at Ush[i + c*stride]."""
-        w0, w1, w2, w3 = Ush[i], Ush[i + stride], Ush[i + 2 * stride], Ush[i + 3 * stride]
+        """The 2 rows × 4 columns update of ``team_dot`` at one k: columns at Ush[i + c*stride]
+        (i, stride unsigned)."""
+        i1 = i + stride
+        i2 = i1 + stride
+        w0, w1, w2, w3 = Ush[i], Ush[i1], Ush[i2], Ush[i2 + stride]
         return (a00 + w0 * x0, a01 + w1 * x0, a02 + w2 * x0, a03 + w3 * x0,
                 a10 + w0 * x1, a11 + w1 * x1, a12 + w2 * x1, a13 + w3 * x1)
 
@@ -417,27 +432,33 @@ def kernels(dtype):
                 b0 = (item // ngrp) * 2
                 b1 = min(b0 + 1, B - 1)
                 c0 = (item % ngrp) * 4
-                k = lane
-                while k + 3 * TEAM < Kd:
-                    # four k per pass, their eight X loads issued together: the loop is
-                    # bound by the latency of X (just written by other blocks), not by math
-                    xa0, xa1 = X[b0, k], X[b1, k]
-                    xb0, xb1 = X[b0, k + TEAM], X[b1, k + TEAM]
-                    xc0, xc1 = X[b0, k + 2 * TEAM], X[b1, k + 2 * TEAM]
-                    xd0, xd1 = X[b0, k + 3 * TEAM], X[b1, k + 3 * TEAM]
+                # unsigned indices: Numba then skips the negative-index wraparound code,
+                # which was most of the instructions of this loop
+                kd = uint64(Kd)
+                r0, r1 = uint64(b0), uint64(b1)
+                w = uint64(c0 * Kd)                                      # column c0's row of Ush
+                k = uint64(lane)
+                while k + TEAM3 < kd:
+                    # four k per pass, their eight X loads issued together (X was just
+                    # written by other blocks: the loads wait on L2)
+                    kb, kc, kd4 = k + TEAM1, k + TEAM2, k + TEAM3
+                    xa0, xa1 = X[r0, k], X[r1, k]
+                    xb0, xb1 = X[r0, kb], X[r1, kb]
+                    xc0, xc1 = X[r0, kc], X[r1, kc]
+                    xd0, xd1 = X[r0, kd4], X[r1, kd4]
                     a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k, Kd, xa0, xa1)
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, xa0, xa1)
                     a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k + TEAM, Kd, xb0, xb1)
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kb, kd, xb0, xb1)
                     a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k + 2 * TEAM, Kd, xc0, xc1)
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kc, kd, xc0, xc1)
                     a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k + 3 * TEAM, Kd, xd0, xd1)
-                    k += 4 * TEAM
-                while k < Kd:
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kd4, kd, xd0, xd1)
+                    k += TEAM4
+                while k < kd:
                     a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, c0 * Kd + k, Kd, X[b0, k], X[b1, k])
-                    k += TEAM
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, X[r0, k], X[r1, k])
+                    k += TEAM1
             red[tid] = a00
             red[nthr + tid] = a01
             red[2 * nthr + tid] = a02
@@ -454,10 +475,18 @@ def kernels(dtype):
                     b = (item // ngrp) * 2 + i // 4
                     c = (item % ngrp) * 4 + i % 4
                     if b < B and c < ncol and c % nu < nq and s < lengths[b]:
-                        acc = ftype(0.0)
-                        for ln in range(TEAM):
-                            acc += red[i * nthr + tm * TEAM + ln]
-                        out[b, (c // nu) * H + u0 + c % nu] = acc
+                        # the TEAM lane partials in four interleaved chains (lanes l, l+4, ...),
+                        # then the chains in order: a fixed order, a quarter of the latency
+                        q = uint64(i * nthr + tm * TEAM)
+                        end = q + TEAM1
+                        p0 = p1 = p2 = p3 = ftype(0.0)
+                        while q < end:
+                            p0 += red[q]
+                            p1 += red[q + ONE]
+                            p2 += red[q + TWO]
+                            p3 += red[q + THREE]
+                            q += FOUR
+                        out[b, (c // nu) * H + u0 + c % nu] = (p0 + p1) + (p2 + p3)
             cuda.syncthreads()
 
     @cuda.jit(device=True)
