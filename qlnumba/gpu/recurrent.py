@@ -55,6 +55,9 @@ MAX_BLOCKS = 2 if SIM else 1024
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 TEAM1, TEAM2, TEAM3, TEAM4 = (np.uint64(n * TEAM) for n in (1, 2, 3, 4))   # unsigned strides
 ONE, TWO, THREE, FOUR = (np.uint64(n) for n in (1, 2, 3, 4))
+# 128 registers let a 512-thread persistent block fit one multiprocessor (ptxas: a few
+# bytes of spills, against 217 registers uncapped); the simulator takes no such option
+PERSISTENT_JIT = {} if SIM else {"max_registers": 128}
 
 
 def grid_for(n):
@@ -500,7 +503,7 @@ def kernels(dtype):
             load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, transpose)
             load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, transpose)
 
-    @cuda.jit
+    @cuda.jit(**PERSISTENT_JIT)
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                            RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
                            b_r, steps, K, nparts, psug, hgr, reverse):
@@ -571,7 +574,7 @@ def kernels(dtype):
                 closes += 1
                 cuda.syncthreads()
 
-    @cuda.jit
+    @cuda.jit(**PERSISTENT_JIT)
     def persistent_backward(DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
                             GATES, C, CPREV, MBLK, SBLK, RBLK, lengths, n0, close_flags,
                             U, gamma, V_s, V_m, steps, K, nparts, psug, hgr, reverse):
@@ -715,24 +718,27 @@ def closing_steps(lengths, n0, K, steps):
 def persistent_plan(H, G, itemsize, hgr):
     """How the persistent kernels split the hidden units, or None where they cannot run.
 
-    Returns (parts, blocks, forward shared bytes, backward shared bytes).  On a GPU
-    there is one part per block and at most one block per multiprocessor, so every
-    block is resident (a grid sync needs that); each part's slices of U (and V_s,
-    V_m) must fit the dynamic shared memory a launch gets without an opt-in.  The
-    simulator runs one block that loops over three parts (so the partition logic is
-    tested there too).
+    Returns (parts, blocks, threads, forward shared bytes, backward shared bytes).  On
+    a GPU there is one part per block and at most one block per multiprocessor, so
+    every block is resident (a grid sync needs that); each part's slices of U (and
+    V_s, V_m) and the team partials must fit the dynamic shared memory a launch gets
+    without an opt-in.  Blocks of 512 threads (registers capped at 128, see
+    PERSISTENT_JIT) hide more of the step's memory latency than 256; 256 where 512
+    do not fit.  The simulator runs one block that loops over three parts (so the
+    partition logic is tested there too).
     """
     blocks = min(3, H) if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
     nu = -(-H // blocks)
     parts = -(-H // nu)
     pad4 = lambda n: (n + 3) // 4 * 4
-    red = 8 * THREADS
     v = 2 * pad4(nu) * H if hgr else 0
-    fwd = (pad4((G // H) * nu) * H + v + red) * itemsize
-    bwd = (pad4(nu) * G + v + red) * itemsize
-    if max(fwd, bwd) > SHARED_BYTES:
-        return None
-    return parts, 1 if SIM else parts, fwd, bwd
+    for threads in ((THREADS,) if SIM else (512, 256)):
+        red = 8 * threads
+        fwd = (pad4((G // H) * nu) * H + v + red) * itemsize
+        bwd = (pad4(nu) * G + v + red) * itemsize
+        if max(fwd, bwd) < SHARED_BYTES:
+            return parts, 1 if SIM else parts, threads, fwd, bwd
+    return None
 
 
 class Workspace:
@@ -858,11 +864,11 @@ class CudaQLCell:
         d_closes = ws.put("closes", closes)
         plan = self._plan(G)
         if plan is not None:
-            parts, blocks, fwd_bytes, _ = plan
+            parts, blocks, threads, fwd_bytes, _ = plan
             hbuf = ws.put("hbuf", np.stack([st["h"], st["h"]]))
             mbuf = ws.put("mbuf", np.stack([st["m"], st["m"]]))
             Sbuf, Pv, Q = ws.zeros("Sbuf", (2, B, H)), ws.zeros("P", (B, H)), ws.zeros("Q", (B, H))
-            k["persistent_forward"][blocks, THREADS, 0, fwd_bytes](
+            k["persistent_forward"][blocks, threads, 0, fwd_bytes](
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
                 P["b_r"], steps, K, parts, self.psug, self.hgr, self.reverse)
@@ -910,9 +916,9 @@ class CudaQLCell:
         steps = int(lengths.max())
         plan = self._plan(G)
         if plan is not None:
-            parts, blocks, _, bwd_bytes = plan
+            parts, blocks, threads, _, bwd_bytes = plan
             DZbuf, dmV, dsV = ws.zeros("DZbuf", (2, B, G)), ws.zeros("dmV", (B, H)), ws.zeros("dsV", (B, H))
-            k["persistent_backward"][blocks, THREADS, 0, bwd_bytes](
+            k["persistent_backward"][blocks, threads, 0, bwd_bytes](
                 DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,
                 cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],

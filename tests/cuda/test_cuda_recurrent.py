@@ -186,6 +186,7 @@ def test_training_program_runs_on_the_device(tmp_path):
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "train"))
     import imdb as train_imdb
+    pytest.importorskip("datasets")            # the reader's dependency (a GPU image may lack it)
     data = tmp_path / "imdb"
     data.mkdir()
     reviews = [("good fun great film", 1), ("bad awful dull", 0), ("great good", 1), ("awful bad bad", 0)]
