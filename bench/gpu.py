@@ -7,10 +7,14 @@ parameters, activations and gradient accumulators stay on the GPU; only the smal
 per-row state crosses), as torch does on device tensors.  Step loops timed:
 "persistent" (one cooperative launch for all steps, the default) and, with
 ``--paths persistent,simple``, the per-step launches.  ``--host-api`` adds the
-layer API (host arrays in and out, parameters copied each call).  Warm-up first
-(compilation excluded), medians, tokens/s and ratios against cuDNN.
+layer API (host arrays in and out, parameters copied each call).  ``--check``
+first compares the GPU layer with the CPU layer at the first shape; ``--trainer``
+times whole ``CudaTrainer`` steps (embedding, layer, head, BPTT, AdamW on the
+device).  Warm-up first (compilation excluded), medians, tokens/s and ratios
+against cuDNN (as torch ships it, and in strict FP32).
 
-    python bench/gpu.py [--shapes small,large] [--paths persistent] [--json-out FILE]
+    python bench/gpu.py [--shapes small,large] [--paths persistent] [--check] [--trainer]
+                        [--json-out FILE]
 """
 import argparse
 import json
