@@ -3,9 +3,9 @@
 ``CudaTrainer(model, opt)`` copies the model's parameters and the Adam state to
 the device once.  Each ``step`` then runs embedding, the recurrent stack
 (``CudaQLCell.forward_device`` / ``backward_device``), the head, BPTT and
-AdamW there.  Per step, only the batch (ids, lengths, targets, dropout masks)
-goes to the device, and the losses, probabilities and the gradient norm's
-partial sums come back.  ``sync_to_host`` writes parameters and optimizer state
+AdamW there.  Per step, only the batch (ids, lengths, targets, dropout masks) and
+the zero initial states (B, H) go to the device, and the losses, probabilities,
+final states and the gradient norm's partial sums come back.  ``sync_to_host`` writes parameters and optimizer state
 back into ``model.params`` and ``opt`` (for evaluation and checkpoints).  The
 arithmetic is the CPU model's: the tests check a step against
 ``SequenceClassifier.forward`` / ``backward`` and ``Adam.step``.
