@@ -17,16 +17,13 @@ from functools import lru_cache
 
 import numpy as np
 
-from .recurrent import column_sums, cuda, grid_for, matmul, zeros
+from .recurrent import column_sums, cuda, grid_for, matmul, sigmoid_for, zeros
 
 
 @lru_cache(maxsize=None)
 def kernels(dtype):
     one = np.dtype(dtype).type(1.0)
-
-    @cuda.jit(device=True, inline=True)
-    def sigmoid(x):
-        return one / (one + math.exp(-x))
+    sigmoid = sigmoid_for(np.dtype(dtype))
 
     @cuda.jit
     def step_forward(out, h, GATES, HN, HPREV, ZX, hU, lengths, b, b_U, s, reverse):

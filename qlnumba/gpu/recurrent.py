@@ -65,14 +65,22 @@ def grid_for(n):
 
 
 @lru_cache(maxsize=None)
-def kernels(dtype):
-    """Compile the kernels for one float dtype (shared-memory tiles need it fixed)."""
-    ftype = float32 if np.dtype(dtype) == np.float32 else float64
+def sigmoid_for(dtype):
+    """σ(x) = 1 / (1 + exp(-x)) as a device function, in ``dtype`` (GRU uses it too)."""
     one = np.dtype(dtype).type(1.0)
 
     @cuda.jit(device=True, inline=True)
     def sigmoid(x):
         return one / (one + math.exp(-x))
+    return sigmoid
+
+
+@lru_cache(maxsize=None)
+def kernels(dtype):
+    """Compile the kernels for one float dtype (shared-memory tiles need it fixed)."""
+    ftype = float32 if np.dtype(dtype) == np.float32 else float64
+    one = np.dtype(dtype).type(1.0)
+    sigmoid = sigmoid_for(np.dtype(dtype))
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
@@ -503,6 +511,24 @@ def kernels(dtype):
             load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, transpose)
             load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, transpose)
 
+    @cuda.jit(device=True, inline=True)
+    def reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H,
+                    transpose, hgr):
+        """``load_part`` between barriers, where a block serves several parts (the slices
+        of a resident block were loaded once, before the step loop)."""
+        if not resident:
+            cuda.syncthreads()
+            load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose, hgr)
+            cuda.syncthreads()
+
+    @cuda.jit(device=True, inline=True)
+    def shared_views(nslice, nv):
+        """The dynamic shared memory of a persistent block: (U slice of nslice values, V_s and
+        V_m slices of nv values each, the team partials in the rest)."""
+        dyn = cuda.shared.array(0, ftype)
+        return (dyn[:nslice], dyn[nslice:nslice + nv], dyn[nslice + nv:nslice + 2 * nv],
+                dyn[nslice + 2 * nv:])
+
     @cuda.jit(**PERSISTENT_JIT)
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                            RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
@@ -526,11 +552,7 @@ def kernels(dtype):
         ncol = (G // H) * nu
         ncol_pad = (ncol + 3) // 4 * 4
         nv = (nu + 3) // 4 * 4 * H if hgr else 0
-        dyn = cuda.shared.array(0, ftype)
-        Ush = dyn[:ncol_pad * H]
-        Vs_sh = dyn[ncol_pad * H:ncol_pad * H + nv]
-        Vm_sh = dyn[ncol_pad * H + nv:ncol_pad * H + 2 * nv]
-        red = dyn[ncol_pad * H + 2 * nv:]
+        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * H, nv)
         resident = nparts == cuda.gridDim.x
         if resident:
             u0, nq, nu = part_columns(cuda.blockIdx.x, nparts, H)
@@ -542,11 +564,8 @@ def kernels(dtype):
             m, S = mbuf[closes % 2], Sbuf[s % 2]
             for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                 u0, nq, nu = part_columns(q, nparts, H)
-                if not resident:
-                    cuda.syncthreads()
-                    load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, H, H,
-                              False, hgr)
-                    cuda.syncthreads()
+                reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
+                            ncol, ncol_pad, H, H, False, hgr)
                 team_dot(hU, hcur, Ush, red, B, ncol, ncol_pad, nu, nq, H, u0, H, lengths, s)  # U h_{t-1}
                 for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
                     bb, j = e // nq, u0 + e % nq
@@ -559,11 +578,8 @@ def kernels(dtype):
                 mnext = mbuf[(closes + 1) % 2]
                 for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                     u0, nq, nu = part_columns(q, nparts, H)
-                    if not resident:
-                        cuda.syncthreads()
-                        load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, H, H,
-                                  False, hgr)
-                        cuda.syncthreads()
+                    reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
+                                ncol, ncol_pad, H, H, False, hgr)
                     nu_pad = (nu + 3) // 4 * 4
                     team_dot(P, S, Vs_sh, red, B, nu, nu_pad, nu, nq, H, u0, H, lengths, s)  # V_s s
                     team_dot(Q, m, Vm_sh, red, B, nu, nu_pad, nu, nq, H, u0, H, lengths, s)  # V_m m
@@ -593,11 +609,7 @@ def kernels(dtype):
         nu = (H + nparts - 1) // nparts
         ncol_pad = (nu + 3) // 4 * 4
         nv = ncol_pad * H if hgr else 0
-        dyn = cuda.shared.array(0, ftype)
-        Ush = dyn[:ncol_pad * G]
-        Vs_sh = dyn[ncol_pad * G:ncol_pad * G + nv]
-        Vm_sh = dyn[ncol_pad * G + nv:ncol_pad * G + 2 * nv]
-        red = dyn[ncol_pad * G + 2 * nv:]
+        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * G, nv)
         resident = nparts == cuda.gridDim.x
         if resident:
             u0, nq, nu = part_columns(cuda.blockIdx.x, nparts, H)
@@ -614,11 +626,8 @@ def kernels(dtype):
                 grid.sync()
                 for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                     u0, nq, nu = part_columns(q, nparts, H)
-                    if not resident:
-                        cuda.syncthreads()
-                        load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, nu, ncol_pad, G, H,
-                                  True, hgr)
-                        cuda.syncthreads()
+                    reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
+                                nu, ncol_pad, G, H, True, hgr)
                     team_dot(dmV, DP_step, Vm_sh, red, B, nu, ncol_pad, nu, nq, H, u0, H, lengths, s)
                     team_dot(dsV, DP_step, Vs_sh, red, B, nu, ncol_pad, nu, nq, H, u0, H, lengths, s)
                     for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
@@ -633,11 +642,8 @@ def kernels(dtype):
             grid.sync()
             for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                 u0, nq, nu = part_columns(q, nparts, H)
-                if not resident:
-                    cuda.syncthreads()
-                    load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, nu, ncol_pad, G, H, True,
-                              hgr)
-                    cuda.syncthreads()
+                reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
+                            nu, ncol_pad, G, H, True, hgr)
                 # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
                 team_dot(dh, DZs, Ush, red, B, nu, ncol_pad, nu, nq, H, u0, G, lengths, s)
 

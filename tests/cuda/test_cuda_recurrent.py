@@ -13,6 +13,19 @@ SWITCHES = [(False, False), (True, False), (False, True), (True, True)]
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
+def assert_layers_agree(got, want, tol):
+    """(out, final state, dx, grads, dstate0) of the GPU layer against the CPU layer's."""
+    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = want, got
+    assert_close(o2, o1, tol, tol, "out")
+    assert_close(dx2, dx1, tol, tol, "dx")
+    for k in f1:
+        assert_close(f2[k], f1[k], tol, tol, f"final {k}")
+    for k in s1:
+        assert_close(s2[k], s1[k], tol, tol, f"dstate0 {k}")
+    for k in g1:
+        assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
+
+
 @pytest.mark.parametrize("path", ["persistent", "simple"])
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 2e-4)])
 @pytest.mark.parametrize("psug,hgr", SWITCHES, ids=["lstm", "psug", "hgr", "ql"])
@@ -40,15 +53,7 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
         out, final = layer.forward(x, lengths, state)
         dx, grads = layer.backward(dout, dstate)
         results.append((out, final, dx, grads, layer.dstate0))
-    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = results
-    assert_close(o2, o1, tol, tol, "out")
-    assert_close(dx2, dx1, tol, tol, "dx")
-    for k in f1:
-        assert_close(f2[k], f1[k], tol, tol, f"final {k}")
-    for k in s1:
-        assert_close(s2[k], s1[k], tol, tol, f"dstate0 {k}")
-    for k in g1:
-        assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
+    assert_layers_agree(results[1], results[0], tol)
 
 
 @pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
@@ -71,14 +76,8 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr):
     for layer in (cpu, gpu):
         out, final = layer.forward(x, lengths)
         dx, grads = layer.backward(dout)
-        results.append((out, final, dx, grads))
-    (o1, f1, dx1, g1), (o2, f2, dx2, g2) = results
-    assert_close(o2, o1, 1e-10, 1e-10, "out")
-    assert_close(dx2, dx1, 1e-10, 1e-10, "dx")
-    for k in f1:
-        assert_close(f2[k], f1[k], 1e-10, 1e-10, f"final {k}")
-    for k in g1:
-        assert_close(g2[k], g1[k], 1e-10, 1e-10, f"grad {k}")
+        results.append((out, final, dx, grads, layer.dstate0))
+    assert_layers_agree(results[1], results[0], 1e-10)
 
 
 def test_device_argument_is_checked():
