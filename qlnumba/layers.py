@@ -18,10 +18,11 @@ import math
 
 import numpy as np
 
-from .config import row_blocks, unit_blocks
+from .config import get_partition, row_blocks, unit_blocks
 from .kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forward_split
 from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, recurrent_forward,
                                 recurrent_forward_split)
+from .kernels.recurrent_infer import recurrent_infer_units
 from .kernels.recurrent_units import recurrent_backward_units, recurrent_forward_units
 from .validate import check_dtype, check_float_array, check_lengths
 
@@ -120,6 +121,8 @@ class _QLCell:
         With ``need_grad=False`` the per-step saves go to a single slot (less
         memory traffic) and ``backward`` is not possible.
         """
+        if not need_grad and get_partition() == "units":
+            return self._infer(x, lengths, st)
         B, T, _ = x.shape
         H, dt = self.H, self.dtype
         G = self.params[self.prefix + "U"].shape[0]
@@ -140,6 +143,24 @@ class _QLCell:
                 self.K, self.psug, self.hgr, self.reverse)
         _run(recurrent_forward, recurrent_forward_split, args, B, recurrent_forward_units, H)
         self.cache = (x, lengths, n0, saved) if need_grad else None
+        return out
+
+    def _infer(self, x, lengths, st):
+        """Forward saving nothing, on the unit-major kernel (any thread count)."""
+        B, T, E = x.shape
+        H = self.H
+        ubounds = unit_blocks(H)
+        if ubounds is None:
+            ubounds = np.array([0, H], dtype=np.int64)
+        out = np.empty((B, T, H), dtype=self.dtype)        # the kernel writes every position
+        recurrent_infer_units(out, st["h"], st["c"], st["m"], st["a"], st["n"],
+                              self.pool.take("XS", T, B, E),
+                              x, lengths,
+                              self._p("W", 2), self._p("U", 2), self._p("b", 1),
+                              self._p("gamma", 2), self._p("beta", 2),
+                              self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
+                              self.K, self.psug, self.hgr, self.reverse, ubounds)
+        self.cache = None
         return out
 
     def backward(self, dx, grads, dout, dst):

@@ -1,0 +1,92 @@
+"""Inference (``need_grad=False``) runs its own unit-major kernel (kernels/recurrent_infer.py):
+it must give the float64 reference's outputs and final states on 1 and 2 threads, for every
+switch setting, ragged lengths, reverse direction, carried state and several step chunks."""
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qlnumba import config
+from qlnumba.kernels.recurrent_infer import CHUNK
+from helpers import assert_close, make_rng, random_state
+from test_recurrent import SWITCH_IDS, SWITCHES, make_layer, randomize, reference_forward
+
+THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    def use(n):
+        monkeypatch.setattr(config, "_threads", n)
+        monkeypatch.setattr(config, "_partition", "units")
+    return use
+
+
+def check_inference(kind, B, T, E, H, K, num_layers, bidirectional, lengths, seed, dtype=np.float64,
+                    tol=1e-12):
+    rng = make_rng(seed)
+    layer = make_layer(kind, E, H, num_layers, bidirectional, K=K, dtype=dtype)
+    randomize(layer, rng)
+    x = rng.standard_normal((B, T, E)).astype(dtype)
+    lengths = np.asarray(lengths)
+    for bb in range(B):                                      # padding must not matter
+        x[bb, lengths[bb]:] = 1e3
+    state = random_state(layer, B, rng)
+    state = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in state.items()}
+    out, final = layer.forward(x, lengths, state, need_grad=False)
+    want_out, want_final = reference_forward(layer, x, lengths, state)
+    assert out.dtype == dtype
+    assert_close(out, want_out, tol, tol, "out")
+    for key in final:
+        assert_close(final[key], want_final[key], tol, tol, f"state {key}")
+    for bb, L in enumerate(lengths):
+        assert (out[bb, L:] == 0).all()
+
+
+@st.composite
+def problems(draw):
+    B = draw(st.integers(1, 5))
+    T = draw(st.integers(1, 2 * CHUNK + 3))
+    return dict(kind=draw(st.sampled_from(SWITCHES)), B=B, T=T,
+                E=draw(st.integers(1, 3)), H=draw(st.integers(1, 9)), K=draw(st.integers(1, 5)),
+                num_layers=draw(st.integers(1, 2)), bidirectional=draw(st.booleans()),
+                lengths=draw(st.lists(st.integers(1, T), min_size=B, max_size=B)),
+                seed=draw(st.integers(0, 2 ** 31)))
+
+
+@pytest.mark.parametrize("n", THREADS)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])   # threads(n) each example
+@given(pb=problems())
+def test_inference_matches_reference(threads, n, pb):
+    threads(n)
+    check_inference(**pb)
+
+
+@pytest.mark.parametrize("n", THREADS)
+@pytest.mark.parametrize("kind", SWITCHES, ids=SWITCH_IDS)
+def test_inference_float32_long_ragged(threads, n, kind):
+    """Several chunks, rows ending inside and at the edge of a chunk, uneven unit parts."""
+    threads(n)
+    T = 3 * CHUNK + 5
+    check_inference(kind, 6, T, 4, 19, 4, 1, True, [T, 1, CHUNK, CHUNK + 1, 2 * CHUNK - 1, 17],
+                    seed=60, dtype=np.float32, tol=2e-5)
+
+
+@pytest.mark.parametrize("kind", SWITCHES, ids=SWITCH_IDS)
+def test_inference_equals_training_forward(threads, kind):
+    """The saving forward and the inference kernel compute the same model."""
+    rng = make_rng(61)
+    B, T, E, H = 4, 21, 3, 10
+    layer = make_layer(kind, E, H, 2, True, K=3)
+    randomize(layer, rng)
+    x = rng.standard_normal((B, T, E))
+    lengths = np.array([21, 5, 13, 20])
+    state = random_state(layer, B, rng)
+    for n in THREADS:
+        threads(n)
+        out, final = layer.forward(x, lengths, state)
+        out_i, final_i = layer.forward(x, lengths, state, need_grad=False)
+        assert_close(out_i, out, 1e-12, 1e-13, "out")
+        for k in final:
+            assert_close(final_i[k], final[k], 1e-12, 1e-13, f"state {k}")
