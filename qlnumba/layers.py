@@ -154,7 +154,6 @@ class _QLCell:
             ubounds = np.array([0, H], dtype=np.int64)
         out = np.empty((B, T, H), dtype=self.dtype)        # the kernel writes every position
         recurrent_infer_units(out, st["h"], st["c"], st["m"], st["a"], st["n"],
-                              self.pool.take("XS", T, B, E),
                               x, lengths,
                               self._p("W", 2), self._p("U", 2), self._p("b", 1),
                               self._p("gamma", 2), self._p("beta", 2),

@@ -8,11 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qlnumba import config
-from qlnumba.kernels.recurrent_infer import CHUNK
+from qlnumba.kernels.recurrent_infer import CHUNK_COLUMNS, CHUNK_MAX
 from helpers import assert_close, make_rng, random_state
 from test_recurrent import SWITCH_IDS, SWITCHES, make_layer, randomize, reference_forward
 
 THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
+CHUNK = CHUNK_MAX              # the kernel's steps per chunk for batches of up to 16 rows
 
 
 @pytest.fixture
@@ -71,6 +72,16 @@ def test_inference_float32_long_ragged(threads, n, kind):
     T = 3 * CHUNK + 5
     check_inference(kind, 6, T, 4, 19, 4, 1, True, [T, 1, CHUNK, CHUNK + 1, 2 * CHUNK - 1, 17],
                     seed=60, dtype=np.float32, tol=2e-5)
+
+
+@pytest.mark.parametrize("n", THREADS)
+def test_inference_wide_batch_shorter_chunks(threads, n):
+    """A batch wide enough for chunks of fewer steps (CHUNK_COLUMNS // B), ragged."""
+    threads(n)
+    B = 40
+    assert CHUNK_COLUMNS // B < CHUNK_MAX
+    lengths = make_rng(62).integers(1, 16, B)
+    check_inference((True, True), B, 15, 2, 5, 3, 1, True, lengths, seed=63)
 
 
 @pytest.mark.parametrize("kind", SWITCHES, ids=SWITCH_IDS)

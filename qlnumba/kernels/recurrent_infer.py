@@ -10,11 +10,11 @@ vectors: twice the element-wise time.)
 
 Columns are the batch rows sorted by decreasing length, so at step s the
 sequences still running are columns 0 .. nact-1 and no loop needs a mask.  The
-input is first gathered in step order (reverse direction and ragged lengths
-resolved there).  Steps run in chunks of CHUNK: one product gives the input
-projection of a chunk's steps (it stays in cache, unlike a projection of every
-step at once, whose rows lie 4 T B bytes apart), and the chunk's outputs are
-written out together at its end.
+steps run in chunks (``chunk`` steps, below): each thread gathers a chunk's inputs in step order
+(reverse direction and ragged lengths resolved there) and gives their projection
+onto its units in one product, which stays in its cache (a projection of every
+step at once has rows 4 T B bytes apart); the chunk's outputs are written out
+together at its end.
 
 As in ``recurrent_units.py``, thread p owns the hidden units [u0, u1) of every
 column, multiplies h_{t-1} by its own packed rows of U each step, and meets
@@ -23,14 +23,14 @@ the other threads at one spin barrier per step (two where a block closes).
 Shapes legend (besides recurrent.py's)
   P threads; ubounds (P+1,) int64 unit edges; Hp = u1 - u0; NG = G // H
   order (B,) int64     column j holds row order[j] (rows by decreasing length)
-  XS (T, B, E)         input in step order: XS[s, j] = x[order[j], position of step s],
-                       zero where the row has ended (caller's buffer, any content)
+  XC (ns*B, E)         a thread's input of the ns <= chunk steps of a chunk, in step order:
+                       XC[sc*B + j] = x[order[j], position of step s], zero where the row has ended
   Wp, Up (P, NG*HPMAX, E or H)  thread p's rows of W, U: gate k, unit u0+i at row k*Hp + i
   HT (2, H, B)         h_{t-1} and h_t unit-major, alternating by step parity
   MT, AT (H, B)        m and a unit-major
   CT (Hp, B)           a thread's units of c
-  Zc (NG*Hp, ns*B)     a thread's x W^T for the ns <= CHUNK steps of a chunk: column sc*B + j
-  OC (Hp, CHUNK*B)     a thread's h_t of the chunk, same columns
+  Zc (NG*Hp, ns*B)     a thread's x W^T for the ns <= chunk steps of a chunk: column sc*B + j
+  OC (Hp, chunk*B)     a thread's h_t of the chunk, same columns
 """
 import numpy as np
 from numba import njit, prange
@@ -40,11 +40,12 @@ from .activations import sigmoid, tanh
 from .recurrent_units import pack_unit_rows
 from .sync import STRIDE, barrier
 
-CHUNK = 8           # steps whose input projection is one matrix product
+CHUNK_COLUMNS = 256     # a chunk's projection has about this many columns (chunk*B) ...
+CHUNK_MAX = 16          # ... and at most this many steps (at least one)
 
 
 @njit(**JIT)
-def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, x, lengths, order, n0,
+def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                 Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, ubounds):
     B, T, E = x.shape
     H = h.shape[1]
@@ -52,16 +53,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, x, lengths, order,
     u0, u1 = ubounds[p], ubounds[p + 1]
     Hp = u1 - u0
     steps = lengths[order[0]]
-    # 1) this part's steps of XS; its units of the state, unit-major; zeros past each row's end
-    s0, s1 = p * steps // P, (p + 1) * steps // P
-    for s in range(s0, s1):
-        for j in range(B):
-            row = order[j]
-            L = lengths[row]
-            if s < L:
-                XS[s, j] = x[row, L - 1 - s if reverse else s]
-            else:
-                XS[s, j] = 0.0
+    # 1) this part's units of the state, unit-major; zeros past each row's end
     CT = np.empty((Hp, B), dtype=h.dtype)
     for j in range(B):
         row = order[j]
@@ -73,14 +65,16 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, x, lengths, order,
                 MT[u0 + i, j] = m[row, u0 + i]
                 AT[u0 + i, j] = a[row, u0 + i]
     nbar = 1
-    barrier(flags, p, P, nbar)                    # XS and HT[0] complete
-    # 2) the steps, CHUNK at a time: this part's rows of the input projection of a chunk's
+    barrier(flags, p, P, nbar)                    # HT[0] complete
+    # 2) the steps, chunk at a time: this part's rows of the input projection of a chunk's
     #    steps in one product, the outputs of a chunk's steps written out together
     rows = NG * Hp
     Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
-    Zflat = np.empty(rows * CHUNK * B, dtype=h.dtype)
-    Zc = Zflat.reshape(rows, CHUNK * B)           # x W^T of the chunk's ns steps: column sc*B + j
-    OC = np.empty((Hp, CHUNK * B), dtype=h.dtype)     # h_t of the chunk, same columns
+    chunk = max(1, min(CHUNK_MAX, CHUNK_COLUMNS // B))   # a product wide enough for BLAS
+    Xflat = np.empty(chunk * B * E, dtype=h.dtype)
+    Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
+    Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's ns steps: column sc*B + j
+    OC = np.empty((Hp, chunk * B), dtype=h.dtype)     # h_t of the chunk, same columns
     HU = np.empty((rows, B), dtype=h.dtype)       # U h_{t-1}, this part's rows
     zt = np.empty(B, dtype=h.dtype)               # z_t of one unit (psug)
     hh = np.empty(B, dtype=h.dtype)               # ĥ_t of one unit
@@ -93,11 +87,20 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, x, lengths, order,
     Vm_p = np.ascontiguousarray(V_m[u0:u1])
     nact = B
     for s in range(steps):
-        sc = s % CHUNK
+        sc = s % chunk
         if sc == 0:
-            ns = min(CHUNK, steps - s)
+            ns = min(chunk, steps - s)
+            XC = Xflat[:ns * B * E].reshape(ns * B, E)
+            for k in range(ns):                   # the chunk's inputs in step order, every thread
+                for j in range(B):                # its own copy (no data shared between cores)
+                    row = order[j]
+                    L = lengths[row]
+                    if s + k < L:
+                        XC[k * B + j] = x[row, L - 1 - (s + k) if reverse else s + k]
+                    else:
+                        XC[k * B + j] = 0.0
             Zc = Zflat[:rows * ns * B].reshape(rows, ns * B)
-            np.dot(Wpp, XS[s:s + ns].reshape(ns * B, E).T, Zc)
+            np.dot(Wpp, XC.T, Zc)
         while lengths[order[nact - 1]] <= s:      # columns whose row has ended drop off the end
             nact -= 1
         cur, nxt = s % 2, (s + 1) % 2
@@ -138,7 +141,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, x, lengths, order,
                 hn[j] = hh[j]
             for j in range(nact):
                 oc[j] = hh[j]
-        if sc == CHUNK - 1 or s == steps - 1:     # out[row, position] = h_t for the chunk's steps
+        if sc == chunk - 1 or s == steps - 1:     # out[row, position] = h_t for the chunk's steps
             s0 = s - sc
             for j in range(B):
                 row = order[j]
@@ -185,7 +188,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, x, lengths, order,
 
 
 @njit(**JIT_PARALLEL)
-def recurrent_infer_units(out, h, c, m, a, n, XS,
+def recurrent_infer_units(out, h, c, m, a, n,
                           x, lengths,
                           W, U, b, gamma, beta, V_s, V_m, b_r,
                           K, psug, hgr, reverse, ubounds):
@@ -203,7 +206,7 @@ def recurrent_infer_units(out, h, c, m, a, n, XS,
     order = np.argsort(-lengths, kind="mergesort")   # stable: decreasing length
     n0 = n.copy()
     for p in prange(P):
-        _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, x, lengths, order, n0,
+        _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                     Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, ubounds)
     if hgr:
         for bb in range(B):
