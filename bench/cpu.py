@@ -119,6 +119,16 @@ def torch_case(B, T, E, H, rng):
     return train_step, infer
 
 
+def cpu_times():
+    """(steal, total) jiffies of all CPUs from /proc/stat, or None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
+
+
 def main():
     B, T, E, H = CONFIGS[args.config]
     peak = matmul_peak_gflops(args.threads)
@@ -146,6 +156,7 @@ def main():
               "matmul_peak_gflops": peak, "qlnumba_threads": qlnumba.config.get_num_threads(),
               "qlnumba_partition": qlnumba.config.get_partition(),
               "train_tokens_per_s": {}, "infer_tokens_per_s": {}, "gflops": {}}
+    before = cpu_times()
     for mode, index in (("train", 0), ("infer", 1)):
         seconds = interleaved_median_times({name: fns[index] for name, fns in cases.items()},
                                            args.repeats)
@@ -160,12 +171,19 @@ def main():
             tps = result[f"{mode}_tokens_per_s"]
             result[f"{mode}_ratio_vs_torch"] = {k: tps[k] / tps["torch_lstm"] for k in tps}
     result["load_avg_1min_after"] = os.getloadavg()[0]
+    after = cpu_times()
+    # time the hypervisor gave this VM's CPUs to others while the cases ran (a shared host)
+    result["steal_percent"] = (100 * (after[0] - before[0]) / max(1, after[1] - before[1])
+                               if before and after else None)
     if args.json:
         print(json.dumps(result))
         return
     print(f"config {args.config}: B={B} T={T} E={E} H={H} float32, {args.threads} threads, "
           f"median of {args.repeats}")
-    print(f"machine: {result['machine']}, load {result['load_avg_1min']:.2f}; versions: {versions}")
+    steal = result["steal_percent"]
+    print(f"machine: {result['machine']}, load {result['load_avg_1min']:.2f}"
+          + (f", CPU time stolen by the host while timing {steal:.1f}%" if steal is not None else "")
+          + f"; versions: {versions}")
     print(f"float32 matrix-product peak on {args.threads} threads: {peak:.0f} GFLOP/s")
     print(f"qlnumba partition: {result['qlnumba_partition']}")
     print(f"{'model':14s} {'train tok/s':>12s} {'ratio':>7s} {'infer tok/s':>12s} {'ratio':>7s} "
