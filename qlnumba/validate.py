@@ -35,7 +35,8 @@ def check_float_array(arr, name, ndim, dtype, shape=None):
                                  f"(axis {axis} must be {want})")
     if 0 in arr.shape:
         raise ValueError(f"{name} is empty (shape {arr.shape})")
-    if not np.isfinite(arr).all():
+    # min and max are NaN if any element is, ±inf if any is: no temporary array
+    if not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
         raise ValueError(f"{name} contains NaN or inf")
     return np.ascontiguousarray(arr)
 
