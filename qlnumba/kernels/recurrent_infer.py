@@ -3,18 +3,22 @@
 The forward of ``recurrent.py`` (same model, same arguments for state and
 parameters) when nothing is saved for backward.  It keeps h, c, m, a and the
 step products *unit-major*: one row of B values per hidden unit, one column per
-sequence.  Then every per-unit parameter (b, γ, β) is a scalar for a whole
-row, and the element-wise loops run over B contiguous values.  (Row-major
-``recurrent_units.py`` reads the step product column-wise and loads γ, β as
-vectors: twice the element-wise time.)
+sequence.  A thread's units then form one contiguous block of Hp*B values in
+every array (z, c, h, m, a), and the element-wise work is a few flat loops over
+the whole block, which LLVM vectorises with no per-unit overhead; γ and β are
+copied out to one value per element once per call.  (Row-major
+``recurrent_units.py`` reads the step product column-wise and runs short loops
+per row: about twice the element-wise time.)
 
-Columns are the batch rows sorted by decreasing length, so at step s the
-sequences still running are columns 0 .. nact-1 and no loop needs a mask.  The
-steps run in chunks (``chunk`` steps, below): each thread gathers a chunk's inputs in step order
-(reverse direction and ragged lengths resolved there) and gives their projection
-onto its units in one product, which stays in its cache (a projection of every
-step at once has rows 4 T B bytes apart); the chunk's outputs are written out
-together at its end.
+Columns are the batch rows sorted by decreasing length, so the sequences still
+running at step s are columns 0 .. nact-1.  A column whose row has ended has its
+final state saved when it drops off; after that it is still computed (on zero
+inputs, so it stays finite) but never read, and no loop needs a mask.  The
+steps run in chunks (``chunk`` steps, below): each thread gathers a chunk's inputs
+in step order (reverse direction and ragged lengths resolved there) and gives
+their projection onto its units in one product, which stays in its cache (a
+projection of every step at once has rows 4 T B bytes apart); the chunk's
+outputs are written out together at its end.
 
 As in ``recurrent_units.py``, thread p owns the hidden units [u0, u1) of every
 column, multiplies h_{t-1} by its own packed rows of U each step, and meets
@@ -29,8 +33,9 @@ Shapes legend (besides recurrent.py's)
   HT (2, H, B)         h_{t-1} and h_t unit-major, alternating by step parity
   MT, AT (H, B)        m and a unit-major
   CT (Hp, B)           a thread's units of c
+  HU (NG*Hp, B)        a thread's rows of z_t (gate k, unit u0+i at row k*Hp + i)
   Zc (NG*Hp, ns*B)     a thread's x W^T for the ns <= chunk steps of a chunk: column sc*B + j
-  OC (Hp, chunk*B)     a thread's h_t of the chunk, same columns
+  OC (chunk, Hp, B)    a thread's h_t of the chunk's steps
 """
 import numpy as np
 from numba import njit, prange
@@ -74,10 +79,23 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     Xflat = np.empty(chunk * B * E, dtype=h.dtype)
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
     Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's ns steps: column sc*B + j
-    OC = np.empty((Hp, chunk * B), dtype=h.dtype)     # h_t of the chunk, same columns
-    HU = np.empty((rows, B), dtype=h.dtype)       # U h_{t-1}, this part's rows
-    zt = np.empty(B, dtype=h.dtype)               # z_t of one unit (psug)
-    hh = np.empty(B, dtype=h.dtype)               # ĥ_t of one unit
+    OC = np.empty((chunk, Hp, B), dtype=h.dtype)  # h_t of the chunk's steps, this part's units
+    HU = np.empty((rows, B), dtype=h.dtype)       # z_t = U h_{t-1} + x_t W^T + b, this part's rows
+    n = Hp * B                                    # the element-wise loops run over all n at once
+    brow = np.empty(rows, dtype=h.dtype)          # b in HU's row order
+    for k in range(NG):
+        brow[k * Hp:(k + 1) * Hp] = b[k * H + u0:k * H + u1]
+    GB = np.zeros((8, Hp, B), dtype=h.dtype)      # γ_i, γ_f, γ_g, γ_o, β_i, .. β_o of each element
+    if psug:
+        for k in range(4):
+            for i in range(Hp):
+                GB[k, i, :] = gamma[k, u0 + i]
+                GB[4 + k, i, :] = beta[k, u0 + i]
+    G = GB.reshape(8, n)
+    hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
+    z, ct = HU.reshape(rows * B), CT.reshape(n)   # flat views (contiguous)
+    HTf, MTf, ATf = HT.reshape(2 * H * B), MT.reshape(H * B), AT.reshape(H * B)
+    mt, at = MTf[u0 * B:u1 * B], ATf[u0 * B:u1 * B]
     S_close = np.empty((B, H), dtype=h.dtype)     # every unit of s and m of the closing columns
     M_close = np.empty((B, H), dtype=h.dtype)
     P_close = np.empty((B, Hp), dtype=h.dtype)    # this part's units of V_s s, V_m m
@@ -101,55 +119,51 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                         XC[k * B + j] = 0.0
             Zc = Zflat[:rows * ns * B].reshape(rows, ns * B)
             np.dot(Wpp, XC.T, Zc)
-        while lengths[order[nact - 1]] <= s:      # columns whose row has ended drop off the end
-            nact -= 1
         cur, nxt = s % 2, (s + 1) % 2
-        np.dot(Upp, HT[cur], HU)                  # U h_{t-1}, all B columns (ended ones unused)
-        c0 = sc * B                               # this step's columns of Zc and OC
-        # Loops run over 1-D views indexed from 0, few arrays each: LLVM vectorises those.
-        for i in range(Hp):
-            u = u0 + i
-            ct, hn, oc = CT[i, :nact], HT[nxt, u, :nact], OC[i, c0:c0 + nact]
-            if psug:                              # z_t = W x_t + U h_{t-1} + b; gate_k = act(γ_k z + β_k)
-                zx, hu, bu = Zc[i, c0:c0 + nact], HU[i, :nact], b[u]
-                for j in range(nact):
-                    zt[j] = zx[j] + hu[j] + bu
-                gi, gf, gg, go = gamma[0, u], gamma[1, u], gamma[2, u], gamma[3, u]
-                ei, ef, eg, eo = beta[0, u], beta[1, u], beta[2, u], beta[3, u]
-                for j in range(nact):             # c_t = f c_{t-1} + i g
-                    z = zt[j]
-                    ct[j] = sigmoid(gf * z + ef) * ct[j] + sigmoid(gi * z + ei) * tanh(gg * z + eg)
-                for j in range(nact):             # ĥ_t = o tanh(c_t)
-                    hh[j] = sigmoid(go * zt[j] + eo) * tanh(ct[j])
-            else:                                 # gate_k = act(k-th slice of z)
-                zi, zf = Zc[i, c0:c0 + nact], Zc[Hp + i, c0:c0 + nact]
-                zg, zo = Zc[2 * Hp + i, c0:c0 + nact], Zc[3 * Hp + i, c0:c0 + nact]
-                hi, hf, hg, ho = HU[i, :nact], HU[Hp + i, :nact], HU[2 * Hp + i, :nact], HU[3 * Hp + i, :nact]
-                bi, bf, bg, bo = b[u], b[H + u], b[2 * H + u], b[3 * H + u]
-                for j in range(nact):             # c_t = f c_{t-1} + i g
-                    ct[j] = (sigmoid(zf[j] + hf[j] + bf) * ct[j]
-                             + sigmoid(zi[j] + hi[j] + bi) * tanh(zg[j] + hg[j] + bg))
-                for j in range(nact):             # ĥ_t = o tanh(c_t)
-                    hh[j] = sigmoid(zo[j] + ho[j] + bo) * tanh(ct[j])
-            if hgr:
-                mr, ar = MT[u, :nact], AT[u, :nact]
-                for j in range(nact):
-                    ar[j] += hh[j]                # a += ĥ_t
-                for j in range(nact):
-                    hh[j] += mr[j]                # h_t = ĥ_t + m
-            for j in range(nact):
-                hn[j] = hh[j]
-            for j in range(nact):
-                oc[j] = hh[j]
+        while lengths[order[nact - 1]] <= s:      # a row that has ended: its final state now
+            nact -= 1                             # (after its step s-1); its column drops off
+            _save_column(h, c, m, a, HT[cur], CT, MT, AT, order[nact], nact, u0, u1, hgr)
+        # Ended columns are still computed below (on zero inputs: finite, and never read).
+        np.dot(Upp, HT[cur], HU)                  # U h_{t-1}, all B columns
+        c0 = sc * B                               # this step's columns of Zc
+        for r in range(rows):                     # z_t = W x_t + U h_{t-1} + b
+            hu, zx, br = HU[r], Zc[r, c0:c0 + B], brow[r]
+            for j in range(B):
+                hu[j] += zx[j] + br
+        # Flat loops over this part's n = Hp*B elements, few arrays each: LLVM vectorises those.
+        if psug:                                  # gate_k = act(γ_k z + β_k)
+            gi, gf, gg, go, ei, ef, eg, eo = G[0], G[1], G[2], G[3], G[4], G[5], G[6], G[7]
+            for k in range(n):                    # c_t = f c_{t-1} + i g
+                zk = z[k]
+                ct[k] = (sigmoid(gf[k] * zk + ef[k]) * ct[k]
+                         + sigmoid(gi[k] * zk + ei[k]) * tanh(gg[k] * zk + eg[k]))
+            for k in range(n):                    # ĥ_t = o tanh(c_t)
+                hh[k] = sigmoid(go[k] * z[k] + eo[k]) * tanh(ct[k])
+        else:                                     # gate_k = act(k-th block of z)
+            zi, zf, zg, zo = z[:n], z[n:2 * n], z[2 * n:3 * n], z[3 * n:]
+            for k in range(n):                    # c_t = f c_{t-1} + i g
+                ct[k] = sigmoid(zf[k]) * ct[k] + sigmoid(zi[k]) * tanh(zg[k])
+            for k in range(n):                    # ĥ_t = o tanh(c_t)
+                hh[k] = sigmoid(zo[k]) * tanh(ct[k])
+        if hgr:
+            for k in range(n):
+                at[k] += hh[k]                    # a += ĥ_t
+            for k in range(n):
+                hh[k] += mt[k]                    # h_t = ĥ_t + m
+        hn, oc = HTf[(nxt * H + u0) * B:(nxt * H + u1) * B], OC[sc].reshape(n)
+        for k in range(n):
+            hn[k] = hh[k]
+        for k in range(n):
+            oc[k] = hh[k]
         if sc == chunk - 1 or s == steps - 1:     # out[row, position] = h_t for the chunk's steps
             s0 = s - sc
             for j in range(B):
                 row = order[j]
                 L = lengths[row]
                 for k in range(min(sc + 1, L - s0)):
-                    orow = out[row, L - 1 - (s0 + k) if reverse else s0 + k, u0:u1]
+                    orow, ok = out[row, L - 1 - (s0 + k) if reverse else s0 + k, u0:u1], OC[k]
                     for i in range(Hp):
-                        orow[i] = OC[i, k * B + j]
+                        orow[i] = ok[i, j]
         nbar += 1
         barrier(flags, p, P, nbar)                # h_t complete; a complete for the closes
         if not hgr:
@@ -175,16 +189,20 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                 r = sigmoid(P_close[q, i] + Q_close[q, i] + b_r[u])   # r = σ(V_s s + V_m m + b_r)
                 MT[u, j] = r * MT[u, j] + (1 - r) * S_close[q, u]     # m = r m + (1-r) s
                 AT[u, j] = 0.0
-    # 3) final state of this part's units, each row from its last step
-    for j in range(B):
-        row = order[j]
-        last = lengths[row] % 2
-        for i in range(Hp):
-            h[row, u0 + i] = HT[last, u0 + i, j]
-            c[row, u0 + i] = CT[i, j]
-            if hgr:
-                m[row, u0 + i] = MT[u0 + i, j]
-                a[row, u0 + i] = AT[u0 + i, j]
+    # 3) final state of the rows that ran every step
+    for j in range(nact):
+        _save_column(h, c, m, a, HT[steps % 2], CT, MT, AT, order[j], j, u0, u1, hgr)
+
+
+@njit(**JIT)
+def _save_column(h, c, m, a, HTs, CT, MT, AT, row, j, u0, u1, hgr):
+    """Final state of one row, this part's units: column j of the unit-major state."""
+    for i in range(u1 - u0):
+        h[row, u0 + i] = HTs[u0 + i, j]
+        c[row, u0 + i] = CT[i, j]
+        if hgr:
+            m[row, u0 + i] = MT[u0 + i, j]
+            a[row, u0 + i] = AT[u0 + i, j]
 
 
 @njit(**JIT_PARALLEL)
