@@ -118,8 +118,9 @@ class _QLCell:
     def forward(self, x, lengths, st, need_grad=True):
         """Run the kernel; ``st`` (h, c, m, a, n of this cell) is updated in place.
 
-        With ``need_grad=False`` the per-step saves go to a single slot (less
-        memory traffic) and ``backward`` is not possible.
+        With ``need_grad=False`` nothing is saved and ``backward`` is not possible:
+        the units partition (the default, any thread count) runs the inference
+        kernel, the rows partition this one with every step's saves in one slot.
         """
         if not need_grad and get_partition() == "units":
             return self._infer(x, lengths, st)

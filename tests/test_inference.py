@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from qlnumba import config
 from qlnumba.kernels.recurrent_infer import CHUNK_COLUMNS, CHUNK_MAX
 from helpers import assert_close, make_rng, random_state
-from test_recurrent import SWITCH_IDS, SWITCHES, make_layer, randomize, reference_forward
+from test_recurrent import SWITCH_IDS, SWITCHES, assert_matches_reference, make_layer, randomize
 
 THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
 CHUNK = CHUNK_MAX              # the kernel's steps per chunk for batches of up to 16 rows
@@ -36,13 +36,7 @@ def check_inference(kind, B, T, E, H, K, num_layers, bidirectional, lengths, see
     state = random_state(layer, B, rng)
     state = {k: v.astype(dtype) if v.dtype.kind == "f" else v for k, v in state.items()}
     out, final = layer.forward(x, lengths, state, need_grad=False)
-    want_out, want_final = reference_forward(layer, x, lengths, state)
-    assert out.dtype == dtype
-    assert_close(out, want_out, tol, tol, "out")
-    for key in final:
-        assert_close(final[key], want_final[key], tol, tol, f"state {key}")
-    for bb, L in enumerate(lengths):
-        assert (out[bb, L:] == 0).all()
+    assert_matches_reference(layer, x, lengths, state, out, final, tol)
 
 
 @st.composite
