@@ -1,7 +1,8 @@
 """QL-LSTM recurrent layer on P threads that split the hidden units (CPU).
 
 The same arithmetic as ``recurrent.py`` (read that first: same arguments, same
-saved buffers), reorganised for threads.  Splitting the rows of a batch gives
+saved buffers, always saved in full: inference runs ``recurrent_infer.py``),
+reorganised for threads.  Splitting the rows of a batch gives
 each thread a per-step product of B/P rows, which BLAS runs at two thirds of the
 speed of a B-row one.  Here thread p owns the hidden units [u0, u1) of *every*
 row instead: each step it multiplies the whole h_{t-1} (B, H) by its own packed
@@ -59,7 +60,6 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
     u0, u1 = ubounds[p], ubounds[p + 1]
     Hp = u1 - u0
     r0, r1 = rbounds[p], rbounds[p + 1]
-    save = GATES.shape[1] == T                    # else inference: nothing is saved
     # this part's rows of the input projection Z = x W^T (all gate columns)
     np.dot(x[r0:r1].reshape((r1 - r0) * T, E), W.T, Z[r0:r1].reshape((r1 - r0) * T, G))
     for bb in range(B):
@@ -76,8 +76,7 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
     Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H): this part's rows of V_s, V_m
     Vm_p = np.ascontiguousarray(V_m[u0:u1])
     hUT = np.empty((NG * Hp, B), dtype=h.dtype)   # this part's rows of U h_{t-1}, one column per row
-    zbuf = np.empty(NG * Hp, dtype=h.dtype)       # z_t of one row when it is not saved
-    gbuf = np.empty((4, Hp), dtype=h.dtype)       # the gates of one row when they are not saved
+    zbuf = np.empty(NG * Hp, dtype=h.dtype)       # z_t of one row without psug (not kept)
     th = np.empty(Hp, dtype=h.dtype)
     S_close = np.empty((B, H), dtype=h.dtype)     # every unit of s and m of the closing rows
     M_close = np.empty((B, H), dtype=h.dtype)
@@ -100,16 +99,12 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
                 continue
             pos = L - 1 - s if reverse else s
             zrow, hu = Z[bb, pos], hUT[:, bb]                     # hu: strided, read once
-            if save:
-                gi, gf = GATES[bb, pos, 0, u0:u1], GATES[bb, pos, 1, u0:u1]
-                gg, go = GATES[bb, pos, 2, u0:u1], GATES[bb, pos, 3, u0:u1]
-            else:                                                 # inference: scratch in L1
-                gi, gf, gg, go = gbuf[0], gbuf[1], gbuf[2], gbuf[3]
+            gi, gf = GATES[bb, pos, 0, u0:u1], GATES[bb, pos, 1, u0:u1]
+            gg, go = GATES[bb, pos, 2, u0:u1], GATES[bb, pos, 3, u0:u1]
             if psug:                                              # gate_k = act(γ_k z + β_k)
-                xw = zrow[u0:u1]
-                z = xw if save else zbuf[:Hp]                     # z_t is saved for δγ
+                z = zrow[u0:u1]                                   # z_t is saved for δγ
                 for i in range(Hp):
-                    z[i] = xw[i] + hu[i] + bp[i]                  # z_t = W x_t + U h_{t-1} + b
+                    z[i] = z[i] + hu[i] + bp[i]                   # z_t = W x_t + U h_{t-1} + b
                 for i in range(Hp):
                     gi[i] = sigmoid(gam[0, i] * z[i] + bet[0, i])
                 for i in range(Hp):
@@ -135,17 +130,13 @@ def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HP
                 for i in range(Hp):
                     go[i] = sigmoid(z3[i])
             crow = c[bb, u0:u1]
-            if save:
-                cprev, hprev, ct = CPREV[bb, pos, u0:u1], HPREV[bb, pos, u0:u1], C[bb, pos, u0:u1]
-                for i in range(Hp):
-                    cprev[i] = crow[i]
-                    hprev[i] = hprev_u[i]
-                for i in range(Hp):
-                    ct[i] = gf[i] * cprev[i] + gi[i] * gg[i]      # c_t = f c_{t-1} + i g
-                    crow[i] = ct[i]
-            else:
-                for i in range(Hp):
-                    crow[i] = gf[i] * crow[i] + gi[i] * gg[i]
+            cprev, hprev, ct = CPREV[bb, pos, u0:u1], HPREV[bb, pos, u0:u1], C[bb, pos, u0:u1]
+            for i in range(Hp):
+                cprev[i] = crow[i]
+                hprev[i] = hprev_u[i]
+            for i in range(Hp):
+                ct[i] = gf[i] * cprev[i] + gi[i] * gg[i]          # c_t = f c_{t-1} + i g
+                crow[i] = ct[i]
             for i in range(Hp):
                 th[i] = tanh(crow[i])
             orow = out[bb, pos, u0:u1]
