@@ -3,12 +3,25 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("default", deadline=None, max_examples=25, derandomize=True,
                           print_blob=True)
 settings.register_profile("thorough", deadline=None, max_examples=300, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """use(n, partition): the kernels run as if set_num_threads(n, partition) had been
+    called (BLAS pinning is left as it is)."""
+    from qlnumba import config
+
+    def use(n, partition="rows"):
+        monkeypatch.setattr(config, "_threads", n)
+        monkeypatch.setattr(config, "_partition", partition)
+    return use
 
 
 def pytest_configure(config):
@@ -22,8 +35,6 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--runslow"):
         return
-    import pytest
-
     skip = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
         if "slow" in item.keywords:

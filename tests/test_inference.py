@@ -7,21 +7,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qlnumba import config
 from qlnumba.kernels.recurrent_infer import CHUNK_COLUMNS, CHUNK_MAX
 from helpers import assert_close, make_rng, random_state
 from test_recurrent import SWITCH_IDS, SWITCHES, assert_matches_reference, make_layer, randomize
 
 THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
 CHUNK = CHUNK_MAX              # the kernel's steps per chunk for batches of up to 16 rows
-
-
-@pytest.fixture
-def threads(monkeypatch):
-    def use(n):
-        monkeypatch.setattr(config, "_threads", n)
-        monkeypatch.setattr(config, "_partition", "units")
-    return use
 
 
 def check_inference(kind, B, T, E, H, K, num_layers, bidirectional, lengths, seed, dtype=np.float64,
@@ -51,10 +42,10 @@ def problems(draw):
 
 
 @pytest.mark.parametrize("n", THREADS)
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])   # threads(n) each example
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])   # threads() each example
 @given(pb=problems())
 def test_inference_matches_reference(threads, n, pb):
-    threads(n)
+    threads(n, "units")
     check_inference(**pb)
 
 
@@ -62,7 +53,7 @@ def test_inference_matches_reference(threads, n, pb):
 @pytest.mark.parametrize("kind", SWITCHES, ids=SWITCH_IDS)
 def test_inference_float32_long_ragged(threads, n, kind):
     """Several chunks, rows ending inside and at the edge of a chunk, uneven unit parts."""
-    threads(n)
+    threads(n, "units")
     T = 3 * CHUNK + 5
     check_inference(kind, 6, T, 4, 19, 4, 1, True, [T, 1, CHUNK, CHUNK + 1, 2 * CHUNK - 1, 17],
                     seed=60, dtype=np.float32, tol=2e-5)
@@ -71,7 +62,7 @@ def test_inference_float32_long_ragged(threads, n, kind):
 @pytest.mark.parametrize("n", THREADS)
 def test_inference_wide_batch_shorter_chunks(threads, n):
     """A batch wide enough for chunks of fewer steps (CHUNK_COLUMNS // B), ragged."""
-    threads(n)
+    threads(n, "units")
     B = 40
     assert CHUNK_COLUMNS // B < CHUNK_MAX
     lengths = make_rng(62).integers(1, 16, B)
@@ -89,7 +80,7 @@ def test_inference_equals_training_forward(threads, kind):
     lengths = np.array([21, 5, 13, 20])
     state = random_state(layer, B, rng)
     for n in THREADS:
-        threads(n)
+        threads(n, "units")
         out, final = layer.forward(x, lengths, state)
         out_i, final_i = layer.forward(x, lengths, state, need_grad=False)
         assert_close(out_i, out, 1e-12, 1e-13, "out")

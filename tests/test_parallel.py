@@ -10,15 +10,6 @@ from helpers import assert_close, make_rng, random_state
 from test_recurrent import KIND_IDS, KINDS, make_layer, randomize
 
 
-@pytest.fixture
-def threads(monkeypatch):
-    """use(n, partition): n threads split that way (BLAS pinning is left as it is)."""
-    def use(n, partition="rows"):
-        monkeypatch.setattr(config, "_threads", n)
-        monkeypatch.setattr(config, "_partition", partition)
-    return use
-
-
 def run_layer(layer, x, lengths, state, dout, dstate):
     out, final = layer.forward(x, lengths, {k: v.copy() for k, v in state.items()})
     dx, grads = layer.backward(dout, dstate)
