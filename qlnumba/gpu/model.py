@@ -19,8 +19,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import ops
-from .recurrent import PARAM_NAMES, CudaQLCell, cuda, grid_for
-from .recurrent import kernels as recurrent_kernels
+from .recurrent import PARAM_NAMES, CudaQLCell, clear, cuda, grid_for
 
 
 @lru_cache(maxsize=None)
@@ -91,9 +90,6 @@ class CudaTrainer:
             self.cell_params.append({n: self.params.get(k, dummies[n]) for n, k in keys.items()})
             self.cell_grads.append({n: self.grads.get(k, dummies[n]) for n, k in keys.items()})
 
-    def _zero(self, a):
-        recurrent_kernels(self.dtype)["fill_zero"][grid_for(a.size)](a.reshape(a.size))
-
     def step(self, ids, lengths, targets, rng=None):
         """One training step on the batch; returns (mean loss, probabilities (B, C)) like
         ``model.forward``.  ``rng`` draws the dropout masks (in the CPU model's order).  A
@@ -135,15 +131,15 @@ class CudaTrainer:
             return loss, probs.copy_to_host()
 
         for g in G.values():
-            self._zero(g)
+            clear(g)
         dh_last = cuda.device_array((B, D), self.dtype)
-        self._zero(dh_last)
+        clear(dh_last)
         ops.linear_xent_backward(dh_last, G["head.W"], G["head.b"], probs, h_last, d_targets,
                                  P["head.W"], 1.0 / B)
         if head_mask is not None:
             k["scale"][grid_for(B * D)](dh_last.reshape(B * D), d_head_mask)
         dout = cuda.device_array((B, T, D), self.dtype)
-        self._zero(dout)
+        clear(dout)
         k["last_step_backward"][grid_for(B * D)](dout, dh_last, d_len)
         for cell, cg in zip(reversed(self.cells), reversed(self.cell_grads)):
             H = cell.H

@@ -673,17 +673,21 @@ def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False):
         return
     partial = cuda.device_array(nsplit * M * N, C.dtype)
     launch(partial, A.reshape(A.size), Bm.reshape(Bm.size), M, N, Kd, sam, sak, sbk, sbn, False, kchunk)
-    flat = C.reshape(C.size)
     if not accumulate:
-        k["fill_zero"][grid_for(M * N)](flat)
-    k["column_sums"][grid_for(M * N)](flat, partial, nsplit, M * N)        # chunks in order
+        clear(C)
+    k["column_sums"][grid_for(M * N)](C.reshape(C.size), partial, nsplit, M * N)   # chunks in order
+
+
+def clear(arr):
+    """arr[...] = 0 on the device (any shape; nothing is copied from the host)."""
+    if arr.size:
+        kernels(np.dtype(arr.dtype))["fill_zero"][grid_for(arr.size)](arr.reshape(arr.size))
 
 
 def zeros(shape, dtype):
     """A device array of zeros, zeroed on the device (no host array is copied)."""
     arr = cuda.device_array(shape, dtype)
-    if arr.size:
-        kernels(np.dtype(dtype))["fill_zero"][grid_for(arr.size)](arr.reshape(arr.size))
+    clear(arr)
     return arr
 
 
@@ -766,8 +770,7 @@ class Workspace:
 
     def zeros(self, name, shape):
         buf = self.empty(name, shape)
-        if buf.size:
-            kernels(self.dtype)["fill_zero"][grid_for(buf.size)](buf.reshape(buf.size))
+        clear(buf)
         return buf
 
     def put(self, name, host):
@@ -780,8 +783,8 @@ class Workspace:
 
 
 PATHS = ("persistent", "simple")
-PARAM_NAMES = ("W", "U", "b", "gamma", "beta", "V_s", "V_m", "b_r")
-PARAM_NDIM = dict(W=2, U=2, b=1, gamma=2, beta=2, V_s=2, V_m=2, b_r=1)
+PARAM_NDIM = dict(W=2, U=2, b=1, gamma=2, beta=2, V_s=2, V_m=2, b_r=1)   # a cell's parameters
+PARAM_NAMES = tuple(PARAM_NDIM)
 
 
 class CudaQLCell:
