@@ -17,8 +17,11 @@ inputs, so it stays finite) but never read, and no loop needs a mask.  The
 steps run in chunks (``chunk`` steps, below): each thread gathers a chunk's inputs
 in step order (reverse direction and ragged lengths resolved there) and gives
 their projection onto its units in one product, which stays in its cache (a
-projection of every step at once has rows 4 T B bytes apart); the chunk's
-outputs are written out together at its end.
+projection of every step at once has rows 4 T B bytes apart).  Each step's
+outputs go straight from the unit-major h_t to the running columns' rows of
+``out``.  A block close works unit-major too: the closing columns of a and m
+are gathered into (H, nc) blocks, so the two products V_s s and V_m m give
+this thread's units for every closing column at once.
 
 As in ``recurrent_units.py``, thread p owns the hidden units [u0, u1) of every
 column, multiplies h_{t-1} by its own packed rows of U each step, and meets
@@ -35,7 +38,8 @@ Shapes legend (besides recurrent.py's)
   CT (Hp, B)           a thread's units of c
   HU (NG*Hp, B)        a thread's rows of z_t (gate k, unit u0+i at row k*Hp + i)
   Zc (NG*Hp, ns*B)     a thread's x W^T for the ns <= chunk steps of a chunk: column sc*B + j
-  OC (chunk, Hp, B)    a thread's h_t of the chunk's steps
+  SC, MC (H, nc)       s = a / K and m of the nc columns closing a block at this step
+  PC, QC (Hp, nc)      a thread's units of V_s s and V_m m for those columns
 """
 import numpy as np
 from numba import njit, prange
@@ -72,14 +76,13 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     nbar = 1
     barrier(flags, p, P, nbar)                    # HT[0] complete
     # 2) the steps, chunk at a time: this part's rows of the input projection of a chunk's
-    #    steps in one product, the outputs of a chunk's steps written out together
+    #    steps in one product
     rows = NG * Hp
     Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
     chunk = max(1, min(CHUNK_MAX, CHUNK_COLUMNS // B))   # a product wide enough for BLAS
     Xflat = np.empty(chunk * B * E, dtype=h.dtype)
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
     Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's ns steps: column sc*B + j
-    OC = np.empty((chunk, Hp, B), dtype=h.dtype)  # h_t of the chunk's steps, this part's units
     HU = np.empty((rows, B), dtype=h.dtype)       # z_t = U h_{t-1} + x_t W^T + b, this part's rows
     n = Hp * B                                    # the element-wise loops run over all n at once
     brow = np.empty(rows, dtype=h.dtype)          # b in HU's row order
@@ -96,11 +99,11 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     z, ct = HU.reshape(rows * B), CT.reshape(n)   # flat views (contiguous)
     HTf, MTf, ATf = HT.reshape(2 * H * B), MT.reshape(H * B), AT.reshape(H * B)
     mt, at = MTf[u0 * B:u1 * B], ATf[u0 * B:u1 * B]
-    S_close = np.empty((B, H), dtype=h.dtype)     # every unit of s and m of the closing columns
-    M_close = np.empty((B, H), dtype=h.dtype)
-    P_close = np.empty((B, Hp), dtype=h.dtype)    # this part's units of V_s s, V_m m
-    Q_close = np.empty((B, Hp), dtype=h.dtype)
-    cols_close = np.empty(B, dtype=np.int64)
+    SCf, MCf = np.empty(H * B, dtype=h.dtype), np.empty(H * B, dtype=h.dtype)
+    PCf, QCf = np.empty(Hp * B, dtype=h.dtype), np.empty(Hp * B, dtype=h.dtype)
+    cols_close = np.empty(B, dtype=np.int64)      # the closing columns
+    r_close = np.empty(B, dtype=h.dtype)          # r and the new m of one unit, every closing column
+    m_close = np.empty(B, dtype=h.dtype)
     Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H)
     Vm_p = np.ascontiguousarray(V_m[u0:u1])
     nact = B
@@ -150,20 +153,14 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                 at[k] += hh[k]                    # a += ĥ_t
             for k in range(n):
                 hh[k] += mt[k]                    # h_t = ĥ_t + m
-        hn, oc = HTf[(nxt * H + u0) * B:(nxt * H + u1) * B], OC[sc].reshape(n)
+        hn = HTf[(nxt * H + u0) * B:(nxt * H + u1) * B]
         for k in range(n):
             hn[k] = hh[k]
-        for k in range(n):
-            oc[k] = hh[k]
-        if sc == chunk - 1 or s == steps - 1:     # out[row, position] = h_t for the chunk's steps
-            s0 = s - sc
-            for j in range(B):
-                row = order[j]
-                L = lengths[row]
-                for k in range(min(sc + 1, L - s0)):
-                    orow, ok = out[row, L - 1 - (s0 + k) if reverse else s0 + k, u0:u1], OC[k]
-                    for i in range(Hp):
-                        orow[i] = ok[i, j]
+        for j in range(nact):                     # out[row, position] = h_t, running columns
+            row = order[j]
+            orow = out[row, lengths[row] - 1 - s if reverse else s, u0:u1]
+            for i in range(Hp):
+                orow[i] = hh[i * B + j]
         nbar += 1
         barrier(flags, p, P, nbar)                # h_t complete; a complete for the closes
         if not hgr:
@@ -171,24 +168,32 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
         nc = 0
         for j in range(nact):
             if (n0[order[j]] + s + 1) % K == 0:
-                for v in range(H):
-                    S_close[nc, v] = AT[v, j] / K                     # s = a / K
-                    M_close[nc, v] = MT[v, j]
                 cols_close[nc] = j
                 nc += 1
         if nc == 0:
             continue
-        np.dot(S_close[:nc], Vs_p.T, P_close[:nc])
-        np.dot(M_close[:nc], Vm_p.T, Q_close[:nc])
+        SC, MC = SCf[:H * nc].reshape(H, nc), MCf[:H * nc].reshape(H, nc)
+        for v in range(H):                        # every unit of the closing columns
+            av, mv, sv, mc = AT[v], MT[v], SC[v], MC[v]
+            for q in range(nc):
+                sv[q] = av[cols_close[q]] / K                         # s = a / K
+                mc[q] = mv[cols_close[q]]
+        PC, QC = PCf[:Hp * nc].reshape(Hp, nc), QCf[:Hp * nc].reshape(Hp, nc)
+        np.dot(Vs_p, SC, PC)                      # this part's units of V_s s, V_m m
+        np.dot(Vm_p, MC, QC)
         nbar += 1
         barrier(flags, p, P, nbar)                # every part has read a and m
-        for q in range(nc):
-            j = cols_close[q]
-            for i in range(Hp):
-                u = u0 + i
-                r = sigmoid(P_close[q, i] + Q_close[q, i] + b_r[u])   # r = σ(V_s s + V_m m + b_r)
-                MT[u, j] = r * MT[u, j] + (1 - r) * S_close[q, u]     # m = r m + (1-r) s
-                AT[u, j] = 0.0
+        for i in range(Hp):
+            u = u0 + i
+            pc, qc, sv, mc, br = PC[i], QC[i], SC[u], MC[u], b_r[u]
+            for q in range(nc):
+                r_close[q] = sigmoid(pc[q] + qc[q] + br)              # r = σ(V_s s + V_m m + b_r)
+            for q in range(nc):
+                m_close[q] = r_close[q] * mc[q] + (1 - r_close[q]) * sv[q]   # m = r m + (1-r) s
+            mv, av = MT[u], AT[u]
+            for q in range(nc):
+                mv[cols_close[q]] = m_close[q]
+                av[cols_close[q]] = 0.0
     # 3) final state of the rows that ran every step
     for j in range(nact):
         _save_column(h, c, m, a, HT[steps % 2], CT, MT, AT, order[j], j, u0, u1, hgr)
