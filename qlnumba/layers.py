@@ -23,7 +23,7 @@ from .kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forw
 from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, recurrent_forward,
                                 recurrent_forward_split)
 from .kernels.recurrent_infer import recurrent_infer_units
-from .kernels.recurrent_units import recurrent_backward_units, recurrent_forward_units
+from .kernels.recurrent_units import chunk_steps, recurrent_backward_units, recurrent_forward_units
 from .validate import check_dtype, check_float_array, check_lengths
 
 
@@ -47,15 +47,12 @@ def _dummy(ndim, dtype):
     return np.zeros((0,) * ndim, dtype=dtype)
 
 
-def _run(serial, split, args, batch, units=None, hidden=0):
-    """The kernel that set_num_threads asked for: ``units`` on hidden-unit slices,
-    ``split`` on row blocks, or ``serial`` on one thread."""
+def _run(serial, split, args, batch):
+    """The row-block kernel (``split``) when set_num_threads asked for several threads,
+    else the ``serial`` one.  (The units partition has kernels of its own, called by
+    ``_QLCell``.)"""
     bounds = row_blocks(batch)
-    ubounds = unit_blocks(hidden) if units is not None else None
-    if ubounds is not None:
-        # one row block per part (some empty when batch < parts) for the big products
-        units(*args, row_blocks(batch, len(ubounds) - 1), ubounds)
-    elif len(bounds) > 2:
+    if len(bounds) > 2:
         split(*args, bounds)
     else:
         serial(*args)
@@ -124,6 +121,9 @@ class _QLCell:
         """
         if not need_grad and get_partition() == "units":
             return self._infer(x, lengths, st)
+        ubounds = unit_blocks(self.H)
+        if need_grad and ubounds is not None:
+            return self._forward_units(x, lengths, st, ubounds)
         B, T, _ = x.shape
         H, dt = self.H, self.dtype
         G = self.params[self.prefix + "U"].shape[0]
@@ -142,8 +142,31 @@ class _QLCell:
                 self._p("gamma", 2), self._p("beta", 2),
                 self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
                 self.K, self.psug, self.hgr, self.reverse)
-        _run(recurrent_forward, recurrent_forward_split, args, B, recurrent_forward_units, H)
-        self.cache = (x, lengths, n0, saved) if need_grad else None
+        _run(recurrent_forward, recurrent_forward_split, args, B)
+        self.cache = ("rows", x, lengths, n0, saved) if need_grad else None
+        return out
+
+    def _forward_units(self, x, lengths, st, ubounds):
+        """Forward saving for backward, on the unit-major kernel (hidden units split)."""
+        B, T, E = x.shape
+        H, buf = self.H, self.pool.take
+        NB = (T + self.K - 1) // self.K if self.hgr else 0
+        chunk = chunk_steps(B)
+        out = np.empty((B, T, H), dtype=self.dtype)        # the kernel writes every position
+        saved = dict(order=np.empty(B, np.int64), XS=buf("XS", T * B * E),
+                     ZS=buf("ZS", T if self.psug else 0, H, B), GS=buf("GS", T, 4, H, B),
+                     CS=buf("CS", T + 1, H, B), THS=buf("THS", T, H, B),
+                     HS=buf("HS", -(-T // chunk), H, chunk * B),
+                     MBLK=buf("MBLK", B, NB + 1 if self.hgr else 0, H), SBLK=buf("SBLK", B, NB, H),
+                     RBLK=buf("RBLK", B, NB, H))
+        n0 = st["n"].copy()
+        recurrent_forward_units(out, st["h"], st["c"], st["m"], st["a"], st["n"], *saved.values(),
+                                x, lengths,
+                                self._p("W", 2), self._p("U", 2), self._p("b", 1),
+                                self._p("gamma", 2), self._p("beta", 2),
+                                self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
+                                self.K, self.psug, self.hgr, self.reverse, ubounds)
+        self.cache = ("units", x, lengths, n0, saved, ubounds)
         return out
 
     def _infer(self, x, lengths, st):
@@ -165,8 +188,10 @@ class _QLCell:
 
     def backward(self, dx, grads, dout, dst):
         """Accumulate into ``dx`` and ``grads``; ``dst`` goes from d(final) to d(initial) state."""
-        x, lengths, n0, saved = self.cache
         g = lambda name, ndim: grads.get(self.prefix + name, _dummy(ndim, self.dtype))
+        if self.cache[0] == "units":
+            return self._backward_units(dx, g, dout, dst)
+        _, x, lengths, n0, saved = self.cache
         args = (dx, g("W", 2), g("U", 2), g("b", 1), g("gamma", 2), g("beta", 2),
                 g("V_s", 2), g("V_m", 2), g("b_r", 1),
                 dst["h"], dst["c"], dst["m"], dst["a"], self.pool.take("DZ", *saved["Z"].shape),
@@ -174,8 +199,17 @@ class _QLCell:
                 self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
                 self._p("V_s", 2), self._p("V_m", 2),
                 self.K, self.psug, self.hgr, self.reverse)
-        _run(recurrent_backward, recurrent_backward_split, args, x.shape[0],
-             recurrent_backward_units, self.H)
+        _run(recurrent_backward, recurrent_backward_split, args, x.shape[0])
+
+    def _backward_units(self, dx, g, dout, dst):
+        _, x, lengths, n0, saved, ubounds = self.cache
+        recurrent_backward_units(dx, g("W", 2), g("U", 2), g("b", 1), g("gamma", 2), g("beta", 2),
+                                 g("V_s", 2), g("V_m", 2), g("b_r", 1),
+                                 dst["h"], dst["c"], dst["m"], dst["a"],
+                                 dout, x, lengths, n0, *saved.values(),
+                                 self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
+                                 self._p("V_s", 2), self._p("V_m", 2),
+                                 self.K, self.psug, self.hgr, self.reverse, ubounds)
 
 
 class _GRUCell:

@@ -4,6 +4,7 @@ import pytest
 
 from helpers import assert_close, make_rng, numeric_grad
 import reference
+from qlnumba.kernels.blas import gemm_njit
 from qlnumba.kernels.embedding import embedding_backward, embedding_forward
 from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward
 from qlnumba.optim import Adam, global_norm
@@ -112,3 +113,31 @@ def test_adam_refuses_nan_gradients_and_leaves_params():
     assert (p == 1).all() and opt.t == 0
     with pytest.raises(ValueError, match="keys"):
         opt.step({"q": np.ones(2)})
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_gemm_on_strided_views(dtype, trans_a, trans_b, accumulate):
+    """kernels.blas.gemm on column blocks of larger arrays (rows contiguous, row stride > width)."""
+    rng = make_rng(70)
+    m, n, k = 5, 7, 9
+    A = rng.standard_normal((20, 30)).astype(dtype)[2:2 + (k if trans_a else m), 3:3 + (m if trans_a else k)]
+    B = rng.standard_normal((25, 40)).astype(dtype)[1:1 + (n if trans_b else k), 4:4 + (k if trans_b else n)]
+    big = rng.standard_normal((10, 12)).astype(dtype)
+    C = big[2:2 + m, 1:1 + n]
+    want = (A.T if trans_a else A) @ (B.T if trans_b else B) + (C if accumulate else 0)
+    outside = big.copy()
+    gemm_njit(C, A, B, trans_a, trans_b, accumulate)
+    assert_close(C, want, 1e-5 if dtype == np.float32 else 1e-12, 1e-6 if dtype == np.float32 else 1e-13, "C")
+    outside[2:2 + m, 1:1 + n] = big[2:2 + m, 1:1 + n]
+    np.testing.assert_array_equal(big, outside)    # nothing outside C's view was written
+
+
+def test_gemm_empty_inner_dimension():
+    C = np.ones((3, 2))
+    gemm_njit(C, np.zeros((3, 0)), np.zeros((0, 2)), False, False, True)
+    np.testing.assert_array_equal(C, 1.0)          # C += nothing
+    gemm_njit(C, np.zeros((3, 0)), np.zeros((0, 2)), False, False, False)
+    np.testing.assert_array_equal(C, 0.0)          # C = empty product

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from qlnumba import config
+from qlnumba.kernels.recurrent_units import chunk_steps
 from qlnumba.kernels.sync import STRIDE, barrier
 from helpers import assert_close, make_rng, random_state
 from test_recurrent import KIND_IDS, KINDS, make_layer, randomize
@@ -48,6 +49,20 @@ def test_split_rows_equal_serial(kind, threads):
     serial = run_layer(layer, *problem)
     threads(3, "rows")
     assert len(config.row_blocks(B)) == 4
+    assert_same_results(run_layer(layer, *problem), serial)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("kind", KINDS[:4], ids=KIND_IDS[:4])
+def test_split_units_over_several_chunks_equal_serial(kind, threads):
+    """Long enough for several chunks of steps (B = 24: chunks of 10 steps, the last one
+    partial), so backward's per-chunk products and their double buffer are exercised."""
+    B, T = 24, 37
+    assert T > 3 * chunk_steps(B)
+    layer, problem = random_problem(kind, B, T, 5, 12, 5, seed=60)
+    threads(1)
+    serial = run_layer(layer, *problem)
+    threads(2, "units")
     assert_same_results(run_layer(layer, *problem), serial)
 
 
@@ -130,3 +145,30 @@ def test_set_num_threads_pins_the_blas_numba_calls():
     finally:
         config._threads = before
         config._partition = "units"
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("kind", [(True, True), (False, False)], ids=["ql-lstm", "lstm"])
+def test_split_units_float32_close_to_float64(kind, threads):
+    """The float32 training path (rational tanh, several chunks) against float64 serial."""
+    B, T, E, H = 20, 45, 6, 16
+    rng = make_rng(61)
+    layer64 = make_layer(kind, E, H, K=4)
+    randomize(layer64, rng, scale=0.4)
+    layer32 = make_layer(kind, E, H, K=4, dtype=np.float32)
+    for name, p in layer64.params.items():
+        layer32.params[name][...] = p
+    x = rng.standard_normal((B, T, E))
+    lengths = rng.integers(1, T + 1, B)
+    dout = rng.standard_normal((B, T, H))
+    threads(1)
+    out64, _ = layer64.forward(x, lengths)
+    dx64, g64 = layer64.backward(dout)
+    threads(2, "units")
+    out32, _ = layer32.forward(x.astype(np.float32), lengths)
+    dx32, g32 = layer32.backward(dout.astype(np.float32))
+    assert_close(out32, out64, 1e-4, 1e-5, "out")
+    assert_close(dx32, dx64, 1e-4, 1e-4, "dx")
+    for name in g64:
+        scale = np.abs(g64[name]).max()
+        assert_close(g32[name], g64[name], 1e-4, 1e-4 * scale, f"grad {name}")

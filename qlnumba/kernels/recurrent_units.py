@@ -1,27 +1,50 @@
-"""QL-LSTM recurrent layer on P threads that split the hidden units (CPU).
+"""QL-LSTM recurrent layer for training on P threads that split the hidden units (CPU).
 
-The same arithmetic as ``recurrent.py`` (read that first: same arguments, same
-saved buffers, always saved in full: inference runs ``recurrent_infer.py``),
-reorganised for threads.  Splitting the rows of a batch gives
-each thread a per-step product of B/P rows, which BLAS runs at two thirds of the
-speed of a B-row one.  Here thread p owns the hidden units [u0, u1) of *every*
-row instead: each step it multiplies the whole h_{t-1} (B, H) by its own packed
-slice of U (the gate rows of its units), computes its units' gates, cell and
-output, and waits at one spin barrier (``sync.barrier``) for the others before
-the next step reads the new h.  h (and, in backward, δz) alternate between two
-buffers, so one barrier per step is enough; a step where some block closes needs
-a second one (the close reads every unit of a and m before any thread updates its
-own).  The big products before and after the step loop are split by row blocks;
-the weight gradients of the blocks are then added in a fixed order (deterministic),
-except the small V_s, V_m ones, which each thread computes for its own units.
+The model of ``recurrent.py`` (read that first: same arguments for state and
+parameters), reorganised for threads and laid out *unit-major*, as in
+``recurrent_infer.py``.  Splitting the rows of a batch gives each thread a
+per-step product of B/P rows, which BLAS runs at two thirds of the speed of a
+B-row one.  Here thread p owns the hidden units [u0, u1) of *every* sequence
+instead: each step it multiplies the whole h_{t-1} by its own packed rows of U,
+computes its units' gates, cell and output, and waits at one spin barrier
+(``sync.barrier``) for the others before the next step reads the new h.  h
+(and, in backward, δz) alternate between two buffers, so one barrier per step is
+enough; a step where some block closes needs a second one (the close reads
+every unit of a and m before any thread updates its own).
+
+Unit-major: every per-step array holds one row of B values per hidden unit, one
+column per sequence, so a thread's units are one contiguous block of Hp*B values
+and the element-wise work runs as a few flat loops that LLVM vectorises.
+Columns are the batch rows sorted by decreasing length (``order``): the
+sequences running at step s are columns 0 .. nact-1.  Forward saves a row's
+final state when its column drops off and goes on computing the column on zero
+inputs (finite, never read).  Backward runs the steps in reverse: a column joins
+at its last step with the gradient of its final state, and until then all of its
+gradients are exactly zero, so its δz is zero at the steps it did not run and it
+adds nothing to the weight gradients.
+
+Forward saves, step-major and unit-major, what backward reads; the weight
+gradients are then a few large products over all steps at once: thread p gives
+the rows of dW, dU and db of its own units (nothing to add up between threads),
+and δx of its share of the steps.  Backward takes these products a chunk of
+steps at a time, as soon as the chunk's δz is complete, while it is in cache.
 
 Shapes legend (besides recurrent.py's)
-  P threads; ubounds (P+1,) int64 unit edges; rbounds (P+1,) int64 row edges
-  Hp = u1 - u0 units of one thread; NG = G // H gate blocks (1 with psug, 4 without)
-  Up (P, NG*HPMAX, H)  thread p's rows of U: gate k, unit u0+i at row k*Hp + i
-  hbuf (2, B, H)       h_{t-1} and h_t, alternating by step parity
-  DZbuf (2, B, G)      δz of this step and the last, alternating likewise
-  flags (P*STRIDE,)    barrier counters
+  P threads; ubounds (P+1,) int64 unit edges; Hp = u1 - u0; NG = G // H; S = steps = max length
+  order (B,) int64      column j holds row order[j] (stable sort by decreasing length)
+  XS (S*B, E)           the inputs in step order: XS[s*B + j] = x[order[j], position of step s],
+                        zero where the row has ended
+  ZS (T, H, B)          z_t (psug only; empty otherwise)
+  GS (T, 4, H, B)       the gates i, f, g, o
+  CS (T+1, H, B)        c: CS[0] the initial state, CS[s+1] after step s
+  THS (T, H, B)         tanh(c_t)
+  chunk                 steps per chunk (``chunk_steps(B)``); NC = ceil(S / chunk) chunks
+  HS (NC, H, chunk*B)   h_{t-1} of step s: chunk s // chunk, columns (s % chunk)*B .. + B - 1
+  MBLK, SBLK, RBLK      as in recurrent.py: (B, NB+1, H), (B, NB, H), (B, NB, H), by batch row
+  HT (2, H, B)          h_{t-1} and h_t, alternating by step parity; MT, AT (H, B) m and a
+  Wp, Up (P, NG*HPMAX, E or H)  thread p's rows of W, U: gate k, unit u0+i at row k*Hp + i
+  DZT (2, G, B)         δz of this step and the last, alternating by step parity (backward)
+  DZC (2, G, chunk*B)   δz of the steps of a chunk, laid out as HS; by chunk parity
 The caller runs exactly one Numba thread per part (``prange(P)`` with P equal to
 Numba's thread count) and a part never waits on a thread that is not running.
 """
@@ -30,7 +53,17 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, sigmoid, tanh
+from .blas import gemm
 from .sync import STRIDE, barrier
+
+CHUNK_COLUMNS = 256     # a chunk has about this many columns (chunk*B) ...
+CHUNK_MAX = 16          # ... and at most this many steps (at least one)
+
+
+@njit(**JIT)
+def chunk_steps(B):
+    """Steps per chunk: products of about CHUNK_COLUMNS columns, wide enough for BLAS."""
+    return max(1, min(CHUNK_MAX, CHUNK_COLUMNS // B))
 
 
 @njit(**JIT)
@@ -50,328 +83,444 @@ def pack_unit_rows(A, ubounds, NG):
 
 
 @njit(**JIT)
-def _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HPREV,
-                  MBLK, SBLK, RBLK, x, lengths, W, Up, b, gamma, beta, V_s, V_m, b_r,
-                  K, psug, hgr, reverse, rbounds, ubounds):
+def expand_units(A, u0, u1, B):
+    """(rows, Hp*B): A[:, u0:u1] with each value repeated B times, as unit-major blocks."""
+    out = np.empty((A.shape[0], u1 - u0, B), dtype=A.dtype)
+    for k in range(A.shape[0]):
+        for i in range(u1 - u0):
+            out[k, i, :] = A[k, u0 + i]
+    return out.reshape(A.shape[0], (u1 - u0) * B)
+
+
+@njit(**JIT)
+def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS, HS,
+                  MBLK, SBLK, RBLK, x, lengths, order, n0, Wp, Up, b, gamma, beta,
+                  V_s, V_m, b_r, K, psug, hgr, reverse, ubounds):
     B, T, E = x.shape
     H = h.shape[1]
-    G = Z.shape[2]
-    NG = G // H
+    NG = 1 if psug else 4
     u0, u1 = ubounds[p], ubounds[p + 1]
     Hp = u1 - u0
-    r0, r1 = rbounds[p], rbounds[p + 1]
-    # this part's rows of the input projection Z = x W^T (all gate columns)
-    np.dot(x[r0:r1].reshape((r1 - r0) * T, E), W.T, Z[r0:r1].reshape((r1 - r0) * T, G))
-    for bb in range(B):
-        out[bb, lengths[bb]:, u0:u1] = 0.0
-        hbuf[0, bb, u0:u1] = h[bb, u0:u1]
-        if hgr:
-            MBLK[bb, 0, u0:u1] = m[bb, u0:u1]
-    Upp = Up[p, :NG * Hp]                         # (NG*Hp, H)
-    bp = np.empty(NG * Hp, dtype=h.dtype)         # b in Up's row order
-    for k in range(NG):
-        bp[k * Hp:(k + 1) * Hp] = b[k * H + u0:k * H + u1]
-    gam = np.ascontiguousarray(gamma[:, u0:u1])   # (4, Hp) with psug
-    bet = np.ascontiguousarray(beta[:, u0:u1])
-    Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H): this part's rows of V_s, V_m
-    Vm_p = np.ascontiguousarray(V_m[u0:u1])
-    hUT = np.empty((NG * Hp, B), dtype=h.dtype)   # this part's rows of U h_{t-1}, one column per row
-    zbuf = np.empty(NG * Hp, dtype=h.dtype)       # z_t of one row without psug (not kept)
-    th = np.empty(Hp, dtype=h.dtype)
-    S_close = np.empty((B, H), dtype=h.dtype)     # every unit of s and m of the closing rows
-    M_close = np.empty((B, H), dtype=h.dtype)
-    P_close = np.empty((B, Hp), dtype=h.dtype)    # this part's units of V_s s, V_m m
-    Q_close = np.empty((B, Hp), dtype=h.dtype)
-    rows_close = np.empty(B, dtype=np.int64)
-    nbar = 1
-    barrier(flags, p, P, nbar)                    # Z and hbuf[0] complete
-    steps = lengths.max()
-    # Loops below run over 1-D views of this part's units, indexed from 0: LLVM
-    # vectorises those, not loops indexed u0..u1 into whole rows.
-    for s in range(steps):
-        hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
-        np.dot(Upp, hcur.T, hUT)                  # U h^T: ~1.4x faster in BLAS than h U^T
-        for bb in range(B):
-            L = lengths[bb]
-            hprev_u, hnext_u = hcur[bb, u0:u1], hnext[bb, u0:u1]
-            if s >= L:
-                hnext_u[:] = hprev_u
-                continue
-            pos = L - 1 - s if reverse else s
-            zrow, hu = Z[bb, pos], hUT[:, bb]                     # hu: strided, read once
-            gi, gf = GATES[bb, pos, 0, u0:u1], GATES[bb, pos, 1, u0:u1]
-            gg, go = GATES[bb, pos, 2, u0:u1], GATES[bb, pos, 3, u0:u1]
-            if psug:                                              # gate_k = act(γ_k z + β_k)
-                z = zrow[u0:u1]                                   # z_t is saved for δγ
-                for i in range(Hp):
-                    z[i] = z[i] + hu[i] + bp[i]                   # z_t = W x_t + U h_{t-1} + b
-                for i in range(Hp):
-                    gi[i] = sigmoid(gam[0, i] * z[i] + bet[0, i])
-                for i in range(Hp):
-                    gf[i] = sigmoid(gam[1, i] * z[i] + bet[1, i])
-                for i in range(Hp):
-                    gg[i] = tanh(gam[2, i] * z[i] + bet[2, i])
-                for i in range(Hp):
-                    go[i] = sigmoid(gam[3, i] * z[i] + bet[3, i])
-            else:                                                 # gate_k = act(k-th slice of z)
-                zt = zbuf                                         # z_t assembled here (not kept)
-                for k in range(4):
-                    xk, hk = zrow[k * H + u0:k * H + u1], hu[k * Hp:(k + 1) * Hp]
-                    zk, bk = zt[k * Hp:(k + 1) * Hp], bp[k * Hp:(k + 1) * Hp]
-                    for i in range(Hp):
-                        zk[i] = xk[i] + hk[i] + bk[i]
-                z0, z1, z2, z3 = zt[:Hp], zt[Hp:2 * Hp], zt[2 * Hp:3 * Hp], zt[3 * Hp:]
-                for i in range(Hp):
-                    gi[i] = sigmoid(z0[i])
-                for i in range(Hp):
-                    gf[i] = sigmoid(z1[i])
-                for i in range(Hp):
-                    gg[i] = tanh(z2[i])
-                for i in range(Hp):
-                    go[i] = sigmoid(z3[i])
-            crow = c[bb, u0:u1]
-            cprev, hprev, ct = CPREV[bb, pos, u0:u1], HPREV[bb, pos, u0:u1], C[bb, pos, u0:u1]
-            for i in range(Hp):
-                cprev[i] = crow[i]
-                hprev[i] = hprev_u[i]
-            for i in range(Hp):
-                ct[i] = gf[i] * cprev[i] + gi[i] * gg[i]          # c_t = f c_{t-1} + i g
-                crow[i] = ct[i]
-            for i in range(Hp):
-                th[i] = tanh(crow[i])
-            orow = out[bb, pos, u0:u1]
+    n = Hp * B                                    # the element-wise loops run over all n at once
+    steps = lengths[order[0]]
+    # 1) this part's units of the state, unit-major; its share of the steps of XS
+    for j in range(B):
+        row = order[j]
+        out[row, lengths[row]:, u0:u1] = 0.0
+        for i in range(Hp):
+            HT[0, u0 + i, j] = h[row, u0 + i]
+            CS[0, u0 + i, j] = c[row, u0 + i]
             if hgr:
-                mrow, arow = m[bb, u0:u1], a[bb, u0:u1]
-                for i in range(Hp):
-                    hhat = go[i] * th[i]                          # ĥ_t = o tanh(c_t)
-                    arow[i] += hhat                               # a += ĥ_t
-                    orow[i] = hhat + mrow[i]                      # h_t = ĥ_t + m
-                    hnext_u[i] = orow[i]
+                MT[u0 + i, j] = m[row, u0 + i]
+                AT[u0 + i, j] = a[row, u0 + i]
+                MBLK[row, 0, u0 + i] = m[row, u0 + i]
+    for s in range(p, steps, P):
+        for j in range(B):
+            row = order[j]
+            L = lengths[row]
+            if s < L:
+                XS[s * B + j] = x[row, L - 1 - s if reverse else s]
             else:
-                for i in range(Hp):
-                    orow[i] = go[i] * th[i]                       # h_t = o tanh(c_t)
-                    hnext_u[i] = orow[i]
+                XS[s * B + j] = 0.0
+    nbar = 1
+    barrier(flags, p, P, nbar)                    # HT[0] and XS complete
+    # 2) the steps; this part's rows of the input projection a chunk of steps at a time
+    rows = NG * Hp
+    Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
+    chunk = chunk_steps(B)
+    Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
+    Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's steps: column sc*B + j
+    HU = np.empty((rows, B), dtype=h.dtype)       # z_t (psug: U h_{t-1} only, z goes to ZS)
+    brow = np.empty(rows, dtype=h.dtype)          # b in HU's row order
+    for k in range(NG):
+        brow[k * Hp:(k + 1) * Hp] = b[k * H + u0:k * H + u1]
+    GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), h.dtype)   # γ_k, β_k of
+    BET = expand_units(beta, u0, u1, B) if psug else np.empty((4, 1), h.dtype)    # each element
+    hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
+    HTf, MTf, ATf = HT.reshape(2 * H * B), MT.reshape(H * B), AT.reshape(H * B)
+    mt, at = MTf[u0 * B:u1 * B], ATf[u0 * B:u1 * B]
+    SCf, MCf = np.empty(H * B, dtype=h.dtype), np.empty(H * B, dtype=h.dtype)
+    PCf, QCf = np.empty(Hp * B, dtype=h.dtype), np.empty(Hp * B, dtype=h.dtype)
+    cols_close = np.empty(B, dtype=np.int64)      # the closing columns
+    r_close = np.empty(B, dtype=h.dtype)          # r and the new m of one unit, every closing column
+    m_close = np.empty(B, dtype=h.dtype)
+    Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H)
+    Vm_p = np.ascontiguousarray(V_m[u0:u1])
+    nact = B
+    for s in range(steps):
+        sc = s % chunk
+        if sc == 0:
+            ns = min(chunk, steps - s)
+            Zc = Zflat[:rows * ns * B].reshape(rows, ns * B)
+            np.dot(Wpp, XS[s * B:(s + ns) * B].T, Zc)
+        cur, nxt = s % 2, (s + 1) % 2
+        cprev = CS[s, u0:u1].reshape(n)
+        while lengths[order[nact - 1]] <= s:      # a row that has ended: its final state now
+            nact -= 1
+            _save_column(h, c, m, a, HT[cur], CS[s], MT, AT, order[nact], nact, u0, u1, hgr)
+        hcur = HT[cur, u0:u1]
+        hs = HS[s // chunk, u0:u1, sc * B:(sc + 1) * B]
+        for i in range(Hp):                       # h_{t-1}, saved for δU
+            hs[i] = hcur[i]
+        np.dot(Upp, HT[cur], HU)                  # U h_{t-1}, all B columns
+        c0 = sc * B                               # this step's columns of Zc
+        gi, gf = GS[s, 0, u0:u1].reshape(n), GS[s, 1, u0:u1].reshape(n)
+        gg, go = GS[s, 2, u0:u1].reshape(n), GS[s, 3, u0:u1].reshape(n)
+        if psug:                                  # z_t = W x_t + U h_{t-1} + b, saved for δγ
+            for r in range(rows):
+                zs, hu, zx, br = ZS[s, u0 + r], HU[r], Zc[r, c0:c0 + B], brow[r]
+                for j in range(B):
+                    zs[j] = hu[j] + zx[j] + br
+            z = ZS[s, u0:u1].reshape(n)           # gate_k = act(γ_k z + β_k)
+            for k in range(n):
+                gi[k] = sigmoid(GAM[0, k] * z[k] + BET[0, k])
+            for k in range(n):
+                gf[k] = sigmoid(GAM[1, k] * z[k] + BET[1, k])
+            for k in range(n):
+                gg[k] = tanh(GAM[2, k] * z[k] + BET[2, k])
+            for k in range(n):
+                go[k] = sigmoid(GAM[3, k] * z[k] + BET[3, k])
+        else:                                     # gate_k = act(k-th block of z)
+            for r in range(rows):
+                hu, zx, br = HU[r], Zc[r, c0:c0 + B], brow[r]
+                for j in range(B):
+                    hu[j] += zx[j] + br
+            z = HU.reshape(rows * B)
+            for k in range(n):
+                gi[k] = sigmoid(z[k])
+            for k in range(n):
+                gf[k] = sigmoid(z[n + k])
+            for k in range(n):
+                gg[k] = tanh(z[2 * n + k])
+            for k in range(n):
+                go[k] = sigmoid(z[3 * n + k])
+        ct, th = CS[s + 1, u0:u1].reshape(n), THS[s, u0:u1].reshape(n)
+        for k in range(n):
+            ct[k] = gf[k] * cprev[k] + gi[k] * gg[k]      # c_t = f c_{t-1} + i g
+        for k in range(n):
+            th[k] = tanh(ct[k])
+        for k in range(n):
+            hh[k] = go[k] * th[k]                         # ĥ_t = o tanh(c_t)
+        if hgr:
+            for k in range(n):
+                at[k] += hh[k]                            # a += ĥ_t
+            for k in range(n):
+                hh[k] += mt[k]                            # h_t = ĥ_t + m
+        hn = HTf[(nxt * H + u0) * B:(nxt * H + u1) * B]
+        for k in range(n):
+            hn[k] = hh[k]
+        for j in range(nact):                     # out[row, position] = h_t, running columns
+            row = order[j]
+            orow = out[row, lengths[row] - 1 - s if reverse else s, u0:u1]
+            for i in range(Hp):
+                orow[i] = hh[i * B + j]
         nbar += 1
-        barrier(flags, p, P, nbar)                # hnext complete; a complete for the closes
+        barrier(flags, p, P, nbar)                # h_t complete; a complete for the closes
         if not hgr:
             continue
         nc = 0
-        for bb in range(B):
-            if s < lengths[bb] and (n0[bb] + s + 1) % K == 0:
-                for j in range(H):
-                    S_close[nc, j] = a[bb, j] / K                     # s = a / K
-                    M_close[nc, j] = m[bb, j]
-                rows_close[nc] = bb
+        for j in range(nact):
+            if (n0[order[j]] + s + 1) % K == 0:
+                cols_close[nc] = j
                 nc += 1
         if nc == 0:
             continue
-        np.dot(S_close[:nc], Vs_p.T, P_close[:nc])
-        np.dot(M_close[:nc], Vm_p.T, Q_close[:nc])
+        SC, MC = SCf[:H * nc].reshape(H, nc), MCf[:H * nc].reshape(H, nc)
+        for v in range(H):                        # every unit of the closing columns
+            av, mv, sv, mc = AT[v], MT[v], SC[v], MC[v]
+            for q in range(nc):
+                sv[q] = av[cols_close[q]] / K                         # s = a / K
+                mc[q] = mv[cols_close[q]]
+        PC, QC = PCf[:Hp * nc].reshape(Hp, nc), QCf[:Hp * nc].reshape(Hp, nc)
+        np.dot(Vs_p, SC, PC)                      # this part's units of V_s s, V_m m
+        np.dot(Vm_p, MC, QC)
         nbar += 1
         barrier(flags, p, P, nbar)                # every part has read a and m
-        for q in range(nc):
-            bb = rows_close[q]
-            jb = (n0[bb] + s + 1) // K - 1
-            for i in range(Hp):
-                j = u0 + i
-                r = sigmoid(P_close[q, i] + Q_close[q, i] + b_r[j])   # r = σ(V_s s + V_m m + b_r)
-                sv = S_close[q, j]
-                mj = r * m[bb, j] + (1 - r) * sv                      # m = r m + (1-r) s
-                SBLK[bb, jb, j] = sv
-                RBLK[bb, jb, j] = r
-                MBLK[bb, jb + 1, j] = mj
-                m[bb, j] = mj
-                a[bb, j] = 0.0
-    for bb in range(B):
-        h[bb, u0:u1] = hbuf[steps % 2, bb, u0:u1]
+        for i in range(Hp):
+            u = u0 + i
+            pc, qc, sv, mc, br = PC[i], QC[i], SC[u], MC[u], b_r[u]
+            for q in range(nc):
+                r_close[q] = sigmoid(pc[q] + qc[q] + br)              # r = σ(V_s s + V_m m + b_r)
+            for q in range(nc):
+                m_close[q] = r_close[q] * mc[q] + (1 - r_close[q]) * sv[q]   # m = r m + (1-r) s
+            mv, av = MT[u], AT[u]
+            for q in range(nc):
+                j = cols_close[q]
+                row = order[j]
+                jb = (n0[row] + s + 1) // K - 1
+                SBLK[row, jb, u] = sv[q]
+                RBLK[row, jb, u] = r_close[q]
+                MBLK[row, jb + 1, u] = m_close[q]
+                mv[j] = m_close[q]
+                av[j] = 0.0
+    # 3) final state of the rows that ran every step
+    for j in range(nact):
+        _save_column(h, c, m, a, HT[steps % 2], CS[steps], MT, AT, order[j], j, u0, u1, hgr)
+
+
+@njit(**JIT)
+def _save_column(h, c, m, a, HTs, CTs, MT, AT, row, j, u0, u1, hgr):
+    """Final state of one row, this part's units: column j of the unit-major state."""
+    for u in range(u0, u1):
+        h[row, u] = HTs[u, j]
+        c[row, u] = CTs[u, j]
+        if hgr:
+            m[row, u] = MT[u, j]
+            a[row, u] = AT[u, j]
 
 
 @njit(**JIT_PARALLEL)
-def recurrent_forward_units(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
+def recurrent_forward_units(out, h, c, m, a, n, order, XS, ZS, GS, CS, THS, HS, MBLK, SBLK, RBLK,
                             x, lengths,
                             W, U, b, gamma, beta, V_s, V_m, b_r,
-                            K, psug, hgr, reverse, rbounds, ubounds):
-    """``recurrent_forward`` with the hidden units split over P = len(ubounds) - 1 threads."""
+                            K, psug, hgr, reverse, ubounds):
+    """``recurrent_forward`` on P = len(ubounds) - 1 threads (P = 1 runs on one thread),
+    saving in this module's layout; XS is a flat buffer of at least T*B*E values."""
     P = len(ubounds) - 1
     B, H = h.shape
-    NG = Z.shape[2] // H
+    E = x.shape[2]
+    NG = 1 if psug else 4
     flags = np.zeros(P * STRIDE, dtype=np.int64)
-    hbuf = np.empty((2, B, H), dtype=h.dtype)
+    HT = np.empty((2, H, B), dtype=h.dtype)
+    MT = np.empty((H, B), dtype=h.dtype)
+    AT = np.empty((H, B), dtype=h.dtype)
+    Wp = pack_unit_rows(W, ubounds, NG)
     Up = pack_unit_rows(U, ubounds, NG)
+    order[:] = np.argsort(-lengths, kind="mergesort")   # stable: decreasing length
+    steps = lengths[order[0]]
+    XS2 = XS[:steps * B * E].reshape(steps * B, E)
     n0 = n.copy()
     for p in prange(P):
-        _forward_part(p, P, flags, hbuf, out, h, c, m, a, n0, Z, GATES, C, CPREV, HPREV,
-                      MBLK, SBLK, RBLK, x, lengths, W, Up, b, gamma, beta, V_s, V_m, b_r,
-                      K, psug, hgr, reverse, rbounds, ubounds)
+        _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS2, ZS, GS, CS, THS, HS,
+                      MBLK, SBLK, RBLK, x, lengths, order, n0, Wp, Up, b, gamma, beta,
+                      V_s, V_m, b_r, K, psug, hgr, reverse, ubounds)
     if hgr:
         for bb in range(B):
             n[bb] = (n0[bb] + lengths[bb]) % K    # steps since the last close
 
 
 @njit(**JIT)
-def _backward_part(p, P, flags, DZbuf, DP, MB2, dW_p, dU_p, db_p, dx, dgamma, dbeta, dV_s, dV_m, db_r,
-                   dh, dc, dm, da, DZ, dout, x, lengths, n0, Z, GATES, C, CPREV, HPREV,
-                   MBLK, SBLK, RBLK, W, U, gamma, V_s, V_m, K, psug, hgr, reverse,
-                   rbounds, ubounds):
-    B, T, E = x.shape
-    H = dh.shape[1]
-    G = Z.shape[2]
-    NG = G // H
+def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r,
+                   dh, dc, dm, da, DP, MB2, dout, lengths, order, n0, XS, ZS, GS, CS, THS, HS,
+                   MBLK, SBLK, RBLK, W, U, gamma, V_s, V_m, K, psug, hgr, reverse, ubounds):
+    B, H = dh.shape
+    NG = 1 if psug else 4
     NB = SBLK.shape[1]
     u0, u1 = ubounds[p], ubounds[p + 1]
     Hp = u1 - u0
-    r0, r1 = rbounds[p], rbounds[p + 1]
-    for bb in range(r0, r1):
-        DZ[bb, lengths[bb]:, :] = 0.0
-    UCT = np.ascontiguousarray(U[:, u0:u1].T)     # (Hp, G): δh[:, units]^T = U[:, units]^T δz^T
-    VmC = np.ascontiguousarray(V_m[:, u0:u1])     # (H, Hp)
-    VsC = np.ascontiguousarray(V_s[:, u0:u1])
-    gam = np.ascontiguousarray(gamma[:, u0:u1])   # (4, Hp) with psug
-    dgam = np.zeros_like(gam)                     # this part's columns of dgamma, dbeta
-    dbet = np.zeros_like(gam)
-    dhUT = np.empty((Hp, B), dtype=dh.dtype)
-    dhhat = np.empty(Hp, dtype=dh.dtype)
-    th = np.empty(Hp, dtype=dh.dtype)
-    dpre = np.empty((4, Hp), dtype=dh.dtype)      # δ of the four gate pre-activations
-    DP_close = np.empty((B, H), dtype=dh.dtype)
-    dm_close = np.empty((B, Hp), dtype=dh.dtype)
-    ds_close = np.empty((B, Hp), dtype=dh.dtype)
-    rows_close = np.empty(B, dtype=np.int64)
+    n = Hp * B
+    steps = lengths[order[0]]
+    UCT = np.ascontiguousarray(U[:, u0:u1].T)     # (Hp, G): δh[units] = U[:, units]^T δz
+    VmT = np.ascontiguousarray(V_m[:, u0:u1].T)   # (Hp, H): δm[units] += V_m[:, units]^T δp
+    VsT = np.ascontiguousarray(V_s[:, u0:u1].T)
+    GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), dh.dtype)  # γ_k of each element
+    DG = np.zeros((8, n), dtype=dh.dtype)         # δγ_k, δβ_k of each element, summed over B at the end
+    DH = np.zeros((Hp, B), dtype=dh.dtype)        # the running δh, δc, δm, δa of this part's units;
+    DC = np.zeros((Hp, B), dtype=dh.dtype)        # zero in a column until it joins
+    DM = np.zeros((Hp, B), dtype=dh.dtype)
+    DA = np.zeros((Hp, B), dtype=dh.dtype)
+    DO = np.zeros((Hp, B), dtype=dh.dtype)        # δout_t, zero in the columns not running
+    dh_, dc_, dm_, da_, do_ = DH.reshape(n), DC.reshape(n), DM.reshape(n), DA.reshape(n), DO.reshape(n)
+    dhhat = np.empty(n, dtype=dh.dtype)
+    dpre = np.empty((4, n), dtype=dh.dtype)       # δ of the four gate pre-activations
+    DZTf = DZT.reshape(2 * NG * H * B)
+    chunk = chunk_steps(B)
+    E = W.shape[1]
+    DXf = np.empty(chunk * B * E, dtype=dh.dtype)     # δx of this part's steps of a chunk
+    ones = np.ones((chunk * B, 1), dtype=dh.dtype)
+    cols_close = np.empty(B, dtype=np.int64)
+    DMCf, DSCf = np.empty(Hp * B, dtype=dh.dtype), np.empty(Hp * B, dtype=dh.dtype)
+    nact = 0
     nbar = 0
-    steps = lengths.max()
     for s in range(steps - 1, -1, -1):
-        # 1) block closes at this step (forward: m' = r m + (1-r) s, r = σ(V_s s + V_m m + b_r))
+        cur = s % 2
+        while nact < B and lengths[order[nact]] > s:   # a row's last step: it joins with the
+            row = order[nact]                           # gradient of its final state
+            for i in range(Hp):
+                DH[i, nact] = dh[row, u0 + i]
+                DC[i, nact] = dc[row, u0 + i]
+                if hgr:
+                    DM[i, nact] = dm[row, u0 + i]
+                    DA[i, nact] = da[row, u0 + i]
+            nact += 1
+        # 1) block closes after this step (forward: m' = r m + (1-r) s, r = σ(V_s s + V_m m + b_r))
         nc = 0
         if hgr:
-            for bb in range(B):
-                if s >= lengths[bb] or (n0[bb] + s + 1) % K != 0:
-                    continue
-                jb = (n0[bb] + s + 1) // K - 1
-                rr, mb, sb = RBLK[bb, jb, u0:u1], MBLK[bb, jb, u0:u1], SBLK[bb, jb, u0:u1]
-                dmrow, darow, dprow = dm[bb, u0:u1], da[bb, u0:u1], DP[bb, jb, u0:u1]
-                for i in range(Hp):
-                    dm_after = dmrow[i]                           # δm' of  m' = r m + (1-r) s
-                    dprow[i] = dm_after * (mb[i] - sb[i]) * dsigmoid(rr[i])   # r = σ(p)
-                    dmrow[i] = dm_after * rr[i]                   # + V_m^T δp below
-                    darow[i] = dm_after * (1 - rr[i])             # δs, + V_s^T δp below
-                rows_close[nc] = bb
-                nc += 1
+            for j in range(nact):
+                if (n0[order[j]] + s + 1) % K == 0:
+                    cols_close[nc] = j
+                    nc += 1
         if nc > 0:
+            DPc = DPT[:H * nc].reshape(H, nc)     # δp of every unit, the closing columns
+            for i in range(Hp):
+                u = u0 + i
+                for q in range(nc):
+                    j = cols_close[q]
+                    row = order[j]
+                    jb = (n0[row] + s + 1) // K - 1
+                    rr = RBLK[row, jb, u]
+                    dm_after = DM[i, j]                                   # δm' of m' = r m + (1-r) s
+                    dp = dm_after * (MBLK[row, jb, u] - SBLK[row, jb, u]) * dsigmoid(rr)  # r = σ(p)
+                    DPc[u, q] = dp
+                    DP[row, jb, u] = dp
+                    DM[i, j] = dm_after * rr                              # + V_m^T δp below
+                    DA[i, j] = dm_after * (1 - rr)                        # δs, + V_s^T δp below
             nbar += 1
             barrier(flags, p, P, nbar)            # every unit of δp written
-            for q in range(nc):
-                bb = rows_close[q]
-                DP_close[q, :] = DP[bb, (n0[bb] + s + 1) // K - 1, :]
-            np.dot(DP_close[:nc], VmC, dm_close[:nc])
-            np.dot(DP_close[:nc], VsC, ds_close[:nc])
-            for q in range(nc):
-                bb = rows_close[q]
-                dmrow, darow = dm[bb, u0:u1], da[bb, u0:u1]
-                for i in range(Hp):
-                    dmrow[i] += dm_close[q, i]
-                    # s = a / K, and a restarted from 0 after the close: the running δa is replaced
-                    darow[i] = (darow[i] + ds_close[q, i]) / K
-        # 2) the step itself, this part's units (1-D views indexed from 0, as in forward)
-        dzs = DZbuf[s % 2]
-        for bb in range(B):
-            L = lengths[bb]
-            if s >= L:
-                for k in range(NG):
-                    dzs[bb, k * H + u0:k * H + u1] = 0.0
-                continue
-            pos = L - 1 - s if reverse else s
-            gi, gf = GATES[bb, pos, 0, u0:u1], GATES[bb, pos, 1, u0:u1]
-            gg, go = GATES[bb, pos, 2, u0:u1], GATES[bb, pos, 3, u0:u1]
-            drow, dhrow = dout[bb, pos, u0:u1], dh[bb, u0:u1]
-            if hgr:                                               # h_t = ĥ_t + m  and  a += ĥ_t
-                dmrow, darow = dm[bb, u0:u1], da[bb, u0:u1]
-                for i in range(Hp):
-                    dht = drow[i] + dhrow[i]                      # δh_t = δout_t + U^T δz_{t+1}
-                    dmrow[i] += dht
-                    dhhat[i] = dht + darow[i]
-            else:
-                for i in range(Hp):
-                    dhhat[i] = drow[i] + dhrow[i]
-            ct, cprev, dcrow = C[bb, pos, u0:u1], CPREV[bb, pos, u0:u1], dc[bb, u0:u1]
+            DMC, DSC = DMCf[:Hp * nc].reshape(Hp, nc), DSCf[:Hp * nc].reshape(Hp, nc)
+            np.dot(VmT, DPc, DMC)
+            np.dot(VsT, DPc, DSC)
             for i in range(Hp):
-                th[i] = tanh(ct[i])
-            for i in range(Hp):                                   # ĥ_t = o tanh(c_t)
-                dpre[3, i] = dhhat[i] * th[i] * dsigmoid(go[i])
-                dcrow[i] += dhhat[i] * go[i] * dtanh(th[i])
-            for i in range(Hp):                                   # c_t = f c_{t-1} + i g
-                dct = dcrow[i]
-                dpre[0, i] = dct * gg[i] * dsigmoid(gi[i])
-                dpre[1, i] = dct * cprev[i] * dsigmoid(gf[i])
-                dpre[2, i] = dct * gi[i] * dtanh(gg[i])
-                dcrow[i] = dct * gf[i]                            # δc_{t-1}
-            zrow, dzrow, dzsave = Z[bb, pos], dzs[bb], DZ[bb, pos]
-            if psug:                                              # gate_k = act(γ_k z + β_k)
-                z, dz, dzv = zrow[u0:u1], dzrow[u0:u1], dzsave[u0:u1]
-                for i in range(Hp):
-                    dz[i] = 0.0
-                for k in range(4):
-                    for i in range(Hp):
-                        dz[i] += gam[k, i] * dpre[k, i]
-                        dgam[k, i] += dpre[k, i] * z[i]
-                        dbet[k, i] += dpre[k, i]
-                for i in range(Hp):
-                    dzv[i] = dz[i]
-            else:
-                for k in range(4):
-                    dz, dzv = dzrow[k * H + u0:k * H + u1], dzsave[k * H + u0:k * H + u1]
-                    for i in range(Hp):
-                        dz[i] = dpre[k, i]
-                        dzv[i] = dpre[k, i]
+                for q in range(nc):
+                    j = cols_close[q]
+                    DM[i, j] += DMC[i, q]
+                    # s = a / K, and a restarted from 0 after the close: the running δa is replaced
+                    DA[i, j] = (DA[i, j] + DSC[i, q]) / K
+        # 2) the step itself, flat over this part's units of every column
+        for j in range(nact):
+            row = order[j]
+            drow = dout[row, lengths[row] - 1 - s if reverse else s, u0:u1]
+            for i in range(Hp):
+                DO[i, j] = drow[i]
+        gi, gf = GS[s, 0, u0:u1].reshape(n), GS[s, 1, u0:u1].reshape(n)
+        gg, go = GS[s, 2, u0:u1].reshape(n), GS[s, 3, u0:u1].reshape(n)
+        cprev, th = CS[s, u0:u1].reshape(n), THS[s, u0:u1].reshape(n)   # c_{t-1}, tanh(c_t)
+        for k in range(n):
+            dh_[k] += do_[k]                      # δh_t = δout_t + U^T δz_{t+1}
+        if hgr:                                   # h_t = ĥ_t + m  and  a += ĥ_t
+            for k in range(n):
+                dm_[k] += dh_[k]
+            for k in range(n):
+                dhhat[k] = dh_[k] + da_[k]
+        else:
+            for k in range(n):
+                dhhat[k] = dh_[k]
+        di, df, dg, do = dpre[0], dpre[1], dpre[2], dpre[3]
+        for k in range(n):                        # ĥ_t = o tanh(c_t)
+            do[k] = dhhat[k] * th[k] * dsigmoid(go[k])
+        for k in range(n):
+            dc_[k] += dhhat[k] * go[k] * dtanh(th[k])
+        for k in range(n):                        # c_t = f c_{t-1} + i g
+            di[k] = dc_[k] * gg[k] * dsigmoid(gi[k])
+        for k in range(n):
+            df[k] = dc_[k] * cprev[k] * dsigmoid(gf[k])
+        for k in range(n):
+            dg[k] = dc_[k] * gi[k] * dtanh(gg[k])
+        for k in range(n):
+            dc_[k] *= gf[k]                       # δc_{t-1}
+        if psug:                                  # gate_k = act(γ_k z + β_k)
+            z = ZS[s, u0:u1].reshape(n)
+            dz = DZTf[(cur * H + u0) * B:(cur * H + u1) * B]
+            for k in range(n):                    # two loops: few arrays each, so LLVM vectorises
+                dz[k] = GAM[0, k] * di[k] + GAM[1, k] * df[k]
+            for k in range(n):
+                dz[k] += GAM[2, k] * dg[k] + GAM[3, k] * do[k]
+            for g in range(4):
+                dgam, dbet, dp_ = DG[g], DG[4 + g], dpre[g]
+                for k in range(n):
+                    dgam[k] += dp_[k] * z[k]
+                for k in range(n):
+                    dbet[k] += dp_[k]
+        else:                                     # gate_k = act(k-th block of z)
+            for g in range(4):
+                dz = DZTf[((cur * 4 + g) * H + u0) * B:((cur * 4 + g) * H + u1) * B]
+                dp_ = dpre[g]
+                for k in range(n):
+                    dz[k] = dp_[k]
+        ci, sc = s // chunk, s % chunk
+        dzc = DZC[ci % 2]
+        for g in range(NG):                       # δz of the chunk's steps, for the weight gradients
+            dzg = DZT[cur, g * H + u0:g * H + u1]
+            dzs = dzc[g * H + u0:g * H + u1, sc * B:(sc + 1) * B]
+            for i in range(Hp):
+                dzs[i] = dzg[i]
         nbar += 1
-        barrier(flags, p, P, nbar)                # every column of δz_t written
-        # δh_{t-1} = U^T δz_t, this part's units; idle rows keep theirs
-        np.dot(UCT, dzs.T, dhUT)                  # (faster in BLAS than δz U, as in forward)
-        for bb in range(B):
-            if s < lengths[bb]:
-                dh[bb, u0:u1] = dhUT[:, bb]
+        barrier(flags, p, P, nbar)                # every unit of δz_t written
+        np.dot(UCT, DZT[cur], DH)                 # δh_{t-1} = U^T δz_t, this part's units
+        if sc == 0:                               # the chunk is complete: its share of the products
+            _chunk_gradients(p, P, dx, dW, dU, db, dzc, XS, HS[ci], ones, DXf, lengths, order, W,
+                             ci * chunk, min(chunk, steps - ci * chunk), NG, u0, u1, reverse)
+    # 3) the gradient of the initial state
+    for j in range(nact):
+        row = order[j]
+        for i in range(Hp):
+            dh[row, u0 + i] = DH[i, j]
+            dc[row, u0 + i] = DC[i, j]
+            if hgr:
+                dm[row, u0 + i] = DM[i, j]
+                da[row, u0 + i] = DA[i, j]
     if psug:
-        dgamma[:, u0:u1] += dgam
-        dbeta[:, u0:u1] += dbet
-    nbar += 1
-    barrier(flags, p, P, nbar)                    # DZ and DP complete
-    # weight gradients: this part's rows of every step, summed over parts by the caller
-    if r1 > r0:
-        x2 = x[r0:r1].reshape((r1 - r0) * T, E)
-        DZ2 = DZ[r0:r1].reshape((r1 - r0) * T, G)
-        np.dot(DZ2.T, x2, dW_p)                                      # z = W x + ...
-        np.dot(DZ2.T, HPREV[r0:r1].reshape((r1 - r0) * T, H), dU_p)  # z = ... + U h_{t-1} + ...
-        db_p[:] = DZ2.sum(axis=0)
-        dx[r0:r1] += np.dot(DZ2, W).reshape(r1 - r0, T, E)
-    if hgr and NB > 0:
-        DPu = np.ascontiguousarray(DP.reshape(B * NB, H)[:, u0:u1])   # p = V_s s + V_m m + b_r
+        for g in range(8):
+            for i in range(Hp):
+                acc = 0.0
+                for j in range(B):
+                    acc += DG[g, i * B + j]
+                if g < 4:
+                    dgamma[g, u0 + i] += acc
+                else:
+                    dbeta[g - 4, u0 + i] += acc
+    if hgr and NB > 0:                            # p = V_s s + V_m m + b_r
+        DPu = np.ascontiguousarray(DP.reshape(B * NB, H)[:, u0:u1])
         dV_s[u0:u1] += np.dot(DPu.T, SBLK.reshape(B * NB, H))
         dV_m[u0:u1] += np.dot(DPu.T, MB2)
         db_r[u0:u1] += DPu.sum(axis=0)
 
 
+@njit(**JIT)
+def _chunk_gradients(p, P, dx, dW, dU, db, dzc, XS, HSc, ones, DXf, lengths, order, W,
+                     s0, ns, NG, u0, u1, reverse):
+    """The weight gradients of this part's rows and δx of its share of the ns steps from s0
+    (z = W x + U h_{t-1} + b); dzc and HSc hold the chunk's δz and h_{t-1}, column k*B + j."""
+    B = order.size
+    H, E = HSc.shape[0], W.shape[1]
+    Hp = u1 - u0
+    cols = ns * B
+    XSc = XS[s0 * B:s0 * B + cols]
+    for g in range(NG):
+        r0 = g * H + u0
+        DZg = dzc[r0:r0 + Hp, :cols]
+        gemm(dW[r0:r0 + Hp], DZg, XSc, False, False, True)
+        gemm(dU[r0:r0 + Hp], DZg, HSc[:, :cols], False, True, True)
+        gemm(db[r0:r0 + Hp].reshape(Hp, 1), DZg, ones[:cols], False, False, True)
+    k0, k1 = ns * p // P, ns * (p + 1) // P       # δx = δz W for steps s0+k0 .. s0+k1-1
+    if k1 == k0:
+        return
+    DX = DXf[:(k1 - k0) * B * E].reshape((k1 - k0) * B, E)
+    gemm(DX, dzc[:, k0 * B:k1 * B], W, True, False, False)
+    for k in range(k1 - k0):
+        s = s0 + k0 + k
+        for j in range(B):
+            row = order[j]
+            L = lengths[row]
+            if s >= L:
+                break                             # columns by decreasing length: the rest ended too
+            dxrow, dxs = dx[row, L - 1 - s if reverse else s], DX[k * B + j]
+            for e in range(E):
+                dxrow[e] += dxs[e]
+
+
 @njit(**JIT_PARALLEL)
-def recurrent_backward_units(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, dm, da, DZ,
-                             dout, x, lengths, n0, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK,
+def recurrent_backward_units(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, dm, da,
+                             dout, x, lengths, n0, order, XS, ZS, GS, CS, THS, HS, MBLK, SBLK, RBLK,
                              W, U, gamma, V_s, V_m,
-                             K, psug, hgr, reverse, rbounds, ubounds):
-    """``recurrent_backward`` with the hidden units split over P = len(ubounds) - 1 threads."""
+                             K, psug, hgr, reverse, ubounds):
+    """``recurrent_backward`` for ``recurrent_forward_units``' saves, on P = len(ubounds) - 1
+    threads."""
     P = len(ubounds) - 1
     B, H = dh.shape
+    E = x.shape[2]
+    G = U.shape[0]
     NB = SBLK.shape[1]
+    steps = lengths[order[0]]
     flags = np.zeros(P * STRIDE, dtype=np.int64)
-    DZbuf = np.empty((2, B, Z.shape[2]), dtype=dh.dtype)
+    DZT = np.empty((2, G, B), dtype=dh.dtype)
+    DPT = np.empty(H * B, dtype=dh.dtype)
     DP = np.zeros((B, NB, H), dtype=dh.dtype)
     MB2 = np.ascontiguousarray(MBLK[:, :NB, :]).reshape(B * NB, H)
-    dW_p = np.zeros((P, dW.shape[0], dW.shape[1]), dtype=dW.dtype)   # each part's sums over its rows
-    dU_p = np.zeros((P, dU.shape[0], dU.shape[1]), dtype=dU.dtype)
-    db_p = np.zeros((P, db.shape[0]), dtype=db.dtype)
+    DZC = np.empty((2, G, chunk_steps(B) * B), dtype=dh.dtype)
+    XS2 = XS[:steps * B * E].reshape(steps * B, E)
     for p in prange(P):
-        _backward_part(p, P, flags, DZbuf, DP, MB2, dW_p[p], dU_p[p], db_p[p], dx, dgamma, dbeta,
-                       dV_s, dV_m, db_r,
-                       dh, dc, dm, da, DZ, dout, x, lengths, n0, Z, GATES, C, CPREV, HPREV,
-                       MBLK, SBLK, RBLK, W, U, gamma, V_s, V_m, K, psug, hgr, reverse,
-                       rbounds, ubounds)
-    for p in range(P):                            # in a fixed order: deterministic
-        dW += dW_p[p]
-        dU += dU_p[p]
-        db += db_p[p]
+        _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m,
+                       db_r, dh, dc, dm, da, DP, MB2, dout, lengths, order, n0, XS2, ZS, GS,
+                       CS, THS, HS, MBLK, SBLK, RBLK, W, U, gamma, V_s, V_m, K, psug, hgr,
+                       reverse, ubounds)
