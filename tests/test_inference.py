@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qlnumba.kernels.recurrent_infer import CHUNK_COLUMNS, CHUNK_MAX
+from qlnumba.kernels.recurrent_units import CHUNK_COLUMNS, CHUNK_MAX
 from helpers import assert_close, make_rng, random_state
 from test_recurrent import SWITCH_IDS, SWITCHES, assert_matches_reference, make_layer, randomize
 

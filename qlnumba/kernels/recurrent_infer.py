@@ -1,14 +1,13 @@
 """QL-LSTM recurrent layer, inference only: unit-major, on P >= 1 threads (CPU).
 
 The forward of ``recurrent.py`` (same model, same arguments for state and
-parameters) when nothing is saved for backward.  It keeps h, c, m, a and the
-step products *unit-major*: one row of B values per hidden unit, one column per
-sequence.  A thread's units then form one contiguous block of Hp*B values in
-every array (z, c, h, m, a), and the element-wise work is a few flat loops over
-the whole block, which LLVM vectorises with no per-unit overhead; γ and β are
-copied out to one value per element once per call.  (Row-major
-``recurrent_units.py`` reads the step product column-wise and runs short loops
-per row: about twice the element-wise time.)
+parameters) when nothing is saved for backward: ``recurrent_units.py``'s forward
+without its saves, keeping c in a thread's own block instead.  It keeps h, c, m,
+a and the step products *unit-major*: one row of B values per hidden unit, one
+column per sequence.  A thread's units then form one contiguous block of Hp*B
+values in every array (z, c, h, m, a), and the element-wise work is a few flat
+loops over the whole block, which LLVM vectorises with no per-unit overhead; γ
+and β are copied out to one value per element once per call.
 
 Columns are the batch rows sorted by decreasing length, so the sequences still
 running at step s are columns 0 .. nact-1.  A column whose row has ended has its
@@ -38,19 +37,14 @@ Shapes legend (besides recurrent.py's)
   CT (Hp, B)           a thread's units of c
   HU (NG*Hp, B)        a thread's rows of z_t (gate k, unit u0+i at row k*Hp + i)
   Zc (NG*Hp, ns*B)     a thread's x W^T for the ns <= chunk steps of a chunk: column sc*B + j
-  SC, MC (H, nc)       s = a / K and m of the nc columns closing a block at this step
-  PC, QC (Hp, nc)      a thread's units of V_s s and V_m m for those columns
 """
 import numpy as np
 from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import sigmoid, tanh
-from .recurrent_units import pack_unit_rows
+from .recurrent_units import chunk_steps, close_blocks, expand_units, pack_unit_rows
 from .sync import STRIDE, barrier
-
-CHUNK_COLUMNS = 256     # a chunk's projection has about this many columns (chunk*B) ...
-CHUNK_MAX = 16          # ... and at most this many steps (at least one)
 
 
 @njit(**JIT)
@@ -79,7 +73,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     #    steps in one product
     rows = NG * Hp
     Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
-    chunk = max(1, min(CHUNK_MAX, CHUNK_COLUMNS // B))   # a product wide enough for BLAS
+    chunk = chunk_steps(B)                        # a product wide enough for BLAS
     Xflat = np.empty(chunk * B * E, dtype=h.dtype)
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
     Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's ns steps: column sc*B + j
@@ -88,22 +82,13 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     brow = np.empty(rows, dtype=h.dtype)          # b in HU's row order
     for k in range(NG):
         brow[k * Hp:(k + 1) * Hp] = b[k * H + u0:k * H + u1]
-    GB = np.zeros((8, Hp, B), dtype=h.dtype)      # γ_i, γ_f, γ_g, γ_o, β_i, .. β_o of each element
-    if psug:
-        for k in range(4):
-            for i in range(Hp):
-                GB[k, i, :] = gamma[k, u0 + i]
-                GB[4 + k, i, :] = beta[k, u0 + i]
-    G = GB.reshape(8, n)
+    GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), h.dtype)   # γ_k, β_k of
+    BET = expand_units(beta, u0, u1, B) if psug else np.empty((4, 1), h.dtype)    # each element
     hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
     z, ct = HU.reshape(rows * B), CT.reshape(n)   # flat views (contiguous)
     HTf, MTf, ATf = HT.reshape(2 * H * B), MT.reshape(H * B), AT.reshape(H * B)
     mt, at = MTf[u0 * B:u1 * B], ATf[u0 * B:u1 * B]
-    SCf, MCf = np.empty(H * B, dtype=h.dtype), np.empty(H * B, dtype=h.dtype)
-    PCf, QCf = np.empty(Hp * B, dtype=h.dtype), np.empty(Hp * B, dtype=h.dtype)
-    cols_close = np.empty(B, dtype=np.int64)      # the closing columns
-    r_close = np.empty(B, dtype=h.dtype)          # r and the new m of one unit, every closing column
-    m_close = np.empty(B, dtype=h.dtype)
+    SBLK = np.empty((0, 0, 0), dtype=h.dtype)     # nothing saved at a close
     Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H)
     Vm_p = np.ascontiguousarray(V_m[u0:u1])
     nact = B
@@ -135,7 +120,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                 hu[j] += zx[j] + br
         # Flat loops over this part's n = Hp*B elements, few arrays each: LLVM vectorises those.
         if psug:                                  # gate_k = act(γ_k z + β_k)
-            gi, gf, gg, go, ei, ef, eg, eo = G[0], G[1], G[2], G[3], G[4], G[5], G[6], G[7]
+            gi, gf, gg, go, ei, ef, eg, eo = GAM[0], GAM[1], GAM[2], GAM[3], BET[0], BET[1], BET[2], BET[3]
             for k in range(n):                    # c_t = f c_{t-1} + i g
                 zk = z[k]
                 ct[k] = (sigmoid(gf[k] * zk + ef[k]) * ct[k]
@@ -163,37 +148,9 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                 orow[i] = hh[i * B + j]
         nbar += 1
         barrier(flags, p, P, nbar)                # h_t complete; a complete for the closes
-        if not hgr:
-            continue
-        nc = 0
-        for j in range(nact):
-            if (n0[order[j]] + s + 1) % K == 0:
-                cols_close[nc] = j
-                nc += 1
-        if nc == 0:
-            continue
-        SC, MC = SCf[:H * nc].reshape(H, nc), MCf[:H * nc].reshape(H, nc)
-        for v in range(H):                        # every unit of the closing columns
-            av, mv, sv, mc = AT[v], MT[v], SC[v], MC[v]
-            for q in range(nc):
-                sv[q] = av[cols_close[q]] / K                         # s = a / K
-                mc[q] = mv[cols_close[q]]
-        PC, QC = PCf[:Hp * nc].reshape(Hp, nc), QCf[:Hp * nc].reshape(Hp, nc)
-        np.dot(Vs_p, SC, PC)                      # this part's units of V_s s, V_m m
-        np.dot(Vm_p, MC, QC)
-        nbar += 1
-        barrier(flags, p, P, nbar)                # every part has read a and m
-        for i in range(Hp):
-            u = u0 + i
-            pc, qc, sv, mc, br = PC[i], QC[i], SC[u], MC[u], b_r[u]
-            for q in range(nc):
-                r_close[q] = sigmoid(pc[q] + qc[q] + br)              # r = σ(V_s s + V_m m + b_r)
-            for q in range(nc):
-                m_close[q] = r_close[q] * mc[q] + (1 - r_close[q]) * sv[q]   # m = r m + (1-r) s
-            mv, av = MT[u], AT[u]
-            for q in range(nc):
-                mv[cols_close[q]] = m_close[q]
-                av[cols_close[q]] = 0.0
+        if hgr:
+            nbar = close_blocks(p, P, flags, nbar, MT, AT, SBLK, SBLK, SBLK, order, n0, nact, s,
+                                Vs_p, Vm_p, b_r, K, u0, u1, False)
     # 3) final state of the rows that ran every step
     for j in range(nact):
         _save_column(h, c, m, a, HT[steps % 2], CT, MT, AT, order[j], j, u0, u1, hgr)

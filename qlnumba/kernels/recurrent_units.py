@@ -139,11 +139,6 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
     hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
     HTf, MTf, ATf = HT.reshape(2 * H * B), MT.reshape(H * B), AT.reshape(H * B)
     mt, at = MTf[u0 * B:u1 * B], ATf[u0 * B:u1 * B]
-    SCf, MCf = np.empty(H * B, dtype=h.dtype), np.empty(H * B, dtype=h.dtype)
-    PCf, QCf = np.empty(Hp * B, dtype=h.dtype), np.empty(Hp * B, dtype=h.dtype)
-    cols_close = np.empty(B, dtype=np.int64)      # the closing columns
-    r_close = np.empty(B, dtype=h.dtype)          # r and the new m of one unit, every closing column
-    m_close = np.empty(B, dtype=h.dtype)
     Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H)
     Vm_p = np.ascontiguousarray(V_m[u0:u1])
     nact = B
@@ -216,46 +211,64 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
                 orow[i] = hh[i * B + j]
         nbar += 1
         barrier(flags, p, P, nbar)                # h_t complete; a complete for the closes
-        if not hgr:
-            continue
-        nc = 0
-        for j in range(nact):
-            if (n0[order[j]] + s + 1) % K == 0:
-                cols_close[nc] = j
-                nc += 1
-        if nc == 0:
-            continue
-        SC, MC = SCf[:H * nc].reshape(H, nc), MCf[:H * nc].reshape(H, nc)
-        for v in range(H):                        # every unit of the closing columns
-            av, mv, sv, mc = AT[v], MT[v], SC[v], MC[v]
-            for q in range(nc):
-                sv[q] = av[cols_close[q]] / K                         # s = a / K
-                mc[q] = mv[cols_close[q]]
-        PC, QC = PCf[:Hp * nc].reshape(Hp, nc), QCf[:Hp * nc].reshape(Hp, nc)
-        np.dot(Vs_p, SC, PC)                      # this part's units of V_s s, V_m m
-        np.dot(Vm_p, MC, QC)
-        nbar += 1
-        barrier(flags, p, P, nbar)                # every part has read a and m
-        for i in range(Hp):
-            u = u0 + i
-            pc, qc, sv, mc, br = PC[i], QC[i], SC[u], MC[u], b_r[u]
-            for q in range(nc):
-                r_close[q] = sigmoid(pc[q] + qc[q] + br)              # r = σ(V_s s + V_m m + b_r)
-            for q in range(nc):
-                m_close[q] = r_close[q] * mc[q] + (1 - r_close[q]) * sv[q]   # m = r m + (1-r) s
-            mv, av = MT[u], AT[u]
-            for q in range(nc):
-                j = cols_close[q]
-                row = order[j]
-                jb = (n0[row] + s + 1) // K - 1
-                SBLK[row, jb, u] = sv[q]
-                RBLK[row, jb, u] = r_close[q]
-                MBLK[row, jb + 1, u] = m_close[q]
-                mv[j] = m_close[q]
-                av[j] = 0.0
+        if hgr:
+            nbar = close_blocks(p, P, flags, nbar, MT, AT, SBLK, RBLK, MBLK, order, n0, nact, s,
+                                Vs_p, Vm_p, b_r, K, u0, u1, True)
     # 3) final state of the rows that ran every step
     for j in range(nact):
         _save_column(h, c, m, a, HT[steps % 2], CS[steps], MT, AT, order[j], j, u0, u1, hgr)
+
+
+@njit(**JIT)
+def close_blocks(p, P, flags, nbar, MT, AT, SBLK, RBLK, MBLK, order, n0, nact, s,
+                 Vs_p, Vm_p, b_r, K, u0, u1, save):
+    """The blocks that close after step s, this part's units of m and a; returns the barrier
+    count.  Every unit of a and m must be complete (a barrier after the step).  With ``save``,
+    s, r and the new m go to SBLK, RBLK, MBLK (backward's saves).
+
+    Shapes: MT, AT (H, B) unit-major; Vs_p, Vm_p (Hp, H) this part's rows of V_s, V_m.
+    """
+    H, B = MT.shape
+    Hp = u1 - u0
+    cols = np.empty(B, dtype=np.int64)            # the closing columns
+    nc = 0
+    for j in range(nact):
+        if (n0[order[j]] + s + 1) % K == 0:
+            cols[nc] = j
+            nc += 1
+    if nc == 0:
+        return nbar
+    SC, MC = np.empty((H, nc), dtype=MT.dtype), np.empty((H, nc), dtype=MT.dtype)
+    for v in range(H):                            # every unit of the closing columns
+        av, mv, sv, mc = AT[v], MT[v], SC[v], MC[v]
+        for q in range(nc):
+            sv[q] = av[cols[q]] / K                                   # s = a / K
+            mc[q] = mv[cols[q]]
+    PC, QC = np.empty((Hp, nc), dtype=MT.dtype), np.empty((Hp, nc), dtype=MT.dtype)
+    np.dot(Vs_p, SC, PC)                          # this part's units of V_s s, V_m m
+    np.dot(Vm_p, MC, QC)
+    nbar += 1
+    barrier(flags, p, P, nbar)                    # every part has read a and m
+    r_new, m_new = np.empty(nc, dtype=MT.dtype), np.empty(nc, dtype=MT.dtype)
+    for i in range(Hp):
+        u = u0 + i
+        pc, qc, sv, mc, br = PC[i], QC[i], SC[u], MC[u], b_r[u]
+        for q in range(nc):
+            r_new[q] = sigmoid(pc[q] + qc[q] + br)                    # r = σ(V_s s + V_m m + b_r)
+        for q in range(nc):
+            m_new[q] = r_new[q] * mc[q] + (1 - r_new[q]) * sv[q]      # m = r m + (1-r) s
+        mv, av = MT[u], AT[u]
+        for q in range(nc):
+            j = cols[q]
+            mv[j] = m_new[q]
+            av[j] = 0.0
+            if save:
+                row = order[j]
+                jb = (n0[row] + s + 1) // K - 1
+                SBLK[row, jb, u] = sv[q]
+                RBLK[row, jb, u] = r_new[q]
+                MBLK[row, jb + 1, u] = m_new[q]
+    return nbar
 
 
 @njit(**JIT)
