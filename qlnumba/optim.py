@@ -3,7 +3,10 @@ import math
 
 import numpy as np
 
-from .kernels.adam import adam_step, sum_of_squares
+from .config import get_num_threads, row_blocks
+from .kernels.adam import adam_step, adam_step_split, sum_of_squares
+
+SPLIT_MIN = 1 << 16     # parameters of a tensor for which Adam's step runs on every thread
 
 
 def global_norm(grads):
@@ -78,8 +81,12 @@ class Adam:
             wd = self.weight_decay if p.ndim >= 2 else 0.0
             consts = np.array([self.lr, b1, b2, self.eps, wd, 1 - b1 ** self.t, 1 - b2 ** self.t,
                                scale], dtype=p.dtype)
-            adam_step(p.reshape(-1), self.m[k].reshape(-1), self.v[k].reshape(-1),
-                      np.ascontiguousarray(grads[k]).reshape(-1), consts)
+            args = (p.reshape(-1), self.m[k].reshape(-1), self.v[k].reshape(-1),
+                    np.ascontiguousarray(grads[k]).reshape(-1), consts)
+            if p.size >= SPLIT_MIN and get_num_threads() > 1:     # big tensors: every thread
+                adam_step_split(*args, row_blocks(p.size))
+            else:
+                adam_step(*args)
         return norm
 
     def state_dict(self):

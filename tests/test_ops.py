@@ -7,7 +7,8 @@ import reference
 from qlnumba.kernels.blas import gemm_njit
 from qlnumba.kernels.embedding import embedding_backward, embedding_forward
 from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward
-from qlnumba.optim import Adam, global_norm
+from qlnumba.kernels.adam import sum_of_squares
+from qlnumba.optim import SPLIT_MIN, Adam, global_norm
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -141,3 +142,29 @@ def test_gemm_empty_inner_dimension():
     np.testing.assert_array_equal(C, 1.0)          # C += nothing
     gemm_njit(C, np.zeros((3, 0)), np.zeros((0, 2)), False, False, False)
     np.testing.assert_array_equal(C, 0.0)          # C = empty product
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 1001])
+def test_sum_of_squares_over_eight_running_sums(size):
+    g = make_rng(71).standard_normal(size).astype(np.float32)
+    assert sum_of_squares(g) == pytest.approx(float(np.sum(g.astype(np.float64) ** 2)), rel=1e-12, abs=0)
+
+
+def test_adam_split_over_threads_equals_one_thread(threads):
+    """Adam's step on a big tensor runs on every thread (blocks), with the same results."""
+    rng = make_rng(72)
+    params = {"big": rng.standard_normal((300, 257)).astype(np.float32),
+              "small": rng.standard_normal(10).astype(np.float32)}
+    grads = [{k: rng.standard_normal(p.shape).astype(np.float32) for k, p in params.items()}
+             for _ in range(3)]
+    results = []
+    for n in (1, 2):
+        threads(n)
+        ps = {k: p.copy() for k, p in params.items()}
+        opt = Adam(ps, lr=1e-2, weight_decay=0.1, clip_norm=5.0)
+        for g in grads:
+            opt.step(g)
+        results.append(ps)
+    assert params["big"].size >= SPLIT_MIN
+    for k in params:
+        np.testing.assert_array_equal(results[1][k], results[0][k])

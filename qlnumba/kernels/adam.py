@@ -7,17 +7,30 @@ Shapes legend
 """
 import math
 
-from numba import njit
+import numpy as np
+from numba import njit, prange
 
-from ..config import JIT
+from ..config import JIT, JIT_PARALLEL
 
 
 @njit(**JIT)
 def sum_of_squares(g):
-    total = 0.0
-    for i in range(g.size):
-        total += g[i] * g[i]
-    return total
+    """Σ g² in float64, as eight running sums: one running sum is a chain of dependent
+    additions (LLVM may not reorder it without fastmath), eight chains overlap."""
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    n8 = g.size - g.size % 8
+    for i in range(0, n8, 8):
+        s0 += np.float64(g[i]) * g[i]
+        s1 += np.float64(g[i + 1]) * g[i + 1]
+        s2 += np.float64(g[i + 2]) * g[i + 2]
+        s3 += np.float64(g[i + 3]) * g[i + 3]
+        s4 += np.float64(g[i + 4]) * g[i + 4]
+        s5 += np.float64(g[i + 5]) * g[i + 5]
+        s6 += np.float64(g[i + 6]) * g[i + 6]
+        s7 += np.float64(g[i + 7]) * g[i + 7]
+    for i in range(n8, g.size):
+        s0 += np.float64(g[i]) * g[i]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 @njit(**JIT)
@@ -32,3 +45,11 @@ def adam_step(p, m, v, g, consts):
         v[i] = beta2 * v[i] + (one - beta2) * gi * gi
         update = (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
         p[i] -= lr * (update + weight_decay * p[i])         # decoupled decay: not through m, v
+
+
+@njit(**JIT_PARALLEL)
+def adam_step_split(p, m, v, g, consts, bounds):
+    """``adam_step`` on the blocks [bounds[k], bounds[k+1]) side by side (same results)."""
+    for k in prange(len(bounds) - 1):
+        a, b = bounds[k], bounds[k + 1]
+        adam_step(p[a:b], m[a:b], v[a:b], g[a:b], consts)
