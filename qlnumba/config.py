@@ -115,14 +115,10 @@ def unit_blocks(hidden, align=8):
     return np.linspace(0, hidden, parts + 1).round().astype(np.int64)
 
 
-def row_blocks(batch, parts=None):
-    """Edges (P+1,) int64 of the row blocks a batch of ``batch`` rows is split into.
-
-    By default P = the thread count, at most ``batch`` (no empty block); with
-    ``parts`` given, exactly that many blocks, empty ones included.
-    """
-    if parts is None:
-        parts = max(1, min(_threads, batch))
+def row_blocks(batch):
+    """Edges (P+1,) int64 of the blocks ``batch`` rows (or values) are split into:
+    P = the thread count, at most ``batch`` (no empty block)."""
+    parts = max(1, min(_threads, batch))
     return np.linspace(0, batch, parts + 1).round().astype(np.int64)
 
 

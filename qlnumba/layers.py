@@ -23,7 +23,7 @@ from .kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forw
 from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, recurrent_forward,
                                 recurrent_forward_split)
 from .kernels.recurrent_infer import recurrent_infer_units
-from .kernels.recurrent_units import chunk_steps, recurrent_backward_units, recurrent_forward_units
+from .kernels.recurrent_units import grad_span_steps, recurrent_backward_units, recurrent_forward_units
 from .validate import check_dtype, check_float_array, check_lengths
 
 
@@ -117,7 +117,10 @@ class _QLCell:
 
         With ``need_grad=False`` nothing is saved and ``backward`` is not possible:
         the units partition (the default, any thread count) runs the inference
-        kernel, the rows partition this one with every step's saves in one slot.
+        kernel, the rows partition the kernels below with every step's saves in one
+        slot.  To train, the units partition on several threads runs the unit-major
+        kernels (``recurrent_units.py``); one thread and the rows partition run
+        ``recurrent.py``'s serial and row-block kernels.
         """
         if not need_grad and get_partition() == "units":
             return self._infer(x, lengths, st)
@@ -151,12 +154,12 @@ class _QLCell:
         B, T, E = x.shape
         H, buf = self.H, self.pool.take
         NB = (T + self.K - 1) // self.K if self.hgr else 0
-        chunk = chunk_steps(B)
+        span = grad_span_steps(B, self.params[self.prefix + "U"].shape[0])
         out = np.empty((B, T, H), dtype=self.dtype)        # the kernel writes every position
         saved = dict(order=np.empty(B, np.int64), XS=buf("XS", T * B * E),
                      ZS=buf("ZS", T if self.psug else 0, H, B), GS=buf("GS", T, 4, H, B),
                      CS=buf("CS", T + 1, H, B), THS=buf("THS", T, H, B),
-                     HS=buf("HS", -(-T // chunk), H, chunk * B),
+                     HS=buf("HS", -(-T // span), H, span * B),
                      MBLK=buf("MBLK", B, NB + 1 if self.hgr else 0, H), SBLK=buf("SBLK", B, NB, H),
                      RBLK=buf("RBLK", B, NB, H))
         n0 = st["n"].copy()

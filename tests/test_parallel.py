@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from qlnumba import config
-from qlnumba.kernels.recurrent_units import chunk_steps
+from qlnumba.kernels.recurrent_units import grad_span_steps
 from qlnumba.kernels.sync import STRIDE, barrier
 from helpers import assert_close, make_rng, random_state
 from test_recurrent import KIND_IDS, KINDS, make_layer, randomize
@@ -54,12 +54,12 @@ def test_split_rows_equal_serial(kind, threads):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("kind", KINDS[:4], ids=KIND_IDS[:4])
-def test_split_units_over_several_chunks_equal_serial(kind, threads):
-    """Long enough for several chunks of steps (B = 24: chunks of 10 steps, the last one
-    partial), so backward's per-chunk products and their double buffer are exercised."""
-    B, T = 24, 37
-    assert T > 3 * chunk_steps(B)
-    layer, problem = random_problem(kind, B, T, 5, 12, 5, seed=60)
+def test_split_units_over_several_spans_equal_serial(kind, threads):
+    """Long enough for several spans of steps (B = 24: spans of 10 steps, the last one
+    partial), so backward's per-span products and their double buffer are exercised."""
+    B, T, H = 24, 37, 12
+    assert T > 3 * grad_span_steps(B, 4 * H)
+    layer, problem = random_problem(kind, B, T, 5, H, 5, seed=60)
     threads(1)
     serial = run_layer(layer, *problem)
     threads(2, "units")
@@ -127,7 +127,6 @@ def test_row_blocks_and_thread_setting(threads):
     threads(2)
     assert config.row_blocks(7).tolist() == [0, 4, 7]
     assert config.row_blocks(1).tolist() == [0, 1]          # never an empty block
-    assert config.row_blocks(1, 2).tolist() == [0, 0, 1]    # unless asked for that many
     with pytest.raises(ValueError, match="thread count"):
         config.set_num_threads(0)
     with pytest.raises(ValueError, match="partition"):
@@ -150,7 +149,7 @@ def test_set_num_threads_pins_the_blas_numba_calls():
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 @pytest.mark.parametrize("kind", [(True, True), (False, False)], ids=["ql-lstm", "lstm"])
 def test_split_units_float32_close_to_float64(kind, threads):
-    """The float32 training path (rational tanh, several chunks) against float64 serial."""
+    """The float32 training path (rational tanh, several spans) against float64 serial."""
     B, T, E, H = 20, 45, 6, 16
     rng = make_rng(61)
     layer64 = make_layer(kind, E, H, K=4)

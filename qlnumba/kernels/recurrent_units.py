@@ -23,11 +23,12 @@ at its last step with the gradient of its final state, and until then all of its
 gradients are exactly zero, so its δz is zero at the steps it did not run and it
 adds nothing to the weight gradients.
 
-Forward saves, step-major and unit-major, what backward reads; the weight
-gradients are then a few large products over all steps at once: thread p gives
-the rows of dW, dU and db of its own units (nothing to add up between threads),
-and δx of its share of the steps.  Backward takes these products a chunk of
-steps at a time, as soon as the chunk's δz is complete, while it is in cache.
+Forward saves, step-major and unit-major, what backward reads.  Backward keeps
+δz of a span of steps (``grad_span_steps``: 256 to 1024 columns) and, as soon
+as the span is complete, thread p adds the span's share to the rows of dW, dU
+and db of its own units (nothing to add up between threads) and gives δx of its
+share of the span's steps, in products over the whole span: wide enough for
+BLAS, small enough to stay in cache where G is small.
 
 Shapes legend (besides recurrent.py's)
   P threads; ubounds (P+1,) int64 unit edges; Hp = u1 - u0; NG = G // H; S = steps = max length
@@ -38,13 +39,14 @@ Shapes legend (besides recurrent.py's)
   GS (T, 4, H, B)       the gates i, f, g, o
   CS (T+1, H, B)        c: CS[0] the initial state, CS[s+1] after step s
   THS (T, H, B)         tanh(c_t)
-  chunk                 steps per chunk (``chunk_steps(B)``); NC = ceil(S / chunk) chunks
-  HS (NC, H, chunk*B)   h_{t-1} of step s: chunk s // chunk, columns (s % chunk)*B .. + B - 1
+  chunk                 steps per chunk of the input projection (``chunk_steps(B)``)
+  span                  steps per span of the weight gradients (``grad_span_steps(B, G)``)
+  HS (NS, H, span*B)    h_{t-1} of step s: span s // span, columns (s % span)*B .. + B - 1
   MBLK, SBLK, RBLK      as in recurrent.py: (B, NB+1, H), (B, NB, H), (B, NB, H), by batch row
   HT (2, H, B)          h_{t-1} and h_t, alternating by step parity; MT, AT (H, B) m and a
   Wp, Up (P, NG*HPMAX, E or H)  thread p's rows of W, U: gate k, unit u0+i at row k*Hp + i
   DZT (2, G, B)         δz of this step and the last, alternating by step parity (backward)
-  DZC (2, G, chunk*B)   δz of the steps of a chunk, laid out as HS; by chunk parity
+  DZC (2, G, span*B)    δz of the steps of a span, laid out as HS; by span parity
 The caller runs exactly one Numba thread per part (``prange(P)`` with P equal to
 Numba's thread count) and a part never waits on a thread that is not running.
 """
@@ -64,6 +66,15 @@ CHUNK_MAX = 16          # ... and at most this many steps (at least one)
 def chunk_steps(B):
     """Steps per chunk: products of about CHUNK_COLUMNS columns, wide enough for BLAS."""
     return max(1, min(CHUNK_MAX, CHUNK_COLUMNS // B))
+
+
+@njit(**JIT)
+def grad_span_steps(B, G):
+    """Steps per span of backward's weight-gradient products: G columns, within [256, 1024].
+    (Measured on 2 cores, forward + backward: at (B, T, E, H) = (64, 512, 300, 512) spans
+    of 1024 columns against 256 took LSTM 3.36 s against 3.62 s and QL-LSTM 1.04 s against
+    1.12 s; at (32, 256, 128, 256), LSTM gains 2% from 1024 columns, QL-LSTM none.)"""
+    return max(1, min(1024, max(256, G)) // B)
 
 
 @njit(**JIT)
@@ -128,6 +139,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
     rows = NG * Hp
     Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
     chunk = chunk_steps(B)
+    span = HS.shape[2] // B
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
     Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's steps: column sc*B + j
     HU = np.empty((rows, B), dtype=h.dtype)       # z_t (psug: U h_{t-1} only, z goes to ZS)
@@ -154,7 +166,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
             nact -= 1
             _save_column(h, c, m, a, HT[cur], CS[s], MT, AT, order[nact], nact, u0, u1, hgr)
         hcur = HT[cur, u0:u1]
-        hs = HS[s // chunk, u0:u1, sc * B:(sc + 1) * B]
+        hs = HS[s // span, u0:u1, (s % span) * B:(s % span + 1) * B]
         for i in range(Hp):                       # h_{t-1}, saved for δU
             hs[i] = hcur[i]
         np.dot(Upp, HT[cur], HU)                  # U h_{t-1}, all B columns
@@ -337,10 +349,10 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
     dhhat = np.empty(n, dtype=dh.dtype)
     dpre = np.empty((4, n), dtype=dh.dtype)       # δ of the four gate pre-activations
     DZTf = DZT.reshape(2 * NG * H * B)
-    chunk = chunk_steps(B)
+    span = HS.shape[2] // B
     E = W.shape[1]
-    DXf = np.empty(chunk * B * E, dtype=dh.dtype)     # δx of this part's steps of a chunk
-    ones = np.ones((chunk * B, 1), dtype=dh.dtype)
+    DXf = np.empty(span * B * E, dtype=dh.dtype)      # δx of this part's steps of a span
+    ones = np.ones((span * B, 1), dtype=dh.dtype)
     cols_close = np.empty(B, dtype=np.int64)
     DMCf, DSCf = np.empty(Hp * B, dtype=dh.dtype), np.empty(Hp * B, dtype=dh.dtype)
     nact = 0
@@ -440,9 +452,9 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
                 dp_ = dpre[g]
                 for k in range(n):
                     dz[k] = dp_[k]
-        ci, sc = s // chunk, s % chunk
+        ci, sc = s // span, s % span
         dzc = DZC[ci % 2]
-        for g in range(NG):                       # δz of the chunk's steps, for the weight gradients
+        for g in range(NG):                       # δz of the span's steps, for the weight gradients
             dzg = DZT[cur, g * H + u0:g * H + u1]
             dzs = dzc[g * H + u0:g * H + u1, sc * B:(sc + 1) * B]
             for i in range(Hp):
@@ -450,9 +462,9 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
         nbar += 1
         barrier(flags, p, P, nbar)                # every unit of δz_t written
         np.dot(UCT, DZT[cur], DH)                 # δh_{t-1} = U^T δz_t, this part's units
-        if sc == 0:                               # the chunk is complete: its share of the products
-            _chunk_gradients(p, P, dx, dW, dU, db, dzc, XS, HS[ci], ones, DXf, lengths, order, W,
-                             ci * chunk, min(chunk, steps - ci * chunk), NG, u0, u1, reverse)
+        if sc == 0:                               # the span is complete: its share of the products
+            _span_gradients(p, P, dx, dW, dU, db, dzc, XS, HS[ci], ones, DXf, lengths, order, W,
+                            ci * span, min(span, steps - ci * span), NG, u0, u1, reverse)
     # 3) the gradient of the initial state
     for j in range(nact):
         row = order[j]
@@ -480,10 +492,10 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
 
 
 @njit(**JIT)
-def _chunk_gradients(p, P, dx, dW, dU, db, dzc, XS, HSc, ones, DXf, lengths, order, W,
-                     s0, ns, NG, u0, u1, reverse):
+def _span_gradients(p, P, dx, dW, dU, db, dzc, XS, HSc, ones, DXf, lengths, order, W,
+                    s0, ns, NG, u0, u1, reverse):
     """The weight gradients of this part's rows and δx of its share of the ns steps from s0
-    (z = W x + U h_{t-1} + b); dzc and HSc hold the chunk's δz and h_{t-1}, column k*B + j."""
+    (z = W x + U h_{t-1} + b); dzc and HSc hold the span's δz and h_{t-1}, column k*B + j."""
     B = order.size
     H, E = HSc.shape[0], W.shape[1]
     Hp = u1 - u0
@@ -530,7 +542,7 @@ def recurrent_backward_units(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh
     DPT = np.empty(H * B, dtype=dh.dtype)
     DP = np.zeros((B, NB, H), dtype=dh.dtype)
     MB2 = np.ascontiguousarray(MBLK[:, :NB, :]).reshape(B * NB, H)
-    DZC = np.empty((2, G, chunk_steps(B) * B), dtype=dh.dtype)
+    DZC = np.empty((2, G, HS.shape[2]), dtype=dh.dtype)
     XS2 = XS[:steps * B * E].reshape(steps * B, E)
     for p in prange(P):
         _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m,
