@@ -43,7 +43,7 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import sigmoid, tanh
-from .recurrent_units import chunk_steps, close_blocks, expand_units, pack_unit_rows
+from .recurrent_units import chunk_steps, close_blocks, expand_units, pack_unit_rows, publish_h
 from .sync import STRIDE, barrier
 
 
@@ -86,8 +86,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     BET = expand_units(beta, u0, u1, B) if psug else np.empty((4, 1), h.dtype)    # each element
     hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
     z, ct = HU.reshape(rows * B), CT.reshape(n)   # flat views (contiguous)
-    HTf, MTf, ATf = HT.reshape(2 * H * B), MT.reshape(H * B), AT.reshape(H * B)
-    mt, at = MTf[u0 * B:u1 * B], ATf[u0 * B:u1 * B]
+    mt, at = MT[u0:u1].reshape(n), AT[u0:u1].reshape(n)   # this part's m and a, flat
     SBLK = np.empty((0, 0, 0), dtype=h.dtype)     # nothing saved at a close
     Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H)
     Vm_p = np.ascontiguousarray(V_m[u0:u1])
@@ -133,19 +132,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                 ct[k] = sigmoid(zf[k]) * ct[k] + sigmoid(zi[k]) * tanh(zg[k])
             for k in range(n):                    # ĥ_t = o tanh(c_t)
                 hh[k] = sigmoid(zo[k]) * tanh(ct[k])
-        if hgr:
-            for k in range(n):
-                at[k] += hh[k]                    # a += ĥ_t
-            for k in range(n):
-                hh[k] += mt[k]                    # h_t = ĥ_t + m
-        hn = HTf[(nxt * H + u0) * B:(nxt * H + u1) * B]
-        for k in range(n):
-            hn[k] = hh[k]
-        for j in range(nact):                     # out[row, position] = h_t, running columns
-            row = order[j]
-            orow = out[row, lengths[row] - 1 - s if reverse else s, u0:u1]
-            for i in range(Hp):
-                orow[i] = hh[i * B + j]
+        publish_h(HT[nxt], out, hh, mt, at, order, lengths, nact, s, u0, u1, hgr, reverse)
         nbar += 1
         barrier(flags, p, P, nbar)                # h_t complete; a complete for the closes
         if hgr:

@@ -149,8 +149,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
     GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), h.dtype)   # γ_k, β_k of
     BET = expand_units(beta, u0, u1, B) if psug else np.empty((4, 1), h.dtype)    # each element
     hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
-    HTf, MTf, ATf = HT.reshape(2 * H * B), MT.reshape(H * B), AT.reshape(H * B)
-    mt, at = MTf[u0 * B:u1 * B], ATf[u0 * B:u1 * B]
+    mt, at = MT[u0:u1].reshape(n), AT[u0:u1].reshape(n)   # this part's m and a, flat
     Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H)
     Vm_p = np.ascontiguousarray(V_m[u0:u1])
     nact = B
@@ -208,19 +207,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
             th[k] = tanh(ct[k])
         for k in range(n):
             hh[k] = go[k] * th[k]                         # ĥ_t = o tanh(c_t)
-        if hgr:
-            for k in range(n):
-                at[k] += hh[k]                            # a += ĥ_t
-            for k in range(n):
-                hh[k] += mt[k]                            # h_t = ĥ_t + m
-        hn = HTf[(nxt * H + u0) * B:(nxt * H + u1) * B]
-        for k in range(n):
-            hn[k] = hh[k]
-        for j in range(nact):                     # out[row, position] = h_t, running columns
-            row = order[j]
-            orow = out[row, lengths[row] - 1 - s if reverse else s, u0:u1]
-            for i in range(Hp):
-                orow[i] = hh[i * B + j]
+        publish_h(HT[nxt], out, hh, mt, at, order, lengths, nact, s, u0, u1, hgr, reverse)
         nbar += 1
         barrier(flags, p, P, nbar)                # h_t complete; a complete for the closes
         if hgr:
@@ -229,6 +216,27 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
     # 3) final state of the rows that ran every step
     for j in range(nact):
         _save_column(h, c, m, a, HT[steps % 2], CS[steps], MT, AT, order[j], j, u0, u1, hgr)
+
+
+@njit(**JIT)
+def publish_h(HTn, out, hh, mt, at, order, lengths, nact, s, u0, u1, hgr, reverse):
+    """The output of step s from this part's ĥ_t (hh, unit-major, flat): with hgr a += ĥ_t and
+    h_t = ĥ_t + m; h_t goes to HTn (the next step's h, all units) and to ``out``."""
+    B = HTn.shape[1]
+    n = (u1 - u0) * B
+    if hgr:
+        for k in range(n):
+            at[k] += hh[k]                                # a += ĥ_t
+        for k in range(n):
+            hh[k] += mt[k]                                # h_t = ĥ_t + m
+    hn = HTn[u0:u1].reshape(n)
+    for k in range(n):
+        hn[k] = hh[k]
+    for j in range(nact):                         # out[row, position] = h_t, running columns
+        row = order[j]
+        orow = out[row, lengths[row] - 1 - s if reverse else s, u0:u1]
+        for i in range(u1 - u0):
+            orow[i] = hh[i * B + j]
 
 
 @njit(**JIT)
