@@ -43,7 +43,8 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import sigmoid, tanh
-from .recurrent_units import chunk_steps, close_blocks, expand_units, pack_unit_rows, publish_h
+from .recurrent_units import (chunk_steps, close_blocks, pack_unit_rows, part_params, publish_h,
+                              save_column)
 from .sync import STRIDE, barrier
 
 
@@ -51,7 +52,6 @@ from .sync import STRIDE, barrier
 def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                 Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, ubounds):
     B, T, E = x.shape
-    H = h.shape[1]
     NG = 1 if psug else 4
     u0, u1 = ubounds[p], ubounds[p + 1]
     Hp = u1 - u0
@@ -79,17 +79,11 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's ns steps: column sc*B + j
     HU = np.empty((rows, B), dtype=h.dtype)       # z_t = U h_{t-1} + x_t W^T + b, this part's rows
     n = Hp * B                                    # the element-wise loops run over all n at once
-    brow = np.empty(rows, dtype=h.dtype)          # b in HU's row order
-    for k in range(NG):
-        brow[k * Hp:(k + 1) * Hp] = b[k * H + u0:k * H + u1]
-    GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), h.dtype)   # γ_k, β_k of
-    BET = expand_units(beta, u0, u1, B) if psug else np.empty((4, 1), h.dtype)    # each element
+    brow, GAM, BET, Vs_p, Vm_p = part_params(b, gamma, beta, V_s, V_m, u0, u1, B, psug)
     hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
     z, ct = HU.reshape(rows * B), CT.reshape(n)   # flat views (contiguous)
     mt, at = MT[u0:u1].reshape(n), AT[u0:u1].reshape(n)   # this part's m and a, flat
     SBLK = np.empty((0, 0, 0), dtype=h.dtype)     # nothing saved at a close
-    Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H)
-    Vm_p = np.ascontiguousarray(V_m[u0:u1])
     nact = B
     for s in range(steps):
         sc = s % chunk
@@ -109,7 +103,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
         cur, nxt = s % 2, (s + 1) % 2
         while lengths[order[nact - 1]] <= s:      # a row that has ended: its final state now
             nact -= 1                             # (after its step s-1); its column drops off
-            _save_column(h, c, m, a, HT[cur], CT, MT, AT, order[nact], nact, u0, u1, hgr)
+            save_column(h, c, m, a, HT[cur], CT, MT, AT, order[nact], nact, u0, u1, hgr)
         # Ended columns are still computed below (on zero inputs: finite, and never read).
         np.dot(Upp, HT[cur], HU)                  # U h_{t-1}, all B columns
         c0 = sc * B                               # this step's columns of Zc
@@ -140,18 +134,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                                 Vs_p, Vm_p, b_r, K, u0, u1, False)
     # 3) final state of the rows that ran every step
     for j in range(nact):
-        _save_column(h, c, m, a, HT[steps % 2], CT, MT, AT, order[j], j, u0, u1, hgr)
-
-
-@njit(**JIT)
-def _save_column(h, c, m, a, HTs, CT, MT, AT, row, j, u0, u1, hgr):
-    """Final state of one row, this part's units: column j of the unit-major state."""
-    for i in range(u1 - u0):
-        h[row, u0 + i] = HTs[u0 + i, j]
-        c[row, u0 + i] = CT[i, j]
-        if hgr:
-            m[row, u0 + i] = MT[u0 + i, j]
-            a[row, u0 + i] = AT[u0 + i, j]
+        save_column(h, c, m, a, HT[steps % 2], CT, MT, AT, order[j], j, u0, u1, hgr)
 
 
 @njit(**JIT_PARALLEL)

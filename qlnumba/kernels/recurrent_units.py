@@ -104,11 +104,25 @@ def expand_units(A, u0, u1, B):
 
 
 @njit(**JIT)
+def part_params(b, gamma, beta, V_s, V_m, u0, u1, B, psug):
+    """The parameters a forward part reads per step, for units u0 .. u1: b in the packed row
+    order of Up (NG*Hp,); γ and β expanded by ``expand_units`` (4, Hp*B) with psug; the
+    rows of V_s and V_m (Hp, H)."""
+    NG = 1 if psug else 4
+    H, Hp = b.shape[0] // NG, u1 - u0
+    brow = np.empty(NG * Hp, dtype=b.dtype)
+    for k in range(NG):
+        brow[k * Hp:(k + 1) * Hp] = b[k * H + u0:k * H + u1]
+    GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), b.dtype)
+    BET = expand_units(beta, u0, u1, B) if psug else np.empty((4, 1), b.dtype)
+    return (brow, GAM, BET, np.ascontiguousarray(V_s[u0:u1]), np.ascontiguousarray(V_m[u0:u1]))
+
+
+@njit(**JIT)
 def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS, HS,
                   MBLK, SBLK, RBLK, x, lengths, order, n0, Wp, Up, b, gamma, beta,
                   V_s, V_m, b_r, K, psug, hgr, reverse, ubounds):
     B, T, E = x.shape
-    H = h.shape[1]
     NG = 1 if psug else 4
     u0, u1 = ubounds[p], ubounds[p + 1]
     Hp = u1 - u0
@@ -143,15 +157,9 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
     Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's steps: column sc*B + j
     HU = np.empty((rows, B), dtype=h.dtype)       # z_t (psug: U h_{t-1} only, z goes to ZS)
-    brow = np.empty(rows, dtype=h.dtype)          # b in HU's row order
-    for k in range(NG):
-        brow[k * Hp:(k + 1) * Hp] = b[k * H + u0:k * H + u1]
-    GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), h.dtype)   # γ_k, β_k of
-    BET = expand_units(beta, u0, u1, B) if psug else np.empty((4, 1), h.dtype)    # each element
+    brow, GAM, BET, Vs_p, Vm_p = part_params(b, gamma, beta, V_s, V_m, u0, u1, B, psug)
     hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
     mt, at = MT[u0:u1].reshape(n), AT[u0:u1].reshape(n)   # this part's m and a, flat
-    Vs_p = np.ascontiguousarray(V_s[u0:u1])       # (Hp, H)
-    Vm_p = np.ascontiguousarray(V_m[u0:u1])
     nact = B
     for s in range(steps):
         sc = s % chunk
@@ -163,7 +171,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
         cprev = CS[s, u0:u1].reshape(n)
         while lengths[order[nact - 1]] <= s:      # a row that has ended: its final state now
             nact -= 1
-            _save_column(h, c, m, a, HT[cur], CS[s], MT, AT, order[nact], nact, u0, u1, hgr)
+            save_column(h, c, m, a, HT[cur], CS[s, u0:u1], MT, AT, order[nact], nact, u0, u1, hgr)
         hcur = HT[cur, u0:u1]
         hs = HS[s // span, u0:u1, (s % span) * B:(s % span + 1) * B]
         for i in range(Hp):                       # h_{t-1}, saved for δU
@@ -215,7 +223,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
                                 Vs_p, Vm_p, b_r, K, u0, u1, True)
     # 3) final state of the rows that ran every step
     for j in range(nact):
-        _save_column(h, c, m, a, HT[steps % 2], CS[steps], MT, AT, order[j], j, u0, u1, hgr)
+        save_column(h, c, m, a, HT[steps % 2], CS[steps, u0:u1], MT, AT, order[j], j, u0, u1, hgr)
 
 
 @njit(**JIT)
@@ -292,14 +300,15 @@ def close_blocks(p, P, flags, nbar, MT, AT, SBLK, RBLK, MBLK, order, n0, nact, s
 
 
 @njit(**JIT)
-def _save_column(h, c, m, a, HTs, CTs, MT, AT, row, j, u0, u1, hgr):
-    """Final state of one row, this part's units: column j of the unit-major state."""
-    for u in range(u0, u1):
-        h[row, u] = HTs[u, j]
-        c[row, u] = CTs[u, j]
+def save_column(h, c, m, a, HTs, CTp, MT, AT, row, j, u0, u1, hgr):
+    """Final state of one row, this part's units: column j of the unit-major state
+    (HTs, MT, AT every unit; CTp this part's units of c)."""
+    for i in range(u1 - u0):
+        h[row, u0 + i] = HTs[u0 + i, j]
+        c[row, u0 + i] = CTp[i, j]
         if hgr:
-            m[row, u] = MT[u, j]
-            a[row, u] = AT[u, j]
+            m[row, u0 + i] = MT[u0 + i, j]
+            a[row, u0 + i] = AT[u0 + i, j]
 
 
 @njit(**JIT_PARALLEL)
