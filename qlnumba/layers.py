@@ -18,13 +18,15 @@ import math
 
 import numpy as np
 
-from .config import get_partition, row_blocks, unit_blocks
+from .config import row_blocks, unit_blocks
 from .kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forward_split
 from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, recurrent_forward,
                                 recurrent_forward_split)
-from .kernels.recurrent_infer import recurrent_infer_units
+from .kernels.recurrent_infer import recurrent_infer_rows, recurrent_infer_units
 from .kernels.recurrent_units import grad_span_steps, recurrent_backward_units, recurrent_forward_units
 from .validate import check_dtype, check_float_array, check_lengths
+
+INFER_ROWS_MIN = 16     # QL-LSTM inference splits rows where every thread gets this many
 
 
 def recurrent_param_count(input_size, hidden_size, psug=True, hgr=True):
@@ -116,26 +118,24 @@ class _QLCell:
         """Run the kernel; ``st`` (h, c, m, a, n of this cell) is updated in place.
 
         With ``need_grad=False`` nothing is saved and ``backward`` is not possible:
-        the units partition (the default, any thread count) runs the inference
-        kernel, the rows partition the kernels below with every step's saves in one
-        slot.  To train, the units partition on several threads runs the unit-major
-        kernels (``recurrent_units.py``); one thread and the rows partition run
-        ``recurrent.py``'s serial and row-block kernels.
+        the inference kernel runs (``_infer``).  To train, the units partition on
+        several threads runs the unit-major kernels (``recurrent_units.py``); one
+        thread and the rows partition run ``recurrent.py``'s serial and row-block
+        kernels.
         """
-        if not need_grad and get_partition() == "units":
+        if not need_grad:
             return self._infer(x, lengths, st)
         ubounds = unit_blocks(self.H)
-        if need_grad and ubounds is not None:
+        if ubounds is not None:
             return self._forward_units(x, lengths, st, ubounds)
         B, T, _ = x.shape
         H, dt = self.H, self.dtype
         G = self.params[self.prefix + "U"].shape[0]
         NB = (T + self.K - 1) // self.K if self.hgr else 0
-        TS = T if need_grad else 1
         out = np.zeros((B, T, H), dtype=dt)
         buf = self.pool.take
-        saved = dict(Z=buf("Z", B, T, G), GATES=buf("GATES", B, TS, 4, H), C=buf("C", B, TS, H),
-                     CPREV=buf("CPREV", B, TS, H), HPREV=buf("HPREV", B, TS, H),
+        saved = dict(Z=buf("Z", B, T, G), GATES=buf("GATES", B, T, 4, H), C=buf("C", B, T, H),
+                     CPREV=buf("CPREV", B, T, H), HPREV=buf("HPREV", B, T, H),
                      MBLK=buf("MBLK", B, NB + 1 if self.hgr else 0, H), SBLK=buf("SBLK", B, NB, H),
                      RBLK=buf("RBLK", B, NB, H))
         n0 = st["n"].copy()
@@ -146,7 +146,7 @@ class _QLCell:
                 self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
                 self.K, self.psug, self.hgr, self.reverse)
         _run(recurrent_forward, recurrent_forward_split, args, B)
-        self.cache = ("rows", x, lengths, n0, saved) if need_grad else None
+        self.cache = ("rows", x, lengths, n0, saved)
         return out
 
     def _forward_units(self, x, lengths, st, ubounds):
@@ -173,19 +173,31 @@ class _QLCell:
         return out
 
     def _infer(self, x, lengths, st):
-        """Forward saving nothing, on the unit-major kernel (any thread count)."""
+        """Forward saving nothing, on the unit-major inference kernel, on every thread.
+
+        With the units partition, LSTM splits the hidden units between threads;
+        QL-LSTM splits the batch rows where each thread gets ``INFER_ROWS_MIN``
+        rows or more.  Its per-step product (H rows of U, not 4H) is small enough
+        that waiting at a barrier every step costs more than BLAS loses on products
+        of B/P columns (2 threads, float32, rows against units: 1-7% less time at
+        (B, T, E, H) = (32, 256, 128, 256), 6-11% at (64, 512, 300, 512); LSTM 11-26%
+        and 1-5% more; QL-LSTM with 4 rows per thread 19% more).  The rows partition
+        (and one thread) always splits rows.
+        """
         B, T, E = x.shape
-        H = self.H
-        ubounds = unit_blocks(H)
-        if ubounds is None:
-            ubounds = np.array([0, H], dtype=np.int64)
-        out = np.empty((B, T, H), dtype=self.dtype)        # the kernel writes every position
-        recurrent_infer_units(out, st["h"], st["c"], st["m"], st["a"], st["n"],
-                              x, lengths,
-                              self._p("W", 2), self._p("U", 2), self._p("b", 1),
-                              self._p("gamma", 2), self._p("beta", 2),
-                              self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
-                              self.K, self.psug, self.hgr, self.reverse, ubounds)
+        out = np.empty((B, T, self.H), dtype=self.dtype)   # the kernel writes every position
+        args = (out, st["h"], st["c"], st["m"], st["a"], st["n"],
+                x, lengths,
+                self._p("W", 2), self._p("U", 2), self._p("b", 1),
+                self._p("gamma", 2), self._p("beta", 2),
+                self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
+                self.K, self.psug, self.hgr, self.reverse)
+        parts = len(row_blocks(B)) - 1
+        ubounds = unit_blocks(self.H)
+        if ubounds is not None and not (self.psug and B >= INFER_ROWS_MIN * parts):
+            recurrent_infer_units(*args, ubounds)
+        else:
+            recurrent_infer_rows(*args, parts)
         self.cache = None
         return out
 

@@ -1,17 +1,23 @@
 """Inference (``need_grad=False``) runs its own unit-major kernel (kernels/recurrent_infer.py):
-it must give the float64 reference's outputs and final states on 1 and 2 threads, for every
-switch setting, ragged lengths, reverse direction, carried state and several step chunks."""
+it must give the float64 reference's outputs and final states on 1 and 2 threads, with the
+hidden units or the batch rows split, for every switch setting, ragged lengths, reverse
+direction, carried state and several step chunks."""
 import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qlnumba import layers
+from qlnumba.kernels.recurrent_infer import deal_columns
 from qlnumba.kernels.recurrent_units import CHUNK_COLUMNS, CHUNK_MAX
+from qlnumba.layers import INFER_ROWS_MIN
 from helpers import assert_close, make_rng, random_state
 from test_recurrent import SWITCH_IDS, SWITCHES, assert_matches_reference, make_layer, randomize
 
 THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
+SPLITS = [(n, partition) for n in THREADS for partition in ("units", "rows") if n > 1 or partition == "units"]
+SPLIT_IDS = [f"{n}-{partition}" for n, partition in SPLITS]
 CHUNK = CHUNK_MAX              # the kernel's steps per chunk for batches of up to 16 rows
 
 
@@ -41,32 +47,72 @@ def problems(draw):
                 seed=draw(st.integers(0, 2 ** 31)))
 
 
-@pytest.mark.parametrize("n", THREADS)
+@pytest.mark.parametrize("n,partition", SPLITS, ids=SPLIT_IDS)
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])   # threads() each example
 @given(pb=problems())
-def test_inference_matches_reference(threads, n, pb):
-    threads(n, "units")
+def test_inference_matches_reference(threads, n, partition, pb):
+    threads(n, partition)
     check_inference(**pb)
 
 
-@pytest.mark.parametrize("n", THREADS)
+@pytest.mark.parametrize("n,partition", SPLITS, ids=SPLIT_IDS)
 @pytest.mark.parametrize("kind", SWITCHES, ids=SWITCH_IDS)
-def test_inference_float32_long_ragged(threads, n, kind):
+def test_inference_float32_long_ragged(threads, n, partition, kind):
     """Several chunks, rows ending inside and at the edge of a chunk, uneven unit parts."""
-    threads(n, "units")
+    threads(n, partition)
     T = 3 * CHUNK + 5
     check_inference(kind, 6, T, 4, 19, 4, 1, True, [T, 1, CHUNK, CHUNK + 1, 2 * CHUNK - 1, 17],
                     seed=60, dtype=np.float32, tol=2e-5)
 
 
 @pytest.mark.parametrize("n", THREADS)
-def test_inference_wide_batch_shorter_chunks(threads, n):
-    """A batch wide enough for chunks of fewer steps (CHUNK_COLUMNS // B), ragged."""
+@pytest.mark.parametrize("kind", [(True, True), (False, False)], ids=["ql", "lstm"])
+def test_inference_wide_batch_shorter_chunks(threads, n, kind):
+    """A batch wide enough for chunks of fewer steps (CHUNK_COLUMNS // B), ragged; on 2 threads
+    QL-LSTM splits the rows here (20 per thread), LSTM the units."""
     threads(n, "units")
-    B = 40
-    assert CHUNK_COLUMNS // B < CHUNK_MAX
+    B = 80
+    assert CHUNK_COLUMNS // (B // 2) < CHUNK_MAX and B // 2 >= INFER_ROWS_MIN
     lengths = make_rng(62).integers(1, 16, B)
-    check_inference((True, True), B, 15, 2, 5, 3, 1, True, lengths, seed=63)
+    check_inference(kind, B, 15, 2, 5, 3, 1, True, lengths, seed=63)
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_inference_split_choice(threads, monkeypatch):
+    """Units partition, 2 threads: QL-LSTM splits rows from INFER_ROWS_MIN rows per thread on,
+    LSTM always splits units; the rows partition always splits rows."""
+    calls = []
+    for name in ("recurrent_infer_rows", "recurrent_infer_units"):
+        kernel = getattr(layers, name)
+        monkeypatch.setattr(layers, name, lambda *args, k=kernel, name=name: (calls.append(name), k(*args)))
+    B = 2 * INFER_ROWS_MIN
+    for kind, partition, rows, want in [((True, True), "units", B, "rows"),
+                                        ((True, False), "units", B, "rows"),
+                                        ((True, True), "units", B - 1, "units"),
+                                        ((False, False), "units", B, "units"),
+                                        ((False, False), "rows", B, "rows")]:
+        threads(2, partition)
+        layer = make_layer(kind, 3, 16, 1, False)
+        calls.clear()
+        layer.forward(np.zeros((rows, 4, 3)), need_grad=False)
+        assert calls == ["recurrent_infer_" + want], (kind, partition, rows)
+
+
+@settings(deadline=None)
+@given(B=st.integers(1, 40), P=st.integers(1, 4), seed=st.integers(0, 2 ** 31))
+def test_deal_columns(B, P, seed):
+    """Every row goes to exactly one thread, in decreasing length; thread sizes differ by at
+    most one row and their total lengths by at most the longest row."""
+    lengths = make_rng(seed).integers(1, 100, B)
+    order = np.argsort(-lengths, kind="mergesort")
+    parts = [deal_columns(order, p, P) for p in range(P)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(B))
+    for cols in parts:
+        assert np.all(np.diff(lengths[cols]) <= 0)
+    sizes = [len(cols) for cols in parts]
+    totals = [int(lengths[cols].sum()) for cols in parts]
+    assert max(sizes) - min(sizes) <= 1
+    assert max(totals) - min(totals) <= lengths.max()
 
 
 @pytest.mark.parametrize("kind", SWITCHES, ids=SWITCH_IDS)

@@ -22,8 +22,6 @@ Shapes legend
     MBLK (B,NB+1,H) the memory each block started from (MBLK[:,0] = m0),
                     MBLK[:,j+1] = the memory after close j
     SBLK, RBLK (B,NB,H)  summary s and gate r of each block close
-    For inference (nothing saved), GATES, C, CPREV and HPREV may have a time
-    length of 1: every step then overwrites slot 0 and backward is not possible.
   bounds (P+1,) int64  row-block edges for the *_split kernels (one thread per block)
 Step s of a row of length L reads position pos = s, or L-1-s with reverse.
 Steps s >= L change nothing; out is zero at positions >= L.
@@ -48,7 +46,6 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
     B, T, E = x.shape
     H = h.shape[1]
     G = Z.shape[2]
-    save = GATES.shape[1] == T                    # else inference: one slot, overwritten each step
     # input projection of every step at once: Z = x W^T (the step loop adds U h + b)
     np.dot(x.reshape(B * T, E), W.T, Z.reshape(B * T, G))
     hUT = np.empty((G, B), dtype=h.dtype)         # U h_{t-1}, one column per row (BLAS runs
@@ -78,8 +75,7 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
             z = xw if psug else zbuf                              # z_t is kept in Z with psug only
             for j in range(G):                                    # (backward needs it for δγ)
                 z[j] = xw[j] + hu[j] + b[j]                       # z_t = W x_t + U h_{t-1} + b
-            sp = pos if save else 0                               # where this step's saves go
-            gt = GATES[bb, sp]                                    # (4, H): i, f, g, o
+            gt = GATES[bb, pos]                                   # (4, H): i, f, g, o
             if psug:                                              # gate_k = act(γ_k z + β_k)
                 for j in range(H):
                     gt[0, j] = sigmoid(gamma[0, j] * z[j] + beta[0, j])
@@ -99,7 +95,7 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                 for j in range(H):
                     gt[3, j] = sigmoid(z[3 * H + j])
             hrow, crow = h[bb], c[bb]
-            cprev, hprev, ct = CPREV[bb, sp], HPREV[bb, sp], C[bb, sp]
+            cprev, hprev, ct = CPREV[bb, pos], HPREV[bb, pos], C[bb, pos]
             for j in range(H):
                 cprev[j] = crow[j]
                 hprev[j] = hrow[j]

@@ -22,13 +22,23 @@ outputs go straight from the unit-major h_t to the running columns' rows of
 are gathered into (H, nc) blocks, so the two products V_s s and V_m m give
 this thread's units for every closing column at once.
 
-As in ``recurrent_units.py``, thread p owns the hidden units [u0, u1) of every
-column, multiplies h_{t-1} by its own packed rows of U each step, and meets
-the other threads at one spin barrier per step (two where a block closes).
+Two ways to split the work between P threads, both running ``_infer_part``:
+
+- ``recurrent_infer_units``: as in ``recurrent_units.py``, thread p owns the
+  hidden units [u0, u1) of every column, multiplies h_{t-1} by its own packed
+  rows of U each step, and meets the other threads at one spin barrier per step
+  (two where a block closes).
+- ``recurrent_infer_rows``: thread p owns some of the columns (rows dealt out by
+  ``deal_columns``, so that long and short rows spread evenly) and all of the
+  units; the threads never wait for each other.  Each per-step product has B/P
+  columns, which BLAS runs slower than B, but there is no barrier: QL-LSTM
+  (G = H, a small product per step) gains more from that than it loses.
 
 Shapes legend (besides recurrent.py's)
   P threads; ubounds (P+1,) int64 unit edges; Hp = u1 - u0; NG = G // H
-  order (B,) int64     column j holds row order[j] (rows by decreasing length)
+  order (Bc,) int64    column j holds row order[j] (rows by decreasing length); the part
+                       runs Bc columns: B with the units split, about B/P with the rows split
+  (below, B stands for Bc)
   XC (ns*B, E)         a thread's input of the ns <= chunk steps of a chunk, in step order:
                        XC[sc*B + j] = x[order[j], position of step s], zero where the row has ended
   Wp, Up (P, NG*HPMAX, E or H)  thread p's rows of W, U: gate k, unit u0+i at row k*Hp + i
@@ -51,7 +61,7 @@ from .sync import STRIDE, barrier
 @njit(**JIT)
 def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                 Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, ubounds):
-    B, T, E = x.shape
+    B, E = order.shape[0], x.shape[2]             # B: the columns this part runs
     NG = 1 if psug else 4
     u0, u1 = ubounds[p], ubounds[p + 1]
     Hp = u1 - u0
@@ -158,6 +168,49 @@ def recurrent_infer_units(out, h, c, m, a, n,
     for p in prange(P):
         _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                     Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, ubounds)
+    if hgr:
+        for bb in range(B):
+            n[bb] = (n0[bb] + lengths[bb]) % K    # steps since the last close
+
+
+@njit(**JIT)
+def deal_columns(order, p, P):
+    """Thread p's columns when P threads split the rows: the rows of ``order`` (decreasing
+    length) dealt out back and forth (0, 1, .., P-1, P-1, .., 0, 0, 1, ..), so that every
+    thread gets long and short rows alike; still in decreasing length."""
+    cols = np.empty(order.shape[0], dtype=np.int64)
+    nc = 0
+    for j in range(order.shape[0]):
+        rnd, pos = j // P, j % P
+        if (pos if rnd % 2 == 0 else P - 1 - pos) == p:
+            cols[nc] = order[j]
+            nc += 1
+    return cols[:nc]
+
+
+@njit(**JIT_PARALLEL)
+def recurrent_infer_rows(out, h, c, m, a, n,
+                         x, lengths,
+                         W, U, b, gamma, beta, V_s, V_m, b_r,
+                         K, psug, hgr, reverse, P):
+    """``recurrent_forward`` saving nothing, with the batch rows split over P <= B
+    threads that never wait for each other (P = 1 runs on one thread)."""
+    B, H = h.shape
+    NG = 1 if psug else 4
+    whole = np.array([0, H], dtype=np.int64)      # every thread has all units
+    Wp = pack_unit_rows(W, whole, NG)
+    Up = pack_unit_rows(U, whole, NG)
+    order = np.argsort(-lengths, kind="mergesort")   # stable: decreasing length
+    n0 = n.copy()
+    for p in prange(P):
+        cols = deal_columns(order, p, P)
+        Bc = cols.shape[0]
+        flags = np.zeros(STRIDE, dtype=np.int64)  # a barrier of one thread: never waits
+        HT = np.empty((2, H, Bc), dtype=h.dtype)
+        MT = np.empty((H, Bc), dtype=h.dtype)
+        AT = np.empty((H, Bc), dtype=h.dtype)
+        _infer_part(0, 1, flags, HT, MT, AT, out, h, c, m, a, x, lengths, cols, n0,
+                    Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, whole)
     if hgr:
         for bb in range(B):
             n[bb] = (n0[bb] + lengths[bb]) % K    # steps since the last close
