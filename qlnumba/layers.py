@@ -179,8 +179,8 @@ class _QLCell:
         QL-LSTM splits the batch rows where each thread gets ``INFER_ROWS_MIN``
         rows or more.  Its per-step product (H rows of U, not 4H) is small enough
         that waiting at a barrier every step costs more than BLAS loses on products
-        of B/P columns (2 threads, float32, rows against units: 1-7% less time at
-        (B, T, E, H) = (32, 256, 128, 256), 6-11% at (64, 512, 300, 512); LSTM 11-26%
+        of B/P columns (2 threads, float32, rows against units: 0-8% less time at
+        (B, T, E, H) = (32, 256, 128, 256), 6-16% at (64, 512, 300, 512); LSTM 11-26%
         and 1-5% more; QL-LSTM with 4 rows per thread 19% more).  The rows partition
         (and one thread) always splits rows.
         """
