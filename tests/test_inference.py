@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qlnumba import layers
-from qlnumba.kernels.recurrent_infer import deal_columns
+from qlnumba.kernels.recurrent_infer import deal_columns, recurrent_infer_rows
 from qlnumba.kernels.recurrent_units import CHUNK_COLUMNS, CHUNK_MAX
 from qlnumba.layers import INFER_ROWS_MIN
 from helpers import assert_close, make_rng, random_state
@@ -96,6 +96,34 @@ def test_inference_split_choice(threads, monkeypatch):
         calls.clear()
         layer.forward(np.zeros((rows, 4, 3)), need_grad=False)
         assert calls == ["recurrent_infer_" + want], (kind, partition, rows)
+
+
+@pytest.mark.parametrize("kind", SWITCHES, ids=SWITCH_IDS)
+def test_infer_rows_any_part_count(kind):
+    """recurrent_infer_rows with more parts than Numba threads (parts then run one after
+    another on a thread, as under TBB) gives the one-part results, every part its own buffers."""
+    rng = make_rng(64)
+    B, T, E, H = 7, 23, 3, 8
+    layer = make_layer(kind, E, H, K=4)
+    randomize(layer, rng)
+    cell = layer._cells[0][0]
+    x = rng.standard_normal((B, T, E))
+    lengths = rng.integers(1, T + 1, B)
+    state0 = layer._cell_state({k: v[0] for k, v in random_state(layer, B, rng).items()}, B)
+    results = {}
+    for P in (1, 2, 3, B):
+        st_ = {k: v.copy() for k, v in state0.items()}
+        out = np.empty((B, T, H))
+        recurrent_infer_rows(out, st_["h"], st_["c"], st_["m"], st_["a"], st_["n"], x, lengths,
+                             cell._p("W", 2), cell._p("U", 2), cell._p("b", 1),
+                             cell._p("gamma", 2), cell._p("beta", 2), cell._p("V_s", 2),
+                             cell._p("V_m", 2), cell._p("b_r", 1), cell.K, cell.psug, cell.hgr,
+                             False, P)
+        results[P] = (out, st_)
+    for P in (2, 3, B):
+        assert_close(results[P][0], results[1][0], 1e-12, 1e-13, f"out, {P} parts")
+        for k in state0:
+            assert_close(results[P][1][k], results[1][1][k], 1e-12, 1e-13, f"state {k}, {P} parts")
 
 
 @settings(deadline=None)

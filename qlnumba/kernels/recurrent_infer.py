@@ -188,13 +188,30 @@ def deal_columns(order, p, P):
     return cols[:nc]
 
 
+@njit(**JIT)
+def _infer_rows_part(p, P, out, h, c, m, a, x, lengths, order, n0,
+                     Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, whole):
+    """Thread p's share of ``recurrent_infer_rows``: its columns with every unit, in buffers of
+    its own (allocated here, not in the prange body, so that none is shared between threads)."""
+    H = h.shape[1]
+    cols = deal_columns(order, p, P)
+    Bc = cols.shape[0]
+    flags = np.zeros(STRIDE, dtype=np.int64)      # a barrier of one thread: never waits
+    HT = np.empty((2, H, Bc), dtype=h.dtype)
+    MT = np.empty((H, Bc), dtype=h.dtype)
+    AT = np.empty((H, Bc), dtype=h.dtype)
+    _infer_part(0, 1, flags, HT, MT, AT, out, h, c, m, a, x, lengths, cols, n0,
+                Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, whole)
+
+
 @njit(**JIT_PARALLEL)
 def recurrent_infer_rows(out, h, c, m, a, n,
                          x, lengths,
                          W, U, b, gamma, beta, V_s, V_m, b_r,
                          K, psug, hgr, reverse, P):
     """``recurrent_forward`` saving nothing, with the batch rows split over P <= B
-    threads that never wait for each other (P = 1 runs on one thread)."""
+    threads that never wait for each other (P = 1 runs on one thread; any P works on
+    any number of Numba threads)."""
     B, H = h.shape
     NG = 1 if psug else 4
     whole = np.array([0, H], dtype=np.int64)      # every thread has all units
@@ -203,14 +220,8 @@ def recurrent_infer_rows(out, h, c, m, a, n,
     order = np.argsort(-lengths, kind="mergesort")   # stable: decreasing length
     n0 = n.copy()
     for p in prange(P):
-        cols = deal_columns(order, p, P)
-        Bc = cols.shape[0]
-        flags = np.zeros(STRIDE, dtype=np.int64)  # a barrier of one thread: never waits
-        HT = np.empty((2, H, Bc), dtype=h.dtype)
-        MT = np.empty((H, Bc), dtype=h.dtype)
-        AT = np.empty((H, Bc), dtype=h.dtype)
-        _infer_part(0, 1, flags, HT, MT, AT, out, h, c, m, a, x, lengths, cols, n0,
-                    Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, whole)
+        _infer_rows_part(p, P, out, h, c, m, a, x, lengths, order, n0,
+                         Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, whole)
     if hgr:
         for bb in range(B):
             n[bb] = (n0[bb] + lengths[bb]) % K    # steps since the last close
