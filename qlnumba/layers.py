@@ -114,6 +114,19 @@ class _QLCell:
     def _p(self, name, ndim):
         return self.params.get(self.prefix + name, _dummy(ndim, self.dtype))
 
+    def _forward_params(self):
+        """The forward kernels' last arguments: W, U, b, γ, β, V_s, V_m, b_r, K, psug, hgr, reverse."""
+        return (self._p("W", 2), self._p("U", 2), self._p("b", 1),
+                self._p("gamma", 2), self._p("beta", 2),
+                self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
+                self.K, self.psug, self.hgr, self.reverse)
+
+    def _backward_params(self):
+        """The backward kernels' last arguments: W, U, γ, V_s, V_m, K, psug, hgr, reverse."""
+        return (self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
+                self._p("V_s", 2), self._p("V_m", 2),
+                self.K, self.psug, self.hgr, self.reverse)
+
     def forward(self, x, lengths, st, need_grad=True):
         """Run the kernel; ``st`` (h, c, m, a, n of this cell) is updated in place.
 
@@ -141,10 +154,7 @@ class _QLCell:
         n0 = st["n"].copy()
         args = (out, st["h"], st["c"], st["m"], st["a"], st["n"], *saved.values(),
                 x, lengths,
-                self._p("W", 2), self._p("U", 2), self._p("b", 1),
-                self._p("gamma", 2), self._p("beta", 2),
-                self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
-                self.K, self.psug, self.hgr, self.reverse)
+                *self._forward_params())
         _run(recurrent_forward, recurrent_forward_split, args, B)
         self.cache = ("rows", x, lengths, n0, saved)
         return out
@@ -165,10 +175,7 @@ class _QLCell:
         n0 = st["n"].copy()
         recurrent_forward_units(out, st["h"], st["c"], st["m"], st["a"], st["n"], *saved.values(),
                                 x, lengths,
-                                self._p("W", 2), self._p("U", 2), self._p("b", 1),
-                                self._p("gamma", 2), self._p("beta", 2),
-                                self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
-                                self.K, self.psug, self.hgr, self.reverse, ubounds)
+                                *self._forward_params(), ubounds)
         self.cache = ("units", x, lengths, n0, saved, ubounds)
         return out
 
@@ -188,10 +195,7 @@ class _QLCell:
         out = np.empty((B, T, self.H), dtype=self.dtype)   # the kernel writes every position
         args = (out, st["h"], st["c"], st["m"], st["a"], st["n"],
                 x, lengths,
-                self._p("W", 2), self._p("U", 2), self._p("b", 1),
-                self._p("gamma", 2), self._p("beta", 2),
-                self._p("V_s", 2), self._p("V_m", 2), self._p("b_r", 1),
-                self.K, self.psug, self.hgr, self.reverse)
+                *self._forward_params())
         parts = len(row_blocks(B)) - 1
         ubounds = unit_blocks(self.H)
         if ubounds is not None and not (self.psug and B >= INFER_ROWS_MIN * parts):
@@ -211,9 +215,7 @@ class _QLCell:
                 g("V_s", 2), g("V_m", 2), g("b_r", 1),
                 dst["h"], dst["c"], dst["m"], dst["a"], self.pool.take("DZ", *saved["Z"].shape),
                 dout, x, lengths, n0, *saved.values(),
-                self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
-                self._p("V_s", 2), self._p("V_m", 2),
-                self.K, self.psug, self.hgr, self.reverse)
+                *self._backward_params())
         _run(recurrent_backward, recurrent_backward_split, args, x.shape[0])
 
     def _backward_units(self, dx, g, dout, dst):
@@ -222,9 +224,7 @@ class _QLCell:
                                  g("V_s", 2), g("V_m", 2), g("b_r", 1),
                                  dst["h"], dst["c"], dst["m"], dst["a"],
                                  dout, x, lengths, n0, *saved.values(),
-                                 self._p("W", 2), self._p("U", 2), self._p("gamma", 2),
-                                 self._p("V_s", 2), self._p("V_m", 2),
-                                 self.K, self.psug, self.hgr, self.reverse, ubounds)
+                                 *self._backward_params(), ubounds)
 
 
 class _GRUCell:

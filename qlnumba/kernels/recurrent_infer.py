@@ -53,8 +53,8 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import sigmoid, tanh
-from .recurrent_units import (chunk_steps, close_blocks, pack_unit_rows, part_params, publish_h,
-                              save_column)
+from .recurrent_units import (advance_counters, chunk_steps, close_blocks, pack_unit_rows,
+                              part_params, publish_h, save_column)
 from .sync import STRIDE, barrier
 
 
@@ -169,8 +169,7 @@ def recurrent_infer_units(out, h, c, m, a, n,
         _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                     Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, ubounds)
     if hgr:
-        for bb in range(B):
-            n[bb] = (n0[bb] + lengths[bb]) % K    # steps since the last close
+        advance_counters(n, n0, lengths, K)
 
 
 @njit(**JIT)
@@ -212,7 +211,7 @@ def recurrent_infer_rows(out, h, c, m, a, n,
     """``recurrent_forward`` saving nothing, with the batch rows split over P <= B
     threads that never wait for each other (P = 1 runs on one thread; any P works on
     any number of Numba threads)."""
-    B, H = h.shape
+    H = h.shape[1]
     NG = 1 if psug else 4
     whole = np.array([0, H], dtype=np.int64)      # every thread has all units
     Wp = pack_unit_rows(W, whole, NG)
@@ -223,5 +222,4 @@ def recurrent_infer_rows(out, h, c, m, a, n,
         _infer_rows_part(p, P, out, h, c, m, a, x, lengths, order, n0,
                          Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, whole)
     if hgr:
-        for bb in range(B):
-            n[bb] = (n0[bb] + lengths[bb]) % K    # steps since the last close
+        advance_counters(n, n0, lengths, K)

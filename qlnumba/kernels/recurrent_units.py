@@ -300,6 +300,13 @@ def close_blocks(p, P, flags, nbar, MT, AT, SBLK, RBLK, MBLK, order, n0, nact, s
 
 
 @njit(**JIT)
+def advance_counters(n, n0, lengths, K):
+    """Each row's n after its lengths[row] steps from n0: the steps since its last close."""
+    for row in range(n.shape[0]):
+        n[row] = (n0[row] + lengths[row]) % K
+
+
+@njit(**JIT)
 def save_column(h, c, m, a, HTs, CTp, MT, AT, row, j, u0, u1, hgr):
     """Final state of one row, this part's units: column j of the unit-major state
     (HTs, MT, AT every unit; CTp this part's units of c)."""
@@ -337,8 +344,7 @@ def recurrent_forward_units(out, h, c, m, a, n, order, XS, ZS, GS, CS, THS, HS, 
                       MBLK, SBLK, RBLK, x, lengths, order, n0, Wp, Up, b, gamma, beta,
                       V_s, V_m, b_r, K, psug, hgr, reverse, ubounds)
     if hgr:
-        for bb in range(B):
-            n[bb] = (n0[bb] + lengths[bb]) % K    # steps since the last close
+        advance_counters(n, n0, lengths, K)
 
 
 @njit(**JIT)
