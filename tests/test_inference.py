@@ -115,10 +115,7 @@ def test_infer_rows_any_part_count(kind):
         st_ = {k: v.copy() for k, v in state0.items()}
         out = np.empty((B, T, H))
         recurrent_infer_rows(out, st_["h"], st_["c"], st_["m"], st_["a"], st_["n"], x, lengths,
-                             cell._p("W", 2), cell._p("U", 2), cell._p("b", 1),
-                             cell._p("gamma", 2), cell._p("beta", 2), cell._p("V_s", 2),
-                             cell._p("V_m", 2), cell._p("b_r", 1), cell.K, cell.psug, cell.hgr,
-                             False, P)
+                             *cell._forward_params(), P)
         results[P] = (out, st_)
     for P in (2, 3, B):
         assert_close(results[P][0], results[1][0], 1e-12, 1e-13, f"out, {P} parts")
