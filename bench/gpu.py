@@ -8,13 +8,13 @@ per-row state crosses), as torch does on device tensors.  Step loops timed:
 "persistent" (one cooperative launch for all steps, the default) and, with
 ``--paths persistent,simple``, the per-step launches.  ``--host-api`` adds the
 layer API (host arrays in and out, parameters copied each call).  ``--check``
-first compares the GPU layer with the CPU layer at the first shape; ``--trainer``
+first compares the GPU layer with the CPU layer (at ``--check-shapes``); ``--trainer``
 times whole ``CudaTrainer`` steps (embedding, layer, head, BPTT, AdamW on the
 device).  Warm-up first (compilation excluded), medians, tokens/s and ratios
 against cuDNN (as torch ships it, and in strict FP32).
 
-    python bench/gpu.py [--shapes small,large] [--paths persistent] [--check] [--trainer]
-                        [--json-out FILE]
+    python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2,4]
+                        [--check] [--trainer] [--json-out FILE]
 """
 import argparse
 import json
@@ -40,25 +40,31 @@ def package_version(name):
         return None
 
 
-def check_against_cpu(qlnumba, shape, block_size, rng):
+def check_against_cpu(qlnumba, shape, block_size, rng, row_groups=(None,)):
     """Max |GPU - CPU| / max |CPU| of out, dx and every gradient, float32, at a benchmark shape
-    (many blocks on a real card, unlike the tests' tiny shapes)."""
+    (many blocks on a real card, unlike the tests' tiny shapes), for each row-group setting
+    of the persistent kernels."""
     B, T, E, H = shape
     x = rng.standard_normal((B, T, E)).astype(np.float32)
     lengths = rng.integers(T // 2, T + 1, B)
     lengths[0] = T
     dout = rng.standard_normal((B, T, H)).astype(np.float32)
+
+    def run(psug, device, groups=None):
+        layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=block_size, device=device, seed=3)
+        if device == "cuda":
+            layer._cells[0][0].row_groups = groups
+        out, _ = layer.forward(x, lengths)
+        dx, grads = layer.backward(dout)
+        return dict(out=out, dx=dx, **{f"grad_{k}": v for k, v in grads.items()})
+
     report = {}
     for kind, psug in (("ql", True), ("lstm", False)):
-        results = []
-        for device in ("cpu", "cuda"):
-            layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=block_size, device=device, seed=3)
-            out, _ = layer.forward(x, lengths)
-            dx, grads = layer.backward(dout)
-            results.append(dict(out=out, dx=dx, **{f"grad_{k}": v for k, v in grads.items()}))
-        cpu, gpu = results
-        report[kind] = {k: float(np.abs(gpu[k] - cpu[k]).max() / max(np.abs(cpu[k]).max(), 1e-30))
-                        for k in cpu}
+        cpu = run(psug, "cpu")
+        for g in row_groups:
+            gpu = run(psug, "cuda", g)
+            report[kind + ("" if g is None else f"_r{g}")] = {
+                k: float(np.abs(gpu[k] - cpu[k]).max() / max(np.abs(cpu[k]).max(), 1e-30)) for k in cpu}
     return report
 
 
@@ -82,10 +88,62 @@ def time_trainer(qlnumba, repeats, rng):
     return out
 
 
-def layer_plan(qlnumba, E, H, psug):
-    """Whether the persistent kernels run at this size (else the cell falls back to simple)."""
+def time_matmul_tiles(tiles, shape, repeats, rng):
+    """GFLOP/s of each matrix-product tile on the layer's big products at ``shape``
+    (QL-LSTM, G = H): x W^T before the step loop, and after it the weight gradients
+    Σ δz x^T, Σ δz h^T (k = B*T, split k) and W^T δz; plus the kernel's registers and
+    local memory per thread (local memory would mean the register block spilled)."""
+    from numba import cuda
+
+    from qlnumba.gpu import recurrent as rec
+    B, T, E, H = shape
+    BT, G = B * T, H
+    x = cuda.to_device(rng.standard_normal((BT, E)).astype(np.float32))
+    dz = cuda.to_device(rng.standard_normal((BT, G)).astype(np.float32))
+    h = cuda.to_device(rng.standard_normal((BT, H)).astype(np.float32))
+    W = cuda.to_device(rng.standard_normal((G, E)).astype(np.float32))
+    Z, dx = cuda.device_array((BT, G), np.float32), cuda.device_array((BT, E), np.float32)
+    dW, dU = cuda.device_array((G, E), np.float32), cuda.device_array((G, H), np.float32)
+    k = rec.kernels(np.dtype(np.float32))
+    ws = rec.Workspace(np.float32)
+    products = {  # name: (C, A, B, M, N, K, sam, sak, sbk, sbn)
+        "Z = x W^T": (Z, x, W, BT, G, E, E, 1, 1, E),
+        "dW = sum dz x^T": (dW, dz, x, G, E, BT, 1, G, E, 1),
+        "dU = sum dz h^T": (dU, dz, h, G, H, BT, 1, G, H, 1),
+        "dx = W^T dz": (dx, dz, W, BT, E, G, G, 1, E, 1)}
+    saved, out = rec.MATMUL_TILE, {}
+    try:
+        for tile in tiles:
+            rec.MATMUL_TILE = tile
+            row = {}
+            for name, (C, A, Bm, M, N, Kd, *strides) in products.items():
+                def run(C=C, A=A, Bm=Bm, M=M, N=N, Kd=Kd, strides=strides):
+                    rec.matmul(k, C, A, Bm, M, N, Kd, *strides, scratch=ws.scratch)
+                row[name + " GFLOP/s"] = 2 * M * N * Kd / median_time(run, repeats, cuda.synchronize) / 1e9
+            for kern in getattr(rec.matmul_kernel(np.dtype(np.float32), rec.TILES[tile]), "overloads", {}).values():
+                row["registers"], row["local_bytes"] = kern.regs_per_thread, kern.local_mem_per_thread
+            out[tile] = row
+    finally:
+        rec.MATMUL_TILE = saved
+    return out
+
+
+def kernel_resources():
+    """Registers and local memory per thread of the compiled persistent kernels."""
+    from qlnumba.gpu import recurrent as rec
+    out = {}
+    for name in ("persistent_forward", "persistent_backward"):
+        for i, kern in enumerate(rec.kernels(np.dtype(np.float32))[name].overloads.values()):
+            out[f"{name}[{i}]"] = {"registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
+    return out
+
+
+def layer_plan(B, H, psug, row_groups):
+    """The persistent kernels' plan at this size as a dict (None: the cell falls back to
+    the simple path)."""
     from qlnumba.gpu.recurrent import persistent_plan
-    return persistent_plan(H, H if psug else 4 * H, 4, hgr=psug) is not None
+    plan = persistent_plan(B, H, H if psug else 4 * H, 4, psug, row_groups)
+    return None if plan is None else plan._asdict()
 
 
 def main():
@@ -94,11 +152,18 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--paths", default="persistent", help="qlnumba GPU step loops to time (persistent,simple)")
     ap.add_argument("--block-size", type=int, default=32, help="QL-LSTM block length K (library default)")
+    ap.add_argument("--row-groups", default="default",
+                    help="persistent path: row groups to time, comma-separated (default: the library's "
+                         "choice); each gets its own label, suffixed _r<N>")
     ap.add_argument("--trainer", action="store_true",
                     help="also time whole training steps of the IMDB model kinds on the device (CudaTrainer)")
     ap.add_argument("--check", action="store_true",
-                    help="first compare the GPU layer with the CPU layer at the first shape (max errors)")
+                    help="first compare the GPU layer with the CPU layer (max errors; see --check-shapes)")
+    ap.add_argument("--check-shapes", default="small", help="shapes --check compares at")
     ap.add_argument("--host-api", action="store_true", help="also time the host-array layer API")
+    ap.add_argument("--matmul-tiles", default=None,
+                    help="first time these matrix-product tiles (comma-separated names of "
+                         "qlnumba.gpu.recurrent.TILES) on the large shape's products")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     import numba
@@ -126,25 +191,33 @@ def main():
     except ImportError:
         torch = None
     rng = np.random.default_rng(0)
+    groups = [None if g == "default" else int(g) for g in args.row_groups.split(",")]
     if args.check:
-        first = SHAPES[args.shapes.split(",")[0]]
-        result["check_vs_cpu_max_rel_err"] = check_against_cpu(qlnumba, first, args.block_size, rng)
+        result["check_vs_cpu_max_rel_err"] = {
+            name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, groups)
+            for name in args.check_shapes.split(",")}
         print(json.dumps({"check_vs_cpu_max_rel_err": result["check_vs_cpu_max_rel_err"]}), flush=True)
+    if args.matmul_tiles:
+        result["matmul_tiles"] = time_matmul_tiles(args.matmul_tiles.split(","), SHAPES["large"],
+                                                   args.repeats, rng)
+        print(json.dumps({"matmul_tiles": result["matmul_tiles"]}), flush=True)
     for name in args.shapes.split(","):
         B, T, E, H = SHAPES[name]
         tokens = B * T
         x = rng.standard_normal((B, T, E)).astype(np.float32)
         dout = rng.standard_normal((B, T, H)).astype(np.float32)
         row = {"B": B, "T": T, "E": E, "H": H, "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
-        cases = [(f"qlnumba_{kind}_{path}", psug, path) for path in args.paths.split(",")
-                 for kind, psug in (("ql", True), ("lstm", False))]
+        cases = [(f"qlnumba_{kind}_{path}" + ("" if g is None or path != "persistent" else f"_r{g}"),
+                  psug, path, g)
+                 for path in args.paths.split(",") for kind, psug in (("ql", True), ("lstm", False))
+                 for g in (groups if path == "persistent" else [None])]
         d_x, d_dout = cuda.to_device(x), cuda.to_device(dout)
         lengths = np.full(B, T, np.int64)
-        for label, psug, path in cases:
+        for label, psug, path, g in cases:
             layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=args.block_size,
                                    device="cuda", seed=0)
             cell = layer._cells[0][0]
-            cell.path = path
+            cell.path, cell.row_groups = path, g
             params, grads = cell.device_params(), cell.device_grads()
 
             def state():
@@ -165,7 +238,8 @@ def main():
                     layer.forward(x)
                     layer.backward(dout)
                 row["train_tokens_per_s"][label + "_host_api"] = tokens / median_time(host_train, args.repeats)
-        row["qlnumba_persistent_used"] = {lab: layer_plan(qlnumba, E, H, psug) for lab, psug, _ in cases}
+        row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, g)
+                                          for lab, psug, path, g in cases if path == "persistent"}
         if torch is not None and torch.cuda.is_available():
             xt = torch.from_numpy(x).cuda()
             dt = torch.from_numpy(dout).cuda()
@@ -193,6 +267,8 @@ def main():
                 row[f"{mode}_ratio_vs_cudnn"] = {k: v / tps["torch_cudnn_lstm"] for k, v in tps.items()}
         result["shapes"][name] = row
         print(json.dumps({name: row}), flush=True)
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and "persistent" in args.paths:
+        result["kernel_resources"] = kernel_resources()
     if args.trainer:
         result["trainer"] = time_trainer(qlnumba, args.repeats, rng)
         print(json.dumps({"trainer": result["trainer"]}), flush=True)

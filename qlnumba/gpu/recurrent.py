@@ -35,6 +35,7 @@ correct (the simulator runs few threads; a GPU runs many).
 """
 import math
 import os
+from collections import namedtuple
 from functools import lru_cache
 
 import numpy as np
@@ -44,11 +45,12 @@ from . import get_cuda
 
 cuda = get_cuda()
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
-# matrix product: (TY, TX) threads per block, TM x TN outputs each, k-slabs of BK
-TY, TX, TM, TN, BK = (2, 2, 2, 2, 2) if SIM else (16, 16, 4, 4, 16)
-BM, BN = TM * TY, TN * TX                # the (BM, BN) tile of C one block makes
-SLAB_A, SLAB_B = BK * BM, BK * BN          # shared slab sizes (compile-time constants)
-TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
+# matrix product tiles: (TY, TX) threads per block, TM x TN outputs each, k-slabs of BK;
+# MATMUL_TILE names the one ``matmul`` uses
+Tile = namedtuple("Tile", "TY TX TM TN BK")
+TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2)} if SIM else
+         {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8)})
+MATMUL_TILE = "64x64"
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
 MAX_BLOCKS = 2 if SIM else 1024
@@ -76,11 +78,14 @@ def sigmoid_for(dtype):
 
 
 @lru_cache(maxsize=None)
-def kernels(dtype):
-    """Compile the kernels for one float dtype (shared-memory tiles need it fixed)."""
+def matmul_kernel(dtype, tile):
+    """The register-blocked matrix-product kernel for one float dtype and one ``Tile``
+    (its sizes are compile-time constants: shared slabs and register blocks need them)."""
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
-    one = np.dtype(dtype).type(1.0)
-    sigmoid = sigmoid_for(np.dtype(dtype))
+    TY, TX, TM, TN, BK = tile
+    BM, BN = TM * TY, TN * TX                    # the (BM, BN) tile of C one block makes
+    SLAB_A, SLAB_B = BK * BM, BK * BN
+    TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
@@ -146,6 +151,16 @@ def kernels(dtype):
                             C[split * M * N + row * N + col] += acc[i, j]
                         else:
                             C[split * M * N + row * N + col] = acc[i, j]
+
+    return matmul
+
+
+@lru_cache(maxsize=None)
+def kernels(dtype):
+    """Compile the kernels for one float dtype (shared-memory tiles need it fixed)."""
+    ftype = float32 if np.dtype(dtype) == np.float32 else float64
+    one = np.dtype(dtype).type(1.0)
+    sigmoid = sigmoid_for(np.dtype(dtype))
 
     @cuda.jit
     def fill_zero(A):
@@ -391,11 +406,15 @@ def kernels(dtype):
             partial[1, p, kj] = b_acc
 
     @cuda.jit(device=True)
-    def part_columns(q, nparts, H):
-        """Hidden units [u0, u0 + nq) of part q, nu = ceil(H / nparts) per part."""
-        nu = (H + nparts - 1) // nparts
-        u0 = q * nu
-        return u0, min(H, u0 + nu) - u0, nu
+    def part_span(q, ugroups, rgroups, B, H):
+        """Part q's rows [r0, r0 + nr) and hidden units [u0, u0 + nq): unit group q % ugroups
+        (nu = ceil(H / ugroups) units each), row group q // ugroups (ceil(B / rgroups) rows
+        each; nr may be 0).  Returns (r0, nr, u0, nq, nu)."""
+        nu = (H + ugroups - 1) // ugroups
+        u0 = (q % ugroups) * nu
+        nrg = (B + rgroups - 1) // rgroups
+        r0 = (q // ugroups) * nrg
+        return r0, max(0, min(B, r0 + nrg) - r0), u0, min(H, u0 + nu) - u0, nu
 
     @cuda.jit(device=True)
     def load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose):
@@ -422,11 +441,14 @@ def kernels(dtype):
                 a10 + w0 * x1, a11 + w1 * x1, a12 + w2 * x1, a13 + w3 * x1)
 
     @cuda.jit(device=True)
-    def team_dot(out, X, Ush, red, B, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s):
-        """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b, k] for this part's columns c and the rows b
-        that step at s (idle rows are not written).
+    def team_dot(out, X, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s, rot):
+        """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b, k] for this part's columns c and its rows
+        b in [r0, r0 + nr) that step at s (idle rows are not written).
 
-        Teams of TEAM threads take (2 rows × 4 columns) items; a team's lanes split k
+        Teams of TEAM threads take (2 rows × 4 columns) items, team t of round base
+        item (base + t + rot) % items: blocks that read the same rows of X start at
+        different rows (``rot``), so they do not all ask L2 for the same lines at
+        once.  A team's lanes split k
         (consecutive k: coalesced reads of X, conflict-free reads of Ush), then each
         output sums its TEAM lane partials from shared memory in lane order
         (deterministic).  Block-uniform rounds, so every thread meets every barrier."""
@@ -435,28 +457,30 @@ def kernels(dtype):
         nteams = nthr // TEAM
         team, lane = tid // TEAM, tid % TEAM
         ngrp = ncol_pad // 4
-        nitems = ((B + 1) // 2) * ngrp
+        nitems = ((nr + 1) // 2) * ngrp
+        rend = r0 + nr
         for base in range(0, nitems, nteams):
             item = base + team
             a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = ftype(0.0)
             if item < nitems:
-                b0 = (item // ngrp) * 2
-                b1 = min(b0 + 1, B - 1)
+                item = (item + rot) % nitems
+                b0 = r0 + (item // ngrp) * 2
+                b1 = min(b0 + 1, rend - 1)
                 c0 = (item % ngrp) * 4
                 # unsigned indices: Numba then skips the negative-index wraparound code,
                 # which was most of the instructions of this loop
                 kd = uint64(Kd)
-                r0, r1 = uint64(b0), uint64(b1)
+                ra, rb = uint64(b0), uint64(b1)
                 w = uint64(c0 * Kd)                                      # column c0's row of Ush
                 k = uint64(lane)
                 while k + TEAM3 < kd:
                     # four k per pass, their eight X loads issued together (X was just
                     # written by other blocks: the loads wait on L2)
                     kb, kc, kd4 = k + TEAM1, k + TEAM2, k + TEAM3
-                    xa0, xa1 = X[r0, k], X[r1, k]
-                    xb0, xb1 = X[r0, kb], X[r1, kb]
-                    xc0, xc1 = X[r0, kc], X[r1, kc]
-                    xd0, xd1 = X[r0, kd4], X[r1, kd4]
+                    xa0, xa1 = X[ra, k], X[rb, k]
+                    xb0, xb1 = X[ra, kb], X[rb, kb]
+                    xc0, xc1 = X[ra, kc], X[rb, kc]
+                    xd0, xd1 = X[ra, kd4], X[rb, kd4]
                     a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
                         a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, xa0, xa1)
                     a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
@@ -468,7 +492,7 @@ def kernels(dtype):
                     k += TEAM4
                 while k < kd:
                     a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, X[r0, k], X[r1, k])
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, X[ra, k], X[rb, k])
                     k += TEAM1
             red[tid] = a00
             red[nthr + tid] = a01
@@ -483,9 +507,10 @@ def kernels(dtype):
                 tm, i = o // 8, o % 8                     # team tm's output i: row b0 + i // 4, column c0 + i % 4
                 item = base + tm
                 if item < nitems:
-                    b = (item // ngrp) * 2 + i // 4
+                    item = (item + rot) % nitems
+                    b = r0 + (item // ngrp) * 2 + i // 4
                     c = (item % ngrp) * 4 + i % 4
-                    if b < B and c < ncol and c % nu < nq and s < lengths[b]:
+                    if b < rend and c < ncol and c % nu < nq and s < lengths[b]:
                         # the TEAM lane partials in four interleaved chains (lanes l, l+4, ...),
                         # then the chains in order: a fixed order, a quarter of the latency
                         q = uint64(i * nthr + tm * TEAM)
@@ -532,14 +557,14 @@ def kernels(dtype):
     @cuda.jit(**PERSISTENT_JIT)
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                            RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
-                           b_r, steps, K, nparts, psug, hgr, reverse):
-        """Every step in one cooperative launch: block q owns the hidden units of part q
-        and keeps their rows of U (all four gates), V_s and V_m in shared memory, so a
-        step needs one grid sync.
+                           b_r, steps, K, ugroups, rgroups, psug, hgr, reverse):
+        """Every step in one cooperative launch: block q owns part q, a group of rows and
+        a group of hidden units (``part_span``), and keeps the units' rows of U (all
+        four gates), V_s and V_m in shared memory, so a step needs one grid sync.
 
-        Per step: U h_{t-1} for the part's rows (``team_dot``), then its cells, then a
-        grid sync, then (on a closing step) V_s s and V_m m for its units and their
-        block close.  h alternates between hbuf[0] and hbuf[1] (step s reads
+        Per step: U h_{t-1} for the part's rows and units (``team_dot``), then their
+        cells, then a grid sync, then (on a closing step) V_s s and V_m m for them and
+        their block close.  h alternates between hbuf[0] and hbuf[1] (step s reads
         hbuf[s % 2]); the block summary s between Sbuf[0] and Sbuf[1] by step; m
         between mbuf[0] and mbuf[1] by close, so a close reads every unit's old m
         while writing its own new one.  When there are more parts than blocks (the
@@ -548,14 +573,15 @@ def kernels(dtype):
         grid = cuda.cg.this_grid()
         B, H = c.shape
         G = U.shape[0]
-        nu = (H + nparts - 1) // nparts
+        nparts = ugroups * rgroups
+        nu = (H + ugroups - 1) // ugroups
         ncol = (G // H) * nu
         ncol_pad = (ncol + 3) // 4 * 4
         nv = (nu + 3) // 4 * 4 * H if hgr else 0
         Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * H, nv)
         resident = nparts == cuda.gridDim.x
         if resident:
-            u0, nq, nu = part_columns(cuda.blockIdx.x, nparts, H)
+            r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
             load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, H, H, False, hgr)
             cuda.syncthreads()
         closes = 0
@@ -563,12 +589,14 @@ def kernels(dtype):
             hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
             m, S = mbuf[closes % 2], Sbuf[s % 2]
             for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
-                u0, nq, nu = part_columns(q, nparts, H)
+                r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                rot = q % ugroups
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             ncol, ncol_pad, H, H, False, hgr)
-                team_dot(hU, hcur, Ush, red, B, ncol, ncol_pad, nu, nq, H, u0, H, lengths, s)  # U h_{t-1}
-                for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
-                    bb, j = e // nq, u0 + e % nq
+                team_dot(hU, hcur, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H, lengths, s,
+                         rot)                                                   # U h_{t-1}
+                for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
+                    bb, j = r0 + e // nq, u0 + e % nq
                     cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths,
                                  b, gamma, beta, s, psug, hgr, reverse, bb, j)
                     if hgr and closes_at(lengths, n0, s, K, bb):
@@ -577,14 +605,17 @@ def kernels(dtype):
             if hgr and close_flags[s]:
                 mnext = mbuf[(closes + 1) % 2]
                 for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
-                    u0, nq, nu = part_columns(q, nparts, H)
+                    r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                    rot = q % ugroups
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 ncol, ncol_pad, H, H, False, hgr)
                     nu_pad = (nu + 3) // 4 * 4
-                    team_dot(P, S, Vs_sh, red, B, nu, nu_pad, nu, nq, H, u0, H, lengths, s)  # V_s s
-                    team_dot(Q, m, Vm_sh, red, B, nu, nu_pad, nu, nq, H, u0, H, lengths, s)  # V_m m
-                    for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
-                        bb, j = e // nq, u0 + e % nq
+                    team_dot(P, S, Vs_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
+                             rot)                                               # V_s s
+                    team_dot(Q, m, Vm_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
+                             rot)                                               # V_m m
+                    for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
+                        bb, j = r0 + e // nq, u0 + e % nq
                         close_forward_cell(mnext, m, a, MBLK, SBLK, RBLK, S, P[bb, j] + Q[bb, j], b_r,
                                            lengths, n0, s, K, bb, j)
                 closes += 1
@@ -593,85 +624,98 @@ def kernels(dtype):
     @cuda.jit(**PERSISTENT_JIT)
     def persistent_backward(DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
                             GATES, C, CPREV, MBLK, SBLK, RBLK, lengths, n0, close_flags,
-                            U, gamma, V_s, V_m, steps, K, nparts, psug, hgr, reverse):
+                            U, gamma, V_s, V_m, steps, K, ugroups, rgroups, psug, hgr, reverse):
         """BPTT of ``persistent_forward`` in one cooperative launch, steps in reverse.
 
-        Block q owns part q's units and keeps U[:, units] (and V_s, V_m[:, units]) in
-        shared memory.  Per step: (on a closing step: the close rule, a grid sync,
-        V^T δp for its units), the cells, a grid sync, then δh_{t-1} = U^T δz_t for
-        its units.  δz_t alternates between DZbuf[0] and DZbuf[1] by step.  A thread
-        keeps the same (row, unit) in the close and cell loops of a step, so δm, δa,
-        δc need no barrier there.
+        Block q owns part q's rows and units and keeps U[:, units] (and V_s,
+        V_m[:, units]) in shared memory.  Per step: (on a closing step: the close rule,
+        a grid sync, V^T δp for its part), the cells, a grid sync, then δh_{t-1} =
+        U^T δz_t for its part.  δz_t alternates between DZbuf[0] and DZbuf[1] by step.
+        A thread keeps the same (row, unit) in the close and cell loops of a step, so
+        δm, δa, δc need no barrier there.
         """
         grid = cuda.cg.this_grid()
         B, H = dh.shape
         G = U.shape[0]
-        nu = (H + nparts - 1) // nparts
+        nparts = ugroups * rgroups
+        nu = (H + ugroups - 1) // ugroups
         ncol_pad = (nu + 3) // 4 * 4
         nv = ncol_pad * H if hgr else 0
         Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * G, nv)
         resident = nparts == cuda.gridDim.x
         if resident:
-            u0, nq, nu = part_columns(cuda.blockIdx.x, nparts, H)
+            r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
             load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, nu, ncol_pad, G, H, True, hgr)
             cuda.syncthreads()
         for s in range(steps - 1, -1, -1):
             DZs = DZbuf[s % 2]
             if hgr and close_flags[s]:                                    # the close rule first
                 for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
-                    u0, nq, nu = part_columns(q, nparts, H)
-                    for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
+                    r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                    for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
                         close_backward_cell(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s,
-                                            K, e // nq, u0 + e % nq)
+                                            K, r0 + e // nq, u0 + e % nq)
                 grid.sync()
                 for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
-                    u0, nq, nu = part_columns(q, nparts, H)
+                    r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                    rot = q % ugroups
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 nu, ncol_pad, G, H, True, hgr)
-                    team_dot(dmV, DP_step, Vm_sh, red, B, nu, ncol_pad, nu, nq, H, u0, H, lengths, s)
-                    team_dot(dsV, DP_step, Vs_sh, red, B, nu, ncol_pad, nu, nq, H, u0, H, lengths, s)
-                    for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
-                        bb, j = e // nq, u0 + e % nq
+                    team_dot(dmV, DP_step, Vm_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
+                             lengths, s, rot)
+                    team_dot(dsV, DP_step, Vs_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
+                             lengths, s, rot)
+                    for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
+                        bb, j = r0 + e // nq, u0 + e % nq
                         if closes_at(lengths, n0, s, K, bb):              # V_m^T δp, V_s^T δp
                             close_backward_finish_cell(dm, da, dmV[bb, j], dsV[bb, j], K, bb, j)
             for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
-                u0, nq, nu = part_columns(q, nparts, H)
-                for e in range(cuda.threadIdx.x, B * nq, cuda.blockDim.x):
+                r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
                     cell_backward(DZ, DZs, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma,
-                                  lengths, s, psug, hgr, reverse, e // nq, u0 + e % nq)
+                                  lengths, s, psug, hgr, reverse, r0 + e // nq, u0 + e % nq)
             grid.sync()
             for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
-                u0, nq, nu = part_columns(q, nparts, H)
+                r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                rot = q % ugroups
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             nu, ncol_pad, G, H, True, hgr)
                 # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
-                team_dot(dh, DZs, Ush, red, B, nu, ncol_pad, nu, nq, H, u0, G, lengths, s)
+                team_dot(dh, DZs, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths, s, rot)
 
     return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward,
-                matmul=matmul, step_forward=step_forward, close_summary=close_summary,
+                step_forward=step_forward, close_summary=close_summary,
                 close_forward=close_forward, close_backward=close_backward,
                 close_backward_finish=close_backward_finish, step_backward=step_backward,
                 carry_dh=carry_dh, column_sums=column_sums, column_sums_partial=column_sums_partial,
                 gate_param_partial=gate_param_partial, fill_zero=fill_zero, copy_rows=copy_rows)
 
 
-def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False):
+def new_scratch(n, dtype):
+    """A fresh flat device buffer of n values: the default ``scratch`` of the launchers
+    below (``Workspace.scratch`` reuses one instead)."""
+    return cuda.device_array(n, dtype)
+
+
+def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False, scratch=new_scratch):
     """C (M,N) [+]= A (M,K) B (K,N) with A, B given as flat arrays and element strides.
 
     Where the tiles of C are too few to fill the GPU and k is long (the weight
     gradients: k = B*T), k is split into chunks whose products are summed in chunk
-    order afterwards (deterministic, no atomics)."""
+    order afterwards (deterministic, no atomics), through ``scratch(n, dtype)``."""
+    TY, TX, TM, TN, BK = tile = TILES[MATMUL_TILE]
+    BM, BN = TM * TY, TN * TX
     tiles = ((M + BM - 1) // BM) * ((N + BN - 1) // BN)
     want, min_k = (64, 2 * BK) if SIM else (512, 8 * BK)   # blocks wanted; shortest chunk
     nsplit = max(1, min(want // tiles, Kd // min_k))
     kchunk = -(-Kd // nsplit) if nsplit > 1 else max(Kd, 1)
     nsplit = -(-Kd // kchunk) if Kd else 1
-    launch = k["matmul"][min(tiles * nsplit, 4 * MAX_BLOCKS), (TX, TY)]
+    launch = matmul_kernel(np.dtype(C.dtype), tile)[min(tiles * nsplit, 4 * MAX_BLOCKS), (TX, TY)]
     if nsplit == 1:
         launch(C.reshape(C.size), A.reshape(A.size), Bm.reshape(Bm.size), M, N, Kd, sam, sak, sbk, sbn,
                accumulate, kchunk)
         return
-    partial = cuda.device_array(nsplit * M * N, C.dtype)
+    partial = scratch(nsplit * M * N, C.dtype)
     launch(partial, A.reshape(A.size), Bm.reshape(Bm.size), M, N, Kd, sam, sak, sbk, sbn, False, kchunk)
     if not accumulate:
         clear(C)
@@ -699,20 +743,20 @@ def _chunks(rows, cols):
     return -(-rows // chunk), chunk
 
 
-def column_sums(k, out, A, rows, cols):
+def column_sums(k, out, A, rows, cols, scratch=new_scratch):
     """out (cols,) += column sums of the flat (rows, cols) device array A, in a fixed order:
     chunk sums in parallel, then the chunks in order (deterministic)."""
     nch, chunk = _chunks(rows, cols)
-    partial = cuda.device_array((nch, cols), out.dtype)
-    k["column_sums_partial"][grid_for(nch * cols)](partial, A, rows, cols, chunk)
-    k["column_sums"][grid_for(cols)](out, partial.reshape(nch * cols), nch, cols)
+    partial = scratch(nch * cols, out.dtype)
+    k["column_sums_partial"][grid_for(nch * cols)](partial.reshape((nch, cols)), A, rows, cols, chunk)
+    k["column_sums"][grid_for(cols)](out, partial, nch, cols)
 
 
-def gate_param_grads(k, dgamma, dbeta, DPRE, Z, BT, H):
+def gate_param_grads(k, dgamma, dbeta, DPRE, Z, BT, H, scratch=new_scratch):
     """δγ_k += Σ δp_k z,  δβ_k += Σ δp_k over every row and step (two passes, fixed order);
     DPRE (BT,4,H), Z (BT,H)."""
     nch, chunk = _chunks(BT, 4 * H)
-    partial = cuda.device_array((2, nch, 4 * H), dgamma.dtype)
+    partial = scratch(2 * nch * 4 * H, dgamma.dtype).reshape((2, nch, 4 * H))
     k["gate_param_partial"][grid_for(nch * 4 * H)](partial, DPRE, Z, BT, chunk)
     for out, part in ((dgamma, partial[0]), (dbeta, partial[1])):
         k["column_sums"][grid_for(4 * H)](out.reshape(4 * H), part.reshape(nch * 4 * H), nch, 4 * H)
@@ -725,30 +769,81 @@ def closing_steps(lengths, n0, K, steps):
     return closes.any(axis=0).astype(np.int8)
 
 
-def persistent_plan(H, G, itemsize, hgr):
-    """How the persistent kernels split the hidden units, or None where they cannot run.
+Plan = namedtuple("Plan", "ugroups rgroups blocks threads fwd_bytes bwd_bytes")
 
-    Returns (parts, blocks, threads, forward shared bytes, backward shared bytes).  On
-    a GPU there is one part per block and at most one block per multiprocessor, so
-    every block is resident (a grid sync needs that); each part's slices of U (and
-    V_s, V_m) and the team partials must fit the dynamic shared memory a launch gets
-    without an opt-in.  Blocks of 512 threads (registers capped at 128, see
-    PERSISTENT_JIT) hide more of the step's memory latency than 256; 256 where 512
-    do not fit.  The simulator runs one block that loops over three parts (so the
+
+@lru_cache(maxsize=None)
+def shared_limit():
+    """Bytes of dynamic shared memory a block may have: the device's opt-in maximum
+    (``opt_in_shared`` raises a kernel's limit to it), 48 KB in the simulator."""
+    if SIM:
+        return SHARED_BYTES
+    try:
+        return int(cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+    except (AttributeError, KeyError):               # pragma: no cover - old drivers
+        return SHARED_BYTES
+
+
+def persistent_plan(B, H, G, itemsize, hgr, row_groups=None):
+    """How the persistent kernels split the rows and hidden units, or None where they
+    cannot run.
+
+    Returns a ``Plan``: parts are ``rgroups`` groups of rows times ``ugroups`` groups
+    of units.  On a GPU there is one part per block and at most one block per
+    multiprocessor, so every block is resident (a grid sync needs that); each part's
+    slices of U (and V_s, V_m) and the team partials must fit the block's dynamic
+    shared memory (``shared_limit``).  More row groups mean fewer rows of h (or δz)
+    for each block to read per step, but more units, so larger slices of U.
+    ``row_groups`` None: one group.  Blocks of 512 threads (registers capped at 128,
+    see PERSISTENT_JIT) hide more of the step's memory latency than 256; 256 where
+    512 do not fit.  The simulator runs one block that loops over every part (so the
     partition logic is tested there too).
     """
-    blocks = min(3, H) if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
-    nu = -(-H // blocks)
-    parts = -(-H // nu)
+    rgroups = max(1, min(B, 1 if row_groups is None else int(row_groups)))
+    blocks = min(3, H) * rgroups if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
+    if blocks < rgroups:
+        return None
+    nu = -(-H // (blocks // rgroups))
+    ugroups = -(-H // nu)
     pad4 = lambda n: (n + 3) // 4 * 4
     v = 2 * pad4(nu) * H if hgr else 0
     for threads in ((THREADS,) if SIM else (512, 256)):
         red = 8 * threads
         fwd = (pad4((G // H) * nu) * H + v + red) * itemsize
         bwd = (pad4(nu) * G + v + red) * itemsize
-        if max(fwd, bwd) < SHARED_BYTES:
-            return parts, 1 if SIM else parts, threads, fwd, bwd
+        if max(fwd, bwd) <= shared_limit():
+            return Plan(ugroups, rgroups, 1 if SIM else ugroups * rgroups, threads, fwd, bwd)
     return None
+
+
+_opted_in = {}
+
+
+def opt_in_shared(dispatcher, args, nbytes):
+    """Let the kernel that ``dispatcher`` runs for ``args`` have ``nbytes`` of dynamic shared
+    memory: from 48 KB up a launch needs the driver's function attribute set first
+    (numba-cuda 0.30 has no option for it, so it is set on the compiled function)."""
+    if SIM or nbytes < SHARED_BYTES:
+        return
+    kernel = dispatcher.compile(tuple(dispatcher.typeof_pyval(v) for v in args))
+    func = kernel._codelibrary.get_cufunc()
+    if _opted_in.get(id(func), 0) >= nbytes:
+        return
+    from numba.cuda.cudadrv import driver as drv
+    binding = getattr(drv, "binding", None)
+    if binding is not None and hasattr(binding, "CUfunction_attribute"):
+        attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    else:                                            # pragma: no cover - ctypes binding
+        from numba.cuda.cudadrv import enums
+        attr = enums.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    drv.driver.cuFuncSetAttribute(func.handle, attr, int(nbytes))
+    _opted_in[id(func)] = nbytes
+
+
+def launch_persistent(dispatcher, plan, nbytes, *args):
+    """One cooperative launch of a persistent kernel with ``plan``'s grid."""
+    opt_in_shared(dispatcher, args, nbytes)
+    dispatcher[plan.blocks, plan.threads, 0, nbytes](*args)
 
 
 class Workspace:
@@ -772,6 +867,17 @@ class Workspace:
         buf = self.empty(name, shape)
         clear(buf)
         return buf
+
+    def scratch(self, n, dtype=None):
+        """A flat buffer of n values, a view of one buffer per dtype that grows as needed:
+        for partial sums that one launch writes and the next reads (launches run in
+        order on the stream, so the next user cannot overtake them)."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        key = ("scratch", dtype.str)
+        buf = self.bufs.get(key)
+        if buf is None or buf.size < n:
+            buf = self.bufs[key] = cuda.device_array(max(int(n), 1), dtype)
+        return buf[:n]
 
     def put(self, name, host):
         """The host array's values in the buffer ``name`` (its own dtype for integers)."""
@@ -809,6 +915,7 @@ class CudaQLCell:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         self.path = path
+        self.row_groups = None                 # persistent_plan's row groups (None: its default)
         self.cpu = cpu_cell
         self.prefix, self.H, self.psug, self.hgr = cpu_cell.prefix, cpu_cell.H, cpu_cell.psug, cpu_cell.hgr
         self.K, self.reverse, self.dtype = cpu_cell.K, cpu_cell.reverse, cpu_cell.dtype
@@ -825,10 +932,10 @@ class CudaQLCell:
         return {name: zeros(self.cpu._p(name, PARAM_NDIM[name]).shape, self.dtype)
                 for name in PARAM_NAMES}
 
-    def _plan(self, G):
+    def _plan(self, B, G):
         if self.path != "persistent":
             return None
-        return persistent_plan(self.H, G, np.dtype(self.dtype).itemsize, self.hgr)
+        return persistent_plan(B, self.H, G, np.dtype(self.dtype).itemsize, self.hgr, self.row_groups)
 
     def forward(self, x, lengths, st, need_grad=True):
         out = self.forward_device(cuda.to_device(x), lengths, st, self.device_params(), need_grad)
@@ -871,16 +978,16 @@ class CudaQLCell:
         steps = int(lengths.max())
         closes = closing_steps(lengths, n0, K, steps) if self.hgr else np.zeros(steps, np.int8)
         d_closes = ws.put("closes", closes)
-        plan = self._plan(G)
+        plan = self._plan(B, G)
         if plan is not None:
-            parts, blocks, threads, fwd_bytes, _ = plan
             hbuf = ws.put("hbuf", np.stack([st["h"], st["h"]]))
             mbuf = ws.put("mbuf", np.stack([st["m"], st["m"]]))
             Sbuf, Pv, Q = ws.zeros("Sbuf", (2, B, H)), ws.zeros("P", (B, H)), ws.zeros("Q", (B, H))
-            k["persistent_forward"][blocks, threads, 0, fwd_bytes](
+            launch_persistent(
+                k["persistent_forward"], plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
-                P["b_r"], steps, K, parts, self.psug, self.hgr, self.reverse)
+                P["b_r"], steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
             h, m = hbuf[steps % 2], mbuf[int(closes.sum()) % 2]
         else:
             h, m = ws.put("h", st["h"]), ws.put("m", st["m"])
@@ -923,15 +1030,15 @@ class CudaQLCell:
         DZ, DPRE = ws.zeros("DZ", (B, T, G)), ws.zeros("DPRE", (B, T, 4, H))
         DP, DP_step = ws.zeros("DP", (B, NB, H)), ws.zeros("DP_step", (B, H))
         steps = int(lengths.max())
-        plan = self._plan(G)
+        plan = self._plan(B, G)
         if plan is not None:
-            parts, blocks, threads, _, bwd_bytes = plan
             DZbuf, dmV, dsV = ws.zeros("DZbuf", (2, B, G)), ws.zeros("dmV", (B, H)), ws.zeros("dsV", (B, H))
-            k["persistent_backward"][blocks, threads, 0, bwd_bytes](
+            launch_persistent(
+                k["persistent_backward"], plan, plan.bwd_bytes,
                 DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,
                 cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
-                steps, K, parts, self.psug, self.hgr, self.reverse)
+                steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
         else:
             DZ_step = ws.zeros("DZ_step", (B, G))
             dhU, dmV, dsV = ws.zeros("dhU", (B, H)), ws.zeros("dmV", (B, H)), ws.zeros("dsV", (B, H))
@@ -949,22 +1056,24 @@ class CudaQLCell:
                 matmul(k, dhU, DZ_step, P["U"], B, H, G, G, 1, H, 1)        # U^T δz_t
                 k["carry_dh"][grid](dh, dhU, d_len, s, False)
         BT = B * T
+        sc = ws.scratch
         d_dx = ws.empty("dx", (B, T, E))
-        matmul(k, grads["W"], DZ, x, G, E, BT, 1, G, E, 1, accumulate=True)       # Σ δz x^T
-        matmul(k, grads["U"], DZ, cc["HPREV"], G, H, BT, 1, G, H, 1, accumulate=True)  # Σ δz h_{t-1}^T
-        matmul(k, d_dx, DZ, P["W"], BT, E, G, G, 1, E, 1)                   # W^T δz
-        column_sums(k, grads["b"], DZ.reshape(BT * G), BT, G)
+        acc = dict(accumulate=True, scratch=sc)
+        matmul(k, grads["W"], DZ, x, G, E, BT, 1, G, E, 1, **acc)                 # Σ δz x^T
+        matmul(k, grads["U"], DZ, cc["HPREV"], G, H, BT, 1, G, H, 1, **acc)       # Σ δz h_{t-1}^T
+        matmul(k, d_dx, DZ, P["W"], BT, E, G, G, 1, E, 1, scratch=sc)             # W^T δz
+        column_sums(k, grads["b"], DZ.reshape(BT * G), BT, G, sc)
         if self.psug:
             gate_param_grads(k, grads["gamma"], grads["beta"], DPRE.reshape(BT, 4, H),
-                             cc["Z"].reshape(BT, H), BT, H)
+                             cc["Z"].reshape(BT, H), BT, H, sc)
         if self.hgr:
-            matmul(k, grads["V_s"], DP, cc["SBLK"], H, H, B * NB, 1, H, H, 1, accumulate=True)  # Σ δp s^T
+            matmul(k, grads["V_s"], DP, cc["SBLK"], H, H, B * NB, 1, H, H, 1, **acc)  # Σ δp s^T
             MPRE = ws.empty("MPRE", (B * NB, H))                           # m before each close
             k["copy_rows"][grid_for(B * NB * H)](MPRE.reshape(B * NB * H),
                                                   cc["MBLK"].reshape(B * (NB + 1) * H), B * NB, NB,
                                                   NB, NB + 1, H)
-            matmul(k, grads["V_m"], DP, MPRE, H, H, B * NB, 1, H, H, 1, accumulate=True)  # Σ δp m^T
-            column_sums(k, grads["b_r"], DP.reshape(B * NB * H), B * NB, H)
+            matmul(k, grads["V_m"], DP, MPRE, H, H, B * NB, 1, H, H, 1, **acc)   # Σ δp m^T
+            column_sums(k, grads["b_r"], DP.reshape(B * NB * H), B * NB, H, sc)
         for key, arr in (("h", dh), ("c", dc), ("m", dm), ("a", da)):
             dst[key][...] = arr.copy_to_host()
         return d_dx

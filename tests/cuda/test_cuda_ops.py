@@ -90,3 +90,23 @@ def test_adam_with_clipping_equals_cpu(gpu, dtype, tol):
 def test_adam_refuses_host_arrays(gpu):
     with pytest.raises(ValueError, match="device array"):
         gpu.CudaAdam({"W": np.zeros((2, 2))})
+
+
+@pytest.mark.parametrize("tile", ["64x64", "128x128"])
+@pytest.mark.parametrize("M,N,Kd", [(5, 7, 3), (3, 4, 40)], ids=["plain", "split-k"])
+def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
+    """Each matrix-product tile gives A B (and C + A B), strided A and B, ragged edges;
+    with a long k and few tiles the product is split along k and the chunks summed."""
+    from qlnumba.gpu import recurrent as rec
+    cuda = rec.cuda
+    monkeypatch.setattr(rec, "MATMUL_TILE", tile)
+    rng = make_rng(67)
+    A = rng.standard_normal((Kd, M))                    # read transposed: A^T is (M, Kd)
+    Bm = rng.standard_normal((Kd, N))
+    C0 = rng.standard_normal((M, N))
+    k = rec.kernels(np.dtype(np.float64))
+    for accumulate in (False, True):
+        C = cuda.to_device(C0.copy())
+        rec.matmul(k, C, cuda.to_device(A), cuda.to_device(Bm), M, N, Kd, 1, M, N, 1, accumulate)
+        want = A.T @ Bm + (C0 if accumulate else 0)
+        np.testing.assert_allclose(C.copy_to_host(), want, rtol=1e-12, atol=1e-12)

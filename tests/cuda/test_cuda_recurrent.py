@@ -56,16 +56,21 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
     assert_layers_agree(results[1], results[0], tol)
 
 
+@pytest.mark.parametrize("row_groups", [1, 2])
 @pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
-def test_persistent_wide_layer_equals_cpu(psug, hgr):
+def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups):
     """H = 14: every part holds several units and team_dot's four-k passes run (the tiny
-    shapes above only reach its remainder loop); K = 1 closes a block at every step."""
+    shapes above only reach its remainder loop); K = 1 closes a block at every step.
+    Two row groups: parts own rows [0, 2) or [2, 3) as well as units."""
     rng = make_rng(63)
     B, T, E, H = 3, 3, 2, 14
     kw = dict(psug=psug, hgr=hgr, block_size=1, dtype=np.float64, seed=7)
     cpu = qlnumba.QLLSTM(E, H, **kw)
     gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
-    assert gpu._cells[0][0]._plan(gpu._cells[0][0].cpu._p("U", 2).shape[0]) is not None
+    cell = gpu._cells[0][0]
+    cell.row_groups = row_groups
+    plan = cell._plan(B, cell.cpu._p("U", 2).shape[0])
+    assert plan is not None and plan.rgroups == row_groups
     for name, p in cpu.params.items():
         p[...] = 0.5 * rng.standard_normal(p.shape)
         gpu.params[name][...] = p
