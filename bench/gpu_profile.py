@@ -29,6 +29,9 @@ class Timed:
     def __init__(self, name, kernel, cuda):
         self.name, self.kernel, self.cuda = name, kernel, cuda
 
+    def __getattr__(self, name):                   # compile, typeof_pyval, overloads: the kernel's
+        return getattr(self.kernel, name)
+
     def __getitem__(self, config):
         launch = self.kernel[config]
 
@@ -70,8 +73,10 @@ def main():
     import qlnumba
     from qlnumba.gpu import recurrent as grec
 
-    real = grec.kernels
+    real, real_matmul = grec.kernels, grec.matmul_kernel
     grec.kernels = lambda dtype: {k: Timed(k, v, cuda) for k, v in real(dtype).items()}
+    grec.matmul_kernel = lambda dtype, tile: Timed(f"matmul {tile.TM * tile.TY}x{tile.TN * tile.TX}",
+                                                   real_matmul(dtype, tile), cuda)
     blocks = 1 if grec.SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
     counts = (1,) if grec.SIM else (1, 64, blocks)
     report = {"grid_sync_us": {f"{b} blocks x {grec.THREADS}": 1e6 * grid_sync_seconds(b, grec.THREADS)

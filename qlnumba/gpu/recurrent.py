@@ -29,7 +29,7 @@ Shapes legend (device arrays, C order)
     DP (B,NB,H) δ of the block gates, DP_step (B,H)
   persistent double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G); shared memory per
     block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward, V_s and V_m slices,
-    team partials (8, threads)
+    team partials (teams * 8, TEAM + 1)
 Every kernel loops over its elements with a grid stride, so any launch shape is
 correct (the simulator runs few threads; a GPU runs many).
 """
@@ -50,12 +50,14 @@ SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 Tile = namedtuple("Tile", "TY TX TM TN BK")
 TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2)} if SIM else
          {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8)})
-MATMUL_TILE = "64x64"
+MATMUL_TILE = "auto"                     # see pick_tile
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
 MAX_BLOCKS = 2 if SIM else 1024
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
-TEAM1, TEAM2, TEAM3, TEAM4 = (np.uint64(n * TEAM) for n in (1, 2, 3, 4))   # unsigned strides
+# unsigned strides of team_dot's k loop
+TEAM1, TEAM2, TEAM3, TEAM4, TEAM7, TEAM8 = (np.uint64(n * TEAM) for n in (1, 2, 3, 4, 7, 8))
+TEAMP = TEAM + 1                         # a padded row of team partials (see team_dot)
 ONE, TWO, THREE, FOUR = (np.uint64(n) for n in (1, 2, 3, 4))
 # 128 registers let a 512-thread persistent block fit one multiprocessor (ptxas: a few
 # bytes of spills, against 217 registers uncapped); the simulator takes no such option
@@ -440,6 +442,23 @@ def kernels(dtype):
         return (a00 + w0 * x0, a01 + w1 * x0, a02 + w2 * x0, a03 + w3 * x0,
                 a10 + w0 * x1, a11 + w1 * x1, a12 + w2 * x1, a13 + w3 * x1)
 
+    @cuda.jit(device=True, inline=True)
+    def pass_4k(a00, a01, a02, a03, a10, a11, a12, a13, Ush, X, ra, rb, w, k, kd):
+        """``team_dot``'s update at k, k + TEAM, k + 2 TEAM, k + 3 TEAM (rows ra, rb of X; the
+        columns' rows of Ush from w): the eight X loads first, then the 2 × 4 FMAs."""
+        kb, kc, ke = k + TEAM1, k + TEAM2, k + TEAM3
+        xa0, xa1 = X[ra, k], X[rb, k]
+        xb0, xb1 = X[ra, kb], X[rb, kb]
+        xc0, xc1 = X[ra, kc], X[rb, kc]
+        xd0, xd1 = X[ra, ke], X[rb, ke]
+        a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
+            a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, xa0, xa1)
+        a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
+            a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kb, kd, xb0, xb1)
+        a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
+            a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kc, kd, xc0, xc1)
+        return fma_2x4(a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + ke, kd, xd0, xd1)
+
     @cuda.jit(device=True)
     def team_dot(out, X, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s, rot):
         """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b, k] for this part's columns c and its rows
@@ -473,35 +492,35 @@ def kernels(dtype):
                 ra, rb = uint64(b0), uint64(b1)
                 w = uint64(c0 * Kd)                                      # column c0's row of Ush
                 k = uint64(lane)
+                while k + TEAM7 < kd:
+                    # eight k per pass: one straight run of code, so all sixteen X loads
+                    # can be in flight together (X was just written by other blocks: each
+                    # load waits on L2, and a round used to wait once per four k)
+                    a00, a01, a02, a03, a10, a11, a12, a13 = pass_4k(
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, X, ra, rb, w, k, kd)
+                    a00, a01, a02, a03, a10, a11, a12, a13 = pass_4k(
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, X, ra, rb, w, k + TEAM4, kd)
+                    k += TEAM8
                 while k + TEAM3 < kd:
-                    # four k per pass, their eight X loads issued together (X was just
-                    # written by other blocks: the loads wait on L2)
-                    kb, kc, kd4 = k + TEAM1, k + TEAM2, k + TEAM3
-                    xa0, xa1 = X[ra, k], X[rb, k]
-                    xb0, xb1 = X[ra, kb], X[rb, kb]
-                    xc0, xc1 = X[ra, kc], X[rb, kc]
-                    xd0, xd1 = X[ra, kd4], X[rb, kd4]
-                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, xa0, xa1)
-                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kb, kd, xb0, xb1)
-                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kc, kd, xc0, xc1)
-                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kd4, kd, xd0, xd1)
+                    a00, a01, a02, a03, a10, a11, a12, a13 = pass_4k(
+                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, X, ra, rb, w, k, kd)
                     k += TEAM4
                 while k < kd:
                     a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
                         a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, X[ra, k], X[rb, k])
                     k += TEAM1
-            red[tid] = a00
-            red[nthr + tid] = a01
-            red[2 * nthr + tid] = a02
-            red[3 * nthr + tid] = a03
-            red[4 * nthr + tid] = a10
-            red[5 * nthr + tid] = a11
-            red[6 * nthr + tid] = a12
-            red[7 * nthr + tid] = a13
+            # partial i of lane l of team t at red[(8 t + i) (TEAM + 1) + l]: the padding
+            # puts the 32 outputs a warp sums below in 32 different banks (with rows of
+            # exactly TEAM, they all fell in one bank: 32-way conflicts on every load)
+            wr = (team * 8) * TEAMP + lane
+            red[wr] = a00
+            red[wr + TEAMP] = a01
+            red[wr + 2 * TEAMP] = a02
+            red[wr + 3 * TEAMP] = a03
+            red[wr + 4 * TEAMP] = a10
+            red[wr + 5 * TEAMP] = a11
+            red[wr + 6 * TEAMP] = a12
+            red[wr + 7 * TEAMP] = a13
             cuda.syncthreads()
             for o in range(tid, nteams * 8, nthr):
                 tm, i = o // 8, o % 8                     # team tm's output i: row b0 + i // 4, column c0 + i % 4
@@ -513,7 +532,7 @@ def kernels(dtype):
                     if b < rend and c < ncol and c % nu < nq and s < lengths[b]:
                         # the TEAM lane partials in four interleaved chains (lanes l, l+4, ...),
                         # then the chains in order: a fixed order, a quarter of the latency
-                        q = uint64(i * nthr + tm * TEAM)
+                        q = uint64(o * TEAMP)
                         end = q + TEAM1
                         p0 = p1 = p2 = p3 = ftype(0.0)
                         while q < end:
@@ -697,19 +716,41 @@ def new_scratch(n, dtype):
     return cuda.device_array(n, dtype)
 
 
+def split_k(tile, M, N, Kd):
+    """(tiles of C, chunks of k, chunk length) for one product with ``tile``: k is split
+    until there are about 512 blocks (64 in the simulator), in chunks of at least 8 slabs."""
+    BM, BN = tile.TM * tile.TY, tile.TN * tile.TX
+    tiles = ((M + BM - 1) // BM) * ((N + BN - 1) // BN)
+    want, min_k = (64, 2 * tile.BK) if SIM else (512, 8 * tile.BK)   # blocks wanted; shortest chunk
+    nsplit = max(1, min(want // tiles, Kd // min_k))
+    kchunk = -(-Kd // nsplit) if nsplit > 1 else max(Kd, 1)
+    return tiles, (-(-Kd // kchunk) if Kd else 1), kchunk
+
+
+@lru_cache(maxsize=None)
+def multiprocessors():
+    return 1 if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
+
+
+def pick_tile(M, N, Kd):
+    """``TILES[MATMUL_TILE]``; for "auto" the 128 x 128 tile where its blocks still fill
+    every multiprocessor twice (it makes 1.5-1.7x the 64 x 64 tile's GFLOP/s on an H100,
+    but a product of few tiles would leave most of the GPU idle), else the 64 x 64."""
+    if MATMUL_TILE != "auto":
+        return TILES[MATMUL_TILE]
+    tiles, nsplit, _ = split_k(TILES["128x128"], M, N, Kd)
+    return TILES["128x128" if tiles * nsplit >= 2 * multiprocessors() else "64x64"]
+
+
 def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False, scratch=new_scratch):
     """C (M,N) [+]= A (M,K) B (K,N) with A, B given as flat arrays and element strides.
 
     Where the tiles of C are too few to fill the GPU and k is long (the weight
     gradients: k = B*T), k is split into chunks whose products are summed in chunk
     order afterwards (deterministic, no atomics), through ``scratch(n, dtype)``."""
-    TY, TX, TM, TN, BK = tile = TILES[MATMUL_TILE]
-    BM, BN = TM * TY, TN * TX
-    tiles = ((M + BM - 1) // BM) * ((N + BN - 1) // BN)
-    want, min_k = (64, 2 * BK) if SIM else (512, 8 * BK)   # blocks wanted; shortest chunk
-    nsplit = max(1, min(want // tiles, Kd // min_k))
-    kchunk = -(-Kd // nsplit) if nsplit > 1 else max(Kd, 1)
-    nsplit = -(-Kd // kchunk) if Kd else 1
+    tile = pick_tile(M, N, Kd)
+    tiles, nsplit, kchunk = split_k(tile, M, N, Kd)
+    TX, TY = tile.TX, tile.TY
     launch = matmul_kernel(np.dtype(C.dtype), tile)[min(tiles * nsplit, 4 * MAX_BLOCKS), (TX, TY)]
     if nsplit == 1:
         launch(C.reshape(C.size), A.reshape(A.size), Bm.reshape(Bm.size), M, N, Kd, sam, sak, sbk, sbn,
@@ -808,7 +849,7 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None):
     pad4 = lambda n: (n + 3) // 4 * 4
     v = 2 * pad4(nu) * H if hgr else 0
     for threads in ((THREADS,) if SIM else (512, 256)):
-        red = 8 * threads
+        red = 8 * (threads // TEAM) * (TEAM + 1)
         fwd = (pad4((G // H) * nu) * H + v + red) * itemsize
         bwd = (pad4(nu) * G + v + red) * itemsize
         if max(fwd, bwd) <= shared_limit():
@@ -836,7 +877,12 @@ def opt_in_shared(dispatcher, args, nbytes):
     else:                                            # pragma: no cover - ctypes binding
         from numba.cuda.cudadrv import enums
         attr = enums.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    drv.driver.cuFuncSetAttribute(func.handle, attr, int(nbytes))
+    try:
+        drv.driver.cuFuncSetAttribute(func.handle, attr, int(nbytes))
+    except drv.CudaAPIError:
+        # numba-cuda 0.30 loads kernels as library kernels (CUkernel): take the
+        # context's CUfunction of the kernel
+        drv.driver.cuFuncSetAttribute(drv.driver.cuKernelGetFunction(func.handle), attr, int(nbytes))
     _opted_in[id(func)] = nbytes
 
 

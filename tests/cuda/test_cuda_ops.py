@@ -92,7 +92,7 @@ def test_adam_refuses_host_arrays(gpu):
         gpu.CudaAdam({"W": np.zeros((2, 2))})
 
 
-@pytest.mark.parametrize("tile", ["64x64", "128x128"])
+@pytest.mark.parametrize("tile", ["64x64", "128x128", "auto"])
 @pytest.mark.parametrize("M,N,Kd", [(5, 7, 3), (3, 4, 40)], ids=["plain", "split-k"])
 def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
     """Each matrix-product tile gives A B (and C + A B), strided A and B, ragged edges;

@@ -59,11 +59,12 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
 @pytest.mark.parametrize("row_groups", [1, 2])
 @pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
 def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups):
-    """H = 14: every part holds several units and team_dot's four-k passes run (the tiny
-    shapes above only reach its remainder loop); K = 1 closes a block at every step.
-    Two row groups: parts own rows [0, 2) or [2, 3) as well as units."""
+    """H = 30: every part holds several units and team_dot's eight-k and four-k passes run
+    (in the simulator a team has 4 lanes; the tiny shapes above only reach its remainder
+    loop); K = 1 closes a block at every step.  Two row groups: parts own rows [0, 2) or
+    [2, 3) as well as units."""
     rng = make_rng(63)
-    B, T, E, H = 3, 3, 2, 14
+    B, T, E, H = 3, 2, 2, 30
     kw = dict(psug=psug, hgr=hgr, block_size=1, dtype=np.float64, seed=7)
     cpu = qlnumba.QLLSTM(E, H, **kw)
     gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
@@ -75,7 +76,7 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups):
         p[...] = 0.5 * rng.standard_normal(p.shape)
         gpu.params[name][...] = p
     x = rng.standard_normal((B, T, E))
-    lengths = np.array([3, 1, 2])
+    lengths = np.array([2, 1, 2])
     dout = rng.standard_normal((B, T, H))
     results = []
     for layer in (cpu, gpu):
