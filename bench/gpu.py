@@ -13,7 +13,7 @@ times whole ``CudaTrainer`` steps (embedding, layer, head, BPTT, AdamW on the
 device).  Warm-up first (compilation excluded), medians, tokens/s and ratios
 against cuDNN (as torch ships it, and in strict FP32).
 
-    python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2,4]
+    python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2] [--item-rows 2,4]
                         [--check] [--trainer] [--json-out FILE]
 """
 import argparse
@@ -40,20 +40,20 @@ def package_version(name):
         return None
 
 
-def check_against_cpu(qlnumba, shape, block_size, rng, row_groups=(None,)):
+def check_against_cpu(qlnumba, shape, block_size, rng, row_groups=(None,), item_rows=(None,)):
     """Max |GPU - CPU| / max |CPU| of out, dx and every gradient, float32, at a benchmark shape
-    (many blocks on a real card, unlike the tests' tiny shapes), for each row-group setting
-    of the persistent kernels."""
+    (many blocks on a real card, unlike the tests' tiny shapes), for each setting of the
+    persistent kernels (row groups x item rows)."""
     B, T, E, H = shape
     x = rng.standard_normal((B, T, E)).astype(np.float32)
     lengths = rng.integers(T // 2, T + 1, B)
     lengths[0] = T
     dout = rng.standard_normal((B, T, H)).astype(np.float32)
 
-    def run(psug, device, groups=None):
+    def run(psug, device, groups=None, rows=None):
         layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=block_size, device=device, seed=3)
         if device == "cuda":
-            layer._cells[0][0].row_groups = groups
+            layer._cells[0][0].row_groups, layer._cells[0][0].item_rows = groups, rows
         out, _ = layer.forward(x, lengths)
         dx, grads = layer.backward(dout)
         return dict(out=out, dx=dx, **{f"grad_{k}": v for k, v in grads.items()})
@@ -61,9 +61,9 @@ def check_against_cpu(qlnumba, shape, block_size, rng, row_groups=(None,)):
     report = {}
     for kind, psug in (("ql", True), ("lstm", False)):
         cpu = run(psug, "cpu")
-        for g in row_groups:
-            gpu = run(psug, "cuda", g)
-            report[kind + ("" if g is None else f"_r{g}")] = {
+        for g, i in ((g, i) for g in row_groups for i in item_rows):
+            gpu = run(psug, "cuda", g, i)
+            report[kind + ("" if g is None else f"_r{g}") + ("" if i is None else f"_i{i}")] = {
                 k: float(np.abs(gpu[k] - cpu[k]).max() / max(np.abs(cpu[k]).max(), 1e-30)) for k in cpu}
     return report
 
@@ -132,17 +132,19 @@ def kernel_resources():
     """Registers and local memory per thread of the compiled persistent kernels."""
     from qlnumba.gpu import recurrent as rec
     out = {}
-    for name in ("persistent_forward", "persistent_backward"):
-        for i, kern in enumerate(rec.kernels(np.dtype(np.float32))[name].overloads.values()):
-            out[f"{name}[{i}]"] = {"registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
+    for rows in (2, 4):
+        for name, disp in rec.persistent_kernels(np.dtype(np.float32), rows).items():
+            for i, kern in enumerate(disp.overloads.values()):
+                out[f"{name} item rows {rows} [{i}]"] = {"registers": kern.regs_per_thread,
+                                                         "local_bytes": kern.local_mem_per_thread}
     return out
 
 
-def layer_plan(B, H, psug, row_groups):
+def layer_plan(B, H, psug, row_groups, item_rows):
     """The persistent kernels' plan at this size as a dict (None: the cell falls back to
     the simple path)."""
     from qlnumba.gpu.recurrent import persistent_plan
-    plan = persistent_plan(B, H, H if psug else 4 * H, 4, psug, row_groups)
+    plan = persistent_plan(B, H, H if psug else 4 * H, 4, psug, row_groups, item_rows)
     return None if plan is None else plan._asdict()
 
 
@@ -155,6 +157,9 @@ def main():
     ap.add_argument("--row-groups", default="default",
                     help="persistent path: row groups to time, comma-separated (default: the library's "
                          "choice); each gets its own label, suffixed _r<N>")
+    ap.add_argument("--item-rows", default="default",
+                    help="persistent path: rows per team_dot item to time (2, 4), comma-separated; "
+                         "labels suffixed _i<N>")
     ap.add_argument("--trainer", action="store_true",
                     help="also time whole training steps of the IMDB model kinds on the device (CudaTrainer)")
     ap.add_argument("--check", action="store_true",
@@ -192,9 +197,10 @@ def main():
         torch = None
     rng = np.random.default_rng(0)
     groups = [None if g == "default" else int(g) for g in args.row_groups.split(",")]
+    item_rows = [None if i == "default" else int(i) for i in args.item_rows.split(",")]
     if args.check:
         result["check_vs_cpu_max_rel_err"] = {
-            name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, groups)
+            name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, groups, item_rows)
             for name in args.check_shapes.split(",")}
         print(json.dumps({"check_vs_cpu_max_rel_err": result["check_vs_cpu_max_rel_err"]}), flush=True)
     if args.matmul_tiles:
@@ -207,17 +213,18 @@ def main():
         x = rng.standard_normal((B, T, E)).astype(np.float32)
         dout = rng.standard_normal((B, T, H)).astype(np.float32)
         row = {"B": B, "T": T, "E": E, "H": H, "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
-        cases = [(f"qlnumba_{kind}_{path}" + ("" if g is None or path != "persistent" else f"_r{g}"),
-                  psug, path, g)
+        cases = [(f"qlnumba_{kind}_{path}" + ("" if g is None or path != "persistent" else f"_r{g}")
+                  + ("" if i is None or path != "persistent" else f"_i{i}"), psug, path, g, i)
                  for path in args.paths.split(",") for kind, psug in (("ql", True), ("lstm", False))
-                 for g in (groups if path == "persistent" else [None])]
+                 for g in (groups if path == "persistent" else [None])
+                 for i in (item_rows if path == "persistent" else [None])]
         d_x, d_dout = cuda.to_device(x), cuda.to_device(dout)
         lengths = np.full(B, T, np.int64)
-        for label, psug, path, g in cases:
+        for label, psug, path, g, i in cases:
             layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=args.block_size,
                                    device="cuda", seed=0)
             cell = layer._cells[0][0]
-            cell.path, cell.row_groups = path, g
+            cell.path, cell.row_groups, cell.item_rows = path, g, i
             params, grads = cell.device_params(), cell.device_grads()
 
             def state():
@@ -238,8 +245,8 @@ def main():
                     layer.forward(x)
                     layer.backward(dout)
                 row["train_tokens_per_s"][label + "_host_api"] = tokens / median_time(host_train, args.repeats)
-        row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, g)
-                                          for lab, psug, path, g in cases if path == "persistent"}
+        row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, g, i)
+                                          for lab, psug, path, g, i in cases if path == "persistent"}
         if torch is not None and torch.cuda.is_available():
             xt = torch.from_numpy(x).cuda()
             dt = torch.from_numpy(dout).cuda()

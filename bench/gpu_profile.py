@@ -65,6 +65,9 @@ def grid_sync_seconds(blocks, threads, n=2000):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="small,large")
+    ap.add_argument("--cprofile", action="store_true",
+                    help="also print the host functions that take the most time in one untimed "
+                         "training step per shape and kind (cProfile)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     global cuda                                # a module global: the simulator swaps it in kernels
@@ -73,8 +76,15 @@ def main():
     import qlnumba
     from qlnumba.gpu import recurrent as grec
 
-    real, real_matmul = grec.kernels, grec.matmul_kernel
-    grec.kernels = lambda dtype: {k: Timed(k, v, cuda) for k, v in real(dtype).items()}
+    real, real_matmul, real_persistent = grec.kernels, grec.matmul_kernel, grec.persistent_kernels
+
+    def timed_kernels(dtype):
+        return {k: v if k in grec.DEVICE_FUNCTIONS else Timed(k, v, cuda) for k, v in real(dtype).items()}
+
+    def timed_persistent(dtype, rows):
+        return {k: Timed(k, v, cuda) for k, v in real_persistent(dtype, rows).items()}
+
+    grec.kernels, grec.persistent_kernels = timed_kernels, timed_persistent
     grec.matmul_kernel = lambda dtype, tile: Timed(f"matmul {tile.TM * tile.TY}x{tile.TN * tile.TX}",
                                                    real_matmul(dtype, tile), cuda)
     blocks = 1 if grec.SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
@@ -112,6 +122,22 @@ def main():
                                   "kernels_ms": {k: round(1e3 * v, 3) for k, v in
                                                  sorted(TIMES.items(), key=lambda kv: -kv[1])},
                                   "host_overhead_ms": 1e3 * (total - sum(TIMES.values()))}
+            if args.cprofile:
+                import cProfile
+                import io
+                import pstats
+                grec.kernels, grec.persistent_kernels = real, real_persistent   # no timing wrappers
+                prof = cProfile.Profile()
+                prof.enable()
+                cell.forward_device(d_x, lengths, state(), params)
+                cell.backward_device(d_dout, grads, state())
+                cuda.synchronize()
+                prof.disable()
+                text = io.StringIO()
+                pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(12)
+                row["cprofile_top"] = text.getvalue()[-3000:]
+                print(row["cprofile_top"], flush=True)
+                grec.kernels, grec.persistent_kernels = timed_kernels, timed_persistent
             step_us = 1e3 * row["forward"]["kernels_ms"].get("persistent_forward", 0) / T
             row["persistent_forward_us_per_step"] = step_us
             row["persistent_backward_us_per_step"] = 1e3 * row["backward"]["kernels_ms"].get(

@@ -29,7 +29,7 @@ Shapes legend (device arrays, C order)
     DP (B,NB,H) δ of the block gates, DP_step (B,H)
   persistent double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G); shared memory per
     block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward, V_s and V_m slices,
-    team partials (teams * 8, TEAM + 1)
+    team partials (teams * 4 * item rows, TEAM + 1)
 Every kernel loops over its elements with a grid stride, so any launch shape is
 correct (the simulator runs few threads; a GPU runs many).
 """
@@ -55,8 +55,7 @@ THREADS = 8 if SIM else 256              # threads per block for element-wise ke
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
 MAX_BLOCKS = 2 if SIM else 1024
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
-# unsigned strides of team_dot's k loop
-TEAM1, TEAM2, TEAM3, TEAM4, TEAM7, TEAM8 = (np.uint64(n * TEAM) for n in (1, 2, 3, 4, 7, 8))
+TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
 TEAMP = TEAM + 1                         # a padded row of team partials (see team_dot)
 ONE, TWO, THREE, FOUR = (np.uint64(n) for n in (1, 2, 3, 4))
 # 128 registers let a 512-thread persistent block fit one multiprocessor (ptxas: a few
@@ -407,6 +406,36 @@ def kernels(dtype):
             partial[0, p, kj] = g_acc
             partial[1, p, kj] = b_acc
 
+    return dict(step_forward=step_forward, close_summary=close_summary,
+                close_forward=close_forward, close_backward=close_backward,
+                close_backward_finish=close_backward_finish, step_backward=step_backward,
+                carry_dh=carry_dh, column_sums=column_sums, column_sums_partial=column_sums_partial,
+                gate_param_partial=gate_param_partial, fill_zero=fill_zero, copy_rows=copy_rows,
+                # DEVICE_FUNCTIONS: the persistent kernels call them
+                cell_forward=cell_forward, cell_backward=cell_backward, closes_at=closes_at,
+                close_forward_cell=close_forward_cell, close_backward_cell=close_backward_cell,
+                close_backward_finish_cell=close_backward_finish_cell)
+
+
+DEVICE_FUNCTIONS = ("cell_forward", "cell_backward", "closes_at", "close_forward_cell",
+                    "close_backward_cell", "close_backward_finish_cell")
+
+
+@lru_cache(maxsize=None)
+def persistent_kernels(dtype, item_rows):
+    """The persistent step loops (and their device functions) for one float dtype and
+    ``team_dot`` items of ``item_rows`` rows (a compile-time constant: the register
+    blocks need it)."""
+    ftype = float32 if np.dtype(dtype) == np.float32 else float64
+    k = kernels(np.dtype(dtype))
+    cell_forward, cell_backward, closes_at = k["cell_forward"], k["cell_backward"], k["closes_at"]
+    close_forward_cell, close_backward_cell = k["close_forward_cell"], k["close_backward_cell"]
+    close_backward_finish_cell = k["close_backward_finish_cell"]
+    ROWS = item_rows
+    NOUT = 4 * ROWS                                     # outputs of one item
+    KPASS = 16 // ROWS                                  # k per pass: 16 loads of X in flight
+    KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
+
     @cuda.jit(device=True)
     def part_span(q, ugroups, rgroups, B, H):
         """Part q's rows [r0, r0 + nr) and hidden units [u0, u0 + nq): unit group q % ugroups
@@ -432,103 +461,78 @@ def kernels(dtype):
                 val = U[k, col] if transpose else U[col, k]
             Ush[e] = val
 
-    @cuda.jit(device=True, inline=True)
-    def fma_2x4(a00, a01, a02, a03, a10, a11, a12, a13, Ush, i, stride, x0, x1):
-        """The 2 rows × 4 columns update of ``team_dot`` at one k: columns at Ush[i + c*stride]
-        (i, stride unsigned)."""
-        i1 = i + stride
-        i2 = i1 + stride
-        w0, w1, w2, w3 = Ush[i], Ush[i1], Ush[i2], Ush[i2 + stride]
-        return (a00 + w0 * x0, a01 + w1 * x0, a02 + w2 * x0, a03 + w3 * x0,
-                a10 + w0 * x1, a11 + w1 * x1, a12 + w2 * x1, a13 + w3 * x1)
-
-    @cuda.jit(device=True, inline=True)
-    def pass_4k(a00, a01, a02, a03, a10, a11, a12, a13, Ush, X, ra, rb, w, k, kd):
-        """``team_dot``'s update at k, k + TEAM, k + 2 TEAM, k + 3 TEAM (rows ra, rb of X; the
-        columns' rows of Ush from w): the eight X loads first, then the 2 × 4 FMAs."""
-        kb, kc, ke = k + TEAM1, k + TEAM2, k + TEAM3
-        xa0, xa1 = X[ra, k], X[rb, k]
-        xb0, xb1 = X[ra, kb], X[rb, kb]
-        xc0, xc1 = X[ra, kc], X[rb, kc]
-        xd0, xd1 = X[ra, ke], X[rb, ke]
-        a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-            a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, xa0, xa1)
-        a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-            a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kb, kd, xb0, xb1)
-        a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-            a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + kc, kd, xc0, xc1)
-        return fma_2x4(a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + ke, kd, xd0, xd1)
-
     @cuda.jit(device=True)
     def team_dot(out, X, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s, rot):
         """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b, k] for this part's columns c and its rows
         b in [r0, r0 + nr) that step at s (idle rows are not written).
 
-        Teams of TEAM threads take (2 rows × 4 columns) items, team t of round base
-        item (base + t + rot) % items: blocks that read the same rows of X start at
-        different rows (``rot``), so they do not all ask L2 for the same lines at
-        once.  A team's lanes split k
-        (consecutive k: coalesced reads of X, conflict-free reads of Ush), then each
-        output sums its TEAM lane partials from shared memory in lane order
+        Teams of TEAM threads take items of ROWS rows × 4 columns, team t of round base
+        item (base + t + rot) % items, rows fastest: blocks that read the same rows of
+        X start at different rows (``rot``), so they do not all ask L2 for the same
+        lines at once.  A team's lanes split k (consecutive k: coalesced reads of X,
+        conflict-free reads of Ush), KPASS k per pass: the pass's 16 loads of X are
+        issued together (X was just written by other blocks: each load waits on L2).
+        Then each output sums its TEAM lane partials from shared memory in lane order
         (deterministic).  Block-uniform rounds, so every thread meets every barrier."""
         tid = cuda.threadIdx.x
         nthr = cuda.blockDim.x
         nteams = nthr // TEAM
         team, lane = tid // TEAM, tid % TEAM
         ngrp = ncol_pad // 4
-        nitems = ((nr + 1) // 2) * ngrp
+        nrq = (nr + ROWS - 1) // ROWS                    # groups of ROWS rows
+        nitems = nrq * ngrp
         rend = r0 + nr
+        acc = cuda.local.array(NOUT, ftype)              # acc[r*4 + c]: row b0 + r, column c0 + c
+        xv = cuda.local.array(KPASS * ROWS, ftype)       # xv[kk*ROWS + r] = X[row r, k + kk TEAM]
+        rows = cuda.local.array(ROWS, uint64)
         for base in range(0, nitems, nteams):
             item = base + team
-            a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = ftype(0.0)
+            for i in range(NOUT):
+                acc[i] = 0.0
             if item < nitems:
                 item = (item + rot) % nitems
-                b0 = r0 + (item // ngrp) * 2
-                b1 = min(b0 + 1, rend - 1)
-                c0 = (item % ngrp) * 4
+                b0 = r0 + (item % nrq) * ROWS
+                c0 = (item // nrq) * 4
                 # unsigned indices: Numba then skips the negative-index wraparound code,
                 # which was most of the instructions of this loop
+                for r in range(ROWS):
+                    rows[r] = uint64(min(b0 + r, rend - 1))
                 kd = uint64(Kd)
-                ra, rb = uint64(b0), uint64(b1)
-                w = uint64(c0 * Kd)                                      # column c0's row of Ush
+                w = uint64(c0 * Kd)                              # column c0's row of Ush
                 k = uint64(lane)
-                while k + TEAM7 < kd:
-                    # eight k per pass: one straight run of code, so all sixteen X loads
-                    # can be in flight together (X was just written by other blocks: each
-                    # load waits on L2, and a round used to wait once per four k)
-                    a00, a01, a02, a03, a10, a11, a12, a13 = pass_4k(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, X, ra, rb, w, k, kd)
-                    a00, a01, a02, a03, a10, a11, a12, a13 = pass_4k(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, X, ra, rb, w, k + TEAM4, kd)
-                    k += TEAM8
-                while k + TEAM3 < kd:
-                    a00, a01, a02, a03, a10, a11, a12, a13 = pass_4k(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, X, ra, rb, w, k, kd)
-                    k += TEAM4
-                while k < kd:
-                    a00, a01, a02, a03, a10, a11, a12, a13 = fma_2x4(
-                        a00, a01, a02, a03, a10, a11, a12, a13, Ush, w + k, kd, X[ra, k], X[rb, k])
+                while k + KLAST < kd:                            # a pass: KPASS k, all loads first
+                    for kk in range(KPASS):
+                        for r in range(ROWS):
+                            xv[kk * ROWS + r] = X[rows[r], k + uint64(kk * TEAM)]
+                    for kk in range(KPASS):
+                        kq = w + k + uint64(kk * TEAM)
+                        for c in range(4):
+                            u = Ush[kq + uint64(c) * kd]
+                            for r in range(ROWS):
+                                acc[r * 4 + c] += u * xv[kk * ROWS + r]
+                    k += KSTEP
+                while k < kd:                                    # the rest, one k at a time
+                    for r in range(ROWS):
+                        xv[r] = X[rows[r], k]
+                    for c in range(4):
+                        u = Ush[w + k + uint64(c) * kd]
+                        for r in range(ROWS):
+                            acc[r * 4 + c] += u * xv[r]
                     k += TEAM1
-            # partial i of lane l of team t at red[(8 t + i) (TEAM + 1) + l]: the padding
-            # puts the 32 outputs a warp sums below in 32 different banks (with rows of
-            # exactly TEAM, they all fell in one bank: 32-way conflicts on every load)
-            wr = (team * 8) * TEAMP + lane
-            red[wr] = a00
-            red[wr + TEAMP] = a01
-            red[wr + 2 * TEAMP] = a02
-            red[wr + 3 * TEAMP] = a03
-            red[wr + 4 * TEAMP] = a10
-            red[wr + 5 * TEAMP] = a11
-            red[wr + 6 * TEAMP] = a12
-            red[wr + 7 * TEAMP] = a13
+            # partial i of lane l of team t at red[(NOUT t + i) (TEAM + 1) + l]: the padding
+            # puts the outputs a warp sums below in different banks (with rows of exactly
+            # TEAM they all fell in one bank: 32-way conflicts on every load)
+            wr = (team * NOUT) * TEAMP + lane
+            for i in range(NOUT):
+                red[wr + i * TEAMP] = acc[i]
             cuda.syncthreads()
-            for o in range(tid, nteams * 8, nthr):
-                tm, i = o // 8, o % 8                     # team tm's output i: row b0 + i // 4, column c0 + i % 4
+            for o in range(tid, nteams * NOUT, nthr):
+                tm, i = o // NOUT, o % NOUT              # team tm's output i: row b0 + i // 4, column c0 + i % 4
                 item = base + tm
                 if item < nitems:
                     item = (item + rot) % nitems
-                    b = r0 + (item // ngrp) * 2 + i // 4
-                    c = (item % ngrp) * 4 + i % 4
+                    b = r0 + (item % nrq) * ROWS + i // 4
+                    c = (item // nrq) * 4 + i % 4
                     if b < rend and c < ncol and c % nu < nq and s < lengths[b]:
                         # the TEAM lane partials in four interleaved chains (lanes l, l+4, ...),
                         # then the chains in order: a fixed order, a quarter of the latency
@@ -702,12 +706,7 @@ def kernels(dtype):
                 # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
                 team_dot(dh, DZs, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths, s, rot)
 
-    return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward,
-                step_forward=step_forward, close_summary=close_summary,
-                close_forward=close_forward, close_backward=close_backward,
-                close_backward_finish=close_backward_finish, step_backward=step_backward,
-                carry_dh=carry_dh, column_sums=column_sums, column_sums_partial=column_sums_partial,
-                gate_param_partial=gate_param_partial, fill_zero=fill_zero, copy_rows=copy_rows)
+    return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward)
 
 
 def new_scratch(n, dtype):
@@ -810,7 +809,7 @@ def closing_steps(lengths, n0, K, steps):
     return closes.any(axis=0).astype(np.int8)
 
 
-Plan = namedtuple("Plan", "ugroups rgroups blocks threads fwd_bytes bwd_bytes")
+Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes")
 
 
 @lru_cache(maxsize=None)
@@ -825,7 +824,7 @@ def shared_limit():
         return SHARED_BYTES
 
 
-def persistent_plan(B, H, G, itemsize, hgr, row_groups=None):
+def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None):
     """How the persistent kernels split the rows and hidden units, or None where they
     cannot run.
 
@@ -835,12 +834,16 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None):
     slices of U (and V_s, V_m) and the team partials must fit the block's dynamic
     shared memory (``shared_limit``).  More row groups mean fewer rows of h (or δz)
     for each block to read per step, but more units, so larger slices of U.
-    ``row_groups`` None: one group.  Blocks of 512 threads (registers capped at 128,
+    ``row_groups`` None: one group.  ``team_dot`` items of ``item_rows`` rows (2 or
+    4; None: 2).  Blocks of 512 threads (registers capped at 128,
     see PERSISTENT_JIT) hide more of the step's memory latency than 256; 256 where
     512 do not fit.  The simulator runs one block that loops over every part (so the
     partition logic is tested there too).
     """
     rgroups = max(1, min(B, 1 if row_groups is None else int(row_groups)))
+    rows = 2 if item_rows is None else int(item_rows)
+    if rows not in (2, 4):
+        raise ValueError(f"item_rows must be 2 or 4, got {item_rows!r}")
     blocks = min(3, H) * rgroups if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
     if blocks < rgroups:
         return None
@@ -849,11 +852,11 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None):
     pad4 = lambda n: (n + 3) // 4 * 4
     v = 2 * pad4(nu) * H if hgr else 0
     for threads in ((THREADS,) if SIM else (512, 256)):
-        red = 8 * (threads // TEAM) * (TEAM + 1)
+        red = 4 * rows * (threads // TEAM) * (TEAM + 1)
         fwd = (pad4((G // H) * nu) * H + v + red) * itemsize
         bwd = (pad4(nu) * G + v + red) * itemsize
         if max(fwd, bwd) <= shared_limit():
-            return Plan(ugroups, rgroups, 1 if SIM else ugroups * rgroups, threads, fwd, bwd)
+            return Plan(ugroups, rgroups, rows, 1 if SIM else ugroups * rgroups, threads, fwd, bwd)
     return None
 
 
@@ -866,9 +869,13 @@ def opt_in_shared(dispatcher, args, nbytes):
     (numba-cuda 0.30 has no option for it, so it is set on the compiled function)."""
     if SIM or nbytes < SHARED_BYTES:
         return
+    seen = (id(dispatcher), nbytes, len(dispatcher.overloads))    # typing 40 arguments costs
+    if seen in _opted_in:
+        return
     kernel = dispatcher.compile(tuple(dispatcher.typeof_pyval(v) for v in args))
     func = kernel._codelibrary.get_cufunc()
     if _opted_in.get(id(func), 0) >= nbytes:
+        _opted_in[seen] = True
         return
     from numba.cuda.cudadrv import driver as drv
     binding = getattr(drv, "binding", None)
@@ -884,6 +891,7 @@ def opt_in_shared(dispatcher, args, nbytes):
         # context's CUfunction of the kernel
         drv.driver.cuFuncSetAttribute(drv.driver.cuKernelGetFunction(func.handle), attr, int(nbytes))
     _opted_in[id(func)] = nbytes
+    _opted_in[(id(dispatcher), nbytes, len(dispatcher.overloads))] = True
 
 
 def launch_persistent(dispatcher, plan, nbytes, *args):
@@ -961,7 +969,8 @@ class CudaQLCell:
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
         self.path = path
-        self.row_groups = None                 # persistent_plan's row groups (None: its default)
+        self.row_groups = None                 # persistent_plan's options (None: its defaults)
+        self.item_rows = None
         self.cpu = cpu_cell
         self.prefix, self.H, self.psug, self.hgr = cpu_cell.prefix, cpu_cell.H, cpu_cell.psug, cpu_cell.hgr
         self.K, self.reverse, self.dtype = cpu_cell.K, cpu_cell.reverse, cpu_cell.dtype
@@ -981,7 +990,8 @@ class CudaQLCell:
     def _plan(self, B, G):
         if self.path != "persistent":
             return None
-        return persistent_plan(B, self.H, G, np.dtype(self.dtype).itemsize, self.hgr, self.row_groups)
+        return persistent_plan(B, self.H, G, np.dtype(self.dtype).itemsize, self.hgr, self.row_groups,
+                               self.item_rows)
 
     def forward(self, x, lengths, st, need_grad=True):
         out = self.forward_device(cuda.to_device(x), lengths, st, self.device_params(), need_grad)
@@ -1030,7 +1040,8 @@ class CudaQLCell:
             mbuf = ws.put("mbuf", np.stack([st["m"], st["m"]]))
             Sbuf, Pv, Q = ws.zeros("Sbuf", (2, B, H)), ws.zeros("P", (B, H)), ws.zeros("Q", (B, H))
             launch_persistent(
-                k["persistent_forward"], plan, plan.fwd_bytes,
+                persistent_kernels(np.dtype(self.dtype), plan.item_rows)["persistent_forward"],
+                plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
                 P["b_r"], steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
@@ -1080,7 +1091,8 @@ class CudaQLCell:
         if plan is not None:
             DZbuf, dmV, dsV = ws.zeros("DZbuf", (2, B, G)), ws.zeros("dmV", (B, H)), ws.zeros("dsV", (B, H))
             launch_persistent(
-                k["persistent_backward"], plan, plan.bwd_bytes,
+                persistent_kernels(np.dtype(self.dtype), plan.item_rows)["persistent_backward"],
+                plan, plan.bwd_bytes,
                 DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,
                 cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
