@@ -434,6 +434,7 @@ def persistent_kernels(dtype, item_rows):
     ROWS = item_rows
     NOUT = 4 * ROWS                                     # outputs of one item
     KPASS = 16 // ROWS                                  # k per pass: 16 loads of X in flight
+    NX = KPASS * ROWS                                   # (local array sizes must be constants)
     KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
 
     @cuda.jit(device=True)
@@ -483,7 +484,7 @@ def persistent_kernels(dtype, item_rows):
         nitems = nrq * ngrp
         rend = r0 + nr
         acc = cuda.local.array(NOUT, ftype)              # acc[r*4 + c]: row b0 + r, column c0 + c
-        xv = cuda.local.array(KPASS * ROWS, ftype)       # xv[kk*ROWS + r] = X[row r, k + kk TEAM]
+        xv = cuda.local.array(NX, ftype)                 # xv[kk*ROWS + r] = X[row r, k + kk TEAM]
         rows = cuda.local.array(ROWS, uint64)
         for base in range(0, nitems, nteams):
             item = base + team
