@@ -835,14 +835,17 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None):
     slices of U (and V_s, V_m) and the team partials must fit the block's dynamic
     shared memory (``shared_limit``).  More row groups mean fewer rows of h (or δz)
     for each block to read per step, but more units, so larger slices of U.
-    ``row_groups`` None: one group.  ``team_dot`` items of ``item_rows`` rows (2 or
-    4; None: 2).  Blocks of 512 threads (registers capped at 128,
+    ``team_dot`` items of ``item_rows`` rows (2 or 4): 4 halves the rounds of a step.
+    The defaults (None) were measured on an H100 (bench/results/README.md): two row
+    groups from 16 rows up (else one), items of 4 rows where a group has 4 rows (else
+    2); at (B, T, E, H) = (64, 1024, 300, 512) that trained QL-LSTM 17% and LSTM 20%
+    faster than one group and items of 2.  Blocks of 512 threads (registers capped at 128,
     see PERSISTENT_JIT) hide more of the step's memory latency than 256; 256 where
     512 do not fit.  The simulator runs one block that loops over every part (so the
     partition logic is tested there too).
     """
-    rgroups = max(1, min(B, 1 if row_groups is None else int(row_groups)))
-    rows = 2 if item_rows is None else int(item_rows)
+    rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
+    rows = (4 if -(-B // rgroups) >= 4 else 2) if item_rows is None else int(item_rows)
     if rows not in (2, 4):
         raise ValueError(f"item_rows must be 2 or 4, got {item_rows!r}")
     blocks = min(3, H) * rgroups if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT

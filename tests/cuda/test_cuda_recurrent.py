@@ -86,6 +86,18 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows):
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
+def test_persistent_plan_defaults_and_checks():
+    """Two row groups from 16 rows up, items of 4 rows where a group has 4; bad item rows
+    are refused."""
+    from qlnumba.gpu.recurrent import persistent_plan
+    big, small = persistent_plan(32, 8, 8, 8, True), persistent_plan(3, 8, 8, 8, True)
+    assert (big.rgroups, big.item_rows) == (2, 4)
+    assert (small.rgroups, small.item_rows) == (1, 2)
+    assert persistent_plan(32, 8, 32, 8, False, row_groups=1, item_rows=2).item_rows == 2
+    with pytest.raises(ValueError, match="item_rows"):
+        persistent_plan(32, 8, 8, 8, True, item_rows=3)
+
+
 def test_device_argument_is_checked():
     with pytest.raises(ValueError, match="device"):
         qlnumba.QLLSTM(2, 3, device="tpu")
