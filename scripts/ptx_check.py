@@ -84,8 +84,10 @@ class Launcher:
             COMPILED[key] = ptx
 
 
-def wrap(kernel_dict, cc):
-    return {name: Launcher(name, d, cc) for name, d in kernel_dict.items()}
+def wrap(kernel_dict, cc, device_functions=()):
+    """Launch stand-ins for the kernels of a factory's dict; device functions (which other
+    kernels call) pass through."""
+    return {name: d if name in device_functions else Launcher(name, d, cc) for name, d in kernel_dict.items()}
 
 
 def ptxas_report(cc):
@@ -125,7 +127,10 @@ def main():
 
     for module in (grec, ggru, gops, gmodel):
         real = module.kernels
-        module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc))(real)
+        module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc, grec.DEVICE_FUNCTIONS))(real)
+    real_persistent, real_matmul = grec.persistent_kernels, grec.matmul_kernel
+    grec.persistent_kernels = lambda dtype, rows: wrap(real_persistent(dtype, rows), cc)
+    grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
         B, T, E, H = 3, 5, 2, 4
@@ -133,14 +138,20 @@ def main():
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            for path in grec.PATHS:
+            for path, rows in [(p, 2) for p in grec.PATHS] + [("persistent", 4)]:
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
                     for cell in row:
-                        cell.path = path
+                        cell.path, cell.item_rows = path, rows
                 layer.forward(x, lengths)
                 layer.backward(dout)
+        for tile in grec.TILES:                       # every matrix-product tile
+            grec.MATMUL_TILE = tile
+            grec.matmul(grec.kernels(np.dtype(dtype)), cuda.to_device(np.zeros((2, 3), dtype)),
+                        cuda.to_device(np.zeros((2, 4), dtype)), cuda.to_device(np.zeros((4, 3), dtype)),
+                        2, 3, 4, 4, 1, 3, 1)
+        grec.MATMUL_TILE = "auto"
         gru = qlnumba.GRU(E, H, dtype=dtype, device="cuda", seed=0)
         gru.forward(x, lengths)
         gru.backward(dout[..., :H])
