@@ -3,12 +3,13 @@
 The same equations and buffers as ``qlnumba/kernels/recurrent.py`` (read that
 file first).  The products before and after the step loop (x W^T, the weight
 gradients) are register-blocked shared-memory launches (``matmul``, split k where
-the product has few tiles).  The step loop is either
+the product has few tiles; ``pick_tile`` chooses the tile).  The step loop is either
 
 - persistent (``persistent_forward`` / ``persistent_backward``, the default):
-  one cooperative launch runs every step.  Block q owns part q of the hidden
-  units and keeps their slices of U (and V_s, V_m) in shared memory; its teams
-  of threads make U h_{t-1} for those units (``team_dot``), then run their
+  one cooperative launch runs every step (``persistent_kernels``).  Block q owns
+  part q: a group of rows and a group of hidden units (``persistent_plan``), and
+  keeps the units' slices of U (and V_s, V_m) in shared memory; its teams of
+  threads make U h_{t-1} for those rows and units (``team_dot``), then run their
   cells, and one ``cuda.cg.this_grid().sync()`` per step (two on a closing
   step in BPTT) publishes the new h.  h, s, m and δz are double-buffered so no
   block overwrites what another still reads.  The per-element bodies are the
