@@ -59,9 +59,9 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
 @pytest.mark.parametrize("row_groups,item_rows", [(1, 2), (1, 4), (2, 4)])
 @pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
 def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows):
-    """H = 30: every part holds several units and team_dot's eight-k and four-k passes run
-    (in the simulator a team has 4 lanes; the tiny shapes above only reach its remainder
-    loop); K = 1 closes a block at every step.  Two row groups: parts own rows [0, 2) or
+    """H = 30: every part holds several units and team_dot's passes run (eight k for items
+    of 2 rows, four for 4; a team has 4 lanes in the simulator, and the tiny shapes above
+    only reach its remainder loop); K = 1 closes a block at every step.  Two row groups: parts own rows [0, 2) or
     [2, 3) as well as units.  Items of 2 or 4 rows (more than a group has: rows repeat)."""
     rng = make_rng(63)
     B, T, E, H = 3, 2, 2, 30
