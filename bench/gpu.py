@@ -140,6 +140,12 @@ def kernel_resources():
     return out
 
 
+def settings(text):
+    """A comma-separated option of the persistent plan: "default" is None (the library's
+    choice), numbers are ints."""
+    return [None if v == "default" else int(v) for v in text.split(",")]
+
+
 def layer_plan(B, H, psug, row_groups, item_rows):
     """The persistent kernels' plan at this size as a dict (None: the cell falls back to
     the simple path)."""
@@ -196,8 +202,7 @@ def main():
     except ImportError:
         torch = None
     rng = np.random.default_rng(0)
-    groups = [None if g == "default" else int(g) for g in args.row_groups.split(",")]
-    item_rows = [None if i == "default" else int(i) for i in args.item_rows.split(",")]
+    groups, item_rows = settings(args.row_groups), settings(args.item_rows)
     if args.check:
         result["check_vs_cpu_max_rel_err"] = {
             name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, groups, item_rows)

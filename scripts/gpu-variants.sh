@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# One prepared device run that compares the persistent kernels' settings side by side
-# (row groups 1, 2 x team_dot items of 2, 4 rows) next to cuDNN, after the GPU tests,
-# then profiles the large shape.  Files go to $OUT (or bench/results).  About 4 minutes.
+# scripts/gpu-check.sh comparing the persistent kernels' settings side by side (row groups
+# 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
+# next to cuDNN, a one-line-per-mode summary of the ratios, then a profile of the large
+# shape.  Files go to $OUT (or bench/results).  About 4 minutes; SKIP_TESTS=1 and
+# SKIP_PROFILE=1 leave out the GPU tests and the profile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
-mkdir -p "$DEST"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee "$DEST/gpu_card.txt"
-[ -n "${SKIP_TESTS:-}" ] || timeout 80 "$PY" -m pytest -q -p no:cacheprovider -W ignore::Warning tests/cuda 2>&1 | tee "$DEST/gpu_cuda_tests.log" | tail -3
-timeout 120 "$PY" bench/gpu.py --check --check-shapes small,large --trainer --repeats 3 \
-    --row-groups 1,2 --item-rows 2,4 --json-out "$DEST/gpu_bench.json" 2>&1 | grep -v -i warn > "$DEST/gpu_bench.log"
+TEST_TIMEOUT="${TEST_TIMEOUT:-80}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-120}" scripts/gpu-check.sh \
+    --check-shapes small,large --row-groups 1,2 --item-rows 2,4 > /dev/null
+[ -n "${SKIP_TESTS:-}" ] || tail -1 "$DEST/gpu_cuda_tests.log"
 "$PY" - "$DEST/gpu_bench.json" <<'PYEOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -22,6 +21,8 @@ for n, row in r["shapes"].items():
                      for k, v in row[m + "_ratio_vs_cudnn"].items()})
 print(r.get("trainer"), r.get("kernel_resources"))
 PYEOF
-[ -n "${SKIP_PROFILE:-}" ] || timeout 35 "$PY" bench/gpu_profile.py --shapes large --cprofile --json-out "$DEST/gpu_profile.json" 2>&1 \
-    | grep -v -i warn > "$DEST/gpu_profile.log"
-grep -o '"persistent_[a-z]*_us_per_step": [0-9.]*\|"host_overhead_ms": [0-9.]*' "$DEST/gpu_profile.log" | tr '\n' ' '
+if [ -z "${SKIP_PROFILE:-}" ]; then
+    PYTHONPATH="$PWD" timeout 35 "$PY" bench/gpu_profile.py --shapes large --cprofile \
+        --json-out "$DEST/gpu_profile.json" 2>&1 | grep -v -i warn > "$DEST/gpu_profile.log"
+    grep -o '"persistent_[a-z]*_us_per_step": [0-9.]*\|"host_overhead_ms": [0-9.]*' "$DEST/gpu_profile.log" | tr '\n' ' '
+fi

@@ -730,6 +730,7 @@ def split_k(tile, M, N, Kd):
 
 @lru_cache(maxsize=None)
 def multiprocessors():
+    """The device's multiprocessor count (1 in the simulator), asked once."""
     return 1 if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
 
 
@@ -849,7 +850,7 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None):
     rows = (4 if -(-B // rgroups) >= 4 else 2) if item_rows is None else int(item_rows)
     if rows not in (2, 4):
         raise ValueError(f"item_rows must be 2 or 4, got {item_rows!r}")
-    blocks = min(3, H) * rgroups if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
+    blocks = min(3, H) * rgroups if SIM else multiprocessors()
     if blocks < rgroups:
         return None
     nu = -(-H // (blocks // rgroups))
@@ -865,7 +866,8 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None):
     return None
 
 
-_opted_in = {}
+_func_shared = {}          # id(compiled function) -> the dynamic shared memory it is allowed
+_launch_ready = set()      # (id(dispatcher), bytes, its overload count) already checked
 
 
 def opt_in_shared(dispatcher, args, nbytes):
@@ -874,29 +876,27 @@ def opt_in_shared(dispatcher, args, nbytes):
     (numba-cuda 0.30 has no option for it, so it is set on the compiled function)."""
     if SIM or nbytes < SHARED_BYTES:
         return
-    seen = (id(dispatcher), nbytes, len(dispatcher.overloads))    # typing 40 arguments costs
-    if seen in _opted_in:
+    ready = (id(dispatcher), nbytes, len(dispatcher.overloads))   # typing 40 arguments costs
+    if ready in _launch_ready:
         return
     kernel = dispatcher.compile(tuple(dispatcher.typeof_pyval(v) for v in args))
     func = kernel._codelibrary.get_cufunc()
-    if _opted_in.get(id(func), 0) >= nbytes:
-        _opted_in[seen] = True
-        return
-    from numba.cuda.cudadrv import driver as drv
-    binding = getattr(drv, "binding", None)
-    if binding is not None and hasattr(binding, "CUfunction_attribute"):
-        attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    else:                                            # pragma: no cover - ctypes binding
-        from numba.cuda.cudadrv import enums
-        attr = enums.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    try:
-        drv.driver.cuFuncSetAttribute(func.handle, attr, int(nbytes))
-    except drv.CudaAPIError:
-        # numba-cuda 0.30 loads kernels as library kernels (CUkernel): take the
-        # context's CUfunction of the kernel
-        drv.driver.cuFuncSetAttribute(drv.driver.cuKernelGetFunction(func.handle), attr, int(nbytes))
-    _opted_in[id(func)] = nbytes
-    _opted_in[(id(dispatcher), nbytes, len(dispatcher.overloads))] = True
+    if _func_shared.get(id(func), 0) < nbytes:
+        from numba.cuda.cudadrv import driver as drv
+        binding = getattr(drv, "binding", None)
+        if binding is not None and hasattr(binding, "CUfunction_attribute"):
+            attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        else:                                        # pragma: no cover - ctypes binding
+            from numba.cuda.cudadrv import enums
+            attr = enums.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        try:
+            drv.driver.cuFuncSetAttribute(func.handle, attr, int(nbytes))
+        except drv.CudaAPIError:
+            # numba-cuda 0.30 loads kernels as library kernels (CUkernel): take the
+            # context's CUfunction of the kernel
+            drv.driver.cuFuncSetAttribute(drv.driver.cuKernelGetFunction(func.handle), attr, int(nbytes))
+        _func_shared[id(func)] = nbytes
+    _launch_ready.add((id(dispatcher), nbytes, len(dispatcher.overloads)))
 
 
 def launch_persistent(dispatcher, plan, nbytes, *args):
