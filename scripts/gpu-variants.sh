@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # scripts/gpu-check.sh comparing the persistent kernels' settings side by side (row groups
 # 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
-# next to cuDNN, a one-line-per-mode summary of the ratios, then a profile of the large
+# next to cuDNN, the matrix-product tiles (plain and prefetching) on the large shape's
+# products, a one-line-per-mode summary of the ratios, then a profile of the large
 # shape.  Files go to $OUT (or bench/results).  About 4 minutes; SKIP_TESTS=1 and
 # SKIP_PROFILE=1 leave out the GPU tests and the profile.
 set -uo pipefail
@@ -9,7 +10,8 @@ cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-80}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-120}" scripts/gpu-check.sh \
-    --check-shapes small,large --row-groups 1,2 --item-rows 2,4 > /dev/null
+    --check-shapes small,large --row-groups 1,2 --item-rows 2,4 \
+    --matmul-tiles 64x64,128x128,64x64pf,128x128pf > /dev/null
 [ -n "${SKIP_TESTS:-}" ] || tail -1 "$DEST/gpu_cuda_tests.log"
 "$PY" - "$DEST/gpu_bench.json" <<'PYEOF'
 import json, sys
@@ -20,6 +22,8 @@ for n, row in r["shapes"].items():
         print(n, m, {k.replace("qlnumba_", "").replace("_persistent", ""): round(v, 3)
                      for k, v in row[m + "_ratio_vs_cudnn"].items()})
 print(r.get("trainer"), r.get("kernel_resources"))
+for tile, row in r.get("matmul_tiles", {}).items():
+    print(tile, {k.replace(" GFLOP/s", ""): round(v) for k, v in row.items()})
 PYEOF
 if [ -z "${SKIP_PROFILE:-}" ]; then
     PYTHONPATH="$PWD" timeout 35 "$PY" bench/gpu_profile.py --shapes large --cprofile \

@@ -47,10 +47,13 @@ from . import get_cuda
 cuda = get_cuda()
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # matrix product tiles: (TY, TX) threads per block, TM x TN outputs each, k-slabs of BK;
-# MATMUL_TILE names the one ``matmul`` uses
-Tile = namedtuple("Tile", "TY TX TM TN BK")
-TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2)} if SIM else
-         {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8)})
+# PF = 1: the next slab is loaded into registers while the block computes on this one
+# (two shared buffers, one barrier per slab).  MATMUL_TILE names the one ``matmul`` uses
+Tile = namedtuple("Tile", "TY TX TM TN BK PF", defaults=(0,))
+TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
+          "64x64pf": Tile(2, 2, 2, 2, 2, 1), "128x128pf": Tile(2, 2, 4, 4, 2, 1)} if SIM else
+         {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8),
+          "64x64pf": Tile(16, 16, 4, 4, 16, 1), "128x128pf": Tile(16, 16, 8, 8, 8, 1)})
 MATMUL_TILE = "auto"                     # see pick_tile
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
@@ -84,10 +87,12 @@ def matmul_kernel(dtype, tile):
     """The register-blocked matrix-product kernel for one float dtype and one ``Tile``
     (its sizes are compile-time constants: shared slabs and register blocks need them)."""
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
-    TY, TX, TM, TN, BK = tile
+    TY, TX, TM, TN, BK, PF = tile
     BM, BN = TM * TY, TN * TX                    # the (BM, BN) tile of C one block makes
     SLAB_A, SLAB_B = BK * BM, BK * BN
     TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
+    if PF:
+        return prefetch_matmul_kernel(ftype, tile)
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
@@ -144,6 +149,123 @@ def matmul_kernel(dtype, tile):
                     offa += BMU
                     offb += BNU
                 cuda.syncthreads()
+            for i in range(TM):
+                row = m0 + ty + TY * i
+                for j in range(TN):
+                    col = n0 + tx + TX * j
+                    if row < M and col < N:
+                        if accumulate:
+                            C[split * M * N + row * N + col] += acc[i, j]
+                        else:
+                            C[split * M * N + row * N + col] = acc[i, j]
+
+    return matmul
+
+
+def prefetch_matmul_kernel(ftype, tile):
+    """``matmul_kernel``'s product (same arguments, same sums in the same order) with the
+    global loads of slab s+1 in flight while the block computes on slab s.
+
+    The plain kernel waits for each slab's loads from global memory with every warp of
+    the block stopped at the barrier.  Here each thread first loads its share of the
+    next slab into registers (``ra``, ``rb``), then runs the slab already in shared
+    memory, then stores its share into the other shared buffer: one barrier per slab."""
+    TY, TX, TM, TN, BK, _ = tile
+    BM, BN = TM * TY, TN * TX
+    SLAB_A, SLAB_B = BK * BM, BK * BN
+    NT = TX * TY                                 # threads per block
+    LA, LB = -(-SLAB_A // NT), -(-SLAB_B // NT)  # slab values each thread loads
+    TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
+
+    @cuda.jit(device=True, inline=True)
+    def load_a(ra, A, M, sam, sak, m0, k0, k_end, tid):
+        """This thread's values of the (BM, BK) slab of A at k0 (0 outside A or the chunk)."""
+        for r in range(LA):
+            e = tid + r * NT
+            if sak == 1:
+                mm, kk = e // BK, e % BK
+            else:
+                mm, kk = e % BM, e // BM
+            row, k = m0 + mm, k0 + kk
+            ra[r] = A[row * sam + k * sak] if e < SLAB_A and row < M and k < k_end else ftype(0.0)
+
+    @cuda.jit(device=True, inline=True)
+    def load_b(rb, Bm, N, sbk, sbn, n0, k0, k_end, tid):
+        for r in range(LB):
+            e = tid + r * NT
+            if sbn == 1:
+                nn, kk = e % BN, e // BN
+            else:
+                nn, kk = e // BK, e % BK
+            col, k = n0 + nn, k0 + kk
+            rb[r] = Bm[k * sbk + col * sbn] if e < SLAB_B and col < N and k < k_end else ftype(0.0)
+
+    @cuda.jit(device=True, inline=True)
+    def store(sA, sB, ra, rb, buf, sak, sbn, tid):
+        """The registers into shared buffer ``buf``: sA[buf*SLAB_A + kk*BM + mm], sB likewise."""
+        for r in range(LA):
+            e = tid + r * NT
+            if e < SLAB_A:
+                if sak == 1:
+                    mm, kk = e // BK, e % BK
+                else:
+                    mm, kk = e % BM, e // BM
+                sA[buf * SLAB_A + kk * BM + mm] = ra[r]
+        for r in range(LB):
+            e = tid + r * NT
+            if e < SLAB_B:
+                if sbn == 1:
+                    nn, kk = e % BN, e // BN
+                else:
+                    nn, kk = e // BK, e % BK
+                sB[buf * SLAB_B + kk * BN + nn] = rb[r]
+
+    @cuda.jit
+    def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
+        sA = cuda.shared.array(2 * SLAB_A, ftype)           # two buffers: this slab and the next
+        sB = cuda.shared.array(2 * SLAB_B, ftype)
+        ra = cuda.local.array(LA, ftype)                     # the next slab, on its way
+        rb = cuda.local.array(LB, ftype)
+        acc = cuda.local.array((TM, TN), ftype)
+        ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
+        tid = ty * TX + tx
+        tiles_n = (N + BN - 1) // BN
+        tiles = ((M + BM - 1) // BM) * tiles_n
+        nsplit = (Kd + kchunk - 1) // kchunk
+        for work in range(cuda.blockIdx.x, tiles * nsplit, cuda.gridDim.x):
+            tile, split = work % tiles, work // tiles
+            m0 = (tile // tiles_n) * BM
+            n0 = (tile % tiles_n) * BN
+            k_begin, k_end = split * kchunk, min(Kd, (split + 1) * kchunk)
+            for i in range(TM):
+                for j in range(TN):
+                    acc[i, j] = 0.0
+            load_a(ra, A, M, sam, sak, m0, k_begin, k_end, tid)
+            load_b(rb, Bm, N, sbk, sbn, n0, k_begin, k_end, tid)
+            store(sA, sB, ra, rb, 0, sak, sbn, tid)
+            cuda.syncthreads()
+            buf = 0
+            for k0 in range(k_begin, k_end, BK):
+                more = k0 + BK < k_end
+                if more:                                     # slab s+1 into registers
+                    load_a(ra, A, M, sam, sak, m0, k0 + BK, k_end, tid)
+                    load_b(rb, Bm, N, sbk, sbn, n0, k0 + BK, k_end, tid)
+                offa, offb = uint64(buf * SLAB_A + ty), uint64(buf * SLAB_B + tx)
+                for kk in range(BK):                         # slab s, as matmul_kernel's loop
+                    oa = offa
+                    for i in range(TM):
+                        av = sA[oa]
+                        ob = offb
+                        for j in range(TN):
+                            acc[i, j] += av * sB[ob]               # C[ty + TY i, tx + TX j]
+                            ob += TXU
+                        oa += TYU
+                    offa += BMU
+                    offb += BNU
+                if more:                                     # the other buffer: its last
+                    store(sA, sB, ra, rb, 1 - buf, sak, sbn, tid)   # reads were before the
+                cuda.syncthreads()                           # previous barrier
+                buf = 1 - buf
             for i in range(TM):
                 row = m0 + ty + TY * i
                 for j in range(TN):

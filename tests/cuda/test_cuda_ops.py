@@ -92,7 +92,7 @@ def test_adam_refuses_host_arrays(gpu):
         gpu.CudaAdam({"W": np.zeros((2, 2))})
 
 
-@pytest.mark.parametrize("tile", ["64x64", "128x128", "auto"])
+@pytest.mark.parametrize("tile", ["64x64", "128x128", "64x64pf", "128x128pf", "auto"])
 @pytest.mark.parametrize("M,N,Kd", [(5, 7, 3), (3, 4, 40)], ids=["plain", "split-k"])
 def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
     """Each matrix-product tile gives A B (and C + A B), strided A and B, ragged edges;
@@ -110,3 +110,32 @@ def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
         rec.matmul(k, C, cuda.to_device(A), cuda.to_device(Bm), M, N, Kd, 1, M, N, 1, accumulate)
         want = A.T @ Bm + (C0 if accumulate else 0)
         np.testing.assert_allclose(C.copy_to_host(), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("plain", ["64x64", "128x128"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_prefetch_tiles_equal_plain_bitwise(plain, dtype, monkeypatch):
+    """The prefetching kernel adds the same products in the same order as the plain one
+    of the same tile: equal to the last bit, over several slabs, both operand layouts
+    (k contiguous in A, then in B), ragged edges and a split k."""
+    from qlnumba.gpu import recurrent as rec
+    cuda = rec.cuda
+    rng = make_rng(68)
+    k = rec.kernels(np.dtype(dtype))
+    M, N, Kd = 5, 7, 11
+    A = rng.standard_normal((M, Kd)).astype(dtype)          # k contiguous: sak = 1
+    Bm = rng.standard_normal((N, Kd)).astype(dtype)         # k contiguous: sbk = 1
+    for Kd_, strides in ((Kd, (Kd, 1, 1, Kd)), (40, None)):
+        if strides is None:                                  # A^T and B given (k-major): split k
+            A2 = rng.standard_normal((Kd_, M)).astype(dtype)
+            B2 = rng.standard_normal((Kd_, N)).astype(dtype)
+            args, strides = (A2, B2), (1, M, N, 1)
+        else:
+            args = (A, Bm)
+        got = {}
+        for tile in (plain, plain + "pf"):
+            monkeypatch.setattr(rec, "MATMUL_TILE", tile)
+            C = cuda.to_device(np.zeros((M, N), dtype))
+            rec.matmul(k, C, cuda.to_device(args[0]), cuda.to_device(args[1]), M, N, Kd_, *strides)
+            got[tile] = C.copy_to_host()
+        assert np.array_equal(got[plain], got[plain + "pf"])
