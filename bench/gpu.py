@@ -3,8 +3,8 @@
 A training step is forward + backward of one recurrent layer with a gradient on
 every output (no optimizer on either side); inference is the forward alone.
 qlnumba runs on device arrays (``CudaQLCell.forward_device`` / ``backward_device``:
-parameters, activations and gradient accumulators stay on the GPU; only the small
-per-row state crosses), as torch does on device tensors.  Step loops timed:
+parameters, activations, gradient accumulators and, since the eighth session, the
+zero initial and the final state stay on the GPU), as torch does on device tensors.  Step loops timed:
 "persistent" (one cooperative launch for all steps, the default) and, with
 ``--paths persistent,simple``, the per-step launches.  ``--host-api`` adds the
 layer API (host arrays in and out, parameters copied each call).  ``--check``
@@ -232,16 +232,14 @@ def main():
             cell.path, cell.row_groups, cell.item_rows = path, g, i
             params, grads = cell.device_params(), cell.device_grads()
 
-            def state():
-                zero = np.zeros((B, H), np.float32)
-                return dict(h=zero, c=zero.copy(), m=zero.copy(), a=zero.copy(), n=np.zeros(B, np.int64))
-
+            # state None: zero initial state, the final state left on the device (as torch's
+            # h_n, c_n), no gradient of it; nothing but the lengths crosses to the device
             def train(cell=cell, params=params, grads=grads):
-                cell.forward_device(d_x, lengths, state(), params)
-                cell.backward_device(d_dout, grads, state())
+                cell.forward_device(d_x, lengths, None, params)
+                cell.backward_device(d_dout, grads, None)
 
             def infer(cell=cell, params=params):
-                cell.forward_device(d_x, lengths, state(), params, need_grad=False)
+                cell.forward_device(d_x, lengths, None, params, need_grad=False)
 
             row["train_tokens_per_s"][label] = tokens / median_time(train, args.repeats, cuda.synchronize)
             row["infer_tokens_per_s"][label] = tokens / median_time(infer, args.repeats, cuda.synchronize)

@@ -68,6 +68,8 @@ def main():
     ap.add_argument("--cprofile", action="store_true",
                     help="also print the host functions that take the most time in one untimed "
                          "training step per shape and kind (cProfile)")
+    ap.add_argument("--trainer", action="store_true",
+                    help="also time CudaTrainer steps (IMDB sizes) and print a cProfile of one")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     global cuda                                # a module global: the simulator swaps it in kernels
@@ -85,8 +87,8 @@ def main():
         return {k: Timed(k, v, cuda) for k, v in real_persistent(dtype, rows).items()}
 
     grec.kernels, grec.persistent_kernels = timed_kernels, timed_persistent
-    grec.matmul_kernel = lambda dtype, tile: Timed(f"matmul {tile.TM * tile.TY}x{tile.TN * tile.TX}",
-                                                   real_matmul(dtype, tile), cuda)
+    grec.matmul_kernel = lambda dtype, tile: Timed(
+        f"matmul {tile.TM * tile.TY}x{tile.TN * tile.TX}{'pf' if tile.PF else ''}", real_matmul(dtype, tile), cuda)
     blocks = 1 if grec.SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
     counts = (1,) if grec.SIM else (1, 64, blocks)
     report = {"grid_sync_us": {f"{b} blocks x {grec.THREADS}": 1e6 * grid_sync_seconds(b, grec.THREADS)
@@ -102,19 +104,15 @@ def main():
             cell = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, device="cuda", seed=0)._cells[0][0]
             params, grads = cell.device_params(), cell.device_grads()
 
-            def state():
-                z = np.zeros((B, H), np.float32)
-                return dict(h=z, c=z.copy(), m=z.copy(), a=z.copy(), n=np.zeros(B, np.int64))
-
             row = {}
             for phase in ("warm", "forward", "backward"):
                 TIMES.clear()
                 cuda.synchronize()
                 t0 = time.perf_counter()
                 if phase in ("warm", "forward"):
-                    cell.forward_device(d_x, lengths, state(), params)
+                    cell.forward_device(d_x, lengths, None, params)
                 if phase in ("warm", "backward"):
-                    cell.backward_device(d_dout, grads, state())
+                    cell.backward_device(d_dout, grads, None)
                 cuda.synchronize()
                 total = time.perf_counter() - t0
                 if phase != "warm":
@@ -129,8 +127,8 @@ def main():
                 grec.kernels, grec.persistent_kernels = real, real_persistent   # no timing wrappers
                 prof = cProfile.Profile()
                 prof.enable()
-                cell.forward_device(d_x, lengths, state(), params)
-                cell.backward_device(d_dout, grads, state())
+                cell.forward_device(d_x, lengths, None, params)
+                cell.backward_device(d_dout, grads, None)
                 cuda.synchronize()
                 prof.disable()
                 text = io.StringIO()
@@ -144,9 +142,52 @@ def main():
                 "persistent_backward", 0) / T
             report[f"{name}_{label}"] = row
             print(json.dumps({f"{name}_{label}": row}), flush=True)
+    if args.trainer:
+        grec.kernels, grec.persistent_kernels, grec.matmul_kernel = real, real_persistent, real_matmul
+        report["trainer"] = profile_trainer(rng)
+        print(json.dumps({"trainer": report["trainer"]}), flush=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(report, f, indent=1)
+
+
+def profile_trainer(rng, steps=5):
+    """ms per CudaTrainer.step (median of ``steps``, synchronised) at the headline IMDB sizes
+    (vocabulary 20000, E 128, H 256, batches of 32 x 256), and the host functions that take
+    the most time in one more step (cProfile, by own time)."""
+    import cProfile
+    import io
+    import pstats
+
+    import qlnumba
+    from qlnumba.gpu import recurrent as grec
+    from qlnumba.gpu.model import CudaTrainer
+    B, T, V, E, H = (2, 4, 50, 3, 4) if grec.SIM else (32, 256, 20000, 128, 256)
+    ids, lengths, targets = rng.integers(1, V, (B, T)), np.full(B, T), rng.integers(0, 2, B)
+    out = {}
+    for kind in ("ql", "lstm"):
+        model = qlnumba.SequenceClassifier(V, E, H, kind=kind, device="cuda", seed=0)
+        trainer = CudaTrainer(model, qlnumba.Adam(model.params, lr=1e-3, clip_norm=1.0))
+        trainer.step(ids, lengths, targets)                       # warm-up (compiles)
+        times = []
+        for _ in range(steps):
+            cuda.synchronize()
+            t0 = time.perf_counter()
+            trainer.step(ids, lengths, targets)
+            cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        prof = cProfile.Profile()
+        prof.enable()
+        trainer.step(ids, lengths, targets)
+        cuda.synchronize()
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(15)
+        out[kind] = {"step_ms": 1e3 * float(np.median(times)),
+                     "tokens_per_s": B * T / float(np.median(times)), "cprofile_top": text.getvalue()[-3500:]}
+        print(out[kind]["cprofile_top"], flush=True)
+    return out
+
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 # 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
 # next to cuDNN, the matrix-product tiles (plain and prefetching) on the large shape's
 # products, a one-line-per-mode summary of the ratios, then a profile of the large
-# shape.  Files go to $OUT (or bench/results).  About 4 minutes; SKIP_TESTS=1 and
-# SKIP_PROFILE=1 leave out the GPU tests and the profile.
+# shape and of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 4 minutes;
+# SKIP_TESTS=1 and SKIP_PROFILE=1 leave out the GPU tests and the profile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
@@ -26,7 +26,8 @@ for tile, row in r.get("matmul_tiles", {}).items():
     print(tile, {k.replace(" GFLOP/s", ""): round(v) for k, v in row.items()})
 PYEOF
 if [ -z "${SKIP_PROFILE:-}" ]; then
-    PYTHONPATH="$PWD" timeout 35 "$PY" bench/gpu_profile.py --shapes large --cprofile \
+    PYTHONPATH="$PWD" timeout 60 "$PY" bench/gpu_profile.py --shapes large --cprofile --trainer \
         --json-out "$DEST/gpu_profile.json" 2>&1 | grep -v -i warn > "$DEST/gpu_profile.log"
-    grep -o '"persistent_[a-z]*_us_per_step": [0-9.]*\|"host_overhead_ms": [0-9.]*' "$DEST/gpu_profile.log" | tr '\n' ' '
+    grep -o '"persistent_[a-z]*_us_per_step": [0-9.]*\|"host_overhead_ms": [0-9.]*\|"step_ms": [0-9.]*' \
+        "$DEST/gpu_profile.log" | tr '\n' ' '
 fi

@@ -2,10 +2,13 @@
 
 ``CudaTrainer(model, opt)`` copies the model's parameters and the Adam state to
 the device once.  Each ``step`` then runs embedding, the recurrent stack
-(``CudaQLCell.forward_device`` / ``backward_device``), the head, BPTT and
-AdamW there.  Per step, only the batch (ids, lengths, targets, dropout masks) and
-the zero initial states (B, H) go to the device, and the losses, probabilities,
-final states and the gradient norm's partial sums come back.  ``sync_to_host`` writes parameters and optimizer state
+(``CudaQLCell.forward_device`` / ``backward_device``, zero initial states made on
+the device), the head, BPTT and AdamW there.  Per step, only the batch (ids,
+lengths, targets, dropout masks, the ids' sort for the embedding gradient) and
+Adam's constants go to the device, and the losses and probabilities (one wait,
+after the forward) and the gradient norm's partial sums (one copy) come back.
+The step's device arrays live in a ``Workspace``: after the first step of a batch
+shape, a step allocates no device memory.  ``sync_to_host`` writes parameters and optimizer state
 back into ``model.params`` and ``opt`` (for evaluation and checkpoints).  The
 arithmetic is the CPU model's: the tests check a step against
 ``SequenceClassifier.forward`` / ``backward`` and ``Adam.step``.
@@ -19,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import ops
-from .recurrent import PARAM_NAMES, CudaQLCell, clear, cuda, grid_for
+from .recurrent import PARAM_NAMES, CudaQLCell, Workspace, clear, cuda, grid_for
 
 
 @lru_cache(maxsize=None)
@@ -73,6 +76,7 @@ class CudaTrainer:
             raise ValueError("opt must be the Adam over model.params")
         self.model, self.opt, self.cells = model, opt, cells
         self.dtype = np.dtype(model.dtype)
+        self.workspace = Workspace(self.dtype)
         self.params = {k: cuda.to_device(v) for k, v in model.params.items()}
         self.grads = {k: cuda.device_array(v.shape, v.dtype) for k, v in model.params.items()}
         self.adam = ops.CudaAdam(self.params, lr=opt.lr, betas=opt.betas, eps=opt.eps,
@@ -102,54 +106,51 @@ class CudaTrainer:
         if targets.shape != (B,) or targets.dtype.kind not in "iu" or \
                 targets.min() < 0 or targets.max() >= C:
             raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
-        d_ids, d_len = cuda.to_device(ids), cuda.to_device(lengths.astype(np.int64))
-        d_targets = cuda.to_device(targets.astype(np.int64))
+        ws = self.workspace
+        d_ids, d_len = ws.put("ids", ids.astype(np.int64)), ws.put("lengths", lengths.astype(np.int64))
+        d_targets = ws.put("targets", targets.astype(np.int64))
         P, G = self.params, self.grads
-        emb = cuda.device_array((B, T, E), self.dtype)
+        emb = ws.empty("emb", (B, T, E))
         ops.embedding_forward(emb, d_ids, P["embed"])
         emb_mask = model._dropout_mask(rng, emb.shape, model.config["embed_dropout"])
         if emb_mask is not None:
-            d_emb_mask = cuda.to_device(emb_mask.reshape(-1))
+            d_emb_mask = ws.put("emb_mask", emb_mask.reshape(-1))
             k["scale"][grid_for(emb.size)](emb.reshape(emb.size), d_emb_mask)
         x = emb
         for cell, cp in zip(self.cells, self.cell_params):
-            H = cell.H
-            st = {key: np.zeros((B, H), self.dtype) for key in ("h", "c", "m", "a")}
-            st["n"] = np.zeros(B, np.int64)
-            x = cell.forward_device(x, lengths, st, cp)
+            x = cell.forward_device(x, lengths, None, cp)         # zero initial state
         D = x.shape[2]
-        h_last = cuda.device_array((B, D), self.dtype)
+        h_last = ws.empty("h_last", (B, D))
         k["last_step_forward"][grid_for(B * D)](h_last, x, d_len)
         head_mask = model._dropout_mask(rng, (B, D), model.config["head_dropout"])
         if head_mask is not None:
-            d_head_mask = cuda.to_device(head_mask.reshape(-1))
+            d_head_mask = ws.put("head_mask", head_mask.reshape(-1))
             k["scale"][grid_for(B * D)](h_last.reshape(B * D), d_head_mask)
-        probs, losses = cuda.device_array((B, C), self.dtype), cuda.device_array(B, self.dtype)
+        probs, losses = ws.empty("probs", (B, C)), ws.empty("losses", (B,))
         ops.linear_xent_forward(probs, losses, h_last, d_targets, P["head.W"], P["head.b"])
         loss = float(losses.copy_to_host().mean())                     # as model.forward
+        host_probs = probs.copy_to_host()           # now, not after the update: no wait there
         if not np.isfinite(loss):                   # the caller stops; nothing is updated
-            return loss, probs.copy_to_host()
+            return loss, host_probs
 
         for g in G.values():
             clear(g)
-        dh_last = cuda.device_array((B, D), self.dtype)
-        clear(dh_last)
+        dh_last = ws.zeros("dh_last", (B, D))
         ops.linear_xent_backward(dh_last, G["head.W"], G["head.b"], probs, h_last, d_targets,
-                                 P["head.W"], 1.0 / B)
+                                 P["head.W"], 1.0 / B, dlogits=ws.empty("dlogits", (B, C)))
         if head_mask is not None:
             k["scale"][grid_for(B * D)](dh_last.reshape(B * D), d_head_mask)
-        dout = cuda.device_array((B, T, D), self.dtype)
-        clear(dout)
+        dout = ws.zeros("dout", (B, T, D))
         k["last_step_backward"][grid_for(B * D)](dout, dh_last, d_len)
         for cell, cg in zip(reversed(self.cells), reversed(self.cell_grads)):
-            H = cell.H
-            dst = {key: np.zeros((B, H), self.dtype) for key in ("h", "c", "m", "a")}
-            dout = cell.backward_device(dout, cg, dst)
+            dout = cell.backward_device(dout, cg, None)           # no gradient of the final state
         if emb_mask is not None:
             k["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
-        ops.embedding_backward(G["embed"], dout, d_ids, ops.id_segments(ids))
+        order, starts, uniq = ops.id_segments(ids)
+        ops.embedding_backward(G["embed"], dout, d_ids, (ws.put("id_order", order),
+                                                         ws.put("id_starts", starts), ws.put("id_uniq", uniq)))
         self.adam.step(G)
-        return loss, probs.copy_to_host()
+        return loss, host_probs
 
     def sync_to_host(self):
         """Write the device parameters and Adam state into ``model.params`` and ``opt``."""

@@ -179,21 +179,27 @@ def linear_xent_forward(probs, losses, h, targets, W, b):
     _launch(kernels(h.dtype)["linear_xent_forward"], probs.shape[0], probs, losses, h, targets, W, b)
 
 
-def linear_xent_backward(dh, dW, db, probs, h, targets, W, weight):
-    """Accumulates into dh, dW, db like the CPU kernel; ``weight`` is each row's loss share."""
+def linear_xent_backward(dh, dW, db, probs, h, targets, W, weight, dlogits=None):
+    """Accumulates into dh, dW, db like the CPU kernel; ``weight`` is each row's loss share.
+    ``dlogits``: a device buffer shaped like probs for δlogits (else one is allocated)."""
     k = kernels(h.dtype)
-    dlogits = cuda.device_array(probs.shape, dtype=probs.dtype)
+    if dlogits is None:
+        dlogits = cuda.device_array(probs.shape, dtype=probs.dtype)
     _launch(k["xent_dlogits"], probs.size, dlogits, probs, targets, probs.dtype.type(weight))
     N, C = probs.shape
     D = h.shape[1]
     _launch(k["linear_backward"], N * D + C * D + C, dh, dW, db, dlogits, h, W)
 
 
-def sum_of_squares(g):
-    """sum of g^2 (flat device array) in float64, in a fixed order (deterministic)."""
-    partial = cuda.device_array(NPART, dtype=np.float64)
-    kernels(g.dtype)["sum_of_squares_partial"][NPART, THREADS](partial, g)
-    return float(np.sum(partial.copy_to_host()))
+def sum_of_squares(g, partial=None):
+    """sum of g^2 (flat device array) in float64, in a fixed order (deterministic).
+
+    With ``partial`` (a device array of NPART float64) the block sums are left there and
+    nothing is returned: the caller downloads several arrays' sums in one copy."""
+    out = cuda.device_array(NPART, dtype=np.float64) if partial is None else partial
+    kernels(g.dtype)["sum_of_squares_partial"][NPART, THREADS](out, g)
+    if partial is None:
+        return float(np.sum(out.copy_to_host()))
 
 
 def adam_step(p, m, v, g, consts):
@@ -206,9 +212,10 @@ def adam_step(p, m, v, g, consts):
 class CudaAdam:
     """AdamW with global-norm clipping over a dict of device arrays (see ``qlnumba.Adam``).
 
-    The parameters, the moments and the gradients stay on the device; per step,
-    only the partial sums of squares (NPART floats per gradient array) come back
-    to the host for the global norm.
+    The parameters, the moments and the gradients stay on the device.  Per step the
+    partial sums of squares of every gradient array (NPART floats each) come back to
+    the host in one copy, for the global norm, and the step's constants go to the
+    device in one copy; both buffers are allocated once.
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
@@ -224,21 +231,34 @@ class CudaAdam:
         self.weight_decay, self.clip_norm, self.t = float(weight_decay), clip_norm, 0
         self.m = {k: cuda.to_device(np.zeros(p.shape, p.dtype)) for k, p in params.items()}
         self.v = {k: cuda.to_device(np.zeros(p.shape, p.dtype)) for k, p in params.items()}
+        self.partial = cuda.device_array((len(params), NPART), np.float64)   # row i: param i's sums
+        # row i: param i's 8 constants, in a buffer of the parameter's dtype
+        self.consts = {p.dtype.str: cuda.device_array((len(params), 8), p.dtype)
+                       for p in params.values()}
 
     def step(self, grads):
         """One update; returns the global gradient norm before clipping (NaN/inf raise)."""
         if set(grads) != set(self.params):
             raise ValueError("grads must have exactly the keys of params")
-        norm = math.sqrt(sum(sum_of_squares(g.reshape(g.size)) for g in grads.values()))
+        names = list(self.params)
+        for i, k in enumerate(names):
+            sum_of_squares(grads[k].reshape(grads[k].size), self.partial[i])
+        partial = self.partial.copy_to_host()
+        norm = math.sqrt(sum(float(np.sum(partial[i])) for i in range(len(names))))
         if not math.isfinite(norm):
             raise ValueError("gradients contain NaN or inf; parameters left unchanged")
         scale = self.clip_norm / norm if self.clip_norm is not None and norm > self.clip_norm else 1.0
         self.t += 1
         b1, b2 = self.betas
-        for k, p in self.params.items():
-            wd = self.weight_decay if len(p.shape) >= 2 else 0.0
-            consts = np.array([self.lr, b1, b2, self.eps, wd, 1 - b1 ** self.t, 1 - b2 ** self.t,
-                               scale], dtype=p.dtype)
+        consts = {}
+        for key, buf in self.consts.items():
+            host = np.array([[self.lr, b1, b2, self.eps,
+                              self.weight_decay if len(self.params[k].shape) >= 2 else 0.0,
+                              1 - b1 ** self.t, 1 - b2 ** self.t, scale] for k in names], dtype=buf.dtype)
+            buf.copy_to_device(host)
+            consts[key] = buf
+        for i, k in enumerate(names):
+            p = self.params[k]
             adam_step(p.reshape(p.size), self.m[k].reshape(p.size), self.v[k].reshape(p.size),
-                      grads[k].reshape(p.size), consts)
+                      grads[k].reshape(p.size), consts[p.dtype.str][i])
         return norm

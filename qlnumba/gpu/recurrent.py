@@ -1028,21 +1028,28 @@ def launch_persistent(dispatcher, plan, nbytes, *args):
 
 
 class Workspace:
-    """Device buffers kept between calls, by name: a training loop calls with the same
-    shapes every step, and a device allocation (with the copy of a host array of
-    zeros it used to need) costs more than the kernels of a small step.  A buffer is
-    reallocated when its shape changes; ``zeros`` clears it on the device."""
+    """Device buffers kept between calls, by name: a training loop calls every step, and
+    a device allocation (or a free, which waits for the device) costs more than the
+    kernels of a small step.  A buffer only grows: a call with fewer values (batches
+    padded to different lengths, a different number of distinct ids) gets a view of
+    the front of it, shaped as asked, so that after the largest batch nothing is
+    allocated any more.  ``zeros`` clears the view on the device."""
 
     def __init__(self, dtype):
-        self.dtype, self.bufs = np.dtype(dtype), {}
+        self.dtype, self.bufs, self.views = np.dtype(dtype), {}, {}
 
     def empty(self, name, shape, dtype=None):
         dtype = self.dtype if dtype is None else np.dtype(dtype)
         shape = tuple(int(n) for n in shape)
+        view = self.views.get(name)
+        if view is not None and view.shape == shape and view.dtype == dtype:
+            return view                                  # same as last time (no new view object)
+        n = math.prod(shape)
         buf = self.bufs.get(name)
-        if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self.bufs[name] = cuda.device_array(shape, dtype)
-        return buf
+        if buf is None or buf.size < n or buf.dtype != dtype:
+            buf = self.bufs[name] = cuda.device_array(max(n, 1), dtype)
+        view = self.views[name] = buf[:n].reshape(shape)
+        return view
 
     def zeros(self, name, shape):
         buf = self.empty(name, shape)
@@ -1084,7 +1091,9 @@ class CudaQLCell:
     - ``forward_device`` / ``backward_device``: device arrays in and out, with
       the parameters and gradient accumulators given as dicts of device arrays
       (short names: W, U, b, gamma, beta, V_s, V_m, b_r); only the small per-row
-      state (h, c, m, a, n) crosses to the host.  This is the training-loop path.
+      state (h, c, m, a, n) crosses to the host, and not even that with a state of
+      None (zeros in, the final state left on the device).  This is the training-loop
+      path.
 
     ``path`` picks the step loop: "persistent" (default: one cooperative launch
     for all steps) or "simple" (a few launches per step, the reference the
@@ -1103,6 +1112,7 @@ class CudaQLCell:
         self.K, self.reverse, self.dtype = cpu_cell.K, cpu_cell.reverse, cpu_cell.dtype
         self.cache = None
         self.workspace = Workspace(self.dtype)
+        self.final_state = self.initial_state_grads = None   # device views (see forward_device)
 
     def device_params(self):
         """The cell's parameters as device arrays (copied from the host arrays now)."""
@@ -1133,10 +1143,19 @@ class CudaQLCell:
             if self.prefix + name in grads:
                 grads[self.prefix + name] += g.copy_to_host()
 
+    def _state_in(self, name, st, key, shape):
+        """A workspace buffer holding the host state ``st[key]``, or zeros where st is None
+        (filled on the device: no copy, so the host need not wait for the stream)."""
+        if st is None:
+            return self.workspace.zeros(name, shape)
+        return self.workspace.put(name, st[key] if len(shape) == 2 else np.stack([st[key]] * shape[0]))
+
     def forward_device(self, d_x, lengths, st, P, need_grad=True):
         """Device x (B,T,E) in, device out (B,T,H) back; host ``lengths`` and state ``st``
-        (updated in place); P: device parameters.  Saves what ``backward_device`` needs.
-        ``out`` is a buffer of this cell's workspace: valid until its next forward_device."""
+        (updated in place), or st = None: start from zeros and download nothing (the final
+        state stays on the device, ``final_state``); P: device parameters.  Saves what
+        ``backward_device`` needs.  ``out`` and ``final_state`` are buffers of this cell's
+        workspace: valid until its next forward_device."""
         k = kernels(np.dtype(self.dtype))
         B, T, E = d_x.shape
         H, K = self.H, self.K
@@ -1144,16 +1163,16 @@ class CudaQLCell:
         NB = (T + K - 1) // K if self.hgr else 0
         ws = self.workspace
         d_len = ws.put("lengths", lengths.astype(np.int64))
-        n0 = st["n"].copy()
+        n0 = np.zeros(B, np.int64) if st is None else st["n"].copy()
         d_n0 = ws.put("n0", n0)
-        c, a = ws.put("c", st["c"]), ws.put("a", st["a"])
+        c, a = self._state_in("c", st, "c", (B, H)), self._state_in("a", st, "a", (B, H))
         out, GATES = ws.zeros("out", (B, T, H)), ws.empty("GATES", (B, T, 4, H))
         Z = ws.empty("Z", (B, T, G))
         C, CPREV, HPREV = ws.empty("C", (B, T, H)), ws.empty("CPREV", (B, T, H)), ws.zeros("HPREV", (B, T, H))
         MBLK = ws.zeros("MBLK", (B, NB + 1 if self.hgr else 0, H))
         SBLK, RBLK = ws.zeros("SBLK", (B, NB, H)), ws.zeros("RBLK", (B, NB, H))
         if self.hgr:                                                       # MBLK[:, 0] = initial m
-            m0 = ws.put("m0", st["m"])
+            m0 = self._state_in("m0", st, "m", (B, H))
             k["copy_rows"][grid_for(B * H)](MBLK.reshape(MBLK.size), m0.reshape(B * H), B, 1, NB + 1,
                                             1, H)
         hU = ws.zeros("hU", (B, G))
@@ -1163,8 +1182,8 @@ class CudaQLCell:
         d_closes = ws.put("closes", closes)
         plan = self._plan(B, G)
         if plan is not None:
-            hbuf = ws.put("hbuf", np.stack([st["h"], st["h"]]))
-            mbuf = ws.put("mbuf", np.stack([st["m"], st["m"]]))
+            hbuf = self._state_in("hbuf", st, "h", (2, B, H))
+            mbuf = self._state_in("mbuf", st, "m", (2, B, H))
             Sbuf, Pv, Q = ws.zeros("Sbuf", (2, B, H)), ws.zeros("P", (B, H)), ws.zeros("Q", (B, H))
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows)["persistent_forward"],
@@ -1174,7 +1193,7 @@ class CudaQLCell:
                 P["b_r"], steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
             h, m = hbuf[steps % 2], mbuf[int(closes.sum()) % 2]
         else:
-            h, m = ws.put("h", st["h"]), ws.put("m", st["m"])
+            h, m = self._state_in("h", st, "h", (B, H)), self._state_in("m", st, "m", (B, H))
             S, Pv, Q = ws.zeros("S", (B, H)), ws.zeros("P", (B, H)), ws.zeros("Q", (B, H))
             grid = grid_for(B * H)
             for s in range(steps):
@@ -1188,10 +1207,12 @@ class CudaQLCell:
                     matmul(k, Q, m, P["V_m"], B, H, H, H, 1, 1, H)          # V_m m
                     k["close_forward"][grid](m, a, MBLK, SBLK, RBLK, S, Pv, Q, P["b_r"], d_len,
                                              d_n0, s, K)
-        for key, arr in (("h", h), ("c", c), ("m", m), ("a", a)):
-            st[key][...] = arr.copy_to_host()
-        if self.hgr:
-            st["n"][...] = (n0 + lengths) % K
+        self.final_state = dict(h=h, c=c, m=m, a=a)
+        if st is not None:
+            for key, arr in self.final_state.items():
+                st[key][...] = arr.copy_to_host()
+            if self.hgr:
+                st["n"][...] = (n0 + lengths) % K
         self.cache = dict(x=d_x, lengths=lengths, d_len=d_len, d_n0=d_n0, closes=closes,
                           d_closes=d_closes, Z=Z, GATES=GATES, C=C, CPREV=CPREV, HPREV=HPREV,
                           MBLK=MBLK, SBLK=SBLK, RBLK=RBLK, P=P, NB=NB) if need_grad else None
@@ -1200,7 +1221,8 @@ class CudaQLCell:
     def backward_device(self, d_dout, grads, dst):
         """Device δout (B,T,H) in, device δx (B,T,E) back (a workspace buffer, valid until
         the next backward_device); accumulates into the device ``grads`` (short names);
-        host ``dst`` goes from d(final) to d(initial)."""
+        host ``dst`` goes from d(final) to d(initial), or dst = None: zero gradients of the
+        final state, and those of the initial state stay on the device (``initial_state_grads``)."""
         if self.cache is None:
             raise ValueError("backward called before forward() (or after forward(..., need_grad=False))")
         k = kernels(np.dtype(self.dtype))
@@ -1210,7 +1232,7 @@ class CudaQLCell:
         H, K, NB = self.H, self.K, cc["NB"]
         G = P["U"].shape[0]
         ws = self.workspace
-        dh, dc, dm, da = (ws.put("d" + key, dst[key]) for key in ("h", "c", "m", "a"))
+        dh, dc, dm, da = (self._state_in("d" + key, dst, key, (B, H)) for key in ("h", "c", "m", "a"))
         DZ, DPRE = ws.zeros("DZ", (B, T, G)), ws.zeros("DPRE", (B, T, 4, H))
         DP, DP_step = ws.zeros("DP", (B, NB, H)), ws.zeros("DP_step", (B, H))
         steps = int(lengths.max())
@@ -1259,6 +1281,8 @@ class CudaQLCell:
                                                   NB, NB + 1, H)
             matmul(k, grads["V_m"], DP, MPRE, H, H, B * NB, 1, H, H, 1, **acc)   # Σ δp m^T
             column_sums(k, grads["b_r"], DP.reshape(B * NB * H), B * NB, H, sc)
-        for key, arr in (("h", dh), ("c", dc), ("m", dm), ("a", da)):
-            dst[key][...] = arr.copy_to_host()
+        self.initial_state_grads = dict(h=dh, c=dc, m=dm, a=da)
+        if dst is not None:
+            for key, arr in self.initial_state_grads.items():
+                dst[key][...] = arr.copy_to_host()
         return d_dx

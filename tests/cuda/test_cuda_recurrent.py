@@ -183,6 +183,32 @@ def test_cuda_trainer_steps_equal_cpu_training(kind, layers):
         assert_close(gpu_opt.v[k], cpu_opt.v[k], 1e-9, 1e-9, "v " + k)
 
 
+def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(monkeypatch):
+    """After a first step, a CudaTrainer step of a batch no larger (here shorter, with other
+    ids) allocates no device memory (a free can stall the device) and copies from the
+    device three times: the losses and probabilities after the forward, and the gradient
+    norm's partial sums."""
+    from qlnumba.gpu.model import CudaTrainer
+    from qlnumba.gpu.recurrent import cuda
+    rng = make_rng(65)
+    model = qlnumba.SequenceClassifier(11, embed_dim=3, hidden_size=4, kind="ql", num_layers=2,
+                                       block_size=2, embed_dropout=0.2, device="cuda", seed=8)
+    trainer = CudaTrainer(model, qlnumba.Adam(model.params, lr=0.01, clip_norm=1.0))
+    ids = np.arange(15).reshape(3, 5) % 11                  # every id: the most distinct ids
+    targets = np.array([0, 1, 1])
+    trainer.step(ids, np.array([5, 2, 4]), targets, rng=np.random.default_rng(1))
+    calls = []
+    array_type = type(cuda.device_array(1))
+    for name in ("device_array", "to_device", "device_array_like"):
+        real = getattr(cuda, name)
+        monkeypatch.setattr(cuda, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    real_download = array_type.copy_to_host
+    monkeypatch.setattr(array_type, "copy_to_host",
+                        lambda self, *a, **k: calls.append("copy_to_host") or real_download(self, *a, **k))
+    trainer.step(rng.integers(0, 11, (3, 4)), np.array([4, 2, 3]), targets, rng=np.random.default_rng(2))
+    assert calls == ["copy_to_host"] * 3
+
+
 def test_cuda_trainer_refuses_what_it_cannot_train():
     from qlnumba.gpu.model import CudaTrainer
     for kind in ("bilstm", "gru"):
