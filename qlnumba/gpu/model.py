@@ -3,15 +3,17 @@
 ``CudaTrainer(model, opt)`` copies the model's parameters and the Adam state to
 the device once.  Each ``step`` then runs embedding, the recurrent stack
 (``CudaQLCell.forward_device`` / ``backward_device``, zero initial states made on
-the device), the head, BPTT and AdamW there.  Per step, only the batch (ids,
-lengths, targets, dropout masks, the ids' sort for the embedding gradient) and
-Adam's constants go to the device, and the losses and probabilities (one wait,
-after the forward) and the gradient norm's partial sums (one copy) come back.
-The step's device arrays live in a ``Workspace``: after the first step of a batch
-shape, a step allocates no device memory.  ``sync_to_host`` writes parameters and optimizer state
-back into ``model.params`` and ``opt`` (for evaluation and checkpoints).  The
-arithmetic is the CPU model's: the tests check a step against
-``SequenceClassifier.forward`` / ``backward`` and ``Adam.step``.
+the device), the head, BPTT and AdamW there.  Per step, only the batch (one copy
+of ids, lengths, targets and the ids' sort for the embedding gradient; dropout
+masks), each layer's lengths and block closes (one copy) and Adam's constants
+(one copy) go to the device, and the losses and probabilities (after the forward)
+and the gradient norm's partial sums (one copy) come back.  The step's device
+arrays live in a ``Workspace`` (the gradients in one buffer, cleared by one
+launch): once it has seen its largest batch, a step allocates no device memory.
+``sync_to_host`` writes parameters and optimizer state back into ``model.params``
+and ``opt`` (for evaluation and checkpoints).  The arithmetic is the CPU model's:
+the tests check a step against ``SequenceClassifier.forward`` / ``backward`` and
+``Adam.step``.
 
 Shapes legend (device arrays)
   B rows, T steps, E embedding width, H hidden units, C classes
@@ -78,7 +80,9 @@ class CudaTrainer:
         self.dtype = np.dtype(model.dtype)
         self.workspace = Workspace(self.dtype)
         self.params = {k: cuda.to_device(v) for k, v in model.params.items()}
-        self.grads = {k: cuda.device_array(v.shape, v.dtype) for k, v in model.params.items()}
+        # the gradients: views of one buffer, cleared by one launch per step
+        self.grad_flat, self.grads, _ = self.workspace.carve(
+            "grads", {k: v.shape for k, v in model.params.items()})
         self.adam = ops.CudaAdam(self.params, lr=opt.lr, betas=opt.betas, eps=opt.eps,
                                  weight_decay=opt.weight_decay, clip_norm=opt.clip_norm)
         self.adam.t = opt.t
@@ -107,8 +111,10 @@ class CudaTrainer:
                 targets.min() < 0 or targets.max() >= C:
             raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
         ws = self.workspace
-        d_ids, d_len = ws.put("ids", ids.astype(np.int64)), ws.put("lengths", lengths.astype(np.int64))
-        d_targets = ws.put("targets", targets.astype(np.int64))
+        order, starts, uniq = ops.id_segments(ids)                    # for the embedding gradient
+        batch = ws.put_many("batch", dict(ids=ids, lengths=lengths, targets=targets, order=order,
+                                          starts=starts, uniq=uniq), np.int64)   # one copy
+        d_ids, d_len, d_targets = batch["ids"], batch["lengths"], batch["targets"]
         P, G = self.params, self.grads
         emb = ws.empty("emb", (B, T, E))
         ops.embedding_forward(emb, d_ids, P["embed"])
@@ -133,8 +139,7 @@ class CudaTrainer:
         if not np.isfinite(loss):                   # the caller stops; nothing is updated
             return loss, host_probs
 
-        for g in G.values():
-            clear(g)
+        clear(self.grad_flat)
         dh_last = ws.zeros("dh_last", (B, D))
         ops.linear_xent_backward(dh_last, G["head.W"], G["head.b"], probs, h_last, d_targets,
                                  P["head.W"], 1.0 / B, dlogits=ws.empty("dlogits", (B, C)))
@@ -146,9 +151,7 @@ class CudaTrainer:
             dout = cell.backward_device(dout, cg, None)           # no gradient of the final state
         if emb_mask is not None:
             k["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
-        order, starts, uniq = ops.id_segments(ids)
-        ops.embedding_backward(G["embed"], dout, d_ids, (ws.put("id_order", order),
-                                                         ws.put("id_starts", starts), ws.put("id_uniq", uniq)))
+        ops.embedding_backward(G["embed"], dout, d_ids, (batch["order"], batch["starts"], batch["uniq"]))
         self.adam.step(G)
         return loss, host_probs
 

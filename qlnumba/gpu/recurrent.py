@@ -1035,8 +1035,10 @@ class Workspace:
     the front of it, shaped as asked, so that after the largest batch nothing is
     allocated any more.  ``zeros`` clears the view on the device."""
 
+    ALIGN = 32                                           # values between two carved views' starts
+
     def __init__(self, dtype):
-        self.dtype, self.bufs, self.views = np.dtype(dtype), {}, {}
+        self.dtype, self.bufs, self.views, self.carvings = np.dtype(dtype), {}, {}, {}
 
     def empty(self, name, shape, dtype=None):
         dtype = self.dtype if dtype is None else np.dtype(dtype)
@@ -1055,6 +1057,43 @@ class Workspace:
         buf = self.empty(name, shape)
         clear(buf)
         return buf
+
+    def carve(self, group, shapes, dtype=None):
+        """(flat, views, starts): the buffer ``group``, a dict of views of it, one per name
+        of ``shapes`` (name -> shape), and where each starts in it (multiples of ALIGN)."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        shapes = {name: tuple(int(n) for n in shape) for name, shape in shapes.items()}
+        key = (dtype.str, tuple(shapes.items()))
+        hit = self.carvings.get(group)
+        if hit is not None and hit[0] == key and hit[1] is self.views.get(group):
+            return hit[1:]                               # same shapes, same buffer: same views
+        starts, total = [], 0
+        for shape in shapes.values():
+            starts.append(total)
+            total += -(-math.prod(shape) // self.ALIGN) * self.ALIGN
+        flat = self.empty(group, (total,), dtype)
+        views = {name: flat[o:o + math.prod(shape)].reshape(shape)
+                 for (name, shape), o in zip(shapes.items(), starts)}
+        self.carvings[group] = (key, flat, views, starts)
+        return flat, views, starts
+
+    def zeros_many(self, group, shapes):
+        """Zeroed buffers, name -> shape: views of one buffer cleared by one launch."""
+        flat, views, _ = self.carve(group, shapes)
+        clear(flat)
+        return views
+
+    def put_many(self, group, arrays, dtype=None):
+        """The host arrays (name -> array) on the device in one copy, as views of one
+        buffer of ``dtype`` (the workspace's float dtype by default)."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        flat, views, starts = self.carve(group, {name: np.shape(v) for name, v in arrays.items()}, dtype)
+        host = np.zeros(flat.shape, dtype)
+        for value, view, start in zip(arrays.values(), views.values(), starts):
+            host[start:start + view.size] = np.asarray(value).reshape(-1)
+        if host.size:
+            flat.copy_to_device(host)
+        return views
 
     def scratch(self, n, dtype=None):
         """A flat buffer of n values, a view of one buffer per dtype that grows as needed:
@@ -1143,12 +1182,17 @@ class CudaQLCell:
             if self.prefix + name in grads:
                 grads[self.prefix + name] += g.copy_to_host()
 
-    def _state_in(self, name, st, key, shape):
-        """A workspace buffer holding the host state ``st[key]``, or zeros where st is None
-        (filled on the device: no copy, so the host need not wait for the stream)."""
+    def _buffers(self, group, zero_shapes, state, st):
+        """The call's zeroed buffers (name -> shape; one launch clears them all) and its
+        state buffers (name -> (key of st, shape)): zeros too where st is None, else one
+        copy of the host values (a (2, B, H) buffer holds st[key] twice)."""
+        ws = self.workspace
         if st is None:
-            return self.workspace.zeros(name, shape)
-        return self.workspace.put(name, st[key] if len(shape) == 2 else np.stack([st[key]] * shape[0]))
+            return ws.zeros_many(group, {**zero_shapes, **{n: shape for n, (_, shape) in state.items()}})
+        views = ws.zeros_many(group, zero_shapes)
+        host = {n: st[key] if len(shape) == 2 else np.stack([st[key]] * shape[0])
+                for n, (key, shape) in state.items()}
+        return {**views, **ws.put_many(group + "_state", host)}
 
     def forward_device(self, d_x, lengths, st, P, need_grad=True):
         """Device x (B,T,E) in, device out (B,T,H) back; host ``lengths`` and state ``st``
@@ -1162,29 +1206,31 @@ class CudaQLCell:
         G = P["U"].shape[0]
         NB = (T + K - 1) // K if self.hgr else 0
         ws = self.workspace
-        d_len = ws.put("lengths", lengths.astype(np.int64))
         n0 = np.zeros(B, np.int64) if st is None else st["n"].copy()
-        d_n0 = ws.put("n0", n0)
-        c, a = self._state_in("c", st, "c", (B, H)), self._state_in("a", st, "a", (B, H))
-        out, GATES = ws.zeros("out", (B, T, H)), ws.empty("GATES", (B, T, 4, H))
-        Z = ws.empty("Z", (B, T, G))
-        C, CPREV, HPREV = ws.empty("C", (B, T, H)), ws.empty("CPREV", (B, T, H)), ws.zeros("HPREV", (B, T, H))
-        MBLK = ws.zeros("MBLK", (B, NB + 1 if self.hgr else 0, H))
-        SBLK, RBLK = ws.zeros("SBLK", (B, NB, H)), ws.zeros("RBLK", (B, NB, H))
-        if self.hgr:                                                       # MBLK[:, 0] = initial m
-            m0 = self._state_in("m0", st, "m", (B, H))
-            k["copy_rows"][grid_for(B * H)](MBLK.reshape(MBLK.size), m0.reshape(B * H), B, 1, NB + 1,
-                                            1, H)
-        hU = ws.zeros("hU", (B, G))
-        matmul(k, Z, d_x, P["W"], B * T, G, E, E, 1, 1, E)                 # Z = x W^T
         steps = int(lengths.max())
         closes = closing_steps(lengths, n0, K, steps) if self.hgr else np.zeros(steps, np.int8)
-        d_closes = ws.put("closes", closes)
+        ints = ws.put_many("ints", dict(lengths=lengths, n0=n0, closes=closes), np.int64)   # one copy
+        d_len, d_n0, d_closes = ints["lengths"], ints["n0"], ints["closes"]
         plan = self._plan(B, G)
+        state = dict(c=("c", (B, H)), a=("a", (B, H)))
+        if self.hgr:
+            state["m0"] = ("m", (B, H))
+        state.update(dict(hbuf=("h", (2, B, H)), mbuf=("m", (2, B, H))) if plan is not None else
+                     dict(h=("h", (B, H)), m=("m", (B, H))))
+        bufs = self._buffers("forward", dict(
+            out=(B, T, H), HPREV=(B, T, H), MBLK=(B, NB + 1 if self.hgr else 0, H), SBLK=(B, NB, H),
+            RBLK=(B, NB, H), hU=(B, G), S=((2, B, H) if plan is not None else (B, H)), P=(B, H),
+            Q=(B, H)), state, st)
+        out, HPREV, MBLK, SBLK, RBLK, hU = (bufs[n] for n in ("out", "HPREV", "MBLK", "SBLK", "RBLK", "hU"))
+        c, a, Pv, Q = bufs["c"], bufs["a"], bufs["P"], bufs["Q"]
+        GATES, Z = ws.empty("GATES", (B, T, 4, H)), ws.empty("Z", (B, T, G))
+        C, CPREV = ws.empty("C", (B, T, H)), ws.empty("CPREV", (B, T, H))
+        if self.hgr:                                                       # MBLK[:, 0] = initial m
+            k["copy_rows"][grid_for(B * H)](MBLK.reshape(MBLK.size), bufs["m0"].reshape(B * H), B, 1,
+                                            NB + 1, 1, H)
+        matmul(k, Z, d_x, P["W"], B * T, G, E, E, 1, 1, E)                 # Z = x W^T
         if plan is not None:
-            hbuf = self._state_in("hbuf", st, "h", (2, B, H))
-            mbuf = self._state_in("mbuf", st, "m", (2, B, H))
-            Sbuf, Pv, Q = ws.zeros("Sbuf", (2, B, H)), ws.zeros("P", (B, H)), ws.zeros("Q", (B, H))
+            hbuf, mbuf, Sbuf = bufs["hbuf"], bufs["mbuf"], bufs["S"]
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows)["persistent_forward"],
                 plan, plan.fwd_bytes,
@@ -1193,8 +1239,7 @@ class CudaQLCell:
                 P["b_r"], steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
             h, m = hbuf[steps % 2], mbuf[int(closes.sum()) % 2]
         else:
-            h, m = self._state_in("h", st, "h", (B, H)), self._state_in("m", st, "m", (B, H))
-            S, Pv, Q = ws.zeros("S", (B, H)), ws.zeros("P", (B, H)), ws.zeros("Q", (B, H))
+            h, m, S = bufs["h"], bufs["m"], bufs["S"]
             grid = grid_for(B * H)
             for s in range(steps):
                 matmul(k, hU, h, P["U"], B, G, H, H, 1, 1, H)               # U h_{t-1}
@@ -1232,13 +1277,15 @@ class CudaQLCell:
         H, K, NB = self.H, self.K, cc["NB"]
         G = P["U"].shape[0]
         ws = self.workspace
-        dh, dc, dm, da = (self._state_in("d" + key, dst, key, (B, H)) for key in ("h", "c", "m", "a"))
-        DZ, DPRE = ws.zeros("DZ", (B, T, G)), ws.zeros("DPRE", (B, T, 4, H))
-        DP, DP_step = ws.zeros("DP", (B, NB, H)), ws.zeros("DP_step", (B, H))
         steps = int(lengths.max())
         plan = self._plan(B, G)
+        bufs = self._buffers("backward", dict(
+            DZ=(B, T, G), DPRE=(B, T, 4, H), DP=(B, NB, H), DP_step=(B, H), dmV=(B, H), dsV=(B, H),
+            DZbuf=(2, B, G), dhU=(B, H)), {"d" + key: (key, (B, H)) for key in "hcma"}, dst)
+        dh, dc, dm, da = (bufs["d" + key] for key in "hcma")
+        DZ, DPRE, DP, DP_step, dmV, dsV = (bufs[n] for n in ("DZ", "DPRE", "DP", "DP_step", "dmV", "dsV"))
         if plan is not None:
-            DZbuf, dmV, dsV = ws.zeros("DZbuf", (2, B, G)), ws.zeros("dmV", (B, H)), ws.zeros("dsV", (B, H))
+            DZbuf = bufs["DZbuf"]
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows)["persistent_backward"],
                 plan, plan.bwd_bytes,
@@ -1247,8 +1294,7 @@ class CudaQLCell:
                 cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
                 steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
         else:
-            DZ_step = ws.zeros("DZ_step", (B, G))
-            dhU, dmV, dsV = ws.zeros("dhU", (B, H)), ws.zeros("dmV", (B, H)), ws.zeros("dsV", (B, H))
+            DZ_step, dhU = bufs["DZbuf"][0], bufs["dhU"]
             grid = grid_for(B * H)
             for s in range(steps - 1, -1, -1):
                 if cc["closes"][s]:                                        # the close rule first
