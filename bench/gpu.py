@@ -4,8 +4,8 @@ A training step is forward + backward of one recurrent layer with a gradient on
 every output (no optimizer on either side); inference is the forward alone.
 qlnumba runs on device arrays (``CudaQLCell.forward_device`` / ``backward_device``:
 parameters, activations, gradient accumulators and, since the eighth session, the
-zero initial and the final state stay on the GPU), as torch does on device tensors.  Step loops timed:
-"persistent" (one cooperative launch for all steps, the default) and, with
+zero initial and the final state stay on the GPU), as torch does on device tensors.
+Step loops timed: "persistent" (one cooperative launch for all steps, the default) and, with
 ``--paths persistent,simple``, the per-step launches.  ``--host-api`` adds the
 layer API (host arrays in and out, parameters copied each call).  ``--check``
 first compares the GPU layer with the CPU layer (at ``--check-shapes``); ``--trainer``

@@ -189,6 +189,5 @@ def profile_trainer(rng, steps=5):
     return out
 
 
-
 if __name__ == "__main__":
     main()

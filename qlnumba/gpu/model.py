@@ -8,8 +8,9 @@ of ids, lengths, targets and the ids' sort for the embedding gradient; dropout
 masks), each layer's lengths and block closes (one copy) and Adam's constants
 (one copy) go to the device, and the losses and probabilities (after the forward)
 and the gradient norm's partial sums (one copy) come back.  The step's device
-arrays live in a ``Workspace`` (the gradients in one buffer, cleared by one
-launch): once it has seen its largest batch, a step allocates no device memory.
+arrays live in a ``Workspace`` (parameters and gradients in one buffer each: one
+launch clears the gradients, one sums their squares, one runs AdamW): once it has
+seen its largest batch, a step allocates no device memory.
 ``sync_to_host`` writes parameters and optimizer state back into ``model.params``
 and ``opt`` (for evaluation and checkpoints).  The arithmetic is the CPU model's:
 the tests check a step against ``SequenceClassifier.forward`` / ``backward`` and
@@ -79,12 +80,15 @@ class CudaTrainer:
         self.model, self.opt, self.cells = model, opt, cells
         self.dtype = np.dtype(model.dtype)
         self.workspace = Workspace(self.dtype)
-        self.params = {k: cuda.to_device(v) for k, v in model.params.items()}
-        # the gradients: views of one buffer, cleared by one launch per step
-        self.grad_flat, self.grads, _ = self.workspace.carve(
-            "grads", {k: v.shape for k, v in model.params.items()})
+        # parameters and gradients: views of one buffer each, laid out alike, so that a
+        # step clears the gradients in one launch and Adam updates everything in one
+        shapes = {k: v.shape for k, v in model.params.items()}
+        self.params = self.workspace.put_many("params", model.params)
+        param_flat, _, starts = self.workspace.carve("params", shapes)
+        self.grad_flat, self.grads, _ = self.workspace.carve("grads", shapes)
         self.adam = ops.CudaAdam(self.params, lr=opt.lr, betas=opt.betas, eps=opt.eps,
-                                 weight_decay=opt.weight_decay, clip_norm=opt.clip_norm)
+                                 weight_decay=opt.weight_decay, clip_norm=opt.clip_norm,
+                                 arena=(param_flat, starts))
         self.adam.t = opt.t
         for k in model.params:
             self.adam.m[k].copy_to_device(opt.m[k])
@@ -152,7 +156,7 @@ class CudaTrainer:
         if emb_mask is not None:
             k["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
         ops.embedding_backward(G["embed"], dout, d_ids, (batch["order"], batch["starts"], batch["uniq"]))
-        self.adam.step(G)
+        self.adam.step(G, flat_grads=self.grad_flat)
         return loss, host_probs
 
     def sync_to_host(self):

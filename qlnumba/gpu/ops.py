@@ -10,7 +10,8 @@ Shapes legend (device arrays, C order)
   embedding backward: the B*T positions sorted by id (stable): order (B*T,) int64,
     segment s holds positions order[starts[s]:starts[s+1]] of id uniq[s]; starts (S+1,)
   h (N,D)  W (C,D)  b (C)  targets (N,) int64  probs (N,C)  losses (N,)  dlogits (N,C)
-  Adam: p, m, v, g (P,) flat; consts (8,) as in kernels/adam.py; partial (NPART,) sums
+  Adam: p, m, v, g flat; S segments of them, segs (S, 2) int64 (start, length);
+    consts (S, 8) as in kernels/adam.py, one row per segment; partial (S, NPART) sums
 """
 import math
 from functools import lru_cache
@@ -113,13 +114,17 @@ def kernels(dtype):
                 db[k] += acc
 
     @cuda.jit
-    def sum_of_squares_partial(partial, g):
-        """partial[blk] = sum of g[i]^2 over this block's grid-stride share, reduced in a fixed tree."""
+    def sum_of_squares_partial(partial, g, segs):
+        """partial[s, blk] = sum of g[i]^2 over block blk's grid-stride share of segment s
+        (blockIdx.y) of the flat g, reduced in a fixed tree: the same sums however many
+        segments one launch covers."""
         buf = cuda.shared.array(THREADS, float64)
         tid = cuda.threadIdx.x
+        s = cuda.blockIdx.y
+        base = segs[s, 0]
         acc = 0.0
-        for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
-            acc += float64(g[i]) * float64(g[i])
+        for i in range(cuda.blockIdx.x * THREADS + tid, segs[s, 1], cuda.gridDim.x * THREADS):
+            acc += float64(g[base + i]) * float64(g[base + i])
         buf[tid] = acc
         cuda.syncthreads()
         width = THREADS // 2
@@ -129,19 +134,24 @@ def kernels(dtype):
             cuda.syncthreads()
             width //= 2
         if tid == 0:
-            partial[cuda.blockIdx.x] = buf[0]
+            partial[s, cuda.blockIdx.x] = buf[0]
 
     @cuda.jit
-    def adam_step(p, m, v, g, consts):
-        lr, beta1, beta2, eps, weight_decay = consts[0], consts[1], consts[2], consts[3], consts[4]
-        c1, c2, grad_scale = consts[5], consts[6], consts[7]     # bias corrections 1 - beta^t
+    def adam_step(p, m, v, g, consts, segs):
+        """AdamW on segment s (blockIdx.y) of the flat p, m, v, g, with the constants consts[s]."""
+        s = cuda.blockIdx.y
+        lr, beta1, beta2, eps, weight_decay = consts[s, 0], consts[s, 1], consts[s, 2], consts[s, 3], consts[s, 4]
+        c1, c2, grad_scale = consts[s, 5], consts[s, 6], consts[s, 7]     # bias corrections 1 - beta^t
         one = ftype(1.0)
-        for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
-            gi = g[i] * grad_scale
-            m[i] = beta1 * m[i] + (one - beta1) * gi
-            v[i] = beta2 * v[i] + (one - beta2) * gi * gi
-            update = (m[i] / c1) / (math.sqrt(v[i] / c2) + eps)
-            p[i] -= lr * (update + weight_decay * p[i])         # decoupled decay: not through m, v
+        base = segs[s, 0]
+        for i in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, segs[s, 1],
+                       cuda.gridDim.x * cuda.blockDim.x):
+            j = base + i
+            gi = g[j] * grad_scale
+            m[j] = beta1 * m[j] + (one - beta1) * gi
+            v[j] = beta2 * v[j] + (one - beta2) * gi * gi
+            update = (m[j] / c1) / (math.sqrt(v[j] / c2) + eps)
+            p[j] -= lr * (update + weight_decay * p[j])         # decoupled decay: not through m, v
 
     return dict(embedding_forward=embedding_forward, embedding_backward=embedding_backward,
                 linear_xent_forward=linear_xent_forward, xent_dlogits=xent_dlogits,
@@ -191,22 +201,35 @@ def linear_xent_backward(dh, dW, db, probs, h, targets, W, weight, dlogits=None)
     _launch(k["linear_backward"], N * D + C * D + C, dh, dW, db, dlogits, h, W)
 
 
-def sum_of_squares(g, partial=None):
+def whole(n):
+    """The segment table (1, 2) of one whole flat array of n values, on the device."""
+    return cuda.to_device(np.array([[0, n]], np.int64))
+
+
+def sum_of_squares(g, partial=None, segs=None):
     """sum of g^2 (flat device array) in float64, in a fixed order (deterministic).
 
-    With ``partial`` (a device array of NPART float64) the block sums are left there and
-    nothing is returned: the caller downloads several arrays' sums in one copy."""
-    out = cuda.device_array(NPART, dtype=np.float64) if partial is None else partial
-    kernels(g.dtype)["sum_of_squares_partial"][NPART, THREADS](out, g)
+    With ``partial`` (a device array (S, NPART) of float64) and ``segs`` (S, 2) the block
+    sums of each segment are left there and nothing is returned: one launch for every
+    segment, and the caller downloads them in one copy."""
     if partial is None:
-        return float(np.sum(out.copy_to_host()))
+        partial, segs = cuda.device_array((1, NPART), dtype=np.float64), whole(g.shape[0])
+        kernels(g.dtype)["sum_of_squares_partial"][(NPART, 1), THREADS](partial, g, segs)
+        return float(np.sum(partial.copy_to_host()))
+    kernels(g.dtype)["sum_of_squares_partial"][(NPART, segs.shape[0]), THREADS](partial, g, segs)
 
 
-def adam_step(p, m, v, g, consts):
-    """One AdamW step on flat device arrays; ``consts`` as in kernels/adam.py (host or device)."""
+def adam_step(p, m, v, g, consts, segs=None, longest=None):
+    """AdamW on flat device arrays: the whole of them with ``consts`` (8,) as in
+    kernels/adam.py (host or device), or each segment s of ``segs`` (S, 2) with consts[s]
+    (``longest``: the longest segment's length), all in one launch."""
+    if segs is None:
+        consts = np.asarray(consts).reshape(1, 8) if isinstance(consts, np.ndarray) else consts.reshape(1, 8)
+        segs, longest = whole(p.shape[0]), p.shape[0]
     if isinstance(consts, np.ndarray):
         consts = cuda.to_device(consts)
-    _launch(kernels(p.dtype)["adam_step"], p.shape[0], p, m, v, g, consts)
+    blocks, threads = grid_for(longest)
+    kernels(p.dtype)["adam_step"][(blocks, segs.shape[0]), threads](p, m, v, g, consts, segs)
 
 
 class CudaAdam:
@@ -216,10 +239,16 @@ class CudaAdam:
     partial sums of squares of every gradient array (NPART floats each) come back to
     the host in one copy, for the global norm, and the step's constants go to the
     device in one copy; both buffers are allocated once.
+
+    ``arena=(flat, starts)`` says that the parameters are views of one flat device
+    array, ``params[k]`` starting at ``starts[i]`` (i in dict order).  The moments are
+    then laid out alike, and ``step(grads, flat_grads)``, with the gradients laid out
+    alike in ``flat_grads``, sums and updates every parameter in one launch each
+    instead of one per array (same arithmetic).
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 clip_norm=None):
+                 clip_norm=None, arena=None):
         if not params:
             raise ValueError("CudaAdam needs at least one parameter array")
         for name, p in params.items():
@@ -229,20 +258,48 @@ class CudaAdam:
         check_adam_constants(lr, betas, eps, weight_decay, clip_norm)
         self.params, self.lr, self.betas, self.eps = params, float(lr), tuple(betas), float(eps)
         self.weight_decay, self.clip_norm, self.t = float(weight_decay), clip_norm, 0
-        self.m = {k: cuda.to_device(np.zeros(p.shape, p.dtype)) for k, p in params.items()}
-        self.v = {k: cuda.to_device(np.zeros(p.shape, p.dtype)) for k, p in params.items()}
+        sizes = np.array([p.size for p in params.values()], np.int64)
+        self.longest = int(sizes.max())
+        # segment tables (S, 2): each array whole (for one launch per array), and where
+        # each lies in the arena
+        self.segs_each = cuda.to_device(np.stack([np.zeros_like(sizes), sizes], axis=1))
+        self.arena = arena
+        if arena is None:
+            self.m = {k: cuda.to_device(np.zeros(p.shape, p.dtype)) for k, p in params.items()}
+            self.v = {k: cuda.to_device(np.zeros(p.shape, p.dtype)) for k, p in params.items()}
+        else:
+            flat, starts = arena
+            if len(starts) != len(params) or any(p.dtype != flat.dtype for p in params.values()) or \
+                    any(st + n > flat.size for st, n in zip(starts, sizes)):
+                raise ValueError("arena must be (flat, starts) with every parameter inside flat, "
+                                 "in its dtype, one start per parameter")
+            self.segs = cuda.to_device(np.stack([np.asarray(starts, np.int64), sizes], axis=1))
+            self.m_flat = cuda.to_device(np.zeros(flat.size, flat.dtype))
+            self.v_flat = cuda.to_device(np.zeros(flat.size, flat.dtype))
+            self.m = {k: self.m_flat[st:st + p.size].reshape(p.shape)
+                      for (k, p), st in zip(params.items(), starts)}
+            self.v = {k: self.v_flat[st:st + p.size].reshape(p.shape)
+                      for (k, p), st in zip(params.items(), starts)}
         self.partial = cuda.device_array((len(params), NPART), np.float64)   # row i: param i's sums
         # row i: param i's 8 constants, in a buffer of the parameter's dtype
         self.consts = {p.dtype.str: cuda.device_array((len(params), 8), p.dtype)
                        for p in params.values()}
 
-    def step(self, grads):
-        """One update; returns the global gradient norm before clipping (NaN/inf raise)."""
+    def step(self, grads, flat_grads=None):
+        """One update; returns the global gradient norm before clipping (NaN/inf raise).
+        ``flat_grads``: with ``arena``, the gradients laid out as the parameters are."""
         if set(grads) != set(self.params):
             raise ValueError("grads must have exactly the keys of params")
+        fused = self.arena is not None and flat_grads is not None
+        if fused and (flat_grads.size != self.arena[0].size or flat_grads.dtype != self.arena[0].dtype):
+            raise ValueError("flat_grads must have the arena's size and dtype")
         names = list(self.params)
-        for i, k in enumerate(names):
-            sum_of_squares(grads[k].reshape(grads[k].size), self.partial[i])
+        if fused:
+            sum_of_squares(flat_grads, self.partial, self.segs)
+        else:
+            for i, k in enumerate(names):
+                sum_of_squares(grads[k].reshape(grads[k].size), self.partial[i:i + 1],
+                               self.segs_each[i:i + 1])
         partial = self.partial.copy_to_host()
         norm = math.sqrt(sum(float(np.sum(partial[i])) for i in range(len(names))))
         if not math.isfinite(norm):
@@ -250,15 +307,19 @@ class CudaAdam:
         scale = self.clip_norm / norm if self.clip_norm is not None and norm > self.clip_norm else 1.0
         self.t += 1
         b1, b2 = self.betas
-        consts = {}
-        for key, buf in self.consts.items():
-            host = np.array([[self.lr, b1, b2, self.eps,
-                              self.weight_decay if len(self.params[k].shape) >= 2 else 0.0,
-                              1 - b1 ** self.t, 1 - b2 ** self.t, scale] for k in names], dtype=buf.dtype)
-            buf.copy_to_device(host)
-            consts[key] = buf
+        for buf in self.consts.values():                 # one copy per parameter dtype
+            buf.copy_to_device(np.array([[self.lr, b1, b2, self.eps,
+                                          self.weight_decay if len(self.params[k].shape) >= 2 else 0.0,
+                                          1 - b1 ** self.t, 1 - b2 ** self.t, scale] for k in names],
+                                        dtype=buf.dtype))
+        if fused:
+            flat = self.arena[0]
+            adam_step(flat, self.m_flat, self.v_flat, flat_grads, self.consts[flat.dtype.str], self.segs,
+                      self.longest)
+            return norm
         for i, k in enumerate(names):
             p = self.params[k]
             adam_step(p.reshape(p.size), self.m[k].reshape(p.size), self.v[k].reshape(p.size),
-                      grads[k].reshape(p.size), consts[p.dtype.str][i])
+                      grads[k].reshape(p.size), self.consts[p.dtype.str][i:i + 1],
+                      self.segs_each[i:i + 1], p.size)
         return norm

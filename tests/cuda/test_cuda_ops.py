@@ -87,6 +87,40 @@ def test_adam_with_clipping_equals_cpu(gpu, dtype, tol):
     assert (dev.params["W"].copy_to_host() == before).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adam_on_an_arena_equals_adam_per_array_bitwise(gpu, dtype):
+    """Parameters as views of one flat array (``arena``): the fused sums and update (one
+    launch each) give the per-array launches' results to the last bit."""
+    cuda = gpu.cuda
+    rng = make_rng(73)
+    shapes = {"W": (3, 5), "b": (7,), "U": (2, 2)}
+    starts = [0, 32, 64]                                   # gaps between the views, as carved
+    host = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    flat_p, flat_g = np.zeros(96, dtype), np.zeros(96, dtype)
+    views_p = {}
+    dev_p, dev_g = cuda.to_device(flat_p), cuda.to_device(flat_g)
+    for (k, s), st in zip(shapes.items(), starts):
+        n = int(np.prod(s))
+        dev_p[st:st + n].copy_to_device(host[k].reshape(-1))
+        views_p[k] = dev_p[st:st + n].reshape(s)
+    kw = dict(lr=0.1, weight_decay=0.01, clip_norm=0.5)
+    fused = gpu.CudaAdam(views_p, arena=(dev_p, starts), **kw)
+    each = gpu.CudaAdam({k: cuda.to_device(v) for k, v in host.items()}, **kw)
+    for step in range(3):
+        grads = {k: (2.0 * rng.standard_normal(s)).astype(dtype) for k, s in shapes.items()}
+        views_g = {}
+        for (k, s), st in zip(shapes.items(), starts):
+            n = int(np.prod(s))
+            dev_g[st:st + n].copy_to_device(grads[k].reshape(-1))
+            views_g[k] = dev_g[st:st + n].reshape(s)
+        assert fused.step(views_g, flat_grads=dev_g) == each.step({k: cuda.to_device(g) for k, g in grads.items()})
+    for k in shapes:
+        for got, want in ((fused.params[k], each.params[k]), (fused.m[k], each.m[k]), (fused.v[k], each.v[k])):
+            assert np.array_equal(got.copy_to_host(), want.copy_to_host()), k
+    with pytest.raises(ValueError, match="flat_grads"):
+        fused.step(views_g, flat_grads=cuda.to_device(np.zeros(8, dtype)))
+
+
 def test_adam_refuses_host_arrays(gpu):
     with pytest.raises(ValueError, match="device array"):
         gpu.CudaAdam({"W": np.zeros((2, 2))})
