@@ -150,8 +150,8 @@ def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_prefetch_tiles_equal_plain_bitwise(plain, dtype, monkeypatch):
     """The prefetching kernel adds the same products in the same order as the plain one
-    of the same tile: equal to the last bit, over several slabs, both operand layouts
-    (k contiguous in A, then in B), ragged edges and a split k."""
+    of the same tile: equal to the last bit, over several slabs, both layouts of each
+    operand (k contiguous, then m and n contiguous), ragged edges and a split k."""
     from qlnumba.gpu import recurrent as rec
     cuda = rec.cuda
     rng = make_rng(68)
@@ -160,7 +160,7 @@ def test_prefetch_tiles_equal_plain_bitwise(plain, dtype, monkeypatch):
     A = rng.standard_normal((M, Kd)).astype(dtype)          # k contiguous: sak = 1
     Bm = rng.standard_normal((N, Kd)).astype(dtype)         # k contiguous: sbk = 1
     for Kd_, strides in ((Kd, (Kd, 1, 1, Kd)), (40, None)):
-        if strides is None:                                  # A^T and B given (k-major): split k
+        if strides is None:                                  # m and n contiguous; long k: split
             A2 = rng.standard_normal((Kd_, M)).astype(dtype)
             B2 = rng.standard_normal((Kd_, N)).astype(dtype)
             args, strides = (A2, B2), (1, M, N, 1)
