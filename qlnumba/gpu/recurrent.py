@@ -83,6 +83,65 @@ def sigmoid_for(dtype):
 
 
 @lru_cache(maxsize=None)
+def tile_functions(ftype, tile):
+    """What both matrix-product kernels share, as inline device functions: the work
+    items (tiles of C times chunks of k), one k-slab's register-blocked products, and
+    the tile's write."""
+    TY, TX, TM, TN, BK, _ = tile
+    BM, BN = TM * TY, TN * TX
+    TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
+
+    @cuda.jit(device=True, inline=True)
+    def tile_count(M, N, Kd, kchunk):
+        """(tiles of C in a row of tiles, tiles of C, work items: tiles x chunks of k)."""
+        tiles_n = (N + BN - 1) // BN
+        tiles = ((M + BM - 1) // BM) * tiles_n
+        return tiles_n, tiles, tiles * ((Kd + kchunk - 1) // kchunk)
+
+    @cuda.jit(device=True, inline=True)
+    def tile_start(acc, work, tiles_n, tiles):
+        """Work item ``work``'s first row and column of C and its chunk of k; acc zeroed."""
+        tile, split = work % tiles, work // tiles
+        for i in range(TM):
+            for j in range(TN):
+                acc[i, j] = 0.0
+        return (tile // tiles_n) * BM, (tile % tiles_n) * BN, split
+
+    @cuda.jit(device=True, inline=True)
+    def slab_product(acc, sA, sB, offa, offb):
+        """acc[i, j] += Σ_kk sA[kk, ty + TY i] sB[kk, tx + TX j] over one slab in shared memory
+        (offa, offb: the thread's first values; unsigned, so no negative-index wraparound
+        code in the inner loop)."""
+        for kk in range(BK):
+            oa = offa
+            for i in range(TM):
+                av = sA[oa]
+                ob = offb
+                for j in range(TN):
+                    acc[i, j] += av * sB[ob]               # C[ty + TY i, tx + TX j]
+                    ob += TXU
+                oa += TYU
+            offa += BMU
+            offb += BNU
+
+    @cuda.jit(device=True, inline=True)
+    def store_tile(C, acc, M, N, m0, n0, split, ty, tx, accumulate):
+        """The thread's outputs into chunk ``split`` of C (rows m0 + ty + TY i, columns
+        n0 + tx + TX j), added to C's values with ``accumulate``."""
+        for i in range(TM):
+            row = m0 + ty + TY * i
+            for j in range(TN):
+                col = n0 + tx + TX * j
+                if row < M and col < N:
+                    if accumulate:
+                        C[split * M * N + row * N + col] += acc[i, j]
+                    else:
+                        C[split * M * N + row * N + col] = acc[i, j]
+
+    return tile_count, tile_start, slab_product, store_tile
+
+
+@lru_cache(maxsize=None)
 def matmul_kernel(dtype, tile):
     """The register-blocked matrix-product kernel for one float dtype and one ``Tile``
     (its sizes are compile-time constants: shared slabs and register blocks need them)."""
@@ -90,9 +149,9 @@ def matmul_kernel(dtype, tile):
     TY, TX, TM, TN, BK, PF = tile
     BM, BN = TM * TY, TN * TX                    # the (BM, BN) tile of C one block makes
     SLAB_A, SLAB_B = BK * BM, BK * BN
-    TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
     if PF:
         return prefetch_matmul_kernel(ftype, tile)
+    tile_count, tile_start, slab_product, store_tile = tile_functions(ftype, tile)
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
@@ -108,17 +167,10 @@ def matmul_kernel(dtype, tile):
         acc = cuda.local.array((TM, TN), ftype)
         ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
         tid = ty * TX + tx
-        tiles_n = (N + BN - 1) // BN
-        tiles = ((M + BM - 1) // BM) * tiles_n
-        nsplit = (Kd + kchunk - 1) // kchunk
-        for work in range(cuda.blockIdx.x, tiles * nsplit, cuda.gridDim.x):
-            tile, split = work % tiles, work // tiles
-            m0 = (tile // tiles_n) * BM
-            n0 = (tile % tiles_n) * BN
+        tiles_n, tiles, items = tile_count(M, N, Kd, kchunk)
+        for work in range(cuda.blockIdx.x, items, cuda.gridDim.x):
+            m0, n0, split = tile_start(acc, work, tiles_n, tiles)
             k_end = min(Kd, (split + 1) * kchunk)
-            for i in range(TM):
-                for j in range(TN):
-                    acc[i, j] = 0.0
             for k0 in range(split * kchunk, k_end, BK):
                 for e in range(tid, BM * BK, TX * TY):
                     if sak == 1:
@@ -135,29 +187,9 @@ def matmul_kernel(dtype, tile):
                     col, k = n0 + nn, k0 + kk
                     sB[kk * BN + nn] = Bm[k * sbk + col * sbn] if col < N and k < k_end else ftype(0.0)
                 cuda.syncthreads()
-                # unsigned offsets: no negative-index wraparound code in the inner loop
-                offa, offb = uint64(ty), uint64(tx)
-                for kk in range(BK):
-                    oa = offa
-                    for i in range(TM):
-                        av = sA[oa]
-                        ob = offb
-                        for j in range(TN):
-                            acc[i, j] += av * sB[ob]               # C[ty + TY i, tx + TX j]
-                            ob += TXU
-                        oa += TYU
-                    offa += BMU
-                    offb += BNU
+                slab_product(acc, sA, sB, uint64(ty), uint64(tx))
                 cuda.syncthreads()
-            for i in range(TM):
-                row = m0 + ty + TY * i
-                for j in range(TN):
-                    col = n0 + tx + TX * j
-                    if row < M and col < N:
-                        if accumulate:
-                            C[split * M * N + row * N + col] += acc[i, j]
-                        else:
-                            C[split * M * N + row * N + col] = acc[i, j]
+            store_tile(C, acc, M, N, m0, n0, split, ty, tx, accumulate)
 
     return matmul
 
@@ -175,7 +207,7 @@ def prefetch_matmul_kernel(ftype, tile):
     SLAB_A, SLAB_B = BK * BM, BK * BN
     NT = TX * TY                                 # threads per block
     LA, LB = -(-SLAB_A // NT), -(-SLAB_B // NT)  # slab values each thread loads
-    TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
+    tile_count, tile_start, slab_product, store_tile = tile_functions(ftype, tile)
 
     @cuda.jit(device=True, inline=True)
     def load_a(ra, A, M, sam, sak, m0, k0, k_end, tid):
@@ -229,17 +261,10 @@ def prefetch_matmul_kernel(ftype, tile):
         acc = cuda.local.array((TM, TN), ftype)
         ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
         tid = ty * TX + tx
-        tiles_n = (N + BN - 1) // BN
-        tiles = ((M + BM - 1) // BM) * tiles_n
-        nsplit = (Kd + kchunk - 1) // kchunk
-        for work in range(cuda.blockIdx.x, tiles * nsplit, cuda.gridDim.x):
-            tile, split = work % tiles, work // tiles
-            m0 = (tile // tiles_n) * BM
-            n0 = (tile % tiles_n) * BN
+        tiles_n, tiles, items = tile_count(M, N, Kd, kchunk)
+        for work in range(cuda.blockIdx.x, items, cuda.gridDim.x):
+            m0, n0, split = tile_start(acc, work, tiles_n, tiles)
             k_begin, k_end = split * kchunk, min(Kd, (split + 1) * kchunk)
-            for i in range(TM):
-                for j in range(TN):
-                    acc[i, j] = 0.0
             load_a(ra, A, M, sam, sak, m0, k_begin, k_end, tid)
             load_b(rb, Bm, N, sbk, sbn, n0, k_begin, k_end, tid)
             store(sA, sB, ra, rb, 0, sak, sbn, tid)
@@ -250,31 +275,12 @@ def prefetch_matmul_kernel(ftype, tile):
                 if more:                                     # slab s+1 into registers
                     load_a(ra, A, M, sam, sak, m0, k0 + BK, k_end, tid)
                     load_b(rb, Bm, N, sbk, sbn, n0, k0 + BK, k_end, tid)
-                offa, offb = uint64(buf * SLAB_A + ty), uint64(buf * SLAB_B + tx)
-                for kk in range(BK):                         # slab s, as matmul_kernel's loop
-                    oa = offa
-                    for i in range(TM):
-                        av = sA[oa]
-                        ob = offb
-                        for j in range(TN):
-                            acc[i, j] += av * sB[ob]               # C[ty + TY i, tx + TX j]
-                            ob += TXU
-                        oa += TYU
-                    offa += BMU
-                    offb += BNU
+                slab_product(acc, sA, sB, uint64(buf * SLAB_A + ty), uint64(buf * SLAB_B + tx))
                 if more:                                     # the other buffer: its last
                     store(sA, sB, ra, rb, 1 - buf, sak, sbn, tid)   # reads were before the
                 cuda.syncthreads()                           # previous barrier
                 buf = 1 - buf
-            for i in range(TM):
-                row = m0 + ty + TY * i
-                for j in range(TN):
-                    col = n0 + tx + TX * j
-                    if row < M and col < N:
-                        if accumulate:
-                            C[split * M * N + row * N + col] += acc[i, j]
-                        else:
-                            C[split * M * N + row * N + col] = acc[i, j]
+            store_tile(C, acc, M, N, m0, n0, split, ty, tx, accumulate)
 
     return matmul
 
