@@ -183,6 +183,42 @@ def test_cuda_trainer_steps_equal_cpu_training(kind, layers):
         assert_close(gpu_opt.v[k], cpu_opt.v[k], 1e-9, 1e-9, "v " + k)
 
 
+@pytest.mark.parametrize("path", ["persistent", "simple"])
+def test_device_calls_with_state_none_equal_zero_state(path):
+    """forward_device / backward_device with a state of None (zeros made on the device,
+    nothing downloaded) give what host zero states give: the same outputs and δx to the
+    last bit, and ``final_state`` / ``initial_state_grads`` hold what the host dicts get."""
+    from qlnumba.gpu.recurrent import cuda
+    rng = make_rng(66)
+    B, T, E, H = 3, 5, 2, 3
+    cell = qlnumba.QLLSTM(E, H, psug=True, hgr=True, block_size=2, dtype=np.float64, device="cuda",
+                          seed=5)._cells[0][0]
+    cell.path = path
+    P = cell.device_params()
+    d_x = cuda.to_device(rng.standard_normal((B, T, E)))
+    d_dout = cuda.to_device(rng.standard_normal((B, T, H)))
+    lengths = np.array([5, 2, 4])
+
+    def zeros():
+        return dict(h=np.zeros((B, H)), c=np.zeros((B, H)), m=np.zeros((B, H)), a=np.zeros((B, H)),
+                    n=np.zeros(B, np.int64))
+
+    results = []
+    for host in (True, False):
+        st, dst, grads = (zeros() if host else None), (zeros() if host else None), cell.device_grads()
+        out = cell.forward_device(d_x, lengths, st, P).copy_to_host()
+        final = st if host else {k: v.copy_to_host() for k, v in cell.final_state.items()}
+        dx = cell.backward_device(d_dout, grads, dst).copy_to_host()
+        dstate = dst if host else {k: v.copy_to_host() for k, v in cell.initial_state_grads.items()}
+        results.append((out, dx, final, dstate, {k: g.copy_to_host() for k, g in grads.items()}))
+    (o1, dx1, f1, s1, g1), (o2, dx2, f2, s2, g2) = results
+    assert np.array_equal(o1, o2) and np.array_equal(dx1, dx2)
+    for k in "hcma":
+        assert np.array_equal(f1[k], f2[k]) and np.array_equal(s1[k], s2[k]), k
+    for k in g1:
+        assert np.array_equal(g1[k], g2[k]), k
+
+
 def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(monkeypatch):
     """After a first step, a CudaTrainer step of a batch no larger (here shorter, with other
     ids) allocates no device memory (a free can stall the device), copies from the device
