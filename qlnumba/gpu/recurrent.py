@@ -934,10 +934,16 @@ def gate_param_grads(k, dgamma, dbeta, DPRE, Z, BT, H, scratch=new_scratch):
 
 
 def closing_steps(lengths, n0, K, steps):
-    """(steps,) int8, 1 where at least one row closes a block (host side, from the initial n)."""
-    s = np.arange(steps)
-    closes = (s[None, :] < lengths[:, None]) & ((n0[:, None] + s[None, :] + 1) % K == 0)
-    return closes.any(axis=0).astype(np.int8)
+    """(steps,) int8, 1 where at least one row closes a block (host side, from the initial n).
+
+    Row r closes after step s where s < lengths[r] and (n0[r] + s + 1) % K == 0: every K-th
+    step from (K - 1 - n0[r]) % K.  Rows with the same first closing step close together up
+    to the longest of them, so one slice per distinct first step does it (no (B, steps) mask)."""
+    closes = np.zeros(steps, np.int8)
+    first = (K - 1 - np.asarray(n0)) % K
+    for f in np.unique(first):
+        closes[f:min(steps, int(lengths[first == f].max())):K] = 1
+    return closes
 
 
 Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes")

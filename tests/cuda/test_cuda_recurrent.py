@@ -183,6 +183,25 @@ def test_cuda_trainer_steps_equal_cpu_training(kind, layers):
         assert_close(gpu_opt.v[k], cpu_opt.v[k], 1e-9, 1e-9, "v " + k)
 
 
+def test_closing_steps_equal_the_rule():
+    """closing_steps against its definition, row by row: step s is flagged where some row
+    with s < its length has (n0 + s + 1) % K == 0."""
+    from qlnumba.gpu.recurrent import closing_steps
+    rng = make_rng(69)
+    for _ in range(50):
+        B, K = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        lengths = rng.integers(1, 12, B)
+        n0 = rng.integers(0, K, B)
+        steps = int(lengths.max())
+        want = np.zeros(steps, np.int8)
+        for r in range(B):
+            for s in range(lengths[r]):
+                if (n0[r] + s + 1) % K == 0:
+                    want[s] = 1
+        got = closing_steps(lengths, n0, K, steps)
+        assert got.dtype == np.int8 and np.array_equal(got, want), (lengths, n0, K)
+
+
 @pytest.mark.parametrize("path", ["persistent", "simple"])
 def test_device_calls_with_state_none_equal_zero_state(path):
     """forward_device / backward_device with a state of None (zeros made on the device,
