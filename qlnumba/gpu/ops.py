@@ -232,6 +232,20 @@ def adam_step(p, m, v, g, consts, segs=None, longest=None):
     kernels(p.dtype)["adam_step"][(blocks, segs.shape[0]), threads](p, m, v, g, consts, segs)
 
 
+def device_address(arr):
+    """Where a device array's first value lies (the simulator's arrays are numpy arrays)."""
+    iface = getattr(arr, "__cuda_array_interface__", None) or arr.__array_interface__
+    return iface["data"][0]
+
+
+def laid_out_in(arrays, flat, starts):
+    """Whether each of ``arrays`` (in order) is the contiguous view of ``flat`` at its start."""
+    base, size = device_address(flat), np.dtype(flat.dtype).itemsize
+    return all(a.size == 0 or (a.dtype == flat.dtype and a.is_c_contiguous()
+                               and device_address(a) == base + st * size and st + a.size <= flat.size)
+               for a, st in zip(arrays, starts))
+
+
 class CudaAdam:
     """AdamW with global-norm clipping over a dict of device arrays (see ``qlnumba.Adam``).
 
@@ -263,16 +277,15 @@ class CudaAdam:
         # segment tables (S, 2): each array whole (for one launch per array), and where
         # each lies in the arena
         self.segs_each = cuda.to_device(np.stack([np.zeros_like(sizes), sizes], axis=1))
-        self.arena = arena
+        self.arena, self._checked = arena, ()
         if arena is None:
             self.m = {k: cuda.to_device(np.zeros(p.shape, p.dtype)) for k, p in params.items()}
             self.v = {k: cuda.to_device(np.zeros(p.shape, p.dtype)) for k, p in params.items()}
         else:
             flat, starts = arena
-            if len(starts) != len(params) or any(p.dtype != flat.dtype for p in params.values()) or \
-                    any(st + n > flat.size for st, n in zip(starts, sizes)):
-                raise ValueError("arena must be (flat, starts) with every parameter inside flat, "
-                                 "in its dtype, one start per parameter")
+            if len(starts) != len(params) or not laid_out_in(params.values(), flat, starts):
+                raise ValueError("arena must be (flat, starts) with each parameter the view of flat "
+                                 "at its start (one start per parameter, flat's dtype)")
             self.segs = cuda.to_device(np.stack([np.asarray(starts, np.int64), sizes], axis=1))
             self.m_flat = cuda.to_device(np.zeros(flat.size, flat.dtype))
             self.v_flat = cuda.to_device(np.zeros(flat.size, flat.dtype))
@@ -291,8 +304,15 @@ class CudaAdam:
         if set(grads) != set(self.params):
             raise ValueError("grads must have exactly the keys of params")
         fused = self.arena is not None and flat_grads is not None
-        if fused and (flat_grads.size != self.arena[0].size or flat_grads.dtype != self.arena[0].dtype):
-            raise ValueError("flat_grads must have the arena's size and dtype")
+        checked = (flat_grads, *(grads[k] for k in self.params))
+        if fused and not (len(self._checked) == len(checked)
+                          and all(x is y for x, y in zip(checked, self._checked))):
+            flat, starts = self.arena
+            if flat_grads.size != flat.size or flat_grads.dtype != flat.dtype or \
+                    not laid_out_in(checked[1:], flat_grads, starts):
+                raise ValueError("flat_grads must be laid out as the arena: the arena's size and "
+                                 "dtype, each gradient the view of it at its parameter's start")
+            self._checked = checked                         # the same arrays every step: once
         names = list(self.params)
         if fused:
             sum_of_squares(flat_grads, self.partial, self.segs)

@@ -119,6 +119,10 @@ def test_adam_on_an_arena_equals_adam_per_array_bitwise(gpu, dtype):
             assert np.array_equal(got.copy_to_host(), want.copy_to_host()), k
     with pytest.raises(ValueError, match="flat_grads"):
         fused.step(views_g, flat_grads=cuda.to_device(np.zeros(8, dtype)))
+    with pytest.raises(ValueError, match="flat_grads"):                  # not views of it
+        fused.step({k: cuda.to_device(g) for k, g in grads.items()}, flat_grads=dev_g)
+    with pytest.raises(ValueError, match="arena"):                       # b is at 32, not 16
+        gpu.CudaAdam(views_p, arena=(dev_p, [0, 16, 64]), **kw)
 
 
 def test_adam_refuses_host_arrays(gpu):
