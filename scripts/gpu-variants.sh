@@ -3,13 +3,13 @@
 # 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
 # next to cuDNN, the matrix-product tiles (plain and prefetching) on the large shape's
 # products, a one-line-per-mode summary of the ratios, then a profile of the large
-# shape and of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 4 minutes;
+# shape and of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 5 minutes;
 # SKIP_TESTS=1 and SKIP_PROFILE=1 leave out the GPU tests and the profile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
-TEST_TIMEOUT="${TEST_TIMEOUT:-80}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-120}" scripts/gpu-check.sh \
+TEST_TIMEOUT="${TEST_TIMEOUT:-80}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups 1,2 --item-rows 2,4 \
     --matmul-tiles 64x64,128x128,64x64pf,128x128pf > /dev/null
 [ -n "${SKIP_TESTS:-}" ] || tail -1 "$DEST/gpu_cuda_tests.log"
@@ -26,7 +26,7 @@ for tile, row in r.get("matmul_tiles", {}).items():
     print(tile, {k.replace(" GFLOP/s", ""): round(v) for k, v in row.items()})
 PYEOF
 if [ -z "${SKIP_PROFILE:-}" ]; then
-    PYTHONPATH="$PWD" timeout 60 "$PY" bench/gpu_profile.py --shapes large --cprofile --trainer \
+    PYTHONPATH="$PWD" timeout 90 "$PY" bench/gpu_profile.py --shapes large --cprofile --trainer \
         --json-out "$DEST/gpu_profile.json" 2>&1 | grep -v -i warn > "$DEST/gpu_profile.log"
     grep -o '"persistent_[a-z]*_us_per_step": [0-9.]*\|"host_overhead_ms": [0-9.]*\|"step_ms": [0-9.]*' \
         "$DEST/gpu_profile.log" | tr '\n' ' '
