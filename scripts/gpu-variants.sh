@@ -9,7 +9,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
-TEST_TIMEOUT="${TEST_TIMEOUT:-80}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
+TEST_TIMEOUT="${TEST_TIMEOUT:-100}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups 1,2 --item-rows 2,4 \
     --matmul-tiles 64x64,128x128,64x64pf,128x128pf > /dev/null
 [ -n "${SKIP_TESTS:-}" ] || tail -1 "$DEST/gpu_cuda_tests.log"
