@@ -224,7 +224,7 @@ def adam_step(p, m, v, g, consts, segs=None, longest=None):
     kernels/adam.py (host or device), or each segment s of ``segs`` (S, 2) with consts[s]
     (``longest``: the longest segment's length), all in one launch."""
     if segs is None:
-        consts = np.asarray(consts).reshape(1, 8) if isinstance(consts, np.ndarray) else consts.reshape(1, 8)
+        consts = consts.reshape(1, 8)                    # one segment: the whole arrays
         segs, longest = whole(p.shape[0]), p.shape[0]
     if isinstance(consts, np.ndarray):
         consts = cuda.to_device(consts)
