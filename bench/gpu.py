@@ -175,6 +175,9 @@ def main():
     ap.add_argument("--matmul-tiles", default=None,
                     help="first time these matrix-product tiles (comma-separated names of "
                          "qlnumba.gpu.recurrent.TILES) on the large shape's products")
+    ap.add_argument("--matmul-prefetch", action="store_true",
+                    help="the layers' matrix products use the prefetching tiles "
+                         "(qlnumba.gpu.recurrent.MATMUL_PREFETCH)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     import numba
@@ -194,7 +197,10 @@ def main():
               "paths": {"persistent": "one cooperative launch for all steps (grid syncs), device arrays",
                         "simple": "a launch group per step, device arrays",
                         "*_host_api": "the layer API: host arrays in and out, parameters copied per call"},
-              "shapes": {}}
+              "shapes": {}, "matmul_prefetch": args.matmul_prefetch}
+    if args.matmul_prefetch:
+        from qlnumba.gpu import recurrent as rec
+        rec.MATMUL_PREFETCH = True
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

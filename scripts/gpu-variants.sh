@@ -2,9 +2,11 @@
 # scripts/gpu-check.sh comparing the persistent kernels' settings side by side (row groups
 # 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
 # next to cuDNN, the matrix-product tiles (plain and prefetching) on the large shape's
-# products, a one-line-per-mode summary of the ratios, then a profile of the large
-# shape and of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 5 minutes;
-# SKIP_TESTS=1 and SKIP_PROFILE=1 leave out the GPU tests and the profile.
+# products, a one-line-per-mode summary of the ratios, the defaults again with the
+# prefetching matrix tiles (checked against the CPU too), then a profile of the large
+# shape and of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 6 minutes;
+# SKIP_TESTS=1, SKIP_PREFETCH=1 and SKIP_PROFILE=1 leave out the GPU tests, the prefetch
+# run and the profile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
@@ -25,6 +27,19 @@ print(r.get("trainer"), r.get("kernel_resources"))
 for tile, row in r.get("matmul_tiles", {}).items():
     print(tile, {k.replace(" GFLOP/s", ""): round(v) for k, v in row.items()})
 PYEOF
+if [ -z "${SKIP_PREFETCH:-}" ]; then        # the library's defaults, but prefetching matrix tiles
+    PYTHONPATH="$PWD" timeout 150 "$PY" bench/gpu.py --check --check-shapes small,large --matmul-prefetch \
+        --json-out "$DEST/gpu_bench_prefetch.json" > "$DEST/gpu_bench_prefetch.log" 2>&1
+    "$PY" - "$DEST/gpu_bench_prefetch.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print("prefetch tiles: max rel err", {k: max(max(v.values()) for v in d.values())
+                                      for k, d in r["check_vs_cpu_max_rel_err"].items()})
+for n, row in r["shapes"].items():
+    print("prefetch tiles", n, {m: {k.replace("qlnumba_", "").replace("_persistent", ""): round(v, 3)
+                                    for k, v in row[m + "_ratio_vs_cudnn"].items()} for m in ("train", "infer")})
+PYEOF
+fi
 if [ -z "${SKIP_PROFILE:-}" ]; then
     PYTHONPATH="$PWD" timeout 90 "$PY" bench/gpu_profile.py --shapes large --cprofile --trainer \
         --json-out "$DEST/gpu_profile.json" 2>&1 | grep -v -i warn > "$DEST/gpu_profile.log"

@@ -130,14 +130,17 @@ def test_adam_refuses_host_arrays(gpu):
         gpu.CudaAdam({"W": np.zeros((2, 2))})
 
 
-@pytest.mark.parametrize("tile", ["64x64", "128x128", "64x64pf", "128x128pf", "auto"])
+@pytest.mark.parametrize("tile", ["64x64", "128x128", "64x64pf", "128x128pf", "auto", "auto-pf"])
 @pytest.mark.parametrize("M,N,Kd", [(5, 7, 3), (3, 4, 40)], ids=["plain", "split-k"])
 def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
     """Each matrix-product tile gives A B (and C + A B), strided A and B, ragged edges;
-    with a long k and few tiles the product is split along k and the chunks summed."""
+    with a long k and few tiles the product is split along k and the chunks summed.
+    "auto-pf": "auto" with MATMUL_PREFETCH, which picks the prefetching tiles."""
     from qlnumba.gpu import recurrent as rec
     cuda = rec.cuda
-    monkeypatch.setattr(rec, "MATMUL_TILE", tile)
+    monkeypatch.setattr(rec, "MATMUL_TILE", tile.replace("-pf", ""))
+    monkeypatch.setattr(rec, "MATMUL_PREFETCH", tile == "auto-pf")
+    assert rec.pick_tile(M, N, Kd).PF == (tile.endswith("pf"))
     rng = make_rng(67)
     A = rng.standard_normal((Kd, M))                    # read transposed: A^T is (M, Kd)
     Bm = rng.standard_normal((Kd, N))
