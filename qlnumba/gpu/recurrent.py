@@ -86,8 +86,8 @@ def sigmoid_for(dtype):
 @lru_cache(maxsize=None)
 def tile_functions(ftype, tile):
     """What both matrix-product kernels share, as inline device functions: the work
-    items (tiles of C times chunks of k), one k-slab's register-blocked products, and
-    the tile's write."""
+    items (tiles of C times chunks of k), where each value of a slab goes in shared
+    memory, one k-slab's register-blocked products, and the tile's write."""
     TY, TX, TM, TN, BK, _ = tile
     BM, BN = TM * TY, TN * TX
     TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
@@ -107,6 +107,21 @@ def tile_functions(ftype, tile):
             for j in range(TN):
                 acc[i, j] = 0.0
         return (tile // tiles_n) * BM, (tile % tiles_n) * BN, split
+
+    @cuda.jit(device=True, inline=True)
+    def slot_a(e, sak):
+        """(m, kk) of value e of a (BM, BK) slab of A: loaded along k where k is contiguous
+        in A (sak == 1), else along m, so that neighbouring threads read neighbouring values."""
+        if sak == 1:
+            return e // BK, e % BK
+        return e % BM, e // BM
+
+    @cuda.jit(device=True, inline=True)
+    def slot_b(e, sbn):
+        """(n, kk) of value e of a (BK, BN) slab of B: along n where n is contiguous in B."""
+        if sbn == 1:
+            return e % BN, e // BN
+        return e // BK, e % BK
 
     @cuda.jit(device=True, inline=True)
     def slab_product(acc, sA, sB, offa, offb):
@@ -139,7 +154,7 @@ def tile_functions(ftype, tile):
                     else:
                         C[split * M * N + row * N + col] = acc[i, j]
 
-    return tile_count, tile_start, slab_product, store_tile
+    return tile_count, tile_start, slot_a, slot_b, slab_product, store_tile
 
 
 @lru_cache(maxsize=None)
@@ -152,7 +167,7 @@ def matmul_kernel(dtype, tile):
     SLAB_A, SLAB_B = BK * BM, BK * BN
     if PF:
         return prefetch_matmul_kernel(ftype, tile)
-    tile_count, tile_start, slab_product, store_tile = tile_functions(ftype, tile)
+    tile_count, tile_start, slot_a, slot_b, slab_product, store_tile = tile_functions(ftype, tile)
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
@@ -174,17 +189,11 @@ def matmul_kernel(dtype, tile):
             k_end = min(Kd, (split + 1) * kchunk)
             for k0 in range(split * kchunk, k_end, BK):
                 for e in range(tid, BM * BK, TX * TY):
-                    if sak == 1:
-                        mm, kk = e // BK, e % BK
-                    else:
-                        mm, kk = e % BM, e // BM
+                    mm, kk = slot_a(e, sak)
                     row, k = m0 + mm, k0 + kk
                     sA[kk * BM + mm] = A[row * sam + k * sak] if row < M and k < k_end else ftype(0.0)
                 for e in range(tid, BN * BK, TX * TY):
-                    if sbn == 1:
-                        nn, kk = e % BN, e // BN
-                    else:
-                        nn, kk = e // BK, e % BK
+                    nn, kk = slot_b(e, sbn)
                     col, k = n0 + nn, k0 + kk
                     sB[kk * BN + nn] = Bm[k * sbk + col * sbn] if col < N and k < k_end else ftype(0.0)
                 cuda.syncthreads()
@@ -208,17 +217,14 @@ def prefetch_matmul_kernel(ftype, tile):
     SLAB_A, SLAB_B = BK * BM, BK * BN
     NT = TX * TY                                 # threads per block
     LA, LB = -(-SLAB_A // NT), -(-SLAB_B // NT)  # slab values each thread loads
-    tile_count, tile_start, slab_product, store_tile = tile_functions(ftype, tile)
+    tile_count, tile_start, slot_a, slot_b, slab_product, store_tile = tile_functions(ftype, tile)
 
     @cuda.jit(device=True, inline=True)
     def load_a(ra, A, M, sam, sak, m0, k0, k_end, tid):
         """This thread's values of the (BM, BK) slab of A at k0 (0 outside A or the chunk)."""
         for r in range(LA):
             e = tid + r * NT
-            if sak == 1:
-                mm, kk = e // BK, e % BK
-            else:
-                mm, kk = e % BM, e // BM
+            mm, kk = slot_a(e, sak)
             row, k = m0 + mm, k0 + kk
             ra[r] = A[row * sam + k * sak] if e < SLAB_A and row < M and k < k_end else ftype(0.0)
 
@@ -226,10 +232,7 @@ def prefetch_matmul_kernel(ftype, tile):
     def load_b(rb, Bm, N, sbk, sbn, n0, k0, k_end, tid):
         for r in range(LB):
             e = tid + r * NT
-            if sbn == 1:
-                nn, kk = e % BN, e // BN
-            else:
-                nn, kk = e // BK, e % BK
+            nn, kk = slot_b(e, sbn)
             col, k = n0 + nn, k0 + kk
             rb[r] = Bm[k * sbk + col * sbn] if e < SLAB_B and col < N and k < k_end else ftype(0.0)
 
@@ -239,18 +242,12 @@ def prefetch_matmul_kernel(ftype, tile):
         for r in range(LA):
             e = tid + r * NT
             if e < SLAB_A:
-                if sak == 1:
-                    mm, kk = e // BK, e % BK
-                else:
-                    mm, kk = e % BM, e // BM
+                mm, kk = slot_a(e, sak)
                 sA[buf * SLAB_A + kk * BM + mm] = ra[r]
         for r in range(LB):
             e = tid + r * NT
             if e < SLAB_B:
-                if sbn == 1:
-                    nn, kk = e % BN, e // BN
-                else:
-                    nn, kk = e // BK, e % BK
+                nn, kk = slot_b(e, sbn)
                 sB[buf * SLAB_B + kk * BN + nn] = rb[r]
 
     @cuda.jit
