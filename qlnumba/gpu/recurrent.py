@@ -215,6 +215,7 @@ def prefetch_matmul_kernel(ftype, tile):
     TY, TX, TM, TN, BK, _ = tile
     BM, BN = TM * TY, TN * TX
     SLAB_A, SLAB_B = BK * BM, BK * BN
+    SHARED_A, SHARED_B = 2 * SLAB_A, 2 * SLAB_B  # two buffers each (shapes must be constants)
     NT = TX * TY                                 # threads per block
     LA, LB = -(-SLAB_A // NT), -(-SLAB_B // NT)  # slab values each thread loads
     tile_count, tile_start, slot_a, slot_b, slab_product, store_tile = tile_functions(ftype, tile)
@@ -252,8 +253,8 @@ def prefetch_matmul_kernel(ftype, tile):
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
-        sA = cuda.shared.array(2 * SLAB_A, ftype)           # two buffers: this slab and the next
-        sB = cuda.shared.array(2 * SLAB_B, ftype)
+        sA = cuda.shared.array(SHARED_A, ftype)             # two buffers: this slab and the next
+        sB = cuda.shared.array(SHARED_B, ftype)
         ra = cuda.local.array(LA, ftype)                     # the next slab, on its way
         rb = cuda.local.array(LB, ftype)
         acc = cuda.local.array((TM, TN), ftype)
