@@ -175,9 +175,9 @@ def main():
     ap.add_argument("--matmul-tiles", default=None,
                     help="first time these matrix-product tiles (comma-separated names of "
                          "qlnumba.gpu.recurrent.TILES) on the large shape's products")
-    ap.add_argument("--matmul-prefetch", action="store_true",
-                    help="the layers' matrix products use the prefetching tiles "
-                         "(qlnumba.gpu.recurrent.MATMUL_PREFETCH)")
+    ap.add_argument("--matmul-prefetch", choices=("on", "off"), default=None,
+                    help="the layers' matrix products use the prefetching tiles or the plain "
+                         "ones (qlnumba.gpu.recurrent.MATMUL_PREFETCH; default: the library's, on)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     import numba
@@ -197,10 +197,11 @@ def main():
               "paths": {"persistent": "one cooperative launch for all steps (grid syncs), device arrays",
                         "simple": "a launch group per step, device arrays",
                         "*_host_api": "the layer API: host arrays in and out, parameters copied per call"},
-              "shapes": {}, "matmul_prefetch": args.matmul_prefetch}
+              "shapes": {}}
+    from qlnumba.gpu import recurrent as rec
     if args.matmul_prefetch:
-        from qlnumba.gpu import recurrent as rec
-        rec.MATMUL_PREFETCH = True
+        rec.MATMUL_PREFETCH = args.matmul_prefetch == "on"
+    result["matmul_prefetch"] = rec.MATMUL_PREFETCH
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

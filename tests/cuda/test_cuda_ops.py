@@ -135,7 +135,8 @@ def test_adam_refuses_host_arrays(gpu):
 def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
     """Each matrix-product tile gives A B (and C + A B), strided A and B, ragged edges;
     with a long k and few tiles the product is split along k and the chunks summed.
-    "auto-pf": "auto" with MATMUL_PREFETCH, which picks the prefetching tiles."""
+    "auto": with MATMUL_PREFETCH off (the plain tiles); "auto-pf": with it on, the
+    library's default (the prefetching tiles)."""
     from qlnumba.gpu import recurrent as rec
     cuda = rec.cuda
     monkeypatch.setattr(rec, "MATMUL_TILE", tile.replace("-pf", ""))
