@@ -309,40 +309,51 @@ def kernels(dtype):
     @cuda.jit(device=True)
     def cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma,
                      beta, s, psug, hgr, reverse, bb, j):
-        """Step s of row bb, unit j: reads h_{t-1} from hcur, writes h_t to hnext (may be hcur)."""
+        """Step s of row bb, unit j: reads h_{t-1} from hcur, writes h_t to hnext (may be hcur).
+
+        Every load comes before the first store: the arrays may alias as far as the
+        compiler knows, so a load after a store would wait for its own round trip to
+        memory (one latency per group instead of one in all; the persistent loop pays
+        them on every step)."""
         H = c.shape[1]
         L = lengths[bb]
         if s >= L:
             hnext[bb, j] = hcur[bb, j]                                    # idle rows keep h
             return
         pos = L - 1 - s if reverse else s
-        HPREV[bb, pos, j] = hcur[bb, j]
-        CPREV[bb, pos, j] = c[bb, j]
+        hprev, cprev = hcur[bb, j], c[bb, j]
+        a_old = a[bb, j] if hgr else ftype(0.0)
+        m_old = m[bb, j] if hgr else ftype(0.0)
         if psug:
             z = Z[bb, pos, j] + hU[bb, j] + b[j]                        # z_t = W x + U h + b
+            pi = gamma[0, j] * z + beta[0, j]
+            pf = gamma[1, j] * z + beta[1, j]
+            pg = gamma[2, j] * z + beta[2, j]
+            po = gamma[3, j] * z + beta[3, j]
             Z[bb, pos, j] = z
-            ig = sigmoid(gamma[0, j] * z + beta[0, j])
-            fg = sigmoid(gamma[1, j] * z + beta[1, j])
-            gg = math.tanh(gamma[2, j] * z + beta[2, j])
-            og = sigmoid(gamma[3, j] * z + beta[3, j])
         else:
-            for k in range(4):
-                Z[bb, pos, k * H + j] += hU[bb, k * H + j] + b[k * H + j]
-            ig = sigmoid(Z[bb, pos, j])
-            fg = sigmoid(Z[bb, pos, H + j])
-            gg = math.tanh(Z[bb, pos, 2 * H + j])
-            og = sigmoid(Z[bb, pos, 3 * H + j])
+            pi = Z[bb, pos, j] + (hU[bb, j] + b[j])
+            pf = Z[bb, pos, H + j] + (hU[bb, H + j] + b[H + j])
+            pg = Z[bb, pos, 2 * H + j] + (hU[bb, 2 * H + j] + b[2 * H + j])
+            po = Z[bb, pos, 3 * H + j] + (hU[bb, 3 * H + j] + b[3 * H + j])
+            Z[bb, pos, j] = pi
+            Z[bb, pos, H + j] = pf
+            Z[bb, pos, 2 * H + j] = pg
+            Z[bb, pos, 3 * H + j] = po
+        HPREV[bb, pos, j] = hprev
+        CPREV[bb, pos, j] = cprev
+        ig, fg, gg, og = sigmoid(pi), sigmoid(pf), math.tanh(pg), sigmoid(po)
         GATES[bb, pos, 0, j] = ig
         GATES[bb, pos, 1, j] = fg
         GATES[bb, pos, 2, j] = gg
         GATES[bb, pos, 3, j] = og
-        ct = fg * c[bb, j] + ig * gg                                      # c_t = f c + i g
+        ct = fg * cprev + ig * gg                                         # c_t = f c + i g
         c[bb, j] = ct
         C[bb, pos, j] = ct
         hhat = og * math.tanh(ct)                                         # ĥ_t = o tanh(c_t)
         if hgr:
-            a[bb, j] += hhat                                              # a += ĥ_t
-            hhat += m[bb, j]                                              # h_t = ĥ_t + m
+            a[bb, j] = a_old + hhat                                       # a += ĥ_t
+            hhat += m_old                                                 # h_t = ĥ_t + m
         hnext[bb, j] = hhat
         out[bb, pos, j] = hhat
 
@@ -435,6 +446,8 @@ def kernels(dtype):
     @cuda.jit(device=True)
     def cell_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma, lengths,
                       s, psug, hgr, reverse, bb, j):
+        """BPTT of ``cell_forward`` at step s, row bb, unit j.  Every load comes before the
+        first store, as there."""
         H = dh.shape[1]
         L = lengths[bb]
         if s >= L:
@@ -445,18 +458,22 @@ def kernels(dtype):
             return
         pos = L - 1 - s if reverse else s
         dht = dout[bb, pos, j] + dh[bb, j]                            # δh_t = δout + U^T δz_{t+1}
-        if hgr:
-            dm[bb, j] += dht                                          # h_t = ĥ_t + m
-            dhhat = dht + da[bb, j]                                   # a += ĥ_t
-        else:
-            dhhat = dht
+        dm_old = dm[bb, j] if hgr else ftype(0.0)
+        dhhat = dht + da[bb, j] if hgr else dht                       # h_t = ĥ_t + m; a += ĥ_t
         ig, fg = GATES[bb, pos, 0, j], GATES[bb, pos, 1, j]
         gg, og = GATES[bb, pos, 2, j], GATES[bb, pos, 3, j]
         tc = math.tanh(C[bb, pos, j])
+        dc_old, cprev = dc[bb, j], CPREV[bb, pos, j]
+        if psug:
+            g0, g1, g2, g3 = gamma[0, j], gamma[1, j], gamma[2, j], gamma[3, j]
+        else:
+            g0 = g1 = g2 = g3 = ftype(0.0)
+        if hgr:
+            dm[bb, j] = dm_old + dht                                  # h_t = ĥ_t + m
         dpo = dhhat * tc * og * (one - og)                            # ĥ = o tanh(c)
-        dct = dc[bb, j] + dhhat * og * (one - tc * tc)
+        dct = dc_old + dhhat * og * (one - tc * tc)
         dpi = dct * gg * ig * (one - ig)                              # c = f c_prev + i g
-        dpf = dct * CPREV[bb, pos, j] * fg * (one - fg)
+        dpf = dct * cprev * fg * (one - fg)
         dpg = dct * ig * (one - gg * gg)
         dc[bb, j] = dct * fg
         DPRE[bb, pos, 0, j] = dpi
@@ -464,7 +481,7 @@ def kernels(dtype):
         DPRE[bb, pos, 2, j] = dpg
         DPRE[bb, pos, 3, j] = dpo
         if psug:                                                      # gate_k = act(γ_k z + β_k)
-            dz = gamma[0, j] * dpi + gamma[1, j] * dpf + gamma[2, j] * dpg + gamma[3, j] * dpo
+            dz = g0 * dpi + g1 * dpf + g2 * dpg + g3 * dpo
             DZ_step[bb, j] = dz
             DZ[bb, pos, j] = dz
         else:
