@@ -3,17 +3,19 @@
 # 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
 # next to cuDNN, the matrix-product tiles (plain and prefetching) on the large shape's
 # products, a one-line-per-mode summary of the ratios, the defaults again with the
-# prefetching matrix tiles (checked against the CPU too), then a profile of the large
-# shape and of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 6 minutes;
-# SKIP_TESTS=1, SKIP_PREFETCH=1 and SKIP_PROFILE=1 leave out the GPU tests, the prefetch
-# run and the profile.
+# plain matrix tiles (checked against the CPU too), then a profile of the large shape and
+# of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 4 minutes on an H100;
+# SKIP_TESTS=1, SKIP_PLAIN=1 and SKIP_PROFILE=1 leave out the GPU tests, the plain-tile
+# run and the profile; ROW_GROUPS, ITEM_ROWS and MATMUL_TILES (empty: no tile timings)
+# choose the variants.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
+MATMUL_TILES="${MATMUL_TILES-64x64,128x128,64x64pf,128x128pf}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-100}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
-    --check-shapes small,large --row-groups 1,2 --item-rows 2,4 \
-    --matmul-tiles 64x64,128x128,64x64pf,128x128pf > /dev/null
+    --check-shapes small,large --row-groups "${ROW_GROUPS:-1,2}" --item-rows "${ITEM_ROWS:-2,4}" \
+    ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null
 [ -n "${SKIP_TESTS:-}" ] || tail -1 "$DEST/gpu_cuda_tests.log"
 "$PY" - "$DEST/gpu_bench.json" <<'PYEOF'
 import json, sys
@@ -27,16 +29,16 @@ print(r.get("trainer"), r.get("kernel_resources"))
 for tile, row in r.get("matmul_tiles", {}).items():
     print(tile, {k.replace(" GFLOP/s", ""): round(v) for k, v in row.items()})
 PYEOF
-if [ -z "${SKIP_PREFETCH:-}" ]; then        # the library's defaults, but prefetching matrix tiles
-    PYTHONPATH="$PWD" timeout 150 "$PY" bench/gpu.py --check --check-shapes small,large --matmul-prefetch \
-        --json-out "$DEST/gpu_bench_prefetch.json" > "$DEST/gpu_bench_prefetch.log" 2>&1
-    "$PY" - "$DEST/gpu_bench_prefetch.json" <<'PYEOF'
+if [ -z "${SKIP_PLAIN:-}" ]; then           # the library's defaults, but the plain matrix tiles
+    PYTHONPATH="$PWD" timeout 150 "$PY" bench/gpu.py --check --check-shapes small,large --matmul-prefetch off \
+        --json-out "$DEST/gpu_bench_plain_tiles.json" > "$DEST/gpu_bench_plain_tiles.log" 2>&1
+    "$PY" - "$DEST/gpu_bench_plain_tiles.json" <<'PYEOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print("prefetch tiles: max rel err", {k: max(max(v.values()) for v in d.values())
-                                      for k, d in r["check_vs_cpu_max_rel_err"].items()})
+print("plain tiles: max rel err", {k: max(max(v.values()) for v in d.values())
+                                   for k, d in r["check_vs_cpu_max_rel_err"].items()})
 for n, row in r["shapes"].items():
-    print("prefetch tiles", n, {m: {k.replace("qlnumba_", "").replace("_persistent", ""): round(v, 3)
+    print("plain tiles", n, {m: {k.replace("qlnumba_", "").replace("_persistent", ""): round(v, 3)
                                     for k, v in row[m + "_ratio_vs_cudnn"].items()} for m in ("train", "infer")})
 PYEOF
 fi
