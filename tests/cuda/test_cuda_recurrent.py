@@ -61,9 +61,10 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
 def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows):
     """H = 30: every part holds several units and team_dot's passes run (eight k for items
     of 2 rows, four for 4; a team has 4 lanes in the simulator, and the tiny shapes above
-    only reach its remainder loop); K = 1 closes a block at every step.  Two row groups: parts own rows [0, 2) or
-    [2, 3) as well as units; three: one row each (a group
-    shorter than an item, as many row groups make on a GPU).  Items of 2 or 4 rows (more than a group has: rows repeat)."""
+    only reach its remainder loop); K = 1 closes a block at every step.  Two row groups:
+    parts own rows [0, 2) or [2, 3) as well as units; three: one row each (a group shorter
+    than an item, as many row groups make on a GPU).  Items of 2 or 4 rows (more than a
+    group has: rows repeat)."""
     rng = make_rng(63)
     B, T, E, H = 3, 2, 2, 30
     kw = dict(psug=psug, hgr=hgr, block_size=1, dtype=np.float64, seed=7)
