@@ -115,9 +115,7 @@ class CudaTrainer:
                 targets.min() < 0 or targets.max() >= C:
             raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
         ws = self.workspace
-        order, starts, uniq = ops.id_segments(ids)                    # for the embedding gradient
-        batch = ws.put_many("batch", dict(ids=ids, lengths=lengths, targets=targets, order=order,
-                                          starts=starts, uniq=uniq), np.int64)   # one copy
+        batch = ws.put_many("batch", dict(ids=ids, lengths=lengths, targets=targets), np.int64)
         d_ids, d_len, d_targets = batch["ids"], batch["lengths"], batch["targets"]
         P, G = self.params, self.grads
         emb = ws.empty("emb", (B, T, E))
@@ -138,6 +136,10 @@ class CudaTrainer:
             k["scale"][grid_for(B * D)](h_last.reshape(B * D), d_head_mask)
         probs, losses = ws.empty("probs", (B, C)), ws.empty("losses", (B,))
         ops.linear_xent_forward(probs, losses, h_last, d_targets, P["head.W"], P["head.b"])
+        # the embedding gradient's id runs: sorted on the host while the device runs the
+        # forward pass (launches return at once; the copy then waits for the forward)
+        order, starts, uniq = ops.id_segments(ids)
+        segments = ws.put_many("segments", dict(order=order, starts=starts, uniq=uniq), np.int64)
         loss = float(losses.copy_to_host().mean())                     # as model.forward
         host_probs = probs.copy_to_host()           # now, not after the update: no wait there
         if not np.isfinite(loss):                   # the caller stops; nothing is updated
@@ -155,7 +157,8 @@ class CudaTrainer:
             dout = cell.backward_device(dout, cg, None)           # no gradient of the final state
         if emb_mask is not None:
             k["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
-        ops.embedding_backward(G["embed"], dout, d_ids, (batch["order"], batch["starts"], batch["uniq"]))
+        ops.embedding_backward(G["embed"], dout, d_ids, (segments["order"], segments["starts"],
+                                                          segments["uniq"]))
         self.adam.step(G, flat_grads=self.grad_flat)
         return loss, host_probs
 

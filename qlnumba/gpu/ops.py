@@ -170,12 +170,17 @@ def embedding_forward(out, ids, table):
 
 
 def id_segments(ids):
-    """Host: (order, starts, uniq) for ``embedding_backward`` from the host ids (B,T)."""
+    """Host: (order, starts, uniq) for ``embedding_backward`` from the host ids (B,T):
+    positions in id order (stable), where each distinct id's run starts (and the end),
+    the distinct ids.  One sort; the runs are read off the sorted ids."""
     flat = np.asarray(ids).reshape(-1)
     order = np.argsort(flat, kind="stable").astype(np.int64)
-    uniq, starts = np.unique(flat[order], return_index=True)
-    starts = np.append(starts, flat.size).astype(np.int64)
-    return order, starts, uniq.astype(np.int64)
+    in_order = flat[order]
+    first = np.empty(flat.size, bool)                  # first[i]: a new id starts at i
+    first[:1] = True
+    np.not_equal(in_order[1:], in_order[:-1], out=first[1:])
+    starts = np.append(np.flatnonzero(first), flat.size).astype(np.int64)
+    return order, starts, in_order[first].astype(np.int64)
 
 
 def embedding_backward(dtable, dout, ids, segments):

@@ -38,6 +38,21 @@ def test_embedding_forward_backward(gpu, dtype, tol):
     assert_close(dtable.copy_to_host(), dtable_want, tol, tol, "dtable")
 
 
+def test_id_segments_are_the_runs_of_each_id(gpu):
+    """order lists the positions id by id (in position order within an id), starts[i] is
+    where the i-th distinct id's run begins (and starts[-1] the end), uniq the ids."""
+    rng = make_rng(72)
+    for shape, V in (((1, 1), 3), ((2, 4), 3), ((5, 7), 40)):
+        ids = rng.integers(0, V, shape)
+        order, starts, uniq = gpu.id_segments(ids)
+        flat = ids.reshape(-1)
+        assert list(uniq) == sorted(set(flat.tolist()))
+        assert starts[0] == 0 and starts[-1] == flat.size and len(starts) == len(uniq) + 1
+        for i, v in enumerate(uniq):
+            assert list(order[starts[i]:starts[i + 1]]) == list(np.flatnonzero(flat == v))
+        assert order.dtype == starts.dtype == uniq.dtype == np.int64
+
+
 @pytest.mark.parametrize("dtype,tol", DTYPES)
 def test_head_forward_backward(gpu, dtype, tol):
     cuda = gpu.cuda

@@ -244,8 +244,9 @@ def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(monkeypatch):
     """After a first step, a CudaTrainer step of a batch no larger (here shorter, with other
     ids) allocates no device memory (a free can stall the device), copies from the device
     three times (the losses and probabilities after the forward, the gradient norm's
-    partial sums) and to it five times (the batch's integers, the dropout mask, each
-    layer's lengths and closes, Adam's constants)."""
+    partial sums) and to it six times (the batch's integers, the dropout mask, each
+    layer's lengths and closes, the embedding gradient's id runs, sorted on the host
+    while the forward runs, Adam's constants)."""
     from qlnumba.gpu.model import CudaTrainer
     from qlnumba.gpu.recurrent import cuda
     rng = make_rng(65)
@@ -265,7 +266,7 @@ def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(monkeypatch):
         monkeypatch.setattr(array_type, name,
                             lambda self, *a, _real=real, _name=name, **k: calls.append(_name) or _real(self, *a, **k))
     trainer.step(rng.integers(0, 11, (3, 4)), np.array([4, 2, 3]), targets, rng=np.random.default_rng(2))
-    assert sorted(calls) == ["copy_to_device"] * 5 + ["copy_to_host"] * 3
+    assert sorted(calls) == ["copy_to_device"] * 6 + ["copy_to_host"] * 3
 
 
 def test_cuda_trainer_refuses_what_it_cannot_train():
