@@ -8,8 +8,8 @@ compiles its kernel for the argument types it was given, with
 ``cuda.compile_ptx`` (needs numba-cuda and libnvvm, not a GPU), and assembles
 the PTX with ``ptxas`` when it is on PATH, printing registers and shared memory.
 The numbers the kernels "return" are meaningless: only compilation is checked.
-It caught nothing the simulator would: that is its point (a shared-memory shape
-written as an expression ran in the simulator and failed to compile on an H100).
+It catches what the simulator cannot: a shared-memory shape written as an
+expression ran in the simulator and failed to compile on an H100.
 
     pip install -e ".[ptx]"; python scripts/ptx_check.py [--cc 9.0]   (scripts/test.sh runs it)
 """
