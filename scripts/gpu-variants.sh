@@ -4,7 +4,7 @@
 # next to cuDNN, the matrix-product tiles (plain and prefetching) on the large shape's
 # products, a one-line-per-mode summary of the ratios, the defaults again with the
 # plain matrix tiles (checked against the CPU too), then a profile of the large shape and
-# of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 4 minutes on an H100;
+# of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 5 minutes on an H100;
 # SKIP_TESTS=1, SKIP_PLAIN=1 and SKIP_PROFILE=1 leave out the GPU tests, the plain-tile
 # run and the profile; ROW_GROUPS, ITEM_ROWS and MATMUL_TILES (empty: no tile timings)
 # choose the variants.
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
 MATMUL_TILES="${MATMUL_TILES-64x64,128x128,64x64pf,128x128pf}"
-TEST_TIMEOUT="${TEST_TIMEOUT:-100}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
+TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups "${ROW_GROUPS:-1,2}" --item-rows "${ITEM_ROWS:-2,4}" \
     ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null
 [ -n "${SKIP_TESTS:-}" ] || tail -1 "$DEST/gpu_cuda_tests.log"
