@@ -64,8 +64,11 @@ TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
 TEAMP = TEAM + 1                         # a padded row of team partials (see team_dot)
 ONE, TWO, THREE, FOUR = (np.uint64(n) for n in (1, 2, 3, 4))
 # 128 registers let a 512-thread persistent block fit one multiprocessor (ptxas: a few
-# bytes of spills, against 217 registers uncapped); the simulator takes no such option
-PERSISTENT_JIT = {} if SIM else {"max_registers": 128}
+# bytes of spills, against 217 registers uncapped); the simulator takes no such option.
+# QLNUMBA_CUDA_LINEINFO=1 adds line information, so that a profiler (ncu) can place the
+# persistent kernels' stalls on lines of this file (scripts/gpu-ncu.sh sets it)
+PERSISTENT_JIT = {} if SIM else {"max_registers": 128,
+                                 "lineinfo": os.environ.get("QLNUMBA_CUDA_LINEINFO") == "1"}
 
 
 def grid_for(n):
