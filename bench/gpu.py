@@ -133,7 +133,7 @@ def kernel_resources():
     from qlnumba.gpu import recurrent as rec
     out = {}
     for rows in (2, 4):
-        for name, disp in rec.persistent_kernels(np.dtype(np.float32), rows).items():
+        for name, disp in rec.persistent_kernels(np.dtype(np.float32), rows, rec.TEAM_LOADS).items():
             for i, kern in enumerate(disp.overloads.values()):
                 out[f"{name} item rows {rows} [{i}]"] = {"registers": kern.regs_per_thread,
                                                          "local_bytes": kern.local_mem_per_thread}
@@ -178,6 +178,9 @@ def main():
     ap.add_argument("--matmul-prefetch", choices=("on", "off"), default=None,
                     help="the layers' matrix products use the prefetching tiles or the plain "
                          "ones (qlnumba.gpu.recurrent.MATMUL_PREFETCH; default: the library's, on)")
+    ap.add_argument("--team-loads", type=int, default=None,
+                    help="loads of h in flight per team_dot lane and pass (qlnumba.gpu.recurrent."
+                         "TEAM_LOADS; default: the library's, 16)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     import numba
@@ -201,7 +204,9 @@ def main():
     from qlnumba.gpu import recurrent as rec
     if args.matmul_prefetch:
         rec.MATMUL_PREFETCH = args.matmul_prefetch == "on"
-    result["matmul_prefetch"] = rec.MATMUL_PREFETCH
+    if args.team_loads:
+        rec.TEAM_LOADS = args.team_loads
+    result["matmul_prefetch"], result["team_loads"] = rec.MATMUL_PREFETCH, rec.TEAM_LOADS
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

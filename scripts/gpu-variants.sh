@@ -2,12 +2,12 @@
 # scripts/gpu-check.sh comparing the persistent kernels' settings side by side (row groups
 # 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
 # next to cuDNN, the matrix-product tiles (plain and prefetching) on the large shape's
-# products, a one-line-per-mode summary of the ratios, the defaults again with the
-# plain matrix tiles (checked against the CPU too), then a profile of the large shape and
-# of CudaTrainer steps.  Files go to $OUT (or bench/results).  About 5 minutes on an H100;
-# SKIP_TESTS=1, SKIP_PLAIN=1 and SKIP_PROFILE=1 leave out the GPU tests, the plain-tile
-# run and the profile; ROW_GROUPS, ITEM_ROWS and MATMUL_TILES (empty: no tile timings)
-# choose the variants.
+# products, a one-line-per-mode summary of the ratios, the defaults again with the options
+# in SECOND (default: --team-loads 32; checked against the CPU too, tokens/s printed to set
+# beside the first run's), then a profile of the large shape and of CudaTrainer steps.
+# Files go to $OUT (or bench/results).  About 5 minutes on an H100; SKIP_TESTS=1,
+# SECOND= and SKIP_PROFILE=1 leave out the GPU tests, the second run and the profile;
+# ROW_GROUPS, ITEM_ROWS and MATMUL_TILES (empty: no tile timings) choose the variants.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
@@ -25,21 +25,25 @@ for n, row in r["shapes"].items():
     for m in ("train", "infer"):
         print(n, m, {k.replace("qlnumba_", "").replace("_persistent", ""): round(v, 3)
                      for k, v in row[m + "_ratio_vs_cudnn"].items()})
+        print(n, m, "k tokens/s", {k.replace("qlnumba_", "").replace("_persistent", ""): round(v / 1e3)
+                                   for k, v in row[m + "_tokens_per_s"].items()})
 print(r.get("trainer"), r.get("kernel_resources"))
 for tile, row in r.get("matmul_tiles", {}).items():
     print(tile, {k.replace(" GFLOP/s", ""): round(v) for k, v in row.items()})
 PYEOF
-if [ -z "${SKIP_PLAIN:-}" ]; then           # the library's defaults, but the plain matrix tiles
-    PYTHONPATH="$PWD" timeout 150 "$PY" bench/gpu.py --check --check-shapes small,large --matmul-prefetch off \
-        --json-out "$DEST/gpu_bench_plain_tiles.json" > "$DEST/gpu_bench_plain_tiles.log" 2>&1
-    "$PY" - "$DEST/gpu_bench_plain_tiles.json" <<'PYEOF'
+SECOND="${SECOND---team-loads 32}"           # the library's defaults with these options
+if [ -n "$SECOND" ]; then
+    # shellcheck disable=SC2086
+    PYTHONPATH="$PWD" timeout 150 "$PY" bench/gpu.py --check --check-shapes small,large $SECOND \
+        --json-out "$DEST/gpu_bench_second.json" > "$DEST/gpu_bench_second.log" 2>&1
+    "$PY" - "$DEST/gpu_bench_second.json" "$SECOND" <<'PYEOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print("plain tiles: max rel err", {k: max(max(v.values()) for v in d.values())
+print(sys.argv[2], "max rel err", {k: max(max(v.values()) for v in d.values())
                                    for k, d in r["check_vs_cpu_max_rel_err"].items()})
 for n, row in r["shapes"].items():
-    print("plain tiles", n, {m: {k.replace("qlnumba_", "").replace("_persistent", ""): round(v, 3)
-                                    for k, v in row[m + "_ratio_vs_cudnn"].items()} for m in ("train", "infer")})
+    print(sys.argv[2], n, {m: {k.replace("qlnumba_", "").replace("_persistent", ""): round(v / 1e3)
+                               for k, v in row[m + "_tokens_per_s"].items()} for m in ("train", "infer")})
 PYEOF
 fi
 if [ -z "${SKIP_PROFILE:-}" ]; then

@@ -135,9 +135,9 @@ def main():
         real = module.kernels
         module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc, grec.DEVICE_FUNCTIONS))(real)
     real_persistent, real_matmul = grec.persistent_kernels, grec.matmul_kernel
-    grec.persistent_kernels = lambda dtype, rows: {       # one name per item size (else the
-        name: Launcher(f"{name} item rows {rows}", d, cc)  # second would count as compiled)
-        for name, d in real_persistent(dtype, rows).items()}
+    grec.persistent_kernels = lambda dtype, rows, loads: {      # one name per setting (else
+        name: Launcher(f"{name} item rows {rows} loads {loads}", d, cc)  # the second would
+        for name, d in real_persistent(dtype, rows, loads).items()}     # count as compiled)
     grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -146,7 +146,9 @@ def main():
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            for path, rows in [(p, 2) for p in grec.PATHS] + [("persistent", 4)]:
+            for path, rows, loads in [(p, 2, 16) for p in grec.PATHS] + [("persistent", 4, 16),
+                                                                         ("persistent", 4, 32)]:
+                grec.TEAM_LOADS = loads
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
@@ -154,6 +156,7 @@ def main():
                         cell.path, cell.item_rows = path, rows
                 layer.forward(x, lengths)
                 layer.backward(dout)
+        grec.TEAM_LOADS = 16
         for tile in grec.TILES:                       # every matrix-product tile
             grec.MATMUL_TILE = tile
             grec.matmul(grec.kernels(np.dtype(dtype)), cuda.to_device(np.zeros((2, 3), dtype)),

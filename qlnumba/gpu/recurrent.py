@@ -59,6 +59,10 @@ MATMUL_PREFETCH = True                   # "auto" takes the pf tiles (1.1-2.8x t
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
 MAX_BLOCKS = 2 if SIM else 1024
+# loads of h (or δz) each team_dot lane issues together per pass (then it waits for them):
+# 16 is what the H100 runs measured; 32 halves the passes and compiles without spills in
+# the pass loop (ptxas, 128 registers), not yet timed (bench/gpu.py --team-loads 32)
+TEAM_LOADS = 16
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
 TEAMP = TEAM + 1                         # a padded row of team partials (see team_dot)
@@ -570,10 +574,13 @@ DEVICE_FUNCTIONS = ("cell_forward", "cell_backward", "closes_at", "close_forward
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows):
-    """The persistent step loops (and their device functions) for one float dtype and
-    ``team_dot`` items of ``item_rows`` rows (a compile-time constant: the register
-    blocks need it)."""
+def persistent_kernels(dtype, item_rows, loads=16):
+    """The persistent step loops (and their device functions) for one float dtype,
+    ``team_dot`` items of ``item_rows`` rows and ``loads`` loads of h in flight per lane
+    and pass (compile-time constants: the register blocks need them)."""
+    if loads % item_rows or loads < item_rows:
+        raise ValueError(f"team_dot's loads per pass ({loads}) must be a multiple of its "
+                         f"item rows ({item_rows})")
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
     k = kernels(np.dtype(dtype))
     cell_forward, cell_backward, closes_at = k["cell_forward"], k["cell_backward"], k["closes_at"]
@@ -581,7 +588,7 @@ def persistent_kernels(dtype, item_rows):
     close_backward_finish_cell = k["close_backward_finish_cell"]
     ROWS = item_rows
     NOUT = 4 * ROWS                                     # outputs of one item
-    KPASS = 16 // ROWS                                  # k per pass: 16 loads of X in flight
+    KPASS = loads // ROWS                               # k per pass: `loads` loads of X in flight
     NX = KPASS * ROWS                                   # (local array sizes must be constants)
     KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
 
@@ -619,7 +626,7 @@ def persistent_kernels(dtype, item_rows):
         item (base + t + rot) % items, rows fastest: blocks that read the same rows of
         X start at different rows (``rot``), so they do not all ask L2 for the same
         lines at once.  A team's lanes split k (consecutive k: coalesced reads of X,
-        conflict-free reads of Ush), KPASS k per pass: the pass's 16 loads of X are
+        conflict-free reads of Ush), KPASS k per pass: the pass's loads of X (``loads``) are
         issued together (X was just written by other blocks: each load waits on L2).
         Then each output sums its TEAM lane partials from shared memory in lane order
         (deterministic).  Block-uniform rounds, so every thread meets every barrier."""
@@ -1267,7 +1274,7 @@ class CudaQLCell:
         if plan is not None:
             hbuf, mbuf, Sbuf = bufs["hbuf"], bufs["mbuf"], bufs["S"]
             launch_persistent(
-                persistent_kernels(np.dtype(self.dtype), plan.item_rows)["persistent_forward"],
+                persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS)["persistent_forward"],
                 plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
@@ -1322,7 +1329,7 @@ class CudaQLCell:
         if plan is not None:
             DZbuf = bufs["DZbuf"]
             launch_persistent(
-                persistent_kernels(np.dtype(self.dtype), plan.item_rows)["persistent_backward"],
+                persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS)["persistent_backward"],
                 plan, plan.bwd_bytes,
                 DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,

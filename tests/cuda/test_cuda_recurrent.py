@@ -56,15 +56,18 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
     assert_layers_agree(results[1], results[0], tol)
 
 
-@pytest.mark.parametrize("row_groups,item_rows", [(1, 2), (1, 4), (2, 4), (3, 4)])
+@pytest.mark.parametrize("row_groups,item_rows,loads", [(1, 2, 16), (1, 4, 16), (2, 4, 16),
+                                                         (3, 4, 16), (2, 4, 32)])
 @pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
-def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows):
+def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, loads, monkeypatch):
     """H = 30: every part holds several units and team_dot's passes run (eight k for items
     of 2 rows, four for 4; a team has 4 lanes in the simulator, and the tiny shapes above
     only reach its remainder loop); K = 1 closes a block at every step.  Two row groups:
     parts own rows [0, 2) or [2, 3) as well as units; three: one row each (a group shorter
     than an item, as many row groups make on a GPU).  Items of 2 or 4 rows (more than a
-    group has: rows repeat)."""
+    group has: rows repeat).  32 loads per pass: passes of eight k."""
+    from qlnumba.gpu import recurrent as rec
+    monkeypatch.setattr(rec, "TEAM_LOADS", loads)
     rng = make_rng(63)
     B, T, E, H = 3, 2, 2, 30
     kw = dict(psug=psug, hgr=hgr, block_size=1, dtype=np.float64, seed=7)
@@ -98,6 +101,9 @@ def test_persistent_plan_defaults_and_checks():
     assert persistent_plan(32, 8, 32, 8, False, row_groups=1, item_rows=2).item_rows == 2
     with pytest.raises(ValueError, match="item_rows"):
         persistent_plan(32, 8, 8, 8, True, item_rows=3)
+    from qlnumba.gpu.recurrent import persistent_kernels
+    with pytest.raises(ValueError, match="multiple of its item rows"):
+        persistent_kernels(np.dtype(np.float32), 4, 6)
 
 
 def test_device_argument_is_checked():
