@@ -1,0 +1,34 @@
+"""The GPU benchmark and profiling programs run end to end at a tiny shape (in the
+simulator under scripts/test.sh): a change to the kernels' factories or settings that
+they patch or pass on must not break them unseen until a device run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+def test_gpu_benchmark_runs_with_its_options(tmp_path):
+    out = tmp_path / "gpu.json"
+    run("bench/gpu.py", "--shapes", "tiny", "--repeats", "1", "--team-loads", "32",
+        "--matmul-prefetch", "off", "--json-out", str(out))
+    result = json.loads(out.read_text())
+    assert result["team_loads"] == 32 and result["matmul_prefetch"] is False
+    assert set(result["shapes"]["tiny"]["train_tokens_per_s"]) >= {"qlnumba_ql_persistent",
+                                                                    "qlnumba_lstm_persistent"}
+
+
+def test_gpu_profile_and_ncu_driver_run():
+    assert "persistent_forward" in run("bench/gpu_profile.py", "--shapes", "tiny")
+    assert "two forward + backward calls done" in run("bench/ncu_driver.py", "--shape", "tiny",
+                                                      "--kind", "lstm")
