@@ -4,10 +4,11 @@
 the device once.  Each ``step`` then runs embedding, the recurrent stack
 (``CudaQLCell.forward_device`` / ``backward_device``, zero initial states made on
 the device), the head, BPTT and AdamW there.  Per step, only the batch (one copy
-of ids, lengths, targets and the ids' sort for the embedding gradient; dropout
-masks), each layer's lengths and block closes (one copy) and Adam's constants
-(one copy) go to the device, and the losses and probabilities (after the forward)
-and the gradient norm's partial sums (one copy) come back.  The step's device
+of ids, lengths, targets; dropout masks), each layer's lengths and block closes
+(one copy), the ids' sort for the embedding gradient (one copy, made on the host
+while the forward runs) and Adam's constants (one copy) go to the device, and the
+losses and probabilities (after the forward) and the gradient norm's partial sums
+(one copy) come back.  The step's device
 arrays live in a ``Workspace`` (parameters and gradients in one buffer each: one
 launch clears the gradients, one sums their squares, one runs AdamW): once it has
 seen its largest batch, a step allocates no device memory.

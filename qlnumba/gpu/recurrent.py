@@ -339,7 +339,7 @@ def kernels(dtype):
             po = gamma[3, j] * z + beta[3, j]
             Z[bb, pos, j] = z
         else:
-            pi = Z[bb, pos, j] + (hU[bb, j] + b[j])
+            pi = Z[bb, pos, j] + (hU[bb, j] + b[j])                  # z_k = W_k x + (U_k h + b_k)
             pf = Z[bb, pos, H + j] + (hU[bb, H + j] + b[H + j])
             pg = Z[bb, pos, 2 * H + j] + (hU[bb, 2 * H + j] + b[2 * H + j])
             po = Z[bb, pos, 3 * H + j] + (hU[bb, 3 * H + j] + b[3 * H + j])
@@ -574,7 +574,7 @@ DEVICE_FUNCTIONS = ("cell_forward", "cell_backward", "closes_at", "close_forward
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows, loads=16):
+def persistent_kernels(dtype, item_rows, loads):
     """The persistent step loops (and their device functions) for one float dtype,
     ``team_dot`` items of ``item_rows`` rows and ``loads`` loads of h in flight per lane
     and pass (compile-time constants: the register blocks need them)."""
