@@ -133,7 +133,8 @@ def kernel_resources():
     from qlnumba.gpu import recurrent as rec
     out = {}
     for rows in (2, 4):
-        for name, disp in rec.persistent_kernels(np.dtype(np.float32), rows, rec.TEAM_LOADS).items():
+        for name, disp in rec.persistent_kernels(np.dtype(np.float32), rows, rec.TEAM_LOADS,
+                                                 rec.STAGE_ROWS).items():
             for i, kern in enumerate(disp.overloads.values()):
                 out[f"{name} item rows {rows} [{i}]"] = {"registers": kern.regs_per_thread,
                                                          "local_bytes": kern.local_mem_per_thread}
@@ -181,6 +182,9 @@ def main():
     ap.add_argument("--team-loads", type=int, default=None,
                     help="loads of h in flight per team_dot lane and pass (qlnumba.gpu.recurrent."
                          "TEAM_LOADS; default: the library's, 16)")
+    ap.add_argument("--stage-rows", choices=("on", "off"), default=None,
+                    help="the persistent loops stage their rows of h / δz in shared memory where "
+                         "they fit (qlnumba.gpu.recurrent.STAGE_ROWS; default: the library's, off)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     import numba
@@ -206,7 +210,10 @@ def main():
         rec.MATMUL_PREFETCH = args.matmul_prefetch == "on"
     if args.team_loads:
         rec.TEAM_LOADS = args.team_loads
+    if args.stage_rows:
+        rec.STAGE_ROWS = args.stage_rows == "on"
     result["matmul_prefetch"], result["team_loads"] = rec.MATMUL_PREFETCH, rec.TEAM_LOADS
+    result["stage_rows"] = rec.STAGE_ROWS
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

@@ -3,10 +3,11 @@
 # 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
 # next to cuDNN, the matrix-product tiles (plain and prefetching) on the large shape's
 # products, a one-line-per-mode summary of the ratios, the defaults again with the options
-# in SECOND (default: --team-loads 32; checked against the CPU too, tokens/s printed to set
-# beside the first run's), then a profile of the large shape and of CudaTrainer steps.
-# Files go to $OUT (or bench/results).  About 5 minutes on an H100; SKIP_TESTS=1,
-# SECOND= and SKIP_PROFILE=1 leave out the GPU tests, the second run and the profile;
+# in SECOND (default: --team-loads 32) and in THIRD (default: --stage-rows on; each checked
+# against the CPU too, tokens/s printed to set beside the first run's), then a profile of
+# the large shape and of CudaTrainer steps.  Files go to $OUT (or bench/results).  About
+# 6 minutes on an H100; SKIP_TESTS=1, SECOND=, THIRD= and SKIP_PROFILE=1 leave out the GPU
+# tests, the second and third runs and the profile;
 # ROW_GROUPS, ITEM_ROWS and MATMUL_TILES (empty: no tile timings) choose the variants.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,12 +32,14 @@ print(r.get("trainer"), r.get("kernel_resources"))
 for tile, row in r.get("matmul_tiles", {}).items():
     print(tile, {k.replace(" GFLOP/s", ""): round(v) for k, v in row.items()})
 PYEOF
-SECOND="${SECOND---team-loads 32}"           # the library's defaults with these options
-if [ -n "$SECOND" ]; then
+# the library's defaults with other options, each checked against the CPU and timed
+with_options() {    # with_options NAME OPTIONS
     # shellcheck disable=SC2086
-    PYTHONPATH="$PWD" timeout 150 "$PY" bench/gpu.py --check --check-shapes small,large $SECOND \
-        --json-out "$DEST/gpu_bench_second.json" > "$DEST/gpu_bench_second.log" 2>&1
-    "$PY" - "$DEST/gpu_bench_second.json" "$SECOND" <<'PYEOF'
+    # its log stays out of $DEST (the device returns 8 files at most) unless the run fails
+    PYTHONPATH="$PWD" timeout 150 "$PY" bench/gpu.py --check --check-shapes small,large $2 \
+        --json-out "$DEST/gpu_bench_$1.json" > "/tmp/gpu_bench_$1.log" 2>&1 \
+        || { tail -30 "/tmp/gpu_bench_$1.log"; return; }
+    "$PY" - "$DEST/gpu_bench_$1.json" "$2" <<'PYEOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(sys.argv[2], "max rel err", {k: max(max(v.values()) for v in d.values())
@@ -45,7 +48,11 @@ for n, row in r["shapes"].items():
     print(sys.argv[2], n, {m: {k.replace("qlnumba_", "").replace("_persistent", ""): round(v / 1e3)
                                for k, v in row[m + "_tokens_per_s"].items()} for m in ("train", "infer")})
 PYEOF
-fi
+}
+SECOND="${SECOND---team-loads 32}"
+THIRD="${THIRD---stage-rows on}"
+[ -z "$SECOND" ] || with_options second "$SECOND"
+[ -z "$THIRD" ] || with_options third "$THIRD"
 if [ -z "${SKIP_PROFILE:-}" ]; then
     PYTHONPATH="$PWD" timeout 90 "$PY" bench/gpu_profile.py --shapes large --cprofile --trainer \
         --json-out "$DEST/gpu_profile.json" 2>&1 | grep -v -i warn > "$DEST/gpu_profile.log"

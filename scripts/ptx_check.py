@@ -135,9 +135,10 @@ def main():
         real = module.kernels
         module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc, grec.DEVICE_FUNCTIONS))(real)
     real_persistent, real_matmul = grec.persistent_kernels, grec.matmul_kernel
-    grec.persistent_kernels = lambda dtype, rows, loads: {      # one name per setting (else
-        name: Launcher(f"{name} item rows {rows} loads {loads}", d, cc)  # the second would
-        for name, d in real_persistent(dtype, rows, loads).items()}     # count as compiled)
+    grec.persistent_kernels = lambda dtype, rows, loads, stage: {   # one name per setting
+        name: Launcher(f"{name} item rows {rows} loads {loads}" + (" staged" if stage else ""),
+                       d, cc)                   # (else the second would count as compiled)
+        for name, d in real_persistent(dtype, rows, loads, stage).items()}
     grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -146,14 +147,15 @@ def main():
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            for path, rows, loads in [(p, 2, 16) for p in grec.PATHS] + [("persistent", 4, 16),
-                                                                         ("persistent", 4, 32)]:
+            for path, rows, loads, stage in ([(p, 2, 16, False) for p in grec.PATHS]
+                                             + [("persistent", 4, 16, False), ("persistent", 4, 32, False),
+                                                ("persistent", 4, 16, True)]):
                 grec.TEAM_LOADS = loads
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
                     for cell in row:
-                        cell.path, cell.item_rows = path, rows
+                        cell.path, cell.item_rows, cell.stage_rows = path, rows, stage
                 layer.forward(x, lengths)
                 layer.backward(dout)
         grec.TEAM_LOADS = 16

@@ -63,6 +63,13 @@ MAX_BLOCKS = 2 if SIM else 1024
 # 16 is what the H100 runs measured; 32 halves the passes and compiles without spills in
 # the pass loop (ptxas, 128 registers), not yet timed (bench/gpu.py --team-loads 32)
 TEAM_LOADS = 16
+# the persistent loops first copy their part's rows of h_{t-1} (forward) or δz_t (backward)
+# from global memory into shared memory, all threads at once, where they fit (persistent_plan):
+# team_dot then reads them from there, instead of each team from L2 (a row is read by every
+# team whose columns need it: 2 to 8 times at (64, 1024, 300, 512)).  Off until timed on a
+# card (bench/gpu.py --stage-rows on).  ptxas at the 128-register cap: the staged float32
+# forward spills 464 bytes against 224 unstaged (the backward 236 against 200)
+STAGE_ROWS = False
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
 TEAMP = TEAM + 1                         # a padded row of team partials (see team_dot)
@@ -574,10 +581,12 @@ DEVICE_FUNCTIONS = ("cell_forward", "cell_backward", "closes_at", "close_forward
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows, loads):
+def persistent_kernels(dtype, item_rows, loads, stage):
     """The persistent step loops (and their device functions) for one float dtype,
-    ``team_dot`` items of ``item_rows`` rows and ``loads`` loads of h in flight per lane
-    and pass (compile-time constants: the register blocks need them)."""
+    ``team_dot`` items of ``item_rows`` rows, ``loads`` loads of h in flight per lane
+    and pass, and with ``stage`` the rows team_dot reads staged in shared memory
+    (``stage_rows``; compile-time constants: the register blocks need them, and the
+    loops without staging compile as if it did not exist)."""
     if loads % item_rows or loads < item_rows:
         raise ValueError(f"team_dot's loads per pass ({loads}) must be a multiple of its "
                          f"item rows ({item_rows})")
@@ -618,9 +627,11 @@ def persistent_kernels(dtype, item_rows, loads):
             Ush[e] = val
 
     @cuda.jit(device=True)
-    def team_dot(out, X, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s, rot):
-        """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b, k] for this part's columns c and its rows
-        b in [r0, r0 + nr) that step at s (idle rows are not written).
+    def team_dot(out, X, xoff, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s, rot):
+        """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b - xoff, k] for this part's columns c and its
+        rows b in [r0, r0 + nr) that step at s (idle rows are not written).  X is the whole
+        array in global memory (xoff = 0) or the part's rows staged in shared memory
+        (``stage_rows``, xoff = r0): the same sums in the same order.
 
         Teams of TEAM threads take items of ROWS rows × 4 columns, team t of round base
         item (base + t + rot) % items, rows fastest: blocks that read the same rows of
@@ -652,7 +663,7 @@ def persistent_kernels(dtype, item_rows, loads):
                 # unsigned indices: Numba then skips the negative-index wraparound code,
                 # which was most of the instructions of this loop
                 for r in range(ROWS):
-                    rows[r] = uint64(min(b0 + r, rend - 1))
+                    rows[r] = uint64(min(b0 + r, rend - 1) - xoff)
                 kd = uint64(Kd)
                 w = uint64(c0 * Kd)                              # column c0's row of Ush
                 k = uint64(lane)
@@ -705,6 +716,21 @@ def persistent_kernels(dtype, item_rows, loads):
             cuda.syncthreads()
 
     @cuda.jit(device=True)
+    def stage_rows(Xs, X, r0, nr, Kd):
+        """Rows r0 .. r0 + nr - 1 of X (.., Kd) into Xs[0 .. nr - 1], then a barrier.  Each
+        thread takes columns k (consecutive threads, consecutive k: coalesced) and issues
+        ``loads`` loads of a column's rows before it stores any of them."""
+        xv = cuda.local.array(NX, ftype)
+        for k in range(cuda.threadIdx.x, Kd, cuda.blockDim.x):
+            for q0 in range(0, nr, NX):
+                for i in range(NX):
+                    xv[i] = X[r0 + min(q0 + i, nr - 1), k]
+                for i in range(NX):
+                    if q0 + i < nr:
+                        Xs[q0 + i, k] = xv[i]
+        cuda.syncthreads()
+
+    @cuda.jit(device=True)
     def load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose, hgr):
         """Part (u0, nq)'s slices of U, and with hgr of V_s and V_m, into shared memory
         (``load_slice``; V slices have one column per unit, read as rows or, in
@@ -726,17 +752,19 @@ def persistent_kernels(dtype, item_rows, loads):
             cuda.syncthreads()
 
     @cuda.jit(device=True, inline=True)
-    def shared_views(nslice, nv):
+    def shared_views(nslice, nv, nx):
         """The dynamic shared memory of a persistent block: (U slice of nslice values, V_s and
-        V_m slices of nv values each, the team partials in the rest)."""
+        V_m slices of nv values each, nx values of staged rows (``stage_rows``), the team
+        partials in the rest)."""
         dyn = cuda.shared.array(0, ftype)
-        return (dyn[:nslice], dyn[nslice:nslice + nv], dyn[nslice + nv:nslice + 2 * nv],
-                dyn[nslice + 2 * nv:])
+        x0 = nslice + 2 * nv
+        return (dyn[:nslice], dyn[nslice:nslice + nv], dyn[nslice + nv:x0], dyn[x0:x0 + nx],
+                dyn[x0 + nx:])
 
     @cuda.jit(**PERSISTENT_JIT)
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                            RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
-                           b_r, steps, K, ugroups, rgroups, psug, hgr, reverse):
+                           b_r, steps, K, ugroups, rgroups, nstage, psug, hgr, reverse):
         """Every step in one cooperative launch: block q owns part q, a group of rows and
         a group of hidden units (``part_span``), and keeps the units' rows of U (all
         four gates), V_s and V_m in shared memory, so a step needs one grid sync.
@@ -747,7 +775,9 @@ def persistent_kernels(dtype, item_rows, loads):
         hbuf[s % 2]); the block summary s between Sbuf[0] and Sbuf[1] by step; m
         between mbuf[0] and mbuf[1] by close, so a close reads every unit's old m
         while writing its own new one.  When there are more parts than blocks (the
-        simulator's one block), a block loops over parts and reloads each slice.
+        simulator's one block), a block loops over parts and reloads each slice.  With
+        ``stage``, a part's rows of h_{t-1} go to shared memory first (``stage_rows``;
+        nstage >= its rows: the rows a part may have).
         """
         grid = cuda.cg.this_grid()
         B, H = c.shape
@@ -757,7 +787,10 @@ def persistent_kernels(dtype, item_rows, loads):
         ncol = (G // H) * nu
         ncol_pad = (ncol + 3) // 4 * 4
         nv = (nu + 3) // 4 * 4 * H if hgr else 0
-        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * H, nv)
+        Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * H, nv, nstage * H)
+        # the staged rows (nstage, H); without staging a stand-in of the same type, never read
+        # (the reshape only where it is needed: it keeps shapes in local memory)
+        Xs = Xflat.reshape((nstage, H)) if stage else hbuf[0]
         resident = nparts == cuda.gridDim.x
         if resident:
             r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
@@ -772,8 +805,13 @@ def persistent_kernels(dtype, item_rows, loads):
                 rot = q % ugroups
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             ncol, ncol_pad, H, H, False, hgr)
-                team_dot(hU, hcur, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H, lengths, s,
-                         rot)                                                   # U h_{t-1}
+                if stage:                                                       # U h_{t-1}
+                    stage_rows(Xs, hcur, r0, nr, H)
+                    team_dot(hU, Xs, r0, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
+                             lengths, s, rot)
+                else:
+                    team_dot(hU, hcur, 0, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
+                             lengths, s, rot)
                 for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
                     bb, j = r0 + e // nq, u0 + e % nq
                     cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths,
@@ -789,9 +827,9 @@ def persistent_kernels(dtype, item_rows, loads):
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 ncol, ncol_pad, H, H, False, hgr)
                     nu_pad = (nu + 3) // 4 * 4
-                    team_dot(P, S, Vs_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
+                    team_dot(P, S, 0, Vs_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
                              rot)                                               # V_s s
-                    team_dot(Q, m, Vm_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
+                    team_dot(Q, m, 0, Vm_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
                              rot)                                               # V_m m
                     for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
                         bb, j = r0 + e // nq, u0 + e % nq
@@ -803,7 +841,8 @@ def persistent_kernels(dtype, item_rows, loads):
     @cuda.jit(**PERSISTENT_JIT)
     def persistent_backward(DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
                             GATES, C, CPREV, MBLK, SBLK, RBLK, lengths, n0, close_flags,
-                            U, gamma, V_s, V_m, steps, K, ugroups, rgroups, psug, hgr, reverse):
+                            U, gamma, V_s, V_m, steps, K, ugroups, rgroups, nstage, psug, hgr,
+                            reverse):
         """BPTT of ``persistent_forward`` in one cooperative launch, steps in reverse.
 
         Block q owns part q's rows and units and keeps U[:, units] (and V_s,
@@ -811,7 +850,8 @@ def persistent_kernels(dtype, item_rows, loads):
         a grid sync, V^T δp for its part), the cells, a grid sync, then δh_{t-1} =
         U^T δz_t for its part.  δz_t alternates between DZbuf[0] and DZbuf[1] by step.
         A thread keeps the same (row, unit) in the close and cell loops of a step, so
-        δm, δa, δc need no barrier there.
+        δm, δa, δc need no barrier there.  With ``stage``, a part's rows of δz_t go to
+        shared memory first (``stage_rows``, nstage of them at most).
         """
         grid = cuda.cg.this_grid()
         B, H = dh.shape
@@ -820,7 +860,8 @@ def persistent_kernels(dtype, item_rows, loads):
         nu = (H + ugroups - 1) // ugroups
         ncol_pad = (nu + 3) // 4 * 4
         nv = ncol_pad * H if hgr else 0
-        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * G, nv)
+        Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * G, nv, nstage * G)
+        Xs = Xflat.reshape((nstage, G)) if stage else DZbuf[0]     # as in persistent_forward
         resident = nparts == cuda.gridDim.x
         if resident:
             r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
@@ -840,9 +881,9 @@ def persistent_kernels(dtype, item_rows, loads):
                     rot = q % ugroups
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 nu, ncol_pad, G, H, True, hgr)
-                    team_dot(dmV, DP_step, Vm_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
+                    team_dot(dmV, DP_step, 0, Vm_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
                              lengths, s, rot)
-                    team_dot(dsV, DP_step, Vs_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
+                    team_dot(dsV, DP_step, 0, Vs_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
                              lengths, s, rot)
                     for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
                         bb, j = r0 + e // nq, u0 + e % nq
@@ -860,7 +901,13 @@ def persistent_kernels(dtype, item_rows, loads):
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             nu, ncol_pad, G, H, True, hgr)
                 # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
-                team_dot(dh, DZs, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths, s, rot)
+                if stage:
+                    stage_rows(Xs, DZs, r0, nr, G)
+                    team_dot(dh, Xs, r0, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths,
+                             s, rot)
+                else:
+                    team_dot(dh, DZs, 0, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths,
+                             s, rot)
 
     return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward)
 
@@ -976,7 +1023,7 @@ def closing_steps(lengths, n0, K, steps):
     return closes
 
 
-Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes")
+Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes fwd_stage bwd_stage")
 
 
 @lru_cache(maxsize=None)
@@ -991,7 +1038,7 @@ def shared_limit():
         return SHARED_BYTES
 
 
-def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None):
+def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, stage=None):
     """How the persistent kernels split the rows and hidden units, or None where they
     cannot run.
 
@@ -1008,7 +1055,9 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None):
     faster than one group and items of 2.  Blocks of 512 threads (registers capped at 128,
     see PERSISTENT_JIT) hide more of the step's memory latency than 256; 256 where
     512 do not fit.  The simulator runs one block that loops over every part (so the
-    partition logic is tested there too).
+    partition logic is tested there too).  With ``stage`` (None: ``STAGE_ROWS``) a loop
+    stages its part's rows of h (forward) or δz (backward) in shared memory where they
+    fit besides the rest: ``fwd_stage`` / ``bwd_stage`` rows (0: not staged).
     """
     rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
     rows = (4 if -(-B // rgroups) >= 4 else 2) if item_rows is None else int(item_rows)
@@ -1021,12 +1070,19 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None):
     ugroups = -(-H // nu)
     pad4 = lambda n: (n + 3) // 4 * 4
     v = 2 * pad4(nu) * H if hgr else 0
+    stage = STAGE_ROWS if stage is None else stage
+    nrg = -(-B // rgroups)                       # rows a part may have
+    limit = shared_limit()
     for threads in ((THREADS,) if SIM else (512, 256)):
         red = 4 * rows * (threads // TEAM) * (TEAM + 1)
         fwd = (pad4((G // H) * nu) * H + v + red) * itemsize
         bwd = (pad4(nu) * G + v + red) * itemsize
-        if max(fwd, bwd) <= shared_limit():
-            return Plan(ugroups, rgroups, rows, 1 if SIM else ugroups * rgroups, threads, fwd, bwd)
+        if max(fwd, bwd) <= limit:
+            fwd_stage = nrg if stage and fwd + nrg * H * itemsize <= limit else 0
+            bwd_stage = nrg if stage and bwd + nrg * G * itemsize <= limit else 0
+            return Plan(ugroups, rgroups, rows, 1 if SIM else ugroups * rgroups, threads,
+                        fwd + fwd_stage * H * itemsize, bwd + bwd_stage * G * itemsize,
+                        fwd_stage, bwd_stage)
     return None
 
 
@@ -1188,6 +1244,7 @@ class CudaQLCell:
         self.path = path
         self.row_groups = None                 # persistent_plan's options (None: its defaults)
         self.item_rows = None
+        self.stage_rows = None                 # None: STAGE_ROWS
         self.cpu = cpu_cell
         self.prefix, self.H, self.psug, self.hgr = cpu_cell.prefix, cpu_cell.H, cpu_cell.psug, cpu_cell.hgr
         self.K, self.reverse, self.dtype = cpu_cell.K, cpu_cell.reverse, cpu_cell.dtype
@@ -1209,7 +1266,7 @@ class CudaQLCell:
         if self.path != "persistent":
             return None
         return persistent_plan(B, self.H, G, np.dtype(self.dtype).itemsize, self.hgr, self.row_groups,
-                               self.item_rows)
+                               self.item_rows, self.stage_rows)
 
     def forward(self, x, lengths, st, need_grad=True):
         out = self.forward_device(cuda.to_device(x), lengths, st, self.device_params(), need_grad)
@@ -1274,11 +1331,13 @@ class CudaQLCell:
         if plan is not None:
             hbuf, mbuf, Sbuf = bufs["hbuf"], bufs["mbuf"], bufs["S"]
             launch_persistent(
-                persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS)["persistent_forward"],
+                persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
+                                   plan.fwd_stage > 0)["persistent_forward"],
                 plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
-                P["b_r"], steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
+                P["b_r"], steps, K, plan.ugroups, plan.rgroups, plan.fwd_stage, self.psug, self.hgr,
+                self.reverse)
             h, m = hbuf[steps % 2], mbuf[int(closes.sum()) % 2]
         else:
             h, m, S = bufs["h"], bufs["m"], bufs["S"]
@@ -1329,12 +1388,13 @@ class CudaQLCell:
         if plan is not None:
             DZbuf = bufs["DZbuf"]
             launch_persistent(
-                persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS)["persistent_backward"],
+                persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
+                                   plan.bwd_stage > 0)["persistent_backward"],
                 plan, plan.bwd_bytes,
                 DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,
                 cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
-                steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
+                steps, K, plan.ugroups, plan.rgroups, plan.bwd_stage, self.psug, self.hgr, self.reverse)
         else:
             DZ_step, dhU = bufs["DZbuf"][0], bufs["dhU"]
             grid = grid_for(B * H)

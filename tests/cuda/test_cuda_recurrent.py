@@ -91,6 +91,48 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, load
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
+@pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
+def test_staged_rows_equal_unstaged_bitwise(psug, hgr, monkeypatch):
+    """With stage_rows the persistent loops copy a part's rows of h (forward) and δz
+    (backward) into shared memory and team_dot reads them there: the same sums in the same
+    order, so every output, state and gradient equals the unstaged loops' to the last bit
+    (and the CPU layer's).  Two row groups of 3 and 2 rows: the second part's rows start at
+    r0 = 3 (team_dot's row offset); 2 loads per pass: a thread stages 3 rows in two batches."""
+    from qlnumba.gpu import recurrent as rec
+    monkeypatch.setattr(rec, "TEAM_LOADS", 2)
+    B, row_groups = 5, 2
+    rng = make_rng(67)
+    T, E, H = 2, 2, 10
+    kw = dict(psug=psug, hgr=hgr, block_size=2, dtype=np.float64, seed=9)
+    cpu = qlnumba.QLLSTM(E, H, **kw)
+    for p in cpu.params.values():
+        p[...] = 0.5 * rng.standard_normal(p.shape)
+    x = rng.standard_normal((B, T, E))
+    lengths = rng.integers(1, T + 1, B)
+    dout = rng.standard_normal((B, T, H))
+    results = []
+    for stage in (False, True):
+        gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
+        for name, p in cpu.params.items():
+            gpu.params[name][...] = p
+        cell = gpu._cells[0][0]
+        cell.row_groups, cell.item_rows, cell.stage_rows = row_groups, 2, stage
+        plan = cell._plan(B, cell.cpu._p("U", 2).shape[0])
+        want = -(-B // row_groups) if stage else 0
+        assert (plan.rgroups, plan.fwd_stage, plan.bwd_stage) == (row_groups, want, want)
+        out, final = gpu.forward(x, lengths)
+        dx, grads = gpu.backward(dout)
+        results.append((out, final, dx, grads, gpu.dstate0))
+    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = results
+    assert np.array_equal(o1, o2) and np.array_equal(dx1, dx2)
+    for a, b in ((f1, f2), (s1, s2), (g1, g2)):
+        for k in a:
+            assert np.array_equal(a[k], b[k]), k
+    out, final = cpu.forward(x, lengths)
+    dx, grads = cpu.backward(dout)
+    assert_layers_agree(results[1], (out, final, dx, grads, cpu.dstate0), 1e-10)
+
+
 def test_persistent_plan_defaults_and_checks():
     """Two row groups from 16 rows up, items of 4 rows where a group has 4; bad item rows
     are refused."""
@@ -103,7 +145,7 @@ def test_persistent_plan_defaults_and_checks():
         persistent_plan(32, 8, 8, 8, True, item_rows=3)
     from qlnumba.gpu.recurrent import persistent_kernels
     with pytest.raises(ValueError, match="multiple of its item rows"):
-        persistent_kernels(np.dtype(np.float32), 4, 6)
+        persistent_kernels(np.dtype(np.float32), 4, 6, False)
 
 
 def test_device_argument_is_checked():

@@ -21,9 +21,9 @@ def run(*args):
 def test_gpu_benchmark_runs_with_its_options(tmp_path):
     out = tmp_path / "gpu.json"
     run("bench/gpu.py", "--shapes", "tiny", "--repeats", "1", "--team-loads", "32",
-        "--matmul-prefetch", "off", "--json-out", str(out))
+        "--matmul-prefetch", "off", "--stage-rows", "on", "--json-out", str(out))
     result = json.loads(out.read_text())
-    assert result["team_loads"] == 32 and result["matmul_prefetch"] is False
+    assert result["team_loads"] == 32 and result["matmul_prefetch"] is False and result["stage_rows"]
     assert set(result["shapes"]["tiny"]["train_tokens_per_s"]) >= {"qlnumba_ql_persistent",
                                                                     "qlnumba_lstm_persistent"}
 
