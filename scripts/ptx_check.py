@@ -141,6 +141,7 @@ def main():
         for name, d in real_persistent(dtype, rows, loads, stage).items()}
     grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
+    team_loads = grec.TEAM_LOADS
     for dtype in (np.float32, np.float64):
         B, T, E, H = 3, 5, 2, 4
         x = rng.standard_normal((B, T, E)).astype(dtype)
@@ -158,7 +159,7 @@ def main():
                         cell.path, cell.item_rows, cell.stage_rows = path, rows, stage
                 layer.forward(x, lengths)
                 layer.backward(dout)
-        grec.TEAM_LOADS = 16
+        grec.TEAM_LOADS = team_loads
         for tile in grec.TILES:                       # every matrix-product tile
             grec.MATMUL_TILE = tile
             grec.matmul(grec.kernels(np.dtype(dtype)), cuda.to_device(np.zeros((2, 3), dtype)),
