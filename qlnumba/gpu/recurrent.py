@@ -68,7 +68,7 @@ TEAM_LOADS = 16
 # team_dot then reads them from there, instead of each team from L2 (a row is read by every
 # team whose columns need it: 2 to 8 times at (64, 1024, 300, 512)).  Off until timed on a
 # card (bench/gpu.py --stage-rows on).  ptxas at the 128-register cap: the staged float32
-# forward spills 464 bytes against 224 unstaged (the backward 236 against 200)
+# forward spills 340 bytes against 224 unstaged (the backward 236 against 200)
 STAGE_ROWS = False
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
@@ -788,9 +788,6 @@ def persistent_kernels(dtype, item_rows, loads, stage):
         ncol_pad = (ncol + 3) // 4 * 4
         nv = (nu + 3) // 4 * 4 * H if hgr else 0
         Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * H, nv, nstage * H)
-        # the staged rows (nstage, H); without staging a stand-in of the same type, never read
-        # (the reshape only where it is needed: it keeps shapes in local memory)
-        Xs = Xflat.reshape((nstage, H)) if stage else hbuf[0]
         resident = nparts == cuda.gridDim.x
         if resident:
             r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
@@ -806,6 +803,9 @@ def persistent_kernels(dtype, item_rows, loads, stage):
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             ncol, ncol_pad, H, H, False, hgr)
                 if stage:                                                       # U h_{t-1}
+                    # a view of the part's rows made here, not once before the loop (ptxas:
+                    # 340 bytes of spills against 464; persistent_backward is the other way)
+                    Xs = Xflat[:nr * H].reshape((nr, H))
                     stage_rows(Xs, hcur, r0, nr, H)
                     team_dot(hU, Xs, r0, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
                              lengths, s, rot)
@@ -861,7 +861,10 @@ def persistent_kernels(dtype, item_rows, loads, stage):
         ncol_pad = (nu + 3) // 4 * 4
         nv = ncol_pad * H if hgr else 0
         Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * G, nv, nstage * G)
-        Xs = Xflat.reshape((nstage, G)) if stage else DZbuf[0]     # as in persistent_forward
+        # the staged rows (nstage, G), made once (here ptxas spills 236 bytes against 324 for a
+        # view made per part, as in persistent_forward); without staging a stand-in of the
+        # same type, never read
+        Xs = Xflat.reshape((nstage, G)) if stage else DZbuf[0]
         resident = nparts == cuda.gridDim.x
         if resident:
             r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
