@@ -9,11 +9,8 @@ import sys
 
 import numpy as np
 
-if not hasattr(np, "row_stack"):
-    np.row_stack = np.vstack                   # numba-cuda 0.30 against numpy 2.5
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-SHAPES = {"tiny": (2, 4, 2, 3), "small": (32, 256, 128, 256), "large": (64, 1024, 300, 512)}
+from gpu import SHAPES  # noqa: E402  (bench/gpu.py's shapes; bench/ is the script's folder)
 
 
 def main():
@@ -21,9 +18,10 @@ def main():
     ap.add_argument("--kind", choices=("ql", "lstm"), default="ql")
     ap.add_argument("--shape", choices=tuple(SHAPES), default="large")
     args = ap.parse_args()
-    from numba import cuda
-
     import qlnumba
+    from qlnumba.gpu import get_cuda           # (it lets numba-cuda 0.30 run on numpy 2.5)
+
+    cuda = get_cuda()
     B, T, E, H = SHAPES[args.shape]
     rng = np.random.default_rng(0)
     psug = args.kind == "ql"
