@@ -3,7 +3,8 @@
 The same equations and buffers as ``qlnumba/kernels/recurrent.py`` (read that
 file first).  The products before and after the step loop (x W^T, the weight
 gradients) are register-blocked shared-memory launches (``matmul``, split k where
-the product has few tiles; ``pick_tile`` chooses the tile).  The step loop is either
+the product has few tiles; ``pick_tile`` chooses the tile), or, for float32 with
+MATMUL_TENSOR_CORES, TF32 tensor-core ones (``tensor_cores.py``).  The step loop is either
 
 - persistent (``persistent_forward`` / ``persistent_backward``, the default):
   one cooperative launch runs every step (``persistent_kernels``).  Block q owns
@@ -48,14 +49,29 @@ cuda = get_cuda()
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # matrix product tiles: (TY, TX) threads per block, TM x TN outputs each, k-slabs of BK;
 # PF = 1: the next slab is loaded into registers while the block computes on this one
-# (two shared buffers, one barrier per slab).  MATMUL_TILE names the one ``matmul`` uses
-Tile = namedtuple("Tile", "TY TX TM TN BK PF", defaults=(0,))
+# (two shared buffers, one barrier per slab).  MMA = 1 or 3: tensor cores, float32 only
+# (``tensor_cores``: TY x TX warps, each a TM x TN tile of C; TF32 inputs, one product
+# per mma, or three for float32 accuracy).  MATMUL_TILE names the one ``matmul`` uses
+Tile = namedtuple("Tile", "TY TX TM TN BK PF MMA", defaults=(0, 0))
 TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
-          "64x64pf": Tile(2, 2, 2, 2, 2, 1), "128x128pf": Tile(2, 2, 4, 4, 2, 1)} if SIM else
+          "64x64pf": Tile(2, 2, 2, 2, 2, 1), "128x128pf": Tile(2, 2, 4, 4, 2, 1),
+          "128x128tf32": Tile(2, 1, 16, 16, 16, 1, 1), "128x128tf32x3": Tile(2, 1, 16, 16, 16, 1, 3),
+          "128x128tf32k8": Tile(2, 1, 16, 16, 8, 1, 1), "128x128tf32x3k8": Tile(2, 1, 16, 16, 8, 1, 3)}
+         if SIM else
          {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8),
-          "64x64pf": Tile(16, 16, 4, 4, 16, 1), "128x128pf": Tile(16, 16, 8, 8, 8, 1)})
+          "64x64pf": Tile(16, 16, 4, 4, 16, 1), "128x128pf": Tile(16, 16, 8, 8, 8, 1),
+          # 8 warps of 64 x 32.  ptxas (scripts/ptx_check.py): tf32 252 registers, tf32x3 255 and
+          # 116 bytes of spills; with k-slabs of 8: 192 and 208, no spills (so "auto" takes
+          # tf32x3k8 for MATMUL_TENSOR_CORES = "tf32x3", until a card has timed them all)
+          "128x128tf32": Tile(2, 4, 64, 32, 16, 1, 1), "128x128tf32x3": Tile(2, 4, 64, 32, 16, 1, 3),
+          "128x128tf32k8": Tile(2, 4, 64, 32, 8, 1, 1), "128x128tf32x3k8": Tile(2, 4, 64, 32, 8, 1, 3)})
 MATMUL_TILE = "auto"                     # see pick_tile
 MATMUL_PREFETCH = True                   # "auto" takes the pf tiles (1.1-2.8x the plain ones' GFLOP/s, H100)
+# "auto" takes a tensor-core tile for float32 products: "off", "tf32" (TF32 inputs: 10
+# bits of mantissa, as cuDNN's default in PyTorch) or "tf32x3" (each input split into
+# two TF32 parts, three products: float32's accuracy).  Off until a card has timed them
+# (bench/gpu.py --tensor-cores)
+MATMUL_TENSOR_CORES = "off"
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
 MAX_BLOCKS = 2 if SIM else 1024
@@ -82,6 +98,11 @@ PERSISTENT_JIT = {} if SIM else {"max_registers": 128,
                                  "lineinfo": os.environ.get("QLNUMBA_CUDA_LINEINFO") == "1"}
 
 
+def block_threads(tile):
+    """Threads per block of a matrix-product tile: TY x TX, or TY x TX warps."""
+    return tile.TY * tile.TX * (32 if tile.MMA else 1)
+
+
 def grid_for(n):
     return max(1, min(MAX_BLOCKS, (n + THREADS - 1) // THREADS)), THREADS
 
@@ -102,7 +123,7 @@ def tile_functions(ftype, tile):
     """What both matrix-product kernels share, as inline device functions: the work
     items (tiles of C times chunks of k), where each value of a slab goes in shared
     memory, one k-slab's register-blocked products, and the tile's write."""
-    TY, TX, TM, TN, BK, _ = tile
+    TY, TX, TM, TN, BK = tile[:5]
     BM, BN = TM * TY, TN * TX
     TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
 
@@ -176,10 +197,15 @@ def matmul_kernel(dtype, tile):
     """The register-blocked matrix-product kernel for one float dtype and one ``Tile``
     (its sizes are compile-time constants: shared slabs and register blocks need them)."""
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
-    TY, TX, TM, TN, BK, PF = tile
+    TY, TX, TM, TN, BK = tile[:5]
     BM, BN = TM * TY, TN * TX                    # the (BM, BN) tile of C one block makes
     SLAB_A, SLAB_B = BK * BM, BK * BN
-    if PF:
+    if tile.MMA:
+        if ftype is not float32:
+            raise ValueError(f"tensor-core tiles take float32 only, not {np.dtype(dtype)}")
+        from .tensor_cores import tensor_core_matmul_kernel
+        return tensor_core_matmul_kernel(tile)
+    if tile.PF:
         return prefetch_matmul_kernel(ftype, tile)
     tile_count, tile_start, slot_a, slot_b, slab_product, store_tile = tile_functions(ftype, tile)
 
@@ -218,21 +244,19 @@ def matmul_kernel(dtype, tile):
     return matmul
 
 
-def prefetch_matmul_kernel(ftype, tile):
-    """``matmul_kernel``'s product (same arguments, same sums in the same order) with the
-    global loads of slab s+1 in flight while the block computes on slab s.
-
-    The plain kernel waits for each slab's loads from global memory with every warp of
-    the block stopped at the barrier.  Here each thread first loads its share of the
-    next slab into registers (``ra``, ``rb``), then runs the slab already in shared
-    memory, then stores its share into the other shared buffer: one barrier per slab."""
-    TY, TX, TM, TN, BK, _ = tile
+@lru_cache(maxsize=None)
+def slab_loaders(ftype, tile, lda, ldb):
+    """The prefetching kernels' slab moves, as inline device functions: ``load_a`` /
+    ``load_b`` put this thread's share of the next (BM, BK) slab of A / (BK, BN) slab of B
+    into registers (0 outside the matrix or the chunk of k); ``store`` puts them into
+    shared buffer ``buf``: sA[buf*BK*lda + kk*lda + m], sB[buf*BK*ldb + kk*ldb + n].  lda,
+    ldb: the shared rows' lengths (BM, BN, or padded: ``tensor_cores``)."""
+    TY, TX, TM, TN, BK = tile[:5]
     BM, BN = TM * TY, TN * TX
     SLAB_A, SLAB_B = BK * BM, BK * BN
-    SHARED_A, SHARED_B = 2 * SLAB_A, 2 * SLAB_B  # two buffers each (shapes must be constants)
-    NT = TX * TY                                 # threads per block
+    NT = block_threads(tile)
     LA, LB = -(-SLAB_A // NT), -(-SLAB_B // NT)  # slab values each thread loads
-    tile_count, tile_start, slot_a, slot_b, slab_product, store_tile = tile_functions(ftype, tile)
+    _, _, slot_a, slot_b, _, _ = tile_functions(ftype, tile)
 
     @cuda.jit(device=True, inline=True)
     def load_a(ra, A, M, sam, sak, m0, k0, k_end, tid):
@@ -253,17 +277,74 @@ def prefetch_matmul_kernel(ftype, tile):
 
     @cuda.jit(device=True, inline=True)
     def store(sA, sB, ra, rb, buf, sak, sbn, tid):
-        """The registers into shared buffer ``buf``: sA[buf*SLAB_A + kk*BM + mm], sB likewise."""
+        """The registers into shared buffer ``buf``."""
         for r in range(LA):
             e = tid + r * NT
             if e < SLAB_A:
                 mm, kk = slot_a(e, sak)
-                sA[buf * SLAB_A + kk * BM + mm] = ra[r]
+                sA[buf * BK * lda + kk * lda + mm] = ra[r]
         for r in range(LB):
             e = tid + r * NT
             if e < SLAB_B:
                 nn, kk = slot_b(e, sbn)
-                sB[buf * SLAB_B + kk * BN + nn] = rb[r]
+                sB[buf * BK * ldb + kk * ldb + nn] = rb[r]
+
+    return LA, LB, load_a, load_b, store
+
+
+@lru_cache(maxsize=None)
+def slab_pipeline(ftype, tile, lda, ldb, compute):
+    """The prefetching kernels' loop over one chunk of k, as an inline device function
+    ``run(acc, sA, sB, ra, rb, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k_begin, k_end, tid,
+    a0, b0, extra)``: slab 0 into shared buffer 0, then per slab the next one into
+    registers (``slab_loaders``), ``compute(acc, sA, sB, off_a, off_b, extra)`` on the one in
+    shared memory (off_a = buf*BK*lda + a0, off_b likewise: unsigned), the next one into
+    the other buffer, one barrier.  ``extra``: what compute needs besides (a tuple)."""
+    BK = tile.BK
+    _, _, load_a, load_b, store = slab_loaders(ftype, tile, lda, ldb)
+
+    @cuda.jit(device=True, inline=True)
+    def run(acc, sA, sB, ra, rb, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k_begin, k_end, tid,
+            a0, b0, extra):
+        load_a(ra, A, M, sam, sak, m0, k_begin, k_end, tid)
+        load_b(rb, Bm, N, sbk, sbn, n0, k_begin, k_end, tid)
+        store(sA, sB, ra, rb, 0, sak, sbn, tid)
+        cuda.syncthreads()
+        buf = 0
+        for k0 in range(k_begin, k_end, BK):
+            more = k0 + BK < k_end
+            if more:                                     # slab s+1 into registers
+                load_a(ra, A, M, sam, sak, m0, k0 + BK, k_end, tid)
+                load_b(rb, Bm, N, sbk, sbn, n0, k0 + BK, k_end, tid)
+            compute(acc, sA, sB, uint64(buf * BK * lda + a0), uint64(buf * BK * ldb + b0), extra)
+            if more:                                     # the other buffer: its last
+                store(sA, sB, ra, rb, 1 - buf, sak, sbn, tid)   # reads were before the
+            cuda.syncthreads()                           # previous barrier
+            buf = 1 - buf
+
+    return run
+
+
+def prefetch_matmul_kernel(ftype, tile):
+    """``matmul_kernel``'s product (same arguments, same sums in the same order) with the
+    global loads of slab s+1 in flight while the block computes on slab s.
+
+    The plain kernel waits for each slab's loads from global memory with every warp of
+    the block stopped at the barrier.  Here each thread first loads its share of the
+    next slab into registers (``ra``, ``rb``), then runs the slab already in shared
+    memory, then stores its share into the other shared buffer: one barrier per slab."""
+    TY, TX, TM, TN, BK = tile[:5]
+    BM, BN = TM * TY, TN * TX
+    SLAB_A, SLAB_B = BK * BM, BK * BN
+    SHARED_A, SHARED_B = 2 * SLAB_A, 2 * SLAB_B  # two buffers each (shapes must be constants)
+    tile_count, tile_start, _, _, slab_product, store_tile = tile_functions(ftype, tile)
+    LA, LB, _, _, _ = slab_loaders(ftype, tile, BM, BN)
+
+    @cuda.jit(device=True, inline=True)
+    def compute(acc, sA, sB, offa, offb, extra):
+        slab_product(acc, sA, sB, offa, offb)
+
+    run_chunk = slab_pipeline(ftype, tile, BM, BN, compute)
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
@@ -277,22 +358,8 @@ def prefetch_matmul_kernel(ftype, tile):
         tiles_n, tiles, items = tile_count(M, N, Kd, kchunk)
         for work in range(cuda.blockIdx.x, items, cuda.gridDim.x):
             m0, n0, split = tile_start(acc, work, tiles_n, tiles)
-            k_begin, k_end = split * kchunk, min(Kd, (split + 1) * kchunk)
-            load_a(ra, A, M, sam, sak, m0, k_begin, k_end, tid)
-            load_b(rb, Bm, N, sbk, sbn, n0, k_begin, k_end, tid)
-            store(sA, sB, ra, rb, 0, sak, sbn, tid)
-            cuda.syncthreads()
-            buf = 0
-            for k0 in range(k_begin, k_end, BK):
-                more = k0 + BK < k_end
-                if more:                                     # slab s+1 into registers
-                    load_a(ra, A, M, sam, sak, m0, k0 + BK, k_end, tid)
-                    load_b(rb, Bm, N, sbk, sbn, n0, k0 + BK, k_end, tid)
-                slab_product(acc, sA, sB, uint64(buf * SLAB_A + ty), uint64(buf * SLAB_B + tx))
-                if more:                                     # the other buffer: its last
-                    store(sA, sB, ra, rb, 1 - buf, sak, sbn, tid)   # reads were before the
-                cuda.syncthreads()                           # previous barrier
-                buf = 1 - buf
+            run_chunk(acc, sA, sB, ra, rb, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, split * kchunk,
+                      min(Kd, (split + 1) * kchunk), tid, ty, tx, ())
             store_tile(C, acc, M, N, m0, n0, split, ty, tx, accumulate)
 
     return matmul
@@ -938,18 +1005,25 @@ def multiprocessors():
     return 1 if SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
 
 
-def pick_tile(M, N, Kd):
+def pick_tile(M, N, Kd, dtype=np.float32):
     """``TILES[MATMUL_TILE]``; for "auto" the 128 x 128 tile where its blocks still fill
     every multiprocessor twice (it makes 1.5-1.7x the 64 x 64 tile's GFLOP/s on an H100,
     but a product of few tiles would leave most of the GPU idle), else the 64 x 64; their
     prefetching variants with MATMUL_PREFETCH (the default: on an H100 the prefetching
     tiles made 1.1-2.8x the plain ones' GFLOP/s on the large shape's products, most on
-    the weight gradients)."""
-    if MATMUL_TILE != "auto":
-        return TILES[MATMUL_TILE]
-    tiles, nsplit, _ = split_k(TILES["128x128"], M, N, Kd)
-    name = "128x128" if tiles * nsplit >= 2 * multiprocessors() else "64x64"
-    return TILES[name + ("pf" if MATMUL_PREFETCH else "")]
+    the weight gradients).  float32 with MATMUL_TENSOR_CORES: the tensor-core tile (k
+    split until it fills the GPU); float64 never takes one (the 128 x 128 prefetching
+    tile instead)."""
+    name = MATMUL_TILE
+    if name == "auto" and MATMUL_TENSOR_CORES != "off" and np.dtype(dtype) == np.float32:
+        name = {"tf32": "128x128tf32", "tf32x3": "128x128tf32x3k8"}[MATMUL_TENSOR_CORES]
+    if name == "auto":
+        tiles, nsplit, _ = split_k(TILES["128x128"], M, N, Kd)
+        name = "128x128" if tiles * nsplit >= 2 * multiprocessors() else "64x64"
+        name += "pf" if MATMUL_PREFETCH else ""
+    if TILES[name].MMA and np.dtype(dtype) != np.float32:
+        name = "128x128pf"
+    return TILES[name]
 
 
 def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False, scratch=new_scratch):
@@ -958,10 +1032,10 @@ def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False, scratch=
     Where the tiles of C are too few to fill the GPU and k is long (the weight
     gradients: k = B*T), k is split into chunks whose products are summed in chunk
     order afterwards (deterministic, no atomics), through ``scratch(n, dtype)``."""
-    tile = pick_tile(M, N, Kd)
+    tile = pick_tile(M, N, Kd, C.dtype)
     tiles, nsplit, kchunk = split_k(tile, M, N, Kd)
-    TX, TY = tile.TX, tile.TY
-    launch = matmul_kernel(np.dtype(C.dtype), tile)[min(tiles * nsplit, 4 * MAX_BLOCKS), (TX, TY)]
+    threads = block_threads(tile) if tile.MMA else (tile.TX, tile.TY)
+    launch = matmul_kernel(np.dtype(C.dtype), tile)[min(tiles * nsplit, 4 * MAX_BLOCKS), threads]
     if nsplit == 1:
         launch(C.reshape(C.size), A.reshape(A.size), Bm.reshape(Bm.size), M, N, Kd, sam, sak, sbk, sbn,
                accumulate, kchunk)

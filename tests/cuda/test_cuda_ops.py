@@ -169,6 +169,87 @@ def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
         np.testing.assert_allclose(C.copy_to_host(), want, rtol=1e-12, atol=1e-12)
 
 
+TENSOR_CORE_TILES = ["128x128tf32", "128x128tf32x3", "128x128tf32k8", "128x128tf32x3k8"]
+
+
+def tf32(a):
+    """float32 values rounded to TF32 as cvt.rna does: 10 bits of mantissa, to nearest,
+    ties away from zero (add half of the dropped 13 bits' range to the magnitude, cut)."""
+    bits = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return (((bits + 0x1000) & 0xFFFFE000) & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+
+
+def test_to_tf32_rounds_to_nearest_ties_away(monkeypatch):
+    """TF32 rounding (cvt.rna.tf32.f32 on a GPU) on values at, below and above half a TF32
+    step (2^-10 at 1), both signs, zero and a value TF32 holds exactly, seen through a
+    one-pass product with 1 (k = 1: C = tf32(x) tf32(1) + zeros, exact)."""
+    from qlnumba.gpu import recurrent as rec
+    cuda = rec.cuda
+    monkeypatch.setattr(rec, "MATMUL_TILE", "128x128tf32")
+    x = np.array([1 + 2**-11, 1 + 2**-12, 1 + 3 * 2**-12, -(1 + 2**-11), 0.0, 1.5 + 2**-10,
+                  3 * 2**-11 + 2**-23], np.float32)
+    want = np.array([1 + 2**-10, 1, 1 + 2**-10, -(1 + 2**-10), 0.0, 1.5 + 2**-10, 3 * 2**-11],
+                    np.float32)
+    C = cuda.to_device(np.zeros((x.size, 1), np.float32))
+    rec.matmul(rec.kernels(np.dtype(np.float32)), C, cuda.to_device(x),
+               cuda.to_device(np.ones(1, np.float32)), x.size, 1, 1, 1, 1, 1, 1)
+    np.testing.assert_array_equal(C.copy_to_host()[:, 0], want)
+    np.testing.assert_array_equal(tf32(x), want)        # the tests' own rounding agrees
+
+
+@pytest.mark.parametrize("tile", TENSOR_CORE_TILES)
+def test_tensor_core_tiles(tile, monkeypatch):
+    """float32 products on the tensor-core tiles (on a GPU: mma.sync; in the simulator: a
+    stand-in with the same fragment layout).  One pass (tf32) equals the product of the
+    TF32-rounded inputs up to float32 sums, and differs from the float32 product; three
+    passes (tf32x3) equal the float32 product.  k contiguous in A and B (x W^T), then m
+    and n contiguous with a long k (the weight gradients: split k), ragged edges over
+    several tiles of C, C + A B."""
+    from qlnumba.gpu import recurrent as rec
+    cuda = rec.cuda
+    monkeypatch.setattr(rec, "MATMUL_TILE", tile)
+    passes = rec.TILES[tile].MMA
+    rng = make_rng(69)
+    k = rec.kernels(np.dtype(np.float32))
+    for M, N, Kd, k_inner, accumulate in ((33, 9, 9, True, False), (5, 7, 64, False, True)):
+        if k_inner:
+            A, Bm = rng.standard_normal((M, Kd)), rng.standard_normal((N, Kd))
+            strides, At, Bt = (Kd, 1, 1, Kd), A, Bm.T
+        else:
+            A, Bm = rng.standard_normal((Kd, M)), rng.standard_normal((Kd, N))
+            strides, At, Bt = (1, M, N, 1), A.T, Bm
+        A, Bm = A.astype(np.float32), Bm.astype(np.float32)
+        At, Bt = At.astype(np.float32), Bt.astype(np.float32)
+        assert k_inner or rec.split_k(rec.TILES[tile], M, N, Kd)[1] > 1
+        C0 = rng.standard_normal((M, N)).astype(np.float32)
+        exact = At.astype(np.float64) @ Bt.astype(np.float64)
+        rounded = tf32(At).astype(np.float64) @ tf32(Bt).astype(np.float64)
+        scale = np.abs(exact).max()
+        C = cuda.to_device(C0.copy())
+        rec.matmul(k, C, cuda.to_device(A), cuda.to_device(Bm), M, N, Kd, *strides, accumulate)
+        got = C.copy_to_host().astype(np.float64) - (C0 if accumulate else 0)
+        if passes == 1:
+            assert np.abs(got - rounded).max() < 1e-5 * scale
+            assert np.abs(got - exact).max() > 1e-5 * scale     # TF32 was used
+        else:
+            assert np.abs(got - exact).max() < 2e-6 * scale
+
+
+def test_tensor_core_tiles_take_float32_only(monkeypatch):
+    """float64 products never take a tensor-core tile (pick_tile falls back to the
+    128 x 128 prefetching tile), and the kernel refuses float64 outright."""
+    from qlnumba.gpu import recurrent as rec
+    monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", "tf32x3")
+    assert rec.pick_tile(64, 64, 64, np.float32) == rec.TILES["128x128tf32x3k8"]
+    assert rec.pick_tile(64, 64, 64, np.float64) == rec.TILES["128x128pf"]
+    monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", "off")
+    monkeypatch.setattr(rec, "MATMUL_TILE", "128x128tf32")
+    assert rec.pick_tile(64, 64, 64, np.float64) == rec.TILES["128x128pf"]
+    assert rec.pick_tile(64, 64, 64, np.float32) == rec.TILES["128x128tf32"]
+    with pytest.raises(ValueError, match="float32 only"):
+        rec.matmul_kernel(np.dtype(np.float64), rec.TILES["128x128tf32"])
+
+
 @pytest.mark.parametrize("plain", ["64x64", "128x128"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_prefetch_tiles_equal_plain_bitwise(plain, dtype, monkeypatch):

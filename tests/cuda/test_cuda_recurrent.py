@@ -56,6 +56,31 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
     assert_layers_agree(results[1], results[0], tol)
 
 
+@pytest.mark.parametrize("psug,hgr,cores,tol", [(True, True, "tf32x3", 2e-5),
+                                                 (False, False, "tf32", 5e-3)],
+                         ids=["ql-tf32x3", "lstm-tf32"])
+def test_tensor_core_products_layer_equals_cpu(psug, hgr, cores, tol, monkeypatch):
+    """float32 layers whose products before and after the step loop run on tensor cores
+    (MATMUL_TENSOR_CORES): with three passes within float32's error of the CPU (the
+    simulator: 2.4e-7; one pass is off by 4.6e-4 (LSTM) to 9.1e-4 (QL-LSTM) there, so this
+    tolerance tells them apart); with one pass (TF32 inputs) within TF32's error."""
+    from qlnumba.gpu import recurrent as rec
+    monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", cores)
+    rng = make_rng(63)
+    B, T, E, H = 3, 5, 2, 3
+    kw = dict(num_layers=1, psug=psug, hgr=hgr, block_size=2, dtype=np.float32, seed=4)
+    layers = [qlnumba.QLLSTM(E, H, **kw), qlnumba.QLLSTM(E, H, device="cuda", **kw)]
+    x = rng.standard_normal((B, T, E)).astype(np.float32)
+    lengths = np.array([5, 2, 4])
+    dout = rng.standard_normal((B, T, H)).astype(np.float32)
+    results = []
+    for layer in layers:
+        out, final = layer.forward(x, lengths)
+        dx, grads = layer.backward(dout)
+        results.append((out, final, dx, grads, layer.dstate0))
+    assert_layers_agree(results[1], results[0], tol)
+
+
 @pytest.mark.parametrize("row_groups,item_rows,loads", [(1, 2, 16), (1, 4, 16), (2, 4, 16),
                                                          (3, 4, 16), (2, 4, 32)])
 @pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
