@@ -185,6 +185,10 @@ def main():
     ap.add_argument("--stage-rows", choices=("on", "off"), default=None,
                     help="the persistent loops stage their rows of h / δz in shared memory where "
                          "they fit (qlnumba.gpu.recurrent.STAGE_ROWS; default: the library's, off)")
+    ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
+                    help="the layers' float32 products on tensor cores: TF32 inputs, or three "
+                         "TF32 products for float32's accuracy (qlnumba.gpu.recurrent."
+                         "MATMUL_TENSOR_CORES; default: the library's, off)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     import numba
@@ -213,7 +217,9 @@ def main():
     if args.stage_rows:
         rec.STAGE_ROWS = args.stage_rows == "on"
     result["matmul_prefetch"], result["team_loads"] = rec.MATMUL_PREFETCH, rec.TEAM_LOADS
-    result["stage_rows"] = rec.STAGE_ROWS
+    if args.tensor_cores:
+        rec.MATMUL_TENSOR_CORES = args.tensor_cores
+    result["stage_rows"], result["tensor_cores"] = rec.STAGE_ROWS, rec.MATMUL_TENSOR_CORES
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

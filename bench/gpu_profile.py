@@ -70,6 +70,9 @@ def main():
                          "training step per shape and kind (cProfile)")
     ap.add_argument("--trainer", action="store_true",
                     help="also time CudaTrainer steps (IMDB sizes) and print a cProfile of one")
+    ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
+                    help="float32 products on tensor cores (qlnumba.gpu.recurrent."
+                         "MATMUL_TENSOR_CORES; default: the library's, off)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     global cuda                                # a module global: the simulator swaps it in kernels
@@ -77,6 +80,8 @@ def main():
 
     import qlnumba
     from qlnumba.gpu import recurrent as grec
+    if args.tensor_cores:
+        grec.MATMUL_TENSOR_CORES = args.tensor_cores
 
     real, real_matmul, real_persistent = grec.kernels, grec.matmul_kernel, grec.persistent_kernels
 
@@ -88,11 +93,11 @@ def main():
 
     grec.kernels, grec.persistent_kernels = timed_kernels, timed_persistent
     grec.matmul_kernel = lambda dtype, tile: Timed(
-        f"matmul {tile.TM * tile.TY}x{tile.TN * tile.TX}{'pf' if tile.PF else ''}", real_matmul(dtype, tile), cuda)
+        "matmul " + next((n for n, t in grec.TILES.items() if t == tile), str(tile)), real_matmul(dtype, tile), cuda)
     blocks = 1 if grec.SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
     counts = (1,) if grec.SIM else (1, 64, blocks)
     syncs = 20 if grec.SIM else 2000               # the simulator takes ~11 ms per grid sync
-    report = {"grid_sync_us": {f"{b} blocks x {grec.THREADS}": 1e6 * grid_sync_seconds(b, grec.THREADS, syncs)
+    report = {"tensor_cores": grec.MATMUL_TENSOR_CORES, "grid_sync_us": {f"{b} blocks x {grec.THREADS}": 1e6 * grid_sync_seconds(b, grec.THREADS, syncs)
                                for b in counts}}
     print(json.dumps(report), flush=True)
     rng = np.random.default_rng(0)

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # scripts/gpu-check.sh comparing the persistent kernels' settings side by side (row groups
 # 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
-# next to cuDNN, the matrix-product tiles (plain and prefetching) on the large shape's
-# products, a one-line-per-mode summary of the ratios, the defaults again with the options
-# in SECOND (default: --team-loads 32) and in THIRD (default: --stage-rows on; each checked
-# against the CPU too, tokens/s printed to set beside the first run's), then a profile of
-# the large shape and of CudaTrainer steps.  Files go to $OUT (or bench/results).  About
-# 6 minutes on an H100; SKIP_TESTS=1, SECOND=, THIRD= and SKIP_PROFILE=1 leave out the GPU
-# tests, the second and third runs and the profile;
+# next to cuDNN, the matrix-product tiles (plain, prefetching, tensor-core) on the large
+# shape's products, a one-line-per-mode summary of the ratios, then the defaults again with
+# each option set of VARIANTS ("|" between runs; default: --tensor-cores tf32x3, --tensor-cores
+# tf32, --team-loads 32, --stage-rows on; each checked against the CPU too, tokens/s printed
+# to set beside the first run's, all in one gpu_bench_variants.json: the device returns 8
+# files at most), then a profile of the large shape and of CudaTrainer steps.  Files go to
+# $OUT (or bench/results).  The profile runs with PROFILE_OPTIONS (default --tensor-cores tf32x3:
+# the ninth session profiled the defaults).  About 8 minutes on an H100; SKIP_TESTS=1, VARIANTS=
+# and SKIP_PROFILE=1 leave out the GPU tests, the variant runs and the profile;
 # ROW_GROUPS, ITEM_ROWS and MATMUL_TILES (empty: no tile timings) choose the variants.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
-MATMUL_TILES="${MATMUL_TILES-64x64,128x128,64x64pf,128x128pf}"
+MATMUL_TILES="${MATMUL_TILES-64x64,128x128,64x64pf,128x128pf,128x128tf32,128x128tf32x3,128x128tf32k8,128x128tf32x3k8}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups "${ROW_GROUPS:-1,2}" --item-rows "${ITEM_ROWS:-2,4}" \
     ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null
@@ -35,11 +37,11 @@ PYEOF
 # the library's defaults with other options, each checked against the CPU and timed
 with_options() {    # with_options NAME OPTIONS
     # shellcheck disable=SC2086
-    # its log stays out of $DEST (the device returns 8 files at most) unless the run fails
+    # its log and JSON stay in /tmp (the device returns 8 files at most) unless the run fails
     PYTHONPATH="$PWD" timeout 150 "$PY" bench/gpu.py --check --check-shapes small,large $2 \
-        --json-out "$DEST/gpu_bench_$1.json" > "/tmp/gpu_bench_$1.log" 2>&1 \
+        --json-out "/tmp/gpu_bench_$1.json" > "/tmp/gpu_bench_$1.log" 2>&1 \
         || { tail -30 "/tmp/gpu_bench_$1.log"; return; }
-    "$PY" - "$DEST/gpu_bench_$1.json" "$2" <<'PYEOF'
+    "$PY" - "/tmp/gpu_bench_$1.json" "$2" <<'PYEOF'
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(sys.argv[2], "max rel err", {k: max(max(v.values()) for v in d.values())
@@ -49,13 +51,27 @@ for n, row in r["shapes"].items():
                                for k, v in row[m + "_tokens_per_s"].items()} for m in ("train", "infer")})
 PYEOF
 }
-SECOND="${SECOND---team-loads 32}"
-THIRD="${THIRD---stage-rows on}"
-[ -z "$SECOND" ] || with_options second "$SECOND"
-[ -z "$THIRD" ] || with_options third "$THIRD"
+VARIANTS="${VARIANTS---tensor-cores tf32x3|--tensor-cores tf32|--team-loads 32|--stage-rows on}"
+IFS='|' read -ra RUNS <<< "$VARIANTS"
+for i in "${!RUNS[@]}"; do
+    rm -f "/tmp/gpu_bench_variant$i.json"
+    with_options "variant$i" "${RUNS[$i]}"
+done
+if [ "${#RUNS[@]}" -gt 0 ]; then    # every variant's JSON in one file, keyed by its options
+    "$PY" - "$DEST/gpu_bench_variants.json" "${RUNS[@]}" <<'PYEOF'
+import json, os, sys
+out = {}
+for i, opts in enumerate(sys.argv[2:]):
+    path = f"/tmp/gpu_bench_variant{i}.json"
+    out[opts] = json.load(open(path)) if os.path.exists(path) else None
+json.dump(out, open(sys.argv[1], "w"), indent=1)
+PYEOF
+fi
 if [ -z "${SKIP_PROFILE:-}" ]; then
+    # shellcheck disable=SC2086
     PYTHONPATH="$PWD" timeout 90 "$PY" bench/gpu_profile.py --shapes large --cprofile --trainer \
-        --json-out "$DEST/gpu_profile.json" 2>&1 | grep -v -i warn > "$DEST/gpu_profile.log"
+        ${PROFILE_OPTIONS---tensor-cores tf32x3} --json-out "$DEST/gpu_profile.json" 2>&1 \
+        | grep -v -i warn > "$DEST/gpu_profile.log"
     grep -o '"persistent_[a-z]*_us_per_step": [0-9.]*\|"host_overhead_ms": [0-9.]*\|"step_ms": [0-9.]*' \
         "$DEST/gpu_profile.log" | tr '\n' ' '
 fi

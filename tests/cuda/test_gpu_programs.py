@@ -21,14 +21,17 @@ def run(*args):
 def test_gpu_benchmark_runs_with_its_options(tmp_path):
     out = tmp_path / "gpu.json"
     run("bench/gpu.py", "--shapes", "tiny", "--repeats", "1", "--team-loads", "32",
-        "--matmul-prefetch", "off", "--stage-rows", "on", "--json-out", str(out))
+        "--matmul-prefetch", "off", "--stage-rows", "on", "--tensor-cores", "tf32x3",
+        "--json-out", str(out))
     result = json.loads(out.read_text())
     assert result["team_loads"] == 32 and result["matmul_prefetch"] is False and result["stage_rows"]
+    assert result["tensor_cores"] == "tf32x3"
     assert set(result["shapes"]["tiny"]["train_tokens_per_s"]) >= {"qlnumba_ql_persistent",
                                                                     "qlnumba_lstm_persistent"}
 
 
 def test_gpu_profile_and_ncu_driver_run():
-    assert "persistent_forward" in run("bench/gpu_profile.py", "--shapes", "tiny")
+    profile = run("bench/gpu_profile.py", "--shapes", "tiny", "--tensor-cores", "tf32")
+    assert "persistent_forward" in profile and "matmul 128x128tf32" in profile
     assert "two forward + backward calls done" in run("bench/ncu_driver.py", "--shape", "tiny",
                                                       "--kind", "lstm")
