@@ -134,10 +134,10 @@ def kernel_resources():
     out = {}
     for rows in (2, 4):
         for name, disp in rec.persistent_kernels(np.dtype(np.float32), rows, rec.TEAM_LOADS,
-                                                 rec.STAGE_ROWS).items():
+                                                 rec.STAGE_ROWS, rec.ITEM_COLS).items():
             for i, kern in enumerate(disp.overloads.values()):
-                out[f"{name} item rows {rows} [{i}]"] = {"registers": kern.regs_per_thread,
-                                                         "local_bytes": kern.local_mem_per_thread}
+                out[f"{name} item rows {rows} cols {rec.ITEM_COLS} [{i}]"] = {
+                    "registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
     return out
 
 
@@ -185,6 +185,9 @@ def main():
     ap.add_argument("--stage-rows", choices=("on", "off"), default=None,
                     help="the persistent loops stage their rows of h / δz in shared memory where "
                          "they fit (qlnumba.gpu.recurrent.STAGE_ROWS; default: the library's, off)")
+    ap.add_argument("--item-cols", type=int, choices=(4, 8), default=None,
+                    help="columns of one team_dot item in the persistent loops (qlnumba.gpu."
+                         "recurrent.ITEM_COLS; default: the library's, 4)")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
                          "TF32 products for float32's accuracy (qlnumba.gpu.recurrent."
@@ -219,7 +222,10 @@ def main():
     result["matmul_prefetch"], result["team_loads"] = rec.MATMUL_PREFETCH, rec.TEAM_LOADS
     if args.tensor_cores:
         rec.MATMUL_TENSOR_CORES = args.tensor_cores
+    if args.item_cols:
+        rec.ITEM_COLS = args.item_cols
     result["stage_rows"], result["tensor_cores"] = rec.STAGE_ROWS, rec.MATMUL_TENSOR_CORES
+    result["item_cols"] = rec.ITEM_COLS
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

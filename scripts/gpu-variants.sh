@@ -3,13 +3,18 @@
 # 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
 # next to cuDNN, the matrix-product tiles (plain, prefetching, tensor-core) on the large
 # shape's products, a one-line-per-mode summary of the ratios, then the defaults again with
-# each option set of VARIANTS ("|" between runs; default: --tensor-cores tf32x3, --tensor-cores
-# tf32, --team-loads 32, --stage-rows on; each checked against the CPU too, tokens/s printed
-# to set beside the first run's, all in one gpu_bench_variants.json: the device returns 8
-# files at most), then a profile of the large shape and of CudaTrainer steps.  Files go to
+# each option set of VARIANTS ("|" between runs; default: --tensor-cores tf32x3, --item-cols 8,
+# --stage-rows on; each checked against the CPU too, tokens/s printed to set beside the first
+# run's, all in one gpu_bench_variants.json: the device returns 8 files at most), then a
+# profile of the large shape and of CudaTrainer steps.  A device command may run 10 minutes:
+# more variants go in a second call, for example
+#   SKIP_TESTS=1 SKIP_PROFILE=1 MATMUL_TILES= ROW_GROUPS=default ITEM_ROWS=default \
+#   VARIANTS="--tensor-cores tf32x3 --item-cols 8 --stage-rows on|--team-loads 32|--tensor-cores tf32"
+# (its gpu_bench_variants.json replaces the first call's: copy that one out first).  Files go to
 # $OUT (or bench/results).  The profile runs with PROFILE_OPTIONS (default --tensor-cores tf32x3:
-# the ninth session profiled the defaults).  About 8 minutes on an H100; SKIP_TESTS=1, VARIANTS=
-# and SKIP_PROFILE=1 leave out the GPU tests, the variant runs and the profile;
+# the ninth session profiled the defaults).  About 8 minutes on an H100 (not yet run with three
+# variants); SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the GPU tests, the variant
+# runs and the profile;
 # ROW_GROUPS, ITEM_ROWS and MATMUL_TILES (empty: no tile timings) choose the variants.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +56,7 @@ for n, row in r["shapes"].items():
                                for k, v in row[m + "_tokens_per_s"].items()} for m in ("train", "infer")})
 PYEOF
 }
-VARIANTS="${VARIANTS---tensor-cores tf32x3|--tensor-cores tf32|--team-loads 32|--stage-rows on}"
+VARIANTS="${VARIANTS---tensor-cores tf32x3|--item-cols 8|--stage-rows on}"
 IFS='|' read -ra RUNS <<< "$VARIANTS"
 for i in "${!RUNS[@]}"; do
     rm -f "/tmp/gpu_bench_variant$i.json"

@@ -87,7 +87,9 @@ class Launcher:
             except Exception as exc:
                 raise RuntimeError(f"kernel {self.name} does not compile for sm_{self.cc[0]}{self.cc[1]} "
                                    f"with argument types {sig}") from exc
-            COMPILED[key] = ptx
+            # the register cap the kernel asks for (PERSISTENT_JIT): the device's linker applies
+            # it, compile_ptx does not, so ptxas gets it here
+            COMPILED[key] = (ptx, getattr(self.dispatcher, "targetoptions", {}).get("max_registers"))
 
 
 def wrap(kernel_dict, cc, device_functions=()):
@@ -103,11 +105,12 @@ def ptxas_report(cc):
         return
     arch = f"sm_{cc[0]}{cc[1]}"
     with tempfile.TemporaryDirectory() as tmp:
-        for i, ((name, sig), ptx) in enumerate(sorted(COMPILED.items(), key=lambda kv: kv[0][0])):
+        for i, ((name, sig), (ptx, maxreg)) in enumerate(sorted(COMPILED.items(), key=lambda kv: kv[0][0])):
             path = os.path.join(tmp, f"k{i}.ptx")
             with open(path, "w") as f:
                 f.write(ptx)
-            r = subprocess.run([exe, "-v", f"-arch={arch}", "-c", path, "-o", path + ".o"],
+            cap = [f"-maxrregcount={maxreg}"] if maxreg else []
+            r = subprocess.run([exe, "-v", f"-arch={arch}", *cap, "-c", path, "-o", path + ".o"],
                                capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(f"ptxas failed on {name}{sig}:\n{r.stderr}")
@@ -135,10 +138,10 @@ def main():
         real = module.kernels
         module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc, grec.DEVICE_FUNCTIONS))(real)
     real_persistent, real_matmul = grec.persistent_kernels, grec.matmul_kernel
-    grec.persistent_kernels = lambda dtype, rows, loads, stage: {   # one name per setting
-        name: Launcher(f"{name} item rows {rows} loads {loads}" + (" staged" if stage else ""),
+    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols=4: {   # one name per setting
+        name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}" + (" staged" if stage else ""),
                        d, cc)                   # (else the second would count as compiled)
-        for name, d in real_persistent(dtype, rows, loads, stage).items()}
+        for name, d in real_persistent(dtype, rows, loads, stage, cols).items()}
     grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
     team_loads = grec.TEAM_LOADS
@@ -148,15 +151,17 @@ def main():
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            for path, rows, loads, stage in ([(p, 2, 16, False) for p in grec.PATHS]
-                                             + [("persistent", 4, 16, False), ("persistent", 4, 32, False),
-                                                ("persistent", 4, 16, True)]):
+            for path, rows, loads, stage, cols in ([(p, 2, 16, False, 4) for p in grec.PATHS]
+                                                   + [("persistent", 4, 16, False, 4),
+                                                      ("persistent", 4, 32, False, 4),
+                                                      ("persistent", 4, 16, True, 4),
+                                                      ("persistent", 2, 16, False, 8)]):
                 grec.TEAM_LOADS = loads
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
                     for cell in row:
-                        cell.path, cell.item_rows, cell.stage_rows = path, rows, stage
+                        cell.path, cell.item_rows, cell.stage_rows, cell.item_cols = path, rows, stage, cols
                 layer.forward(x, lengths)
                 layer.backward(dout)
         grec.TEAM_LOADS = team_loads

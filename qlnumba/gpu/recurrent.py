@@ -31,7 +31,7 @@ Shapes legend (device arrays, C order)
     DP (B,NB,H) δ of the block gates, DP_step (B,H)
   persistent double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G); shared memory per
     block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward, V_s and V_m slices,
-    team partials (teams * 4 * item rows, TEAM + 1)
+    team partials (teams * item cols * item rows, TEAM + 1)
 Every kernel loops over its elements with a grid stride, so any launch shape is
 correct (the simulator runs few threads; a GPU runs many).
 """
@@ -79,6 +79,12 @@ MAX_BLOCKS = 2 if SIM else 1024
 # 16 is what the H100 runs measured; 32 halves the passes and compiles without spills in
 # the pass loop (ptxas, 128 registers), not yet timed (bench/gpu.py --team-loads 32)
 TEAM_LOADS = 16
+# columns of one team_dot item (4 or 8).  A step's loops read every row of h (or δz) from L2
+# once per group of ITEM_COLS columns: at (64, 1024, 300, 512) LSTM's forward and backward
+# each read 67 MB per step with 4 (about 16 µs at the ~4 TB/s the ninth session's step times
+# imply), 34 MB with 8.  With 8 the items default to 2 rows (the same 16 accumulators per
+# lane).  Not yet timed on a card (bench/gpu.py --item-cols 8)
+ITEM_COLS = 4
 # the persistent loops first copy their part's rows of h_{t-1} (forward) or δz_t (backward)
 # from global memory into shared memory, all threads at once, where they fit (persistent_plan):
 # team_dot then reads them from there, instead of each team from L2 (a row is read by every
@@ -648,22 +654,24 @@ DEVICE_FUNCTIONS = ("cell_forward", "cell_backward", "closes_at", "close_forward
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows, loads, stage):
+def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4):
     """The persistent step loops (and their device functions) for one float dtype,
-    ``team_dot`` items of ``item_rows`` rows, ``loads`` loads of h in flight per lane
-    and pass, and with ``stage`` the rows team_dot reads staged in shared memory
-    (``stage_rows``; compile-time constants: the register blocks need them, and the
-    loops without staging compile as if it did not exist)."""
+    ``team_dot`` items of ``item_rows`` rows x ``item_cols`` columns, ``loads`` loads of h
+    in flight per lane and pass, and with ``stage`` the rows team_dot reads staged in
+    shared memory (``stage_rows``; compile-time constants: the register blocks need them,
+    and the loops without staging compile as if it did not exist)."""
     if loads % item_rows or loads < item_rows:
         raise ValueError(f"team_dot's loads per pass ({loads}) must be a multiple of its "
                          f"item rows ({item_rows})")
+    if item_cols not in (4, 8):
+        raise ValueError(f"item_cols must be 4 or 8, got {item_cols!r}")
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
     k = kernels(np.dtype(dtype))
     cell_forward, cell_backward, closes_at = k["cell_forward"], k["cell_backward"], k["closes_at"]
     close_forward_cell, close_backward_cell = k["close_forward_cell"], k["close_backward_cell"]
     close_backward_finish_cell = k["close_backward_finish_cell"]
-    ROWS = item_rows
-    NOUT = 4 * ROWS                                     # outputs of one item
+    ROWS, COLS = item_rows, item_cols
+    NOUT = COLS * ROWS                                  # outputs of one item
     KPASS = loads // ROWS                               # k per pass: `loads` loads of X in flight
     NX = KPASS * ROWS                                   # (local array sizes must be constants)
     KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
@@ -700,7 +708,7 @@ def persistent_kernels(dtype, item_rows, loads, stage):
         array in global memory (xoff = 0) or the part's rows staged in shared memory
         (``stage_rows``, xoff = r0): the same sums in the same order.
 
-        Teams of TEAM threads take items of ROWS rows × 4 columns, team t of round base
+        Teams of TEAM threads take items of ROWS rows × COLS columns, team t of round base
         item (base + t + rot) % items, rows fastest: blocks that read the same rows of
         X start at different rows (``rot``), so they do not all ask L2 for the same
         lines at once.  A team's lanes split k (consecutive k: coalesced reads of X,
@@ -712,11 +720,11 @@ def persistent_kernels(dtype, item_rows, loads, stage):
         nthr = cuda.blockDim.x
         nteams = nthr // TEAM
         team, lane = tid // TEAM, tid % TEAM
-        ngrp = ncol_pad // 4
+        ngrp = ncol_pad // COLS
         nrq = (nr + ROWS - 1) // ROWS                    # groups of ROWS rows
         nitems = nrq * ngrp
         rend = r0 + nr
-        acc = cuda.local.array(NOUT, ftype)              # acc[r*4 + c]: row b0 + r, column c0 + c
+        acc = cuda.local.array(NOUT, ftype)              # acc[r*COLS + c]: row b0 + r, column c0 + c
         xv = cuda.local.array(NX, ftype)                 # xv[kk*ROWS + r] = X[row r, k + kk TEAM]
         rows = cuda.local.array(ROWS, uint64)
         for base in range(0, nitems, nteams):
@@ -726,7 +734,7 @@ def persistent_kernels(dtype, item_rows, loads, stage):
             if item < nitems:
                 item = (item + rot) % nitems
                 b0 = r0 + (item % nrq) * ROWS
-                c0 = (item // nrq) * 4
+                c0 = (item // nrq) * COLS
                 # unsigned indices: Numba then skips the negative-index wraparound code,
                 # which was most of the instructions of this loop
                 for r in range(ROWS):
@@ -740,18 +748,18 @@ def persistent_kernels(dtype, item_rows, loads, stage):
                             xv[kk * ROWS + r] = X[rows[r], k + uint64(kk * TEAM)]
                     for kk in range(KPASS):
                         kq = w + k + uint64(kk * TEAM)
-                        for c in range(4):
+                        for c in range(COLS):
                             u = Ush[kq + uint64(c) * kd]
                             for r in range(ROWS):
-                                acc[r * 4 + c] += u * xv[kk * ROWS + r]
+                                acc[r * COLS + c] += u * xv[kk * ROWS + r]
                     k += KSTEP
                 while k < kd:                                    # the rest, one k at a time
                     for r in range(ROWS):
                         xv[r] = X[rows[r], k]
-                    for c in range(4):
+                    for c in range(COLS):
                         u = Ush[w + k + uint64(c) * kd]
                         for r in range(ROWS):
-                            acc[r * 4 + c] += u * xv[r]
+                            acc[r * COLS + c] += u * xv[r]
                     k += TEAM1
             # partial i of lane l of team t at red[(NOUT t + i) (TEAM + 1) + l]: the padding
             # puts the outputs a warp sums below in different banks (with rows of exactly
@@ -761,12 +769,12 @@ def persistent_kernels(dtype, item_rows, loads, stage):
                 red[wr + i * TEAMP] = acc[i]
             cuda.syncthreads()
             for o in range(tid, nteams * NOUT, nthr):
-                tm, i = o // NOUT, o % NOUT              # team tm's output i: row b0 + i // 4, column c0 + i % 4
+                tm, i = o // NOUT, o % NOUT              # team tm's output i: row b0 + i // COLS, column c0 + i % COLS
                 item = base + tm
                 if item < nitems:
                     item = (item + rot) % nitems
-                    b = r0 + (item % nrq) * ROWS + i // 4
-                    c = (item // nrq) * 4 + i % 4
+                    b = r0 + (item % nrq) * ROWS + i // COLS
+                    c = (item // nrq) * COLS + i % COLS
                     if b < rend and c < ncol and c % nu < nq and s < lengths[b]:
                         # the TEAM lane partials in four interleaved chains (lanes l, l+4, ...),
                         # then the chains in order: a fixed order, a quarter of the latency
@@ -804,7 +812,7 @@ def persistent_kernels(dtype, item_rows, loads, stage):
         backward, as columns)."""
         load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose)
         if hgr:
-            nu_pad = (nu + 3) // 4 * 4
+            nu_pad = (nu + COLS - 1) // COLS * COLS
             load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, transpose)
             load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, transpose)
 
@@ -852,8 +860,8 @@ def persistent_kernels(dtype, item_rows, loads, stage):
         nparts = ugroups * rgroups
         nu = (H + ugroups - 1) // ugroups
         ncol = (G // H) * nu
-        ncol_pad = (ncol + 3) // 4 * 4
-        nv = (nu + 3) // 4 * 4 * H if hgr else 0
+        ncol_pad = (ncol + COLS - 1) // COLS * COLS
+        nv = (nu + COLS - 1) // COLS * COLS * H if hgr else 0
         Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * H, nv, nstage * H)
         resident = nparts == cuda.gridDim.x
         if resident:
@@ -893,7 +901,7 @@ def persistent_kernels(dtype, item_rows, loads, stage):
                     rot = q % ugroups
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 ncol, ncol_pad, H, H, False, hgr)
-                    nu_pad = (nu + 3) // 4 * 4
+                    nu_pad = (nu + COLS - 1) // COLS * COLS
                     team_dot(P, S, 0, Vs_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
                              rot)                                               # V_s s
                     team_dot(Q, m, 0, Vm_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
@@ -925,7 +933,7 @@ def persistent_kernels(dtype, item_rows, loads, stage):
         G = U.shape[0]
         nparts = ugroups * rgroups
         nu = (H + ugroups - 1) // ugroups
-        ncol_pad = (nu + 3) // 4 * 4
+        ncol_pad = (nu + COLS - 1) // COLS * COLS
         nv = ncol_pad * H if hgr else 0
         Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * G, nv, nstage * G)
         # the staged rows (nstage, G), made once (here ptxas spills 236 bytes against 324 for a
@@ -1100,7 +1108,8 @@ def closing_steps(lengths, n0, K, steps):
     return closes
 
 
-Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes fwd_stage bwd_stage")
+Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes fwd_stage bwd_stage "
+                         "item_cols")
 
 
 @lru_cache(maxsize=None)
@@ -1115,7 +1124,8 @@ def shared_limit():
         return SHARED_BYTES
 
 
-def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, stage=None):
+def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, stage=None,
+                    item_cols=None):
     """How the persistent kernels split the rows and hidden units, or None where they
     cannot run.
 
@@ -1134,10 +1144,14 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, sta
     512 do not fit.  The simulator runs one block that loops over every part (so the
     partition logic is tested there too).  With ``stage`` (None: ``STAGE_ROWS``) a loop
     stages its part's rows of h (forward) or δz (backward) in shared memory where they
-    fit besides the rest: ``fwd_stage`` / ``bwd_stage`` rows (0: not staged).
+    fit besides the rest: ``fwd_stage`` / ``bwd_stage`` rows (0: not staged).  Items of
+    ``item_cols`` columns (None: ``ITEM_COLS``; 4 or 8), 2 rows by default with 8.
     """
     rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
-    rows = (4 if -(-B // rgroups) >= 4 else 2) if item_rows is None else int(item_rows)
+    cols = ITEM_COLS if item_cols is None else int(item_cols)
+    if cols not in (4, 8):
+        raise ValueError(f"item_cols must be 4 or 8, got {item_cols!r}")
+    rows = (4 if -(-B // rgroups) >= 4 and cols == 4 else 2) if item_rows is None else int(item_rows)
     if rows not in (2, 4):
         raise ValueError(f"item_rows must be 2 or 4, got {item_rows!r}")
     blocks = min(3, H) * rgroups if SIM else multiprocessors()
@@ -1145,21 +1159,21 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, sta
         return None
     nu = -(-H // (blocks // rgroups))
     ugroups = -(-H // nu)
-    pad4 = lambda n: (n + 3) // 4 * 4
-    v = 2 * pad4(nu) * H if hgr else 0
+    pad = lambda n: (n + cols - 1) // cols * cols
+    v = 2 * pad(nu) * H if hgr else 0
     stage = STAGE_ROWS if stage is None else stage
     nrg = -(-B // rgroups)                       # rows a part may have
     limit = shared_limit()
     for threads in ((THREADS,) if SIM else (512, 256)):
-        red = 4 * rows * (threads // TEAM) * (TEAM + 1)
-        fwd = (pad4((G // H) * nu) * H + v + red) * itemsize
-        bwd = (pad4(nu) * G + v + red) * itemsize
+        red = cols * rows * (threads // TEAM) * (TEAM + 1)
+        fwd = (pad((G // H) * nu) * H + v + red) * itemsize
+        bwd = (pad(nu) * G + v + red) * itemsize
         if max(fwd, bwd) <= limit:
             fwd_stage = nrg if stage and fwd + nrg * H * itemsize <= limit else 0
             bwd_stage = nrg if stage and bwd + nrg * G * itemsize <= limit else 0
             return Plan(ugroups, rgroups, rows, 1 if SIM else ugroups * rgroups, threads,
                         fwd + fwd_stage * H * itemsize, bwd + bwd_stage * G * itemsize,
-                        fwd_stage, bwd_stage)
+                        fwd_stage, bwd_stage, cols)
     return None
 
 
@@ -1321,6 +1335,7 @@ class CudaQLCell:
         self.path = path
         self.row_groups = None                 # persistent_plan's options (None: its defaults)
         self.item_rows = None
+        self.item_cols = None                  # None: ITEM_COLS
         self.stage_rows = None                 # None: STAGE_ROWS
         self.cpu = cpu_cell
         self.prefix, self.H, self.psug, self.hgr = cpu_cell.prefix, cpu_cell.H, cpu_cell.psug, cpu_cell.hgr
@@ -1343,7 +1358,7 @@ class CudaQLCell:
         if self.path != "persistent":
             return None
         return persistent_plan(B, self.H, G, np.dtype(self.dtype).itemsize, self.hgr, self.row_groups,
-                               self.item_rows, self.stage_rows)
+                               self.item_rows, self.stage_rows, self.item_cols)
 
     def forward(self, x, lengths, st, need_grad=True):
         out = self.forward_device(cuda.to_device(x), lengths, st, self.device_params(), need_grad)
@@ -1409,7 +1424,7 @@ class CudaQLCell:
             hbuf, mbuf, Sbuf = bufs["hbuf"], bufs["mbuf"], bufs["S"]
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
-                                   plan.fwd_stage > 0)["persistent_forward"],
+                                   plan.fwd_stage > 0, plan.item_cols)["persistent_forward"],
                 plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
@@ -1466,7 +1481,7 @@ class CudaQLCell:
             DZbuf = bufs["DZbuf"]
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
-                                   plan.bwd_stage > 0)["persistent_backward"],
+                                   plan.bwd_stage > 0, plan.item_cols)["persistent_backward"],
                 plan, plan.bwd_bytes,
                 DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,

@@ -81,16 +81,20 @@ def test_tensor_core_products_layer_equals_cpu(psug, hgr, cores, tol, monkeypatc
     assert_layers_agree(results[1], results[0], tol)
 
 
-@pytest.mark.parametrize("row_groups,item_rows,loads", [(1, 2, 16), (1, 4, 16), (2, 4, 16),
-                                                         (3, 4, 16), (2, 4, 32)])
+@pytest.mark.parametrize("row_groups,item_rows,loads,item_cols", [
+    (1, 2, 16, 4), (1, 4, 16, 4), (2, 4, 16, 4), (3, 4, 16, 4), (2, 4, 32, 4), (1, 2, 16, 8),
+    (2, 4, 16, 8)])
 @pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
-def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, loads, monkeypatch):
+def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, loads, item_cols,
+                                          monkeypatch):
     """H = 30: every part holds several units and team_dot's passes run (eight k for items
     of 2 rows, four for 4; a team has 4 lanes in the simulator, and the tiny shapes above
     only reach its remainder loop); K = 1 closes a block at every step.  Two row groups:
     parts own rows [0, 2) or [2, 3) as well as units; three: one row each (a group shorter
     than an item, as many row groups make on a GPU).  Items of 2 or 4 rows (more than a
-    group has: rows repeat).  32 loads per pass: passes of eight k."""
+    group has: rows repeat).  32 loads per pass: passes of eight k.  Items of 8 columns:
+    a part's 10 units pad to 16 columns (LSTM backward, QL-LSTM, V_s and V_m), LSTM's
+    forward has 40."""
     from qlnumba.gpu import recurrent as rec
     monkeypatch.setattr(rec, "TEAM_LOADS", loads)
     rng = make_rng(63)
@@ -99,9 +103,10 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, load
     cpu = qlnumba.QLLSTM(E, H, **kw)
     gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
     cell = gpu._cells[0][0]
-    cell.row_groups, cell.item_rows = row_groups, item_rows
+    cell.row_groups, cell.item_rows, cell.item_cols = row_groups, item_rows, item_cols
     plan = cell._plan(B, cell.cpu._p("U", 2).shape[0])
-    assert plan is not None and (plan.rgroups, plan.item_rows) == (row_groups, item_rows)
+    assert plan is not None
+    assert (plan.rgroups, plan.item_rows, plan.item_cols) == (row_groups, item_rows, item_cols)
     for name, p in cpu.params.items():
         p[...] = 0.5 * rng.standard_normal(p.shape)
         gpu.params[name][...] = p
@@ -159,18 +164,24 @@ def test_staged_rows_equal_unstaged_bitwise(psug, hgr, monkeypatch):
 
 
 def test_persistent_plan_defaults_and_checks():
-    """Two row groups from 16 rows up, items of 4 rows where a group has 4; bad item rows
-    are refused."""
+    """Two row groups from 16 rows up, items of 4 rows where a group has 4 (of 2 with 8
+    columns); bad item rows and columns are refused."""
     from qlnumba.gpu.recurrent import persistent_plan
     big, small = persistent_plan(32, 8, 8, 8, True), persistent_plan(3, 8, 8, 8, True)
-    assert (big.rgroups, big.item_rows) == (2, 4)
+    assert (big.rgroups, big.item_rows, big.item_cols) == (2, 4, 4)
     assert (small.rgroups, small.item_rows) == (1, 2)
+    wide = persistent_plan(32, 8, 8, 8, True, item_cols=8)
+    assert (wide.item_rows, wide.item_cols) == (2, 8)
+    with pytest.raises(ValueError, match="item_cols"):
+        persistent_plan(32, 8, 8, 8, True, item_cols=6)
     assert persistent_plan(32, 8, 32, 8, False, row_groups=1, item_rows=2).item_rows == 2
     with pytest.raises(ValueError, match="item_rows"):
         persistent_plan(32, 8, 8, 8, True, item_rows=3)
     from qlnumba.gpu.recurrent import persistent_kernels
     with pytest.raises(ValueError, match="multiple of its item rows"):
         persistent_kernels(np.dtype(np.float32), 4, 6, False)
+    with pytest.raises(ValueError, match="item_cols"):
+        persistent_kernels(np.dtype(np.float32), 4, 16, False, 16)
 
 
 def test_device_argument_is_checked():
