@@ -124,6 +124,8 @@ def ptxas_report(cc):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cc", default="9.0")
+    ap.add_argument("--dtypes", default="float32,float64",
+                    help="the float types to compile for (scripts/test.sh runs one process per type)")
     args = ap.parse_args()
     cc = tuple(int(v) for v in args.cc.split("."))
     FakeDevice.compute_capability = cc
@@ -145,7 +147,7 @@ def main():
     grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
     team_loads = grec.TEAM_LOADS
-    for dtype in (np.float32, np.float64):
+    for dtype in (np.dtype(name).type for name in args.dtypes.split(",")):
         B, T, E, H = 3, 5, 2, 4
         x = rng.standard_normal((B, T, E)).astype(dtype)
         lengths = np.array([5, 2, 4])

@@ -68,7 +68,7 @@ TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
 MATMUL_TILE = "auto"                     # see pick_tile
 MATMUL_PREFETCH = True                   # "auto" takes the pf tiles (1.1-2.8x the plain ones' GFLOP/s, H100)
 # "auto" takes a tensor-core tile for float32 products: "off", "tf32" (TF32 inputs: 10
-# bits of mantissa, as cuDNN's default in PyTorch) or "tf32x3" (each input split into
+# bits of mantissa; PyTorch lets cuDNN use TF32 by default) or "tf32x3" (each input split into
 # two TF32 parts, three products: float32's accuracy).  Off until a card has timed them
 # (bench/gpu.py --tensor-cores)
 MATMUL_TENSOR_CORES = "off"
@@ -81,9 +81,9 @@ MAX_BLOCKS = 2 if SIM else 1024
 TEAM_LOADS = 16
 # columns of one team_dot item (4 or 8).  A step's loops read every row of h (or δz) from L2
 # once per group of ITEM_COLS columns: at (64, 1024, 300, 512) LSTM's forward and backward
-# each read 67 MB per step with 4 (about 16 µs at the ~4 TB/s the ninth session's step times
-# imply), 34 MB with 8.  With 8 the items default to 2 rows (the same 16 accumulators per
-# lane).  Not yet timed on a card (bench/gpu.py --item-cols 8)
+# each read 67 MB per step with 4 (17 and 10 µs at the bandwidths that the ninth session's
+# step times imply: bench/results/README.md), 34 MB with 8.  With 8 the items default to 2
+# rows (the same 16 accumulators per lane).  Not yet timed on a card (bench/gpu.py --item-cols 8)
 ITEM_COLS = 4
 # the persistent loops first copy their part's rows of h_{t-1} (forward) or δz_t (backward)
 # from global memory into shared memory, all threads at once, where they fit (persistent_plan):

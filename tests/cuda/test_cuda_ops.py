@@ -201,17 +201,19 @@ def test_to_tf32_rounds_to_nearest_ties_away(monkeypatch):
 def test_tensor_core_tiles(tile, monkeypatch):
     """float32 products on the tensor-core tiles (on a GPU: mma.sync; in the simulator: a
     stand-in with the same fragment layout).  One pass (tf32) equals the product of the
-    TF32-rounded inputs up to float32 sums, and differs from the float32 product; three
-    passes (tf32x3) equal the float32 product.  k contiguous in A and B (x W^T), then m
-    and n contiguous with a long k (the weight gradients: split k), ragged edges over
-    several tiles of C, C + A B."""
+    TF32-rounded inputs up to float32 sums, and differs from the float32 product by more
+    than 1e-5; three passes (tf32x3) equal the float32 product to 1e-5 (the simulator: 2e-7;
+    on a card the tensor cores' own order of additions).  k contiguous in A and B (x W^T),
+    ragged edges (over two tiles of C in the simulator); then m and n contiguous with a long
+    k (the weight gradients: split k, which on a GPU takes k of 256 and more), C + A B."""
     from qlnumba.gpu import recurrent as rec
     cuda = rec.cuda
     monkeypatch.setattr(rec, "MATMUL_TILE", tile)
     passes = rec.TILES[tile].MMA
     rng = make_rng(69)
     k = rec.kernels(np.dtype(np.float32))
-    for M, N, Kd, k_inner, accumulate in ((33, 9, 9, True, False), (5, 7, 64, False, True)):
+    long_k = 64 if rec.SIM else 512
+    for M, N, Kd, k_inner, accumulate in ((33, 9, 9, True, False), (5, 7, long_k, False, True)):
         if k_inner:
             A, Bm = rng.standard_normal((M, Kd)), rng.standard_normal((N, Kd))
             strides, At, Bt = (Kd, 1, 1, Kd), A, Bm.T
@@ -232,7 +234,7 @@ def test_tensor_core_tiles(tile, monkeypatch):
             assert np.abs(got - rounded).max() < 1e-5 * scale
             assert np.abs(got - exact).max() > 1e-5 * scale     # TF32 was used
         else:
-            assert np.abs(got - exact).max() < 2e-6 * scale
+            assert np.abs(got - exact).max() < 1e-5 * scale
 
 
 def test_tensor_core_tiles_take_float32_only(monkeypatch):

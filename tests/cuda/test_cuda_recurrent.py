@@ -56,14 +56,15 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
     assert_layers_agree(results[1], results[0], tol)
 
 
-@pytest.mark.parametrize("psug,hgr,cores,tol", [(True, True, "tf32x3", 2e-5),
+@pytest.mark.parametrize("psug,hgr,cores,tol", [(True, True, "tf32x3", 5e-5),
                                                  (False, False, "tf32", 5e-3)],
                          ids=["ql-tf32x3", "lstm-tf32"])
 def test_tensor_core_products_layer_equals_cpu(psug, hgr, cores, tol, monkeypatch):
     """float32 layers whose products before and after the step loop run on tensor cores
     (MATMUL_TENSOR_CORES): with three passes within float32's error of the CPU (the
     simulator: 2.4e-7; one pass is off by 4.6e-4 (LSTM) to 9.1e-4 (QL-LSTM) there, so this
-    tolerance tells them apart); with one pass (TF32 inputs) within TF32's error."""
+    tolerance, with room for a card's order of additions, still tells them apart); with
+    one pass (TF32 inputs) within TF32's error."""
     from qlnumba.gpu import recurrent as rec
     monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", cores)
     rng = make_rng(63)
