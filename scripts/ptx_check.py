@@ -157,7 +157,8 @@ def main():
                                                    + [("persistent", 4, 16, False, 4),
                                                       ("persistent", 4, 32, False, 4),
                                                       ("persistent", 4, 16, True, 4),
-                                                      ("persistent", 2, 16, False, 8)]):
+                                                      ("persistent", 2, 16, False, 8),
+                                                      ("persistent", 2, 16, True, 8)]):
                 grec.TEAM_LOADS = loads
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)

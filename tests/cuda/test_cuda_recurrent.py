@@ -82,10 +82,15 @@ def test_tensor_core_products_layer_equals_cpu(psug, hgr, cores, tol, monkeypatc
     assert_layers_agree(results[1], results[0], tol)
 
 
-@pytest.mark.parametrize("row_groups,item_rows,loads,item_cols", [
-    (1, 2, 16, 4), (1, 4, 16, 4), (2, 4, 16, 4), (3, 4, 16, 4), (2, 4, 32, 4), (1, 2, 16, 8),
-    (2, 4, 16, 8)])
-@pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
+WIDE_SETTINGS = [(1, 2, 16, 4), (1, 4, 16, 4), (2, 4, 16, 4), (3, 4, 16, 4), (2, 4, 32, 4)]
+
+
+@pytest.mark.parametrize("psug,hgr,row_groups,item_rows,loads,item_cols",
+                         [(False, False, *w) for w in WIDE_SETTINGS]
+                         + [(True, True, *w) for w in WIDE_SETTINGS]
+                         + [(False, False, 1, 2, 16, 8), (True, True, 2, 4, 16, 8)],
+                         ids=[f"{kind}-groups{g}-rows{r}-loads{n}" for kind in ("lstm", "ql")
+                              for g, r, n, _ in WIDE_SETTINGS] + ["lstm-2x8", "ql-4x8-groups2"])
 def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, loads, item_cols,
                                           monkeypatch):
     """H = 30: every part holds several units and team_dot's passes run (eight k for items
@@ -122,13 +127,15 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, load
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
-@pytest.mark.parametrize("psug,hgr", [(False, False), (True, True)], ids=["lstm", "ql"])
-def test_staged_rows_equal_unstaged_bitwise(psug, hgr, monkeypatch):
+@pytest.mark.parametrize("psug,hgr,item_cols", [(False, False, 4), (True, True, 4), (False, False, 8)],
+                         ids=["lstm", "ql", "lstm-8-columns"])
+def test_staged_rows_equal_unstaged_bitwise(psug, hgr, item_cols, monkeypatch):
     """With stage_rows the persistent loops copy a part's rows of h (forward) and δz
     (backward) into shared memory and team_dot reads them there: the same sums in the same
     order, so every output, state and gradient equals the unstaged loops' to the last bit
     (and the CPU layer's).  Two row groups of 3 and 2 rows: the second part's rows start at
-    r0 = 3 (team_dot's row offset); 2 loads per pass: a thread stages 3 rows in two batches."""
+    r0 = 3 (team_dot's row offset); 2 loads per pass: a thread stages 3 rows in two batches.
+    Also with items of 8 columns (``ITEM_COLS``)."""
     from qlnumba.gpu import recurrent as rec
     monkeypatch.setattr(rec, "TEAM_LOADS", 2)
     B, row_groups = 5, 2
@@ -148,6 +155,7 @@ def test_staged_rows_equal_unstaged_bitwise(psug, hgr, monkeypatch):
             gpu.params[name][...] = p
         cell = gpu._cells[0][0]
         cell.row_groups, cell.item_rows, cell.stage_rows = row_groups, 2, stage
+        cell.item_cols = item_cols
         plan = cell._plan(B, cell.cpu._p("U", 2).shape[0])
         want = -(-B // row_groups) if stage else 0
         assert (plan.rgroups, plan.fwd_stage, plan.bwd_stage) == (row_groups, want, want)
