@@ -1,28 +1,28 @@
 #!/usr/bin/env bash
-# scripts/gpu-check.sh comparing the persistent kernels' settings side by side (row groups
-# 1, 2 x team_dot items of 2, 4 rows, each checked against the CPU layer at both shapes)
-# next to cuDNN, the matrix-product tiles (plain, prefetching, tensor-core) on the large
-# shape's products, a one-line-per-mode summary of the ratios, then the defaults again with
-# each option set of VARIANTS ("|" between runs; default: --tensor-cores tf32x3, --item-cols 8,
-# --stage-rows on; each checked against the CPU too, tokens/s printed to set beside the first
-# run's, all in one gpu_bench_variants.json: the device returns 8 files at most), then a
-# profile of the large shape and of CudaTrainer steps.  A device command may run 10 minutes:
-# more variants go in a second call, for example
-#   SKIP_TESTS=1 SKIP_PROFILE=1 MATMUL_TILES= ROW_GROUPS=default ITEM_ROWS=default \
+# scripts/gpu-check.sh with the persistent kernels' default plan next to cuDNN (ROW_GROUPS and
+# ITEM_ROWS, for example 1,2 and 2,4, compare plans side by side, each checked against the CPU
+# layer at both shapes; the ninth session's runs chose the defaults), the matrix-product tiles
+# (plain, prefetching, tensor-core) on the large shape's products, a one-line-per-mode summary
+# of the ratios, then the defaults again with each option set of VARIANTS ("|" between runs;
+# default: --tensor-cores tf32x3, --item-cols 8, --stage-rows on; each checked against the CPU
+# too, tokens/s printed to set beside the first run's, all in one gpu_bench_variants.json: the
+# device returns 8 files at most), then a profile of the large shape and of CudaTrainer steps.
+# A device command may run 10 minutes: more variants go in a second call, for example
+#   SKIP_TESTS=1 SKIP_PROFILE=1 MATMUL_TILES= \
 #   VARIANTS="--tensor-cores tf32x3 --item-cols 8 --stage-rows on|--team-loads 32|--tensor-cores tf32"
-# (its gpu_bench_variants.json replaces the first call's: copy that one out first).  Files go to
-# $OUT (or bench/results).  The profile runs with PROFILE_OPTIONS (default --tensor-cores tf32x3:
-# the ninth session profiled the defaults).  About 8 minutes on an H100 (not yet run with three
-# variants); SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the GPU tests, the variant
-# runs and the profile;
-# ROW_GROUPS, ITEM_ROWS and MATMUL_TILES (empty: no tile timings) choose the variants.
+# (run locally, into bench/results, its gpu_bench_variants.json replaces the first call's).
+# Files go to $OUT (or bench/results).  The profile runs with PROFILE_OPTIONS (default
+# --tensor-cores tf32x3: the ninth session profiled the defaults).  About 7 minutes on an H100
+# (estimated: not yet run in this form); SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out
+# the GPU tests, the variant runs and the profile; MATMUL_TILES (empty: no tile timings) picks
+# the tiles.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
 MATMUL_TILES="${MATMUL_TILES-64x64,128x128,64x64pf,128x128pf,128x128tf32,128x128tf32x3,128x128tf32k8,128x128tf32x3k8}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
-    --check-shapes small,large --row-groups "${ROW_GROUPS:-1,2}" --item-rows "${ITEM_ROWS:-2,4}" \
+    --check-shapes small,large --row-groups "${ROW_GROUPS:-default}" --item-rows "${ITEM_ROWS:-default}" \
     ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null
 [ -n "${SKIP_TESTS:-}" ] || tail -1 "$DEST/gpu_cuda_tests.log"
 "$PY" - "$DEST/gpu_bench.json" <<'PYEOF'
