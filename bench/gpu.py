@@ -129,12 +129,15 @@ def time_matmul_tiles(tiles, shape, repeats, rng):
 
 
 def kernel_resources():
-    """Registers and local memory per thread of the compiled persistent kernels."""
+    """Registers and local memory per thread of the compiled persistent kernels (those the
+    layers ran: the forward from the PRELOAD_CELLS factory)."""
     from qlnumba.gpu import recurrent as rec
     out = {}
     for rows in (2, 4):
-        for name, disp in rec.persistent_kernels(np.dtype(np.float32), rows, rec.TEAM_LOADS,
-                                                 rec.STAGE_ROWS, rec.ITEM_COLS).items():
+        for name in ("persistent_forward", "persistent_backward"):
+            preload = rec.PRELOAD_CELLS and name == "persistent_forward"
+            disp = rec.persistent_kernels(np.dtype(np.float32), rows, rec.TEAM_LOADS, rec.STAGE_ROWS,
+                                          rec.ITEM_COLS, preload)[name]
             for i, kern in enumerate(disp.overloads.values()):
                 out[f"{name} item rows {rows} cols {rec.ITEM_COLS} [{i}]"] = {
                     "registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
@@ -189,6 +192,9 @@ def main():
     ap.add_argument("--item-cols", type=int, choices=(4, 8), default=None,
                     help="columns of one team_dot item in the persistent loops (qlnumba.gpu."
                          "recurrent.ITEM_COLS; default: the library's, 4)")
+    ap.add_argument("--preload-cells", choices=("on", "off"), default=None,
+                    help="the persistent forward loads each thread's first cell's inputs before "
+                         "team_dot (qlnumba.gpu.recurrent.PRELOAD_CELLS; default: the library's, off)")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
                          "TF32 products for float32's accuracy (qlnumba.gpu.recurrent."
@@ -225,8 +231,10 @@ def main():
         rec.MATMUL_TENSOR_CORES = args.tensor_cores
     if args.item_cols:
         rec.ITEM_COLS = args.item_cols
+    if args.preload_cells:
+        rec.PRELOAD_CELLS = args.preload_cells == "on"
     result["stage_rows"], result["tensor_cores"] = rec.STAGE_ROWS, rec.MATMUL_TENSOR_CORES
-    result["item_cols"] = rec.ITEM_COLS
+    result["item_cols"], result["preload_cells"] = rec.ITEM_COLS, rec.PRELOAD_CELLS
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

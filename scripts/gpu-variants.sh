@@ -9,7 +9,7 @@
 # device returns 8 files at most), then a profile of the large shape and of CudaTrainer steps.
 # A device command may run 10 minutes: more variants go in a second call, for example
 #   SKIP_TESTS=1 SKIP_PROFILE=1 MATMUL_TILES= \
-#   VARIANTS="--tensor-cores tf32x3 --item-cols 8 --stage-rows on|--team-loads 32|--tensor-cores tf32"
+#   VARIANTS="--tensor-cores tf32x3 --item-cols 8 --stage-rows on|--preload-cells on|--team-loads 32|--tensor-cores tf32"
 # (run locally, into bench/results, its gpu_bench_variants.json replaces the first call's).
 # Files go to $OUT (or bench/results).  The profile runs with PROFILE_OPTIONS (default
 # --tensor-cores tf32x3: the ninth session profiled the defaults).  About 7 minutes on an H100

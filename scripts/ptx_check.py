@@ -140,10 +140,11 @@ def main():
         real = module.kernels
         module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc, grec.DEVICE_FUNCTIONS))(real)
     real_persistent, real_matmul = grec.persistent_kernels, grec.matmul_kernel
-    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols=4: {   # one name per setting
-        name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}" + (" staged" if stage else ""),
-                       d, cc)                   # (else the second would count as compiled)
-        for name, d in real_persistent(dtype, rows, loads, stage, cols).items()}
+    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols=4, preload=False: {
+        name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}" + (" staged" if stage else "")
+                       + (" preload" if preload else ""),     # one name per setting (else the
+                       d, cc)                                 # second would count as compiled)
+        for name, d in real_persistent(dtype, rows, loads, stage, cols, preload).items()}
     grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
     team_loads = grec.TEAM_LOADS
@@ -153,13 +154,12 @@ def main():
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            for path, rows, loads, stage, cols in ([(p, 2, 16, False, 4) for p in grec.PATHS]
-                                                   + [("persistent", 4, 16, False, 4),
-                                                      ("persistent", 4, 32, False, 4),
-                                                      ("persistent", 4, 16, True, 4),
-                                                      ("persistent", 2, 16, False, 8),
-                                                      ("persistent", 2, 16, True, 8)]):
-                grec.TEAM_LOADS = loads
+            for path, rows, loads, stage, cols, preload in (
+                    [(p, 2, 16, False, 4, False) for p in grec.PATHS]
+                    + [("persistent", 4, 16, False, 4, False), ("persistent", 4, 32, False, 4, False),
+                       ("persistent", 4, 16, True, 4, False), ("persistent", 2, 16, False, 8, False),
+                       ("persistent", 2, 16, True, 8, False), ("persistent", 4, 16, False, 4, True)]):
+                grec.TEAM_LOADS, grec.PRELOAD_CELLS = loads, preload
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
@@ -167,7 +167,7 @@ def main():
                         cell.path, cell.item_rows, cell.stage_rows, cell.item_cols = path, rows, stage, cols
                 layer.forward(x, lengths)
                 layer.backward(dout)
-        grec.TEAM_LOADS = team_loads
+        grec.TEAM_LOADS, grec.PRELOAD_CELLS = team_loads, False
         for tile in grec.TILES:                       # every matrix-product tile
             grec.MATMUL_TILE = tile
             grec.matmul(grec.kernels(np.dtype(dtype)), cuda.to_device(np.zeros((2, 3), dtype)),

@@ -85,12 +85,17 @@ TEAM_LOADS = 16
 # step times imply: bench/results/README.md), 34 MB with 8.  With 8 the items default to 2
 # rows (the same 16 accumulators per lane).  Not yet timed on a card (bench/gpu.py --item-cols 8)
 ITEM_COLS = 4
+# the persistent forward loop issues each thread's first cell's loads of h, c, a, m and x W^T
+# (``cell_inputs``: from HBM, none of them written by team_dot) before its team_dot, so that
+# they are in flight while it runs, not waited for after it.  ptxas: 348 bytes of spills
+# against 172 without.  Not yet timed on a card (bench/gpu.py --preload-cells on)
+PRELOAD_CELLS = False
 # the persistent loops first copy their part's rows of h_{t-1} (forward) or δz_t (backward)
 # from global memory into shared memory, all threads at once, where they fit (persistent_plan):
 # team_dot then reads them from there, instead of each team from L2 (a row is read by every
 # team whose columns need it: 2 to 8 times at (64, 1024, 300, 512)).  Off until timed on a
-# card (bench/gpu.py --stage-rows on).  ptxas at the 128-register cap: the staged float32
-# forward spills 340 bytes against 224 unstaged (the backward 236 against 200)
+# card (bench/gpu.py --stage-rows on).  ptxas at the 128-register cap (scripts/ptx_check.py):
+# the staged float32 forward spills 464 bytes against 172 unstaged (the backward 236 against 200)
 STAGE_ROWS = False
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
@@ -394,35 +399,58 @@ def kernels(dtype):
             dst[(q * dst_stride + i) * H + k] = src[(q * src_stride + i) * H + k]
 
     @cuda.jit(device=True)
-    def cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma,
-                     beta, s, psug, hgr, reverse, bb, j):
-        """Step s of row bb, unit j: reads h_{t-1} from hcur, writes h_t to hnext (may be hcur).
+    def cell_inputs(hcur, c, m, a, Z, lengths, s, psug, hgr, reverse, bb, j):
+        """What step s of row bb, unit j reads besides U h and the parameters: (active,
+        pos, h_{t-1}, c_{t-1}, a, m, the step's 1 (PSUG) or 4 values of x W^T).  No team_dot
+        writes any of it, so the persistent loop can issue these loads before its team_dot
+        (``PRELOAD_CELLS``); idle rows (s >= length) read h alone."""
+        H = c.shape[1]
+        zero = ftype(0.0)
+        L = lengths[bb]
+        if s >= L:
+            return False, 0, hcur[bb, j], zero, zero, zero, zero, zero, zero, zero
+        pos = L - 1 - s if reverse else s
+        hprev, cprev = hcur[bb, j], c[bb, j]
+        a_old = a[bb, j] if hgr else zero
+        m_old = m[bb, j] if hgr else zero
+        z0 = Z[bb, pos, j]
+        z1 = Z[bb, pos, H + j] if not psug else zero
+        z2 = Z[bb, pos, 2 * H + j] if not psug else zero
+        z3 = Z[bb, pos, 3 * H + j] if not psug else zero
+        return True, pos, hprev, cprev, a_old, m_old, z0, z1, z2, z3
+
+    @cuda.jit(device=True, inline=True)
+    def no_cell_inputs():
+        """``cell_inputs``' type, nothing read (where no load is issued early)."""
+        zero = ftype(0.0)
+        return False, 0, zero, zero, zero, zero, zero, zero, zero, zero
+
+    @cuda.jit(device=True)
+    def cell_update(out, hnext, c, a, Z, GATES, C, CPREV, HPREV, hU, b, gamma, beta, psug, hgr,
+                    bb, j, inputs):
+        """Step s of row bb, unit j from its ``cell_inputs``: writes h_t to hnext.
 
         Every load comes before the first store.  As far as the compiler knows the
         arrays may alias, so it cannot move a load above a store, and loads separated by
         stores each wait for their own round trip to memory; issued together, they wait
         once.  The persistent loop pays this wait on every step (3-5% of an H100 step)."""
-        H = c.shape[1]
-        L = lengths[bb]
-        if s >= L:
-            hnext[bb, j] = hcur[bb, j]                                    # idle rows keep h
+        active, pos, hprev, cprev, a_old, m_old, z0, z1, z2, z3 = inputs
+        if not active:
+            hnext[bb, j] = hprev                                          # idle rows keep h
             return
-        pos = L - 1 - s if reverse else s
-        hprev, cprev = hcur[bb, j], c[bb, j]
-        a_old = a[bb, j] if hgr else ftype(0.0)
-        m_old = m[bb, j] if hgr else ftype(0.0)
+        H = c.shape[1]
         if psug:
-            z = Z[bb, pos, j] + hU[bb, j] + b[j]                        # z_t = W x + U h + b
+            z = z0 + hU[bb, j] + b[j]                                     # z_t = W x + U h + b
             pi = gamma[0, j] * z + beta[0, j]
             pf = gamma[1, j] * z + beta[1, j]
             pg = gamma[2, j] * z + beta[2, j]
             po = gamma[3, j] * z + beta[3, j]
             Z[bb, pos, j] = z
         else:
-            pi = Z[bb, pos, j] + (hU[bb, j] + b[j])                  # z_k = W_k x + (U_k h + b_k)
-            pf = Z[bb, pos, H + j] + (hU[bb, H + j] + b[H + j])
-            pg = Z[bb, pos, 2 * H + j] + (hU[bb, 2 * H + j] + b[2 * H + j])
-            po = Z[bb, pos, 3 * H + j] + (hU[bb, 3 * H + j] + b[3 * H + j])
+            pi = z0 + (hU[bb, j] + b[j])                                  # z_k = W_k x + (U_k h + b_k)
+            pf = z1 + (hU[bb, H + j] + b[H + j])
+            pg = z2 + (hU[bb, 2 * H + j] + b[2 * H + j])
+            po = z3 + (hU[bb, 3 * H + j] + b[3 * H + j])
             Z[bb, pos, j] = pi
             Z[bb, pos, H + j] = pf
             Z[bb, pos, 2 * H + j] = pg
@@ -443,6 +471,14 @@ def kernels(dtype):
             hhat += m_old                                                 # h_t = ĥ_t + m
         hnext[bb, j] = hhat
         out[bb, pos, j] = hhat
+
+    @cuda.jit(device=True)
+    def cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma,
+                     beta, s, psug, hgr, reverse, bb, j):
+        """Step s of row bb, unit j: reads h_{t-1} from hcur, writes h_t to hnext (may be
+        hcur): ``cell_inputs``, then ``cell_update``."""
+        cell_update(out, hnext, c, a, Z, GATES, C, CPREV, HPREV, hU, b, gamma, beta, psug, hgr,
+                    bb, j, cell_inputs(hcur, c, m, a, Z, lengths, s, psug, hgr, reverse, bb, j))
 
     @cuda.jit
     def step_forward(out, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma, beta,
@@ -644,22 +680,26 @@ def kernels(dtype):
                 carry_dh=carry_dh, column_sums=column_sums, column_sums_partial=column_sums_partial,
                 gate_param_partial=gate_param_partial, fill_zero=fill_zero, copy_rows=copy_rows,
                 # DEVICE_FUNCTIONS: the persistent kernels call them
-                cell_forward=cell_forward, cell_backward=cell_backward, closes_at=closes_at,
+                cell_forward=cell_forward, cell_inputs=cell_inputs, no_cell_inputs=no_cell_inputs,
+                cell_update=cell_update, cell_backward=cell_backward, closes_at=closes_at,
                 close_forward_cell=close_forward_cell, close_backward_cell=close_backward_cell,
                 close_backward_finish_cell=close_backward_finish_cell)
 
 
-DEVICE_FUNCTIONS = ("cell_forward", "cell_backward", "closes_at", "close_forward_cell",
+DEVICE_FUNCTIONS = ("cell_forward", "cell_inputs", "no_cell_inputs", "cell_update",
+                    "cell_backward", "closes_at", "close_forward_cell",
                     "close_backward_cell", "close_backward_finish_cell")
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4):
+def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4, preload=False):
     """The persistent step loops (and their device functions) for one float dtype,
     ``team_dot`` items of ``item_rows`` rows x ``item_cols`` columns, ``loads`` loads of h
-    in flight per lane and pass, and with ``stage`` the rows team_dot reads staged in
-    shared memory (``stage_rows``; compile-time constants: the register blocks need them,
-    and the loops without staging compile as if it did not exist)."""
+    in flight per lane and pass, with ``stage`` the rows team_dot reads staged in shared
+    memory (``stage_rows``), and with ``preload`` each thread's first forward cell's
+    ``cell_inputs`` loaded before team_dot (``PRELOAD_CELLS``; compile-time constants: the
+    register blocks need them, and the loops without an option compile as if it did not
+    exist)."""
     if loads % item_rows or loads < item_rows:
         raise ValueError(f"team_dot's loads per pass ({loads}) must be a multiple of its "
                          f"item rows ({item_rows})")
@@ -668,6 +708,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4):
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
     k = kernels(np.dtype(dtype))
     cell_forward, cell_backward, closes_at = k["cell_forward"], k["cell_backward"], k["closes_at"]
+    cell_inputs, no_cell_inputs, cell_update = k["cell_inputs"], k["no_cell_inputs"], k["cell_update"]
     close_forward_cell, close_backward_cell = k["close_forward_cell"], k["close_backward_cell"]
     close_backward_finish_cell = k["close_backward_finish_cell"]
     ROWS, COLS = item_rows, item_cols
@@ -877,9 +918,14 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4):
                 rot = q % ugroups
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             ncol, ncol_pad, H, H, False, hgr)
+                first = no_cell_inputs()
+                if preload and cuda.threadIdx.x < nr * nq:     # in flight during team_dot
+                    first = cell_inputs(hcur, c, m, a, Z, lengths, s, psug, hgr, reverse,
+                                        r0 + cuda.threadIdx.x // nq, u0 + cuda.threadIdx.x % nq)
                 if stage:                                                       # U h_{t-1}
-                    # a view of the part's rows made here, not once before the loop (ptxas:
-                    # 340 bytes of spills against 464; persistent_backward is the other way)
+                    # a view of the part's rows made here, not once before the loop (ptxas
+                    # spills: 340 bytes against 464 when written; since cell_inputs, 464 either
+                    # way, and 344 against 432 with 8-column items; the backward keeps one view)
                     Xs = Xflat[:nr * H].reshape((nr, H))
                     stage_rows(Xs, hcur, r0, nr, H)
                     team_dot(hU, Xs, r0, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
@@ -889,8 +935,12 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4):
                              lengths, s, rot)
                 for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
                     bb, j = r0 + e // nq, u0 + e % nq
-                    cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths,
-                                 b, gamma, beta, s, psug, hgr, reverse, bb, j)
+                    if preload and e == cuda.threadIdx.x:
+                        cell_update(out, hnext, c, a, Z, GATES, C, CPREV, HPREV, hU, b, gamma,
+                                    beta, psug, hgr, bb, j, first)
+                    else:
+                        cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU,
+                                     lengths, b, gamma, beta, s, psug, hgr, reverse, bb, j)
                     if hgr and closes_at(lengths, n0, s, K, bb):
                         S[bb, j] = a[bb, j] / K                           # s = a / K
             grid.sync()
@@ -1424,7 +1474,8 @@ class CudaQLCell:
             hbuf, mbuf, Sbuf = bufs["hbuf"], bufs["mbuf"], bufs["S"]
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
-                                   plan.fwd_stage > 0, plan.item_cols)["persistent_forward"],
+                                   plan.fwd_stage > 0, plan.item_cols,
+                                   PRELOAD_CELLS)["persistent_forward"],
                 plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],

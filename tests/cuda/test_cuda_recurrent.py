@@ -172,6 +172,43 @@ def test_staged_rows_equal_unstaged_bitwise(psug, hgr, item_cols, monkeypatch):
     assert_layers_agree(results[1], (out, final, dx, grads, cpu.dstate0), 1e-10)
 
 
+@pytest.mark.parametrize("psug,hgr,bidirectional", [(False, False, False), (True, True, True)],
+                         ids=["lstm", "ql-bidirectional"])
+def test_preloaded_cells_equal_bitwise(psug, hgr, bidirectional, monkeypatch):
+    """With PRELOAD_CELLS the persistent forward loads each thread's first cell's inputs
+    (cell_inputs) before team_dot and updates it from them after (cell_update): the same
+    loads and sums, so every output, state and gradient equals the plain loop's to the last
+    bit.  Ragged lengths (idle rows), both directions, 2 row groups (parts with several
+    cells per thread in the simulator: only the first is preloaded)."""
+    from qlnumba.gpu import recurrent as rec
+    B, T, E, H = 5, 3, 2, 6
+    rng = make_rng(68)
+    kw = dict(psug=psug, hgr=hgr, block_size=2, bidirectional=bidirectional, dtype=np.float64,
+              seed=9)
+    cpu = qlnumba.QLLSTM(E, H, **kw)
+    for p in cpu.params.values():
+        p[...] = 0.5 * rng.standard_normal(p.shape)
+    x = rng.standard_normal((B, T, E))
+    lengths = np.array([3, 1, 2, 3, 2])
+    dout = rng.standard_normal((B, T, 2 * H if bidirectional else H))
+    results = []
+    for preload in (False, True):
+        monkeypatch.setattr(rec, "PRELOAD_CELLS", preload)
+        gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
+        for name, p in cpu.params.items():
+            gpu.params[name][...] = p
+        for cell in gpu._cells[0]:
+            cell.row_groups = 2
+        out, final = gpu.forward(x, lengths)
+        dx, grads = gpu.backward(dout)
+        results.append((out, final, dx, grads, gpu.dstate0))
+    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = results
+    assert np.array_equal(o1, o2) and np.array_equal(dx1, dx2)
+    for a, b in ((f1, f2), (s1, s2), (g1, g2)):
+        for k in a:
+            assert np.array_equal(a[k], b[k]), k
+
+
 def test_persistent_plan_defaults_and_checks():
     """Two row groups from 16 rows up, items of 4 rows where a group has 4 (of 2 with 8
     columns); bad item rows and columns are refused."""
