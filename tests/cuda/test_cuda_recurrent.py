@@ -26,6 +26,15 @@ def assert_layers_agree(got, want, tol):
         assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
 
 
+def assert_layers_bitwise_equal(first, second):
+    """Two (out, final state, dx, grads, dstate0) results equal to the last bit."""
+    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = first, second
+    assert np.array_equal(o1, o2) and np.array_equal(dx1, dx2)
+    for a, b in ((f1, f2), (s1, s2), (g1, g2)):
+        for k in a:
+            assert np.array_equal(a[k], b[k]), k
+
+
 @pytest.mark.parametrize("path", ["persistent", "simple"])
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 2e-4)])
 @pytest.mark.parametrize("psug,hgr", SWITCHES, ids=["lstm", "psug", "hgr", "ql"])
@@ -162,11 +171,7 @@ def test_staged_rows_equal_unstaged_bitwise(psug, hgr, item_cols, monkeypatch):
         out, final = gpu.forward(x, lengths)
         dx, grads = gpu.backward(dout)
         results.append((out, final, dx, grads, gpu.dstate0))
-    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = results
-    assert np.array_equal(o1, o2) and np.array_equal(dx1, dx2)
-    for a, b in ((f1, f2), (s1, s2), (g1, g2)):
-        for k in a:
-            assert np.array_equal(a[k], b[k]), k
+    assert_layers_bitwise_equal(*results)
     out, final = cpu.forward(x, lengths)
     dx, grads = cpu.backward(dout)
     assert_layers_agree(results[1], (out, final, dx, grads, cpu.dstate0), 1e-10)
@@ -202,11 +207,7 @@ def test_preloaded_cells_equal_bitwise(psug, hgr, bidirectional, monkeypatch):
         out, final = gpu.forward(x, lengths)
         dx, grads = gpu.backward(dout)
         results.append((out, final, dx, grads, gpu.dstate0))
-    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = results
-    assert np.array_equal(o1, o2) and np.array_equal(dx1, dx2)
-    for a, b in ((f1, f2), (s1, s2), (g1, g2)):
-        for k in a:
-            assert np.array_equal(a[k], b[k]), k
+    assert_layers_bitwise_equal(*results)
 
 
 def test_persistent_plan_defaults_and_checks():
