@@ -133,7 +133,8 @@ def sigmoid_for(dtype):
 def tile_functions(ftype, tile):
     """What both matrix-product kernels share, as inline device functions: the work
     items (tiles of C times chunks of k), where each value of a slab goes in shared
-    memory, one k-slab's register-blocked products, and the tile's write."""
+    memory, one k-slab's register-blocked products, and the tile's write (value by value:
+    ``put``)."""
     TY, TX, TM, TN, BK = tile[:5]
     BM, BN = TM * TY, TN * TX
     TXU, TYU, BMU, BNU = (np.uint64(n) for n in (TX, TY, BM, BN))
@@ -187,20 +188,24 @@ def tile_functions(ftype, tile):
             offb += BNU
 
     @cuda.jit(device=True, inline=True)
+    def put(C, M, N, row, col, split, v, accumulate):
+        """C[row, col] of chunk ``split`` of C (+)= v, inside C only."""
+        if row < M and col < N:
+            if accumulate:
+                C[split * M * N + row * N + col] += v
+            else:
+                C[split * M * N + row * N + col] = v
+
+    @cuda.jit(device=True, inline=True)
     def store_tile(C, acc, M, N, m0, n0, split, ty, tx, accumulate):
         """The thread's outputs into chunk ``split`` of C (rows m0 + ty + TY i, columns
         n0 + tx + TX j), added to C's values with ``accumulate``."""
         for i in range(TM):
             row = m0 + ty + TY * i
             for j in range(TN):
-                col = n0 + tx + TX * j
-                if row < M and col < N:
-                    if accumulate:
-                        C[split * M * N + row * N + col] += acc[i, j]
-                    else:
-                        C[split * M * N + row * N + col] = acc[i, j]
+                put(C, M, N, row, n0 + tx + TX * j, split, acc[i, j], accumulate)
 
-    return tile_count, tile_start, slot_a, slot_b, slab_product, store_tile
+    return tile_count, tile_start, slot_a, slot_b, slab_product, store_tile, put
 
 
 @lru_cache(maxsize=None)
@@ -218,7 +223,7 @@ def matmul_kernel(dtype, tile):
         return tensor_core_matmul_kernel(tile)
     if tile.PF:
         return prefetch_matmul_kernel(ftype, tile)
-    tile_count, tile_start, slot_a, slot_b, slab_product, store_tile = tile_functions(ftype, tile)
+    tile_count, tile_start, slot_a, slot_b, slab_product, store_tile, _ = tile_functions(ftype, tile)
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
@@ -267,7 +272,7 @@ def slab_loaders(ftype, tile, lda, ldb):
     SLAB_A, SLAB_B = BK * BM, BK * BN
     NT = block_threads(tile)
     LA, LB = -(-SLAB_A // NT), -(-SLAB_B // NT)  # slab values each thread loads
-    _, _, slot_a, slot_b, _, _ = tile_functions(ftype, tile)
+    _, _, slot_a, slot_b, _, _, _ = tile_functions(ftype, tile)
 
     @cuda.jit(device=True, inline=True)
     def load_a(ra, A, M, sam, sak, m0, k0, k_end, tid):
@@ -348,7 +353,7 @@ def prefetch_matmul_kernel(ftype, tile):
     BM, BN = TM * TY, TN * TX
     SLAB_A, SLAB_B = BK * BM, BK * BN
     SHARED_A, SHARED_B = 2 * SLAB_A, 2 * SLAB_B  # two buffers each (shapes must be constants)
-    tile_count, tile_start, _, _, slab_product, store_tile = tile_functions(ftype, tile)
+    tile_count, tile_start, _, _, slab_product, store_tile, _ = tile_functions(ftype, tile)
     LA, LB, _, _, _ = slab_loaders(ftype, tile, BM, BN)
 
     @cuda.jit(device=True, inline=True)
@@ -717,6 +722,11 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4, preload=Fals
     NX = KPASS * ROWS                                   # (local array sizes must be constants)
     KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
 
+    @cuda.jit(device=True, inline=True)
+    def padded(n):
+        """n columns rounded up to whole items of COLS (slices of U, V_s, V_m in shared memory)."""
+        return (n + COLS - 1) // COLS * COLS
+
     @cuda.jit(device=True)
     def part_span(q, ugroups, rgroups, B, H):
         """Part q's rows [r0, r0 + nr) and hidden units [u0, u0 + nq): unit group q % ugroups
@@ -853,7 +863,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4, preload=Fals
         backward, as columns)."""
         load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose)
         if hgr:
-            nu_pad = (nu + COLS - 1) // COLS * COLS
+            nu_pad = padded(nu)
             load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, transpose)
             load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, transpose)
 
@@ -901,8 +911,8 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4, preload=Fals
         nparts = ugroups * rgroups
         nu = (H + ugroups - 1) // ugroups
         ncol = (G // H) * nu
-        ncol_pad = (ncol + COLS - 1) // COLS * COLS
-        nv = (nu + COLS - 1) // COLS * COLS * H if hgr else 0
+        ncol_pad = padded(ncol)
+        nv = padded(nu) * H if hgr else 0
         Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * H, nv, nstage * H)
         resident = nparts == cuda.gridDim.x
         if resident:
@@ -951,7 +961,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4, preload=Fals
                     rot = q % ugroups
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 ncol, ncol_pad, H, H, False, hgr)
-                    nu_pad = (nu + COLS - 1) // COLS * COLS
+                    nu_pad = padded(nu)
                     team_dot(P, S, 0, Vs_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
                              rot)                                               # V_s s
                     team_dot(Q, m, 0, Vm_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
@@ -983,7 +993,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4, preload=Fals
         G = U.shape[0]
         nparts = ugroups * rgroups
         nu = (H + ugroups - 1) // ugroups
-        ncol_pad = (nu + COLS - 1) // COLS * COLS
+        ncol_pad = padded(nu)
         nv = ncol_pad * H if hgr else 0
         Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * G, nv, nstage * G)
         # the staged rows (nstage, G), made once (here ptxas spills 236 bytes against 324 for a

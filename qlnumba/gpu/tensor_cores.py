@@ -119,7 +119,7 @@ def tensor_core_matmul_kernel(tile):
     XCH = TY * TX * MMA_XCH if SIM else 1
     # unsigned offsets (uint64 with int64 would be float64 in Numba's typing)
     A4, A8, B4, B8, EIGHT = (np.uint64(n) for n in (4 * LDA, 8 * LDA, 4 * LDB, 8 * LDB, 8))
-    tile_count, _, _, _, _, _ = tile_functions(float32, tile)
+    tile_count, _, _, _, _, _, put = tile_functions(float32, tile)
     LA, LB, _, _, _ = slab_loaders(float32, tile, LDA, LDB)
 
     @cuda.jit(device=True, inline=True)
@@ -164,16 +164,6 @@ def tensor_core_matmul_kernel(tile):
             offb += B8
 
     run_chunk = slab_pipeline(float32, tile, LDA, LDB, slab_mma)
-
-    @cuda.jit(device=True, inline=True)
-    def put(C, M, N, row, col, split_at, v, accumulate):
-        """C[row, col] of chunk ``split_at`` (+)= v, inside C only."""
-        if row < M and col < N:
-            at = split_at * M * N + row * N + col
-            if accumulate:
-                C[at] += v
-            else:
-                C[at] = v
 
     @cuda.jit(device=True, inline=True)
     def store_warp_tile(C, acc, M, N, r0, c0, split_at, g, t, accumulate):
