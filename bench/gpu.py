@@ -191,7 +191,7 @@ def main():
                          "they fit (qlnumba.gpu.recurrent.STAGE_ROWS; default: the library's, off)")
     ap.add_argument("--item-cols", type=int, choices=(4, 8), default=None,
                     help="columns of one team_dot item in the persistent loops (qlnumba.gpu."
-                         "recurrent.ITEM_COLS; default: the library's, 4)")
+                         "recurrent.ITEM_COLS; default: the library's, 8)")
     ap.add_argument("--preload-cells", choices=("on", "off"), default=None,
                     help="the persistent forward loads each thread's first cell's inputs before "
                          "team_dot (qlnumba.gpu.recurrent.PRELOAD_CELLS; default: the library's, off)")
@@ -199,6 +199,10 @@ def main():
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
                          "TF32 products for float32's accuracy (qlnumba.gpu.recurrent."
                          "MATMUL_TENSOR_CORES; default: the library's, off)")
+    ap.add_argument("--matmul-tile", default=None,
+                    help="the tile of the layers' matrix products, a name of qlnumba.gpu.recurrent."
+                         "TILES (qlnumba.gpu.recurrent.MATMUL_TILE; default: the library's, auto; "
+                         "float64 products never take a tensor-core tile)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     import numba
@@ -233,6 +237,11 @@ def main():
         rec.ITEM_COLS = args.item_cols
     if args.preload_cells:
         rec.PRELOAD_CELLS = args.preload_cells == "on"
+    if args.matmul_tile:
+        if args.matmul_tile not in rec.TILES:
+            ap.error(f"--matmul-tile: not one of {sorted(rec.TILES)}")
+        rec.MATMUL_TILE = args.matmul_tile
+    result["matmul_tile"] = rec.MATMUL_TILE
     result["stage_rows"], result["tensor_cores"] = rec.STAGE_ROWS, rec.MATMUL_TENSOR_CORES
     result["item_cols"], result["preload_cells"] = rec.ITEM_COLS, rec.PRELOAD_CELLS
     try:

@@ -2,25 +2,25 @@
 # scripts/gpu-check.sh with the persistent kernels' default plan next to cuDNN (ROW_GROUPS and
 # ITEM_ROWS, for example 1,2 and 2,4, compare plans side by side, each checked against the CPU
 # layer at both shapes; the ninth session's runs chose the defaults), the matrix-product tiles
-# (plain, prefetching, tensor-core) on the large shape's products, a one-line-per-mode summary
-# of the ratios, then the defaults again with each option set of VARIANTS ("|" between runs;
-# default: --tensor-cores tf32x3, --item-cols 8, --stage-rows on; each checked against the CPU
-# too, tokens/s printed to set beside the first run's, all in one gpu_bench_variants.json: the
-# device returns 8 files at most), then a profile of the large shape and of CudaTrainer steps.
-# A device command may run 10 minutes: more variants go in a second call, for example
-#   SKIP_TESTS=1 SKIP_PROFILE=1 MATMUL_TILES= \
-#   VARIANTS="--tensor-cores tf32x3 --item-cols 8 --stage-rows on|--preload-cells on|--team-loads 32|--tensor-cores tf32"
-# (run locally, into bench/results, its gpu_bench_variants.json replaces the first call's).
-# Files go to $OUT (or bench/results).  The profile runs with PROFILE_OPTIONS (default
-# --tensor-cores tf32x3: the ninth session profiled the defaults).  About 7 minutes on an H100
-# (estimated: not yet run in this form); SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out
-# the GPU tests, the variant runs and the profile; MATMUL_TILES (empty: no tile timings) picks
-# the tiles.
+# (MATMUL_TILES; empty: none) on the large shape's products, a one-line-per-mode summary of the
+# ratios, then the defaults again with each option set of VARIANTS ("|" between runs; default:
+# --tensor-cores tf32x3, --matmul-tile 128x128tf32x3as, --matmul-tile 128x128tf32x3as16,
+# --team-loads 32; each checked against the CPU too, tokens/s printed to set beside the first
+# run's, all in one gpu_bench_variants.json: the device returns 8 files at most), then a profile
+# of the large shape and of CudaTrainer steps with PROFILE_OPTIONS (default: none).
+# Files go to $OUT (or bench/results).  SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the
+# GPU tests, the variant runs and the profile.
+# Timings on an H100 (twelfth session): the GPU tests more than 170 s (63 of them ran in that
+# time), the defaults' run with 8 tiles about 2 minutes, each variant about 40 s.  A device
+# command may run 10 minutes, so two calls, for example:
+#   1. TEST_TIMEOUT=280 VARIANTS= SKIP_PROFILE=1 bash scripts/gpu-variants.sh
+#   2. SKIP_TESTS=1 MATMUL_TILES= bash scripts/gpu-variants.sh
+# (run locally, into bench/results, a call's files replace the previous call's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
-MATMUL_TILES="${MATMUL_TILES-64x64,128x128,64x64pf,128x128pf,128x128tf32,128x128tf32x3,128x128tf32k8,128x128tf32x3k8}"
+MATMUL_TILES="${MATMUL_TILES-128x128pf,128x128tf32,128x128tf32x3,128x128tf32x3k8,128x128tf32as,128x128tf32x3as,128x128tf32x3as16}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups "${ROW_GROUPS:-default}" --item-rows "${ITEM_ROWS:-default}" \
     ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null
@@ -56,7 +56,7 @@ for n, row in r["shapes"].items():
                                for k, v in row[m + "_tokens_per_s"].items()} for m in ("train", "infer")})
 PYEOF
 }
-VARIANTS="${VARIANTS---tensor-cores tf32x3|--item-cols 8|--stage-rows on}"
+VARIANTS="${VARIANTS---tensor-cores tf32x3|--matmul-tile 128x128tf32x3as|--matmul-tile 128x128tf32x3as16|--team-loads 32}"
 IFS='|' read -ra RUNS <<< "$VARIANTS"
 for i in "${!RUNS[@]}"; do
     rm -f "/tmp/gpu_bench_variant$i.json"
@@ -75,7 +75,7 @@ fi
 if [ -z "${SKIP_PROFILE:-}" ]; then
     # shellcheck disable=SC2086
     PYTHONPATH="$PWD" timeout 90 "$PY" bench/gpu_profile.py --shapes large --cprofile --trainer \
-        ${PROFILE_OPTIONS---tensor-cores tf32x3} --json-out "$DEST/gpu_profile.json" 2>&1 \
+        ${PROFILE_OPTIONS-} --json-out "$DEST/gpu_profile.json" 2>&1 \
         | grep -v -i warn > "$DEST/gpu_profile.log"
     grep -o '"persistent_[a-z]*_us_per_step": [0-9.]*\|"host_overhead_ms": [0-9.]*\|"step_ms": [0-9.]*' \
         "$DEST/gpu_profile.log" | tr '\n' ' '

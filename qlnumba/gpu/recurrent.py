@@ -49,28 +49,41 @@ cuda = get_cuda()
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # matrix product tiles: (TY, TX) threads per block, TM x TN outputs each, k-slabs of BK;
 # PF = 1: the next slab is loaded into registers while the block computes on this one
-# (two shared buffers, one barrier per slab).  MMA = 1 or 3: tensor cores, float32 only
+# (two shared buffers, one barrier per slab); PF = S >= 2, tensor-core tiles only: S slabs
+# in flight, copied by cp.async straight into S shared buffers.  MMA = 1 or 3: tensor cores, float32 only
 # (``tensor_cores``: TY x TX warps, each a TM x TN tile of C; TF32 inputs, one product
 # per mma, or three for float32 accuracy).  MATMUL_TILE names the one ``matmul`` uses
 Tile = namedtuple("Tile", "TY TX TM TN BK PF MMA", defaults=(0, 0))
 TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
           "64x64pf": Tile(2, 2, 2, 2, 2, 1), "128x128pf": Tile(2, 2, 4, 4, 2, 1),
           "128x128tf32": Tile(2, 1, 16, 16, 16, 1, 1), "128x128tf32x3": Tile(2, 1, 16, 16, 16, 1, 3),
-          "128x128tf32k8": Tile(2, 1, 16, 16, 8, 1, 1), "128x128tf32x3k8": Tile(2, 1, 16, 16, 8, 1, 3)}
+          "128x128tf32k8": Tile(2, 1, 16, 16, 8, 1, 1), "128x128tf32x3k8": Tile(2, 1, 16, 16, 8, 1, 3),
+          "128x128tf32as": Tile(2, 1, 16, 16, 8, 4, 1), "128x128tf32x3as": Tile(2, 1, 16, 16, 8, 4, 3),
+          "128x128tf32x3as16": Tile(2, 1, 16, 16, 16, 2, 3)}
          if SIM else
          {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8),
           "64x64pf": Tile(16, 16, 4, 4, 16, 1), "128x128pf": Tile(16, 16, 8, 8, 8, 1),
-          # 8 warps of 64 x 32.  ptxas (scripts/ptx_check.py): tf32 252 registers, tf32x3 255 and
-          # 116 bytes of spills; with k-slabs of 8: 192 and 208, no spills (so "auto" takes
-          # tf32x3k8 for MATMUL_TENSOR_CORES = "tf32x3", until a card has timed them all)
+          # 8 warps of 64 x 32.  ptxas (scripts/ptx_check.py): tf32 254 registers, tf32x3 255 and
+          # 112 bytes of spills; with k-slabs of 8: 192 and 250, no spills.  On an H100 the
+          # slabs of 16 made 3-8% more GFLOP/s than those of 8 (tf32x3, spills and all; before
+          # its sums moved out of the tensor cores: tensor_cores.mma3_into), so "auto" takes them
           "128x128tf32": Tile(2, 4, 64, 32, 16, 1, 1), "128x128tf32x3": Tile(2, 4, 64, 32, 16, 1, 3),
-          "128x128tf32k8": Tile(2, 4, 64, 32, 8, 1, 1), "128x128tf32x3k8": Tile(2, 4, 64, 32, 8, 1, 3)})
+          "128x128tf32k8": Tile(2, 4, 64, 32, 8, 1, 1), "128x128tf32x3k8": Tile(2, 4, 64, 32, 8, 1, 3),
+          # cp.async straight into shared memory, no registers on the way: k-slabs of 8, 4 buffers
+          # (35 KB), 3 slabs in flight; or slabs of 16, 2 buffers.  The tiles above made 15-23
+          # TFLOP/s on an H100 with one slab in flight in registers (bench/results/README.md).
+          # ptxas: 154 (tf32) and 168 (tf32x3) registers, no spills.  Not yet timed
+          "128x128tf32as": Tile(2, 4, 64, 32, 8, 4, 1), "128x128tf32x3as": Tile(2, 4, 64, 32, 8, 4, 3),
+          "128x128tf32x3as16": Tile(2, 4, 64, 32, 16, 2, 3)})
 MATMUL_TILE = "auto"                     # see pick_tile
 MATMUL_PREFETCH = True                   # "auto" takes the pf tiles (1.1-2.8x the plain ones' GFLOP/s, H100)
 # "auto" takes a tensor-core tile for float32 products: "off", "tf32" (TF32 inputs: 10
 # bits of mantissa; PyTorch lets cuDNN use TF32 by default) or "tf32x3" (each input split into
-# two TF32 parts, three products: float32's accuracy).  Off until a card has timed them
-# (bench/gpu.py --tensor-cores)
+# two TF32 parts, three products: float32's accuracy).  On an H100 (twelfth session) tf32x3
+# trained (64, 1024, 300, 512) 2-4% faster, but LSTM's weight gradients came out 20x further
+# from the CPU than with the float32 tiles (4.6e-5 of their largest value): the tensor cores'
+# sums truncate.  tensor_cores.mma3_into now adds each 8 k's products outside them.  Off until
+# a card has timed and checked that (bench/gpu.py --tensor-cores tf32x3 --check)
 MATMUL_TENSOR_CORES = "off"
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
@@ -81,10 +94,10 @@ MAX_BLOCKS = 2 if SIM else 1024
 TEAM_LOADS = 16
 # columns of one team_dot item (4 or 8).  A step's loops read every row of h (or δz) from L2
 # once per group of ITEM_COLS columns: at (64, 1024, 300, 512) LSTM's forward and backward
-# each read 67 MB per step with 4 (17 and 10 µs at the bandwidths that the ninth session's
-# step times imply: bench/results/README.md), 34 MB with 8.  With 8 the items default to 2
-# rows (the same 16 accumulators per lane).  Not yet timed on a card (bench/gpu.py --item-cols 8)
-ITEM_COLS = 4
+# each read 67 MB per step with 4, 34 MB with 8.  With 8 the items default to 2 rows (the same
+# 16 accumulators per lane).  On an H100 (twelfth session, bench/results/README.md) 8 trained
+# that shape 7.6% (QL-LSTM) and 11% (LSTM) faster than 4, with the same results to the bit
+ITEM_COLS = 8
 # the persistent forward loop issues each thread's first cell's loads of h, c, a, m and x W^T
 # (``cell_inputs``: from HBM, none of them written by team_dot) before its team_dot, so that
 # they are in flight while it runs, not waited for after it.  ptxas: 348 bytes of spills
@@ -221,6 +234,8 @@ def matmul_kernel(dtype, tile):
             raise ValueError(f"tensor-core tiles take float32 only, not {np.dtype(dtype)}")
         from .tensor_cores import tensor_core_matmul_kernel
         return tensor_core_matmul_kernel(tile)
+    if tile.PF > 1:
+        raise ValueError(f"cp.async slabs (PF > 1) are for tensor-core tiles only: {tile}")
     if tile.PF:
         return prefetch_matmul_kernel(ftype, tile)
     tile_count, tile_start, slot_a, slot_b, slab_product, store_tile, _ = tile_functions(ftype, tile)
@@ -1080,11 +1095,11 @@ def pick_tile(M, N, Kd, dtype=np.float32):
     prefetching variants with MATMUL_PREFETCH (the default: on an H100 the prefetching
     tiles made 1.1-2.8x the plain ones' GFLOP/s on the large shape's products, most on
     the weight gradients).  float32 with MATMUL_TENSOR_CORES: the tensor-core tile (k
-    split until it fills the GPU); float64 never takes one (the 128 x 128 prefetching
-    tile instead)."""
+    split until it fills the GPU); float64 never takes one: it gets the "auto" tile, or
+    the 128 x 128 prefetching tile where MATMUL_TILE names a tensor-core tile."""
     name = MATMUL_TILE
     if name == "auto" and MATMUL_TENSOR_CORES != "off" and np.dtype(dtype) == np.float32:
-        name = {"tf32": "128x128tf32", "tf32x3": "128x128tf32x3k8"}[MATMUL_TENSOR_CORES]
+        name = {"tf32": "128x128tf32", "tf32x3": "128x128tf32x3"}[MATMUL_TENSOR_CORES]
     if name == "auto":
         tiles, nsplit, _ = split_k(TILES["128x128"], M, N, Kd)
         name = "128x128" if tiles * nsplit >= 2 * multiprocessors() else "64x64"
@@ -1197,15 +1212,15 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, sta
     for each block to read per step, but more units, so larger slices of U.
     ``team_dot`` items of ``item_rows`` rows (2 or 4): 4 halves the rounds of a step.
     The defaults (None) were measured on an H100 (bench/results/README.md): two row
-    groups from 16 rows up (else one), items of 4 rows where a group has 4 rows (else
-    2); at (B, T, E, H) = (64, 1024, 300, 512) that trained QL-LSTM 17% and LSTM 20%
-    faster than one group and items of 2.  Blocks of 512 threads (registers capped at 128,
+    groups from 16 rows up (else one); with items of 4 columns, items of 4 rows where a
+    group has 4 rows (else 2): at (B, T, E, H) = (64, 1024, 300, 512) that trained
+    QL-LSTM 17% and LSTM 20% faster than one group and items of 2.  Blocks of 512 threads (registers capped at 128,
     see PERSISTENT_JIT) hide more of the step's memory latency than 256; 256 where
     512 do not fit.  The simulator runs one block that loops over every part (so the
     partition logic is tested there too).  With ``stage`` (None: ``STAGE_ROWS``) a loop
     stages its part's rows of h (forward) or δz (backward) in shared memory where they
     fit besides the rest: ``fwd_stage`` / ``bwd_stage`` rows (0: not staged).  Items of
-    ``item_cols`` columns (None: ``ITEM_COLS``; 4 or 8), 2 rows by default with 8.
+    ``item_cols`` columns (None: ``ITEM_COLS``, 8; or 4), 2 rows by default with 8.
     """
     rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
     cols = ITEM_COLS if item_cols is None else int(item_cols)

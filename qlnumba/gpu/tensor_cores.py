@@ -1,25 +1,30 @@
 """Matrix products on tensor cores, float32 only: ``mma.sync`` m16n8k8 with TF32 inputs.
 
 numba-cuda has no tensor-core API, so two instructions come in as inline PTX
-(``numba.cuda.extending.intrinsic``): ``to_tf32`` (cvt.rna.tf32.f32: round a float32 to
-TF32, 10 bits of mantissa, to nearest, ties away from zero) and ``mma_tf32`` (one warp:
+(``numba.cuda.extending.intrinsic``): ``to_tf32`` (cvt.rn.tf32.f32 on sm_90 and later,
+else cvt.rna: round a float32 to TF32, 10 bits of mantissa, to nearest, ties to even or
+away from zero: ``tf32_ties``) and ``mma_tf32`` (one warp:
 D (16,8) = A (16,8) B (8,8) + C, float32 sums).  The simulator cannot run PTX: there,
 ``to_tf32`` rounds the bits with numpy and ``mma_tf32`` is a warp-level stand-in that
 gathers the fragments in shared memory (see ``mma_tf32`` for the layout both follow).
 
 The kernel takes ``recurrent.matmul``'s arguments and makes the same product, with
 the prefetching kernel's loop over k (``recurrent.slab_pipeline``: slab s+1 on its way in
-registers while the warps compute on slab s).  MMA = 1: one product of the rounded
+registers while the warps compute on slab s), or for tiles with PF = S >= 2
+``async_pipeline``: ``cp.async`` copies S - 1 slabs straight into shared memory while the
+warps compute on one (inline PTX too; the simulator's stand-in lands each copy as late as
+the hardware may).  MMA = 1: one product of the rounded
 inputs (TF32: relative errors near 1e-3, as cuDNN's TF32 math).  MMA = 3: each input
 x = hi + lo, hi = tf32(x), lo = tf32(x - hi), and the sum lo_a hi_b + hi_a lo_b +
-hi_a hi_b (lo_a lo_b is below float32's last bit): float32's accuracy from three
+hi_a hi_b (lo_a lo_b is below float32's last bit), summed from zero on the tensor cores
+for each 8 k and added to C outside them (``mma3_into``): float32's accuracy from three
 tensor-core products.
 
 Shapes legend
   C (M, N) [+]= A (M, K) B (K, N), flat, A[m, k] = A[m*sam + k*sak], B[k, n] = B[k*sbk + n*sbn]
   a block: TY x TX warps, a (BM, BN) = (TY*TM, TX*TN) tile of C, k-slabs of BK
   a warp: a (TM, TN) tile = MI x NI mma tiles of (16, 8); lane = 4 g + t (g < 8, t < 4)
-  shared: sA[buf, kk, m] rows of BM + 8, sB[buf, kk, n] rows of BN + 8 (the padding puts
+  shared: sA[buf, kk, m] rows of BM + 8, sB[buf, kk, n] rows of BN + 8, buf < max(2, PF) (the padding puts
     the 32 lanes' fragment reads (kk = t, t + 4; m = g, g + 8) in 32 different banks)
 """
 from functools import lru_cache
@@ -28,19 +33,32 @@ import numpy as np
 from numba import float32, uint64
 
 from . import get_cuda
-from .recurrent import SIM, slab_loaders, slab_pipeline, tile_functions
+from .recurrent import SIM, block_threads, slab_loaders, slab_pipeline, tile_functions
 
 cuda = get_cuda()
 PAD = 8
 MMA_XCH = 16 * 8 + 8 * 8                 # simulator: one warp's A and B of an mma
 
 
+def tf32_ties():
+    """How the kernels round float32 to TF32: to nearest, ties to "even" (cvt.rn.tf32.f32,
+    one instruction on sm_90 and later, and the simulator's) or "away" from zero
+    (cvt.rna.tf32.f32, which sm_80 has, and which sm_90 runs as four instructions)."""
+    return "even" if SIM or cuda.get_current_device().compute_capability >= (9, 0) else "away"
+
+
 if SIM:
-    @cuda.jit(device=True)
-    def to_tf32(x):
-        """x rounded to TF32 (cvt.rna: to nearest, ties away from zero), as a float32."""
-        bits = int(np.float32(x).view(np.uint32))
-        return np.uint32(((bits + 0x1000) & 0xFFFFE000) & 0xFFFFFFFF).view(np.float32)
+    @lru_cache(maxsize=None)
+    def _rounder(ties):
+        @cuda.jit(device=True)
+        def to_tf32(x):
+            """x rounded to TF32 (10 bits of mantissa) to nearest, ties to even or away
+            from zero: half of the dropped 13 bits' range (less one for ties to even with
+            the kept last bit 0) added to the magnitude, then cut."""
+            bits = int(np.float32(x).view(np.uint32))
+            half = 0x1000 if ties == "away" else 0xFFF + ((bits >> 13) & 1)
+            return np.uint32(((bits + half) & 0xFFFFE000) & 0xFFFFFFFF).view(np.float32)
+        return to_tf32
 
     @cuda.jit(device=True)
     def mma_tf32(xch, warp, lane, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
@@ -58,24 +76,73 @@ if SIM:
         d = [c0, c1, c2, c3]
         for q in range(4):
             r, n = g + (q // 2) * 8, 2 * t + q % 2
+            exact = float(d[q])          # products of TF32 values are exact in float64
             for k in range(8):
-                d[q] = np.float32(d[q] + A[r * 8 + k] * Bf[k * 8 + n])
+                exact += float(A[r * 8 + k]) * float(Bf[k * 8 + n])
+            d[q] = toward_zero(exact)
         cuda.syncthreads()
         return d[0], d[1], d[2], d[3]
+
+    _in_flight = {}          # (block, thread) -> its committed groups of copies, the open one last
+
+    @cuda.jit(device=True)
+    def _groups():
+        key = (cuda.blockIdx.x, cuda.threadIdx.x)
+        if key not in _in_flight:
+            _in_flight[key] = [[]]
+        return _in_flight[key]
+
+    @cuda.jit(device=True)
+    def copy_async(dst, di, src, si, nbytes):
+        """The stand-in for ``cp.async`` (4 bytes; zeros where nbytes is 0): the copy lands
+        only at a wait for its group, as late as the hardware may land it, so that a read
+        of shared memory before its wait reads stale values here too."""
+        _groups()[-1].append((dst, di, src[si] if nbytes else np.float32(0.0)))
+
+    @cuda.jit(device=True)
+    def commit_copies():
+        _groups().append([])
+
+    @lru_cache(maxsize=None)
+    def copies_waiter(n):
+        """A device function that waits until at most n committed groups are in flight."""
+        @cuda.jit(device=True)
+        def wait_copies():
+            groups = _groups()
+            while len(groups) - 1 > n:
+                for dst, di, value in groups.pop(0):
+                    dst[di] = value
+        return wait_copies
+
+    def toward_zero(x):
+        """x rounded to float32 toward zero: the stand-in's model of the tensor cores'
+        float32 sums, which truncate (Fasi et al. 2021, "Numerical behavior of NVIDIA
+        tensor cores"; Ootomo and Yokota 2022).  The stand-in rounds each mma's exact sum
+        once; the hardware may round more often, never less."""
+        f = np.float32(x)
+        return np.nextafter(f, np.float32(0)) if abs(float(f)) > abs(x) else f
 else:
     from llvmlite import ir
     from numba.cuda import types
     from numba.cuda.extending import intrinsic
 
-    @intrinsic
-    def _cvt_tf32(typingctx, x):
-        sig = types.float32(types.float32)
+    @lru_cache(maxsize=None)
+    def _rounder(ties):
+        text = "cvt.rn.tf32.f32 $0, $1;" if ties == "even" else "cvt.rna.tf32.f32 $0, $1;"
 
-        def codegen(context, builder, sig, args):
-            cvt = ir.InlineAsm(ir.FunctionType(ir.IntType(32), [ir.FloatType()]),
-                               "cvt.rna.tf32.f32 $0, $1;", "=r,f")
-            return builder.bitcast(builder.call(cvt, [args[0]]), ir.FloatType())
-        return sig, codegen
+        @intrinsic
+        def cvt_tf32(typingctx, x):
+            sig = types.float32(types.float32)
+
+            def codegen(context, builder, sig, args):
+                cvt = ir.InlineAsm(ir.FunctionType(ir.IntType(32), [ir.FloatType()]), text, "=r,f")
+                return builder.bitcast(builder.call(cvt, [args[0]]), ir.FloatType())
+            return sig, codegen
+
+        @cuda.jit(device=True, inline=True)
+        def to_tf32(x):
+            return cvt_tf32(x)
+        return to_tf32
 
     @intrinsic
     def _mma(typingctx, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
@@ -93,15 +160,129 @@ else:
                                       [builder.extract_value(d, i) for i in range(4)])
         return sig, codegen
 
+    @intrinsic
+    def _cp_async(typingctx, dst, di, src, si, nbytes):
+        sig = types.void(dst, di, src, si, nbytes)
+
+        def codegen(context, builder, sig, args):
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            ptrs = [builder.ptrtoint(builder.gep(context.make_array(aty)(context, builder, ary).data,
+                                                 [idx]), i64)
+                    for ary, aty, idx in ((args[0], sig.args[0], args[1]), (args[2], sig.args[2], args[3]))]
+            n = context.cast(builder, args[4], sig.args[4], types.int32)
+            asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [i64, i64, i32]),
+                               "{ .reg .u64 t; .reg .u32 s; cvta.to.shared.u64 t, $0; cvt.u32.u64 s, t; "
+                               "cp.async.ca.shared.global [s], [$1], 4, $2; }", "l,l,r", side_effect=True)
+            builder.call(asm, ptrs + [n])
+            return context.get_dummy_value()
+        return sig, codegen
+
+    def _asm_statement(text):
+        @intrinsic
+        def statement(typingctx):
+            def codegen(context, builder, sig, args):
+                builder.call(ir.InlineAsm(ir.FunctionType(ir.VoidType(), []), text, "", side_effect=True), [])
+                return context.get_dummy_value()
+            return types.void(), codegen
+        return statement
+
+    _commit = _asm_statement("cp.async.commit_group;")
+
     @cuda.jit(device=True, inline=True)
-    def to_tf32(x):
-        return _cvt_tf32(x)
+    def copy_async(dst, di, src, si, nbytes):
+        """cp.async: dst[di] (shared) = src[si] (global), 4 bytes, on its way while the
+        thread goes on; nbytes 0 writes zeros instead (src[si] must still be an address)."""
+        _cp_async(dst, di, src, si, nbytes)
+
+    @cuda.jit(device=True, inline=True)
+    def commit_copies():
+        """cp.async.commit_group: the copies issued since the last commit form a group."""
+        _commit()
+
+    @lru_cache(maxsize=None)
+    def copies_waiter(n):
+        """A device function for cp.async.wait_group n: this thread waits until at most n
+        committed groups are in flight (then a barrier makes the copies seen by all)."""
+        wait = _asm_statement(f"cp.async.wait_group {n};")
+
+        @cuda.jit(device=True, inline=True)
+        def wait_copies():
+            wait()
+        return wait_copies
 
     @cuda.jit(device=True, inline=True)
     def mma_tf32(xch, warp, lane, a0, a1, a2, a3, b0, b1, c0, c1, c2, c3):
         """One warp's D = A B + C (layout: the simulator's stand-in above); xch, warp and
         lane are the stand-in's and unused here."""
         return _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
+
+
+@lru_cache(maxsize=None)
+def async_pipeline(tile, lda, ldb, compute):
+    """The loop over one chunk of k for tiles with PF = S >= 2, as an inline device
+    function with ``slab_pipeline``'s arguments (ra, rb unused): ``cp.async`` copies each
+    slab from global memory straight into one of S shared buffers, no registers on the
+    way, so S - 1 slabs are in flight while the warps compute on one.  First slabs 0 .. S-2
+    are issued; then per slab s: wait for its copies (cp.async.wait_group S-2: the S-2
+    newer groups may still be in flight) and a barrier (every thread's copies have landed,
+    and every warp is done with slab s-1), issue slab s+S-1 into slab s-1's buffer,
+    ``compute`` on slab s.  A closing barrier: the next work item's first copies must not
+    land in a buffer that a warp still reads."""
+    TY, TX, TM, TN, BK = tile[:5]
+    S = tile.PF
+    BM, BN = TM * TY, TN * TX
+    SLAB_A, SLAB_B = BK * BM, BK * BN
+    NT = block_threads(tile)
+    LA, LB = -(-SLAB_A // NT), -(-SLAB_B // NT)          # slab values each thread copies
+    _, _, slot_a, slot_b, _, _, _ = tile_functions(float32, tile)
+    wait_copies = copies_waiter(S - 2)
+
+    @cuda.jit(device=True, inline=True)
+    def issue(sA, sB, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k0, k_end, buf, tid):
+        """This thread's copies of the (BM, BK) slab of A and the (BK, BN) slab of B at k0
+        into buffer buf (zeros outside A, B or the chunk), committed as one group:
+        sA[buf*BK*lda + kk*lda + m], sB[buf*BK*ldb + kk*ldb + n] (``slab_loaders``' places)."""
+        for r in range(LA):
+            e = tid + r * NT
+            if e < SLAB_A:
+                mm, kk = slot_a(e, sak)
+                row, k = m0 + mm, k0 + kk
+                inside = row < M and k < k_end
+                copy_async(sA, buf * BK * lda + kk * lda + mm, A, row * sam + k * sak if inside else 0,
+                           4 if inside else 0)
+        for r in range(LB):
+            e = tid + r * NT
+            if e < SLAB_B:
+                nn, kk = slot_b(e, sbn)
+                col, k = n0 + nn, k0 + kk
+                inside = col < N and k < k_end
+                copy_async(sB, buf * BK * ldb + kk * ldb + nn, Bm, k * sbk + col * sbn if inside else 0,
+                           4 if inside else 0)
+        commit_copies()
+
+    @cuda.jit(device=True, inline=True)
+    def run(acc, sA, sB, ra, rb, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k_begin, k_end, tid,
+            a0, b0, extra):
+        for s in range(S - 1):
+            k0 = k_begin + s * BK
+            if k0 < k_end:
+                issue(sA, sB, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k0, k_end, s, tid)
+            else:
+                commit_copies()                  # an empty group: the waits count groups
+        buf = 0
+        for k0 in range(k_begin, k_end, BK):
+            wait_copies()                        # this slab's copies (this thread's) ...
+            cuda.syncthreads()                   # ... and everyone's; slab s-1 read by all
+            ahead = k0 + (S - 1) * BK
+            if ahead < k_end:
+                issue(sA, sB, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, ahead, k_end,
+                      (buf + S - 1) % S, tid)
+            else:
+                commit_copies()
+            compute(acc, sA, sB, uint64(buf * BK * lda + a0), uint64(buf * BK * ldb + b0), extra)
+            buf = (buf + 1) % S
+        cuda.syncthreads()
+    return run
 
 
 @lru_cache(maxsize=None)
@@ -114,13 +295,17 @@ def tensor_core_matmul_kernel(tile):
     MI, NI = TM // 16, TN // 8                           # mma tiles per warp
     BM, BN = TM * TY, TN * TX
     LDA, LDB = BM + PAD, BN + PAD                        # shared rows, padded
-    SHARED_A, SHARED_B = 2 * BK * LDA, 2 * BK * LDB      # two buffers each
+    STAGES = max(2, tile.PF)                             # shared buffers: 2, or PF with cp.async
+    SHARED_A, SHARED_B = STAGES * BK * LDA, STAGES * BK * LDB
     ACC, NFA, NFB = (MI, NI, 4), 4 * MI, 2 * NI          # (array shapes must be plain names)
     XCH = TY * TX * MMA_XCH if SIM else 1
     # unsigned offsets (uint64 with int64 would be float64 in Numba's typing)
     A4, A8, B4, B8, EIGHT = (np.uint64(n) for n in (4 * LDA, 8 * LDA, 4 * LDB, 8 * LDB, 8))
     tile_count, _, _, _, _, _, put = tile_functions(float32, tile)
     LA, LB, _, _, _ = slab_loaders(float32, tile, LDA, LDB)
+    to_tf32 = _rounder(tf32_ties())
+    if tile.PF >= 2:                                     # no slab on its way in registers
+        LA = LB = 1
 
     @cuda.jit(device=True, inline=True)
     def split(x, hi, lo, i):
@@ -136,6 +321,27 @@ def tensor_core_matmul_kernel(tile):
         acc[i, j, 0], acc[i, j, 1], acc[i, j, 2], acc[i, j, 3] = mma_tf32(
             xch, warp, lane, af[4 * i], af[4 * i + 1], af[4 * i + 2], af[4 * i + 3],
             bf[2 * j], bf[2 * j + 1], acc[i, j, 0], acc[i, j, 1], acc[i, j, 2], acc[i, j, 3])
+
+    @cuda.jit(device=True, inline=True)
+    def mma3_into(acc, i, j, xch, warp, lane, ahi, alo, bhi, blo):
+        """acc[i, j] += lo_a hi_b + hi_a lo_b + hi_a hi_b (small terms first) over these 8 k.
+        The three products sum from zero on the tensor cores, and that sum is added to acc
+        by an ordinary float32 add, which rounds to nearest.  The tensor cores' own sums
+        truncate (``toward_zero``): acc summed by them over all of k drifts toward zero by
+        up to an ulp of acc per mma.  On an H100, with acc in the mma, LSTM's weight
+        gradients (chunks of k of 8192) came out 20x further from the CPU than with the
+        float32 tiles; Ootomo and Yokota 2022 describe this drift and this remedy."""
+        zero = float32(0.0)
+        d0, d1, d2, d3 = mma_tf32(xch, warp, lane, alo[4 * i], alo[4 * i + 1], alo[4 * i + 2],
+                                  alo[4 * i + 3], bhi[2 * j], bhi[2 * j + 1], zero, zero, zero, zero)
+        d0, d1, d2, d3 = mma_tf32(xch, warp, lane, ahi[4 * i], ahi[4 * i + 1], ahi[4 * i + 2],
+                                  ahi[4 * i + 3], blo[2 * j], blo[2 * j + 1], d0, d1, d2, d3)
+        d0, d1, d2, d3 = mma_tf32(xch, warp, lane, ahi[4 * i], ahi[4 * i + 1], ahi[4 * i + 2],
+                                  ahi[4 * i + 3], bhi[2 * j], bhi[2 * j + 1], d0, d1, d2, d3)
+        acc[i, j, 0] += d0
+        acc[i, j, 1] += d1
+        acc[i, j, 2] += d2
+        acc[i, j, 3] += d3
 
     @cuda.jit(device=True, inline=True)
     def slab_mma(acc, sA, sB, offa, offb, extra):
@@ -156,14 +362,17 @@ def tensor_core_matmul_kernel(tile):
                 split(sB[e + B4], bhi, blo, 2 * j + 1)            # B[t + 4, g]
             for i in range(MI):
                 for j in range(NI):
-                    if PASSES == 3:       # the small terms first, the big one last
-                        mma_into(acc, i, j, xch, warp, lane, alo, bhi)
-                        mma_into(acc, i, j, xch, warp, lane, ahi, blo)
-                    mma_into(acc, i, j, xch, warp, lane, ahi, bhi)
+                    if PASSES == 3:
+                        mma3_into(acc, i, j, xch, warp, lane, ahi, alo, bhi, blo)
+                    else:
+                        mma_into(acc, i, j, xch, warp, lane, ahi, bhi)
             offa += A8
             offb += B8
 
-    run_chunk = slab_pipeline(float32, tile, LDA, LDB, slab_mma)
+    if tile.PF >= 2:
+        run_chunk = async_pipeline(tile, LDA, LDB, slab_mma)
+    else:
+        run_chunk = slab_pipeline(float32, tile, LDA, LDB, slab_mma)
 
     @cuda.jit(device=True, inline=True)
     def store_warp_tile(C, acc, M, N, r0, c0, split_at, g, t, accumulate):
@@ -185,7 +394,7 @@ def tensor_core_matmul_kernel(tile):
         sA = cuda.shared.array(SHARED_A, float32)
         sB = cuda.shared.array(SHARED_B, float32)
         xch = cuda.shared.array(XCH, float32)               # the simulator's mma stand-in
-        ra = cuda.local.array(LA, float32)                   # the next slab, on its way
+        ra = cuda.local.array(LA, float32)                   # the next slab, on its way (PF 1)
         rb = cuda.local.array(LB, float32)
         acc = cuda.local.array(ACC, float32)                 # acc[i, j]: mma tile (i, j)'s D
         ahi = cuda.local.array(NFA, float32)                 # fragments: A[i] at 4i .. 4i+3

@@ -211,14 +211,15 @@ def test_preloaded_cells_equal_bitwise(psug, hgr, bidirectional, monkeypatch):
 
 
 def test_persistent_plan_defaults_and_checks():
-    """Two row groups from 16 rows up, items of 4 rows where a group has 4 (of 2 with 8
-    columns); bad item rows and columns are refused."""
+    """Two row groups from 16 rows up, items of 8 columns and 2 rows; with 4 columns, items
+    of 4 rows where a group has 4; bad item rows and columns are refused."""
     from qlnumba.gpu.recurrent import persistent_plan
     big, small = persistent_plan(32, 8, 8, 8, True), persistent_plan(3, 8, 8, 8, True)
-    assert (big.rgroups, big.item_rows, big.item_cols) == (2, 4, 4)
+    assert (big.rgroups, big.item_rows, big.item_cols) == (2, 2, 8)
     assert (small.rgroups, small.item_rows) == (1, 2)
-    wide = persistent_plan(32, 8, 8, 8, True, item_cols=8)
-    assert (wide.item_rows, wide.item_cols) == (2, 8)
+    narrow = persistent_plan(32, 8, 8, 8, True, item_cols=4)
+    assert (narrow.item_rows, narrow.item_cols) == (4, 4)
+    assert persistent_plan(3, 8, 8, 8, True, item_cols=4).item_rows == 2
     with pytest.raises(ValueError, match="item_cols"):
         persistent_plan(32, 8, 8, 8, True, item_cols=6)
     assert persistent_plan(32, 8, 32, 8, False, row_groups=1, item_rows=2).item_rows == 2
