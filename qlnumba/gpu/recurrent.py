@@ -49,8 +49,8 @@ cuda = get_cuda()
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # matrix product tiles: (TY, TX) threads per block, TM x TN outputs each, k-slabs of BK;
 # PF = 1: the next slab is loaded into registers while the block computes on this one
-# (two shared buffers, one barrier per slab); PF = S >= 2, tensor-core tiles only: S slabs
-# in flight, copied by cp.async straight into S shared buffers.  MMA = 1 or 3: tensor cores, float32 only
+# (two shared buffers, one barrier per slab); PF = S >= 2, tensor-core tiles only: S shared
+# buffers, S - 1 slabs on their way by cp.async.  MMA = 1 or 3: tensor cores, float32 only
 # (``tensor_cores``: TY x TX warps, each a TM x TN tile of C; TF32 inputs, one product
 # per mma, or three for float32 accuracy).  MATMUL_TILE names the one ``matmul`` uses
 Tile = namedtuple("Tile", "TY TX TM TN BK PF MMA", defaults=(0, 0))
@@ -1214,13 +1214,14 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, sta
     The defaults (None) were measured on an H100 (bench/results/README.md): two row
     groups from 16 rows up (else one); with items of 4 columns, items of 4 rows where a
     group has 4 rows (else 2): at (B, T, E, H) = (64, 1024, 300, 512) that trained
-    QL-LSTM 17% and LSTM 20% faster than one group and items of 2.  Blocks of 512 threads (registers capped at 128,
-    see PERSISTENT_JIT) hide more of the step's memory latency than 256; 256 where
-    512 do not fit.  The simulator runs one block that loops over every part (so the
-    partition logic is tested there too).  With ``stage`` (None: ``STAGE_ROWS``) a loop
-    stages its part's rows of h (forward) or δz (backward) in shared memory where they
-    fit besides the rest: ``fwd_stage`` / ``bwd_stage`` rows (0: not staged).  Items of
-    ``item_cols`` columns (None: ``ITEM_COLS``, 8; or 4), 2 rows by default with 8.
+    QL-LSTM 17% and LSTM 20% faster than one group and items of 2.  Blocks of 512
+    threads (registers capped at 128, see PERSISTENT_JIT) hide more of the step's memory
+    latency than 256; 256 where 512 do not fit.  The simulator runs one block that loops
+    over every part (so the partition logic is tested there too).  With ``stage`` (None:
+    ``STAGE_ROWS``) a loop stages its part's rows of h (forward) or δz (backward) in
+    shared memory where they fit besides the rest: ``fwd_stage`` / ``bwd_stage`` rows (0:
+    not staged).  Items of ``item_cols`` columns (None: ``ITEM_COLS``, 8; or 4), 2 rows by
+    default with 8.
     """
     rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
     cols = ITEM_COLS if item_cols is None else int(item_cols)

@@ -13,8 +13,8 @@ the prefetching kernel's loop over k (``recurrent.slab_pipeline``: slab s+1 on i
 registers while the warps compute on slab s), or for tiles with PF = S >= 2
 ``async_pipeline``: ``cp.async`` copies S - 1 slabs straight into shared memory while the
 warps compute on one (inline PTX too; the simulator's stand-in lands each copy as late as
-the hardware may).  MMA = 1: one product of the rounded
-inputs (TF32: relative errors near 1e-3, as cuDNN's TF32 math).  MMA = 3: each input
+the hardware may).  MMA = 1: one product of the rounded inputs (TF32: relative errors
+near 1e-3, as cuDNN's TF32 math).  MMA = 3: each input
 x = hi + lo, hi = tf32(x), lo = tf32(x - hi), and the sum lo_a hi_b + hi_a lo_b +
 hi_a hi_b (lo_a lo_b is below float32's last bit), summed from zero on the tensor cores
 for each 8 k and added to C outside them (``mma3_into``): float32's accuracy from three
@@ -24,8 +24,9 @@ Shapes legend
   C (M, N) [+]= A (M, K) B (K, N), flat, A[m, k] = A[m*sam + k*sak], B[k, n] = B[k*sbk + n*sbn]
   a block: TY x TX warps, a (BM, BN) = (TY*TM, TX*TN) tile of C, k-slabs of BK
   a warp: a (TM, TN) tile = MI x NI mma tiles of (16, 8); lane = 4 g + t (g < 8, t < 4)
-  shared: sA[buf, kk, m] rows of BM + 8, sB[buf, kk, n] rows of BN + 8, buf < max(2, PF) (the padding puts
-    the 32 lanes' fragment reads (kk = t, t + 4; m = g, g + 8) in 32 different banks)
+  shared: sA[buf, kk, m] rows of BM + 8, sB[buf, kk, n] rows of BN + 8, buf < max(2, PF)
+    (the padding puts the 32 lanes' fragment reads (kk = t, t + 4; m = g, g + 8) in 32
+    different banks)
 """
 from functools import lru_cache
 

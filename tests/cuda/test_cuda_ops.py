@@ -180,7 +180,7 @@ def tf32(a, ties=None):
     from qlnumba.gpu.tensor_cores import tf32_ties
     ties = ties or tf32_ties()
     a = np.asarray(a, np.float32).astype(np.float64)
-    ulp = np.ldexp(1.0, np.frexp(a)[1] - 11)            # 2^(exponent - 10) for a in [2^e, 2^e+1)
+    ulp = np.ldexp(1.0, np.frexp(a)[1] - 11)            # 2^(e - 10) for |a| in [2^e, 2^(e+1))
     m = np.abs(a) / ulp                                  # exact: float32 has 24 bits
     low = np.floor(m)
     up = (m - low > 0.5) | ((m - low == 0.5) & ((ties == "away") | (low % 2 == 1)))
