@@ -238,27 +238,31 @@ def async_pipeline(tile, lda, ldb, compute):
     _, _, slot_a, slot_b, _, _, _ = tile_functions(float32, tile)
     wait_copies = copies_waiter(S - 2)
 
+    def slab_copier(count, slab, slot, ld):
+        """A device function for this thread's copies of one operand's slab at k0 into
+        buffer buf: value e = tid + r NT (r < count) of the slab sits at (o, kk) = slot(e,
+        layout), goes to sX[buf*BK*ld + kk*ld + o] (``slab_loaders``' places) from X[(o0 + o)
+        s_outer + k s_k], k = k0 + kk, or is 0 where o0 + o >= limit or k >= k_end."""
+        @cuda.jit(device=True, inline=True)
+        def copy_slab(sX, X, layout, s_outer, s_k, o0, limit, k0, k_end, buf, tid):
+            for r in range(count):
+                e = tid + r * NT
+                if e < slab:
+                    o, kk = slot(e, layout)
+                    outer, k = o0 + o, k0 + kk
+                    inside = outer < limit and k < k_end
+                    copy_async(sX, buf * BK * ld + kk * ld + o, X, outer * s_outer + k * s_k if inside else 0,
+                               4 if inside else 0)
+        return copy_slab
+
+    copy_a, copy_b = slab_copier(LA, SLAB_A, slot_a, lda), slab_copier(LB, SLAB_B, slot_b, ldb)
+
     @cuda.jit(device=True, inline=True)
     def issue(sA, sB, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k0, k_end, buf, tid):
         """This thread's copies of the (BM, BK) slab of A and the (BK, BN) slab of B at k0
-        into buffer buf (zeros outside A, B or the chunk), committed as one group:
-        sA[buf*BK*lda + kk*lda + m], sB[buf*BK*ldb + kk*ldb + n] (``slab_loaders``' places)."""
-        for r in range(LA):
-            e = tid + r * NT
-            if e < SLAB_A:
-                mm, kk = slot_a(e, sak)
-                row, k = m0 + mm, k0 + kk
-                inside = row < M and k < k_end
-                copy_async(sA, buf * BK * lda + kk * lda + mm, A, row * sam + k * sak if inside else 0,
-                           4 if inside else 0)
-        for r in range(LB):
-            e = tid + r * NT
-            if e < SLAB_B:
-                nn, kk = slot_b(e, sbn)
-                col, k = n0 + nn, k0 + kk
-                inside = col < N and k < k_end
-                copy_async(sB, buf * BK * ldb + kk * ldb + nn, Bm, k * sbk + col * sbn if inside else 0,
-                           4 if inside else 0)
+        into buffer buf (zeros outside A, B or the chunk), committed as one group."""
+        copy_a(sA, A, sak, sam, sak, m0, M, k0, k_end, buf, tid)      # A[m, k] = A[m sam + k sak]
+        copy_b(sB, Bm, sbn, sbn, sbk, n0, N, k0, k_end, buf, tid)     # B[k, n] = B[n sbn + k sbk]
         commit_copies()
 
     @cuda.jit(device=True, inline=True)
