@@ -1,4 +1,6 @@
 """GPU embedding, softmax cross-entropy head and AdamW equal the CPU kernels (tiny shapes)."""
+import os
+
 import numpy as np
 import pytest
 
@@ -282,6 +284,37 @@ def test_tf32x3_long_sums_as_accurate_as_float32_tiles(tile, monkeypatch):
         errors[name] = np.abs(C.copy_to_host() - exact).max() / np.abs(exact).max()
     print("max relative errors", errors)
     assert errors[tile] < 2 * errors["128x128pf"] + 1e-7
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="the simulator's stand-in")
+def test_async_copies_stand_in_catches_a_missing_wait(monkeypatch):
+    """The simulator's cp.async lands a copy only at a wait for its group: a pipeline that
+    computed on a slab without waiting for it reads stale shared memory there (as it might
+    on a card) and gets the product wrong, so the tile tests would catch it."""
+    from qlnumba.gpu import recurrent as rec
+    from qlnumba.gpu import tensor_cores as tc
+    cuda = rec.cuda
+    caches = (tc.async_pipeline, tc.tensor_core_matmul_kernel, rec.matmul_kernel)
+
+    def product():
+        rng = make_rng(73)
+        A, Bm = rng.random((5, 40)).astype(np.float32), rng.random((40, 7)).astype(np.float32)
+        C = cuda.to_device(np.zeros((5, 7), np.float32))
+        rec.matmul(rec.kernels(np.dtype(np.float32)), C, cuda.to_device(A), cuda.to_device(Bm),
+                   5, 7, 40, 40, 1, 7, 1)
+        return np.abs(C.copy_to_host() - A.astype(np.float64) @ Bm).max()
+
+    monkeypatch.setattr(rec, "MATMUL_TILE", "128x128tf32x3as")
+    assert product() < 1e-5
+    monkeypatch.setattr(tc, "copies_waiter", lambda n: cuda.jit(device=True)(lambda: None))
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        assert product() > 1e-2
+    finally:
+        monkeypatch.undo()
+        for cache in caches:
+            cache.cache_clear()
 
 
 def test_tensor_core_tiles_take_float32_only(monkeypatch):
