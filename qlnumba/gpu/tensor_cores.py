@@ -39,6 +39,7 @@ from .recurrent import SIM, block_threads, slab_loaders, slab_pipeline, tile_fun
 cuda = get_cuda()
 PAD = 8
 MMA_XCH = 16 * 8 + 8 * 8                 # simulator: one warp's A and B of an mma
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 def tf32_ties():
@@ -120,6 +121,8 @@ if SIM:
         float32 sums, which truncate (Fasi et al. 2021, "Numerical behavior of NVIDIA
         tensor cores"; Ootomo and Yokota 2022).  The stand-in rounds each mma's exact sum
         once; the hardware may round more often, never less."""
+        if abs(x) > F32_MAX and abs(x) != np.inf:          # finite: never rounded up to inf
+            return np.float32(np.copysign(F32_MAX, x))
         f = np.float32(x)
         return np.nextafter(f, np.float32(0)) if abs(float(f)) > abs(x) else f
 else:
