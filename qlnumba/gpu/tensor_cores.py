@@ -120,7 +120,7 @@ if SIM:
         """x rounded to float32 toward zero: the stand-in's model of the tensor cores'
         float32 sums, which truncate (Fasi et al. 2021, "Numerical behavior of NVIDIA
         tensor cores"; Ootomo and Yokota 2022).  The stand-in rounds each mma's exact sum
-        once; the hardware may round more often, never less."""
+        once; the hardware may also round partial sums."""
         if abs(x) > F32_MAX and abs(x) != np.inf:          # finite: never rounded up to inf
             return np.float32(np.copysign(F32_MAX, x))
         f = np.float32(x)
