@@ -88,7 +88,7 @@ def main():
     def timed_kernels(dtype):
         return {k: v if k in grec.DEVICE_FUNCTIONS else Timed(k, v, cuda) for k, v in real(dtype).items()}
 
-    def timed_persistent(dtype, rows, loads, stage, cols=4, preload=False):
+    def timed_persistent(dtype, rows, loads, stage, cols, preload=False):
         return {k: Timed(k, v, cuda)
                 for k, v in real_persistent(dtype, rows, loads, stage, cols, preload).items()}
 

@@ -140,14 +140,14 @@ def main():
         real = module.kernels
         module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc, grec.DEVICE_FUNCTIONS))(real)
     real_persistent, real_matmul = grec.persistent_kernels, grec.matmul_kernel
-    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols=4, preload=False: {
+    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols, preload=False: {
         name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}" + (" staged" if stage else "")
                        + (" preload" if preload else ""),     # one name per setting (else the
                        d, cc)                                 # second would count as compiled)
         for name, d in real_persistent(dtype, rows, loads, stage, cols, preload).items()}
     grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
-    team_loads = grec.TEAM_LOADS
+    team_loads, preload_cells = grec.TEAM_LOADS, grec.PRELOAD_CELLS
     for dtype in (np.dtype(name).type for name in args.dtypes.split(",")):
         B, T, E, H = 3, 5, 2, 4
         x = rng.standard_normal((B, T, E)).astype(dtype)
@@ -167,7 +167,7 @@ def main():
                         cell.path, cell.item_rows, cell.stage_rows, cell.item_cols = path, rows, stage, cols
                 layer.forward(x, lengths)
                 layer.backward(dout)
-        grec.TEAM_LOADS, grec.PRELOAD_CELLS = team_loads, False
+        grec.TEAM_LOADS, grec.PRELOAD_CELLS = team_loads, preload_cells
         for tile in grec.TILES:                       # every matrix-product tile
             grec.MATMUL_TILE = tile
             grec.matmul(grec.kernels(np.dtype(dtype)), cuda.to_device(np.zeros((2, 3), dtype)),

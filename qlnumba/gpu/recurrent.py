@@ -127,6 +127,19 @@ def block_threads(tile):
     return tile.TY * tile.TX * (32 if tile.MMA else 1)
 
 
+def slab_shares(tile):
+    """(SLAB_A, SLAB_B, NT, LA, LB): the values of a (BM, BK) slab of A and a (BK, BN) slab
+    of B, the threads of a block, and how many of each slab's values each thread moves."""
+    SLAB_A, SLAB_B = tile.BK * tile.TM * tile.TY, tile.BK * tile.TN * tile.TX
+    NT = block_threads(tile)
+    return SLAB_A, SLAB_B, NT, -(-SLAB_A // NT), -(-SLAB_B // NT)
+
+
+def check_item_cols(item_cols):
+    if item_cols not in (4, 8):
+        raise ValueError(f"item_cols must be 4 or 8, got {item_cols!r}")
+
+
 def grid_for(n):
     return max(1, min(MAX_BLOCKS, (n + THREADS - 1) // THREADS)), THREADS
 
@@ -282,11 +295,8 @@ def slab_loaders(ftype, tile, lda, ldb):
     into registers (0 outside the matrix or the chunk of k); ``store`` puts them into
     shared buffer ``buf``: sA[buf*BK*lda + kk*lda + m], sB[buf*BK*ldb + kk*ldb + n].  lda,
     ldb: the shared rows' lengths (BM, BN, or padded: ``tensor_cores``)."""
-    TY, TX, TM, TN, BK = tile[:5]
-    BM, BN = TM * TY, TN * TX
-    SLAB_A, SLAB_B = BK * BM, BK * BN
-    NT = block_threads(tile)
-    LA, LB = -(-SLAB_A // NT), -(-SLAB_B // NT)  # slab values each thread loads
+    BK = tile.BK
+    SLAB_A, SLAB_B, NT, LA, LB = slab_shares(tile)
     _, _, slot_a, slot_b, _, _, _ = tile_functions(ftype, tile)
 
     @cuda.jit(device=True, inline=True)
@@ -712,7 +722,7 @@ DEVICE_FUNCTIONS = ("cell_forward", "cell_inputs", "no_cell_inputs", "cell_updat
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4, preload=False):
+def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False):
     """The persistent step loops (and their device functions) for one float dtype,
     ``team_dot`` items of ``item_rows`` rows x ``item_cols`` columns, ``loads`` loads of h
     in flight per lane and pass, with ``stage`` the rows team_dot reads staged in shared
@@ -723,8 +733,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols=4, preload=Fals
     if loads % item_rows or loads < item_rows:
         raise ValueError(f"team_dot's loads per pass ({loads}) must be a multiple of its "
                          f"item rows ({item_rows})")
-    if item_cols not in (4, 8):
-        raise ValueError(f"item_cols must be 4 or 8, got {item_cols!r}")
+    check_item_cols(item_cols)
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
     k = kernels(np.dtype(dtype))
     cell_forward, cell_backward, closes_at = k["cell_forward"], k["cell_backward"], k["closes_at"]
@@ -1225,8 +1234,7 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, sta
     """
     rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
     cols = ITEM_COLS if item_cols is None else int(item_cols)
-    if cols not in (4, 8):
-        raise ValueError(f"item_cols must be 4 or 8, got {item_cols!r}")
+    check_item_cols(cols)
     rows = (4 if -(-B // rgroups) >= 4 and cols == 4 else 2) if item_rows is None else int(item_rows)
     if rows not in (2, 4):
         raise ValueError(f"item_rows must be 2 or 4, got {item_rows!r}")

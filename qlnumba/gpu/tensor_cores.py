@@ -34,7 +34,7 @@ import numpy as np
 from numba import float32, uint64
 
 from . import get_cuda
-from .recurrent import SIM, block_threads, slab_loaders, slab_pipeline, tile_functions
+from .recurrent import SIM, slab_pipeline, slab_shares, tile_functions
 
 cuda = get_cuda()
 PAD = 8
@@ -232,12 +232,8 @@ def async_pipeline(tile, lda, ldb, compute):
     and every warp is done with slab s-1), issue slab s+S-1 into slab s-1's buffer,
     ``compute`` on slab s.  A closing barrier: the next work item's first copies must not
     land in a buffer that a warp still reads."""
-    TY, TX, TM, TN, BK = tile[:5]
-    S = tile.PF
-    BM, BN = TM * TY, TN * TX
-    SLAB_A, SLAB_B = BK * BM, BK * BN
-    NT = block_threads(tile)
-    LA, LB = -(-SLAB_A // NT), -(-SLAB_B // NT)          # slab values each thread copies
+    BK, S = tile.BK, tile.PF
+    SLAB_A, SLAB_B, NT, LA, LB = slab_shares(tile)
     _, _, slot_a, slot_b, _, _, _ = tile_functions(float32, tile)
     wait_copies = copies_waiter(S - 2)
 
@@ -303,17 +299,16 @@ def tensor_core_matmul_kernel(tile):
     MI, NI = TM // 16, TN // 8                           # mma tiles per warp
     BM, BN = TM * TY, TN * TX
     LDA, LDB = BM + PAD, BN + PAD                        # shared rows, padded
-    STAGES = max(2, tile.PF)                             # shared buffers: 2, or PF with cp.async
+    ASYNC = tile.PF >= 2                                 # slabs moved by cp.async (else via registers)
+    STAGES = tile.PF if ASYNC else 2                     # shared buffers
     SHARED_A, SHARED_B = STAGES * BK * LDA, STAGES * BK * LDB
     ACC, NFA, NFB = (MI, NI, 4), 4 * MI, 2 * NI          # (array shapes must be plain names)
     XCH = TY * TX * MMA_XCH if SIM else 1
     # unsigned offsets (uint64 with int64 would be float64 in Numba's typing)
     A4, A8, B4, B8, EIGHT = (np.uint64(n) for n in (4 * LDA, 8 * LDA, 4 * LDB, 8 * LDB, 8))
     tile_count, _, _, _, _, _, put = tile_functions(float32, tile)
-    LA, LB, _, _, _ = slab_loaders(float32, tile, LDA, LDB)
+    LA, LB = (1, 1) if ASYNC else slab_shares(tile)[3:]  # the next slab, in registers
     to_tf32 = _rounder(tf32_ties())
-    if tile.PF >= 2:                                     # no slab on its way in registers
-        LA = LB = 1
 
     @cuda.jit(device=True, inline=True)
     def split(x, hi, lo, i):
@@ -377,7 +372,7 @@ def tensor_core_matmul_kernel(tile):
             offa += A8
             offb += B8
 
-    if tile.PF >= 2:
+    if ASYNC:
         run_chunk = async_pipeline(tile, LDA, LDB, slab_mma)
     else:
         run_chunk = slab_pipeline(float32, tile, LDA, LDB, slab_mma)

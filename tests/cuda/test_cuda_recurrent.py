@@ -227,7 +227,7 @@ def test_persistent_plan_defaults_and_checks():
         persistent_plan(32, 8, 8, 8, True, item_rows=3)
     from qlnumba.gpu.recurrent import persistent_kernels
     with pytest.raises(ValueError, match="multiple of its item rows"):
-        persistent_kernels(np.dtype(np.float32), 4, 6, False)
+        persistent_kernels(np.dtype(np.float32), 4, 6, False, 4)
     with pytest.raises(ValueError, match="item_cols"):
         persistent_kernels(np.dtype(np.float32), 4, 16, False, 16)
 
