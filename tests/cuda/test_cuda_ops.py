@@ -1,5 +1,6 @@
 """GPU embedding, softmax cross-entropy head and AdamW equal the CPU kernels (tiny shapes)."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -310,7 +311,10 @@ def test_async_copies_stand_in_catches_a_missing_wait(monkeypatch):
     for cache in caches:
         cache.cache_clear()
     try:
-        assert product() > 1e-2
+        with warnings.catch_warnings():      # stale shared memory may hold anything: overflows
+            warnings.simplefilter("ignore", RuntimeWarning)   # (process-wide: the simulator's threads)
+            error = product()
+        assert not error < 1e-2                               # wrong (or NaN)
     finally:
         monkeypatch.undo()
         for cache in caches:
