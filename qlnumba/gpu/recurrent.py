@@ -27,8 +27,9 @@ Shapes legend (device arrays, C order)
   NB = (T + K - 1) // K
   x (B,T,E)  out (B,T,H)  state h, c, m, a (B,H)
   saved: Z (B,T,G), GATES (B,T,4,H), C, CPREV, HPREV (B,T,H), MBLK (B,NB+1,H), SBLK, RBLK (B,NB,H)
-  backward scratch: DZ (B,T,G), DZ_step (B,G), DPRE (B,T,4,H) δ of the gate pre-activations,
-    DP (B,NB,H) δ of the block gates, DP_step (B,H)
+  backward scratch: DZ (B,T,G), DZ_step (B,G), DP (B,NB,H) δ of the block gates, DP_step (B,H),
+    SUMS (B,NS,H) each row's sums over its steps for the bias (and PSUG's γ, β) gradients:
+    NS = 4 (δb as (4,H)) or, with psug, 9 (δb, then δγ_k, then δβ_k)
   persistent double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G); shared memory per
     block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward, V_s and V_m slices,
     team partials (teams * item cols * item rows, TEAM + 1)
@@ -437,8 +438,8 @@ def kernels(dtype):
         H = c.shape[1]
         zero = ftype(0.0)
         L = lengths[bb]
-        if s >= L:
-            return False, 0, hcur[bb, j], zero, zero, zero, zero, zero, zero, zero
+        if s >= L:                                   # idle: pos = s, a padding step
+            return False, s, hcur[bb, j], zero, zero, zero, zero, zero, zero, zero
         pos = L - 1 - s if reverse else s
         hprev, cprev = hcur[bb, j], c[bb, j]
         a_old = a[bb, j] if hgr else zero
@@ -467,6 +468,8 @@ def kernels(dtype):
         active, pos, hprev, cprev, a_old, m_old, z0, z1, z2, z3 = inputs
         if not active:
             hnext[bb, j] = hprev                                          # idle rows keep h
+            out[bb, pos, j] = 0.0           # padding step pos = s: zeros (nothing clears the buffers)
+            HPREV[bb, pos, j] = 0.0
             return
         H = c.shape[1]
         if psug:
@@ -597,17 +600,21 @@ def kernels(dtype):
                 close_backward_finish_cell(dm, da, dmV[bb, j], dsV[bb, j], K, bb, j)
 
     @cuda.jit(device=True)
-    def cell_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma, lengths,
+    def cell_backward(DZ, DZ_step, SUMS, dh, dc, dm, da, dout, GATES, C, CPREV, Z, gamma, lengths,
                       s, psug, hgr, reverse, bb, j):
         """BPTT of ``cell_forward`` at step s, row bb, unit j.  Every load comes before the
-        first store, as there."""
+        first store, as there.  Adds the step's terms of the bias gradient (and PSUG's
+        δγ_k = Σ δp_k z, δβ_k = Σ δp_k) to row bb's sums in SUMS (one thread owns each
+        (bb, j): no atomics; the sums over rows come after the loop, ``row_sums``)."""
         H = dh.shape[1]
         L = lengths[bb]
-        if s >= L:
+        if s >= L:                                  # padding step s: δz = 0 (DZ is not cleared)
             DZ_step[bb, j] = 0.0
+            DZ[bb, s, j] = 0.0
             if not psug:
                 for k in range(1, 4):
                     DZ_step[bb, k * H + j] = 0.0
+                    DZ[bb, s, k * H + j] = 0.0
             return
         pos = L - 1 - s if reverse else s
         dht = dout[bb, pos, j] + dh[bb, j]                            # δh_t = δout + U^T δz_{t+1}
@@ -617,9 +624,15 @@ def kernels(dtype):
         gg, og = GATES[bb, pos, 2, j], GATES[bb, pos, 3, j]
         tc = math.tanh(C[bb, pos, j])
         dc_old, cprev = dc[bb, j], CPREV[bb, pos, j]
+        # the row's sums so far: δb (4 gates, or PSUG's one), then PSUG's δγ_k, δβ_k
+        s0, s1, s2, s3 = SUMS[bb, 0, j], SUMS[bb, 1, j], SUMS[bb, 2, j], SUMS[bb, 3, j]
         if psug:
+            z = Z[bb, pos, j]
+            s4, s5, s6 = SUMS[bb, 4, j], SUMS[bb, 5, j], SUMS[bb, 6, j]
+            s7, s8 = SUMS[bb, 7, j], SUMS[bb, 8, j]
             g0, g1, g2, g3 = gamma[0, j], gamma[1, j], gamma[2, j], gamma[3, j]
         else:
+            z = s4 = s5 = s6 = s7 = s8 = ftype(0.0)
             g0 = g1 = g2 = g3 = ftype(0.0)
         if hgr:
             dm[bb, j] = dm_old + dht                                  # h_t = ĥ_t + m
@@ -629,14 +642,19 @@ def kernels(dtype):
         dpf = dct * cprev * fg * (one - fg)
         dpg = dct * ig * (one - gg * gg)
         dc[bb, j] = dct * fg
-        DPRE[bb, pos, 0, j] = dpi
-        DPRE[bb, pos, 1, j] = dpf
-        DPRE[bb, pos, 2, j] = dpg
-        DPRE[bb, pos, 3, j] = dpo
         if psug:                                                      # gate_k = act(γ_k z + β_k)
             dz = g0 * dpi + g1 * dpf + g2 * dpg + g3 * dpo
             DZ_step[bb, j] = dz
             DZ[bb, pos, j] = dz
+            SUMS[bb, 0, j] = s0 + dz                                  # δb = Σ δz
+            SUMS[bb, 1, j] = s1 + dpi * z                             # δγ_k = Σ δp_k z
+            SUMS[bb, 2, j] = s2 + dpf * z
+            SUMS[bb, 3, j] = s3 + dpg * z
+            SUMS[bb, 4, j] = s4 + dpo * z
+            SUMS[bb, 5, j] = s5 + dpi                                 # δβ_k = Σ δp_k
+            SUMS[bb, 6, j] = s6 + dpf
+            SUMS[bb, 7, j] = s7 + dpg
+            SUMS[bb, 8, j] = s8 + dpo
         else:
             DZ_step[bb, j] = dpi
             DZ_step[bb, H + j] = dpf
@@ -646,14 +664,18 @@ def kernels(dtype):
             DZ[bb, pos, H + j] = dpf
             DZ[bb, pos, 2 * H + j] = dpg
             DZ[bb, pos, 3 * H + j] = dpo
+            SUMS[bb, 0, j] = s0 + dpi                                 # δb_k = Σ δz_k
+            SUMS[bb, 1, j] = s1 + dpf
+            SUMS[bb, 2, j] = s2 + dpg
+            SUMS[bb, 3, j] = s3 + dpo
 
     @cuda.jit
-    def step_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma, lengths,
+    def step_backward(DZ, DZ_step, SUMS, dh, dc, dm, da, dout, GATES, C, CPREV, Z, gamma, lengths,
                       s, psug, hgr, reverse):
         B, H = dh.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            cell_backward(DZ, DZ_step, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma, lengths,
-                          s, psug, hgr, reverse, idx // H, idx % H)
+            cell_backward(DZ, DZ_step, SUMS, dh, dc, dm, da, dout, GATES, C, CPREV, Z, gamma,
+                          lengths, s, psug, hgr, reverse, idx // H, idx % H)
 
     @cuda.jit
     def carry_dh(dh, dhU, lengths, s, accumulate):
@@ -666,12 +688,12 @@ def kernels(dtype):
                 dh[bb, j] = dh[bb, j] + dhU[bb, j] if accumulate else dhU[bb, j]
 
     @cuda.jit
-    def column_sums(out, A, rows, cols):
-        """out[c] += Σ_r A[r*cols + c], summed in row order (deterministic)."""
+    def column_sums(out, A, rows, cols, stride):
+        """out[c] += Σ_r A[r*stride + c] for c < cols, summed in row order (deterministic)."""
         for col in range(cuda.grid(1), cols, cuda.gridsize(1)):
             acc = ftype(0.0)
             for r in range(rows):
-                acc += A[r * cols + col]
+                acc += A[r * stride + col]
             out[col] += acc
 
     @cuda.jit
@@ -687,28 +709,20 @@ def kernels(dtype):
             partial[p, col] = acc
 
     @cuda.jit
-    def gate_param_partial(partial, DPRE, Z, BT, chunk):
-        """partial[0, p, k*H + j] = Σ δp_k z and partial[1, p, k*H + j] = Σ δp_k over chunk p's
-        rows (zero where padded): the first pass of δγ_k = Σ δp_k z, δβ_k = Σ δp_k."""
-        nch = partial.shape[1]
-        H = Z.shape[1]
-        for idx in range(cuda.grid(1), nch * 4 * H, cuda.gridsize(1)):
-            p, kj = idx // (4 * H), idx % (4 * H)
-            k, j = kj // H, kj % H
-            g_acc = ftype(0.0)
-            b_acc = ftype(0.0)
-            for r in range(p * chunk, min(BT, (p + 1) * chunk)):
-                d = DPRE[r, k, j]
-                g_acc += d * Z[r, j]
-                b_acc += d
-            partial[0, p, kj] = g_acc
-            partial[1, p, kj] = b_acc
+    def clear_tail(A, steps):
+        """A[:, steps:] = 0 for A (B, T, W): the padding steps that no step loop reaches
+        (the loops write zeros at a row's other padding steps)."""
+        B, T, W = A.shape
+        n = (T - steps) * W
+        for idx in range(cuda.grid(1), B * n, cuda.gridsize(1)):
+            bb, i = idx // n, idx % n
+            A[bb, steps + i // W, i % W] = 0.0
 
     return dict(step_forward=step_forward, close_summary=close_summary,
                 close_forward=close_forward, close_backward=close_backward,
                 close_backward_finish=close_backward_finish, step_backward=step_backward,
                 carry_dh=carry_dh, column_sums=column_sums, column_sums_partial=column_sums_partial,
-                gate_param_partial=gate_param_partial, fill_zero=fill_zero, copy_rows=copy_rows,
+                clear_tail=clear_tail, fill_zero=fill_zero, copy_rows=copy_rows,
                 # DEVICE_FUNCTIONS: the persistent kernels call them
                 cell_forward=cell_forward, cell_inputs=cell_inputs, no_cell_inputs=no_cell_inputs,
                 cell_update=cell_update, cell_backward=cell_backward, closes_at=closes_at,
@@ -998,8 +1012,8 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False)
                 cuda.syncthreads()
 
     @cuda.jit(**PERSISTENT_JIT)
-    def persistent_backward(DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
-                            GATES, C, CPREV, MBLK, SBLK, RBLK, lengths, n0, close_flags,
+    def persistent_backward(DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
+                            GATES, C, CPREV, Z, MBLK, SBLK, RBLK, lengths, n0, close_flags,
                             U, gamma, V_s, V_m, steps, K, ugroups, rgroups, nstage, psug, hgr,
                             reverse):
         """BPTT of ``persistent_forward`` in one cooperative launch, steps in reverse.
@@ -1054,7 +1068,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False)
             for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                 r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
                 for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
-                    cell_backward(DZ, DZs, DPRE, dh, dc, dm, da, dout, GATES, C, CPREV, gamma,
+                    cell_backward(DZ, DZs, SUMS, dh, dc, dm, da, dout, GATES, C, CPREV, Z, gamma,
                                   lengths, s, psug, hgr, reverse, r0 + e // nq, u0 + e % nq)
             grid.sync()
             for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
@@ -1136,7 +1150,7 @@ def matmul(k, C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate=False, scratch=
     launch(partial, A.reshape(A.size), Bm.reshape(Bm.size), M, N, Kd, sam, sak, sbk, sbn, False, kchunk)
     if not accumulate:
         clear(C)
-    k["column_sums"][grid_for(M * N)](C.reshape(C.size), partial, nsplit, M * N)   # chunks in order
+    k["column_sums"][grid_for(M * N)](C.reshape(C.size), partial, nsplit, M * N, M * N)   # chunks in order
 
 
 def clear(arr):
@@ -1166,17 +1180,20 @@ def column_sums(k, out, A, rows, cols, scratch=new_scratch):
     nch, chunk = _chunks(rows, cols)
     partial = scratch(nch * cols, out.dtype)
     k["column_sums_partial"][grid_for(nch * cols)](partial.reshape((nch, cols)), A, rows, cols, chunk)
-    k["column_sums"][grid_for(cols)](out, partial, nch, cols)
+    k["column_sums"][grid_for(cols)](out, partial, nch, cols, cols)
 
 
-def gate_param_grads(k, dgamma, dbeta, DPRE, Z, BT, H, scratch=new_scratch):
-    """δγ_k += Σ δp_k z,  δβ_k += Σ δp_k over every row and step (two passes, fixed order);
-    DPRE (BT,4,H), Z (BT,H)."""
-    nch, chunk = _chunks(BT, 4 * H)
-    partial = scratch(2 * nch * 4 * H, dgamma.dtype).reshape((2, nch, 4 * H))
-    k["gate_param_partial"][grid_for(nch * 4 * H)](partial, DPRE, Z, BT, chunk)
-    for out, part in ((dgamma, partial[0]), (dbeta, partial[1])):
-        k["column_sums"][grid_for(4 * H)](out.reshape(4 * H), part.reshape(nch * 4 * H), nch, 4 * H)
+def row_sums(k, out, A, rows, cols, stride):
+    """out (cols,) += Σ_r A[r*stride + c] over rows r (flat device A), in row order: the
+    step loops' per-row sums (SUMS) summed over the rows."""
+    k["column_sums"][grid_for(cols)](out, A, rows, cols, stride)
+
+
+def clear_tail(k, A, steps):
+    """A (B, T, W)[:, steps:] = 0 where steps < T (see the kernel)."""
+    B, T, W = A.shape
+    if steps < T and A.size:
+        k["clear_tail"][grid_for(B * (T - steps) * W)](A, steps)
 
 
 def closing_steps(lengths, n0, K, steps):
@@ -1493,11 +1510,15 @@ class CudaQLCell:
         state.update(dict(hbuf=("h", (2, B, H)), mbuf=("m", (2, B, H))) if plan is not None else
                      dict(h=("h", (B, H)), m=("m", (B, H))))
         bufs = self._buffers("forward", dict(
-            out=(B, T, H), HPREV=(B, T, H), MBLK=(B, NB + 1 if self.hgr else 0, H), SBLK=(B, NB, H),
-            RBLK=(B, NB, H), hU=(B, G), S=((2, B, H) if plan is not None else (B, H)), P=(B, H),
-            Q=(B, H)), state, st)
-        out, HPREV, MBLK, SBLK, RBLK, hU = (bufs[n] for n in ("out", "HPREV", "MBLK", "SBLK", "RBLK", "hU"))
+            MBLK=(B, NB + 1 if self.hgr else 0, H), SBLK=(B, NB, H), RBLK=(B, NB, H), hU=(B, G),
+            S=((2, B, H) if plan is not None else (B, H)), P=(B, H), Q=(B, H)), state, st)
+        MBLK, SBLK, RBLK, hU = (bufs[n] for n in ("MBLK", "SBLK", "RBLK", "hU"))
         c, a, Pv, Q = bufs["c"], bufs["a"], bufs["P"], bufs["Q"]
+        # out and HPREV are not cleared: the step loops write zeros at a row's padding steps
+        # up to the longest row, clear_tail after it
+        out, HPREV = ws.empty("out", (B, T, H)), ws.empty("HPREV", (B, T, H))
+        clear_tail(k, out, steps)
+        clear_tail(k, HPREV, steps)
         GATES, Z = ws.empty("GATES", (B, T, 4, H)), ws.empty("Z", (B, T, G))
         C, CPREV = ws.empty("C", (B, T, H)), ws.empty("CPREV", (B, T, H))
         if self.hgr:                                                       # MBLK[:, 0] = initial m
@@ -1557,20 +1578,23 @@ class CudaQLCell:
         ws = self.workspace
         steps = int(lengths.max())
         plan = self._plan(B, G)
+        NS = 9 if self.psug else 4
         bufs = self._buffers("backward", dict(
-            DZ=(B, T, G), DPRE=(B, T, 4, H), DP=(B, NB, H), DP_step=(B, H), dmV=(B, H), dsV=(B, H),
-            DZbuf=(2, B, G), dhU=(B, H)), {"d" + key: (key, (B, H)) for key in "hcma"}, dst)
+            SUMS=(B, NS, H), DP=(B, NB, H), DP_step=(B, H), dmV=(B, H), dsV=(B, H), DZbuf=(2, B, G),
+            dhU=(B, H)), {"d" + key: (key, (B, H)) for key in "hcma"}, dst)
         dh, dc, dm, da = (bufs["d" + key] for key in "hcma")
-        DZ, DPRE, DP, DP_step, dmV, dsV = (bufs[n] for n in ("DZ", "DPRE", "DP", "DP_step", "dmV", "dsV"))
+        SUMS, DP, DP_step, dmV, dsV = (bufs[n] for n in ("SUMS", "DP", "DP_step", "dmV", "dsV"))
+        DZ = ws.empty("DZ", (B, T, G))                     # not cleared: as out in forward_device
+        clear_tail(k, DZ, steps)
         if plan is not None:
             DZbuf = bufs["DZbuf"]
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
                                    plan.bwd_stage > 0, plan.item_cols)["persistent_backward"],
                 plan, plan.bwd_bytes,
-                DZ, DZbuf, DPRE, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
-                cc["GATES"], cc["C"], cc["CPREV"], cc["MBLK"], cc["SBLK"], cc["RBLK"], d_len, d_n0,
-                cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
+                DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
+                cc["GATES"], cc["C"], cc["CPREV"], cc["Z"], cc["MBLK"], cc["SBLK"], cc["RBLK"],
+                d_len, d_n0, cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
                 steps, K, plan.ugroups, plan.rgroups, plan.bwd_stage, self.psug, self.hgr, self.reverse)
         else:
             DZ_step, dhU = bufs["DZbuf"][0], bufs["dhU"]
@@ -1582,9 +1606,9 @@ class CudaQLCell:
                     matmul(k, dmV, DP_step, P["V_m"], B, H, H, H, 1, H, 1)  # V_m^T δp
                     matmul(k, dsV, DP_step, P["V_s"], B, H, H, H, 1, H, 1)  # V_s^T δp
                     k["close_backward_finish"][grid](dm, da, dmV, dsV, d_len, d_n0, s, K)
-                k["step_backward"][grid](DZ, DZ_step, DPRE, dh, dc, dm, da, d_dout, cc["GATES"],
-                                         cc["C"], cc["CPREV"], P["gamma"], d_len, s, self.psug,
-                                         self.hgr, self.reverse)
+                k["step_backward"][grid](DZ, DZ_step, SUMS, dh, dc, dm, da, d_dout, cc["GATES"],
+                                         cc["C"], cc["CPREV"], cc["Z"], P["gamma"], d_len, s,
+                                         self.psug, self.hgr, self.reverse)
                 matmul(k, dhU, DZ_step, P["U"], B, H, G, G, 1, H, 1)        # U^T δz_t
                 k["carry_dh"][grid](dh, dhU, d_len, s, False)
         BT = B * T
@@ -1594,10 +1618,11 @@ class CudaQLCell:
         matmul(k, grads["W"], DZ, x, G, E, BT, 1, G, E, 1, **acc)                 # Σ δz x^T
         matmul(k, grads["U"], DZ, cc["HPREV"], G, H, BT, 1, G, H, 1, **acc)       # Σ δz h_{t-1}^T
         matmul(k, d_dx, DZ, P["W"], BT, E, G, G, 1, E, 1, scratch=sc)             # W^T δz
-        column_sums(k, grads["b"], DZ.reshape(BT * G), BT, G, sc)
+        sums = SUMS.reshape(B * NS * H)                    # each row's sums, over the rows:
+        row_sums(k, grads["b"], sums, B, G, NS * H)                               # Σ δz
         if self.psug:
-            gate_param_grads(k, grads["gamma"], grads["beta"], DPRE.reshape(BT, 4, H),
-                             cc["Z"].reshape(BT, H), BT, H, sc)
+            row_sums(k, grads["gamma"].reshape(4 * H), sums[H:], B, 4 * H, NS * H)   # Σ δp_k z
+            row_sums(k, grads["beta"].reshape(4 * H), sums[5 * H:], B, 4 * H, NS * H)  # Σ δp_k
         if self.hgr:
             matmul(k, grads["V_s"], DP, cc["SBLK"], H, H, B * NB, 1, H, H, 1, **acc)  # Σ δp s^T
             MPRE = ws.empty("MPRE", (B * NB, H))                           # m before each close

@@ -65,6 +65,46 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
     assert_layers_agree(results[1], results[0], tol)
 
 
+def poison_workspaces(layer):
+    """NaN into every float buffer of the GPU layer's cells' workspaces."""
+    for row in layer._cells:
+        for cell in row:
+            for buf in cell.workspace.bufs.values():
+                if buf.dtype.kind == "f":
+                    buf.copy_to_device(np.full(buf.shape, np.nan, buf.dtype))
+
+
+@pytest.mark.parametrize("psug,hgr,path", [(False, False, "simple"), (True, True, "persistent")],
+                         ids=["lstm-simple", "ql-persistent"])
+def test_cuda_layer_reads_only_what_it_wrote(psug, hgr, path):
+    """Nothing clears out, HPREV or δz: the step loops write zeros at each row's padding
+    steps up to the longest row, and clear_tail the steps after it.  With every workspace
+    buffer NaN after a first call, a second call with shorter rows (the longest below T,
+    padding steps in both directions) still equals the CPU layer.  The two step loops share
+    the cells and the host code: one setting of each."""
+    rng = make_rng(66)
+    B, T, E, H = 3, 6, 2, 3
+    kw = dict(bidirectional=True, psug=psug, hgr=hgr, block_size=2, dtype=np.float64, seed=5)
+    cpu = qlnumba.QLLSTM(E, H, **kw)
+    gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
+    for row in gpu._cells:
+        for cell in row:
+            cell.path = path
+    x = rng.standard_normal((B, T, E))
+    dout = rng.standard_normal((B, T, 2 * H))
+    gpu.forward(x, np.full(B, T))
+    gpu.backward(dout)
+    poison_workspaces(gpu)
+    lengths = np.array([3, 1, 4])
+    results = []
+    for layer in (cpu, gpu):
+        out, final = layer.forward(x, lengths)
+        dx, grads = layer.backward(dout)
+        results.append((out, final, dx, grads, layer.dstate0))
+    assert not np.isnan(results[1][0]).any()
+    assert_layers_agree(results[1], results[0], 1e-10)
+
+
 @pytest.mark.parametrize("psug,hgr,cores,tol", [(True, True, "tf32x3", 5e-5),
                                                  (False, False, "tf32", 5e-3)],
                          ids=["ql-tf32x3", "lstm-tf32"])
