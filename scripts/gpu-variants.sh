@@ -4,8 +4,8 @@
 # layer at both shapes; the ninth session's runs chose the defaults), the matrix-product tiles
 # (MATMUL_TILES; empty: none) on the large shape's products, a one-line-per-mode summary of the
 # ratios, then the defaults again with each option set of VARIANTS ("|" between runs; default:
-# --tensor-cores tf32x3, --matmul-tile 128x128tf32x3as, --matmul-tile 128x128tf32x3as16,
-# --team-loads 32; each checked against the CPU too, tokens/s printed to set beside the first
+# --prefetch-steps on, --tensor-cores tf32x3, --matmul-tile 128x128tf32x3as, --matmul-tile
+# 128x128tf32x3as16, --team-loads 32; each checked against the CPU too, tokens/s printed to set beside the first
 # run's, all in one gpu_bench_variants.json: the device returns 8 files at most), then a profile
 # of the large shape and of CudaTrainer steps with PROFILE_OPTIONS (default: none).
 # Files go to $OUT (or bench/results).  SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the
@@ -56,7 +56,7 @@ for n, row in r["shapes"].items():
                                for k, v in row[m + "_tokens_per_s"].items()} for m in ("train", "infer")})
 PYEOF
 }
-VARIANTS="${VARIANTS---tensor-cores tf32x3|--matmul-tile 128x128tf32x3as|--matmul-tile 128x128tf32x3as16|--team-loads 32}"
+VARIANTS="${VARIANTS---prefetch-steps on|--tensor-cores tf32x3|--matmul-tile 128x128tf32x3as|--matmul-tile 128x128tf32x3as16|--team-loads 32}"
 IFS='|' read -ra RUNS <<< "$VARIANTS"
 for i in "${!RUNS[@]}"; do
     rm -f "/tmp/gpu_bench_variant$i.json"

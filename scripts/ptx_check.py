@@ -140,26 +140,31 @@ def main():
         real = module.kernels
         module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc, grec.DEVICE_FUNCTIONS))(real)
     real_persistent, real_matmul = grec.persistent_kernels, grec.matmul_kernel
-    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols, preload=False: {
+    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols, preload=False, prefetch=False: {
         name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}" + (" staged" if stage else "")
-                       + (" preload" if preload else ""),     # one name per setting (else the
-                       d, cc)                                 # second would count as compiled)
-        for name, d in real_persistent(dtype, rows, loads, stage, cols, preload).items()}
+                       + (" preload" if preload else "")      # one name per setting (else the
+                       + (" prefetch" if prefetch else ""),   # second would count as compiled)
+                       d, cc)
+        for name, d in real_persistent(dtype, rows, loads, stage, cols, preload, prefetch).items()}
     grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
-    team_loads, preload_cells = grec.TEAM_LOADS, grec.PRELOAD_CELLS
+    team_loads, preload_cells, prefetch_steps = grec.TEAM_LOADS, grec.PRELOAD_CELLS, grec.PREFETCH_STEPS
     for dtype in (np.dtype(name).type for name in args.dtypes.split(",")):
         B, T, E, H = 3, 5, 2, 4
         x = rng.standard_normal((B, T, E)).astype(dtype)
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            for path, rows, loads, stage, cols, preload in (
-                    [(p, 2, 16, False, 4, False) for p in grec.PATHS]
-                    + [("persistent", 4, 16, False, 4, False), ("persistent", 4, 32, False, 4, False),
-                       ("persistent", 4, 16, True, 4, False), ("persistent", 2, 16, False, 8, False),
-                       ("persistent", 2, 16, True, 8, False), ("persistent", 4, 16, False, 4, True)]):
-                grec.TEAM_LOADS, grec.PRELOAD_CELLS = loads, preload
+            for path, rows, loads, stage, cols, preload, prefetch in (
+                    [(p, 2, 16, False, 4, False, False) for p in grec.PATHS]
+                    + [("persistent", 4, 16, False, 4, False, False),
+                       ("persistent", 4, 32, False, 4, False, False),
+                       ("persistent", 4, 16, True, 4, False, False),
+                       ("persistent", 2, 16, False, 8, False, False),
+                       ("persistent", 2, 16, True, 8, False, False),
+                       ("persistent", 4, 16, False, 4, True, False),
+                       ("persistent", 2, 16, False, 8, False, True)]):
+                grec.TEAM_LOADS, grec.PRELOAD_CELLS, grec.PREFETCH_STEPS = loads, preload, prefetch
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
@@ -167,7 +172,7 @@ def main():
                         cell.path, cell.item_rows, cell.stage_rows, cell.item_cols = path, rows, stage, cols
                 layer.forward(x, lengths)
                 layer.backward(dout)
-        grec.TEAM_LOADS, grec.PRELOAD_CELLS = team_loads, preload_cells
+        grec.TEAM_LOADS, grec.PRELOAD_CELLS, grec.PREFETCH_STEPS = team_loads, preload_cells, prefetch_steps
         for tile in grec.TILES:                       # every matrix-product tile
             grec.MATMUL_TILE = tile
             grec.matmul(grec.kernels(np.dtype(dtype)), cuda.to_device(np.zeros((2, 3), dtype)),

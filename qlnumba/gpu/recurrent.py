@@ -45,6 +45,7 @@ import numpy as np
 from numba import float32, float64, uint64
 
 from . import get_cuda
+from .prefetch import prefetch_l2
 
 cuda = get_cuda()
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -102,8 +103,14 @@ ITEM_COLS = 8
 # the persistent forward loop issues each thread's first cell's loads of h, c, a, m and x W^T
 # (``cell_inputs``: from HBM, none of them written by team_dot) before its team_dot, so that
 # they are in flight while it runs, not waited for after it.  ptxas: 348 bytes of spills
-# against 172 without.  Not yet timed on a card (bench/gpu.py --preload-cells on)
+# against 172 without.  On an H100 (twelfth session) 5% (QL-LSTM) and 4% (LSTM) slower: off
 PRELOAD_CELLS = False
+# at each step the persistent loops prefetch into L2 (``prefetch.prefetch_l2``, no registers
+# held) what each thread's cell reads at the next step from device memory: x W^T (forward;
+# the product before the loop wrote it long ago) and the saved gates, c_t, c_{t-1}, δout (BPTT).
+# After each grid sync those loads otherwise wait for device memory.  Changes no value.  Off
+# until timed on a card (bench/gpu.py --prefetch-steps on)
+PREFETCH_STEPS = False
 # the persistent loops first copy their part's rows of h_{t-1} (forward) or δz_t (backward)
 # from global memory into shared memory, all threads at once, where they fit (persistent_plan):
 # team_dot then reads them from there, instead of each team from L2 (a row is read by every
@@ -736,14 +743,15 @@ DEVICE_FUNCTIONS = ("cell_forward", "cell_inputs", "no_cell_inputs", "cell_updat
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False):
+def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False, prefetch=False):
     """The persistent step loops (and their device functions) for one float dtype,
     ``team_dot`` items of ``item_rows`` rows x ``item_cols`` columns, ``loads`` loads of h
     in flight per lane and pass, with ``stage`` the rows team_dot reads staged in shared
-    memory (``stage_rows``), and with ``preload`` each thread's first forward cell's
-    ``cell_inputs`` loaded before team_dot (``PRELOAD_CELLS``; compile-time constants: the
-    register blocks need them, and the loops without an option compile as if it did not
-    exist)."""
+    memory (``stage_rows``), with ``preload`` each thread's first forward cell's
+    ``cell_inputs`` loaded before team_dot (``PRELOAD_CELLS``), and with ``prefetch`` the
+    next step's cell inputs prefetched into L2 (``PREFETCH_STEPS``; compile-time constants:
+    the register blocks need them, and the loops without an option compile as if it did
+    not exist)."""
     if loads % item_rows or loads < item_rows:
         raise ValueError(f"team_dot's loads per pass ({loads}) must be a multiple of its "
                          f"item rows ({item_rows})")
@@ -879,6 +887,33 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False)
                         out[b, (c // nu) * H + u0 + c % nu] = (p0 + p1) + (p2 + p3)
             cuda.syncthreads()
 
+    @cuda.jit(device=True, inline=True)
+    def prefetch_forward(Z, lengths, s, psug, reverse, H, bb, j):
+        """x W^T of step s, row bb, unit j (1 value, or 4 with !psug) on its way to L2
+        (nothing where the row does not step at s)."""
+        L = lengths[bb]
+        if s < L:
+            pos = L - 1 - s if reverse else s
+            prefetch_l2(Z, (bb, pos, j))
+            if not psug:
+                for k in range(1, 4):
+                    prefetch_l2(Z, (bb, pos, k * H + j))
+
+    @cuda.jit(device=True, inline=True)
+    def prefetch_backward(dout, GATES, C, CPREV, Z, lengths, s, psug, reverse, bb, j):
+        """What ``cell_backward`` reads of step s (s >= 0), row bb, unit j from the saved
+        forward and δout, on its way to L2."""
+        L = lengths[bb]
+        if 0 <= s < L:
+            pos = L - 1 - s if reverse else s
+            prefetch_l2(dout, (bb, pos, j))
+            for k in range(4):
+                prefetch_l2(GATES, (bb, pos, k, j))
+            prefetch_l2(C, (bb, pos, j))
+            prefetch_l2(CPREV, (bb, pos, j))
+            if psug:
+                prefetch_l2(Z, (bb, pos, j))
+
     @cuda.jit(device=True)
     def stage_rows(Xs, X, r0, nr, Kd):
         """Rows r0 .. r0 + nr - 1 of X (.., Kd) into Xs[0 .. nr - 1], then a barrier.  Each
@@ -991,6 +1026,8 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False)
                                      lengths, b, gamma, beta, s, psug, hgr, reverse, bb, j)
                     if hgr and closes_at(lengths, n0, s, K, bb):
                         S[bb, j] = a[bb, j] / K                           # s = a / K
+                    if prefetch:            # step s + 1's x W^T into L2 (after team_dot: fewer spills)
+                        prefetch_forward(Z, lengths, s + 1, psug, reverse, H, bb, j)
             grid.sync()
             if hgr and close_flags[s]:
                 mnext = mbuf[(closes + 1) % 2]
@@ -1045,6 +1082,12 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False)
             cuda.syncthreads()
         for s in range(steps - 1, -1, -1):
             DZs = DZbuf[s % 2]
+            if prefetch:                                  # step s - 1's saved values, into L2
+                for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                    r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                    for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
+                        prefetch_backward(dout, GATES, C, CPREV, Z, lengths, s - 1, psug, reverse,
+                                          r0 + e // nq, u0 + e % nq)
             if hgr and close_flags[s]:                                    # the close rule first
                 for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                     r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
@@ -1530,7 +1573,7 @@ class CudaQLCell:
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
                                    plan.fwd_stage > 0, plan.item_cols,
-                                   PRELOAD_CELLS)["persistent_forward"],
+                                   PRELOAD_CELLS, PREFETCH_STEPS)["persistent_forward"],
                 plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
@@ -1590,7 +1633,8 @@ class CudaQLCell:
             DZbuf = bufs["DZbuf"]
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
-                                   plan.bwd_stage > 0, plan.item_cols)["persistent_backward"],
+                                   plan.bwd_stage > 0, plan.item_cols,
+                                   prefetch=PREFETCH_STEPS)["persistent_backward"],
                 plan, plan.bwd_bytes,
                 DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["Z"], cc["MBLK"], cc["SBLK"], cc["RBLK"],

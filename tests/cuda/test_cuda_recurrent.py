@@ -217,14 +217,19 @@ def test_staged_rows_equal_unstaged_bitwise(psug, hgr, item_cols, monkeypatch):
     assert_layers_agree(results[1], (out, final, dx, grads, cpu.dstate0), 1e-10)
 
 
-@pytest.mark.parametrize("psug,hgr,bidirectional", [(False, False, False), (True, True, True)],
-                         ids=["lstm", "ql-bidirectional"])
-def test_preloaded_cells_equal_bitwise(psug, hgr, bidirectional, monkeypatch):
+@pytest.mark.parametrize("option,psug,hgr,bidirectional",
+                         [("PRELOAD_CELLS", False, False, False), ("PRELOAD_CELLS", True, True, True),
+                          ("PREFETCH_STEPS", False, False, True), ("PREFETCH_STEPS", True, True, True)],
+                         ids=["preload-lstm", "preload-ql-bidirectional", "prefetch-lstm-bidirectional",
+                              "prefetch-ql-bidirectional"])
+def test_preloaded_or_prefetched_cells_equal_bitwise(option, psug, hgr, bidirectional, monkeypatch):
     """With PRELOAD_CELLS the persistent forward loads each thread's first cell's inputs
     (cell_inputs) before team_dot and updates it from them after (cell_update): the same
     loads and sums, so every output, state and gradient equals the plain loop's to the last
     bit.  Ragged lengths (idle rows), both directions, 2 row groups (parts with several
-    cells per thread in the simulator: only the first is preloaded)."""
+    cells per thread in the simulator: only the first is preloaded).  PREFETCH_STEPS only
+    adds hints (prefetch.L2; the simulator's stand-in reads each element it names, so an
+    index out of its array fails here): the same bits too."""
     from qlnumba.gpu import recurrent as rec
     B, T, E, H = 5, 3, 2, 6
     rng = make_rng(68)
@@ -237,8 +242,8 @@ def test_preloaded_cells_equal_bitwise(psug, hgr, bidirectional, monkeypatch):
     lengths = np.array([3, 1, 2, 3, 2])
     dout = rng.standard_normal((B, T, 2 * H if bidirectional else H))
     results = []
-    for preload in (False, True):
-        monkeypatch.setattr(rec, "PRELOAD_CELLS", preload)
+    for on in (False, True):
+        monkeypatch.setattr(rec, option, on)
         gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
         for name, p in cpu.params.items():
             gpu.params[name][...] = p
