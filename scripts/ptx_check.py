@@ -163,7 +163,8 @@ def main():
                        ("persistent", 2, 16, False, 8, False, False),
                        ("persistent", 2, 16, True, 8, False, False),
                        ("persistent", 4, 16, False, 4, True, False),
-                       ("persistent", 2, 16, False, 8, False, True)]):
+                       ("persistent", 2, 16, False, 8, False, True),
+                       ("persistent", 2, 32, False, 8, False, False)]):
                 grec.TEAM_LOADS, grec.PRELOAD_CELLS, grec.PREFETCH_STEPS = loads, preload, prefetch
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
