@@ -130,18 +130,22 @@ def time_matmul_tiles(tiles, shape, repeats, rng):
 
 def kernel_resources():
     """Registers and local memory per thread of the compiled persistent kernels (those the
-    layers ran: with PRELOAD_CELLS (the forward) and PREFETCH_STEPS as they were set)."""
+    layers ran: with PRELOAD_CELLS (the forward), PREFETCH_STEPS and STEP_TENSOR_CORES as they
+    were set; tensor-core loops have items of 2 rows only)."""
     from qlnumba.gpu import recurrent as rec
     out = {}
     for rows in (2, 4):
         for name in ("persistent_forward", "persistent_backward"):
+            mma = rec.STEP_TENSOR_CORES
+            if mma and rows != 2:
+                continue
             if name == "persistent_forward":           # the factories' calls in forward_device
-                args = (rec.PRELOAD_CELLS, rec.PREFETCH_STEPS)
+                args = (rec.PRELOAD_CELLS, rec.PREFETCH_STEPS, mma)
                 kw = {}
             else:                                      # and backward_device
-                args, kw = (), dict(prefetch=rec.PREFETCH_STEPS)
-            disp = rec.persistent_kernels(np.dtype(np.float32), rows, rec.TEAM_LOADS, rec.STAGE_ROWS,
-                                          rec.ITEM_COLS, *args, **kw)[name]
+                args, kw = (), dict(prefetch=rec.PREFETCH_STEPS, mma=mma)
+            disp = rec.persistent_kernels(np.dtype(np.float32), rows, rec.TEAM_LOADS,
+                                          rec.STAGE_ROWS and not mma, rec.ITEM_COLS, *args, **kw)[name]
             for i, kern in enumerate(disp.overloads.values()):
                 out[f"{name} item rows {rows} cols {rec.ITEM_COLS} [{i}]"] = {
                     "registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
@@ -202,6 +206,9 @@ def main():
     ap.add_argument("--prefetch-steps", choices=("on", "off"), default=None,
                     help="the persistent loops prefetch into L2 what each cell reads at the next "
                          "step (qlnumba.gpu.recurrent.PREFETCH_STEPS; default: the library's, off)")
+    ap.add_argument("--step-tensor-cores", choices=("on", "off"), default=None,
+                    help="the persistent loops' per-step products on tensor cores, float32 "
+                         "(qlnumba.gpu.recurrent.STEP_TENSOR_CORES; default: the library's, off)")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
                          "TF32 products for float32's accuracy (qlnumba.gpu.recurrent."
@@ -246,6 +253,8 @@ def main():
         rec.PRELOAD_CELLS = args.preload_cells == "on"
     if args.prefetch_steps:
         rec.PREFETCH_STEPS = args.prefetch_steps == "on"
+    if args.step_tensor_cores:
+        rec.STEP_TENSOR_CORES = args.step_tensor_cores == "on"
     if args.matmul_tile:
         if args.matmul_tile not in rec.TILES:
             ap.error(f"--matmul-tile: not one of {sorted(rec.TILES)}")
@@ -253,7 +262,7 @@ def main():
     result["matmul_tile"] = rec.MATMUL_TILE
     result["stage_rows"], result["tensor_cores"] = rec.STAGE_ROWS, rec.MATMUL_TENSOR_CORES
     result["item_cols"], result["preload_cells"] = rec.ITEM_COLS, rec.PRELOAD_CELLS
-    result["prefetch_steps"] = rec.PREFETCH_STEPS
+    result["prefetch_steps"], result["step_tensor_cores"] = rec.PREFETCH_STEPS, rec.STEP_TENSOR_CORES
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

@@ -88,9 +88,10 @@ def main():
     def timed_kernels(dtype):
         return {k: v if k in grec.DEVICE_FUNCTIONS else Timed(k, v, cuda) for k, v in real(dtype).items()}
 
-    def timed_persistent(dtype, rows, loads, stage, cols, preload=False, prefetch=False):
+    def timed_persistent(dtype, rows, loads, stage, cols, preload=False, prefetch=False, mma=False):
         return {k: Timed(k, v, cuda)
-                for k, v in real_persistent(dtype, rows, loads, stage, cols, preload, prefetch).items()}
+                for k, v in real_persistent(dtype, rows, loads, stage, cols, preload, prefetch,
+                                            mma).items()}
 
     grec.kernels, grec.persistent_kernels = timed_kernels, timed_persistent
     grec.matmul_kernel = lambda dtype, tile: Timed(                 # named as in TILES

@@ -4,23 +4,24 @@
 # layer at both shapes; the ninth session's runs chose the defaults), the matrix-product tiles
 # (MATMUL_TILES; empty: none) on the large shape's products, a one-line-per-mode summary of the
 # ratios, then the defaults again with each option set of VARIANTS ("|" between runs; default:
-# --prefetch-steps on, --tensor-cores tf32x3, --matmul-tile 128x128tf32x3as, --matmul-tile
-# 128x128tf32x3as16, --team-loads 32; each checked against the CPU too, tokens/s printed to set beside the first
+# --step-tensor-cores on, --prefetch-steps on, --tensor-cores tf32x3, --matmul-tile
+# 128x128tf32x3as; each checked against the CPU too, tokens/s printed to set beside the first
 # run's, all in one gpu_bench_variants.json: the device returns 8 files at most), then a profile
 # of the large shape and of CudaTrainer steps with PROFILE_OPTIONS (default: none).
 # Files go to $OUT (or bench/results).  SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the
 # GPU tests, the variant runs and the profile.
 # Timings on an H100 (twelfth session): the GPU tests more than 170 s (63 of them ran in that
 # time), the defaults' run with 8 tiles about 2 minutes, each variant about 40 s.  A device
-# command may run 10 minutes, so two calls, for example:
-#   1. TEST_TIMEOUT=280 VARIANTS= SKIP_PROFILE=1 bash scripts/gpu-variants.sh
-#   2. SKIP_TESTS=1 MATMUL_TILES= bash scripts/gpu-variants.sh
+# command may run 10 minutes, and a session has 15 minutes of device time in all, so two calls,
+# one right after the other (the machine stays warm 30 s), for example:
+#   1. TEST_TIMEOUT=280 VARIANTS= SKIP_PROFILE=1 bash scripts/gpu-variants.sh   (about 7 minutes)
+#   2. SKIP_TESTS=1 MATMUL_TILES= bash scripts/gpu-variants.sh                  (about 5 minutes)
 # (run locally, into bench/results, a call's files replace the previous call's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
-MATMUL_TILES="${MATMUL_TILES-128x128pf,128x128tf32,128x128tf32x3,128x128tf32x3k8,128x128tf32as,128x128tf32x3as,128x128tf32x3as16}"
+MATMUL_TILES="${MATMUL_TILES-128x128pf,128x128tf32x3,128x128tf32as,128x128tf32x3as,128x128tf32x3as16}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups "${ROW_GROUPS:-default}" --item-rows "${ITEM_ROWS:-default}" \
     ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null
@@ -56,7 +57,7 @@ for n, row in r["shapes"].items():
                                for k, v in row[m + "_tokens_per_s"].items()} for m in ("train", "infer")})
 PYEOF
 }
-VARIANTS="${VARIANTS---prefetch-steps on|--tensor-cores tf32x3|--matmul-tile 128x128tf32x3as|--matmul-tile 128x128tf32x3as16|--team-loads 32}"
+VARIANTS="${VARIANTS---step-tensor-cores on|--prefetch-steps on|--tensor-cores tf32x3|--matmul-tile 128x128tf32x3as}"
 IFS='|' read -ra RUNS <<< "$VARIANTS"
 for i in "${!RUNS[@]}"; do
     rm -f "/tmp/gpu_bench_variant$i.json"

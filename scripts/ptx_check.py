@@ -61,6 +61,7 @@ import numba.cuda.dispatcher as _dispatcher  # noqa: E402  (device functions ask
 
 _dispatcher.get_current_device = cuda.get_current_device
 COMPILED = {}
+OPTIONS = ("TEAM_LOADS", "PRELOAD_CELLS", "PREFETCH_STEPS", "STEP_TENSOR_CORES")   # set per layer run
 
 
 def arg_type(a):
@@ -140,32 +141,39 @@ def main():
         real = module.kernels
         module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc, grec.DEVICE_FUNCTIONS))(real)
     real_persistent, real_matmul = grec.persistent_kernels, grec.matmul_kernel
-    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols, preload=False, prefetch=False: {
+    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols, preload=False, prefetch=False, mma=False: {
         name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}" + (" staged" if stage else "")
                        + (" preload" if preload else "")      # one name per setting (else the
-                       + (" prefetch" if prefetch else ""),   # second would count as compiled)
-                       d, cc)
-        for name, d in real_persistent(dtype, rows, loads, stage, cols, preload, prefetch).items()}
+                       + (" prefetch" if prefetch else "")    # second would count as compiled)
+                       + (" mma" if mma else ""), d, cc)
+        for name, d in real_persistent(dtype, rows, loads, stage, cols, preload, prefetch, mma).items()}
     grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
-    team_loads, preload_cells, prefetch_steps = grec.TEAM_LOADS, grec.PRELOAD_CELLS, grec.PREFETCH_STEPS
+    saved = {name: getattr(grec, name) for name in OPTIONS}
     for dtype in (np.dtype(name).type for name in args.dtypes.split(",")):
         B, T, E, H = 3, 5, 2, 4
         x = rng.standard_normal((B, T, E)).astype(dtype)
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            for path, rows, loads, stage, cols, preload, prefetch in (
-                    [(p, 2, 16, False, 4, False, False) for p in grec.PATHS]
-                    + [("persistent", 4, 16, False, 4, False, False),
-                       ("persistent", 4, 32, False, 4, False, False),
-                       ("persistent", 4, 16, True, 4, False, False),
-                       ("persistent", 2, 16, False, 8, False, False),
-                       ("persistent", 2, 16, True, 8, False, False),
-                       ("persistent", 4, 16, False, 4, True, False),
-                       ("persistent", 2, 16, False, 8, False, True),
-                       ("persistent", 2, 32, False, 8, False, False)]):
-                grec.TEAM_LOADS, grec.PRELOAD_CELLS, grec.PREFETCH_STEPS = loads, preload, prefetch
+            # path, item rows, loads, staged, item cols, then PRELOAD_CELLS, PREFETCH_STEPS,
+            # STEP_TENSOR_CORES; float64 layers only the first four (the options for speed are
+            # float32's, and each compile adds to the test suite's time)
+            configs = ([(p, 2, 16, False, 4, False, False, False) for p in grec.PATHS]
+                       + [("persistent", 4, 16, False, 4, False, False, False),
+                          ("persistent", 2, 16, False, 8, False, False, False)])
+            if dtype != np.float64:
+                configs += [("persistent", 4, 32, False, 4, False, False, False),
+                            ("persistent", 4, 16, True, 4, False, False, False),
+                            ("persistent", 2, 16, True, 8, False, False, False),
+                            ("persistent", 4, 16, False, 4, True, False, False),
+                            ("persistent", 2, 16, False, 8, False, True, False),
+                            ("persistent", 2, 32, False, 8, False, False, False),
+                            ("persistent", 2, 16, False, 8, False, False, True)]
+            for path, rows, loads, stage, cols, *options in configs:
+                grec.TEAM_LOADS = loads
+                for name, on in zip(OPTIONS[1:], options):
+                    setattr(grec, name, on)
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
@@ -173,7 +181,8 @@ def main():
                         cell.path, cell.item_rows, cell.stage_rows, cell.item_cols = path, rows, stage, cols
                 layer.forward(x, lengths)
                 layer.backward(dout)
-        grec.TEAM_LOADS, grec.PRELOAD_CELLS, grec.PREFETCH_STEPS = team_loads, preload_cells, prefetch_steps
+        for name, value in saved.items():
+            setattr(grec, name, value)
         for tile in grec.TILES:                       # every matrix-product tile
             grec.MATMUL_TILE = tile
             grec.matmul(grec.kernels(np.dtype(dtype)), cuda.to_device(np.zeros((2, 3), dtype)),

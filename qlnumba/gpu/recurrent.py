@@ -10,8 +10,8 @@ MATMUL_TENSOR_CORES, TF32 tensor-core ones (``tensor_cores.py``).  The step loop
   one cooperative launch runs every step (``persistent_kernels``).  Block q owns
   part q: a group of rows and a group of hidden units (``persistent_plan``), and
   keeps the units' slices of U (and V_s, V_m) in shared memory; its teams of
-  threads make U h_{t-1} for those rows and units (``team_dot``), then run their
-  cells, and one ``cuda.cg.this_grid().sync()`` per step (two on a closing
+  threads make U h_{t-1} for those rows and units (``team_dot``; or its warps on
+  tensor cores, ``mma_dot``, with STEP_TENSOR_CORES), then run their cells, and one ``cuda.cg.this_grid().sync()`` per step (two on a closing
   step in BPTT) publishes the new h.  h, s, m and δz are double-buffered so no
   block overwrites what another still reads.  The per-element bodies are the
   device functions ``cell_forward``, ``close_*_cell``, ``cell_backward``
@@ -111,6 +111,19 @@ PRELOAD_CELLS = False
 # After each grid sync those loads otherwise wait for device memory.  Changes no value.  Off
 # until timed on a card (bench/gpu.py --prefetch-steps on)
 PREFETCH_STEPS = False
+# the step loops' product U h_{t-1} (forward) and U^T δz_t (BPTT) on tensor cores, float32 layers
+# only (``mma_dot``: mma.sync with three TF32 products, float32's accuracy).  Why: with team_dot a
+# block reads its rows of h (δz) from L2 once per group of 8 columns, and reads U from shared
+# memory once per 2 rows; at (64, 1024, 300, 512) LSTM's forward reads 34 MB of L2 and about 1 MB
+# of shared memory per block per step, and makes 0.5M FMAs per multiprocessor: each of those
+# alone takes 2-6 µs of a step on an H100.  With mma_dot a block reads its rows once (LSTM
+# forward: 8.6 MB per step in all) and U's slice once.  Off until timed on a card
+# (bench/gpu.py --step-tensor-cores on)
+STEP_TENSOR_CORES = False
+MMA_PAD = 4                              # mma_dot: U's rows in shared memory, this much longer
+MMA_TILES = (2, 4)                       # mma_dot: a warp's block of outputs, in mma tiles of 16 x 8
+MMA_THREADS = 64                         # simulator: threads of a persistent block with mma_dot
+MMA_LOADS = 32                           # mma_dot: loads of X per lane and pass
 # the persistent loops first copy their part's rows of h_{t-1} (forward) or δz_t (backward)
 # from global memory into shared memory, all threads at once, where they fit (persistent_plan):
 # team_dot then reads them from there, instead of each team from L2 (a row is read by every
@@ -612,7 +625,7 @@ def kernels(dtype):
         """BPTT of ``cell_forward`` at step s, row bb, unit j.  Every load comes before the
         first store, as there.  Adds the step's terms of the bias gradient (and PSUG's
         δγ_k = Σ δp_k z, δβ_k = Σ δp_k) to row bb's sums in SUMS (one thread owns each
-        (bb, j): no atomics; the sums over rows come after the loop, ``row_sums``)."""
+        (bb, j): no atomics; the sums over rows come after the loop, ``sum_over_rows``)."""
         H = dh.shape[1]
         L = lengths[bb]
         if s >= L:                                  # padding step s: δz = 0 (DZ is not cleared)
@@ -743,19 +756,24 @@ DEVICE_FUNCTIONS = ("cell_forward", "cell_inputs", "no_cell_inputs", "cell_updat
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False, prefetch=False):
+def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False, prefetch=False,
+                       mma=False):
     """The persistent step loops (and their device functions) for one float dtype,
     ``team_dot`` items of ``item_rows`` rows x ``item_cols`` columns, ``loads`` loads of h
     in flight per lane and pass, with ``stage`` the rows team_dot reads staged in shared
     memory (``stage_rows``), with ``preload`` each thread's first forward cell's
-    ``cell_inputs`` loaded before team_dot (``PRELOAD_CELLS``), and with ``prefetch`` the
-    next step's cell inputs prefetched into L2 (``PREFETCH_STEPS``; compile-time constants:
-    the register blocks need them, and the loops without an option compile as if it did
-    not exist)."""
+    ``cell_inputs`` loaded before team_dot (``PRELOAD_CELLS``), with ``prefetch`` the
+    next step's cell inputs prefetched into L2 (``PREFETCH_STEPS``), and with ``mma`` the
+    step's product U h (U^T δz) on tensor cores (``mma_dot``, float32, items of 8 columns,
+    not staged; ``STEP_TENSOR_CORES``; compile-time constants: the register blocks need
+    them, and the loops without an option compile as if it did not exist)."""
     if loads % item_rows or loads < item_rows:
         raise ValueError(f"team_dot's loads per pass ({loads}) must be a multiple of its "
                          f"item rows ({item_rows})")
     check_item_cols(item_cols)
+    if mma and (np.dtype(dtype) != np.float32 or item_cols != 8 or stage):
+        raise ValueError("tensor-core step products are float32, with items of 8 columns, "
+                         "not staged")
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
     k = kernels(np.dtype(dtype))
     cell_forward, cell_backward, closes_at = k["cell_forward"], k["cell_backward"], k["closes_at"]
@@ -767,6 +785,23 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
     KPASS = loads // ROWS                               # k per pass: `loads` loads of X in flight
     NX = KPASS * ROWS                                   # (local array sizes must be constants)
     KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
+    # mma_dot: a warp's block of outputs is MB x NB mma tiles (16 rows x 8 columns each), KP
+    # k-steps of 8 per pass (``loads`` loads of X per lane); U's rows in shared memory are SPAD
+    # longer than k, so that the 8 columns of a B fragment fall in different banks
+    MB, NB = MMA_TILES
+    KP = max(1, MMA_LOADS // (4 * MB))
+    BM, BN = 16 * MB, 8 * NB
+    ACC, NXA, NFA, NFB = (MB, NB, 4), KP * MB * 4, MB * 4, NB * 2
+    SPAD = MMA_PAD if mma else 0
+    # with mma_dot, blocks of 256 threads and up to 255 registers (persistent_plan): capped at
+    # 128, ptxas spilled 600 bytes
+    jit_options = dict(PERSISTENT_JIT, max_registers=255) if mma and not SIM else PERSISTENT_JIT
+    if mma:
+        from .tensor_cores import MMA_XCH, mma3_into, tf32_rounder
+        to_tf32 = tf32_rounder()
+        XCH = (MMA_THREADS // 32) * MMA_XCH if SIM else 1
+    else:
+        XCH = 1
 
     @cuda.jit(device=True, inline=True)
     def padded(n):
@@ -785,15 +820,15 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
         return r0, max(0, min(B, r0 + nrg) - r0), u0, min(H, u0 + nu) - u0, nu
 
     @cuda.jit(device=True)
-    def load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose):
-        """This part's slice of U into shared memory, one row per output column c:
-        forward  Ush[c*Kd + k] = U[col(c), k]   (k < H), the rows of U this part's units need;
-        backward Ush[c*Kd + k] = U[k, col(c)]   (k < G), the columns (transpose);
-        col(c) = (c // nu) * H + u0 + c % nu; padded or empty columns are 0."""
-        for e in range(cuda.threadIdx.x, ncol_pad * Kd, cuda.blockDim.x):
-            c, k = e // Kd, e % Kd
+    def load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, ld, H, transpose):
+        """This part's slice of U into shared memory, one row of ld >= Kd per output column c:
+        forward  Ush[c*ld + k] = U[col(c), k]   (k < H), the rows of U this part's units need;
+        backward Ush[c*ld + k] = U[k, col(c)]   (k < G), the columns (transpose);
+        col(c) = (c // nu) * H + u0 + c % nu; padded or empty columns, and k >= Kd, are 0."""
+        for e in range(cuda.threadIdx.x, ncol_pad * ld, cuda.blockDim.x):
+            c, k = e // ld, e % ld
             val = ftype(0.0)
-            if c < ncol and c % nu < nq:
+            if c < ncol and c % nu < nq and k < Kd:
                 col = (c // nu) * H + u0 + c % nu
                 val = U[k, col] if transpose else U[col, k]
             Ush[e] = val
@@ -887,6 +922,90 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                         out[b, (c // nu) * H + u0 + c % nu] = (p0 + p1) + (p2 + p3)
             cuda.syncthreads()
 
+    @cuda.jit(device=True)
+    def mma_dot(out, X, Ush, red, xch, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s):
+        """``team_dot``'s sums (X in global memory) on tensor cores, float32 to float32's
+        accuracy: D = X U_slice^T by ``mma.sync`` m16n8k8 with three TF32 products per 8 k
+        (``tensor_cores.mma3_into``).
+
+        The block's warps split k: warp w takes the k-steps of 8 w, w + W, w + 2W, ...
+        (W warps) for a block of outputs of BM rows x BN columns, loading KP k-steps of X
+        per pass before it computes on them.  A fragment is X[b, k] (rows b of the part,
+        clamped to its last row), B is Ush[c*(Kd + SPAD) + k]; k >= Kd reads as 0.  Each
+        warp leaves its partial D in ``red`` in its fragments' order (lane fastest: no bank
+        conflicts), and each output sums the W partials in warp order (deterministic).
+        Every warp makes the same mma calls (block-uniform loops), as ``mma.sync`` and the
+        simulator's stand-in need.  Compared with team_dot, a block reads each of its rows
+        of X from L2 once, not once per group of 8 columns, and the products take no FMA
+        units and no shared-memory reads of U per row."""
+        tid = cuda.threadIdx.x
+        nthr = cuda.blockDim.x
+        nwarps = nthr // 32
+        warp, lane = tid // 32, tid % 32
+        g, t = lane // 4, lane % 4
+        ld = Kd + SPAD
+        per = ((Kd + 7) // 8 + nwarps - 1) // nwarps      # k-steps of each warp
+        rend = r0 + nr
+        acc = cuda.local.array(ACC, float32)              # acc[i, j]: mma tile (i, j)'s D
+        xa = cuda.local.array(NXA, float32)               # a pass's A fragments, as loaded
+        ahi = cuda.local.array(NFA, float32)              # A[i] at 4i .. 4i+3, split in TF32
+        alo = cuda.local.array(NFA, float32)
+        bhi = cuda.local.array(NFB, float32)              # B[j] at 2j, 2j+1
+        blo = cuda.local.array(NFB, float32)
+        for m0 in range(0, nr, BM):
+            for n0 in range(0, ncol_pad, BN):
+                for i in range(MB):
+                    for j in range(NB):
+                        for q in range(4):
+                            acc[i, j, q] = 0.0
+                for p in range(0, per, KP):
+                    for kp in range(KP):                  # the pass's loads of X, all first
+                        k = ((p + kp) * nwarps + warp) * 8 + t
+                        for i in range(MB):
+                            b = min(r0 + m0 + i * 16 + g, rend - 1)
+                            b8 = min(b + 8, rend - 1)
+                            x = (kp * MB + i) * 4
+                            xa[x] = X[b, k] if k < Kd else float32(0.0)                # A[g, t]
+                            xa[x + 1] = X[b8, k] if k < Kd else float32(0.0)           # A[g + 8, t]
+                            xa[x + 2] = X[b, k + 4] if k + 4 < Kd else float32(0.0)    # A[g, t + 4]
+                            xa[x + 3] = X[b8, k + 4] if k + 4 < Kd else float32(0.0)   # A[g + 8, t + 4]
+                    for kp in range(KP):
+                        if p + kp < per:
+                            k = ((p + kp) * nwarps + warp) * 8 + t
+                            for e in range(4 * MB):                 # x = hi + lo in TF32
+                                v = xa[kp * MB * 4 + e]
+                                ahi[e] = to_tf32(v)
+                                alo[e] = to_tf32(v - ahi[e])
+                            for j in range(NB):                     # B[t, g], B[t + 4, g]
+                                c = n0 + j * 8 + g
+                                v0 = Ush[c * ld + k] if k < Kd and c < ncol_pad else float32(0.0)
+                                v1 = Ush[c * ld + k + 4] if k + 4 < Kd and c < ncol_pad else float32(0.0)
+                                bhi[2 * j] = to_tf32(v0)
+                                blo[2 * j] = to_tf32(v0 - bhi[2 * j])
+                                bhi[2 * j + 1] = to_tf32(v1)
+                                blo[2 * j + 1] = to_tf32(v1 - bhi[2 * j + 1])
+                            for i in range(MB):
+                                if m0 + i * 16 < nr:
+                                    for j in range(NB):
+                                        if n0 + j * 8 < ncol_pad:
+                                            mma3_into(acc, i, j, xch, warp, lane, ahi, alo, bhi, blo)
+                # partial (i, j, q) of lane l of warp w at red[w*BM*BN + ((i*NB + j)*4 + q)*32 + l]
+                for i in range(MB):
+                    for j in range(NB):
+                        for q in range(4):
+                            red[warp * (BM * BN) + ((i * NB + j) * 4 + q) * 32 + lane] = acc[i, j, q]
+                cuda.syncthreads()
+                for o in range(tid, BM * BN, nthr):
+                    i, j, q, ll = o // (NB * 128), (o // 128) % NB, (o // 32) % 4, o % 32
+                    b = r0 + m0 + i * 16 + ll // 4 + (q // 2) * 8      # D[g (+8), 2t (+1)]
+                    c = n0 + j * 8 + 2 * (ll % 4) + q % 2
+                    if b < rend and c < ncol and c % nu < nq and s < lengths[b]:
+                        v = float32(0.0)
+                        for w in range(nwarps):
+                            v += red[w * (BM * BN) + o]
+                        out[b, (c // nu) * H + u0 + c % nu] = v
+                cuda.syncthreads()
+
     @cuda.jit(device=True, inline=True)
     def prefetch_forward(Z, lengths, s, psug, reverse, H, bb, j):
         """x W^T of step s, row bb, unit j (1 value, or 4 with !psug) on its way to L2
@@ -933,12 +1052,12 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
     def load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose, hgr):
         """Part (u0, nq)'s slices of U, and with hgr of V_s and V_m, into shared memory
         (``load_slice``; V slices have one column per unit, read as rows or, in
-        backward, as columns)."""
-        load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose)
+        backward, as columns).  U's rows are SPAD values longer than Kd (``mma_dot``)."""
+        load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, Kd + SPAD, H, transpose)
         if hgr:
             nu_pad = padded(nu)
-            load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, transpose)
-            load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, transpose)
+            load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, H, transpose)
+            load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, H, transpose)
 
     @cuda.jit(device=True, inline=True)
     def reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H,
@@ -960,7 +1079,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
         return (dyn[:nslice], dyn[nslice:nslice + nv], dyn[nslice + nv:x0], dyn[x0:x0 + nx],
                 dyn[x0 + nx:])
 
-    @cuda.jit(**PERSISTENT_JIT)
+    @cuda.jit(**jit_options)
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                            RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
                            b_r, steps, K, ugroups, rgroups, nstage, psug, hgr, reverse):
@@ -979,6 +1098,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
         nstage >= its rows: the rows a part may have).
         """
         grid = cuda.cg.this_grid()
+        xch = cuda.shared.array(XCH, float32)              # the simulator's mma stand-in
         B, H = c.shape
         G = U.shape[0]
         nparts = ugroups * rgroups
@@ -986,7 +1106,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
         ncol = (G // H) * nu
         ncol_pad = padded(ncol)
         nv = padded(nu) * H if hgr else 0
-        Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * H, nv, nstage * H)
+        Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * (H + SPAD), nv, nstage * H)
         resident = nparts == cuda.gridDim.x
         if resident:
             r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
@@ -1013,6 +1133,9 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                     stage_rows(Xs, hcur, r0, nr, H)
                     team_dot(hU, Xs, r0, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
                              lengths, s, rot)
+                elif mma:
+                    mma_dot(hU, hcur, Ush, red, xch, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
+                            lengths, s)
                 else:
                     team_dot(hU, hcur, 0, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
                              lengths, s, rot)
@@ -1048,7 +1171,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                 closes += 1
                 cuda.syncthreads()
 
-    @cuda.jit(**PERSISTENT_JIT)
+    @cuda.jit(**jit_options)
     def persistent_backward(DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
                             GATES, C, CPREV, Z, MBLK, SBLK, RBLK, lengths, n0, close_flags,
                             U, gamma, V_s, V_m, steps, K, ugroups, rgroups, nstage, psug, hgr,
@@ -1064,13 +1187,14 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
         shared memory first (``stage_rows``, nstage of them at most).
         """
         grid = cuda.cg.this_grid()
+        xch = cuda.shared.array(XCH, float32)              # the simulator's mma stand-in
         B, H = dh.shape
         G = U.shape[0]
         nparts = ugroups * rgroups
         nu = (H + ugroups - 1) // ugroups
         ncol_pad = padded(nu)
         nv = ncol_pad * H if hgr else 0
-        Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * G, nv, nstage * G)
+        Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * (G + SPAD), nv, nstage * G)
         # the staged rows (nstage, G), made once (here ptxas spills 236 bytes against 324 for a
         # view made per part, as in persistent_forward); without staging a stand-in of the
         # same type, never read
@@ -1124,6 +1248,9 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                     stage_rows(Xs, DZs, r0, nr, G)
                     team_dot(dh, Xs, r0, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths,
                              s, rot)
+                elif mma:
+                    mma_dot(dh, DZs, Ush, red, xch, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths,
+                            s)
                 else:
                     team_dot(dh, DZs, 0, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths,
                              s, rot)
@@ -1226,7 +1353,7 @@ def column_sums(k, out, A, rows, cols, scratch=new_scratch):
     k["column_sums"][grid_for(cols)](out, partial, nch, cols, cols)
 
 
-def row_sums(k, out, A, rows, cols, stride):
+def sum_over_rows(k, out, A, rows, cols, stride):
     """out (cols,) += Σ_r A[r*stride + c] over rows r (flat device A), in row order: the
     step loops' per-row sums (SUMS) summed over the rows."""
     k["column_sums"][grid_for(cols)](out, A, rows, cols, stride)
@@ -1253,7 +1380,7 @@ def closing_steps(lengths, n0, K, steps):
 
 
 Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes fwd_stage bwd_stage "
-                         "item_cols")
+                         "item_cols mma")
 
 
 @lru_cache(maxsize=None)
@@ -1269,7 +1396,7 @@ def shared_limit():
 
 
 def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, stage=None,
-                    item_cols=None):
+                    item_cols=None, mma=None):
     """How the persistent kernels split the rows and hidden units, or None where they
     cannot run.
 
@@ -1290,11 +1417,17 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, sta
     ``STAGE_ROWS``) a loop stages its part's rows of h (forward) or δz (backward) in
     shared memory where they fit besides the rest: ``fwd_stage`` / ``bwd_stage`` rows (0:
     not staged).  Items of ``item_cols`` columns (None: ``ITEM_COLS``, 8; or 4), 2 rows by
-    default with 8.
+    default with 8.  ``mma`` (None: ``STEP_TENSOR_CORES``; float32 only, itemsize 4): the
+    step's product on tensor cores (``mma_dot``: needs items of 8 columns, never staged;
+    blocks of MMA_THREADS in the simulator, whole warps).
     """
     rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
     cols = ITEM_COLS if item_cols is None else int(item_cols)
     check_item_cols(cols)
+    mma = bool(STEP_TENSOR_CORES if mma is None else mma) and itemsize == 4
+    if mma and cols != 8:
+        raise ValueError(f"tensor-core step products (STEP_TENSOR_CORES) need items of 8 columns, "
+                         f"got {cols}")
     rows = (4 if -(-B // rgroups) >= 4 and cols == 4 else 2) if item_rows is None else int(item_rows)
     if rows not in (2, 4):
         raise ValueError(f"item_rows must be 2 or 4, got {item_rows!r}")
@@ -1305,19 +1438,22 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, sta
     ugroups = -(-H // nu)
     pad = lambda n: (n + cols - 1) // cols * cols
     v = 2 * pad(nu) * H if hgr else 0
-    stage = STAGE_ROWS if stage is None else stage
+    stage = (STAGE_ROWS if stage is None else stage) and not mma
     nrg = -(-B // rgroups)                       # rows a part may have
     limit = shared_limit()
-    for threads in ((THREADS,) if SIM else (512, 256)):
+    spad = MMA_PAD if mma else 0
+    for threads in (((MMA_THREADS if mma else THREADS),) if SIM else ((256,) if mma else (512, 256))):
         red = cols * rows * (threads // TEAM) * (TEAM + 1)
-        fwd = (pad((G // H) * nu) * H + v + red) * itemsize
-        bwd = (pad(nu) * G + v + red) * itemsize
+        if mma:                                  # mma_dot's partials: a block of outputs per warp
+            red = max(red, threads // 32 * (16 * MMA_TILES[0]) * (8 * MMA_TILES[1]))
+        fwd = (pad((G // H) * nu) * (H + spad) + v + red) * itemsize
+        bwd = (pad(nu) * (G + spad) + v + red) * itemsize
         if max(fwd, bwd) <= limit:
             fwd_stage = nrg if stage and fwd + nrg * H * itemsize <= limit else 0
             bwd_stage = nrg if stage and bwd + nrg * G * itemsize <= limit else 0
             return Plan(ugroups, rgroups, rows, 1 if SIM else ugroups * rgroups, threads,
                         fwd + fwd_stage * H * itemsize, bwd + bwd_stage * G * itemsize,
-                        fwd_stage, bwd_stage, cols)
+                        fwd_stage, bwd_stage, cols, mma)
     return None
 
 
@@ -1573,7 +1709,7 @@ class CudaQLCell:
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
                                    plan.fwd_stage > 0, plan.item_cols,
-                                   PRELOAD_CELLS, PREFETCH_STEPS)["persistent_forward"],
+                                   PRELOAD_CELLS, PREFETCH_STEPS, plan.mma)["persistent_forward"],
                 plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
@@ -1634,7 +1770,7 @@ class CudaQLCell:
             launch_persistent(
                 persistent_kernels(np.dtype(self.dtype), plan.item_rows, TEAM_LOADS,
                                    plan.bwd_stage > 0, plan.item_cols,
-                                   prefetch=PREFETCH_STEPS)["persistent_backward"],
+                                   prefetch=PREFETCH_STEPS, mma=plan.mma)["persistent_backward"],
                 plan, plan.bwd_bytes,
                 DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["Z"], cc["MBLK"], cc["SBLK"], cc["RBLK"],
@@ -1663,10 +1799,10 @@ class CudaQLCell:
         matmul(k, grads["U"], DZ, cc["HPREV"], G, H, BT, 1, G, H, 1, **acc)       # Σ δz h_{t-1}^T
         matmul(k, d_dx, DZ, P["W"], BT, E, G, G, 1, E, 1, scratch=sc)             # W^T δz
         sums = SUMS.reshape(B * NS * H)                    # each row's sums, over the rows:
-        row_sums(k, grads["b"], sums, B, G, NS * H)                               # Σ δz
+        sum_over_rows(k, grads["b"], sums, B, G, NS * H)                                # Σ δz
         if self.psug:
-            row_sums(k, grads["gamma"].reshape(4 * H), sums[H:], B, 4 * H, NS * H)   # Σ δp_k z
-            row_sums(k, grads["beta"].reshape(4 * H), sums[5 * H:], B, 4 * H, NS * H)  # Σ δp_k
+            sum_over_rows(k, grads["gamma"].reshape(4 * H), sums[H:], B, 4 * H, NS * H)  # Σ δp_k z
+            sum_over_rows(k, grads["beta"].reshape(4 * H), sums[5 * H:], B, 4 * H, NS * H)  # Σ δp_k
         if self.hgr:
             matmul(k, grads["V_s"], DP, cc["SBLK"], H, H, B * NB, 1, H, H, 1, **acc)  # Σ δp s^T
             MPRE = ws.empty("MPRE", (B * NB, H))                           # m before each close

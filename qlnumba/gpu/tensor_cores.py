@@ -49,6 +49,11 @@ def tf32_ties():
     return "even" if SIM or cuda.get_current_device().compute_capability >= (9, 0) else "away"
 
 
+def tf32_rounder():
+    """The device function that rounds a float32 to TF32 as the kernels do (``tf32_ties``)."""
+    return _rounder(tf32_ties())
+
+
 if SIM:
     @lru_cache(maxsize=None)
     def _rounder(ties):
@@ -221,6 +226,28 @@ else:
         return _mma(a0, a1, a2, a3, b0, b1, c0, c1, c2, c3)
 
 
+@cuda.jit(device=True, inline=True)
+def mma3_into(acc, i, j, xch, warp, lane, ahi, alo, bhi, blo):
+    """acc[i, j] += lo_a hi_b + hi_a lo_b + hi_a hi_b (small terms first) over these 8 k.
+    The three products sum from zero on the tensor cores, and that sum is added to acc
+    by an ordinary float32 add, which rounds to nearest.  The tensor cores' own sums
+    truncate (``toward_zero``): acc summed by them over all of k drifts toward zero by
+    up to an ulp of acc per mma.  On an H100, with acc in the mma, LSTM's weight
+    gradients (chunks of k of 8192) came out 20x further from the CPU than with the
+    float32 tiles; Ootomo and Yokota 2022 describe this drift and this remedy."""
+    zero = float32(0.0)
+    d0, d1, d2, d3 = mma_tf32(xch, warp, lane, alo[4 * i], alo[4 * i + 1], alo[4 * i + 2],
+                              alo[4 * i + 3], bhi[2 * j], bhi[2 * j + 1], zero, zero, zero, zero)
+    d0, d1, d2, d3 = mma_tf32(xch, warp, lane, ahi[4 * i], ahi[4 * i + 1], ahi[4 * i + 2],
+                              ahi[4 * i + 3], blo[2 * j], blo[2 * j + 1], d0, d1, d2, d3)
+    d0, d1, d2, d3 = mma_tf32(xch, warp, lane, ahi[4 * i], ahi[4 * i + 1], ahi[4 * i + 2],
+                              ahi[4 * i + 3], bhi[2 * j], bhi[2 * j + 1], d0, d1, d2, d3)
+    acc[i, j, 0] += d0
+    acc[i, j, 1] += d1
+    acc[i, j, 2] += d2
+    acc[i, j, 3] += d3
+
+
 @lru_cache(maxsize=None)
 def async_pipeline(tile, lda, ldb, compute):
     """The loop over one chunk of k for tiles with PF = S >= 2, as an inline device
@@ -308,7 +335,7 @@ def tensor_core_matmul_kernel(tile):
     A4, A8, B4, B8, EIGHT = (np.uint64(n) for n in (4 * LDA, 8 * LDA, 4 * LDB, 8 * LDB, 8))
     tile_count, _, _, _, _, _, put = tile_functions(float32, tile)
     LA, LB = (1, 1) if ASYNC else slab_shares(tile)[3:]  # the next slab, in registers
-    to_tf32 = _rounder(tf32_ties())
+    to_tf32 = tf32_rounder()
 
     @cuda.jit(device=True, inline=True)
     def split(x, hi, lo, i):
@@ -324,27 +351,6 @@ def tensor_core_matmul_kernel(tile):
         acc[i, j, 0], acc[i, j, 1], acc[i, j, 2], acc[i, j, 3] = mma_tf32(
             xch, warp, lane, af[4 * i], af[4 * i + 1], af[4 * i + 2], af[4 * i + 3],
             bf[2 * j], bf[2 * j + 1], acc[i, j, 0], acc[i, j, 1], acc[i, j, 2], acc[i, j, 3])
-
-    @cuda.jit(device=True, inline=True)
-    def mma3_into(acc, i, j, xch, warp, lane, ahi, alo, bhi, blo):
-        """acc[i, j] += lo_a hi_b + hi_a lo_b + hi_a hi_b (small terms first) over these 8 k.
-        The three products sum from zero on the tensor cores, and that sum is added to acc
-        by an ordinary float32 add, which rounds to nearest.  The tensor cores' own sums
-        truncate (``toward_zero``): acc summed by them over all of k drifts toward zero by
-        up to an ulp of acc per mma.  On an H100, with acc in the mma, LSTM's weight
-        gradients (chunks of k of 8192) came out 20x further from the CPU than with the
-        float32 tiles; Ootomo and Yokota 2022 describe this drift and this remedy."""
-        zero = float32(0.0)
-        d0, d1, d2, d3 = mma_tf32(xch, warp, lane, alo[4 * i], alo[4 * i + 1], alo[4 * i + 2],
-                                  alo[4 * i + 3], bhi[2 * j], bhi[2 * j + 1], zero, zero, zero, zero)
-        d0, d1, d2, d3 = mma_tf32(xch, warp, lane, ahi[4 * i], ahi[4 * i + 1], ahi[4 * i + 2],
-                                  ahi[4 * i + 3], blo[2 * j], blo[2 * j + 1], d0, d1, d2, d3)
-        d0, d1, d2, d3 = mma_tf32(xch, warp, lane, ahi[4 * i], ahi[4 * i + 1], ahi[4 * i + 2],
-                                  ahi[4 * i + 3], bhi[2 * j], bhi[2 * j + 1], d0, d1, d2, d3)
-        acc[i, j, 0] += d0
-        acc[i, j, 1] += d1
-        acc[i, j, 2] += d2
-        acc[i, j, 3] += d3
 
     @cuda.jit(device=True, inline=True)
     def slab_mma(acc, sA, sB, offa, offb, extra):

@@ -74,22 +74,17 @@ def poison_workspaces(layer):
                     buf.copy_to_device(np.full(buf.shape, np.nan, buf.dtype))
 
 
-@pytest.mark.parametrize("psug,hgr,path", [(False, False, "simple"), (True, True, "persistent")],
-                         ids=["lstm-simple", "ql-persistent"])
-def test_cuda_layer_reads_only_what_it_wrote(psug, hgr, path):
+def test_cuda_layer_reads_only_what_it_wrote():
     """Nothing clears out, HPREV or δz: the step loops write zeros at each row's padding
     steps up to the longest row, and clear_tail the steps after it.  With every workspace
     buffer NaN after a first call, a second call with shorter rows (the longest below T,
-    padding steps in both directions) still equals the CPU layer.  The two step loops share
-    the cells and the host code: one setting of each."""
+    padding steps in both directions) still equals the CPU layer.  QL-LSTM, persistent loops
+    (the simple loops share their cells and host code)."""
     rng = make_rng(66)
     B, T, E, H = 3, 6, 2, 3
-    kw = dict(bidirectional=True, psug=psug, hgr=hgr, block_size=2, dtype=np.float64, seed=5)
+    kw = dict(bidirectional=True, block_size=2, dtype=np.float64, seed=5)
     cpu = qlnumba.QLLSTM(E, H, **kw)
     gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
-    for row in gpu._cells:
-        for cell in row:
-            cell.path = path
     x = rng.standard_normal((B, T, E))
     dout = rng.standard_normal((B, T, 2 * H))
     gpu.forward(x, np.full(B, T))
@@ -129,6 +124,42 @@ def test_tensor_core_products_layer_equals_cpu(psug, hgr, cores, tol, monkeypatc
         dx, grads = layer.backward(dout)
         results.append((out, final, dx, grads, layer.dstate0))
     assert_layers_agree(results[1], results[0], tol)
+
+
+@pytest.mark.parametrize("psug,hgr,H,B,row_groups", [(False, False, 9, 33, 1), (True, True, 10, 3, 2)],
+                         ids=["lstm", "ql"])
+def test_tensor_core_step_products_layer_equals_cpu(psug, hgr, H, B, row_groups, monkeypatch):
+    """STEP_TENSOR_CORES: the persistent loops' products U h_{t-1} and U^T δz_t by mma_dot,
+    float32, within float32's error of the CPU (the simulator: 3e-7; without A's TF32 low
+    part it fails: 7e-5).  Idle rows; rows beyond a part's end clamped, their outputs
+    masked.  LSTM: 33 rows (two blocks of 32 rows of outputs, the second of one row), a
+    forward part has 12 columns (2 of a block's 4 mma tiles of 8), k = 9 (forward) and 36
+    (BPTT), not multiples of 8.  QL-LSTM: 2 row groups of 2 and 1 rows.  (A part with more
+    than 32 columns, two blocks of columns, costs 50 s here: the loop over column blocks
+    is the loop over row blocks' twin.)"""
+    from qlnumba.gpu import recurrent as rec
+    monkeypatch.setattr(rec, "STEP_TENSOR_CORES", True)
+    rng = make_rng(69)
+    T, E = 2, 2
+    kw = dict(psug=psug, hgr=hgr, block_size=1, dtype=np.float32, seed=6)
+    cpu = qlnumba.QLLSTM(E, H, **kw)
+    gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
+    cell = gpu._cells[0][0]
+    cell.row_groups = row_groups
+    assert cell._plan(B, cell.cpu._p("U", 2).shape[0]).mma
+    for name, p in cpu.params.items():
+        p[...] = 0.5 * rng.standard_normal(p.shape)
+        gpu.params[name][...] = p
+    x = rng.standard_normal((B, T, E)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    dout = rng.standard_normal((B, T, H)).astype(np.float32)
+    results = []
+    for layer in (cpu, gpu):
+        out, final = layer.forward(x, lengths)
+        dx, grads = layer.backward(dout)
+        results.append((out, final, dx, grads, layer.dstate0))
+    assert_layers_agree(results[1], results[0], 2e-5)
 
 
 WIDE_SETTINGS = [(1, 2, 16, 4), (1, 4, 16, 4), (2, 4, 16, 4), (3, 4, 16, 4), (2, 4, 32, 4)]
@@ -219,9 +250,8 @@ def test_staged_rows_equal_unstaged_bitwise(psug, hgr, item_cols, monkeypatch):
 
 @pytest.mark.parametrize("option,psug,hgr,bidirectional",
                          [("PRELOAD_CELLS", False, False, False), ("PRELOAD_CELLS", True, True, True),
-                          ("PREFETCH_STEPS", False, False, True), ("PREFETCH_STEPS", True, True, True)],
-                         ids=["preload-lstm", "preload-ql-bidirectional", "prefetch-lstm-bidirectional",
-                              "prefetch-ql-bidirectional"])
+                          ("PREFETCH_STEPS", False, False, True)],
+                         ids=["preload-lstm", "preload-ql-bidirectional", "prefetch-lstm-bidirectional"])
 def test_preloaded_or_prefetched_cells_equal_bitwise(option, psug, hgr, bidirectional, monkeypatch):
     """With PRELOAD_CELLS the persistent forward loads each thread's first cell's inputs
     (cell_inputs) before team_dot and updates it from them after (cell_update): the same
@@ -275,6 +305,15 @@ def test_persistent_plan_defaults_and_checks():
         persistent_kernels(np.dtype(np.float32), 4, 6, False, 4)
     with pytest.raises(ValueError, match="item_cols"):
         persistent_kernels(np.dtype(np.float32), 4, 16, False, 16)
+    # tensor-core step products: float32 only (float64 plans keep team_dot), 8 columns, unstaged
+    assert persistent_plan(32, 8, 8, 4, True, mma=True).mma
+    assert not persistent_plan(32, 8, 8, 8, True, mma=True).mma
+    assert persistent_plan(32, 8, 8, 4, True, mma=True, stage=True).fwd_stage == 0
+    with pytest.raises(ValueError, match="8 columns"):
+        persistent_plan(32, 8, 8, 4, True, item_cols=4, mma=True)
+    for dtype, cols, stage in ((np.float64, 8, False), (np.float32, 4, False), (np.float32, 8, True)):
+        with pytest.raises(ValueError, match="tensor-core"):
+            persistent_kernels(np.dtype(dtype), 2, 16, stage, cols, mma=True)
 
 
 def test_device_argument_is_checked():
