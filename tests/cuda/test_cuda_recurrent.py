@@ -35,6 +35,13 @@ def assert_layers_bitwise_equal(first, second):
             assert np.array_equal(a[k], b[k]), k
 
 
+def forward_backward(layer, x, lengths, dout, state=None, dstate=None):
+    """(out, final state, dx, grads, dstate0) of one forward and one backward call."""
+    out, final = layer.forward(x, lengths, state)
+    dx, grads = layer.backward(dout, dstate)
+    return out, final, dx, grads, layer.dstate0
+
+
 @pytest.mark.parametrize("path", ["persistent", "simple"])
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 2e-4)])
 @pytest.mark.parametrize("psug,hgr", SWITCHES, ids=["lstm", "psug", "hgr", "ql"])
@@ -57,11 +64,7 @@ def test_cuda_layer_equals_cpu(psug, hgr, dtype, tol, path):
     state = random_state(cpu, B, rng)
     dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
     dstate = {k: rng.standard_normal(v.shape).astype(dtype) for k, v in state.items() if k != "n"}
-    results = []
-    for layer in (cpu, gpu):
-        out, final = layer.forward(x, lengths, state)
-        dx, grads = layer.backward(dout, dstate)
-        results.append((out, final, dx, grads, layer.dstate0))
+    results = [forward_backward(layer, x, lengths, dout, state, dstate) for layer in (cpu, gpu)]
     assert_layers_agree(results[1], results[0], tol)
 
 
@@ -91,11 +94,7 @@ def test_cuda_layer_reads_only_what_it_wrote():
     gpu.backward(dout)
     poison_workspaces(gpu)
     lengths = np.array([3, 1, 4])
-    results = []
-    for layer in (cpu, gpu):
-        out, final = layer.forward(x, lengths)
-        dx, grads = layer.backward(dout)
-        results.append((out, final, dx, grads, layer.dstate0))
+    results = [forward_backward(layer, x, lengths, dout) for layer in (cpu, gpu)]
     assert not np.isnan(results[1][0]).any()
     assert_layers_agree(results[1], results[0], 1e-10)
 
@@ -118,11 +117,7 @@ def test_tensor_core_products_layer_equals_cpu(psug, hgr, cores, tol, monkeypatc
     x = rng.standard_normal((B, T, E)).astype(np.float32)
     lengths = np.array([5, 2, 4])
     dout = rng.standard_normal((B, T, H)).astype(np.float32)
-    results = []
-    for layer in layers:
-        out, final = layer.forward(x, lengths)
-        dx, grads = layer.backward(dout)
-        results.append((out, final, dx, grads, layer.dstate0))
+    results = [forward_backward(layer, x, lengths, dout) for layer in layers]
     assert_layers_agree(results[1], results[0], tol)
 
 
@@ -154,11 +149,7 @@ def test_tensor_core_step_products_layer_equals_cpu(psug, hgr, H, B, row_groups,
     lengths = rng.integers(1, T + 1, B)
     lengths[0] = T
     dout = rng.standard_normal((B, T, H)).astype(np.float32)
-    results = []
-    for layer in (cpu, gpu):
-        out, final = layer.forward(x, lengths)
-        dx, grads = layer.backward(dout)
-        results.append((out, final, dx, grads, layer.dstate0))
+    results = [forward_backward(layer, x, lengths, dout) for layer in (cpu, gpu)]
     assert_layers_agree(results[1], results[0], 2e-5)
 
 
@@ -199,11 +190,7 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, load
     x = rng.standard_normal((B, T, E))
     lengths = np.array([2, 1, 2])
     dout = rng.standard_normal((B, T, H))
-    results = []
-    for layer in (cpu, gpu):
-        out, final = layer.forward(x, lengths)
-        dx, grads = layer.backward(dout)
-        results.append((out, final, dx, grads, layer.dstate0))
+    results = [forward_backward(layer, x, lengths, dout) for layer in (cpu, gpu)]
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
@@ -239,9 +226,7 @@ def test_staged_rows_equal_unstaged_bitwise(psug, hgr, item_cols, monkeypatch):
         plan = cell._plan(B, cell.cpu._p("U", 2).shape[0])
         want = -(-B // row_groups) if stage else 0
         assert (plan.rgroups, plan.fwd_stage, plan.bwd_stage) == (row_groups, want, want)
-        out, final = gpu.forward(x, lengths)
-        dx, grads = gpu.backward(dout)
-        results.append((out, final, dx, grads, gpu.dstate0))
+        results.append(forward_backward(gpu, x, lengths, dout))
     assert_layers_bitwise_equal(*results)
     out, final = cpu.forward(x, lengths)
     dx, grads = cpu.backward(dout)
@@ -279,9 +264,7 @@ def test_preloaded_or_prefetched_cells_equal_bitwise(option, psug, hgr, bidirect
             gpu.params[name][...] = p
         for cell in gpu._cells[0]:
             cell.row_groups = 2
-        out, final = gpu.forward(x, lengths)
-        dx, grads = gpu.backward(dout)
-        results.append((out, final, dx, grads, gpu.dstate0))
+        results.append(forward_backward(gpu, x, lengths, dout))
     assert_layers_bitwise_equal(*results)
 
 
