@@ -786,7 +786,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
     NX = KPASS * ROWS                                   # (local array sizes must be constants)
     KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
     # mma_dot: a warp's block of outputs is MB x NB mma tiles (16 rows x 8 columns each), KP
-    # k-steps of 8 per pass (``loads`` loads of X per lane); U's rows in shared memory are SPAD
+    # k-steps of 8 per pass (MMA_LOADS loads of X per lane); U's rows in shared memory are SPAD
     # longer than k, so that the 8 columns of a B fragment fall in different banks
     MB, NB = MMA_TILES
     KP = max(1, MMA_LOADS // (4 * MB))
