@@ -14,8 +14,8 @@
 # time), the defaults' run with 8 tiles about 2 minutes, each variant about 40 s.  A device
 # command may run 10 minutes, and a session has 15 minutes of device time in all, so two calls,
 # one right after the other (the machine stays warm 30 s), for example:
-#   1. TEST_TIMEOUT=280 VARIANTS= SKIP_PROFILE=1 bash scripts/gpu-variants.sh   (about 7 minutes)
-#   2. SKIP_TESTS=1 MATMUL_TILES= bash scripts/gpu-variants.sh                  (about 5 minutes)
+#   1. TEST_TIMEOUT=240 VARIANTS= SKIP_PROFILE=1 bash scripts/gpu-variants.sh   (about 6.5 minutes)
+#   2. SKIP_TESTS=1 MATMUL_TILES= SKIP_PROFILE=1 bash scripts/gpu-variants.sh   (about 4.5 minutes)
 # (run locally, into bench/results, a call's files replace the previous call's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
