@@ -31,8 +31,9 @@ Shapes legend (device arrays, C order)
     SUMS (B,NS,H) each row's sums over its steps for the bias (and PSUG's γ, β) gradients:
     NS = 4 (δb as (4,H)) or, with psug, 9 (δb, then δγ_k, then δβ_k)
   persistent double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G); shared memory per
-    block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward, V_s and V_m slices,
-    team partials (teams * item cols * item rows, TEAM + 1)
+    block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward (rows MMA_PAD longer with
+    mma_dot), V_s and V_m slices, team partials (teams * item cols * item rows, TEAM + 1) or,
+    where larger, mma_dot's (warps, 32 * 32)
 Every kernel loops over its elements with a grid stride, so any launch shape is
 correct (the simulator runs few threads; a GPU runs many).
 """
