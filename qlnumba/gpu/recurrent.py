@@ -11,11 +11,11 @@ MATMUL_TENSOR_CORES, TF32 tensor-core ones (``tensor_cores.py``).  The step loop
   part q: a group of rows and a group of hidden units (``persistent_plan``), and
   keeps the units' slices of U (and V_s, V_m) in shared memory; its teams of
   threads make U h_{t-1} for those rows and units (``team_dot``; or its warps on
-  tensor cores, ``mma_dot``, with STEP_TENSOR_CORES), then run their cells, and one ``cuda.cg.this_grid().sync()`` per step (two on a closing
-  step in BPTT) publishes the new h.  h, s, m and δz are double-buffered so no
-  block overwrites what another still reads.  The per-element bodies are the
-  device functions ``cell_forward``, ``close_*_cell``, ``cell_backward``
-  shared with
+  tensor cores, ``mma_dot``, with STEP_TENSOR_CORES), then run their cells, and one
+  ``cuda.cg.this_grid().sync()`` per step (two on a closing step in BPTT) publishes the
+  new h.  h, s, m and δz are double-buffered so no block overwrites what another still
+  reads.  The per-element bodies are the device functions ``cell_forward``,
+  ``close_*_cell``, ``cell_backward`` shared with
 - simple (the tested reference): a few launches per step, a tiled product
   U h_{t-1}, then one thread per (row, hidden unit).
 
@@ -66,8 +66,8 @@ TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
          if SIM else
          {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8),
           "64x64pf": Tile(16, 16, 4, 4, 16, 1), "128x128pf": Tile(16, 16, 8, 8, 8, 1),
-          # 8 warps of 64 x 32.  ptxas (scripts/ptx_check.py): tf32 254 registers, tf32x3 255 and
-          # 112 bytes of spills; with k-slabs of 8: 192 and 250, no spills.  On an H100 the
+          # 8 warps of 64 x 32.  ptxas (scripts/ptx_check.py, sm_90): tf32 255 registers, tf32x3
+          # 255 and 52 bytes of spills; with k-slabs of 8: 191 and 244, no spills.  On an H100 the
           # slabs of 16 made 3-8% more GFLOP/s than those of 8 (tf32x3, spills and all; before
           # its sums moved out of the tensor cores: tensor_cores.mma3_into), so "auto" takes them
           "128x128tf32": Tile(2, 4, 64, 32, 16, 1, 1), "128x128tf32x3": Tile(2, 4, 64, 32, 16, 1, 3),
@@ -115,10 +115,10 @@ PREFETCH_STEPS = False
 # the step loops' product U h_{t-1} (forward) and U^T δz_t (BPTT) on tensor cores, float32 layers
 # only (``mma_dot``: mma.sync with three TF32 products, float32's accuracy).  Why: with team_dot a
 # block reads its rows of h (δz) from L2 once per group of 8 columns, and reads U from shared
-# memory once per 2 rows; at (64, 1024, 300, 512) LSTM's forward reads 34 MB of L2 and about 1 MB
-# of shared memory per block per step, and makes 0.5M FMAs per multiprocessor: each of those
-# alone takes 2-6 µs of a step on an H100.  With mma_dot a block reads its rows once (LSTM
-# forward: 8.6 MB per step in all) and U's slice once.  Off until timed on a card
+# memory once per 2 rows; at (64, 1024, 300, 512) LSTM's forward reads 33.5 MB of L2 and about
+# 1 MB of shared memory per block per step, and makes 0.5M FMAs per multiprocessor: by a count
+# at nominal rates, 2-6 µs of a step each on an H100.  With mma_dot a block reads its rows once
+# (LSTM forward: 8.7 MB per step in all) and U's slice once.  Off until timed on a card
 # (bench/gpu.py --step-tensor-cores on)
 STEP_TENSOR_CORES = False
 MMA_PAD = 4                              # mma_dot: U's rows in shared memory, this much longer
@@ -798,8 +798,8 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
     # 128, ptxas spilled 600 bytes
     jit_options = dict(PERSISTENT_JIT, max_registers=255) if mma and not SIM else PERSISTENT_JIT
     if mma:
-        from .tensor_cores import MMA_XCH, mma3_into, tf32_rounder
-        to_tf32 = tf32_rounder()
+        from .tensor_cores import MMA_XCH, mma3_into, tf32_splitter
+        split = tf32_splitter(3)
         XCH = (MMA_THREADS // 32) * MMA_XCH if SIM else 1
     else:
         XCH = 1
@@ -974,17 +974,13 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                         if p + kp < per:
                             k = ((p + kp) * nwarps + warp) * 8 + t
                             for e in range(4 * MB):                 # x = hi + lo in TF32
-                                v = xa[kp * MB * 4 + e]
-                                ahi[e] = to_tf32(v)
-                                alo[e] = to_tf32(v - ahi[e])
+                                split(xa[kp * MB * 4 + e], ahi, alo, e)
                             for j in range(NB):                     # B[t, g], B[t + 4, g]
                                 c = n0 + j * 8 + g
                                 v0 = Ush[c * ld + k] if k < Kd and c < ncol_pad else float32(0.0)
                                 v1 = Ush[c * ld + k + 4] if k + 4 < Kd and c < ncol_pad else float32(0.0)
-                                bhi[2 * j] = to_tf32(v0)
-                                blo[2 * j] = to_tf32(v0 - bhi[2 * j])
-                                bhi[2 * j + 1] = to_tf32(v1)
-                                blo[2 * j + 1] = to_tf32(v1 - bhi[2 * j + 1])
+                                split(v0, bhi, blo, 2 * j)
+                                split(v1, bhi, blo, 2 * j + 1)
                             for i in range(MB):
                                 if m0 + i * 16 < nr:
                                     for j in range(NB):

@@ -54,6 +54,21 @@ def tf32_rounder():
     return _rounder(tf32_ties())
 
 
+@lru_cache(maxsize=None)
+def tf32_splitter(passes):
+    """The device function split(x, hi, lo, i): hi[i] = tf32(x), and for three passes
+    lo[i] = tf32(x - hi[i]) (x = hi + lo to float32's accuracy: ``mma3_into``'s inputs)."""
+    to_tf32 = tf32_rounder()
+
+    @cuda.jit(device=True, inline=True)
+    def split(x, hi, lo, i):
+        h = to_tf32(x)
+        hi[i] = h
+        if passes == 3:
+            lo[i] = to_tf32(x - h)
+    return split
+
+
 if SIM:
     @lru_cache(maxsize=None)
     def _rounder(ties):
@@ -335,15 +350,7 @@ def tensor_core_matmul_kernel(tile):
     A4, A8, B4, B8, EIGHT = (np.uint64(n) for n in (4 * LDA, 8 * LDA, 4 * LDB, 8 * LDB, 8))
     tile_count, _, _, _, _, _, put = tile_functions(float32, tile)
     LA, LB = (1, 1) if ASYNC else slab_shares(tile)[3:]  # the next slab, in registers
-    to_tf32 = tf32_rounder()
-
-    @cuda.jit(device=True, inline=True)
-    def split(x, hi, lo, i):
-        """hi[i] = tf32(x), and for three passes lo[i] = tf32(x - hi[i])."""
-        h = to_tf32(x)
-        hi[i] = h
-        if PASSES == 3:
-            lo[i] = to_tf32(x - h)
+    split = tf32_splitter(PASSES)
 
     @cuda.jit(device=True, inline=True)
     def mma_into(acc, i, j, xch, warp, lane, af, bf):
