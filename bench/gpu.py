@@ -212,7 +212,7 @@ def main():
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
                          "TF32 products for float32's accuracy (qlnumba.gpu.recurrent."
-                         "MATMUL_TENSOR_CORES; default: the library's, off)")
+                         "MATMUL_TENSOR_CORES; default: the library's, tf32x3)")
     ap.add_argument("--matmul-tile", default=None,
                     help="the tile of the layers' matrix products, a name of qlnumba.gpu.recurrent."
                          "TILES (qlnumba.gpu.recurrent.MATMUL_TILE; default: the library's, auto; "

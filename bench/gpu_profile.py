@@ -72,7 +72,7 @@ def main():
                     help="also time CudaTrainer steps (IMDB sizes) and print a cProfile of one")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="float32 products on tensor cores (qlnumba.gpu.recurrent."
-                         "MATMUL_TENSOR_CORES; default: the library's, off)")
+                         "MATMUL_TENSOR_CORES; default: the library's, tf32x3)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     global cuda                                # a module global: the simulator swaps it in kernels

@@ -4,18 +4,21 @@
 # layer at both shapes; the ninth session's runs chose the defaults), the matrix-product tiles
 # (MATMUL_TILES; empty: none) on the large shape's products, a one-line-per-mode summary of the
 # ratios, then the defaults again with each option set of VARIANTS ("|" between runs; default:
-# --step-tensor-cores on, --prefetch-steps on, --tensor-cores tf32x3, --matmul-tile
-# 128x128tf32x3as; each checked against the CPU too, tokens/s printed to set beside the first
+# --tensor-cores off, --matmul-tile 128x128tf32x3as, --matmul-tile 128x128tf32x3as16; each
+# checked against the CPU too, tokens/s printed to set beside the first
 # run's, all in one gpu_bench_variants.json: the device returns 8 files at most), then a profile
 # of the large shape and of CudaTrainer steps with PROFILE_OPTIONS (default: none).
 # Files go to $OUT (or bench/results).  SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the
 # GPU tests, the variant runs and the profile.
-# Timings on an H100 (twelfth session): the GPU tests more than 170 s (63 of them ran in that
-# time), the defaults' run with 8 tiles about 2 minutes, each variant about 40 s.  A device
-# command may run 10 minutes, and a session has 15 minutes of device time in all, so two calls,
-# one right after the other (the machine stays warm 30 s), for example:
-#   1. TEST_TIMEOUT=240 VARIANTS= SKIP_PROFILE=1 bash scripts/gpu-variants.sh   (about 6.5 minutes)
-#   2. SKIP_TESTS=1 MATMUL_TILES= SKIP_PROFILE=1 bash scripts/gpu-variants.sh   (about 4.5 minutes)
+# Timings on an H100 (fourteenth session): the defaults' run without tiles about 70 s, each
+# variant about 45 s (the step tensor cores' longer), the GPU tests 69 in 232 s (the whole folder
+# takes more: run the tests that cover what changed first, -k); the machine's start and the
+# transfers about 40 s.  A device command may run 10 minutes, and a session has 15 minutes of
+# device time in all, so one full call and a short one right after it (the machine stays warm
+# 30 s), for example:
+#   1. SKIP_TESTS=1 MATMUL_TILES= SKIP_PROFILE=1 bash scripts/gpu-variants.sh, then
+#      timeout $((560 - SECONDS)) pytest -q tests/cuda -k "..."   (about 9.5 minutes)
+#   2. the option that won, again: VARIANTS="..." SKIP_TESTS=1 MATMUL_TILES= SKIP_PROFILE=1 ...
 # (run locally, into bench/results, a call's files replace the previous call's).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +60,7 @@ for n, row in r["shapes"].items():
                                for k, v in row[m + "_tokens_per_s"].items()} for m in ("train", "infer")})
 PYEOF
 }
-VARIANTS="${VARIANTS---step-tensor-cores on|--prefetch-steps on|--tensor-cores tf32x3|--matmul-tile 128x128tf32x3as}"
+VARIANTS="${VARIANTS---tensor-cores off|--matmul-tile 128x128tf32x3as|--matmul-tile 128x128tf32x3as16}"
 IFS='|' read -ra RUNS <<< "$VARIANTS"
 for i in "${!RUNS[@]}"; do
     rm -f "/tmp/gpu_bench_variant$i.json"

@@ -3,8 +3,9 @@
 The same equations and buffers as ``qlnumba/kernels/recurrent.py`` (read that
 file first).  The products before and after the step loop (x W^T, the weight
 gradients) are register-blocked shared-memory launches (``matmul``, split k where
-the product has few tiles; ``pick_tile`` chooses the tile), or, for float32 with
-MATMUL_TENSOR_CORES, TF32 tensor-core ones (``tensor_cores.py``).  The step loop is either
+the product has few tiles; ``pick_tile`` chooses the tile): for float32 with
+MATMUL_TENSOR_CORES (the default), TF32 tensor-core ones (``tensor_cores.py``).
+The step loop is either
 
 - persistent (``persistent_forward`` / ``persistent_backward``, the default):
   one cooperative launch runs every step (``persistent_kernels``).  Block q owns
@@ -85,9 +86,10 @@ MATMUL_PREFETCH = True                   # "auto" takes the pf tiles (1.1-2.8x t
 # two TF32 parts, three products: float32's accuracy).  On an H100 (twelfth session) tf32x3
 # trained (64, 1024, 300, 512) 2-4% faster, but LSTM's weight gradients came out 20x further
 # from the CPU than with the float32 tiles (4.6e-5 of their largest value): the tensor cores'
-# sums truncate.  tensor_cores.mma3_into now adds each 8 k's products outside them.  Off until
-# a card has timed and checked that (bench/gpu.py --tensor-cores tf32x3 --check)
-MATMUL_TENSOR_CORES = "off"
+# sums truncate.  tensor_cores.mma3_into now adds each 8 k's products outside them, and on an
+# H100 (fourteenth session, two runs) tf32x3 trained QL-LSTM 1-3% and LSTM 7% faster than
+# the float32 tiles, 6.6e-6 off the CPU layer (6.5e-6 with them): the default
+MATMUL_TENSOR_CORES = "tf32x3"
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
 MAX_BLOCKS = 2 if SIM else 1024
@@ -109,8 +111,8 @@ PRELOAD_CELLS = False
 # at each step the persistent loops prefetch into L2 (``prefetch.prefetch_l2``, no registers
 # held) what each thread's cell reads at the next step from device memory: x W^T (forward;
 # the product before the loop wrote it long ago) and the saved gates, c_t, c_{t-1}, δout (BPTT).
-# After each grid sync those loads otherwise wait for device memory.  Changes no value.  Off
-# until timed on a card (bench/gpu.py --prefetch-steps on)
+# After each grid sync those loads otherwise wait for device memory.  Changes no value.  On an
+# H100 (fourteenth session, bench/results/README.md) 3.5% (QL-LSTM) and 3% (LSTM) slower: off
 PREFETCH_STEPS = False
 # the step loops' product U h_{t-1} (forward) and U^T δz_t (BPTT) on tensor cores, float32 layers
 # only (``mma_dot``: mma.sync with three TF32 products, float32's accuracy).  Why: with team_dot a
@@ -118,8 +120,10 @@ PREFETCH_STEPS = False
 # memory once per 2 rows; at (64, 1024, 300, 512) LSTM's forward reads 33.5 MB of L2 and about
 # 1 MB of shared memory per block per step, and makes 0.5M FMAs per multiprocessor: by a count
 # at nominal rates, 2-6 µs of a step each on an H100.  With mma_dot a block reads its rows once
-# (LSTM forward: 8.7 MB per step in all) and U's slice once.  Off until timed on a card
-# (bench/gpu.py --step-tensor-cores on)
+# (LSTM forward: 8.7 MB per step in all) and U's slice once.  On an H100 (fourteenth session)
+# training was 37% (QL-LSTM) and 31% (LSTM) slower, only LSTM's inference 11% faster: 255
+# registers a thread allow half team_dot's threads per block, and each warp's partials go
+# through shared memory, mostly padding for QL-LSTM's 8 units per block.  Off
 STEP_TENSOR_CORES = False
 MMA_PAD = 4                              # mma_dot: U's rows in shared memory, this much longer
 MMA_TILES = (2, 4)                       # mma_dot: a warp's block of outputs, in mma tiles of 16 x 8
@@ -128,8 +132,8 @@ MMA_LOADS = 32                           # mma_dot: loads of X per lane and pass
 # the persistent loops first copy their part's rows of h_{t-1} (forward) or δz_t (backward)
 # from global memory into shared memory, all threads at once, where they fit (persistent_plan):
 # team_dot then reads them from there, instead of each team from L2 (a row is read by every
-# team whose columns need it: 2 to 8 times at (64, 1024, 300, 512)).  Off until timed on a
-# card (bench/gpu.py --stage-rows on).  ptxas at the 128-register cap (scripts/ptx_check.py):
+# team whose columns need it: 2 to 8 times at (64, 1024, 300, 512)).  On an H100 (twelfth
+# session) 22% (QL-LSTM) and 7% (LSTM) slower: off.  ptxas at the 128-register cap (scripts/ptx_check.py):
 # the staged float32 forward spills 464 bytes against 172 unstaged (the backward 236 against 200)
 STAGE_ROWS = False
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in

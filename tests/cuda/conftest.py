@@ -16,3 +16,16 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="no GPU; run with NUMBA_ENABLE_CUDASIM=1 (scripts/test.sh does)")
         for item in items:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def float32_tiles_in_the_simulator(monkeypatch):
+    """In the simulator the products take the float32 tiles unless a test sets
+    MATMUL_TENSOR_CORES itself.  The library's default is tf32x3, and the simulator's
+    stand-in for mma.sync is slow: the layer, model and trainer tests took 6 minutes with
+    it against 2 without.  The tensor-core tests run it (the tiles against numpy, the
+    layers against the CPU, the GPU programs' options).  On a card every test runs the
+    library's default."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        from qlnumba.gpu import recurrent as rec
+        monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", "off")
