@@ -15,10 +15,9 @@
 # takes more: run the tests that cover what changed first, -k); the machine's start and the
 # transfers about 40 s.  A device command may run 10 minutes, and a session has 15 minutes of
 # device time in all, so one full call and a short one right after it (the machine stays warm
-# 30 s), for example:
-#   1. SKIP_TESTS=1 MATMUL_TILES= SKIP_PROFILE=1 bash scripts/gpu-variants.sh, then
-#      timeout $((560 - SECONDS)) pytest -q tests/cuda -k "..."   (about 9.5 minutes)
-#   2. the option that won, again: VARIANTS="..." SKIP_TESTS=1 MATMUL_TILES= SKIP_PROFILE=1 ...
+# 30 s): 1. scripts/gpu-session.sh (this script, then the GPU tests in the time left, about 9.5
+# minutes); 2. the option that won, again: VARIANTS="..." SKIP_TESTS=1 MATMUL_TILES=
+# SKIP_PROFILE=1 bash scripts/gpu-variants.sh.
 # (run locally, into bench/results, a call's files replace the previous call's).
 set -uo pipefail
 cd "$(dirname "$0")/.."

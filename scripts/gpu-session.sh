@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One device call that fits a session's 15 minutes of device time (about 40 s of start and
+# transfers, then up to LIMIT seconds, default 560): the benchmarks first, then the GPU tests
+# with whatever time is left.
+#   1. scripts/gpu-variants.sh without its tests and profile: the defaults beside cuDNN at both
+#      shapes (checked against the CPU), the tiles of MATMUL_TILES, each option set of VARIANTS
+#      (both as gpu-variants.sh takes them).
+#   2. pytest -v tests/cuda: first the tests that FIRST_TESTS selects (a pytest -k expression:
+#      the ones on what changed since the last card run), then the rest, each run stopped by
+#      the time left.  -v names every test as it ends, so a run that the timeout stops still
+#      says which passed (the fourteenth session's -q log could only be counted).
+# Example (the fifteenth session's plan: the cp.async tiles, then the tests):
+#   MATMUL_TILES=128x128tf32x3,128x128tf32as,128x128tf32x3as,128x128tf32x3as16 \
+#   VARIANTS="--matmul-tile 128x128tf32x3as|--matmul-tile 128x128tf32x3as16" \
+#   FIRST_TESTS="tensor_core or tf32 or async" bash scripts/gpu-session.sh
+# Files go to $OUT (or bench/results): gpu-variants.sh's, and gpu_cuda_tests.log.  SKIP_BENCH=1
+# leaves out step 1 (for a dry run in the simulator: NUMBA_ENABLE_CUDASIM=1).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEST="${OUT:-bench/results}"
+PY="${PYTHON:-python3}"
+LIMIT="${LIMIT:-560}"
+mkdir -p "$DEST"
+[ -n "${SKIP_BENCH:-}" ] || SKIP_TESTS=1 SKIP_PROFILE=1 bash scripts/gpu-variants.sh
+echo "benchmarks done at ${SECONDS} s"
+run_tests() {    # run_tests PYTEST_ARGS...: pytest -v on tests/cuda within the time left
+    local left=$((LIMIT - SECONDS))
+    if [ "$left" -lt 20 ]; then
+        echo "no time left for: pytest $*"
+        return
+    fi
+    PYTHONPATH="$PWD" timeout "$left" "$PY" -m pytest -v -p no:cacheprovider tests/cuda "$@" 2>&1 \
+        | grep -E "PASSED|FAILED|ERROR|SKIPPED|Error|assert| passed| failed"
+    local status="${PIPESTATUS[0]}"
+    echo "(pytest $* ended at ${SECONDS} s, exit status $status$([ "$status" = 124 ] && echo ': stopped by the time limit'))"
+}
+{
+    if [ -n "${FIRST_TESTS:-}" ]; then
+        run_tests -k "$FIRST_TESTS"
+        run_tests -k "not ($FIRST_TESTS)"
+    else
+        run_tests
+    fi
+} | tee "$DEST/gpu_cuda_tests.log" | grep -c PASSED | sed 's/$/ tests passed/'
+grep -E "FAILED|ERROR|ended at|no time" "$DEST/gpu_cuda_tests.log"
+echo "all done at ${SECONDS} s"
