@@ -326,11 +326,17 @@ def test_cuda_model_equals_cpu_model():
         qlnumba.SequenceClassifier(9, kind="gru", device="gpu")
 
 
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 2e-4)])
-def test_cuda_gru_equals_cpu(dtype, tol):
+@pytest.mark.parametrize("dtype,tol,cores,dirs", [(np.float64, 1e-10, "off", 2), (np.float32, 2e-4, "off", 2),
+                                                  (np.float32, 2e-4, "tf32x3", 1)])
+def test_cuda_gru_equals_cpu(dtype, tol, cores, dirs, monkeypatch):
+    """GRU's per-step products are ``matmul`` launches too: with the float32 tiles and with
+    the library's default tensor-core ones (tf32x3, one direction: the simulator's mma
+    stand-in is slow, and its other tests take the float32 tiles unless they ask)."""
+    from qlnumba.gpu import recurrent as rec
+    monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", cores)
     rng = make_rng(62)
     B, T, E, H = 3, 5, 2, 3
-    kw = dict(num_layers=1, bidirectional=True, dtype=dtype, seed=6)
+    kw = dict(num_layers=1, bidirectional=dirs == 2, dtype=dtype, seed=6)
     cpu = qlnumba.GRU(E, H, **kw)
     gpu = qlnumba.GRU(E, H, device="cuda", **kw)
     for name, p in cpu.params.items():
@@ -338,9 +344,9 @@ def test_cuda_gru_equals_cpu(dtype, tol):
         gpu.params[name][...] = p
     x = rng.standard_normal((B, T, E)).astype(dtype)
     lengths = np.array([5, 2, 4])
-    state = {"h": (0.5 * rng.standard_normal((2, B, H))).astype(dtype)}
-    dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
-    dstate = {"h": rng.standard_normal((2, B, H)).astype(dtype)}
+    state = {"h": (0.5 * rng.standard_normal((dirs, B, H))).astype(dtype)}
+    dout = rng.standard_normal((B, T, dirs * H)).astype(dtype)
+    dstate = {"h": rng.standard_normal((dirs, B, H)).astype(dtype)}
     results = []
     for layer in (cpu, gpu):
         out, final = layer.forward(x, lengths, state)
