@@ -44,7 +44,7 @@ from collections import namedtuple
 from functools import lru_cache
 
 import numpy as np
-from numba import float32, float64, uint64
+from numba import float32, float64, int64, uint64
 
 from . import get_cuda
 from .prefetch import prefetch_l2
@@ -67,16 +67,19 @@ TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
          if SIM else
          {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8),
           "64x64pf": Tile(16, 16, 4, 4, 16, 1), "128x128pf": Tile(16, 16, 8, 8, 8, 1),
-          # 8 warps of 64 x 32.  ptxas (scripts/ptx_check.py, sm_90): tf32 255 registers, tf32x3
-          # 255 and 52 bytes of spills; with k-slabs of 8: 191 and 244, no spills.  On an H100 the
-          # slabs of 16 made 3-8% more GFLOP/s than those of 8 (tf32x3, spills and all; before
-          # its sums moved out of the tensor cores: tensor_cores.mma3_into), so "auto" takes them
+          # 8 warps of 64 x 32.  ptxas (scripts/ptx_check.py, sm_90), since the slab moves take
+          # their places from ``slab_places``: tf32 130 registers, tf32x3 172; with k-slabs of 8:
+          # 160 and 168; no spills (before: 255, 255 and 52 bytes of spills, 191, 244).  On an
+          # H100 the slabs of 16 made 3-8% more GFLOP/s than those of 8 (tf32x3, spills and all;
+          # before its sums moved out of the tensor cores: tensor_cores.mma3_into), so "auto"
+          # takes them
           "128x128tf32": Tile(2, 4, 64, 32, 16, 1, 1), "128x128tf32x3": Tile(2, 4, 64, 32, 16, 1, 3),
           "128x128tf32k8": Tile(2, 4, 64, 32, 8, 1, 1), "128x128tf32x3k8": Tile(2, 4, 64, 32, 8, 1, 3),
           # cp.async straight into shared memory, no registers on the way: k-slabs of 8, 4 buffers
           # (35 KB), 3 slabs in flight; or slabs of 16, 2 buffers.  The tiles above made 15-23
           # TFLOP/s on an H100 with one slab in flight in registers (bench/results/README.md).
-          # ptxas: 154 (tf32) and 168 (tf32x3) registers, no spills.  Not yet timed
+          # ptxas: 167 (tf32), 240 (tf32x3) and 252 (slabs of 16) registers, no spills.  Not yet
+          # timed
           "128x128tf32as": Tile(2, 4, 64, 32, 8, 4, 1), "128x128tf32x3as": Tile(2, 4, 64, 32, 8, 4, 3),
           "128x128tf32x3as16": Tile(2, 4, 64, 32, 16, 2, 3)})
 MATMUL_TILE = "auto"                     # see pick_tile
@@ -159,6 +162,58 @@ def slab_shares(tile):
     SLAB_A, SLAB_B = tile.BK * tile.TM * tile.TY, tile.BK * tile.TN * tile.TX
     NT = block_threads(tile)
     return SLAB_A, SLAB_B, NT, -(-SLAB_A // NT), -(-SLAB_B // NT)
+
+
+def mod_div(D, NT):
+    """A device function md(tid, r) -> ((tid + r NT) % D, (tid + r NT) // D), uint64, for
+    0 <= tid < NT with NT a multiple of D or D of NT (every tile's sizes are powers of two):
+    a part of tid plus a part of r, so that once the caller's loop over r is unrolled each
+    value costs an add, not a signed division and remainder of its own."""
+    DU, NTU = np.uint64(D), np.uint64(NT)
+    if NT % D == 0:
+        QU = np.uint64(NT // D)
+
+        @cuda.jit(device=True, inline=True)
+        def md(tid, r):
+            t = uint64(tid)
+            return t % DU, t // DU + uint64(r) * QU
+    elif D % NT == 0:
+        QU = np.uint64(D // NT)
+
+        @cuda.jit(device=True, inline=True)
+        def md(tid, r):
+            return uint64(tid) + (uint64(r) % QU) * NTU, uint64(r) // QU
+    else:
+        raise ValueError(f"a slab's rows of {D} and a block's {NT} threads: neither divides the other")
+    return md
+
+
+@lru_cache(maxsize=None)
+def slab_places(tile):
+    """``place_a(tid, r, sak)`` / ``place_b(tid, r, sbn)``: (o, kk), uint64, of value r of
+    this thread's share of a (BM, BK) slab of A / (BK, BN) slab of B, the value
+    e = tid + r NT that ``tile_functions``' slot_a / slot_b place (the same places, with
+    cheaper arithmetic: ``mod_div``)."""
+    BK = tile.BK
+    NT = block_threads(tile)
+    a_by_k, a_by_m = mod_div(BK, NT), mod_div(tile.TM * tile.TY, NT)
+    b_by_n, b_by_k = mod_div(tile.TN * tile.TX, NT), mod_div(BK, NT)
+
+    @cuda.jit(device=True, inline=True)
+    def place_a(tid, r, sak):
+        if sak == 1:                                     # along k: e // BK, e % BK
+            kk, mm = a_by_k(tid, r)
+            return mm, kk
+        return a_by_m(tid, r)                            # along m: e % BM, e // BM
+
+    @cuda.jit(device=True, inline=True)
+    def place_b(tid, r, sbn):
+        if sbn == 1:                                     # along n: e % BN, e // BN
+            return b_by_n(tid, r)
+        kk, nn = b_by_k(tid, r)                          # along k: e // BK, e % BK
+        return nn, kk
+
+    return place_a, place_b
 
 
 def check_item_cols(item_cols):
@@ -323,38 +378,39 @@ def slab_loaders(ftype, tile, lda, ldb):
     ldb: the shared rows' lengths (BM, BN, or padded: ``tensor_cores``)."""
     BK = tile.BK
     SLAB_A, SLAB_B, NT, LA, LB = slab_shares(tile)
-    _, _, slot_a, slot_b, _, _, _ = tile_functions(ftype, tile)
+    place_a, place_b = slab_places(tile)
+    BKU, LDA, LDB = np.uint64(BK), np.uint64(lda), np.uint64(ldb)
 
+    # indices unsigned (uint64, every operand converted: uint64 with int64 would be float64 in
+    # Numba's typing), so no negative-index wraparound code per value
     @cuda.jit(device=True, inline=True)
     def load_a(ra, A, M, sam, sak, m0, k0, k_end, tid):
         """This thread's values of the (BM, BK) slab of A at k0 (0 outside A or the chunk)."""
         for r in range(LA):
-            e = tid + r * NT
-            mm, kk = slot_a(e, sak)
-            row, k = m0 + mm, k0 + kk
-            ra[r] = A[row * sam + k * sak] if e < SLAB_A and row < M and k < k_end else ftype(0.0)
+            mm, kk = place_a(tid, r, sak)
+            row, k = m0 + int64(mm), k0 + int64(kk)
+            inside = tid + r * NT < SLAB_A and row < M and k < k_end
+            ra[r] = A[uint64(row) * uint64(sam) + uint64(k) * uint64(sak)] if inside else ftype(0.0)
 
     @cuda.jit(device=True, inline=True)
     def load_b(rb, Bm, N, sbk, sbn, n0, k0, k_end, tid):
         for r in range(LB):
-            e = tid + r * NT
-            nn, kk = slot_b(e, sbn)
-            col, k = n0 + nn, k0 + kk
-            rb[r] = Bm[k * sbk + col * sbn] if e < SLAB_B and col < N and k < k_end else ftype(0.0)
+            nn, kk = place_b(tid, r, sbn)
+            col, k = n0 + int64(nn), k0 + int64(kk)
+            inside = tid + r * NT < SLAB_B and col < N and k < k_end
+            rb[r] = Bm[uint64(k) * uint64(sbk) + uint64(col) * uint64(sbn)] if inside else ftype(0.0)
 
     @cuda.jit(device=True, inline=True)
     def store(sA, sB, ra, rb, buf, sak, sbn, tid):
         """The registers into shared buffer ``buf``."""
         for r in range(LA):
-            e = tid + r * NT
-            if e < SLAB_A:
-                mm, kk = slot_a(e, sak)
-                sA[buf * BK * lda + kk * lda + mm] = ra[r]
+            if tid + r * NT < SLAB_A:
+                mm, kk = place_a(tid, r, sak)
+                sA[uint64(buf) * BKU * LDA + kk * LDA + mm] = ra[r]
         for r in range(LB):
-            e = tid + r * NT
-            if e < SLAB_B:
-                nn, kk = slot_b(e, sbn)
-                sB[buf * BK * ldb + kk * ldb + nn] = rb[r]
+            if tid + r * NT < SLAB_B:
+                nn, kk = place_b(tid, r, sbn)
+                sB[uint64(buf) * BKU * LDB + kk * LDB + nn] = rb[r]
 
     return LA, LB, load_a, load_b, store
 

@@ -31,10 +31,10 @@ Shapes legend
 from functools import lru_cache
 
 import numpy as np
-from numba import float32, uint64
+from numba import float32, int64, uint64
 
 from . import get_cuda
-from .recurrent import SIM, slab_pipeline, slab_shares, tile_functions
+from .recurrent import SIM, slab_pipeline, slab_places, slab_shares, tile_functions
 
 cuda = get_cuda()
 PAD = 8
@@ -276,27 +276,30 @@ def async_pipeline(tile, lda, ldb, compute):
     land in a buffer that a warp still reads."""
     BK, S = tile.BK, tile.PF
     SLAB_A, SLAB_B, NT, LA, LB = slab_shares(tile)
-    _, _, slot_a, slot_b, _, _, _ = tile_functions(float32, tile)
+    place_a, place_b = slab_places(tile)
     wait_copies = copies_waiter(S - 2)
+    BKU = np.uint64(BK)
 
-    def slab_copier(count, slab, slot, ld):
+    def slab_copier(count, slab, place, ld):
         """A device function for this thread's copies of one operand's slab at k0 into
-        buffer buf: value e = tid + r NT (r < count) of the slab sits at (o, kk) = slot(e,
-        layout), goes to sX[buf*BK*ld + kk*ld + o] (``slab_loaders``' places) from X[(o0 + o)
-        s_outer + k s_k], k = k0 + kk, or is 0 where o0 + o >= limit or k >= k_end."""
+        buffer buf: value r < count of the thread's share (e = tid + r NT of the slab) sits
+        at (o, kk) = place(tid, r, layout), goes to sX[buf*BK*ld + kk*ld + o]
+        (``slab_loaders``' places) from X[(o0 + o) s_outer + k s_k], k = k0 + kk, or is 0
+        where o0 + o >= limit or k >= k_end.  Unsigned indices, as ``slab_loaders``'."""
+        LD = np.uint64(ld)
+
         @cuda.jit(device=True, inline=True)
         def copy_slab(sX, X, layout, s_outer, s_k, o0, limit, k0, k_end, buf, tid):
             for r in range(count):
-                e = tid + r * NT
-                if e < slab:
-                    o, kk = slot(e, layout)
-                    outer, k = o0 + o, k0 + kk
+                if tid + r * NT < slab:
+                    o, kk = place(tid, r, layout)
+                    outer, k = o0 + int64(o), k0 + int64(kk)
                     inside = outer < limit and k < k_end
-                    copy_async(sX, buf * BK * ld + kk * ld + o, X, outer * s_outer + k * s_k if inside else 0,
-                               4 if inside else 0)
+                    src = uint64(outer) * uint64(s_outer) + uint64(k) * uint64(s_k) if inside else uint64(0)
+                    copy_async(sX, uint64(buf) * BKU * LD + kk * LD + o, X, src, 4 if inside else 0)
         return copy_slab
 
-    copy_a, copy_b = slab_copier(LA, SLAB_A, slot_a, lda), slab_copier(LB, SLAB_B, slot_b, ldb)
+    copy_a, copy_b = slab_copier(LA, SLAB_A, place_a, lda), slab_copier(LB, SLAB_B, place_b, ldb)
 
     @cuda.jit(device=True, inline=True)
     def issue(sA, sB, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k0, k_end, buf, tid):
