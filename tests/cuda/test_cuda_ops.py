@@ -341,6 +341,29 @@ def test_tensor_core_tiles_take_float32_only(monkeypatch):
         rec.matmul_kernel(np.dtype(np.float64), rec.TILES["128x128tf32"])
 
 
+def test_slab_places_are_the_slots():
+    """The prefetching and cp.async tiles' slab moves place value r of a thread's share
+    (``slab_places``: a part of tid plus a part of r) where the plain tiles' slot_a and slot_b
+    place value e = tid + r NT of the slab: for this run's tiles and the card's shapes (blocks
+    of 256 threads; slabs of 8 and 16 k, 64 and 128 wide), both layouts of each operand."""
+    from qlnumba.gpu import recurrent as rec
+    card = [rec.Tile(16, 16, 4, 4, 16, 1), rec.Tile(16, 16, 8, 8, 8, 1),
+            rec.Tile(2, 4, 64, 32, 16, 1, 3), rec.Tile(2, 4, 64, 32, 8, 4, 3)]
+    for tile in list(rec.TILES.values()) + card:
+        place_a, place_b = rec.slab_places(tile)
+        slot_a, slot_b = rec.tile_functions(np.float32, tile)[2:4]
+        slab_a, slab_b, nt, la, lb = rec.slab_shares(tile)
+        for place, slot, slab, count in ((place_a, slot_a, slab_a, la), (place_b, slot_b, slab_b, lb)):
+            for layout in (1, 7):                         # the contiguous index first, or not
+                got = [tuple(int(v) for v in place(tid, r, layout))
+                       for r in range(count) for tid in range(nt) if tid + r * nt < slab]
+                want = [tuple(slot(e, layout)) for e in range(slab)]
+                assert got == want, (tile, layout)
+    assert rec.mod_div(8, 256)(5, 3) == ((5 + 3 * 256) % 8, (5 + 3 * 256) // 8)
+    with pytest.raises(ValueError, match="divides"):
+        rec.mod_div(24, 256)
+
+
 @pytest.mark.parametrize("plain", ["64x64", "128x128"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_prefetch_tiles_equal_plain_bitwise(plain, dtype, monkeypatch):
