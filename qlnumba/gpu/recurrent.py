@@ -136,8 +136,9 @@ MMA_LOADS = 32                           # mma_dot: loads of X per lane and pass
 # from global memory into shared memory, all threads at once, where they fit (persistent_plan):
 # team_dot then reads them from there, instead of each team from L2 (a row is read by every
 # team whose columns need it: 2 to 8 times at (64, 1024, 300, 512)).  On an H100 (twelfth
-# session) 22% (QL-LSTM) and 7% (LSTM) slower: off.  ptxas at the 128-register cap (scripts/ptx_check.py):
-# the staged float32 forward spills 464 bytes against 172 unstaged (the backward 236 against 200)
+# session) 22% (QL-LSTM) and 7% (LSTM) slower: off.  ptxas at the 128-register cap
+# (scripts/ptx_check.py): the staged float32 forward spills 464 bytes against 172 unstaged (the
+# backward 236 against 200)
 STAGE_ROWS = False
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
