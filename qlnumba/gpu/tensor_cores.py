@@ -49,16 +49,12 @@ def tf32_ties():
     return "even" if SIM or cuda.get_current_device().compute_capability >= (9, 0) else "away"
 
 
-def tf32_rounder():
-    """The device function that rounds a float32 to TF32 as the kernels do (``tf32_ties``)."""
-    return _rounder(tf32_ties())
-
-
 @lru_cache(maxsize=None)
 def tf32_splitter(passes):
     """The device function split(x, hi, lo, i): hi[i] = tf32(x), and for three passes
-    lo[i] = tf32(x - hi[i]) (x = hi + lo to float32's accuracy: ``mma3_into``'s inputs)."""
-    to_tf32 = tf32_rounder()
+    lo[i] = tf32(x - hi[i]) (x = hi + lo to float32's accuracy: ``mma3_into``'s inputs),
+    rounded as ``tf32_ties`` says."""
+    to_tf32 = _rounder(tf32_ties())
 
     @cuda.jit(device=True, inline=True)
     def split(x, hi, lo, i):
