@@ -95,7 +95,8 @@ def time_matmul_tiles(tiles, shape, repeats, rng):
     local memory per thread (local memory would mean the register block spilled)."""
     from numba import cuda
 
-    from qlnumba.gpu import recurrent as rec
+    from qlnumba.gpu import matmul as mm
+    from qlnumba.gpu.arrays import Workspace
     B, T, E, H = shape
     BT, G = B * T, H
     x = cuda.to_device(rng.standard_normal((BT, E)).astype(np.float32))
@@ -104,27 +105,26 @@ def time_matmul_tiles(tiles, shape, repeats, rng):
     W = cuda.to_device(rng.standard_normal((G, E)).astype(np.float32))
     Z, dx = cuda.device_array((BT, G), np.float32), cuda.device_array((BT, E), np.float32)
     dW, dU = cuda.device_array((G, E), np.float32), cuda.device_array((G, H), np.float32)
-    k = rec.kernels(np.dtype(np.float32))
-    ws = rec.Workspace(np.float32)
+    ws = Workspace(np.float32)
     products = {  # name: (C, A, B, M, N, K, sam, sak, sbk, sbn)
         "Z = x W^T": (Z, x, W, BT, G, E, E, 1, 1, E),
         "dW = sum dz x^T": (dW, dz, x, G, E, BT, 1, G, E, 1),
         "dU = sum dz h^T": (dU, dz, h, G, H, BT, 1, G, H, 1),
         "dx = W^T dz": (dx, dz, W, BT, E, G, G, 1, E, 1)}
-    saved, out = rec.MATMUL_TILE, {}
+    saved, out = mm.MATMUL_TILE, {}
     try:
         for tile in tiles:
-            rec.MATMUL_TILE = tile
+            mm.MATMUL_TILE = tile
             row = {}
             for name, (C, A, Bm, M, N, Kd, *strides) in products.items():
                 def run(C=C, A=A, Bm=Bm, M=M, N=N, Kd=Kd, strides=strides):
-                    rec.matmul(k, C, A, Bm, M, N, Kd, *strides, scratch=ws.scratch)
+                    mm.matmul(C, A, Bm, M, N, Kd, *strides, scratch=ws.scratch)
                 row[name + " GFLOP/s"] = 2 * M * N * Kd / median_time(run, repeats, cuda.synchronize) / 1e9
-            for kern in getattr(rec.matmul_kernel(np.dtype(np.float32), rec.TILES[tile]), "overloads", {}).values():
+            for kern in getattr(mm.matmul_kernel(np.dtype(np.float32), mm.TILES[tile]), "overloads", {}).values():
                 row["registers"], row["local_bytes"] = kern.regs_per_thread, kern.local_mem_per_thread
             out[tile] = row
     finally:
-        rec.MATMUL_TILE = saved
+        mm.MATMUL_TILE = saved
     return out
 
 
@@ -132,22 +132,22 @@ def kernel_resources():
     """Registers and local memory per thread of the compiled persistent kernels (those the
     layers ran: with PRELOAD_CELLS (the forward), PREFETCH_STEPS and STEP_TENSOR_CORES as they
     were set; tensor-core loops have items of 2 rows only)."""
-    from qlnumba.gpu import recurrent as rec
+    from qlnumba.gpu import persistent as ps
     out = {}
     for rows in (2, 4):
         for name in ("persistent_forward", "persistent_backward"):
-            mma = rec.STEP_TENSOR_CORES
+            mma = ps.STEP_TENSOR_CORES
             if mma and rows != 2:
                 continue
-            if name == "persistent_forward":           # the factories' calls in forward_device
-                args = (rec.PRELOAD_CELLS, rec.PREFETCH_STEPS, mma)
+            if name == "persistent_forward":           # the factory's call in persistent.forward_loop
+                args = (ps.PRELOAD_CELLS, ps.PREFETCH_STEPS, mma)
                 kw = {}
-            else:                                      # and backward_device
-                args, kw = (), dict(prefetch=rec.PREFETCH_STEPS, mma=mma)
-            disp = rec.persistent_kernels(np.dtype(np.float32), rows, rec.TEAM_LOADS,
-                                          rec.STAGE_ROWS and not mma, rec.ITEM_COLS, *args, **kw)[name]
+            else:                                      # and in backward_loop
+                args, kw = (), dict(prefetch=ps.PREFETCH_STEPS, mma=mma)
+            disp = ps.persistent_kernels(np.dtype(np.float32), rows, ps.TEAM_LOADS,
+                                         ps.STAGE_ROWS and not mma, ps.ITEM_COLS, *args, **kw)[name]
             for i, kern in enumerate(disp.overloads.values()):
-                out[f"{name} item rows {rows} cols {rec.ITEM_COLS} [{i}]"] = {
+                out[f"{name} item rows {rows} cols {ps.ITEM_COLS} [{i}]"] = {
                     "registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
     return out
 
@@ -161,7 +161,7 @@ def settings(text):
 def layer_plan(B, H, psug, row_groups, item_rows):
     """The persistent kernels' plan at this size as a dict (None: the cell falls back to
     the simple path)."""
-    from qlnumba.gpu.recurrent import persistent_plan
+    from qlnumba.gpu.persistent import persistent_plan
     plan = persistent_plan(B, H, H if psug else 4 * H, 4, psug, row_groups, item_rows)
     return None if plan is None else plan._asdict()
 
@@ -186,36 +186,36 @@ def main():
     ap.add_argument("--host-api", action="store_true", help="also time the host-array layer API")
     ap.add_argument("--matmul-tiles", default=None,
                     help="also time these matrix-product tiles (comma-separated names of "
-                         "qlnumba.gpu.recurrent.TILES) on the products of --tile-shape, last")
+                         "qlnumba.gpu.matmul.TILES) on the products of --tile-shape, last")
     ap.add_argument("--tile-shape", default="large", help="the shape whose products --matmul-tiles times")
     ap.add_argument("--matmul-prefetch", choices=("on", "off"), default=None,
                     help="the layers' matrix products use the prefetching tiles or the plain "
-                         "ones (qlnumba.gpu.recurrent.MATMUL_PREFETCH; default: the library's, on)")
+                         "ones (qlnumba.gpu.matmul.MATMUL_PREFETCH; default: the library's, on)")
     ap.add_argument("--team-loads", type=int, default=None,
-                    help="loads of h in flight per team_dot lane and pass (qlnumba.gpu.recurrent."
+                    help="loads of h in flight per team_dot lane and pass (qlnumba.gpu.persistent."
                          "TEAM_LOADS; default: the library's, 16)")
     ap.add_argument("--stage-rows", choices=("on", "off"), default=None,
                     help="the persistent loops stage their rows of h / δz in shared memory where "
-                         "they fit (qlnumba.gpu.recurrent.STAGE_ROWS; default: the library's, off)")
+                         "they fit (qlnumba.gpu.persistent.STAGE_ROWS; default: the library's, off)")
     ap.add_argument("--item-cols", type=int, choices=(4, 8), default=None,
                     help="columns of one team_dot item in the persistent loops (qlnumba.gpu."
-                         "recurrent.ITEM_COLS; default: the library's, 8)")
+                         "persistent.ITEM_COLS; default: the library's, 8)")
     ap.add_argument("--preload-cells", choices=("on", "off"), default=None,
                     help="the persistent forward loads each thread's first cell's inputs before "
-                         "team_dot (qlnumba.gpu.recurrent.PRELOAD_CELLS; default: the library's, off)")
+                         "team_dot (qlnumba.gpu.persistent.PRELOAD_CELLS; default: the library's, off)")
     ap.add_argument("--prefetch-steps", choices=("on", "off"), default=None,
                     help="the persistent loops prefetch into L2 what each cell reads at the next "
-                         "step (qlnumba.gpu.recurrent.PREFETCH_STEPS; default: the library's, off)")
+                         "step (qlnumba.gpu.persistent.PREFETCH_STEPS; default: the library's, off)")
     ap.add_argument("--step-tensor-cores", choices=("on", "off"), default=None,
                     help="the persistent loops' per-step products on tensor cores, float32 "
-                         "(qlnumba.gpu.recurrent.STEP_TENSOR_CORES; default: the library's, off)")
+                         "(qlnumba.gpu.persistent.STEP_TENSOR_CORES; default: the library's, off)")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
-                         "TF32 products for float32's accuracy (qlnumba.gpu.recurrent."
+                         "TF32 products for float32's accuracy (qlnumba.gpu.matmul."
                          "MATMUL_TENSOR_CORES; default: the library's, tf32x3)")
     ap.add_argument("--matmul-tile", default=None,
-                    help="the tile of the layers' matrix products, a name of qlnumba.gpu.recurrent."
-                         "TILES (qlnumba.gpu.recurrent.MATMUL_TILE; default: the library's, auto; "
+                    help="the tile of the layers' matrix products, a name of qlnumba.gpu.matmul."
+                         "TILES (qlnumba.gpu.matmul.MATMUL_TILE; default: the library's, auto; "
                          "float64 products never take a tensor-core tile)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
@@ -237,32 +237,33 @@ def main():
                         "simple": "a launch group per step, device arrays",
                         "*_host_api": "the layer API: host arrays in and out, parameters copied per call"},
               "shapes": {}}
-    from qlnumba.gpu import recurrent as rec
+    from qlnumba.gpu import matmul as mm
+    from qlnumba.gpu import persistent as ps
     if args.matmul_prefetch:
-        rec.MATMUL_PREFETCH = args.matmul_prefetch == "on"
+        mm.MATMUL_PREFETCH = args.matmul_prefetch == "on"
     if args.team_loads:
-        rec.TEAM_LOADS = args.team_loads
+        ps.TEAM_LOADS = args.team_loads
     if args.stage_rows:
-        rec.STAGE_ROWS = args.stage_rows == "on"
-    result["matmul_prefetch"], result["team_loads"] = rec.MATMUL_PREFETCH, rec.TEAM_LOADS
+        ps.STAGE_ROWS = args.stage_rows == "on"
+    result["matmul_prefetch"], result["team_loads"] = mm.MATMUL_PREFETCH, ps.TEAM_LOADS
     if args.tensor_cores:
-        rec.MATMUL_TENSOR_CORES = args.tensor_cores
+        mm.MATMUL_TENSOR_CORES = args.tensor_cores
     if args.item_cols:
-        rec.ITEM_COLS = args.item_cols
+        ps.ITEM_COLS = args.item_cols
     if args.preload_cells:
-        rec.PRELOAD_CELLS = args.preload_cells == "on"
+        ps.PRELOAD_CELLS = args.preload_cells == "on"
     if args.prefetch_steps:
-        rec.PREFETCH_STEPS = args.prefetch_steps == "on"
+        ps.PREFETCH_STEPS = args.prefetch_steps == "on"
     if args.step_tensor_cores:
-        rec.STEP_TENSOR_CORES = args.step_tensor_cores == "on"
+        ps.STEP_TENSOR_CORES = args.step_tensor_cores == "on"
     if args.matmul_tile:
-        if args.matmul_tile not in rec.TILES:
-            ap.error(f"--matmul-tile: not one of {sorted(rec.TILES)}")
-        rec.MATMUL_TILE = args.matmul_tile
-    result["matmul_tile"] = rec.MATMUL_TILE
-    result["stage_rows"], result["tensor_cores"] = rec.STAGE_ROWS, rec.MATMUL_TENSOR_CORES
-    result["item_cols"], result["preload_cells"] = rec.ITEM_COLS, rec.PRELOAD_CELLS
-    result["prefetch_steps"], result["step_tensor_cores"] = rec.PREFETCH_STEPS, rec.STEP_TENSOR_CORES
+        if args.matmul_tile not in mm.TILES:
+            ap.error(f"--matmul-tile: not one of {sorted(mm.TILES)}")
+        mm.MATMUL_TILE = args.matmul_tile
+    result["matmul_tile"] = mm.MATMUL_TILE
+    result["stage_rows"], result["tensor_cores"] = ps.STAGE_ROWS, mm.MATMUL_TENSOR_CORES
+    result["item_cols"], result["preload_cells"] = ps.ITEM_COLS, ps.PRELOAD_CELLS
+    result["prefetch_steps"], result["step_tensor_cores"] = ps.PREFETCH_STEPS, ps.STEP_TENSOR_CORES
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

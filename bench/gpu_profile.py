@@ -71,7 +71,7 @@ def main():
     ap.add_argument("--trainer", action="store_true",
                     help="also time CudaTrainer steps (IMDB sizes) and print a cProfile of one")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
-                    help="float32 products on tensor cores (qlnumba.gpu.recurrent."
+                    help="float32 products on tensor cores (qlnumba.gpu.matmul."
                          "MATMUL_TENSOR_CORES; default: the library's, tf32x3)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
@@ -79,29 +79,39 @@ def main():
     from numba import cuda
 
     import qlnumba
-    from qlnumba.gpu import recurrent as grec
+    from qlnumba.gpu import arrays as garrays
+    from qlnumba.gpu import cells as gcells
+    from qlnumba.gpu import matmul as gmm
+    from qlnumba.gpu import persistent as gps
     if args.tensor_cores:
-        grec.MATMUL_TENSOR_CORES = args.tensor_cores
+        gmm.MATMUL_TENSOR_CORES = args.tensor_cores
 
-    real, real_matmul, real_persistent = grec.kernels, grec.matmul_kernel, grec.persistent_kernels
+    # the kernel factories, replaced where they are defined (the library calls them there)
+    factories = ((garrays, "array_kernels"), (gcells, "cell_kernels"), (gmm, "matmul_kernel"),
+                 (gps, "persistent_kernels"))
+    real = {f: getattr(m, f) for m, f in factories}
 
-    def timed_kernels(dtype):
-        return {k: v if k in grec.DEVICE_FUNCTIONS else Timed(k, v, cuda) for k, v in real(dtype).items()}
+    def timed_dict(factory):
+        return lambda *a, **kw: {k: v if k in gcells.DEVICE_FUNCTIONS else Timed(k, v, cuda)
+                                 for k, v in real[factory](*a, **kw).items()}
 
-    def timed_persistent(dtype, rows, loads, stage, cols, preload=False, prefetch=False, mma=False):
-        return {k: Timed(k, v, cuda)
-                for k, v in real_persistent(dtype, rows, loads, stage, cols, preload, prefetch,
-                                            mma).items()}
+    timed = {"array_kernels": timed_dict("array_kernels"), "cell_kernels": timed_dict("cell_kernels"),
+             "persistent_kernels": timed_dict("persistent_kernels"),
+             "matmul_kernel": lambda dtype, tile: Timed(                 # named as in TILES
+                 "matmul " + next((n for n, t in gmm.TILES.items() if t == tile), str(tile)),
+                 real["matmul_kernel"](dtype, tile), cuda)}
 
-    grec.kernels, grec.persistent_kernels = timed_kernels, timed_persistent
-    grec.matmul_kernel = lambda dtype, tile: Timed(                 # named as in TILES
-        "matmul " + next((n for n, t in grec.TILES.items() if t == tile), str(tile)),
-        real_matmul(dtype, tile), cuda)
-    blocks = 1 if grec.SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
-    counts = (1,) if grec.SIM else (1, 64, blocks)
-    syncs = 20 if grec.SIM else 2000               # the simulator takes ~11 ms per grid sync
-    report = {"tensor_cores": grec.MATMUL_TENSOR_CORES,
-              "grid_sync_us": {f"{b} blocks x {grec.THREADS}": 1e6 * grid_sync_seconds(b, grec.THREADS, syncs)
+    def install(which):
+        for module, factory in factories:
+            setattr(module, factory, which[factory])
+
+    install(timed)
+    blocks = 1 if garrays.SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
+    counts = (1,) if garrays.SIM else (1, 64, blocks)
+    syncs = 20 if garrays.SIM else 2000               # the simulator takes ~11 ms per grid sync
+    report = {"tensor_cores": gmm.MATMUL_TENSOR_CORES,
+              "grid_sync_us": {f"{b} blocks x {garrays.THREADS}":
+                               1e6 * grid_sync_seconds(b, garrays.THREADS, syncs)
                                for b in counts}}
     print(json.dumps(report), flush=True)
     rng = np.random.default_rng(0)
@@ -134,7 +144,7 @@ def main():
                 import cProfile
                 import io
                 import pstats
-                grec.kernels, grec.persistent_kernels = real, real_persistent   # no timing wrappers
+                install(real)                                                  # no timing wrappers
                 prof = cProfile.Profile()
                 prof.enable()
                 cell.forward_device(d_x, lengths, None, params)
@@ -145,7 +155,7 @@ def main():
                 pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(12)
                 row["cprofile_top"] = text.getvalue()[-3000:]
                 print(row["cprofile_top"], flush=True)
-                grec.kernels, grec.persistent_kernels = timed_kernels, timed_persistent
+                install(timed)
             step_us = 1e3 * row["forward"]["kernels_ms"].get("persistent_forward", 0) / T
             row["persistent_forward_us_per_step"] = step_us
             row["persistent_backward_us_per_step"] = 1e3 * row["backward"]["kernels_ms"].get(
@@ -153,7 +163,7 @@ def main():
             report[f"{name}_{label}"] = row
             print(json.dumps({f"{name}_{label}": row}), flush=True)
     if args.trainer:
-        grec.kernels, grec.persistent_kernels, grec.matmul_kernel = real, real_persistent, real_matmul
+        install(real)
         report["trainer"] = profile_trainer(rng)
         print(json.dumps({"trainer": report["trainer"]}), flush=True)
     if args.json_out:
@@ -170,9 +180,9 @@ def profile_trainer(rng, steps=5):
     import pstats
 
     import qlnumba
-    from qlnumba.gpu import recurrent as grec
+    from qlnumba.gpu.arrays import SIM
     from qlnumba.gpu.model import CudaTrainer
-    B, T, V, E, H = (2, 4, 50, 3, 4) if grec.SIM else (32, 256, 20000, 128, 256)
+    B, T, V, E, H = (2, 4, 50, 3, 4) if SIM else (32, 256, 20000, 128, 256)
     ids, lengths, targets = rng.integers(1, V, (B, T)), np.full(B, T), rng.integers(0, 2, B)
     out = {}
     for kind in ("ql", "lstm"):

@@ -61,7 +61,8 @@ import numba.cuda.dispatcher as _dispatcher  # noqa: E402  (device functions ask
 
 _dispatcher.get_current_device = cuda.get_current_device
 COMPILED = {}
-OPTIONS = ("TEAM_LOADS", "PRELOAD_CELLS", "PREFETCH_STEPS", "STEP_TENSOR_CORES")   # set per layer run
+# settings of qlnumba.gpu.persistent, set per layer run
+OPTIONS = ("TEAM_LOADS", "PRELOAD_CELLS", "PREFETCH_STEPS", "STEP_TENSOR_CORES")
 
 
 def arg_type(a):
@@ -95,8 +96,9 @@ class Launcher:
 
 def wrap(kernel_dict, cc, device_functions=()):
     """Launch stand-ins for the kernels of a factory's dict; device functions (which other
-    kernels call) pass through."""
-    return {name: d if name in device_functions else Launcher(name, d, cc) for name, d in kernel_dict.items()}
+    kernels call) pass through, and so do stand-ins (GRU's dict holds the cell's carry_dh)."""
+    return {name: d if name in device_functions or isinstance(d, Launcher) else Launcher(name, d, cc)
+            for name, d in kernel_dict.items()}
 
 
 def ptxas_report(cc):
@@ -132,24 +134,32 @@ def main():
     FakeDevice.compute_capability = cc
 
     import qlnumba
+    from qlnumba.gpu import arrays as garrays
+    from qlnumba.gpu import cells as gcells
     from qlnumba.gpu import gru as ggru
+    from qlnumba.gpu import matmul as gmm
     from qlnumba.gpu import model as gmodel
     from qlnumba.gpu import ops as gops
+    from qlnumba.gpu import persistent as gps
     from qlnumba.gpu import recurrent as grec
 
-    for module in (grec, ggru, gops, gmodel):
-        real = module.kernels
-        module.kernels = (lambda real: lambda dtype: wrap(real(dtype), cc, grec.DEVICE_FUNCTIONS))(real)
-    real_persistent, real_matmul = grec.persistent_kernels, grec.matmul_kernel
-    grec.persistent_kernels = lambda dtype, rows, loads, stage, cols, preload=False, prefetch=False, mma=False: {
+    # every kernel factory, replaced where it is defined: the library calls each through its
+    # module (cells.cell_kernels, persistent.persistent_kernels) or from inside it
+    for module, factory in ((garrays, "array_kernels"), (gcells, "cell_kernels"), (ggru, "kernels"),
+                            (gops, "kernels"), (gmodel, "kernels")):
+        real = getattr(module, factory)
+        setattr(module, factory,
+                (lambda real: lambda dtype: wrap(real(dtype), cc, gcells.DEVICE_FUNCTIONS))(real))
+    real_persistent, real_matmul = gps.persistent_kernels, gmm.matmul_kernel
+    gps.persistent_kernels = lambda dtype, rows, loads, stage, cols, preload=False, prefetch=False, mma=False: {
         name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}" + (" staged" if stage else "")
                        + (" preload" if preload else "")      # one name per setting (else the
                        + (" prefetch" if prefetch else "")    # second would count as compiled)
                        + (" mma" if mma else ""), d, cc)
         for name, d in real_persistent(dtype, rows, loads, stage, cols, preload, prefetch, mma).items()}
-    grec.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
+    gmm.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
-    saved = {name: getattr(grec, name) for name in OPTIONS}
+    saved = {name: getattr(gps, name) for name in OPTIONS}
     for dtype in (np.dtype(name).type for name in args.dtypes.split(",")):
         B, T, E, H = 3, 5, 2, 4
         x = rng.standard_normal((B, T, E)).astype(dtype)
@@ -171,9 +181,9 @@ def main():
                             ("persistent", 2, 32, False, 8, False, False, False),
                             ("persistent", 2, 16, False, 8, False, False, True)]
             for path, rows, loads, stage, cols, *options in configs:
-                grec.TEAM_LOADS = loads
+                gps.TEAM_LOADS = loads
                 for name, on in zip(OPTIONS[1:], options):
-                    setattr(grec, name, on)
+                    setattr(gps, name, on)
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
@@ -182,13 +192,12 @@ def main():
                 layer.forward(x, lengths)
                 layer.backward(dout)
         for name, value in saved.items():
-            setattr(grec, name, value)
-        for tile in grec.TILES:                       # every matrix-product tile
-            grec.MATMUL_TILE = tile
-            grec.matmul(grec.kernels(np.dtype(dtype)), cuda.to_device(np.zeros((2, 3), dtype)),
-                        cuda.to_device(np.zeros((2, 4), dtype)), cuda.to_device(np.zeros((4, 3), dtype)),
-                        2, 3, 4, 4, 1, 3, 1)
-        grec.MATMUL_TILE = "auto"
+            setattr(gps, name, value)
+        for tile in gmm.TILES:                        # every matrix-product tile
+            gmm.MATMUL_TILE = tile
+            gmm.matmul(cuda.to_device(np.zeros((2, 3), dtype)), cuda.to_device(np.zeros((2, 4), dtype)),
+                       cuda.to_device(np.zeros((4, 3), dtype)), 2, 3, 4, 4, 1, 3, 1)
+        gmm.MATMUL_TILE = "auto"
         gru = qlnumba.GRU(E, H, dtype=dtype, device="cuda", seed=0)
         gru.forward(x, lengths)
         gru.backward(dout[..., :H])

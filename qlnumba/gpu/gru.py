@@ -1,7 +1,7 @@
 """GRU layer on the GPU (PyTorch's formulation), one direction: the per-step path.
 
 The same equations and saved buffers as ``qlnumba/kernels/gru.py`` (read that
-first).  Each step is a tiled product U h_{t-1} (``recurrent.matmul``) and one
+first).  Each step is a tiled product U h_{t-1} (``matmul.matmul``) and one
 thread per (row, hidden unit); sums over rows and steps run in a fixed order,
 never atomics.
 
@@ -17,7 +17,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from .recurrent import column_sums, cuda, grid_for, matmul, sigmoid_for, zeros
+from . import cells
+from .arrays import column_sums, cuda, grid_for, zeros
+from .cells import sigmoid_for
+from .matmul import matmul
 
 
 @lru_cache(maxsize=None)
@@ -74,9 +77,8 @@ def kernels(dtype):
                 DHID[bb, pos, k * H + j] = DH_step[bb, k * H + j]
             dh[bb, j] = dht * u                                   # + U^T δ below
 
-    from . import recurrent
-    shared = recurrent.kernels(dtype)                     # product, column sums, carry_dh
-    return dict(shared, step_forward=step_forward, step_backward=step_backward)
+    carry_dh = cells.cell_kernels(dtype)["carry_dh"]      # δh_{t-1} (+)= U^T δ, as QL-LSTM's
+    return dict(step_forward=step_forward, step_backward=step_backward, carry_dh=carry_dh)
 
 
 class CudaGRUCell:
@@ -103,10 +105,10 @@ class CudaGRUCell:
         h = cuda.to_device(np.ascontiguousarray(st["h"]))
         out, ZX, hU = zeros((B, T, H), dt), zeros((B, T, 3 * H), dt), zeros((B, 3 * H), dt)
         GATES, HN, HPREV = zeros((B, T, 3, H), dt), zeros((B, T, H), dt), zeros((B, T, H), dt)
-        matmul(k, ZX, d_x, W, B * T, 3 * H, E, E, 1, 1, E)                  # ZX = x W^T
+        matmul(ZX, d_x, W, B * T, 3 * H, E, E, 1, 1, E)                     # ZX = x W^T
         grid = grid_for(B * H)
         for s in range(int(lengths.max())):
-            matmul(k, hU, h, U, B, 3 * H, H, H, 1, 1, H)                    # U h_{t-1}
+            matmul(hU, h, U, B, 3 * H, H, H, 1, 1, H)                       # U h_{t-1}
             k["step_forward"][grid](out, h, GATES, HN, HPREV, ZX, hU, d_len, b, b_U, s, self.reverse)
         st["h"][...] = h.copy_to_host()
         self.cache = dict(x=d_x, lengths=lengths, d_len=d_len, GATES=GATES, HN=HN, HPREV=HPREV,
@@ -127,16 +129,16 @@ class CudaGRUCell:
         for s in range(int(lengths.max()) - 1, -1, -1):
             k["step_backward"][grid](DX, DHID, DH_step, dh, d_dout, cc["GATES"], cc["HN"], cc["HPREV"],
                                      d_len, s, self.reverse)
-            matmul(k, dhU, DH_step, cc["U"], B, H, 3 * H, 3 * H, 1, H, 1)   # U^T δ
+            matmul(dhU, DH_step, cc["U"], B, H, 3 * H, 3 * H, 1, H, 1)      # U^T δ
             k["carry_dh"][grid](dh, dhU, d_len, s, True)        # δh_{t-1} = δh u + U^T δ
         BT, G = B * T, 3 * H
         dW, dU, db, db_U = zeros((G, E), dt), zeros((G, H), dt), zeros(G, dt), zeros(G, dt)
         d_dx = zeros((B, T, E), dt)
-        matmul(k, dW, DX, x, G, E, BT, 1, G, E, 1)                          # Σ δx x^T
-        matmul(k, dU, DHID, cc["HPREV"], G, H, BT, 1, G, H, 1)              # Σ δh h_{t-1}^T
-        matmul(k, d_dx, DX, cc["W"], BT, E, G, G, 1, E, 1)                  # W^T δx
-        column_sums(k, db, DX.reshape(BT * G), BT, G)
-        column_sums(k, db_U, DHID.reshape(BT * G), BT, G)
+        matmul(dW, DX, x, G, E, BT, 1, G, E, 1)                             # Σ δx x^T
+        matmul(dU, DHID, cc["HPREV"], G, H, BT, 1, G, H, 1)                 # Σ δh h_{t-1}^T
+        matmul(d_dx, DX, cc["W"], BT, E, G, G, 1, E, 1)                     # W^T δx
+        column_sums(db, DX.reshape(BT * G), BT, G)
+        column_sums(db_U, DHID.reshape(BT * G), BT, G)
         p = self.prefix
         for name, arr in (("W", dW), ("U", dU), ("b", db), ("b_U", db_U)):
             grads[p + name] += arr.copy_to_host()

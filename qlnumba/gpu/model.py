@@ -26,7 +26,8 @@ from functools import lru_cache
 import numpy as np
 
 from . import ops
-from .recurrent import PARAM_NAMES, CudaQLCell, Workspace, clear, cuda, grid_for
+from .arrays import Workspace, clear, cuda, grid_for
+from .recurrent import PARAM_NAMES, CudaQLCell
 
 
 @lru_cache(maxsize=None)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..optim import check_adam_constants
 from . import get_cuda
-from .recurrent import SIM, THREADS, grid_for
+from .arrays import SIM, THREADS, grid_for
 
 cuda = get_cuda()
 NPART = 4 if SIM else 256                 # blocks of the first sum-of-squares pass

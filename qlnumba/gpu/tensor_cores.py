@@ -8,8 +8,8 @@ D (16,8) = A (16,8) B (8,8) + C, float32 sums).  The simulator cannot run PTX: t
 ``to_tf32`` rounds the bits with numpy and ``mma_tf32`` is a warp-level stand-in that
 gathers the fragments in shared memory (see ``mma_tf32`` for the layout both follow).
 
-The kernel takes ``recurrent.matmul``'s arguments and makes the same product, with
-the prefetching kernel's loop over k (``recurrent.slab_pipeline``: slab s+1 on its way in
+The kernel takes ``matmul.matmul``'s arguments and makes the same product, with
+the prefetching kernel's loop over k (``matmul.slab_pipeline``: slab s+1 on its way in
 registers while the warps compute on slab s), or for tiles with PF = S >= 2
 ``async_pipeline``: ``cp.async`` copies S - 1 slabs straight into shared memory while the
 warps compute on one (inline PTX too; the simulator's stand-in lands each copy as late as
@@ -34,7 +34,8 @@ import numpy as np
 from numba import float32, int64, uint64
 
 from . import get_cuda
-from .recurrent import SIM, slab_pipeline, slab_places, slab_shares, tile_functions
+from .arrays import SIM
+from .matmul import slab_pipeline, slab_places, slab_shares, tile_functions
 
 cuda = get_cuda()
 PAD = 8
@@ -332,7 +333,7 @@ def async_pipeline(tile, lda, ldb, compute):
 
 @lru_cache(maxsize=None)
 def tensor_core_matmul_kernel(tile):
-    """The tensor-core product kernel for one ``recurrent.Tile`` with MMA = 1 or 3."""
+    """The tensor-core product kernel for one ``matmul.Tile`` with MMA = 1 or 3."""
     TY, TX, TM, TN, BK = tile[:5]
     PASSES = tile.MMA
     if TM % 16 or TN % 8 or BK % 8 or PASSES not in (1, 3):
@@ -405,7 +406,7 @@ def tensor_core_matmul_kernel(tile):
 
     @cuda.jit
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
-        """C (M,N) [+]= A B on tensor cores (``recurrent.matmul``'s arguments and split k)."""
+        """C (M,N) [+]= A B on tensor cores (``matmul.matmul``'s arguments and split k)."""
         sA = cuda.shared.array(SHARED_A, float32)
         sB = cuda.shared.array(SHARED_B, float32)
         xch = cuda.shared.array(XCH, float32)               # the simulator's mma stand-in

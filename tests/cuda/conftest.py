@@ -27,5 +27,5 @@ def float32_tiles_in_the_simulator(monkeypatch):
     layers against the CPU, the GPU programs' options).  On a card every test runs the
     library's default."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        from qlnumba.gpu import recurrent as rec
-        monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", "off")
+        from qlnumba.gpu import matmul as mm
+        monkeypatch.setattr(mm, "MATMUL_TENSOR_CORES", "off")

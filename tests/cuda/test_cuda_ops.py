@@ -155,19 +155,18 @@ def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
     with a long k and few tiles the product is split along k and the chunks summed.
     "auto": with MATMUL_PREFETCH off (the plain tiles); "auto-pf": with it on, the
     library's default (the prefetching tiles)."""
-    from qlnumba.gpu import recurrent as rec
-    cuda = rec.cuda
-    monkeypatch.setattr(rec, "MATMUL_TILE", tile.replace("-pf", ""))
-    monkeypatch.setattr(rec, "MATMUL_PREFETCH", tile == "auto-pf")
-    assert rec.pick_tile(M, N, Kd).PF == (tile.endswith("pf"))
+    from qlnumba.gpu import matmul as mm
+    cuda = mm.cuda
+    monkeypatch.setattr(mm, "MATMUL_TILE", tile.replace("-pf", ""))
+    monkeypatch.setattr(mm, "MATMUL_PREFETCH", tile == "auto-pf")
+    assert mm.pick_tile(M, N, Kd).PF == (tile.endswith("pf"))
     rng = make_rng(67)
     A = rng.standard_normal((Kd, M))                    # read transposed: A^T is (M, Kd)
     Bm = rng.standard_normal((Kd, N))
     C0 = rng.standard_normal((M, N))
-    k = rec.kernels(np.dtype(np.float64))
     for accumulate in (False, True):
         C = cuda.to_device(C0.copy())
-        rec.matmul(k, C, cuda.to_device(A), cuda.to_device(Bm), M, N, Kd, 1, M, N, 1, accumulate)
+        mm.matmul(C, cuda.to_device(A), cuda.to_device(Bm), M, N, Kd, 1, M, N, 1, accumulate)
         want = A.T @ Bm + (C0 if accumulate else 0)
         np.testing.assert_allclose(C.copy_to_host(), want, rtol=1e-12, atol=1e-12)
 
@@ -210,13 +209,12 @@ def test_to_tf32_rounds_to_nearest(monkeypatch):
     """The kernels' TF32 rounding (cvt.rn.tf32.f32 on sm_90, ties to even; cvt.rna before,
     ties away from zero) equals the tests' own, on the values of ``test_tests_tf32_rounding``,
     seen through a one-pass product with 1 (k = 1: C = tf32(x) tf32(1) + zeros, exact)."""
-    from qlnumba.gpu import recurrent as rec
-    cuda = rec.cuda
-    monkeypatch.setattr(rec, "MATMUL_TILE", "128x128tf32")
+    from qlnumba.gpu import matmul as mm
+    cuda = mm.cuda
+    monkeypatch.setattr(mm, "MATMUL_TILE", "128x128tf32")
     x = np.array(TF32_CASES, np.float32)
     C = cuda.to_device(np.zeros((x.size, 1), np.float32))
-    rec.matmul(rec.kernels(np.dtype(np.float32)), C, cuda.to_device(x),
-               cuda.to_device(np.ones(1, np.float32)), x.size, 1, 1, 1, 1, 1, 1)
+    mm.matmul(C, cuda.to_device(x), cuda.to_device(np.ones(1, np.float32)), x.size, 1, 1, 1, 1, 1, 1)
     np.testing.assert_array_equal(C.copy_to_host()[:, 0], tf32(x))
 
 
@@ -229,13 +227,12 @@ def test_tensor_core_tiles(tile, monkeypatch):
     on a card the tensor cores' own order of additions).  k contiguous in A and B (x W^T),
     ragged edges (over two tiles of C in the simulator); then m and n contiguous with a long
     k (the weight gradients: split k, which on a GPU takes k of 256 and more), C + A B."""
-    from qlnumba.gpu import recurrent as rec
-    cuda = rec.cuda
-    monkeypatch.setattr(rec, "MATMUL_TILE", tile)
-    passes = rec.TILES[tile].MMA
+    from qlnumba.gpu import matmul as mm
+    cuda = mm.cuda
+    monkeypatch.setattr(mm, "MATMUL_TILE", tile)
+    passes = mm.TILES[tile].MMA
     rng = make_rng(69)
-    k = rec.kernels(np.dtype(np.float32))
-    long_k = 64 if rec.SIM else 512
+    long_k = 64 if mm.SIM else 512
     for M, N, Kd, k_inner, accumulate in ((33, 9, 9, True, False), (5, 7, long_k, False, True)):
         if k_inner:
             A, Bm = rng.standard_normal((M, Kd)), rng.standard_normal((N, Kd))
@@ -245,13 +242,13 @@ def test_tensor_core_tiles(tile, monkeypatch):
             strides, At, Bt = (1, M, N, 1), A.T, Bm
         A, Bm = A.astype(np.float32), Bm.astype(np.float32)
         At, Bt = At.astype(np.float32), Bt.astype(np.float32)
-        assert k_inner or rec.split_k(rec.TILES[tile], M, N, Kd)[1] > 1
+        assert k_inner or mm.split_k(mm.TILES[tile], M, N, Kd)[1] > 1
         C0 = rng.standard_normal((M, N)).astype(np.float32)
         exact = At.astype(np.float64) @ Bt.astype(np.float64)
         rounded = tf32(At).astype(np.float64) @ tf32(Bt).astype(np.float64)
         scale = np.abs(exact).max()
         C = cuda.to_device(C0.copy())
-        rec.matmul(k, C, cuda.to_device(A), cuda.to_device(Bm), M, N, Kd, *strides, accumulate)
+        mm.matmul(C, cuda.to_device(A), cuda.to_device(Bm), M, N, Kd, *strides, accumulate)
         got = C.copy_to_host().astype(np.float64) - (C0 if accumulate else 0)
         if passes == 1:
             assert np.abs(got - rounded).max() < 1e-5 * scale
@@ -267,21 +264,20 @@ def test_tf32x3_long_sums_as_accurate_as_float32_tiles(tile, monkeypatch):
     cores' sums truncate: summed by them over all of k, C drifted toward zero, most where
     every term has the same sign (as here: inputs in [0, 1)).  On an H100 LSTM's weight
     gradients came out 20x further from the CPU than with the float32 tiles."""
-    from qlnumba.gpu import recurrent as rec
-    cuda = rec.cuda
+    from qlnumba.gpu import matmul as mm
+    cuda = mm.cuda
     rng = make_rng(71)
-    M, N, Kd = (5, 7, 256) if rec.SIM else (128, 128, 32768)
+    M, N, Kd = (5, 7, 256) if mm.SIM else (128, 128, 32768)
     A = rng.random((M, Kd)).astype(np.float32)
     Bm = rng.random((N, Kd)).astype(np.float32)
     exact = A.astype(np.float64) @ Bm.T.astype(np.float64)
-    monkeypatch.setattr(rec, "split_k", lambda t, M, N, Kd: (                # one chunk of k
+    monkeypatch.setattr(mm, "split_k", lambda t, M, N, Kd: (                # one chunk of k
         ((M + t.TM * t.TY - 1) // (t.TM * t.TY)) * ((N + t.TN * t.TX - 1) // (t.TN * t.TX)), 1, Kd))
     errors = {}
     for name in (tile, "128x128pf"):
-        monkeypatch.setattr(rec, "MATMUL_TILE", name)
+        monkeypatch.setattr(mm, "MATMUL_TILE", name)
         C = cuda.to_device(np.zeros((M, N), np.float32))
-        rec.matmul(rec.kernels(np.dtype(np.float32)), C, cuda.to_device(A), cuda.to_device(Bm),
-                   M, N, Kd, Kd, 1, 1, Kd)
+        mm.matmul(C, cuda.to_device(A), cuda.to_device(Bm), M, N, Kd, Kd, 1, 1, Kd)
         errors[name] = np.abs(C.copy_to_host() - exact).max() / np.abs(exact).max()
     print("max relative errors", errors)
     assert errors[tile] < 2 * errors["128x128pf"] + 1e-7
@@ -292,20 +288,19 @@ def test_async_copies_stand_in_catches_a_missing_wait(monkeypatch):
     """The simulator's cp.async lands a copy only at a wait for its group: a pipeline that
     computed on a slab without waiting for it reads stale shared memory there (as it might
     on a card) and gets the product wrong, so the tile tests would catch it."""
-    from qlnumba.gpu import recurrent as rec
+    from qlnumba.gpu import matmul as mm
     from qlnumba.gpu import tensor_cores as tc
-    cuda = rec.cuda
-    caches = (tc.async_pipeline, tc.tensor_core_matmul_kernel, rec.matmul_kernel)
+    cuda = mm.cuda
+    caches = (tc.async_pipeline, tc.tensor_core_matmul_kernel, mm.matmul_kernel)
 
     def product():
         rng = make_rng(73)
         A, Bm = rng.random((5, 40)).astype(np.float32), rng.random((40, 7)).astype(np.float32)
         C = cuda.to_device(np.zeros((5, 7), np.float32))
-        rec.matmul(rec.kernels(np.dtype(np.float32)), C, cuda.to_device(A), cuda.to_device(Bm),
-                   5, 7, 40, 40, 1, 7, 1)
+        mm.matmul(C, cuda.to_device(A), cuda.to_device(Bm), 5, 7, 40, 40, 1, 7, 1)
         return np.abs(C.copy_to_host() - A.astype(np.float64) @ Bm).max()
 
-    monkeypatch.setattr(rec, "MATMUL_TILE", "128x128tf32x3as")
+    monkeypatch.setattr(mm, "MATMUL_TILE", "128x128tf32x3as")
     assert product() < 1e-5
     monkeypatch.setattr(tc, "copies_waiter", lambda n: cuda.jit(device=True)(lambda: None))
     for cache in caches:
@@ -326,19 +321,19 @@ def test_tensor_core_tiles_take_float32_only(monkeypatch):
     the tile that "auto" picks without it (which depends on the GPU's multiprocessors:
     64 x 64 on an H100 here, 128 x 128 in the simulator), with a tensor-core MATMUL_TILE
     the 128 x 128 prefetching tile; and the kernel refuses float64 outright."""
-    from qlnumba.gpu import recurrent as rec
-    monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", "off")
-    without = rec.pick_tile(64, 64, 64, np.float64)
-    monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", "tf32x3")
-    assert rec.pick_tile(64, 64, 64, np.float32) == rec.TILES["128x128tf32x3"]
-    assert rec.pick_tile(64, 64, 64, np.float64) == without
+    from qlnumba.gpu import matmul as mm
+    monkeypatch.setattr(mm, "MATMUL_TENSOR_CORES", "off")
+    without = mm.pick_tile(64, 64, 64, np.float64)
+    monkeypatch.setattr(mm, "MATMUL_TENSOR_CORES", "tf32x3")
+    assert mm.pick_tile(64, 64, 64, np.float32) == mm.TILES["128x128tf32x3"]
+    assert mm.pick_tile(64, 64, 64, np.float64) == without
     assert not without.MMA
-    monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", "off")
-    monkeypatch.setattr(rec, "MATMUL_TILE", "128x128tf32")
-    assert rec.pick_tile(64, 64, 64, np.float64) == rec.TILES["128x128pf"]
-    assert rec.pick_tile(64, 64, 64, np.float32) == rec.TILES["128x128tf32"]
+    monkeypatch.setattr(mm, "MATMUL_TENSOR_CORES", "off")
+    monkeypatch.setattr(mm, "MATMUL_TILE", "128x128tf32")
+    assert mm.pick_tile(64, 64, 64, np.float64) == mm.TILES["128x128pf"]
+    assert mm.pick_tile(64, 64, 64, np.float32) == mm.TILES["128x128tf32"]
     with pytest.raises(ValueError, match="float32 only"):
-        rec.matmul_kernel(np.dtype(np.float64), rec.TILES["128x128tf32"])
+        mm.matmul_kernel(np.dtype(np.float64), mm.TILES["128x128tf32"])
 
 
 def test_slab_places_are_the_slots():
@@ -346,22 +341,22 @@ def test_slab_places_are_the_slots():
     (``slab_places``: a part of tid plus a part of r) where the plain tiles' slot_a and slot_b
     place value e = tid + r NT of the slab: for this run's tiles and the card's shapes (blocks
     of 256 threads; slabs of 8 and 16 k, 64 and 128 wide), both layouts of each operand."""
-    from qlnumba.gpu import recurrent as rec
-    card = [rec.Tile(16, 16, 4, 4, 16, 1), rec.Tile(16, 16, 8, 8, 8, 1),
-            rec.Tile(2, 4, 64, 32, 16, 1, 3), rec.Tile(2, 4, 64, 32, 8, 4, 3)]
-    for tile in list(rec.TILES.values()) + card:
-        place_a, place_b = rec.slab_places(tile)
-        slot_a, slot_b = rec.tile_functions(np.float32, tile)[2:4]
-        slab_a, slab_b, nt, la, lb = rec.slab_shares(tile)
+    from qlnumba.gpu import matmul as mm
+    card = [mm.Tile(16, 16, 4, 4, 16, 1), mm.Tile(16, 16, 8, 8, 8, 1),
+            mm.Tile(2, 4, 64, 32, 16, 1, 3), mm.Tile(2, 4, 64, 32, 8, 4, 3)]
+    for tile in list(mm.TILES.values()) + card:
+        place_a, place_b = mm.slab_places(tile)
+        slot_a, slot_b = mm.tile_functions(np.float32, tile)[2:4]
+        slab_a, slab_b, nt, la, lb = mm.slab_shares(tile)
         for place, slot, slab, count in ((place_a, slot_a, slab_a, la), (place_b, slot_b, slab_b, lb)):
             for layout in (1, 7):                         # the contiguous index first, or not
                 got = [tuple(int(v) for v in place(tid, r, layout))
                        for r in range(count) for tid in range(nt) if tid + r * nt < slab]
                 want = [tuple(slot(e, layout)) for e in range(slab)]
                 assert got == want, (tile, layout)
-    assert rec.mod_div(8, 256)(5, 3) == ((5 + 3 * 256) % 8, (5 + 3 * 256) // 8)
+    assert mm.mod_div(8, 256)(5, 3) == ((5 + 3 * 256) % 8, (5 + 3 * 256) // 8)
     with pytest.raises(ValueError, match="divides"):
-        rec.mod_div(24, 256)
+        mm.mod_div(24, 256)
 
 
 @pytest.mark.parametrize("plain", ["64x64", "128x128"])
@@ -370,10 +365,9 @@ def test_prefetch_tiles_equal_plain_bitwise(plain, dtype, monkeypatch):
     """The prefetching kernel adds the same products in the same order as the plain one
     of the same tile: equal to the last bit, over several slabs, both layouts of each
     operand (k contiguous, then m and n contiguous), ragged edges and a split k."""
-    from qlnumba.gpu import recurrent as rec
-    cuda = rec.cuda
+    from qlnumba.gpu import matmul as mm
+    cuda = mm.cuda
     rng = make_rng(68)
-    k = rec.kernels(np.dtype(dtype))
     M, N, Kd = 5, 7, 11
     A = rng.standard_normal((M, Kd)).astype(dtype)          # k contiguous: sak = 1
     Bm = rng.standard_normal((N, Kd)).astype(dtype)         # k contiguous: sbk = 1
@@ -386,8 +380,8 @@ def test_prefetch_tiles_equal_plain_bitwise(plain, dtype, monkeypatch):
             args = (A, Bm)
         got = {}
         for tile in (plain, plain + "pf"):
-            monkeypatch.setattr(rec, "MATMUL_TILE", tile)
+            monkeypatch.setattr(mm, "MATMUL_TILE", tile)
             C = cuda.to_device(np.zeros((M, N), dtype))
-            rec.matmul(k, C, cuda.to_device(args[0]), cuda.to_device(args[1]), M, N, Kd_, *strides)
+            mm.matmul(C, cuda.to_device(args[0]), cuda.to_device(args[1]), M, N, Kd_, *strides)
             got[tile] = C.copy_to_host()
         assert np.array_equal(got[plain], got[plain + "pf"])

@@ -108,8 +108,8 @@ def test_tensor_core_products_layer_equals_cpu(psug, hgr, cores, tol, monkeypatc
     simulator: 2.4e-7; one pass is off by 4.6e-4 (LSTM) to 9.1e-4 (QL-LSTM) there, so this
     tolerance, with room for a card's order of additions, still tells them apart); with
     one pass (TF32 inputs) within TF32's error."""
-    from qlnumba.gpu import recurrent as rec
-    monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", cores)
+    from qlnumba.gpu import matmul as mm
+    monkeypatch.setattr(mm, "MATMUL_TENSOR_CORES", cores)
     rng = make_rng(63)
     B, T, E, H = 3, 5, 2, 3
     kw = dict(num_layers=1, psug=psug, hgr=hgr, block_size=2, dtype=np.float32, seed=4)
@@ -132,8 +132,8 @@ def test_tensor_core_step_products_layer_equals_cpu(psug, hgr, H, B, row_groups,
     (BPTT), not multiples of 8.  QL-LSTM: 2 row groups of 2 and 1 rows.  (A part with more
     than 32 columns, two blocks of columns, costs 50 s here: the loop over column blocks
     is the loop over row blocks' twin.)"""
-    from qlnumba.gpu import recurrent as rec
-    monkeypatch.setattr(rec, "STEP_TENSOR_CORES", True)
+    from qlnumba.gpu import persistent as ps
+    monkeypatch.setattr(ps, "STEP_TENSOR_CORES", True)
     rng = make_rng(69)
     T, E = 2, 2
     kw = dict(psug=psug, hgr=hgr, block_size=1, dtype=np.float32, seed=6)
@@ -172,8 +172,8 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, load
     group has: rows repeat).  32 loads per pass: passes of eight k.  Items of 8 columns:
     a part's 10 units pad to 16 columns (LSTM backward, QL-LSTM, V_s and V_m), LSTM's
     forward has 40."""
-    from qlnumba.gpu import recurrent as rec
-    monkeypatch.setattr(rec, "TEAM_LOADS", loads)
+    from qlnumba.gpu import persistent as ps
+    monkeypatch.setattr(ps, "TEAM_LOADS", loads)
     rng = make_rng(63)
     B, T, E, H = 3, 2, 2, 30
     kw = dict(psug=psug, hgr=hgr, block_size=1, dtype=np.float64, seed=7)
@@ -203,8 +203,8 @@ def test_staged_rows_equal_unstaged_bitwise(psug, hgr, item_cols, monkeypatch):
     (and the CPU layer's).  Two row groups of 3 and 2 rows: the second part's rows start at
     r0 = 3 (team_dot's row offset); 2 loads per pass: a thread stages 3 rows in two batches.
     Also with items of 8 columns (``ITEM_COLS``)."""
-    from qlnumba.gpu import recurrent as rec
-    monkeypatch.setattr(rec, "TEAM_LOADS", 2)
+    from qlnumba.gpu import persistent as ps
+    monkeypatch.setattr(ps, "TEAM_LOADS", 2)
     B, row_groups = 5, 2
     rng = make_rng(67)
     T, E, H = 2, 2, 10
@@ -245,7 +245,7 @@ def test_preloaded_or_prefetched_cells_equal_bitwise(option, psug, hgr, bidirect
     cells per thread in the simulator: only the first is preloaded).  PREFETCH_STEPS only
     adds hints (prefetch.L2; the simulator's stand-in reads each element it names, so an
     index out of its array fails here): the same bits too."""
-    from qlnumba.gpu import recurrent as rec
+    from qlnumba.gpu import persistent as ps
     B, T, E, H = 5, 3, 2, 6
     rng = make_rng(68)
     kw = dict(psug=psug, hgr=hgr, block_size=2, bidirectional=bidirectional, dtype=np.float64,
@@ -258,7 +258,7 @@ def test_preloaded_or_prefetched_cells_equal_bitwise(option, psug, hgr, bidirect
     dout = rng.standard_normal((B, T, 2 * H if bidirectional else H))
     results = []
     for on in (False, True):
-        monkeypatch.setattr(rec, option, on)
+        monkeypatch.setattr(ps, option, on)
         gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
         for name, p in cpu.params.items():
             gpu.params[name][...] = p
@@ -271,7 +271,7 @@ def test_preloaded_or_prefetched_cells_equal_bitwise(option, psug, hgr, bidirect
 def test_persistent_plan_defaults_and_checks():
     """Two row groups from 16 rows up, items of 8 columns and 2 rows; with 4 columns, items
     of 4 rows where a group has 4; bad item rows and columns are refused."""
-    from qlnumba.gpu.recurrent import persistent_plan
+    from qlnumba.gpu.persistent import persistent_plan
     big, small = persistent_plan(32, 8, 8, 8, True), persistent_plan(3, 8, 8, 8, True)
     assert (big.rgroups, big.item_rows, big.item_cols) == (2, 2, 8)
     assert (small.rgroups, small.item_rows) == (1, 2)
@@ -283,7 +283,7 @@ def test_persistent_plan_defaults_and_checks():
     assert persistent_plan(32, 8, 32, 8, False, row_groups=1, item_rows=2).item_rows == 2
     with pytest.raises(ValueError, match="item_rows"):
         persistent_plan(32, 8, 8, 8, True, item_rows=3)
-    from qlnumba.gpu.recurrent import persistent_kernels
+    from qlnumba.gpu.persistent import persistent_kernels
     with pytest.raises(ValueError, match="multiple of its item rows"):
         persistent_kernels(np.dtype(np.float32), 4, 6, False, 4)
     with pytest.raises(ValueError, match="item_cols"):
@@ -332,8 +332,8 @@ def test_cuda_gru_equals_cpu(dtype, tol, cores, dirs, monkeypatch):
     """GRU's per-step products are ``matmul`` launches too: with the float32 tiles and with
     the library's default tensor-core ones (tf32x3, one direction: the simulator's mma
     stand-in is slow, and its other tests take the float32 tiles unless they ask)."""
-    from qlnumba.gpu import recurrent as rec
-    monkeypatch.setattr(rec, "MATMUL_TENSOR_CORES", cores)
+    from qlnumba.gpu import matmul as mm
+    monkeypatch.setattr(mm, "MATMUL_TENSOR_CORES", cores)
     rng = make_rng(62)
     B, T, E, H = 3, 5, 2, 3
     kw = dict(num_layers=1, bidirectional=dirs == 2, dtype=dtype, seed=6)
