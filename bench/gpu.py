@@ -91,8 +91,9 @@ def time_trainer(qlnumba, repeats, rng):
 def time_matmul_tiles(tiles, shape, repeats, rng):
     """GFLOP/s of each matrix-product tile on the layer's big products at ``shape``
     (QL-LSTM, G = H): x W^T before the step loop, and after it the weight gradients
-    Σ δz x^T, Σ δz h^T (k = B*T, split k) and W^T δz; plus the kernel's registers and
-    local memory per thread (local memory would mean the register block spilled)."""
+    Σ δz x^T, Σ δz h^T (k = B*T, split k) and W^T δz, and the four's ms in all; plus the
+    kernel's registers and local memory per thread (local memory would mean the register
+    block spilled)."""
     from numba import cuda
 
     from qlnumba.gpu import matmul as mm
@@ -119,7 +120,9 @@ def time_matmul_tiles(tiles, shape, repeats, rng):
             for name, (C, A, Bm, M, N, Kd, *strides) in products.items():
                 def run(C=C, A=A, Bm=Bm, M=M, N=N, Kd=Kd, strides=strides):
                     mm.matmul(C, A, Bm, M, N, Kd, *strides, scratch=ws.scratch)
-                row[name + " GFLOP/s"] = 2 * M * N * Kd / median_time(run, repeats, cuda.synchronize) / 1e9
+                seconds = median_time(run, repeats, cuda.synchronize)
+                row[name + " GFLOP/s"] = 2 * M * N * Kd / seconds / 1e9
+                row["all four ms"] = row.get("all four ms", 0.0) + 1e3 * seconds
             for kern in getattr(mm.matmul_kernel(np.dtype(np.float32), mm.TILES[tile]), "overloads", {}).values():
                 row["registers"], row["local_bytes"] = kern.regs_per_thread, kern.local_mem_per_thread
             out[tile] = row

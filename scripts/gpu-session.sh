@@ -9,10 +9,10 @@
 #      the ones on what changed since the last card run), then the rest, each run stopped by
 #      the time left.  -v names every test as it ends, so a run that the timeout stops still
 #      says which passed (the fourteenth session's -q log could only be counted).
-# Example (the fifteenth session's plan: the cp.async tiles, then the tests):
-#   MATMUL_TILES=128x128tf32x3,128x128tf32as,128x128tf32x3as,128x128tf32x3as16 \
-#   VARIANTS="--matmul-tile 128x128tf32x3as|--matmul-tile 128x128tf32x3as16" \
-#   FIRST_TESTS="tensor_core or tf32 or async" bash scripts/gpu-session.sh
+# Example (the plan for the next card: gpu-variants.sh's default tiles, among them the cp.async
+# and the register-capped ones, then the layers with the fastest of them, then the tests):
+#   VARIANTS="--matmul-tile @best-tile" \
+#   FIRST_TESTS="tensor_core or tf32 or async or slab or register or gru" bash scripts/gpu-session.sh
 # Files go to $OUT (or bench/results): gpu-variants.sh's, and gpu_cuda_tests.log.  SKIP_BENCH=1
 # leaves out step 1 (for a dry run in the simulator: NUMBA_ENABLE_CUDASIM=1).
 set -uo pipefail

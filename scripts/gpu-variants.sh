@@ -4,8 +4,9 @@
 # layer at both shapes; the ninth session's runs chose the defaults), the matrix-product tiles
 # (MATMUL_TILES; empty: none) on the large shape's products, a one-line-per-mode summary of the
 # ratios, then the defaults again with each option set of VARIANTS ("|" between runs; default:
-# --tensor-cores off, --matmul-tile 128x128tf32x3as, --matmul-tile 128x128tf32x3as16; each
-# checked against the CPU too, tokens/s printed to set beside the first
+# --tensor-cores off, --matmul-tile @best-tile, where @best-tile is the tile of MATMUL_TILES whose
+# four products took the least time; each checked against the CPU too, tokens/s printed to set
+# beside the first
 # run's, all in one gpu_bench_variants.json: the device returns 8 files at most), then a profile
 # of the large shape and of CudaTrainer steps with PROFILE_OPTIONS (default: none).
 # Files go to $OUT (or bench/results).  SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the
@@ -23,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
-MATMUL_TILES="${MATMUL_TILES-128x128pf,128x128tf32x3,128x128tf32as,128x128tf32x3as,128x128tf32x3as16}"
+MATMUL_TILES="${MATMUL_TILES-128x128pf,128x128tf32x3,128x128tf32x3as,128x128tf32x3as16,128x128tf32x3r128,128x128tf32x3w16,64x128tf32x3r128}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups "${ROW_GROUPS:-default}" --item-rows "${ITEM_ROWS:-default}" \
     ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null
@@ -40,8 +41,18 @@ for n, row in r["shapes"].items():
                                    for k, v in row[m + "_tokens_per_s"].items()})
 print(r.get("trainer"), r.get("kernel_resources"))
 for tile, row in r.get("matmul_tiles", {}).items():
-    print(tile, {k.replace(" GFLOP/s", ""): round(v) for k, v in row.items()})
+    print(tile, {k.replace(" GFLOP/s", ""): round(v, 2) if k.endswith(" ms") else round(v)
+                 for k, v in row.items()})
 PYEOF
+# "@best-tile" in VARIANTS: the tile of MATMUL_TILES whose four products took the least time
+BEST_TILE=$("$PY" - "$DEST/gpu_bench.json" <<'PYEOF'
+import json, sys
+tiles = json.load(open(sys.argv[1])).get("matmul_tiles", {})
+timed = {name: row["all four ms"] for name, row in tiles.items() if "all four ms" in row}
+print(min(timed, key=timed.get) if timed else "")
+PYEOF
+)
+echo "best tile: ${BEST_TILE:-none}"
 # the library's defaults with other options, each checked against the CPU and timed
 with_options() {    # with_options NAME OPTIONS
     # shellcheck disable=SC2086
@@ -59,7 +70,12 @@ for n, row in r["shapes"].items():
                                for k, v in row[m + "_tokens_per_s"].items()} for m in ("train", "infer")})
 PYEOF
 }
-VARIANTS="${VARIANTS---tensor-cores off|--matmul-tile 128x128tf32x3as|--matmul-tile 128x128tf32x3as16}"
+VARIANTS="${VARIANTS---tensor-cores off|--matmul-tile @best-tile}"
+if [[ "$VARIANTS" == *@best-tile* && -z "$BEST_TILE" ]]; then
+    echo "no tile timed: the @best-tile runs are left out"
+    VARIANTS=$(tr '|' '\n' <<< "$VARIANTS" | grep -v @best-tile | paste -sd '|')
+fi
+VARIANTS="${VARIANTS//@best-tile/$BEST_TILE}"
 IFS='|' read -ra RUNS <<< "$VARIANTS"
 for i in "${!RUNS[@]}"; do
     rm -f "/tmp/gpu_bench_variant$i.json"

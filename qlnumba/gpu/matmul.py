@@ -30,14 +30,19 @@ cuda = get_cuda()
 # (two shared buffers, one barrier per slab); PF = S >= 2, tensor-core tiles only: S shared
 # buffers, S - 1 slabs on their way by cp.async.  MMA = 1 or 3: tensor cores, float32 only
 # (``tensor_cores``: TY x TX warps, each a TM x TN tile of C; TF32 inputs, one product
-# per mma, or three for float32 accuracy).  MATMUL_TILE names the one ``matmul`` uses
-Tile = namedtuple("Tile", "TY TX TM TN BK PF MMA", defaults=(0, 0))
+# per mma, or three for float32 accuracy).  REG: a cap on registers per thread (on a GPU;
+# 0: none), so that more warps fit a multiprocessor's 64k registers.  MATMUL_TILE names the
+# one ``matmul`` uses
+Tile = namedtuple("Tile", "TY TX TM TN BK PF MMA REG", defaults=(0, 0, 0))
 TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
           "64x64pf": Tile(2, 2, 2, 2, 2, 1), "128x128pf": Tile(2, 2, 4, 4, 2, 1),
           "128x128tf32": Tile(2, 1, 16, 16, 16, 1, 1), "128x128tf32x3": Tile(2, 1, 16, 16, 16, 1, 3),
           "128x128tf32k8": Tile(2, 1, 16, 16, 8, 1, 1), "128x128tf32x3k8": Tile(2, 1, 16, 16, 8, 1, 3),
           "128x128tf32as": Tile(2, 1, 16, 16, 8, 4, 1), "128x128tf32x3as": Tile(2, 1, 16, 16, 8, 4, 3),
-          "128x128tf32x3as16": Tile(2, 1, 16, 16, 16, 2, 3)}
+          "128x128tf32x3as16": Tile(2, 1, 16, 16, 16, 2, 3),
+          "128x128tf32x3r128": Tile(2, 1, 16, 16, 16, 1, 3, 128),
+          "128x128tf32x3w16": Tile(2, 2, 16, 8, 16, 1, 3, 128),
+          "64x128tf32x3r128": Tile(1, 2, 16, 8, 16, 1, 3, 128)}
          if SIM else
          {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8),
           "64x64pf": Tile(16, 16, 4, 4, 16, 1), "128x128pf": Tile(16, 16, 8, 8, 8, 1),
@@ -55,7 +60,16 @@ TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
           # ptxas: 167 (tf32), 240 (tf32x3) and 252 (slabs of 16) registers, no spills.  Not yet
           # timed
           "128x128tf32as": Tile(2, 4, 64, 32, 8, 4, 1), "128x128tf32x3as": Tile(2, 4, 64, 32, 8, 4, 3),
-          "128x128tf32x3as16": Tile(2, 4, 64, 32, 16, 2, 3)})
+          "128x128tf32x3as16": Tile(2, 4, 64, 32, 16, 2, 3),
+          # more warps per multiprocessor (the tiles above: 8, one block of 172 registers a thread;
+          # their tensor cores are not what limits them: tf32 made only 1.16-1.29x tf32x3's rate
+          # with a third of the mmas).  ptxas, capped at 128 registers: the same tile, two blocks
+          # (16 warps), 204 bytes of spills; 16 warps of 32 x 32 in one block, 32 bytes (134
+          # registers uncapped: too many for 512 threads); 8 warps of 32 x 32, a 64 x 128 tile,
+          # two blocks, 16 bytes.  Not yet timed
+          "128x128tf32x3r128": Tile(2, 4, 64, 32, 16, 1, 3, 128),
+          "128x128tf32x3w16": Tile(4, 4, 32, 32, 16, 1, 3, 128),
+          "64x128tf32x3r128": Tile(2, 4, 32, 32, 16, 1, 3, 128)})
 MATMUL_TILE = "auto"                     # see pick_tile
 MATMUL_PREFETCH = True                   # "auto" takes the pf tiles (1.1-2.8x the plain ones' GFLOP/s, H100)
 # "auto" takes a tensor-core tile for float32 products: "off", "tf32" (TF32 inputs: 10
@@ -67,6 +81,11 @@ MATMUL_PREFETCH = True                   # "auto" takes the pf tiles (1.1-2.8x t
 # H100 (fourteenth session, two runs) tf32x3 trained QL-LSTM 1-3% and LSTM 7% faster than
 # the float32 tiles, 6.6e-6 off the CPU layer (6.5e-6 with them): the default
 MATMUL_TENSOR_CORES = "tf32x3"
+
+
+def tile_jit(tile):
+    """A tile kernel's ``cuda.jit`` options: its register cap (REG), on a GPU."""
+    return {"max_registers": tile.REG} if tile.REG and not SIM else {}
 
 
 def block_threads(tile):
@@ -232,7 +251,7 @@ def matmul_kernel(dtype, tile):
         return prefetch_matmul_kernel(ftype, tile)
     tile_count, tile_start, slot_a, slot_b, slab_product, store_tile, _ = tile_functions(ftype, tile)
 
-    @cuda.jit
+    @cuda.jit(**tile_jit(tile))
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
         """C (M,N) [+]= A B, A and B flat with strides: A[m,k] = A[m*sam + k*sak].
 
@@ -367,7 +386,7 @@ def prefetch_matmul_kernel(ftype, tile):
 
     run_chunk = slab_pipeline(ftype, tile, BM, BN, compute)
 
-    @cuda.jit
+    @cuda.jit(**tile_jit(tile))
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
         sA = cuda.shared.array(SHARED_A, ftype)             # two buffers: this slab and the next
         sB = cuda.shared.array(SHARED_B, ftype)

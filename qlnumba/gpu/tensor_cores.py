@@ -35,7 +35,7 @@ from numba import float32, int64, uint64
 
 from . import get_cuda
 from .arrays import SIM
-from .matmul import slab_pipeline, slab_places, slab_shares, tile_functions
+from .matmul import slab_pipeline, slab_places, slab_shares, tile_functions, tile_jit
 
 cuda = get_cuda()
 PAD = 8
@@ -404,7 +404,7 @@ def tensor_core_matmul_kernel(tile):
                 put(C, M, N, row + 8, col, split_at, acc[i, j, 2], accumulate)
                 put(C, M, N, row + 8, col + 1, split_at, acc[i, j, 3], accumulate)
 
-    @cuda.jit
+    @cuda.jit(**tile_jit(tile))
     def matmul(C, A, Bm, M, N, Kd, sam, sak, sbk, sbn, accumulate, kchunk):
         """C (M,N) [+]= A B on tensor cores (``matmul.matmul``'s arguments and split k)."""
         sA = cuda.shared.array(SHARED_A, float32)

@@ -171,8 +171,11 @@ def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
         np.testing.assert_allclose(C.copy_to_host(), want, rtol=1e-12, atol=1e-12)
 
 
-TENSOR_CORE_TILES = ["128x128tf32", "128x128tf32x3", "128x128tf32k8", "128x128tf32x3k8",
-                     "128x128tf32as", "128x128tf32x3as", "128x128tf32x3as16"]
+# the register-capped tiles: in the simulator (no cap) "128x128tf32x3r128" is "128x128tf32x3"
+TENSOR_CORE_TILES = (["128x128tf32", "128x128tf32x3", "128x128tf32k8", "128x128tf32x3k8",
+                      "128x128tf32as", "128x128tf32x3as", "128x128tf32x3as16", "128x128tf32x3w16",
+                      "64x128tf32x3r128"]
+                     + ([] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["128x128tf32x3r128"]))
 
 
 def tf32(a, ties=None):
@@ -336,14 +339,28 @@ def test_tensor_core_tiles_take_float32_only(monkeypatch):
         mm.matmul_kernel(np.dtype(np.float64), mm.TILES["128x128tf32"])
 
 
+def test_register_caps_reach_the_compiler(monkeypatch):
+    """A tile's REG becomes its kernel's ``max_registers`` on a GPU (scripts/ptx_check.py
+    hands it to ptxas), and nothing in the simulator, which takes no such option."""
+    from qlnumba.gpu import matmul as mm
+    assert mm.tile_jit(mm.TILES["128x128tf32x3"]) == {}
+    monkeypatch.setattr(mm, "SIM", False)
+    assert mm.tile_jit(mm.TILES["128x128tf32x3w16"]) == {"max_registers": 128}
+    assert mm.tile_jit(mm.TILES["128x128tf32x3"]) == {}
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
+        kernel = mm.matmul_kernel(np.dtype(np.float32), mm.TILES["128x128tf32x3w16"])
+        assert kernel.targetoptions.get("max_registers") == 128
+
+
 def test_slab_places_are_the_slots():
     """The prefetching and cp.async tiles' slab moves place value r of a thread's share
     (``slab_places``: a part of tid plus a part of r) where the plain tiles' slot_a and slot_b
     place value e = tid + r NT of the slab: for this run's tiles and the card's shapes (blocks
-    of 256 threads; slabs of 8 and 16 k, 64 and 128 wide), both layouts of each operand."""
+    of 256 and 512 threads; slabs of 8 and 16 k, 64 and 128 wide), both layouts of each operand."""
     from qlnumba.gpu import matmul as mm
     card = [mm.Tile(16, 16, 4, 4, 16, 1), mm.Tile(16, 16, 8, 8, 8, 1),
-            mm.Tile(2, 4, 64, 32, 16, 1, 3), mm.Tile(2, 4, 64, 32, 8, 4, 3)]
+            mm.Tile(2, 4, 64, 32, 16, 1, 3), mm.Tile(2, 4, 64, 32, 8, 4, 3),
+            mm.Tile(4, 4, 32, 32, 16, 1, 3, 128), mm.Tile(2, 4, 32, 32, 16, 1, 3, 128)]
     for tile in list(mm.TILES.values()) + card:
         place_a, place_b = mm.slab_places(tile)
         slot_a, slot_b = mm.tile_functions(np.float32, tile)[2:4]

@@ -27,6 +27,7 @@ def test_gpu_benchmark_runs_with_its_options(tmp_path):
         "--json-out", str(out))
     result = json.loads(out.read_text())
     assert set(result["matmul_tiles"]) == {"64x64", "64x64pf"}
+    assert all(row["all four ms"] > 0 for row in result["matmul_tiles"].values())   # @best-tile's measure
     assert result["team_loads"] == 32 and result["matmul_prefetch"] is False and result["stage_rows"]
     assert result["tensor_cores"] == "tf32x3" and result["item_cols"] == 8 and result["preload_cells"]
     assert result["matmul_tile"] == "128x128tf32x3as"
