@@ -133,22 +133,12 @@ def time_matmul_tiles(tiles, shape, repeats, rng):
 
 def kernel_resources():
     """Registers and local memory per thread of the compiled persistent kernels (those the
-    layers ran: with PRELOAD_CELLS (the forward), PREFETCH_STEPS and STEP_TENSOR_CORES as they
-    were set; tensor-core loops have items of 2 rows only)."""
+    layers ran, items of 2 and 4 rows)."""
     from qlnumba.gpu import persistent as ps
     out = {}
     for rows in (2, 4):
         for name in ("persistent_forward", "persistent_backward"):
-            mma = ps.STEP_TENSOR_CORES
-            if mma and rows != 2:
-                continue
-            if name == "persistent_forward":           # the factory's call in persistent.forward_loop
-                args = (ps.PRELOAD_CELLS, ps.PREFETCH_STEPS, mma)
-                kw = {}
-            else:                                      # and in backward_loop
-                args, kw = (), dict(prefetch=ps.PREFETCH_STEPS, mma=mma)
-            disp = ps.persistent_kernels(np.dtype(np.float32), rows, ps.TEAM_LOADS,
-                                         ps.STAGE_ROWS and not mma, ps.ITEM_COLS, *args, **kw)[name]
+            disp = ps.persistent_kernels(np.dtype(np.float32), rows, ps.TEAM_LOADS, ps.ITEM_COLS)[name]
             for i, kern in enumerate(disp.overloads.values()):
                 out[f"{name} item rows {rows} cols {ps.ITEM_COLS} [{i}]"] = {
                     "registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
@@ -197,21 +187,9 @@ def main():
     ap.add_argument("--team-loads", type=int, default=None,
                     help="loads of h in flight per team_dot lane and pass (qlnumba.gpu.persistent."
                          "TEAM_LOADS; default: the library's, 16)")
-    ap.add_argument("--stage-rows", choices=("on", "off"), default=None,
-                    help="the persistent loops stage their rows of h / δz in shared memory where "
-                         "they fit (qlnumba.gpu.persistent.STAGE_ROWS; default: the library's, off)")
     ap.add_argument("--item-cols", type=int, choices=(4, 8), default=None,
                     help="columns of one team_dot item in the persistent loops (qlnumba.gpu."
                          "persistent.ITEM_COLS; default: the library's, 8)")
-    ap.add_argument("--preload-cells", choices=("on", "off"), default=None,
-                    help="the persistent forward loads each thread's first cell's inputs before "
-                         "team_dot (qlnumba.gpu.persistent.PRELOAD_CELLS; default: the library's, off)")
-    ap.add_argument("--prefetch-steps", choices=("on", "off"), default=None,
-                    help="the persistent loops prefetch into L2 what each cell reads at the next "
-                         "step (qlnumba.gpu.persistent.PREFETCH_STEPS; default: the library's, off)")
-    ap.add_argument("--step-tensor-cores", choices=("on", "off"), default=None,
-                    help="the persistent loops' per-step products on tensor cores, float32 "
-                         "(qlnumba.gpu.persistent.STEP_TENSOR_CORES; default: the library's, off)")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
                          "TF32 products for float32's accuracy (qlnumba.gpu.matmul."
@@ -246,27 +224,17 @@ def main():
         mm.MATMUL_PREFETCH = args.matmul_prefetch == "on"
     if args.team_loads:
         ps.TEAM_LOADS = args.team_loads
-    if args.stage_rows:
-        ps.STAGE_ROWS = args.stage_rows == "on"
     result["matmul_prefetch"], result["team_loads"] = mm.MATMUL_PREFETCH, ps.TEAM_LOADS
     if args.tensor_cores:
         mm.MATMUL_TENSOR_CORES = args.tensor_cores
     if args.item_cols:
         ps.ITEM_COLS = args.item_cols
-    if args.preload_cells:
-        ps.PRELOAD_CELLS = args.preload_cells == "on"
-    if args.prefetch_steps:
-        ps.PREFETCH_STEPS = args.prefetch_steps == "on"
-    if args.step_tensor_cores:
-        ps.STEP_TENSOR_CORES = args.step_tensor_cores == "on"
     if args.matmul_tile:
         if args.matmul_tile not in mm.TILES:
             ap.error(f"--matmul-tile: not one of {sorted(mm.TILES)}")
         mm.MATMUL_TILE = args.matmul_tile
     result["matmul_tile"] = mm.MATMUL_TILE
-    result["stage_rows"], result["tensor_cores"] = ps.STAGE_ROWS, mm.MATMUL_TENSOR_CORES
-    result["item_cols"], result["preload_cells"] = ps.ITEM_COLS, ps.PRELOAD_CELLS
-    result["prefetch_steps"], result["step_tensor_cores"] = ps.PREFETCH_STEPS, ps.STEP_TENSOR_CORES
+    result["tensor_cores"], result["item_cols"] = mm.MATMUL_TENSOR_CORES, ps.ITEM_COLS
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

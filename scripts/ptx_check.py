@@ -61,8 +61,6 @@ import numba.cuda.dispatcher as _dispatcher  # noqa: E402  (device functions ask
 
 _dispatcher.get_current_device = cuda.get_current_device
 COMPILED = {}
-# settings of qlnumba.gpu.persistent, set per layer run
-OPTIONS = ("TEAM_LOADS", "PRELOAD_CELLS", "PREFETCH_STEPS", "STEP_TENSOR_CORES")
 
 
 def arg_type(a):
@@ -151,48 +149,33 @@ def main():
         setattr(module, factory,
                 (lambda real: lambda dtype: wrap(real(dtype), cc, gcells.DEVICE_FUNCTIONS))(real))
     real_persistent, real_matmul = gps.persistent_kernels, gmm.matmul_kernel
-    gps.persistent_kernels = lambda dtype, rows, loads, stage, cols, preload=False, prefetch=False, mma=False: {
-        name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}" + (" staged" if stage else "")
-                       + (" preload" if preload else "")      # one name per setting (else the
-                       + (" prefetch" if prefetch else "")    # second would count as compiled)
-                       + (" mma" if mma else ""), d, cc)
-        for name, d in real_persistent(dtype, rows, loads, stage, cols, preload, prefetch, mma).items()}
+    gps.persistent_kernels = lambda dtype, rows, loads, cols: {
+        name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}", d, cc)   # one name per
+        for name, d in real_persistent(dtype, rows, loads, cols).items()}           # setting
     gmm.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
-    saved = {name: getattr(gps, name) for name in OPTIONS}
+    saved_loads = gps.TEAM_LOADS
     for dtype in (np.dtype(name).type for name in args.dtypes.split(",")):
         B, T, E, H = 3, 5, 2, 4
         x = rng.standard_normal((B, T, E)).astype(dtype)
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            # path, item rows, loads, staged, item cols, then PRELOAD_CELLS, PREFETCH_STEPS,
-            # STEP_TENSOR_CORES; float64 layers only the first four (the options for speed are
-            # float32's, and each compile adds to the test suite's time)
-            configs = ([(p, 2, 16, False, 4, False, False, False) for p in grec.PATHS]
-                       + [("persistent", 4, 16, False, 4, False, False, False),
-                          ("persistent", 2, 16, False, 8, False, False, False)])
+            # path, item rows, loads (TEAM_LOADS), item cols; float64 layers only the first four
+            # (the options for speed are float32's, and each compile adds to the suite's time)
+            configs = [(p, 2, 16, 4) for p in grec.PATHS] + [("persistent", 4, 16, 4), ("persistent", 2, 16, 8)]
             if dtype != np.float64:
-                configs += [("persistent", 4, 32, False, 4, False, False, False),
-                            ("persistent", 4, 16, True, 4, False, False, False),
-                            ("persistent", 2, 16, True, 8, False, False, False),
-                            ("persistent", 4, 16, False, 4, True, False, False),
-                            ("persistent", 2, 16, False, 8, False, True, False),
-                            ("persistent", 2, 32, False, 8, False, False, False),
-                            ("persistent", 2, 16, False, 8, False, False, True)]
-            for path, rows, loads, stage, cols, *options in configs:
+                configs += [("persistent", 4, 32, 4), ("persistent", 2, 32, 8)]
+            for path, rows, loads, cols in configs:
                 gps.TEAM_LOADS = loads
-                for name, on in zip(OPTIONS[1:], options):
-                    setattr(gps, name, on)
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
                     for cell in row:
-                        cell.path, cell.item_rows, cell.stage_rows, cell.item_cols = path, rows, stage, cols
+                        cell.path, cell.item_rows, cell.item_cols = path, rows, cols
                 layer.forward(x, lengths)
                 layer.backward(dout)
-        for name, value in saved.items():
-            setattr(gps, name, value)
+        gps.TEAM_LOADS = saved_loads
         for tile in gmm.TILES:                        # every matrix-product tile
             gmm.MATMUL_TILE = tile
             gmm.matmul(cuda.to_device(np.zeros((2, 3), dtype)), cuda.to_device(np.zeros((2, 4), dtype)),

@@ -52,9 +52,8 @@ def cell_kernels(dtype):
     @cuda.jit(device=True)
     def cell_inputs(hcur, c, m, a, Z, lengths, s, psug, hgr, reverse, bb, j):
         """What step s of row bb, unit j reads besides U h and the parameters: (active,
-        pos, h_{t-1}, c_{t-1}, a, m, the step's 1 (PSUG) or 4 values of x W^T).  No team_dot
-        writes any of it, so the persistent loop can issue these loads before its team_dot
-        (``PRELOAD_CELLS``); idle rows (s >= length) read h alone."""
+        pos, h_{t-1}, c_{t-1}, a, m, the step's 1 (PSUG) or 4 values of x W^T); idle rows
+        (s >= length) read h alone."""
         H = c.shape[1]
         zero = ftype(0.0)
         L = lengths[bb]
@@ -69,12 +68,6 @@ def cell_kernels(dtype):
         z2 = Z[bb, pos, 2 * H + j] if not psug else zero
         z3 = Z[bb, pos, 3 * H + j] if not psug else zero
         return True, pos, hprev, cprev, a_old, m_old, z0, z1, z2, z3
-
-    @cuda.jit(device=True, inline=True)
-    def no_cell_inputs():
-        """``cell_inputs``' type, nothing read (where no load is issued early)."""
-        zero = ftype(0.0)
-        return False, 0, zero, zero, zero, zero, zero, zero, zero, zero
 
     @cuda.jit(device=True)
     def cell_update(out, hnext, c, a, Z, GATES, C, CPREV, HPREV, hU, b, gamma, beta, psug, hgr,
@@ -312,12 +305,10 @@ def cell_kernels(dtype):
                 close_backward_finish=close_backward_finish, step_backward=step_backward,
                 carry_dh=carry_dh,
                 # DEVICE_FUNCTIONS: the persistent kernels call them
-                cell_forward=cell_forward, cell_inputs=cell_inputs, no_cell_inputs=no_cell_inputs,
-                cell_update=cell_update, cell_backward=cell_backward, closes_at=closes_at,
+                cell_forward=cell_forward, cell_backward=cell_backward, closes_at=closes_at,
                 close_forward_cell=close_forward_cell, close_backward_cell=close_backward_cell,
                 close_backward_finish_cell=close_backward_finish_cell)
 
 
-DEVICE_FUNCTIONS = ("cell_forward", "cell_inputs", "no_cell_inputs", "cell_update",
-                    "cell_backward", "closes_at", "close_forward_cell",
+DEVICE_FUNCTIONS = ("cell_forward", "cell_backward", "closes_at", "close_forward_cell",
                     "close_backward_cell", "close_backward_finish_cell")

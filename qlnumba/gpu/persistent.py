@@ -3,17 +3,29 @@ cooperative launch.
 
 Block q owns part q: a group of rows and a group of hidden units (``persistent_plan``), and
 keeps the units' slices of U (and V_s, V_m) in shared memory; its teams of threads make
-U h_{t-1} for those rows and units (``team_dot``; or its warps on tensor cores, ``mma_dot``,
-with STEP_TENSOR_CORES), then run their cells (the device functions of ``cells.py``), and one
-``cuda.cg.this_grid().sync()`` per step (two on a closing step in BPTT) publishes the new h.
-h, s, m and δz are double-buffered so no block overwrites what another still reads.  The
-simple path (``recurrent.py``) is the reference these loops are tested against.
+U h_{t-1} for those rows and units (``team_dot``), then run their cells (the device functions
+of ``cells.py``), and one ``cuda.cg.this_grid().sync()`` per step (two on a closing step in
+BPTT) publishes the new h.  h, s, m and δz are double-buffered so no block overwrites what
+another still reads.  The simple path (``recurrent.py``) is the reference these loops are
+tested against.
 
 Shapes legend (device arrays, C order): those of ``cells.py``, and
   double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G);  close_flags (steps,) int8
-  shared memory per block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward (rows
-    MMA_PAD longer with mma_dot), V_s and V_m slices (padded(nu), H), team partials
-    (teams * item cols * item rows, TEAM + 1) or, where larger, mma_dot's (warps, 32 * 32)
+  shared memory per block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward, V_s and
+    V_m slices (padded(nu), H), team partials (teams * item cols * item rows, TEAM + 1)
+
+Tried on an H100 and taken out again, each slower than these loops (bench/results/README.md;
+the code is in the history, before the commit "persistent: four options ... taken out"):
+- PRELOAD_CELLS: each thread's first forward cell's loads issued before team_dot, to be in
+  flight while it runs: 5% (QL-LSTM) and 4% (LSTM) slower, 348 bytes of spills against 172.
+- PREFETCH_STEPS: what each cell reads at the next step prefetched into L2 (PTX prefetch.L2):
+  3.5% and 3% slower.
+- STAGE_ROWS: a part's rows of h (δz) copied into shared memory first, for team_dot to read
+  there instead of each team from L2: 22% and 7% slower, 464 bytes of spills against 172.
+- STEP_TENSOR_CORES (``mma_dot``): U h_{t-1} and U^T δz_t by mma.sync, three TF32 products:
+  training 37% and 31% slower (255 registers a thread, so half the threads per block, and each
+  warp's partials through shared memory, mostly padding for QL-LSTM's 8 units per block);
+  only LSTM's inference gained, 11%.
 """
 import os
 from collections import namedtuple
@@ -24,7 +36,6 @@ from numba import float32, float64, uint64
 
 from . import cells, get_cuda
 from .arrays import SIM, THREADS, multiprocessors
-from .prefetch import prefetch_l2
 
 cuda = get_cuda()
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
@@ -38,40 +49,6 @@ TEAM_LOADS = 16
 # 16 accumulators per lane).  On an H100 (twelfth session, bench/results/README.md) 8 trained
 # that shape 7.6% (QL-LSTM) and 11% (LSTM) faster than 4, with the same results to the bit
 ITEM_COLS = 8
-# the persistent forward loop issues each thread's first cell's loads of h, c, a, m and x W^T
-# (``cell_inputs``: from HBM, none of them written by team_dot) before its team_dot, so that
-# they are in flight while it runs, not waited for after it.  ptxas: 348 bytes of spills
-# against 172 without.  On an H100 (twelfth session) 5% (QL-LSTM) and 4% (LSTM) slower: off
-PRELOAD_CELLS = False
-# at each step the persistent loops prefetch into L2 (``prefetch.prefetch_l2``, no registers
-# held) what each thread's cell reads at the next step from device memory: x W^T (forward;
-# the product before the loop wrote it long ago) and the saved gates, c_t, c_{t-1}, δout (BPTT).
-# After each grid sync those loads otherwise wait for device memory.  Changes no value.  On an
-# H100 (fourteenth session, bench/results/README.md) 3.5% (QL-LSTM) and 3% (LSTM) slower: off
-PREFETCH_STEPS = False
-# the step loops' product U h_{t-1} (forward) and U^T δz_t (BPTT) on tensor cores, float32 layers
-# only (``mma_dot``: mma.sync with three TF32 products, float32's accuracy).  Why: with team_dot a
-# block reads its rows of h (δz) from L2 once per group of 8 columns, and reads U from shared
-# memory once per 2 rows; at (64, 1024, 300, 512) LSTM's forward reads 33.5 MB of L2 and about
-# 1 MB of shared memory per block per step, and makes 0.5M FMAs per multiprocessor: by a count
-# at nominal rates, 2-6 µs of a step each on an H100.  With mma_dot a block reads its rows once
-# (LSTM forward: 8.7 MB per step in all) and U's slice once.  On an H100 (fourteenth session)
-# training was 37% (QL-LSTM) and 31% (LSTM) slower, only LSTM's inference 11% faster: 255
-# registers a thread allow half team_dot's threads per block, and each warp's partials go
-# through shared memory, mostly padding for QL-LSTM's 8 units per block.  Off
-STEP_TENSOR_CORES = False
-MMA_PAD = 4                              # mma_dot: U's rows in shared memory, this much longer
-MMA_TILES = (2, 4)                       # mma_dot: a warp's block of outputs, in mma tiles of 16 x 8
-MMA_THREADS = 64                         # simulator: threads of a persistent block with mma_dot
-MMA_LOADS = 32                           # mma_dot: loads of X per lane and pass
-# the persistent loops first copy their part's rows of h_{t-1} (forward) or δz_t (backward)
-# from global memory into shared memory, all threads at once, where they fit (persistent_plan):
-# team_dot then reads them from there, instead of each team from L2 (a row is read by every
-# team whose columns need it: 2 to 8 times at (64, 1024, 300, 512)).  On an H100 (twelfth
-# session) 22% (QL-LSTM) and 7% (LSTM) slower: off.  ptxas at the 128-register cap
-# (scripts/ptx_check.py): the staged float32 forward spills 464 bytes against 172 unstaged (the
-# backward 236 against 200)
-STAGE_ROWS = False
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
 TEAMP = TEAM + 1                         # a padded row of team partials (see team_dot)
@@ -90,28 +67,17 @@ def check_item_cols(item_cols):
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False, prefetch=False,
-                       mma=False):
+def persistent_kernels(dtype, item_rows, loads, item_cols):
     """The persistent step loops (and their device functions) for one float dtype,
     ``team_dot`` items of ``item_rows`` rows x ``item_cols`` columns, ``loads`` loads of h
-    in flight per lane and pass, with ``stage`` the rows team_dot reads staged in shared
-    memory (``stage_rows``), with ``preload`` each thread's first forward cell's
-    ``cell_inputs`` loaded before team_dot (``PRELOAD_CELLS``), with ``prefetch`` the
-    next step's cell inputs prefetched into L2 (``PREFETCH_STEPS``), and with ``mma`` the
-    step's product U h (U^T δz) on tensor cores (``mma_dot``, float32, items of 8 columns,
-    not staged; ``STEP_TENSOR_CORES``; compile-time constants: the register blocks need
-    them, and the loops without an option compile as if it did not exist)."""
+    in flight per lane and pass (compile-time constants: the register blocks need them)."""
     if loads % item_rows or loads < item_rows:
         raise ValueError(f"team_dot's loads per pass ({loads}) must be a multiple of its "
                          f"item rows ({item_rows})")
     check_item_cols(item_cols)
-    if mma and (np.dtype(dtype) != np.float32 or item_cols != 8 or stage):
-        raise ValueError("tensor-core step products are float32, with items of 8 columns, "
-                         "not staged")
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
     k = cells.cell_kernels(np.dtype(dtype))
     cell_forward, cell_backward, closes_at = k["cell_forward"], k["cell_backward"], k["closes_at"]
-    cell_inputs, no_cell_inputs, cell_update = k["cell_inputs"], k["no_cell_inputs"], k["cell_update"]
     close_forward_cell, close_backward_cell = k["close_forward_cell"], k["close_backward_cell"]
     close_backward_finish_cell = k["close_backward_finish_cell"]
     ROWS, COLS = item_rows, item_cols
@@ -119,24 +85,6 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
     KPASS = loads // ROWS                               # k per pass: `loads` loads of X in flight
     NX = KPASS * ROWS                                   # (local array sizes must be constants)
     KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
-    # mma_dot: a warp's block of outputs is MB x NB mma tiles (16 rows x 8 columns each), KP
-    # k-steps of 8 per pass (MMA_LOADS loads of X per lane); U's rows in shared memory are SPAD
-    # longer than k, so that the 8 columns of a B fragment fall in different banks
-    MB, NB = MMA_TILES
-    KP = max(1, MMA_LOADS // (4 * MB))
-    BM, BN = 16 * MB, 8 * NB
-    ACC, NXA, NFA, NFB = (MB, NB, 4), KP * MB * 4, MB * 4, NB * 2
-    SPAD = MMA_PAD if mma else 0
-    # with mma_dot, blocks of 256 threads and up to 255 registers (persistent_plan): capped at
-    # 128, ptxas spilled 600 bytes
-    jit_options = dict(PERSISTENT_JIT, max_registers=255) if mma and not SIM else PERSISTENT_JIT
-    if mma:
-        from .tensor_cores import MMA_XCH, mma3_into, tf32_splitter
-        split = tf32_splitter(3)
-        XCH = (MMA_THREADS // 32) * MMA_XCH if SIM else 1
-    else:
-        XCH = 1
-
     @cuda.jit(device=True, inline=True)
     def padded(n):
         """n columns rounded up to whole items of COLS (slices of U, V_s, V_m in shared memory)."""
@@ -154,25 +102,25 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
         return r0, max(0, min(B, r0 + nrg) - r0), u0, min(H, u0 + nu) - u0, nu
 
     @cuda.jit(device=True)
-    def load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, ld, H, transpose):
-        """This part's slice of U into shared memory, one row of ld >= Kd per output column c:
-        forward  Ush[c*ld + k] = U[col(c), k]   (k < H), the rows of U this part's units need;
-        backward Ush[c*ld + k] = U[k, col(c)]   (k < G), the columns (transpose);
-        col(c) = (c // nu) * H + u0 + c % nu; padded or empty columns, and k >= Kd, are 0."""
-        for e in range(cuda.threadIdx.x, ncol_pad * ld, cuda.blockDim.x):
-            c, k = e // ld, e % ld
+    def load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose):
+        """This part's slice of U into shared memory, one row of Kd per output column c:
+        forward  Ush[c*Kd + k] = U[col(c), k]   (Kd = H), the rows of U this part's units need;
+        backward Ush[c*Kd + k] = U[k, col(c)]   (Kd = G), the columns (transpose);
+        col(c) = (c // nu) * H + u0 + c % nu; padded or empty columns are 0."""
+        for e in range(cuda.threadIdx.x, ncol_pad * Kd, cuda.blockDim.x):
+            c, k = e // Kd, e % Kd
             val = ftype(0.0)
+            # k < Kd always holds; said here, it let the compiler make 4% fewer instructions of
+            # the whole kernel (SASS, sm_90)
             if c < ncol and c % nu < nq and k < Kd:
                 col = (c // nu) * H + u0 + c % nu
                 val = U[k, col] if transpose else U[col, k]
             Ush[e] = val
 
     @cuda.jit(device=True)
-    def team_dot(out, X, xoff, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s, rot):
-        """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b - xoff, k] for this part's columns c and its
-        rows b in [r0, r0 + nr) that step at s (idle rows are not written).  X is the whole
-        array in global memory (xoff = 0) or the part's rows staged in shared memory
-        (``stage_rows``, xoff = r0): the same sums in the same order.
+    def team_dot(out, X, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s, rot):
+        """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b, k] for this part's columns c and its rows b
+        in [r0, r0 + nr) that step at s (idle rows are not written); X in global memory.
 
         Teams of TEAM threads take items of ROWS rows × COLS columns, team t of round base
         item (base + t + rot) % items, rows fastest: blocks that read the same rows of
@@ -204,7 +152,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                 # unsigned indices: Numba then skips the negative-index wraparound code,
                 # which was most of the instructions of this loop
                 for r in range(ROWS):
-                    rows[r] = uint64(min(b0 + r, rend - 1) - xoff)
+                    rows[r] = uint64(min(b0 + r, rend - 1))
                 kd = uint64(Kd)
                 w = uint64(c0 * Kd)                              # column c0's row of Ush
                 k = uint64(lane)
@@ -257,137 +205,15 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
             cuda.syncthreads()
 
     @cuda.jit(device=True)
-    def mma_dot(out, X, Ush, red, xch, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s):
-        """``team_dot``'s sums (X in global memory) on tensor cores, float32 to float32's
-        accuracy: D = X U_slice^T by ``mma.sync`` m16n8k8 with three TF32 products per 8 k
-        (``tensor_cores.mma3_into``).
-
-        The block's warps split k: warp w takes the k-steps of 8 w, w + W, w + 2W, ...
-        (W warps) for a block of outputs of BM rows x BN columns, loading KP k-steps of X
-        per pass before it computes on them.  A fragment is X[b, k] (rows b of the part,
-        clamped to its last row), B is Ush[c*(Kd + SPAD) + k]; k >= Kd reads as 0.  Each
-        warp leaves its partial D in ``red`` in its fragments' order (lane fastest: no bank
-        conflicts), and each output sums the W partials in warp order (deterministic).
-        Every warp makes the same mma calls (block-uniform loops), as ``mma.sync`` and the
-        simulator's stand-in need.  Compared with team_dot, a block reads each of its rows
-        of X from L2 once, not once per group of 8 columns, and the products take no FMA
-        units and no shared-memory reads of U per row."""
-        tid = cuda.threadIdx.x
-        nthr = cuda.blockDim.x
-        nwarps = nthr // 32
-        warp, lane = tid // 32, tid % 32
-        g, t = lane // 4, lane % 4
-        ld = Kd + SPAD
-        per = ((Kd + 7) // 8 + nwarps - 1) // nwarps      # k-steps of each warp
-        rend = r0 + nr
-        acc = cuda.local.array(ACC, float32)              # acc[i, j]: mma tile (i, j)'s D
-        xa = cuda.local.array(NXA, float32)               # a pass's A fragments, as loaded
-        ahi = cuda.local.array(NFA, float32)              # A[i] at 4i .. 4i+3, split in TF32
-        alo = cuda.local.array(NFA, float32)
-        bhi = cuda.local.array(NFB, float32)              # B[j] at 2j, 2j+1
-        blo = cuda.local.array(NFB, float32)
-        for m0 in range(0, nr, BM):
-            for n0 in range(0, ncol_pad, BN):
-                for i in range(MB):
-                    for j in range(NB):
-                        for q in range(4):
-                            acc[i, j, q] = 0.0
-                for p in range(0, per, KP):
-                    for kp in range(KP):                  # the pass's loads of X, all first
-                        k = ((p + kp) * nwarps + warp) * 8 + t
-                        for i in range(MB):
-                            b = min(r0 + m0 + i * 16 + g, rend - 1)
-                            b8 = min(b + 8, rend - 1)
-                            x = (kp * MB + i) * 4
-                            xa[x] = X[b, k] if k < Kd else float32(0.0)                # A[g, t]
-                            xa[x + 1] = X[b8, k] if k < Kd else float32(0.0)           # A[g + 8, t]
-                            xa[x + 2] = X[b, k + 4] if k + 4 < Kd else float32(0.0)    # A[g, t + 4]
-                            xa[x + 3] = X[b8, k + 4] if k + 4 < Kd else float32(0.0)   # A[g + 8, t + 4]
-                    for kp in range(KP):
-                        if p + kp < per:
-                            k = ((p + kp) * nwarps + warp) * 8 + t
-                            for e in range(4 * MB):                 # x = hi + lo in TF32
-                                split(xa[kp * MB * 4 + e], ahi, alo, e)
-                            for j in range(NB):                     # B[t, g], B[t + 4, g]
-                                c = n0 + j * 8 + g
-                                v0 = Ush[c * ld + k] if k < Kd and c < ncol_pad else float32(0.0)
-                                v1 = Ush[c * ld + k + 4] if k + 4 < Kd and c < ncol_pad else float32(0.0)
-                                split(v0, bhi, blo, 2 * j)
-                                split(v1, bhi, blo, 2 * j + 1)
-                            for i in range(MB):
-                                if m0 + i * 16 < nr:
-                                    for j in range(NB):
-                                        if n0 + j * 8 < ncol_pad:
-                                            mma3_into(acc, i, j, xch, warp, lane, ahi, alo, bhi, blo)
-                # partial (i, j, q) of lane l of warp w at red[w*BM*BN + ((i*NB + j)*4 + q)*32 + l]
-                for i in range(MB):
-                    for j in range(NB):
-                        for q in range(4):
-                            red[warp * (BM * BN) + ((i * NB + j) * 4 + q) * 32 + lane] = acc[i, j, q]
-                cuda.syncthreads()
-                for o in range(tid, BM * BN, nthr):
-                    i, j, q, ll = o // (NB * 128), (o // 128) % NB, (o // 32) % 4, o % 32
-                    b = r0 + m0 + i * 16 + ll // 4 + (q // 2) * 8      # D[g (+8), 2t (+1)]
-                    c = n0 + j * 8 + 2 * (ll % 4) + q % 2
-                    if b < rend and c < ncol and c % nu < nq and s < lengths[b]:
-                        v = float32(0.0)
-                        for w in range(nwarps):
-                            v += red[w * (BM * BN) + o]
-                        out[b, (c // nu) * H + u0 + c % nu] = v
-                cuda.syncthreads()
-
-    @cuda.jit(device=True, inline=True)
-    def prefetch_forward(Z, lengths, s, psug, reverse, H, bb, j):
-        """x W^T of step s, row bb, unit j (1 value, or 4 with !psug) on its way to L2
-        (nothing where the row does not step at s)."""
-        L = lengths[bb]
-        if s < L:
-            pos = L - 1 - s if reverse else s
-            prefetch_l2(Z, (bb, pos, j))
-            if not psug:
-                for k in range(1, 4):
-                    prefetch_l2(Z, (bb, pos, k * H + j))
-
-    @cuda.jit(device=True, inline=True)
-    def prefetch_backward(dout, GATES, C, CPREV, Z, lengths, s, psug, reverse, bb, j):
-        """What ``cell_backward`` reads of step s (s >= 0), row bb, unit j from the saved
-        forward and δout, on its way to L2."""
-        L = lengths[bb]
-        if 0 <= s < L:
-            pos = L - 1 - s if reverse else s
-            prefetch_l2(dout, (bb, pos, j))
-            for k in range(4):
-                prefetch_l2(GATES, (bb, pos, k, j))
-            prefetch_l2(C, (bb, pos, j))
-            prefetch_l2(CPREV, (bb, pos, j))
-            if psug:
-                prefetch_l2(Z, (bb, pos, j))
-
-    @cuda.jit(device=True)
-    def stage_rows(Xs, X, r0, nr, Kd):
-        """Rows r0 .. r0 + nr - 1 of X (.., Kd) into Xs[0 .. nr - 1], then a barrier.  Each
-        thread takes columns k (consecutive threads, consecutive k: coalesced) and issues
-        ``loads`` loads of a column's rows before it stores any of them."""
-        xv = cuda.local.array(NX, ftype)
-        for k in range(cuda.threadIdx.x, Kd, cuda.blockDim.x):
-            for q0 in range(0, nr, NX):
-                for i in range(NX):
-                    xv[i] = X[r0 + min(q0 + i, nr - 1), k]
-                for i in range(NX):
-                    if q0 + i < nr:
-                        Xs[q0 + i, k] = xv[i]
-        cuda.syncthreads()
-
-    @cuda.jit(device=True)
     def load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose, hgr):
         """Part (u0, nq)'s slices of U, and with hgr of V_s and V_m, into shared memory
         (``load_slice``; V slices have one column per unit, read as rows or, in
-        backward, as columns).  U's rows are SPAD values longer than Kd (``mma_dot``)."""
-        load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, Kd + SPAD, H, transpose)
+        backward, as columns)."""
+        load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose)
         if hgr:
             nu_pad = padded(nu)
-            load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, H, transpose)
-            load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, H, transpose)
+            load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, transpose)
+            load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, transpose)
 
     @cuda.jit(device=True, inline=True)
     def reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H,
@@ -400,19 +226,17 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
             cuda.syncthreads()
 
     @cuda.jit(device=True, inline=True)
-    def shared_views(nslice, nv, nx):
+    def shared_views(nslice, nv):
         """The dynamic shared memory of a persistent block: (U slice of nslice values, V_s and
-        V_m slices of nv values each, nx values of staged rows (``stage_rows``), the team
-        partials in the rest)."""
+        V_m slices of nv values each, the team partials in the rest)."""
         dyn = cuda.shared.array(0, ftype)
         x0 = nslice + 2 * nv
-        return (dyn[:nslice], dyn[nslice:nslice + nv], dyn[nslice + nv:x0], dyn[x0:x0 + nx],
-                dyn[x0 + nx:])
+        return dyn[:nslice], dyn[nslice:nslice + nv], dyn[nslice + nv:x0], dyn[x0:]
 
-    @cuda.jit(**jit_options)
+    @cuda.jit(**PERSISTENT_JIT)
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                            RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
-                           b_r, steps, K, ugroups, rgroups, nstage, psug, hgr, reverse):
+                           b_r, steps, K, ugroups, rgroups, psug, hgr, reverse):
         """Every step in one cooperative launch: block q owns part q, a group of rows and
         a group of hidden units (``part_span``), and keeps the units' rows of U (all
         four gates), V_s and V_m in shared memory, so a step needs one grid sync.
@@ -423,12 +247,9 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
         hbuf[s % 2]); the block summary s between Sbuf[0] and Sbuf[1] by step; m
         between mbuf[0] and mbuf[1] by close, so a close reads every unit's old m
         while writing its own new one.  When there are more parts than blocks (the
-        simulator's one block), a block loops over parts and reloads each slice.  With
-        ``stage``, a part's rows of h_{t-1} go to shared memory first (``stage_rows``;
-        nstage >= its rows: the rows a part may have).
+        simulator's one block), a block loops over parts and reloads each slice.
         """
         grid = cuda.cg.this_grid()
-        xch = cuda.shared.array(XCH, float32)              # the simulator's mma stand-in
         B, H = c.shape
         G = U.shape[0]
         nparts = ugroups * rgroups
@@ -436,7 +257,7 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
         ncol = (G // H) * nu
         ncol_pad = padded(ncol)
         nv = padded(nu) * H if hgr else 0
-        Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * (H + SPAD), nv, nstage * H)
+        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * H, nv)
         resident = nparts == cuda.gridDim.x
         if resident:
             r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
@@ -451,36 +272,14 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                 rot = q % ugroups
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             ncol, ncol_pad, H, H, False, hgr)
-                first = no_cell_inputs()
-                if preload and cuda.threadIdx.x < nr * nq:     # in flight during team_dot
-                    first = cell_inputs(hcur, c, m, a, Z, lengths, s, psug, hgr, reverse,
-                                        r0 + cuda.threadIdx.x // nq, u0 + cuda.threadIdx.x % nq)
-                if stage:                                                       # U h_{t-1}
-                    # a view of the part's rows made here, not once before the loop (ptxas
-                    # spills: 340 bytes against 464 when written; since cell_inputs, 464 either
-                    # way, and 344 against 432 with 8-column items; the backward keeps one view)
-                    Xs = Xflat[:nr * H].reshape((nr, H))
-                    stage_rows(Xs, hcur, r0, nr, H)
-                    team_dot(hU, Xs, r0, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
-                             lengths, s, rot)
-                elif mma:
-                    mma_dot(hU, hcur, Ush, red, xch, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
-                            lengths, s)
-                else:
-                    team_dot(hU, hcur, 0, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,
-                             lengths, s, rot)
+                team_dot(hU, hcur, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,    # U h_{t-1}
+                         lengths, s, rot)
                 for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
                     bb, j = r0 + e // nq, u0 + e % nq
-                    if preload and e == cuda.threadIdx.x:
-                        cell_update(out, hnext, c, a, Z, GATES, C, CPREV, HPREV, hU, b, gamma,
-                                    beta, psug, hgr, bb, j, first)
-                    else:
-                        cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU,
-                                     lengths, b, gamma, beta, s, psug, hgr, reverse, bb, j)
+                    cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU,
+                                 lengths, b, gamma, beta, s, psug, hgr, reverse, bb, j)
                     if hgr and closes_at(lengths, n0, s, K, bb):
                         S[bb, j] = a[bb, j] / K                           # s = a / K
-                    if prefetch:            # step s + 1's x W^T into L2 (after team_dot: fewer spills)
-                        prefetch_forward(Z, lengths, s + 1, psug, reverse, H, bb, j)
             grid.sync()
             if hgr and close_flags[s]:
                 mnext = mbuf[(closes + 1) % 2]
@@ -490,9 +289,9 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 ncol, ncol_pad, H, H, False, hgr)
                     nu_pad = padded(nu)
-                    team_dot(P, S, 0, Vs_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
+                    team_dot(P, S, Vs_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
                              rot)                                               # V_s s
-                    team_dot(Q, m, 0, Vm_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
+                    team_dot(Q, m, Vm_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
                              rot)                                               # V_m m
                     for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
                         bb, j = r0 + e // nq, u0 + e % nq
@@ -501,11 +300,10 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                 closes += 1
                 cuda.syncthreads()
 
-    @cuda.jit(**jit_options)
+    @cuda.jit(**PERSISTENT_JIT)
     def persistent_backward(DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
                             GATES, C, CPREV, Z, MBLK, SBLK, RBLK, lengths, n0, close_flags,
-                            U, gamma, V_s, V_m, steps, K, ugroups, rgroups, nstage, psug, hgr,
-                            reverse):
+                            U, gamma, V_s, V_m, steps, K, ugroups, rgroups, psug, hgr, reverse):
         """BPTT of ``persistent_forward`` in one cooperative launch, steps in reverse.
 
         Block q owns part q's rows and units and keeps U[:, units] (and V_s,
@@ -513,22 +311,16 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
         a grid sync, V^T δp for its part), the cells, a grid sync, then δh_{t-1} =
         U^T δz_t for its part.  δz_t alternates between DZbuf[0] and DZbuf[1] by step.
         A thread keeps the same (row, unit) in the close and cell loops of a step, so
-        δm, δa, δc need no barrier there.  With ``stage``, a part's rows of δz_t go to
-        shared memory first (``stage_rows``, nstage of them at most).
+        δm, δa, δc need no barrier there.
         """
         grid = cuda.cg.this_grid()
-        xch = cuda.shared.array(XCH, float32)              # the simulator's mma stand-in
         B, H = dh.shape
         G = U.shape[0]
         nparts = ugroups * rgroups
         nu = (H + ugroups - 1) // ugroups
         ncol_pad = padded(nu)
         nv = ncol_pad * H if hgr else 0
-        Ush, Vs_sh, Vm_sh, Xflat, red = shared_views(ncol_pad * (G + SPAD), nv, nstage * G)
-        # the staged rows (nstage, G), made once (here ptxas spills 236 bytes against 324 for a
-        # view made per part, as in persistent_forward); without staging a stand-in of the
-        # same type, never read
-        Xs = Xflat.reshape((nstage, G)) if stage else DZbuf[0]
+        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * G, nv)
         resident = nparts == cuda.gridDim.x
         if resident:
             r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
@@ -536,12 +328,6 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
             cuda.syncthreads()
         for s in range(steps - 1, -1, -1):
             DZs = DZbuf[s % 2]
-            if prefetch:                                  # step s - 1's saved values, into L2
-                for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
-                    r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
-                    for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
-                        prefetch_backward(dout, GATES, C, CPREV, Z, lengths, s - 1, psug, reverse,
-                                          r0 + e // nq, u0 + e % nq)
             if hgr and close_flags[s]:                                    # the close rule first
                 for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
                     r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
@@ -554,9 +340,9 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                     rot = q % ugroups
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 nu, ncol_pad, G, H, True, hgr)
-                    team_dot(dmV, DP_step, 0, Vm_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
+                    team_dot(dmV, DP_step, Vm_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
                              lengths, s, rot)
-                    team_dot(dsV, DP_step, 0, Vs_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
+                    team_dot(dsV, DP_step, Vs_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
                              lengths, s, rot)
                     for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
                         bb, j = r0 + e // nq, u0 + e % nq
@@ -574,22 +360,12 @@ def persistent_kernels(dtype, item_rows, loads, stage, item_cols, preload=False,
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             nu, ncol_pad, G, H, True, hgr)
                 # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
-                if stage:
-                    stage_rows(Xs, DZs, r0, nr, G)
-                    team_dot(dh, Xs, r0, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths,
-                             s, rot)
-                elif mma:
-                    mma_dot(dh, DZs, Ush, red, xch, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths,
-                            s)
-                else:
-                    team_dot(dh, DZs, 0, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths,
-                             s, rot)
+                team_dot(dh, DZs, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths, s, rot)
 
     return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward)
 
 
-Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes fwd_stage bwd_stage "
-                         "item_cols mma")
+Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes item_cols")
 
 
 @lru_cache(maxsize=None)
@@ -604,8 +380,7 @@ def shared_limit():
         return SHARED_BYTES
 
 
-def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, stage=None,
-                    item_cols=None, mma=None):
+def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, item_cols=None):
     """How the persistent kernels split the rows and hidden units, or None where they
     cannot run.
 
@@ -622,21 +397,12 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, sta
     QL-LSTM 17% and LSTM 20% faster than one group and items of 2.  Blocks of 512
     threads (registers capped at 128, see PERSISTENT_JIT) hide more of the step's memory
     latency than 256; 256 where 512 do not fit.  The simulator runs one block that loops
-    over every part (so the partition logic is tested there too).  With ``stage`` (None:
-    ``STAGE_ROWS``) a loop stages its part's rows of h (forward) or δz (backward) in
-    shared memory where they fit besides the rest: ``fwd_stage`` / ``bwd_stage`` rows (0:
-    not staged).  Items of ``item_cols`` columns (None: ``ITEM_COLS``, 8; or 4), 2 rows by
-    default with 8.  ``mma`` (None: ``STEP_TENSOR_CORES``; float32 only, itemsize 4): the
-    step's product on tensor cores (``mma_dot``: needs items of 8 columns, never staged;
-    blocks of MMA_THREADS in the simulator, whole warps).
+    over every part (so the partition logic is tested there too).  Items of ``item_cols``
+    columns (None: ``ITEM_COLS``, 8; or 4), 2 rows by default with 8.
     """
     rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
     cols = ITEM_COLS if item_cols is None else int(item_cols)
     check_item_cols(cols)
-    mma = bool(STEP_TENSOR_CORES if mma is None else mma) and itemsize == 4
-    if mma and cols != 8:
-        raise ValueError(f"tensor-core step products (STEP_TENSOR_CORES) need items of 8 columns, "
-                         f"got {cols}")
     rows = (4 if -(-B // rgroups) >= 4 and cols == 4 else 2) if item_rows is None else int(item_rows)
     if rows not in (2, 4):
         raise ValueError(f"item_rows must be 2 or 4, got {item_rows!r}")
@@ -647,22 +413,13 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, sta
     ugroups = -(-H // nu)
     pad = lambda n: (n + cols - 1) // cols * cols
     v = 2 * pad(nu) * H if hgr else 0
-    stage = (STAGE_ROWS if stage is None else stage) and not mma
-    nrg = -(-B // rgroups)                       # rows a part may have
     limit = shared_limit()
-    spad = MMA_PAD if mma else 0
-    for threads in (((MMA_THREADS if mma else THREADS),) if SIM else ((256,) if mma else (512, 256))):
+    for threads in ((THREADS,) if SIM else (512, 256)):
         red = cols * rows * (threads // TEAM) * (TEAM + 1)
-        if mma:                                  # mma_dot's partials: a block of outputs per warp
-            red = max(red, threads // 32 * (16 * MMA_TILES[0]) * (8 * MMA_TILES[1]))
-        fwd = (pad((G // H) * nu) * (H + spad) + v + red) * itemsize
-        bwd = (pad(nu) * (G + spad) + v + red) * itemsize
+        fwd = (pad((G // H) * nu) * H + v + red) * itemsize
+        bwd = (pad(nu) * G + v + red) * itemsize
         if max(fwd, bwd) <= limit:
-            fwd_stage = nrg if stage and fwd + nrg * H * itemsize <= limit else 0
-            bwd_stage = nrg if stage and bwd + nrg * G * itemsize <= limit else 0
-            return Plan(ugroups, rgroups, rows, 1 if SIM else ugroups * rgroups, threads,
-                        fwd + fwd_stage * H * itemsize, bwd + bwd_stage * G * itemsize,
-                        fwd_stage, bwd_stage, cols, mma)
+            return Plan(ugroups, rgroups, rows, 1 if SIM else ugroups * rgroups, threads, fwd, bwd, cols)
     return None
 
 
@@ -705,13 +462,7 @@ def launch_persistent(dispatcher, plan, nbytes, *args):
     dispatcher[plan.blocks, plan.threads, 0, nbytes](*args)
 
 
-def forward_loop(dtype, plan):
-    """The persistent forward kernel for ``plan``, with this module's settings."""
-    return persistent_kernels(np.dtype(dtype), plan.item_rows, TEAM_LOADS, plan.fwd_stage > 0,
-                              plan.item_cols, PRELOAD_CELLS, PREFETCH_STEPS, plan.mma)["persistent_forward"]
-
-
-def backward_loop(dtype, plan):
-    """The persistent BPTT kernel for ``plan``, with this module's settings."""
-    return persistent_kernels(np.dtype(dtype), plan.item_rows, TEAM_LOADS, plan.bwd_stage > 0,
-                              plan.item_cols, prefetch=PREFETCH_STEPS, mma=plan.mma)["persistent_backward"]
+def loops(dtype, plan):
+    """The persistent kernels (persistent_forward, persistent_backward) for ``plan``, with
+    this module's TEAM_LOADS."""
+    return persistent_kernels(np.dtype(dtype), plan.item_rows, TEAM_LOADS, plan.item_cols)

@@ -81,7 +81,6 @@ class CudaQLCell:
         self.row_groups = None                 # persistent_plan's options (None: its defaults)
         self.item_rows = None
         self.item_cols = None                  # None: ITEM_COLS
-        self.stage_rows = None                 # None: STAGE_ROWS
         self.cpu = cpu_cell
         self.prefix, self.H, self.psug, self.hgr = cpu_cell.prefix, cpu_cell.H, cpu_cell.psug, cpu_cell.hgr
         self.K, self.reverse, self.dtype = cpu_cell.K, cpu_cell.reverse, cpu_cell.dtype
@@ -103,7 +102,7 @@ class CudaQLCell:
         if self.path != "persistent":
             return None
         return persistent_plan(B, self.H, G, np.dtype(self.dtype).itemsize, self.hgr, self.row_groups,
-                               self.item_rows, self.stage_rows, self.item_cols)
+                               self.item_rows, self.item_cols)
 
     def forward(self, x, lengths, st, need_grad=True):
         out = self.forward_device(cuda.to_device(x), lengths, st, self.device_params(), need_grad)
@@ -171,12 +170,11 @@ class CudaQLCell:
         if plan is not None:
             hbuf, mbuf, Sbuf = bufs["hbuf"], bufs["mbuf"], bufs["S"]
             launch_persistent(
-                persistent.forward_loop(self.dtype, plan),
+                persistent.loops(self.dtype, plan)["persistent_forward"],
                 plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
                 d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
-                P["b_r"], steps, K, plan.ugroups, plan.rgroups, plan.fwd_stage, self.psug, self.hgr,
-                self.reverse)
+                P["b_r"], steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
             h, m = hbuf[steps % 2], mbuf[int(closes.sum()) % 2]
         else:
             h, m, S = bufs["h"], bufs["m"], bufs["S"]
@@ -230,12 +228,12 @@ class CudaQLCell:
         if plan is not None:
             DZbuf = bufs["DZbuf"]
             launch_persistent(
-                persistent.backward_loop(self.dtype, plan),
+                persistent.loops(self.dtype, plan)["persistent_backward"],
                 plan, plan.bwd_bytes,
                 DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["Z"], cc["MBLK"], cc["SBLK"], cc["RBLK"],
                 d_len, d_n0, cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
-                steps, K, plan.ugroups, plan.rgroups, plan.bwd_stage, self.psug, self.hgr, self.reverse)
+                steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
         else:
             DZ_step, dhU = bufs["DZbuf"][0], bufs["dhU"]
             grid = grid_for(B * H)

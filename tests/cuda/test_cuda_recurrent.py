@@ -26,15 +26,6 @@ def assert_layers_agree(got, want, tol):
         assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
 
 
-def assert_layers_bitwise_equal(first, second):
-    """Two (out, final state, dx, grads, dstate0) results equal to the last bit."""
-    (o1, f1, dx1, g1, s1), (o2, f2, dx2, g2, s2) = first, second
-    assert np.array_equal(o1, o2) and np.array_equal(dx1, dx2)
-    for a, b in ((f1, f2), (s1, s2), (g1, g2)):
-        for k in a:
-            assert np.array_equal(a[k], b[k]), k
-
-
 def forward_backward(layer, x, lengths, dout, state=None, dstate=None):
     """(out, final state, dx, grads, dstate0) of one forward and one backward call."""
     out, final = layer.forward(x, lengths, state)
@@ -121,38 +112,6 @@ def test_tensor_core_products_layer_equals_cpu(psug, hgr, cores, tol, monkeypatc
     assert_layers_agree(results[1], results[0], tol)
 
 
-@pytest.mark.parametrize("psug,hgr,H,B,row_groups", [(False, False, 9, 33, 1), (True, True, 10, 3, 2)],
-                         ids=["lstm", "ql"])
-def test_tensor_core_step_products_layer_equals_cpu(psug, hgr, H, B, row_groups, monkeypatch):
-    """STEP_TENSOR_CORES: the persistent loops' products U h_{t-1} and U^T δz_t by mma_dot,
-    float32, within float32's error of the CPU (in the simulator at most 1e-6 off; without
-    A's TF32 low part LSTM's case is 2e-4 off and fails).  Idle rows; rows beyond a part's end clamped, their outputs
-    masked.  LSTM: 33 rows (two blocks of 32 rows of outputs, the second of one row), a
-    forward part has 12 columns (2 of a block's 4 mma tiles of 8), k = 9 (forward) and 36
-    (BPTT), not multiples of 8.  QL-LSTM: 2 row groups of 2 and 1 rows.  (A part with more
-    than 32 columns, two blocks of columns, costs 50 s here: the loop over column blocks
-    is the loop over row blocks' twin.)"""
-    from qlnumba.gpu import persistent as ps
-    monkeypatch.setattr(ps, "STEP_TENSOR_CORES", True)
-    rng = make_rng(69)
-    T, E = 2, 2
-    kw = dict(psug=psug, hgr=hgr, block_size=1, dtype=np.float32, seed=6)
-    cpu = qlnumba.QLLSTM(E, H, **kw)
-    gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
-    cell = gpu._cells[0][0]
-    cell.row_groups = row_groups
-    assert cell._plan(B, cell.cpu._p("U", 2).shape[0]).mma
-    for name, p in cpu.params.items():
-        p[...] = 0.5 * rng.standard_normal(p.shape)
-        gpu.params[name][...] = p
-    x = rng.standard_normal((B, T, E)).astype(np.float32)
-    lengths = rng.integers(1, T + 1, B)
-    lengths[0] = T
-    dout = rng.standard_normal((B, T, H)).astype(np.float32)
-    results = [forward_backward(layer, x, lengths, dout) for layer in (cpu, gpu)]
-    assert_layers_agree(results[1], results[0], 2e-5)
-
-
 WIDE_SETTINGS = [(1, 2, 16, 4), (1, 4, 16, 4), (2, 4, 16, 4), (3, 4, 16, 4), (2, 4, 32, 4)]
 
 
@@ -194,80 +153,6 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, load
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
-@pytest.mark.parametrize("psug,hgr,item_cols", [(False, False, 4), (True, True, 4), (False, False, 8)],
-                         ids=["lstm", "ql", "lstm-8-columns"])
-def test_staged_rows_equal_unstaged_bitwise(psug, hgr, item_cols, monkeypatch):
-    """With stage_rows the persistent loops copy a part's rows of h (forward) and δz
-    (backward) into shared memory and team_dot reads them there: the same sums in the same
-    order, so every output, state and gradient equals the unstaged loops' to the last bit
-    (and the CPU layer's).  Two row groups of 3 and 2 rows: the second part's rows start at
-    r0 = 3 (team_dot's row offset); 2 loads per pass: a thread stages 3 rows in two batches.
-    Also with items of 8 columns (``ITEM_COLS``)."""
-    from qlnumba.gpu import persistent as ps
-    monkeypatch.setattr(ps, "TEAM_LOADS", 2)
-    B, row_groups = 5, 2
-    rng = make_rng(67)
-    T, E, H = 2, 2, 10
-    kw = dict(psug=psug, hgr=hgr, block_size=2, dtype=np.float64, seed=9)
-    cpu = qlnumba.QLLSTM(E, H, **kw)
-    for p in cpu.params.values():
-        p[...] = 0.5 * rng.standard_normal(p.shape)
-    x = rng.standard_normal((B, T, E))
-    lengths = rng.integers(1, T + 1, B)
-    dout = rng.standard_normal((B, T, H))
-    results = []
-    for stage in (False, True):
-        gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
-        for name, p in cpu.params.items():
-            gpu.params[name][...] = p
-        cell = gpu._cells[0][0]
-        cell.row_groups, cell.item_rows, cell.stage_rows = row_groups, 2, stage
-        cell.item_cols = item_cols
-        plan = cell._plan(B, cell.cpu._p("U", 2).shape[0])
-        want = -(-B // row_groups) if stage else 0
-        assert (plan.rgroups, plan.fwd_stage, plan.bwd_stage) == (row_groups, want, want)
-        results.append(forward_backward(gpu, x, lengths, dout))
-    assert_layers_bitwise_equal(*results)
-    out, final = cpu.forward(x, lengths)
-    dx, grads = cpu.backward(dout)
-    assert_layers_agree(results[1], (out, final, dx, grads, cpu.dstate0), 1e-10)
-
-
-@pytest.mark.parametrize("option,psug,hgr,bidirectional",
-                         [("PRELOAD_CELLS", False, False, False), ("PRELOAD_CELLS", True, True, True),
-                          ("PREFETCH_STEPS", False, False, True)],
-                         ids=["preload-lstm", "preload-ql-bidirectional", "prefetch-lstm-bidirectional"])
-def test_preloaded_or_prefetched_cells_equal_bitwise(option, psug, hgr, bidirectional, monkeypatch):
-    """With PRELOAD_CELLS the persistent forward loads each thread's first cell's inputs
-    (cell_inputs) before team_dot and updates it from them after (cell_update): the same
-    loads and sums, so every output, state and gradient equals the plain loop's to the last
-    bit.  Ragged lengths (idle rows), both directions, 2 row groups (parts with several
-    cells per thread in the simulator: only the first is preloaded).  PREFETCH_STEPS only
-    adds hints (prefetch.L2; the simulator's stand-in reads each element it names, so an
-    index out of its array fails here): the same bits too."""
-    from qlnumba.gpu import persistent as ps
-    B, T, E, H = 5, 3, 2, 6
-    rng = make_rng(68)
-    kw = dict(psug=psug, hgr=hgr, block_size=2, bidirectional=bidirectional, dtype=np.float64,
-              seed=9)
-    cpu = qlnumba.QLLSTM(E, H, **kw)
-    for p in cpu.params.values():
-        p[...] = 0.5 * rng.standard_normal(p.shape)
-    x = rng.standard_normal((B, T, E))
-    lengths = np.array([3, 1, 2, 3, 2])
-    dout = rng.standard_normal((B, T, 2 * H if bidirectional else H))
-    results = []
-    for on in (False, True):
-        monkeypatch.setattr(ps, option, on)
-        gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
-        for name, p in cpu.params.items():
-            gpu.params[name][...] = p
-        for cell in gpu._cells[0]:
-            cell.row_groups = 2
-        results.append(forward_backward(gpu, x, lengths, dout))
-    assert_layers_bitwise_equal(*results)
-
-
 def test_persistent_plan_defaults_and_checks():
     """Two row groups from 16 rows up, items of 8 columns and 2 rows; with 4 columns, items
     of 4 rows where a group has 4; bad item rows and columns are refused."""
@@ -285,18 +170,9 @@ def test_persistent_plan_defaults_and_checks():
         persistent_plan(32, 8, 8, 8, True, item_rows=3)
     from qlnumba.gpu.persistent import persistent_kernels
     with pytest.raises(ValueError, match="multiple of its item rows"):
-        persistent_kernels(np.dtype(np.float32), 4, 6, False, 4)
+        persistent_kernels(np.dtype(np.float32), 4, 6, 4)
     with pytest.raises(ValueError, match="item_cols"):
-        persistent_kernels(np.dtype(np.float32), 4, 16, False, 16)
-    # tensor-core step products: float32 only (float64 plans keep team_dot), 8 columns, unstaged
-    assert persistent_plan(32, 8, 8, 4, True, mma=True).mma
-    assert not persistent_plan(32, 8, 8, 8, True, mma=True).mma
-    assert persistent_plan(32, 8, 8, 4, True, mma=True, stage=True).fwd_stage == 0
-    with pytest.raises(ValueError, match="8 columns"):
-        persistent_plan(32, 8, 8, 4, True, item_cols=4, mma=True)
-    for dtype, cols, stage in ((np.float64, 8, False), (np.float32, 4, False), (np.float32, 8, True)):
-        with pytest.raises(ValueError, match="tensor-core"):
-            persistent_kernels(np.dtype(dtype), 2, 16, stage, cols, mma=True)
+        persistent_kernels(np.dtype(np.float32), 4, 16, 16)
 
 
 def test_device_argument_is_checked():

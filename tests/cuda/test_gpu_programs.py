@@ -21,19 +21,15 @@ def run(*args):
 def test_gpu_benchmark_runs_with_its_options(tmp_path):
     out = tmp_path / "gpu.json"
     run("bench/gpu.py", "--shapes", "tiny", "--repeats", "1", "--team-loads", "32",
-        "--matmul-prefetch", "off", "--stage-rows", "on", "--tensor-cores", "tf32x3",
-        "--item-cols", "8", "--preload-cells", "on", "--matmul-tiles", "64x64,64x64pf", "--tile-shape", "tiny",
-        "--matmul-tile", "128x128tf32x3as", "--prefetch-steps", "on", "--step-tensor-cores", "off",
+        "--matmul-prefetch", "off", "--tensor-cores", "tf32x3", "--item-cols", "8",
+        "--matmul-tiles", "64x64,64x64pf", "--tile-shape", "tiny", "--matmul-tile", "128x128tf32x3as",
         "--json-out", str(out))
     result = json.loads(out.read_text())
     assert set(result["matmul_tiles"]) == {"64x64", "64x64pf"}
     assert all(row["all four ms"] > 0 for row in result["matmul_tiles"].values())   # @best-tile's measure
-    assert result["team_loads"] == 32 and result["matmul_prefetch"] is False and result["stage_rows"]
-    assert result["tensor_cores"] == "tf32x3" and result["item_cols"] == 8 and result["preload_cells"]
+    assert result["team_loads"] == 32 and result["matmul_prefetch"] is False
+    assert result["tensor_cores"] == "tf32x3" and result["item_cols"] == 8
     assert result["matmul_tile"] == "128x128tf32x3as"
-    # (tensor-core step products cost a minute more in the simulator: their flag is passed
-    # off here; test_tensor_core_step_products_layer_equals_cpu runs them)
-    assert result["prefetch_steps"] and result["step_tensor_cores"] is False
     assert set(result["shapes"]["tiny"]["train_tokens_per_s"]) >= {"qlnumba_ql_persistent",
                                                                     "qlnumba_lstm_persistent"}
 
