@@ -149,9 +149,10 @@ def main():
         setattr(module, factory,
                 (lambda real: lambda dtype: wrap(real(dtype), cc, gcells.DEVICE_FUNCTIONS))(real))
     real_persistent, real_matmul = gps.persistent_kernels, gmm.matmul_kernel
+    # one name per setting (else a second setting would count as compiled)
     gps.persistent_kernels = lambda dtype, rows, loads, cols: {
-        name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}", d, cc)   # one name per
-        for name, d in real_persistent(dtype, rows, loads, cols).items()}           # setting
+        name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}", d, cc)
+        for name, d in real_persistent(dtype, rows, loads, cols).items()}
     gmm.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
     saved_loads = gps.TEAM_LOADS
