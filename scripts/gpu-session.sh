@@ -10,8 +10,9 @@
 #      the time left.  -v names every test as it ends, so a run that the timeout stops still
 #      says which passed (the fourteenth session's -q log could only be counted).
 # Example (the plan for the next card: gpu-variants.sh's default tiles, among them the cp.async
-# and the register-capped ones, then the layers with the fastest of them, then the tests):
-#   VARIANTS="--matmul-tile @best-tile" \
+# and the register-capped ones, then the layers with the fastest of them, and with 32 loads per
+# team_dot pass (never timed yet), then the tests):
+#   VARIANTS="--matmul-tile @best-tile|--team-loads 32" \
 #   FIRST_TESTS="tensor_core or tf32 or async or slab or register or gru" bash scripts/gpu-session.sh
 # Files go to $OUT (or bench/results): gpu-variants.sh's, and gpu_cuda_tests.log.  SKIP_BENCH=1
 # leaves out step 1 (for a dry run in the simulator: NUMBA_ENABLE_CUDASIM=1).
