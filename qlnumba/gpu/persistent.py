@@ -85,6 +85,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
     KPASS = loads // ROWS                               # k per pass: `loads` loads of X in flight
     NX = KPASS * ROWS                                   # (local array sizes must be constants)
     KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
+
     @cuda.jit(device=True, inline=True)
     def padded(n):
         """n columns rounded up to whole items of COLS (slices of U, V_s, V_m in shared memory)."""
