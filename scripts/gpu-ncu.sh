@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Where the persistent step loops wait, line by line: Nsight Compute (ncu) on the second
 # forward and backward launch of bench/ncu_driver.py (large shape; KIND=ql or lstm), with
-# warp-state statistics and source-level stall sampling, the kernels built with line
-# information (QLNUMBA_CUDA_LINEINFO=1).  Writes to $OUT (or bench/results): the report,
+# warp-state statistics and source-level stall sampling, the forward built with line
+# information (QLNUMBA_CUDA_LINEINFO=1; NVVM refuses it for the backward, whose stalls are
+# then placed on SASS only: qlnumba/gpu/persistent.py).  Writes to $OUT (or bench/results): the report,
 # its details page, the source page per SASS instruction and per source line (CSV), and
 # the log.  About 2 minutes; the clocks are left alone (--clock-control none).
 set -uo pipefail

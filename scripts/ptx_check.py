@@ -83,7 +83,9 @@ class Launcher:
         key = (self.name, sig)
         if key not in COMPILED:
             try:
-                ptx, _ = cuda.compile_ptx(self.dispatcher.py_func, sig, cc=self.cc)
+                options = getattr(self.dispatcher, "targetoptions", {})
+                ptx, _ = cuda.compile_ptx(self.dispatcher.py_func, sig, cc=self.cc,
+                                          lineinfo=bool(options.get("lineinfo")))
             except Exception as exc:
                 raise RuntimeError(f"kernel {self.name} does not compile for sm_{self.cc[0]}{self.cc[1]} "
                                    f"with argument types {sig}") from exc
@@ -187,6 +189,8 @@ def main():
         gru.backward(dout[..., :H])
         check_ops(gops, dtype, rng)
         check_trainer_kernels(gmodel, dtype)
+        if dtype == np.float32:                       # scripts/gpu-ncu.sh's build of the forward
+            check_forward_lineinfo(real_persistent, cc)
     print(f"compiled {len(COMPILED)} kernel specialisations to PTX for sm_{cc[0]}{cc[1]}")
     ptxas_report(cc)
 
@@ -211,6 +215,16 @@ def check_ops(gops, dtype, rng):
     flat = W.reshape(-1)
     gops.adam_step(flat, np.zeros_like(flat), np.zeros_like(flat), np.ones_like(flat),
                    np.ones(8, dtype))
+
+
+def check_forward_lineinfo(real_persistent, cc):
+    """The default float32 persistent forward compiles with line information, as
+    QLNUMBA_CUDA_LINEINFO=1 builds it for the profiler (the backward cannot: persistent.py)."""
+    name = "persistent_forward item rows 2 cols 8 loads 16"
+    sig = next(sig for (n, sig) in COMPILED if n == name)
+    ptx, _ = cuda.compile_ptx(real_persistent(np.dtype(np.float32), 2, 16, 8)["persistent_forward"].py_func,
+                              sig, cc=cc, lineinfo=True)
+    assert ".loc" in ptx, "no line information in the forward's PTX"
 
 
 def check_trainer_kernels(gmodel, dtype):

@@ -55,10 +55,15 @@ TEAMP = TEAM + 1                         # a padded row of team partials (see te
 ONE, TWO, THREE, FOUR = (np.uint64(n) for n in (1, 2, 3, 4))
 # 128 registers let a 512-thread persistent block fit one multiprocessor (ptxas: a few
 # bytes of spills, against 217 registers uncapped); the simulator takes no such option.
-# QLNUMBA_CUDA_LINEINFO=1 adds line information, so that a profiler (ncu) can place the
-# persistent kernels' stalls on lines of this file (scripts/gpu-ncu.sh sets it)
-PERSISTENT_JIT = {} if SIM else {"max_registers": 128,
-                                 "lineinfo": os.environ.get("QLNUMBA_CUDA_LINEINFO") == "1"}
+PERSISTENT_JIT = {} if SIM else {"max_registers": 128}
+# QLNUMBA_CUDA_LINEINFO=1 adds line information to persistent_forward, so that a profiler
+# (ncu) can place its stalls on lines of this file (scripts/gpu-ncu.sh sets it).  Not to
+# persistent_backward: with line information NVVM (numba-cuda 0.30.4, CUDA 13) refuses to
+# compile it, "Symbol name with unsupported characters" (found by cutting the kernel down: a
+# step loop of cell_backward calls compiles, the same loop inside the loop over parts does not).
+# ``QLNUMBA_CUDA_LINEINFO=1 python scripts/ptx_check.py`` checks the forward's build
+FORWARD_JIT = dict(PERSISTENT_JIT, lineinfo=True) if (
+    os.environ.get("QLNUMBA_CUDA_LINEINFO") == "1" and not SIM) else PERSISTENT_JIT
 
 
 def check_item_cols(item_cols):
@@ -234,7 +239,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
         x0 = nslice + 2 * nv
         return dyn[:nslice], dyn[nslice:nslice + nv], dyn[nslice + nv:x0], dyn[x0:]
 
-    @cuda.jit(**PERSISTENT_JIT)
+    @cuda.jit(**FORWARD_JIT)
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                            RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
                            b_r, steps, K, ugroups, rgroups, psug, hgr, reverse):
