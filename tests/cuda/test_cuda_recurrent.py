@@ -153,6 +153,36 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, load
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
+@pytest.mark.parametrize("psug,hgr,item_cols", [(False, False, 4), (True, True, 4), (False, False, 8)],
+                         ids=["lstm", "ql", "lstm-8-columns"])
+def test_persistent_uneven_row_groups_equal_cpu(psug, hgr, item_cols, monkeypatch):
+    """Two row groups of 3 and 2 rows (the second part's rows start at r0 = 3), ragged
+    lengths, 2 loads per pass (one k per pass for items of 2 rows), items of 4 and of 8
+    columns: every output, state and gradient equals the CPU layer's.  (The unstaged half of
+    the staged-rows test, kept when staging was taken out.)"""
+    from qlnumba.gpu import persistent as ps
+    monkeypatch.setattr(ps, "TEAM_LOADS", 2)
+    B, row_groups = 5, 2
+    rng = make_rng(67)
+    T, E, H = 2, 2, 10
+    kw = dict(psug=psug, hgr=hgr, block_size=2, dtype=np.float64, seed=9)
+    cpu = qlnumba.QLLSTM(E, H, **kw)
+    for p in cpu.params.values():
+        p[...] = 0.5 * rng.standard_normal(p.shape)
+    x = rng.standard_normal((B, T, E))
+    lengths = rng.integers(1, T + 1, B)
+    dout = rng.standard_normal((B, T, H))
+    gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
+    for name, p in cpu.params.items():
+        gpu.params[name][...] = p
+    cell = gpu._cells[0][0]
+    cell.row_groups, cell.item_rows, cell.item_cols = row_groups, 2, item_cols
+    plan = cell._plan(B, cell.cpu._p("U", 2).shape[0])
+    assert (plan.rgroups, plan.item_rows, plan.item_cols) == (row_groups, 2, item_cols)
+    results = [forward_backward(layer, x, lengths, dout) for layer in (cpu, gpu)]
+    assert_layers_agree(results[1], results[0], 1e-10)
+
+
 def test_persistent_plan_defaults_and_checks():
     """Two row groups from 16 rows up, items of 8 columns and 2 rows; with 4 columns, items
     of 4 rows where a group has 4; bad item rows and columns are refused."""
