@@ -287,49 +287,36 @@ def matmul_kernel(dtype, tile):
 
 
 @lru_cache(maxsize=None)
-def slab_loaders(ftype, tile, lda, ldb):
-    """The prefetching kernels' slab moves, as inline device functions: ``load_a`` /
-    ``load_b`` put this thread's share of the next (BM, BK) slab of A / (BK, BN) slab of B
-    into registers (0 outside the matrix or the chunk of k); ``store`` puts them into
-    shared buffer ``buf``: sA[buf*BK*lda + kk*lda + m], sB[buf*BK*ldb + kk*ldb + n].  lda,
-    ldb: the shared rows' lengths (BM, BN, or padded: ``tensor_cores``)."""
-    BK = tile.BK
-    SLAB_A, SLAB_B, NT, LA, LB = slab_shares(tile)
-    place_a, place_b = slab_places(tile)
-    BKU, LDA, LDB = np.uint64(BK), np.uint64(lda), np.uint64(ldb)
+def slab_mover(ftype, tile, count, slab, place, ld):
+    """One operand's slab moves in the prefetching kernels, as inline device functions
+    ``load(regs, X, layout, s_outer, s_k, o0, limit, k0, k_end, tid)`` and
+    ``store(sX, regs, buf, layout, tid)``.  Value r < count of this thread's share (value
+    e = tid + r NT of the slab's ``slab`` values) sits at (o, kk) = place(tid, r, layout):
+    load puts X[(o0 + o) s_outer + k s_k], k = k0 + kk, into regs[r] (0 where o0 + o >= limit
+    or k >= k_end), store puts regs[r] into shared sX[buf*BK*ld + kk*ld + o].  ld: the shared
+    rows' length (BM or BN, or padded: ``tensor_cores``, whose cp.async copies take the same
+    places)."""
+    NT = block_threads(tile)
+    BKU, LD = np.uint64(tile.BK), np.uint64(ld)
 
     # indices unsigned (uint64, every operand converted: uint64 with int64 would be float64 in
     # Numba's typing), so no negative-index wraparound code per value
     @cuda.jit(device=True, inline=True)
-    def load_a(ra, A, M, sam, sak, m0, k0, k_end, tid):
-        """This thread's values of the (BM, BK) slab of A at k0 (0 outside A or the chunk)."""
-        for r in range(LA):
-            mm, kk = place_a(tid, r, sak)
-            row, k = m0 + int64(mm), k0 + int64(kk)
-            inside = tid + r * NT < SLAB_A and row < M and k < k_end
-            ra[r] = A[uint64(row) * uint64(sam) + uint64(k) * uint64(sak)] if inside else ftype(0.0)
+    def load(regs, X, layout, s_outer, s_k, o0, limit, k0, k_end, tid):
+        for r in range(count):
+            o, kk = place(tid, r, layout)
+            outer, k = o0 + int64(o), k0 + int64(kk)
+            inside = tid + r * NT < slab and outer < limit and k < k_end
+            regs[r] = X[uint64(outer) * uint64(s_outer) + uint64(k) * uint64(s_k)] if inside else ftype(0.0)
 
     @cuda.jit(device=True, inline=True)
-    def load_b(rb, Bm, N, sbk, sbn, n0, k0, k_end, tid):
-        for r in range(LB):
-            nn, kk = place_b(tid, r, sbn)
-            col, k = n0 + int64(nn), k0 + int64(kk)
-            inside = tid + r * NT < SLAB_B and col < N and k < k_end
-            rb[r] = Bm[uint64(k) * uint64(sbk) + uint64(col) * uint64(sbn)] if inside else ftype(0.0)
+    def store(sX, regs, buf, layout, tid):
+        for r in range(count):
+            if tid + r * NT < slab:
+                o, kk = place(tid, r, layout)
+                sX[uint64(buf) * BKU * LD + kk * LD + o] = regs[r]
 
-    @cuda.jit(device=True, inline=True)
-    def store(sA, sB, ra, rb, buf, sak, sbn, tid):
-        """The registers into shared buffer ``buf``."""
-        for r in range(LA):
-            if tid + r * NT < SLAB_A:
-                mm, kk = place_a(tid, r, sak)
-                sA[uint64(buf) * BKU * LDA + kk * LDA + mm] = ra[r]
-        for r in range(LB):
-            if tid + r * NT < SLAB_B:
-                nn, kk = place_b(tid, r, sbn)
-                sB[uint64(buf) * BKU * LDB + kk * LDB + nn] = rb[r]
-
-    return LA, LB, load_a, load_b, store
+    return load, store
 
 
 @lru_cache(maxsize=None)
@@ -337,25 +324,38 @@ def slab_pipeline(ftype, tile, lda, ldb, compute):
     """The prefetching kernels' loop over one chunk of k, as an inline device function
     ``run(acc, sA, sB, ra, rb, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k_begin, k_end, tid,
     a0, b0, extra)``: slab 0 into shared buffer 0, then per slab the next one into
-    registers (``slab_loaders``), ``compute(acc, sA, sB, off_a, off_b, extra)`` on the one in
+    registers (``slab_mover``), ``compute(acc, sA, sB, off_a, off_b, extra)`` on the one in
     shared memory (off_a = buf*BK*lda + a0, off_b likewise: unsigned), the next one into
     the other buffer, one barrier.  ``extra``: what compute needs besides (a tuple)."""
     BK = tile.BK
-    _, _, load_a, load_b, store = slab_loaders(ftype, tile, lda, ldb)
+    SLAB_A, SLAB_B, _, LA, LB = slab_shares(tile)
+    place_a, place_b = slab_places(tile)
+    load_a, store_a = slab_mover(ftype, tile, LA, SLAB_A, place_a, lda)
+    load_b, store_b = slab_mover(ftype, tile, LB, SLAB_B, place_b, ldb)
+
+    @cuda.jit(device=True, inline=True)
+    def load(ra, rb, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k0, k_end, tid):
+        """This thread's share of the slabs of A and B at k0 into registers."""
+        load_a(ra, A, sak, sam, sak, m0, M, k0, k_end, tid)          # A[m, k] = A[m sam + k sak]
+        load_b(rb, Bm, sbn, sbn, sbk, n0, N, k0, k_end, tid)         # B[k, n] = B[n sbn + k sbk]
+
+    @cuda.jit(device=True, inline=True)
+    def store(sA, sB, ra, rb, buf, sak, sbn, tid):
+        """The registers into shared buffer ``buf``."""
+        store_a(sA, ra, buf, sak, tid)
+        store_b(sB, rb, buf, sbn, tid)
 
     @cuda.jit(device=True, inline=True)
     def run(acc, sA, sB, ra, rb, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k_begin, k_end, tid,
             a0, b0, extra):
-        load_a(ra, A, M, sam, sak, m0, k_begin, k_end, tid)
-        load_b(rb, Bm, N, sbk, sbn, n0, k_begin, k_end, tid)
+        load(ra, rb, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k_begin, k_end, tid)
         store(sA, sB, ra, rb, 0, sak, sbn, tid)
         cuda.syncthreads()
         buf = 0
         for k0 in range(k_begin, k_end, BK):
             more = k0 + BK < k_end
             if more:                                     # slab s+1 into registers
-                load_a(ra, A, M, sam, sak, m0, k0 + BK, k_end, tid)
-                load_b(rb, Bm, N, sbk, sbn, n0, k0 + BK, k_end, tid)
+                load(ra, rb, A, Bm, M, N, sam, sak, sbk, sbn, m0, n0, k0 + BK, k_end, tid)
             compute(acc, sA, sB, uint64(buf * BK * lda + a0), uint64(buf * BK * ldb + b0), extra)
             if more:                                     # the other buffer: its last
                 store(sA, sB, ra, rb, 1 - buf, sak, sbn, tid)   # reads were before the
@@ -378,7 +378,7 @@ def prefetch_matmul_kernel(ftype, tile):
     SLAB_A, SLAB_B = BK * BM, BK * BN
     SHARED_A, SHARED_B = 2 * SLAB_A, 2 * SLAB_B  # two buffers each (shapes must be constants)
     tile_count, tile_start, _, _, slab_product, store_tile, _ = tile_functions(ftype, tile)
-    LA, LB, _, _, _ = slab_loaders(ftype, tile, BM, BN)
+    _, _, _, LA, LB = slab_shares(tile)
 
     @cuda.jit(device=True, inline=True)
     def compute(acc, sA, sB, offa, offb, extra):

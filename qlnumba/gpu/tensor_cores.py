@@ -281,8 +281,8 @@ def async_pipeline(tile, lda, ldb, compute):
         """A device function for this thread's copies of one operand's slab at k0 into
         buffer buf: value r < count of the thread's share (e = tid + r NT of the slab) sits
         at (o, kk) = place(tid, r, layout), goes to sX[buf*BK*ld + kk*ld + o]
-        (``slab_loaders``' places) from X[(o0 + o) s_outer + k s_k], k = k0 + kk, or is 0
-        where o0 + o >= limit or k >= k_end.  Unsigned indices, as ``slab_loaders``'."""
+        (``matmul.slab_mover``'s places) from X[(o0 + o) s_outer + k s_k], k = k0 + kk, or is 0
+        where o0 + o >= limit or k >= k_end.  Unsigned indices, as there."""
         LD = np.uint64(ld)
 
         @cuda.jit(device=True, inline=True)
