@@ -24,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
-MATMUL_TILES="${MATMUL_TILES-128x128pf,128x128tf32x3,128x128tf32x3as,128x128tf32x3as16,128x128tf32x3r128,128x128tf32x3w16,64x128tf32x3r128}"
+MATMUL_TILES="${MATMUL_TILES-128x128pf,128x128tf32x3,128x128tf32x3tested,128x128tf32x3as,128x128tf32x3as16,128x128tf32x3r128,128x128tf32x3w16,64x128tf32x3r128}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups "${ROW_GROUPS:-default}" --item-rows "${ITEM_ROWS:-default}" \
     ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null

@@ -31,44 +31,53 @@ cuda = get_cuda()
 # buffers, S - 1 slabs on their way by cp.async.  MMA = 1 or 3: tensor cores, float32 only
 # (``tensor_cores``: TY x TX warps, each a TM x TN tile of C; TF32 inputs, one product
 # per mma, or three for float32 accuracy).  REG: a cap on registers per thread (on a GPU;
-# 0: none), so that more warps fit a multiprocessor's 64k registers.  MATMUL_TILE names the
-# one ``matmul`` uses
-Tile = namedtuple("Tile", "TY TX TM TN BK PF MMA REG", defaults=(0, 0, 0))
+# 0: none), so that more warps fit a multiprocessor's 64k registers.  FAST = 1 (prefetching
+# and cp.async tiles): a slab wholly inside A or B and the chunk of k loads without a test per
+# value (``slab_mover``); 0: every slab is tested (the "...tested" twin, to time against).
+# MATMUL_TILE names the one ``matmul`` uses
+Tile = namedtuple("Tile", "TY TX TM TN BK PF MMA REG FAST", defaults=(0, 0, 0, 1))
 TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
           "64x64pf": Tile(2, 2, 2, 2, 2, 1), "128x128pf": Tile(2, 2, 4, 4, 2, 1),
           "128x128tf32": Tile(2, 1, 16, 16, 16, 1, 1), "128x128tf32x3": Tile(2, 1, 16, 16, 16, 1, 3),
           "128x128tf32k8": Tile(2, 1, 16, 16, 8, 1, 1), "128x128tf32x3k8": Tile(2, 1, 16, 16, 8, 1, 3),
           "128x128tf32as": Tile(2, 1, 16, 16, 8, 4, 1), "128x128tf32x3as": Tile(2, 1, 16, 16, 8, 4, 3),
           "128x128tf32x3as16": Tile(2, 1, 16, 16, 16, 2, 3),
-          "128x128tf32x3r128": Tile(2, 1, 16, 16, 16, 1, 3, 128),
-          "128x128tf32x3w16": Tile(2, 2, 16, 8, 16, 1, 3, 128),
+          "128x128tf32x3r128": Tile(2, 1, 16, 16, 16, 1, 3, 128, 0),
+          "128x128tf32x3tested": Tile(2, 1, 16, 16, 16, 1, 3, 0, 0),
+          "128x128tf32x3w16": Tile(2, 2, 16, 8, 16, 1, 3, 128, 0),
           "64x128tf32x3r128": Tile(1, 2, 16, 8, 16, 1, 3, 128)}
          if SIM else
          {"64x64": Tile(16, 16, 4, 4, 16), "128x128": Tile(16, 16, 8, 8, 8),
           "64x64pf": Tile(16, 16, 4, 4, 16, 1), "128x128pf": Tile(16, 16, 8, 8, 8, 1),
           # 8 warps of 64 x 32.  ptxas (scripts/ptx_check.py, sm_90), since the slab moves take
           # their places from ``slab_places``: tf32 130 registers, tf32x3 172; with k-slabs of 8:
-          # 160 and 168; no spills (before: 255, 255 and 52 bytes of spills, 191, 244).  On an
-          # H100 the slabs of 16 made 3-8% more GFLOP/s than those of 8 (tf32x3, spills and all;
-          # before its sums moved out of the tensor cores: tensor_cores.mma3_into), so "auto"
-          # takes them
+          # 160 and 168; no spills (before: 255, 255 and 52 bytes of spills, 191, 244); with the
+          # untested loads of slabs inside (FAST): 160, 171, 160 and 167.  On an H100 the slabs of
+          # 16 made 3-8% more GFLOP/s than those of 8 (tf32x3, spills and all; before its sums
+          # moved out of the tensor cores: tensor_cores.mma3_into), so "auto" takes them
           "128x128tf32": Tile(2, 4, 64, 32, 16, 1, 1), "128x128tf32x3": Tile(2, 4, 64, 32, 16, 1, 3),
+          # the default tile with every slab's loads tested for the edges, each address computed
+          # in full (as until the sixteenth session).  ptxas: 168 registers (the default: 171),
+          # the 8 loads of a slab of A from about 130 instructions (the default, for a slab inside
+          # A and the chunk: about 25; the slabs of a product are almost all inside).  Not yet timed
+          "128x128tf32x3tested": Tile(2, 4, 64, 32, 16, 1, 3, 0, 0),
           "128x128tf32k8": Tile(2, 4, 64, 32, 8, 1, 1), "128x128tf32x3k8": Tile(2, 4, 64, 32, 8, 1, 3),
           # cp.async straight into shared memory, no registers on the way: k-slabs of 8, 4 buffers
           # (35 KB), 3 slabs in flight; or slabs of 16, 2 buffers.  The tiles above made 15-23
           # TFLOP/s on an H100 with one slab in flight in registers (bench/results/README.md).
-          # ptxas: 167 (tf32), 240 (tf32x3) and 252 (slabs of 16) registers, no spills.  Not yet
+          # ptxas: 190 (tf32), 242 (tf32x3) and 254 (slabs of 16) registers, no spills.  Not yet
           # timed
           "128x128tf32as": Tile(2, 4, 64, 32, 8, 4, 1), "128x128tf32x3as": Tile(2, 4, 64, 32, 8, 4, 3),
           "128x128tf32x3as16": Tile(2, 4, 64, 32, 16, 2, 3),
-          # more warps per multiprocessor (the tiles above: 8, one block of 172 registers a thread;
+          # more warps per multiprocessor (the tiles above: 8, one block of 171 registers a thread;
           # their tensor cores are not what limits them: tf32 made only 1.16-1.29x tf32x3's rate
           # with a third of the mmas).  ptxas, capped at 128 registers: the same tile, two blocks
-          # (16 warps), 204 bytes of spills; 16 warps of 32 x 32 in one block, 32 bytes (134
+          # (16 warps), 236 bytes of spills; 16 warps of 32 x 32 in one block, 16 bytes (134
           # registers uncapped: too many for 512 threads); 8 warps of 32 x 32, a 64 x 128 tile,
-          # two blocks, 16 bytes.  Not yet timed
-          "128x128tf32x3r128": Tile(2, 4, 64, 32, 16, 1, 3, 128),
-          "128x128tf32x3w16": Tile(4, 4, 32, 32, 16, 1, 3, 128),
+          # two blocks, 52 bytes.  The first two test every slab (FAST = 0): untested, ptxas
+          # spilled 464 and 76 bytes, the addresses kept for the loads.  Not yet timed
+          "128x128tf32x3r128": Tile(2, 4, 64, 32, 16, 1, 3, 128, 0),
+          "128x128tf32x3w16": Tile(4, 4, 32, 32, 16, 1, 3, 128, 0),
           "64x128tf32x3r128": Tile(2, 4, 32, 32, 16, 1, 3, 128)})
 MATMUL_TILE = "auto"                     # see pick_tile
 MATMUL_PREFETCH = True                   # "auto" takes the pf tiles (1.1-2.8x the plain ones' GFLOP/s, H100)
@@ -286,6 +295,12 @@ def matmul_kernel(dtype, tile):
     return matmul
 
 
+def slab_extent(tile, slab):
+    """(EXTENT, FULL): a slab of ``slab`` values is (EXTENT, BK), and FULL when every thread
+    of the block moves the same number of its values (no test of tid + r NT < slab)."""
+    return slab // tile.BK, slab % block_threads(tile) == 0
+
+
 @lru_cache(maxsize=None)
 def slab_mover(ftype, tile, count, slab, place, ld):
     """One operand's slab moves in the prefetching kernels, as inline device functions
@@ -297,22 +312,33 @@ def slab_mover(ftype, tile, count, slab, place, ld):
     rows' length (BM or BN, or padded: ``tensor_cores``, whose cp.async copies take the same
     places)."""
     NT = block_threads(tile)
+    BK, FAST, (EXTENT, FULL) = tile.BK, tile.FAST, slab_extent(tile, slab)
     BKU, LD = np.uint64(tile.BK), np.uint64(ld)
 
     # indices unsigned (uint64, every operand converted: uint64 with int64 would be float64 in
-    # Numba's typing), so no negative-index wraparound code per value
+    # Numba's typing), so no negative-index wraparound code per value.  With tile.FAST a slab
+    # wholly inside X and the chunk (every slab but those at a product's edges) loads without
+    # a test per value, each value's offset added to one base (ptxas, sm_90, the default tile:
+    # 8 loads from about 25 instructions, against about 130 with the tests)
     @cuda.jit(device=True, inline=True)
     def load(regs, X, layout, s_outer, s_k, o0, limit, k0, k_end, tid):
+        if FAST and o0 + EXTENT <= limit and k0 + BK <= k_end:
+            base = uint64(o0) * uint64(s_outer) + uint64(k0) * uint64(s_k)
+            for r in range(count):
+                if FULL or tid + r * NT < slab:
+                    o, kk = place(tid, r, layout)
+                    regs[r] = X[base + o * uint64(s_outer) + kk * uint64(s_k)]
+            return
         for r in range(count):
             o, kk = place(tid, r, layout)
             outer, k = o0 + int64(o), k0 + int64(kk)
-            inside = tid + r * NT < slab and outer < limit and k < k_end
+            inside = (FULL or tid + r * NT < slab) and outer < limit and k < k_end
             regs[r] = X[uint64(outer) * uint64(s_outer) + uint64(k) * uint64(s_k)] if inside else ftype(0.0)
 
     @cuda.jit(device=True, inline=True)
     def store(sX, regs, buf, layout, tid):
         for r in range(count):
-            if tid + r * NT < slab:
+            if FULL or tid + r * NT < slab:
                 o, kk = place(tid, r, layout)
                 sX[uint64(buf) * BKU * LD + kk * LD + o] = regs[r]
 

@@ -35,7 +35,7 @@ from numba import float32, int64, uint64
 
 from . import get_cuda
 from .arrays import SIM
-from .matmul import slab_pipeline, slab_places, slab_shares, tile_functions, tile_jit
+from .matmul import slab_extent, slab_pipeline, slab_places, slab_shares, tile_functions, tile_jit
 
 cuda = get_cuda()
 PAD = 8
@@ -284,11 +284,20 @@ def async_pipeline(tile, lda, ldb, compute):
         (``matmul.slab_mover``'s places) from X[(o0 + o) s_outer + k s_k], k = k0 + kk, or is 0
         where o0 + o >= limit or k >= k_end.  Unsigned indices, as there."""
         LD = np.uint64(ld)
+        FAST, (EXTENT, FULL) = tile.FAST, slab_extent(tile, slab)
 
         @cuda.jit(device=True, inline=True)
         def copy_slab(sX, X, layout, s_outer, s_k, o0, limit, k0, k_end, buf, tid):
+            if FAST and o0 + EXTENT <= limit and k0 + BK <= k_end:   # inside: untested
+                base = uint64(o0) * uint64(s_outer) + uint64(k0) * uint64(s_k)
+                for r in range(count):
+                    if FULL or tid + r * NT < slab:
+                        o, kk = place(tid, r, layout)
+                        copy_async(sX, uint64(buf) * BKU * LD + kk * LD + o, X,
+                                   base + o * uint64(s_outer) + kk * uint64(s_k), 4)
+                return
             for r in range(count):
-                if tid + r * NT < slab:
+                if FULL or tid + r * NT < slab:
                     o, kk = place(tid, r, layout)
                     outer, k = o0 + int64(o), k0 + int64(kk)
                     inside = outer < limit and k < k_end

@@ -171,8 +171,8 @@ def test_matmul_tiles_equal_numpy(tile, M, N, Kd, monkeypatch):
         np.testing.assert_allclose(C.copy_to_host(), want, rtol=1e-12, atol=1e-12)
 
 
-# the register-capped tiles: in the simulator (no cap) "128x128tf32x3r128" is "128x128tf32x3"
-TENSOR_CORE_TILES = (["128x128tf32", "128x128tf32x3", "128x128tf32k8", "128x128tf32x3k8",
+# the register-capped tiles: in the simulator (no cap) "128x128tf32x3r128" is "128x128tf32x3tested"
+TENSOR_CORE_TILES = (["128x128tf32", "128x128tf32x3", "128x128tf32x3tested", "128x128tf32k8", "128x128tf32x3k8",
                       "128x128tf32as", "128x128tf32x3as", "128x128tf32x3as16", "128x128tf32x3w16",
                       "64x128tf32x3r128"]
                      + ([] if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else ["128x128tf32x3r128"]))
@@ -402,3 +402,47 @@ def test_prefetch_tiles_equal_plain_bitwise(plain, dtype, monkeypatch):
             mm.matmul(C, cuda.to_device(args[0]), cuda.to_device(args[1]), M, N, Kd_, *strides)
             got[tile] = C.copy_to_host()
         assert np.array_equal(got[plain], got[plain + "pf"])
+
+
+# (TY, TX, TM, TN, BK, PF, MMA): one warp of mma tiles, through registers or cp.async; the
+# simulator's prefetching tiles; 16 threads and slabs of 8 values (some threads move none)
+FAST_TILES = {"tf32x3": ((1, 1, 16, 8, 8, 1, 3), np.float32), "tf32x3-async": ((1, 1, 16, 8, 8, 2, 3), np.float32),
+              "128x128pf": ("128x128pf", np.float64), "64x64pf": ("64x64pf", np.float32),
+              "part-of-block": ((4, 4, 1, 1, 2, 1), np.float64)}
+
+
+@pytest.mark.parametrize("case", FAST_TILES)
+def test_untested_slab_loads_equal_tested_bitwise(case, monkeypatch):
+    """``Tile.FAST``: the slabs wholly inside A, B and the chunk of k load without a test per
+    value, from one base (``slab_mover``; the cp.async tiles' copier likewise).  The same tile
+    with every slab tested (FAST = 0) makes the same product to the last bit, over interior and
+    edge slabs alike: k contiguous, then m and n contiguous with k split into chunks."""
+    from qlnumba.gpu import matmul as mm
+    cuda = mm.cuda
+    tile, dtype = FAST_TILES[case]
+    fast = mm.TILES[tile] if isinstance(tile, str) else mm.Tile(*tile)
+    assert fast.FAST == 1
+    monkeypatch.setitem(mm.TILES, "fast", fast)
+    monkeypatch.setitem(mm.TILES, "tested", fast._replace(FAST=0))
+    _, _, NT, _, _ = mm.slab_shares(fast)
+    assert (case == "part-of-block") == (fast.BK * fast.TN * fast.TX < NT)
+    BM, BN, BK = fast.TM * fast.TY, fast.TN * fast.TX, fast.BK
+    rng = make_rng(70)
+    # one tile of C inside, the others at its edges; k: one slab inside, one at the end, then
+    # two chunks of two slabs
+    for M, N, Kd, k_inner in ((BM + 3, BN + 2, BK + BK // 2, True), (BM + 3, BN, 4 * BK, False)):
+        if k_inner:
+            A, Bm, strides = rng.standard_normal((M, Kd)), rng.standard_normal((N, Kd)), (Kd, 1, 1, Kd)
+        else:
+            A, Bm, strides = rng.standard_normal((Kd, M)), rng.standard_normal((Kd, N)), (1, M, N, 1)
+            assert mm.split_k(fast, M, N, Kd)[1:] == (2, 2 * BK)
+        got = {}
+        for name in ("fast", "tested"):
+            monkeypatch.setattr(mm, "MATMUL_TILE", name)
+            C = cuda.to_device(np.zeros((M, N), dtype))
+            mm.matmul(C, cuda.to_device(A.astype(dtype)), cuda.to_device(Bm.astype(dtype)), M, N, Kd,
+                      *strides)
+            got[name] = C.copy_to_host()
+        assert np.array_equal(got["fast"], got["tested"]), (case, k_inner)
+        want = (A.T if not k_inner else A) @ (Bm if not k_inner else Bm.T)
+        np.testing.assert_allclose(got["fast"], want, rtol=0, atol=1e-4 * np.abs(want).max())
