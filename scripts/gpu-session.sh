@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # One device call that fits a session's 15 minutes of device time (about 40 s of start and
-# transfers, then up to LIMIT seconds, default 560): the benchmarks first, then the GPU tests
-# with whatever time is left.
+# transfers, then up to LIMIT seconds, default 560): the benchmarks first, then profiles, then
+# the GPU tests with whatever time is left.
 #   1. scripts/gpu-variants.sh without its tests and profile: the defaults beside cuDNN at both
 #      shapes (checked against the CPU), the tiles of MATMUL_TILES, each option set of VARIANTS
 #      (both as gpu-variants.sh takes them).
-#   2. pytest -v tests/cuda: first the tests that FIRST_TESTS selects (a pytest -k expression:
+#   2. with NCU_RUNS (";" between runs, each the settings of one scripts/gpu-ncu.sh run, for
+#      example "KIND=ql; KIND=lstm TAG=lstm_all KERNELS=persistent_|matmul SKIP=0 COUNT=6"):
+#      Nsight Compute's stalls, each run bounded by the time left less 60 s.
+#   3. pytest -v tests/cuda: first the tests that FIRST_TESTS selects (a pytest -k expression:
 #      the ones on what changed since the last card run), then the rest, each run stopped by
 #      the time left.  -v names every test as it ends, so a run that the timeout stops still
 #      says which passed (the fourteenth session's -q log could only be counted).
-# Example (the plan for the next card: gpu-variants.sh's default tiles, among them the cp.async
-# and the register-capped ones, then the layers with the fastest of them, and with 32 loads per
-# team_dot pass (never timed yet), then the tests):
+# Example (the plan for the next card: gpu-variants.sh's default tiles, among them the cp.async,
+# the register-capped ones and the default with every slab tested, then the layers with the
+# fastest of them, and with 32 loads per team_dot pass (never timed yet); the stalls of
+# QL-LSTM's step loops and of LSTM's loops and products; then the tests):
 #   VARIANTS="--matmul-tile @best-tile|--team-loads 32" \
-#   FIRST_TESTS="tensor_core or tf32 or async or slab or register or gru" bash scripts/gpu-session.sh
-# Files go to $OUT (or bench/results): gpu-variants.sh's, and gpu_cuda_tests.log.  SKIP_BENCH=1
-# leaves out step 1 (for a dry run in the simulator: NUMBA_ENABLE_CUDASIM=1).
+#   NCU_RUNS="KIND=ql; KIND=lstm TAG=lstm_all KERNELS=persistent_|matmul SKIP=0 COUNT=6" \
+#   FIRST_TESTS="tensor_core or tf32 or async or slab or register or untested or gru" \
+#   bash scripts/gpu-session.sh
+# Files go to $OUT (or bench/results): gpu-variants.sh's, ncu_TAG.tar.gz per profile, and
+# gpu_cuda_tests.log.  SKIP_BENCH=1 leaves out step 1 (for a dry run in the simulator:
+# NUMBA_ENABLE_CUDASIM=1).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST="${OUT:-bench/results}"
@@ -24,6 +31,20 @@ LIMIT="${LIMIT:-560}"
 mkdir -p "$DEST"
 [ -n "${SKIP_BENCH:-}" ] || SKIP_TESTS=1 SKIP_PROFILE=1 bash scripts/gpu-variants.sh
 echo "benchmarks done at ${SECONDS} s"
+profiles() {    # the ncu runs of NCU_RUNS, each bounded by the time left less 60 s
+    local settings left
+    IFS=';' read -ra NCU_LIST <<< "${NCU_RUNS:-}"
+    for settings in "${NCU_LIST[@]}"; do
+        left=$((LIMIT - SECONDS - 60))
+        if [ "$left" -lt 60 ]; then
+            echo "no time left for the ncu run: $settings"
+            continue
+        fi
+        # shellcheck disable=SC2086
+        env $settings NCU_TIMEOUT="$((left < 240 ? left : 240))" bash scripts/gpu-ncu.sh
+        echo "ncu run ($settings) done at ${SECONDS} s"
+    done
+}
 run_tests() {    # run_tests PYTEST_ARGS...: pytest -v on tests/cuda within the time left
     local left=$((LIMIT - SECONDS))
     if [ "$left" -lt 20 ]; then
@@ -35,13 +56,19 @@ run_tests() {    # run_tests PYTEST_ARGS...: pytest -v on tests/cuda within the 
     local status="${PIPESTATUS[0]}"
     echo "(pytest $* ended at ${SECONDS} s, exit status $status$([ "$status" = 124 ] && echo ': stopped by the time limit'))"
 }
-{
-    if [ -n "${FIRST_TESTS:-}" ]; then
+tests() {    # tests [FIRST|REST]: the tests FIRST_TESTS selects, the others, or all without it
+    if [ -z "${FIRST_TESTS:-}" ]; then
+        [ "$1" = FIRST ] || run_tests
+    elif [ "$1" = FIRST ]; then
         run_tests -k "$FIRST_TESTS"
-        run_tests -k "not ($FIRST_TESTS)"
     else
-        run_tests
-    fi
-} | tee "$DEST/gpu_cuda_tests.log" | grep -c PASSED | sed 's/$/ tests passed/'
+        run_tests -k "not ($FIRST_TESTS)"
+    fi >> "$DEST/gpu_cuda_tests.log"
+    grep -c PASSED "$DEST/gpu_cuda_tests.log" | sed 's/$/ tests passed so far/'
+}
+: > "$DEST/gpu_cuda_tests.log"
+profiles
+tests FIRST
+tests REST
 grep -E "FAILED|ERROR|ended at|no time" "$DEST/gpu_cuda_tests.log"
 echo "all done at ${SECONDS} s"
