@@ -101,15 +101,21 @@ def wrap(kernel_dict, cc, device_functions=()):
             for name, d in kernel_dict.items()}
 
 
-def ptxas_report(cc):
+def ptxas_report(cc, keep=None):
+    """ptxas on every compiled kernel: registers and spills; with ``keep`` (a folder) the PTX
+    and the machine code (k<i>.ptx, k<i>.ptx.o, and their names in kernels.txt) stay there,
+    for cuobjdump -sass or nvdisasm."""
     exe = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
     if not os.path.exists(exe):
         print("ptxas not found: PTX compiled, machine code not checked")
         return
     arch = f"sm_{cc[0]}{cc[1]}"
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder, names = keep or scratch, []
+        os.makedirs(folder, exist_ok=True)
         for i, ((name, sig), (ptx, maxreg)) in enumerate(sorted(COMPILED.items(), key=lambda kv: kv[0][0])):
-            path = os.path.join(tmp, f"k{i}.ptx")
+            names.append(f"k{i}\t{name}\t{sig}\n")
+            path = os.path.join(folder, f"k{i}.ptx")
             with open(path, "w") as f:
                 f.write(ptx)
             cap = [f"-maxrregcount={maxreg}"] if maxreg else []
@@ -122,6 +128,9 @@ def ptxas_report(cc):
             dtype = "f64" if "float64" in str(sig) else "f32"
             print(f"  {name:28s} {dtype}  {used.group(0) if used else r.stderr.strip()[:120]}"
                   + (f"; {frame.group(0)}" if frame else ""))
+        if keep:
+            with open(os.path.join(keep, "kernels.txt"), "w") as f:
+                f.writelines(names)
 
 
 def main():
@@ -129,6 +138,8 @@ def main():
     ap.add_argument("--cc", default="9.0")
     ap.add_argument("--dtypes", default="float32,float64",
                     help="the float types to compile for (scripts/test.sh runs one process per type)")
+    ap.add_argument("--keep", default=None, metavar="DIR",
+                    help="leave each kernel's PTX and machine code in DIR (names in DIR/kernels.txt)")
     args = ap.parse_args()
     cc = tuple(int(v) for v in args.cc.split("."))
     FakeDevice.compute_capability = cc
@@ -192,7 +203,7 @@ def main():
         if dtype == np.float32:                       # scripts/gpu-ncu.sh's build of the forward
             check_forward_lineinfo(real_persistent, cc)
     print(f"compiled {len(COMPILED)} kernel specialisations to PTX for sm_{cc[0]}{cc[1]}")
-    ptxas_report(cc)
+    ptxas_report(cc, args.keep)
 
 
 def check_ops(gops, dtype, rng):
