@@ -200,8 +200,8 @@ def main():
         gru.backward(dout[..., :H])
         check_ops(gops, dtype, rng)
         check_trainer_kernels(gmodel, dtype)
-        if dtype == np.float32:                       # scripts/gpu-ncu.sh's build of the forward
-            check_forward_lineinfo(real_persistent, cc)
+        if dtype == np.float32:                       # scripts/gpu-ncu.sh's build of the loops
+            check_loops_lineinfo(real_persistent, cc)
     print(f"compiled {len(COMPILED)} kernel specialisations to PTX for sm_{cc[0]}{cc[1]}")
     ptxas_report(cc, args.keep)
 
@@ -228,14 +228,17 @@ def check_ops(gops, dtype, rng):
                    np.ones(8, dtype))
 
 
-def check_forward_lineinfo(real_persistent, cc):
-    """The default float32 persistent forward compiles with line information, as
-    QLNUMBA_CUDA_LINEINFO=1 builds it for the profiler (the backward cannot: persistent.py)."""
-    name = "persistent_forward item rows 2 cols 8 loads 16"
-    sig = next(sig for (n, sig) in COMPILED if n == name)
-    ptx, _ = cuda.compile_ptx(real_persistent(np.dtype(np.float32), 2, 16, 8)["persistent_forward"].py_func,
-                              sig, cc=cc, lineinfo=True)
-    assert ".loc" in ptx, "no line information in the forward's PTX"
+def check_loops_lineinfo(real_persistent, cc):
+    """The default float32 persistent loops compile with line information, as
+    QLNUMBA_CUDA_LINEINFO=1 builds them for the profiler (persistent.lines_only: without it
+    NVVM refuses the backward)."""
+    from qlnumba.gpu import persistent as gps
+    gps.lines_only()
+    for kernel in ("persistent_forward", "persistent_backward"):
+        sig = next(sig for (n, sig) in COMPILED if n == f"{kernel} item rows 2 cols 8 loads 16")
+        ptx, _ = cuda.compile_ptx(real_persistent(np.dtype(np.float32), 2, 16, 8)[kernel].py_func,
+                                  sig, cc=cc, lineinfo=True)
+        assert ".loc" in ptx, f"no line information in {kernel}'s PTX"
 
 
 def check_trainer_kernels(gmodel, dtype):

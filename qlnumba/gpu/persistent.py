@@ -28,6 +28,7 @@ the code is in the history, before the commit "persistent: four options ... take
   only LSTM's inference gained, 11%.
 """
 import os
+import re
 from collections import namedtuple
 from functools import lru_cache
 
@@ -56,14 +57,38 @@ ONE, TWO, THREE, FOUR = (np.uint64(n) for n in (1, 2, 3, 4))
 # 128 registers let a 512-thread persistent block fit one multiprocessor (ptxas: a few
 # bytes of spills, against 217 registers uncapped); the simulator takes no such option.
 PERSISTENT_JIT = {} if SIM else {"max_registers": 128}
-# QLNUMBA_CUDA_LINEINFO=1 adds line information to persistent_forward, so that a profiler
-# (ncu) can place its stalls on lines of this file (scripts/gpu-ncu.sh sets it).  Not to
-# persistent_backward: with line information NVVM (numba-cuda 0.30.4, CUDA 13) refuses to
-# compile it, "Symbol name with unsupported characters" (found by cutting the kernel down: a
-# step loop of cell_backward calls compiles, the same loop inside the loop over parts does not).
-# ``QLNUMBA_CUDA_LINEINFO=1 python scripts/ptx_check.py`` checks the forward's build
-FORWARD_JIT = dict(PERSISTENT_JIT, lineinfo=True) if (
-    os.environ.get("QLNUMBA_CUDA_LINEINFO") == "1" and not SIM) else PERSISTENT_JIT
+# QLNUMBA_CUDA_LINEINFO=1 adds line information to both loops, so that a profiler (ncu) can
+# place its stalls on lines of this file (scripts/gpu-ncu.sh sets it; ``lines_only`` lets
+# NVVM compile persistent_backward with it).  scripts/ptx_check.py checks both builds
+LINEINFO = os.environ.get("QLNUMBA_CUDA_LINEINFO") == "1" and not SIM
+LOOP_JIT = dict(PERSISTENT_JIT, lineinfo=True) if LINEINFO else PERSISTENT_JIT
+# a call of llvm.dbg.value or llvm.dbg.declare in NVVM IR text (one line)
+DEBUG_VALUE_CALL = re.compile(r'\n\s*(tail )?call void @"?llvm\.dbg\.(declare|value)"?\([^\n]*')
+
+
+def lines_only():
+    """Have numba-cuda's NVVM compile take the variables' debug values out of the IR, keeping
+    its line locations.  With lineinfo, numba-cuda 0.30.4 also emits llvm.dbg.value calls, and
+    NVVM (CUDA 13) refuses two of them in persistent_backward, "Symbol name with unsupported
+    characters" (the values of r0 from two of its four part_span calls, found by bisecting the
+    IR; renaming the variable does not help).  A profiler needs only the lines (.loc)."""
+    from numba.cuda.cudadrv import nvvm
+    if getattr(nvvm.compile_ir, "lines_only", False):
+        return
+    original = nvvm.compile_ir
+
+    def strip(ir):
+        return DEBUG_VALUE_CALL.sub("", ir) if isinstance(ir, str) else ir
+
+    def compile_ir(llvmir, **options):
+        irs = [strip(ir) for ir in llvmir] if isinstance(llvmir, (list, tuple)) else strip(llvmir)
+        return original(irs, **options)
+    compile_ir.lines_only = True
+    nvvm.compile_ir = compile_ir
+
+
+if LINEINFO:
+    lines_only()
 
 
 def check_item_cols(item_cols):
@@ -239,7 +264,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
         x0 = nslice + 2 * nv
         return dyn[:nslice], dyn[nslice:nslice + nv], dyn[nslice + nv:x0], dyn[x0:]
 
-    @cuda.jit(**FORWARD_JIT)
+    @cuda.jit(**LOOP_JIT)
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
                            RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
                            b_r, steps, K, ugroups, rgroups, psug, hgr, reverse):
@@ -306,7 +331,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                 closes += 1
                 cuda.syncthreads()
 
-    @cuda.jit(**PERSISTENT_JIT)
+    @cuda.jit(**LOOP_JIT)
     def persistent_backward(DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
                             GATES, C, CPREV, Z, MBLK, SBLK, RBLK, lengths, n0, close_flags,
                             U, gamma, V_s, V_m, steps, K, ugroups, rgroups, psug, hgr, reverse):
