@@ -5,8 +5,9 @@
 # names; default persistent_), SKIP and COUNT (of the matching launches; default 2 and 2: the
 # second call's step loops) choose the launches: KERNELS='persistent_|matmul' SKIP=0 COUNT=6
 # takes LSTM's first call whole (x W^T, the two loops, then the products of δx, δW and δU).
-# Both persistent loops are built with line information (QLNUMBA_CUDA_LINEINFO=1; see
-# persistent.lines_only), so their stalls land on lines of qlnumba/gpu/persistent.py and cells.py.
+# The persistent loops and the matrix-product tiles are built with line information
+# (QLNUMBA_CUDA_LINEINFO=1; see qlnumba/gpu/arrays.lines_only), so their stalls land on lines of
+# qlnumba/gpu/persistent.py, cells.py, matmul.py and tensor_cores.py.
 # Writes to $OUT (or bench/results), named by TAG (default KIND): the report, its details page,
 # the source page per SASS instruction and per source line (CSV) and the log, in one
 # ncu_$TAG.tar.gz (a device call returns 8 files at most); prints the warp-state lines.  About

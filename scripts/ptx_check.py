@@ -230,10 +230,10 @@ def check_ops(gops, dtype, rng):
 
 def check_loops_lineinfo(real_persistent, cc):
     """The default float32 persistent loops compile with line information, as
-    QLNUMBA_CUDA_LINEINFO=1 builds them for the profiler (persistent.lines_only: without it
+    QLNUMBA_CUDA_LINEINFO=1 builds them for the profiler (arrays.lines_only: without it
     NVVM refuses the backward)."""
-    from qlnumba.gpu import persistent as gps
-    gps.lines_only()
+    from qlnumba.gpu import arrays as garrays
+    garrays.lines_only()
     for kernel in ("persistent_forward", "persistent_backward"):
         sig = next(sig for (n, sig) in COMPILED if n == f"{kernel} item rows 2 cols 8 loads 16")
         ptx, _ = cuda.compile_ptx(real_persistent(np.dtype(np.float32), 2, 16, 8)[kernel].py_func,

@@ -11,6 +11,7 @@ never atomics, so results are deterministic.
 """
 import math
 import os
+import re
 from functools import lru_cache
 
 import numpy as np
@@ -22,6 +23,36 @@ cuda = get_cuda()
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 THREADS = 8 if SIM else 256              # threads per block for element-wise kernels
 MAX_BLOCKS = 2 if SIM else 1024
+# QLNUMBA_CUDA_LINEINFO=1: the persistent loops and the matrix-product tiles are built with line
+# information, for a profiler (scripts/gpu-ncu.sh); ``lines_only`` is then in place
+LINEINFO = os.environ.get("QLNUMBA_CUDA_LINEINFO") == "1" and not SIM
+# a call of llvm.dbg.value or llvm.dbg.declare in NVVM IR text (one line)
+DEBUG_VALUE_CALL = re.compile(r'\n\s*(tail )?call void @"?llvm\.dbg\.(declare|value)"?\([^\n]*')
+
+
+def lines_only():
+    """Have numba-cuda's NVVM compile take the variables' debug values out of the IR, keeping
+    its line locations.  With lineinfo, numba-cuda 0.30.4 also emits llvm.dbg.value calls, and
+    NVVM (CUDA 13) refuses two of them in persistent_backward, "Symbol name with unsupported
+    characters" (the values of r0 from two of its four part_span calls, found by bisecting the
+    IR; renaming the variable does not help).  A profiler needs only the lines (.loc)."""
+    from numba.cuda.cudadrv import nvvm
+    if getattr(nvvm.compile_ir, "lines_only", False):
+        return
+    original = nvvm.compile_ir
+
+    def strip(ir):
+        return DEBUG_VALUE_CALL.sub("", ir) if isinstance(ir, str) else ir
+
+    def compile_ir(llvmir, **options):
+        irs = [strip(ir) for ir in llvmir] if isinstance(llvmir, (list, tuple)) else strip(llvmir)
+        return original(irs, **options)
+    compile_ir.lines_only = True
+    nvvm.compile_ir = compile_ir
+
+
+if LINEINFO:
+    lines_only()
 
 
 def grid_for(n):

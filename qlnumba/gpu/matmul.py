@@ -22,7 +22,7 @@ import numpy as np
 from numba import float32, float64, int64, uint64
 
 from . import get_cuda
-from .arrays import MAX_BLOCKS, SIM, clear, multiprocessors, new_scratch, sum_over_rows
+from .arrays import LINEINFO, MAX_BLOCKS, SIM, clear, multiprocessors, new_scratch, sum_over_rows
 
 cuda = get_cuda()
 # matrix product tiles: (TY, TX) threads per block, TM x TN outputs each, k-slabs of BK;
@@ -93,8 +93,10 @@ MATMUL_TENSOR_CORES = "tf32x3"
 
 
 def tile_jit(tile):
-    """A tile kernel's ``cuda.jit`` options: its register cap (REG), on a GPU."""
-    return {"max_registers": tile.REG} if tile.REG and not SIM else {}
+    """A tile kernel's ``cuda.jit`` options: its register cap (REG), on a GPU; line information
+    with QLNUMBA_CUDA_LINEINFO=1 (``arrays.LINEINFO``)."""
+    options = {"max_registers": tile.REG} if tile.REG and not SIM else {}
+    return dict(options, lineinfo=True) if LINEINFO else options
 
 
 def block_threads(tile):

@@ -27,8 +27,6 @@ the code is in the history, before the commit "persistent: four options ... take
   warp's partials through shared memory, mostly padding for QL-LSTM's 8 units per block);
   only LSTM's inference gained, 11%.
 """
-import os
-import re
 from collections import namedtuple
 from functools import lru_cache
 
@@ -36,7 +34,7 @@ import numpy as np
 from numba import float32, float64, uint64
 
 from . import cells, get_cuda
-from .arrays import SIM, THREADS, multiprocessors
+from .arrays import LINEINFO, SIM, THREADS, multiprocessors
 
 cuda = get_cuda()
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
@@ -58,37 +56,9 @@ ONE, TWO, THREE, FOUR = (np.uint64(n) for n in (1, 2, 3, 4))
 # bytes of spills, against 217 registers uncapped); the simulator takes no such option.
 PERSISTENT_JIT = {} if SIM else {"max_registers": 128}
 # QLNUMBA_CUDA_LINEINFO=1 adds line information to both loops, so that a profiler (ncu) can
-# place its stalls on lines of this file (scripts/gpu-ncu.sh sets it; ``lines_only`` lets
+# place its stalls on lines of this file (scripts/gpu-ncu.sh sets it; arrays.lines_only lets
 # NVVM compile persistent_backward with it).  scripts/ptx_check.py checks both builds
-LINEINFO = os.environ.get("QLNUMBA_CUDA_LINEINFO") == "1" and not SIM
 LOOP_JIT = dict(PERSISTENT_JIT, lineinfo=True) if LINEINFO else PERSISTENT_JIT
-# a call of llvm.dbg.value or llvm.dbg.declare in NVVM IR text (one line)
-DEBUG_VALUE_CALL = re.compile(r'\n\s*(tail )?call void @"?llvm\.dbg\.(declare|value)"?\([^\n]*')
-
-
-def lines_only():
-    """Have numba-cuda's NVVM compile take the variables' debug values out of the IR, keeping
-    its line locations.  With lineinfo, numba-cuda 0.30.4 also emits llvm.dbg.value calls, and
-    NVVM (CUDA 13) refuses two of them in persistent_backward, "Symbol name with unsupported
-    characters" (the values of r0 from two of its four part_span calls, found by bisecting the
-    IR; renaming the variable does not help).  A profiler needs only the lines (.loc)."""
-    from numba.cuda.cudadrv import nvvm
-    if getattr(nvvm.compile_ir, "lines_only", False):
-        return
-    original = nvvm.compile_ir
-
-    def strip(ir):
-        return DEBUG_VALUE_CALL.sub("", ir) if isinstance(ir, str) else ir
-
-    def compile_ir(llvmir, **options):
-        irs = [strip(ir) for ir in llvmir] if isinstance(llvmir, (list, tuple)) else strip(llvmir)
-        return original(irs, **options)
-    compile_ir.lines_only = True
-    nvvm.compile_ir = compile_ir
-
-
-if LINEINFO:
-    lines_only()
 
 
 def check_item_cols(item_cols):
