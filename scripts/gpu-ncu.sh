@@ -10,7 +10,8 @@
 # qlnumba/gpu/persistent.py, cells.py, matmul.py and tensor_cores.py.
 # Writes to $OUT (or bench/results), named by TAG (default KIND): the report, its details page,
 # the source page per SASS instruction and per source line (CSV) and the log, in one
-# ncu_$TAG.tar.gz (a device call returns 8 files at most); prints the warp-state lines.  About
+# ncu_$TAG.tar.gz (a device call returns 8 files at most); prints the warp-state lines and the
+# lines and instructions with the most stall samples (bench/ncu_top.py).  About
 # 2 minutes each; NCU_TIMEOUT (default 240) bounds the profiled run; the clocks are left alone
 # (--clock-control none).
 set -uo pipefail
@@ -40,6 +41,8 @@ if [ -f "$REP.ncu-rep" ]; then
     "$NCU" -i "$REP.ncu-rep" --page source --csv --print-source cuda > "$WORK/ncu_source_lines_$TAG.csv" 2>&1
     grep -E "^  [a-zA-Z_]|Duration|Warp Cycles Per Issued|Issued Warp|Eligible Warps|No Eligible|Achieved Occupancy|Registers Per|Compute \(SM\) Throughput|Memory Throughput|stall" \
         "$WORK/ncu_details_$TAG.txt" | cut -c1-200 | head -80
+    "$PY" bench/ncu_top.py "$WORK/ncu_source_lines_$TAG.csv" --top 15
+    "$PY" bench/ncu_top.py "$WORK/ncu_source_sass_$TAG.csv" --top 10
 fi
 tar -czf "$DEST/ncu_$TAG.tar.gz" -C "$WORK" .
 ls -l "$DEST/ncu_$TAG.tar.gz"

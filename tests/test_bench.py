@@ -1,6 +1,8 @@
-"""bench/cpu.py prints the one JSON object issue 4 asks for (tiny shapes, torch left out).
+"""bench/cpu.py prints the one JSON object issue 4 asks for (tiny shapes, torch left out);
+bench/ncu_top.py ranks a profile's stall samples.
 
-Marked slow: on a fresh clone it compiles every float32 kernel (about 2 minutes on 2 cores)."""
+The first is marked slow: on a fresh clone it compiles every float32 kernel (about 2 minutes
+on 2 cores)."""
 import json
 import os
 import subprocess
@@ -23,3 +25,20 @@ def test_cpu_benchmark_json():
         assert all(v > 0 for v in result[f"{mode}_tokens_per_s"].values())
     assert result["threads"] == 2 and result["qlnumba_partition"] == "units"
     assert {"python", "numpy", "numba", "qlnumba"} <= set(result["versions"])
+
+
+def test_ncu_top_ranks_stall_samples(tmp_path):
+    """bench/ncu_top.py reads an ncu source page with two kernels' tables and ranks each
+    table's rows by their warp stall samples."""
+    page = tmp_path / "page.csv"
+    page.write_text('"# Address","Source","Warp Stall Sampling (All Samples)"\n'
+                    '"0010","LDG.E R1, [R2.64]","120"\n"0020","FFMA R3, R1, R1, R3","30"\n'
+                    '"# Address","Source","Warp Stall Sampling (All Samples)"\n'
+                    '"0010","BAR.SYNC 0x0","5"\n"0020","HMMA.1688.F32.TF32 R4, R8, R12, R4","1,015"\n')
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ncu_top.py"), str(page), "--top", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("table 0: 2 rows, 150 samples")
+    assert "80.0%" in lines[1] and "LDG.E" in lines[1]
+    assert lines[2].startswith("table 1: 2 rows, 1020 samples")
+    assert "99.5%" in lines[3] and "HMMA" in lines[3]
