@@ -57,9 +57,10 @@ TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
           # moved out of the tensor cores: tensor_cores.mma3_into), so "auto" takes them
           "128x128tf32": Tile(2, 4, 64, 32, 16, 1, 1), "128x128tf32x3": Tile(2, 4, 64, 32, 16, 1, 3),
           # the default tile with every slab's loads tested for the edges, each address computed
-          # in full (as until the sixteenth session).  ptxas: 168 registers (the default: 171),
-          # the 8 loads of a slab of A from about 130 instructions (the default, for a slab inside
-          # A and the chunk: about 25; the slabs of a product are almost all inside).  Not yet timed
+          # in full (as until the sixteenth session, less the thread test that FULL drops from
+          # both).  ptxas: 168 registers (the default: 171), the 8 loads of a slab of A from
+          # about 130 instructions (the default, for a slab inside A and the chunk: about 25; the
+          # slabs of a product are almost all inside).  Not yet timed
           "128x128tf32x3tested": Tile(2, 4, 64, 32, 16, 1, 3, 0, 0),
           "128x128tf32k8": Tile(2, 4, 64, 32, 8, 1, 1), "128x128tf32x3k8": Tile(2, 4, 64, 32, 8, 1, 3),
           # cp.async straight into shared memory, no registers on the way: k-slabs of 8, 4 buffers
