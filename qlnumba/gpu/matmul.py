@@ -52,13 +52,13 @@ TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
           # 8 warps of 64 x 32.  ptxas (scripts/ptx_check.py, sm_90), since the slab moves take
           # their places from ``slab_places``: tf32 130 registers, tf32x3 172; with k-slabs of 8:
           # 160 and 168; no spills (before: 255, 255 and 52 bytes of spills, 191, 244); with the
-          # untested loads of slabs inside (FAST): 160, 171, 160 and 167.  On an H100 the slabs of
+          # untested loads of slabs inside (FAST): 160, 172, 158 and 172.  On an H100 the slabs of
           # 16 made 3-8% more GFLOP/s than those of 8 (tf32x3, spills and all; before its sums
           # moved out of the tensor cores: tensor_cores.mma3_into), so "auto" takes them
           "128x128tf32": Tile(2, 4, 64, 32, 16, 1, 1), "128x128tf32x3": Tile(2, 4, 64, 32, 16, 1, 3),
           # the default tile with every slab's loads tested for the edges, each address computed
           # in full (as until the sixteenth session, less the thread test that FULL drops from
-          # both).  ptxas: 168 registers (the default: 171), the 8 loads of a slab of A from
+          # both).  ptxas: 168 registers (the default: 172), the 8 loads of a slab of A from
           # about 130 instructions (the default, for a slab inside A and the chunk: about 25; the
           # slabs of a product are almost all inside).  Not yet timed
           "128x128tf32x3tested": Tile(2, 4, 64, 32, 16, 1, 3, 0, 0),
@@ -66,16 +66,16 @@ TILES = ({"64x64": Tile(2, 2, 2, 2, 2), "128x128": Tile(2, 2, 4, 4, 2),
           # cp.async straight into shared memory, no registers on the way: k-slabs of 8, 4 buffers
           # (35 KB), 3 slabs in flight; or slabs of 16, 2 buffers.  The tiles above made 15-23
           # TFLOP/s on an H100 with one slab in flight in registers (bench/results/README.md).
-          # ptxas: 190 (tf32), 242 (tf32x3) and 254 (slabs of 16) registers, no spills.  Not yet
+          # ptxas: 190 (tf32), 244 (tf32x3) and 254 (slabs of 16) registers, no spills.  Not yet
           # timed
           "128x128tf32as": Tile(2, 4, 64, 32, 8, 4, 1), "128x128tf32x3as": Tile(2, 4, 64, 32, 8, 4, 3),
           "128x128tf32x3as16": Tile(2, 4, 64, 32, 16, 2, 3),
-          # more warps per multiprocessor (the tiles above: 8, one block of 171 registers a thread;
+          # more warps per multiprocessor (the tiles above: 8, one block of 172 registers a thread;
           # their tensor cores are not what limits them: tf32 made only 1.16-1.29x tf32x3's rate
           # with a third of the mmas).  ptxas, capped at 128 registers: the same tile, two blocks
           # (16 warps), 236 bytes of spills; 16 warps of 32 x 32 in one block, 16 bytes (134
           # registers uncapped: too many for 512 threads); 8 warps of 32 x 32, a 64 x 128 tile,
-          # two blocks, 52 bytes.  The first two test every slab (FAST = 0): untested, ptxas
+          # two blocks, 32 bytes.  The first two test every slab (FAST = 0): untested, ptxas
           # spilled 464 and 76 bytes, the addresses kept for the loads.  Not yet timed
           "128x128tf32x3r128": Tile(2, 4, 64, 32, 16, 1, 3, 128, 0),
           "128x128tf32x3w16": Tile(4, 4, 32, 32, 16, 1, 3, 128, 0),
@@ -298,10 +298,22 @@ def matmul_kernel(dtype, tile):
     return matmul
 
 
-def slab_extent(tile, slab):
-    """(EXTENT, FULL): a slab of ``slab`` values is (EXTENT, BK), and FULL when every thread
-    of the block moves the same number of its values (no test of tid + r NT < slab)."""
-    return slab // tile.BK, slab % block_threads(tile) == 0
+@lru_cache(maxsize=None)
+def slab_fit(tile, slab):
+    """(inside, FULL) for one operand's slab of ``slab`` values, (EXTENT, BK): the inline
+    device function ``inside(o0, limit, k0, k_end)``, whether the slab at (o0, k0) lies wholly
+    inside the operand's ``limit`` rows and the chunk of k, so that its values load with no
+    test each (always False where tile.FAST is 0: every slab tested); and FULL, whether every
+    thread of the block moves the same number of its values (no test of tid + r NT < slab).
+    ``slab_mover`` and the cp.async tiles' copier both take them."""
+    BK, FAST, EXTENT = tile.BK, tile.FAST, slab // tile.BK
+
+    @cuda.jit(device=True, inline=True)
+    def inside(o0, limit, k0, k_end):
+        if FAST:
+            return o0 + EXTENT <= limit and k0 + BK <= k_end
+        return False
+    return inside, slab % block_threads(tile) == 0
 
 
 @lru_cache(maxsize=None)
@@ -315,7 +327,7 @@ def slab_mover(ftype, tile, count, slab, place, ld):
     rows' length (BM or BN, or padded: ``tensor_cores``, whose cp.async copies take the same
     places)."""
     NT = block_threads(tile)
-    BK, FAST, (EXTENT, FULL) = tile.BK, tile.FAST, slab_extent(tile, slab)
+    inside_slab, FULL = slab_fit(tile, slab)
     BKU, LD = np.uint64(tile.BK), np.uint64(ld)
 
     # indices unsigned (uint64, every operand converted: uint64 with int64 would be float64 in
@@ -325,7 +337,7 @@ def slab_mover(ftype, tile, count, slab, place, ld):
     # 8 loads from about 25 instructions, against about 130 with the tests)
     @cuda.jit(device=True, inline=True)
     def load(regs, X, layout, s_outer, s_k, o0, limit, k0, k_end, tid):
-        if FAST and o0 + EXTENT <= limit and k0 + BK <= k_end:
+        if inside_slab(o0, limit, k0, k_end):
             base = uint64(o0) * uint64(s_outer) + uint64(k0) * uint64(s_k)
             for r in range(count):
                 if FULL or tid + r * NT < slab:

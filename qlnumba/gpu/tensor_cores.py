@@ -35,7 +35,7 @@ from numba import float32, int64, uint64
 
 from . import get_cuda
 from .arrays import SIM
-from .matmul import slab_extent, slab_pipeline, slab_places, slab_shares, tile_functions, tile_jit
+from .matmul import slab_fit, slab_pipeline, slab_places, slab_shares, tile_functions, tile_jit
 
 cuda = get_cuda()
 PAD = 8
@@ -284,11 +284,11 @@ def async_pipeline(tile, lda, ldb, compute):
         (``matmul.slab_mover``'s places) from X[(o0 + o) s_outer + k s_k], k = k0 + kk, or is 0
         where o0 + o >= limit or k >= k_end.  Unsigned indices, as there."""
         LD = np.uint64(ld)
-        FAST, (EXTENT, FULL) = tile.FAST, slab_extent(tile, slab)
+        inside_slab, FULL = slab_fit(tile, slab)
 
         @cuda.jit(device=True, inline=True)
         def copy_slab(sX, X, layout, s_outer, s_k, o0, limit, k0, k_end, buf, tid):
-            if FAST and o0 + EXTENT <= limit and k0 + BK <= k_end:   # inside: untested
+            if inside_slab(o0, limit, k0, k_end):                 # no test per value
                 base = uint64(o0) * uint64(s_outer) + uint64(k0) * uint64(s_k)
                 for r in range(count):
                     if FULL or tid + r * NT < slab:
