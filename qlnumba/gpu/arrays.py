@@ -15,7 +15,7 @@ import re
 from functools import lru_cache
 
 import numpy as np
-from numba import float32, float64
+from numba import float32, float64, int64, uint32
 
 from . import get_cuda
 
@@ -26,6 +26,9 @@ MAX_BLOCKS = 2 if SIM else 1024
 # QLNUMBA_CUDA_LINEINFO=1: the persistent loops and the matrix-product tiles are built with line
 # information, for a profiler (scripts/gpu-ncu.sh); ``lines_only`` is then in place
 LINEINFO = os.environ.get("QLNUMBA_CUDA_LINEINFO") == "1" and not SIM
+# the options of the device functions the loops call: with LINEINFO their lines too (numba-cuda
+# gives an inlined device function no lines of its own otherwise)
+DEVICE_JIT = {"lineinfo": True} if LINEINFO else {}
 # a call of llvm.dbg.value or llvm.dbg.declare in NVVM IR text (one line)
 DEBUG_VALUE_CALL = re.compile(r'\n\s*(tail )?call void @"?llvm\.dbg\.(declare|value)"?\([^\n]*')
 
@@ -53,6 +56,24 @@ def lines_only():
 
 if LINEINFO:
     lines_only()
+
+
+@cuda.jit(device=True, **DEVICE_JIT)
+def divmod32(a, b):
+    """(a // b, a % b) for 0 <= a < 2**32 and 0 < b < 2**32, by one 32-bit unsigned division.
+    Numba types integer arithmetic as 64-bit and signed: ``a // b`` and ``a % b`` compile to
+    two 64-bit divisions (each with a test for a 32-bit fast path) and floor corrections, a
+    few dozen instructions more, and the persistent loops divide several times a step."""
+    a32, b32 = uint32(a), uint32(b)
+    quotient = a32 // b32
+    return int64(quotient), int64(a32 - quotient * b32)
+
+
+@cuda.jit(device=True, **DEVICE_JIT)
+def index32(x):
+    """x, for 0 <= x < 2**32, in a form the compiler can see is such (a 32-bit unsigned
+    truncation): indices built from it skip Numba's negative-index wraparound code."""
+    return int64(uint32(x))
 
 
 def grid_for(n):

@@ -26,6 +26,7 @@ import numpy as np
 from numba import float32, float64
 
 from . import get_cuda
+from .arrays import DEVICE_JIT, divmod32, index32
 
 cuda = get_cuda()
 
@@ -35,7 +36,7 @@ def sigmoid_for(dtype):
     """σ(x) = 1 / (1 + exp(-x)) as a device function, in ``dtype`` (GRU uses it too)."""
     one = np.dtype(dtype).type(1.0)
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True, inline=True, **DEVICE_JIT)
     def sigmoid(x):
         return one / (one + math.exp(-x))
     return sigmoid
@@ -49,17 +50,17 @@ def cell_kernels(dtype):
     one = np.dtype(dtype).type(1.0)
     sigmoid = sigmoid_for(np.dtype(dtype))
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def cell_inputs(hcur, c, m, a, Z, lengths, s, psug, hgr, reverse, bb, j):
         """What step s of row bb, unit j reads besides U h and the parameters: (active,
         pos, h_{t-1}, c_{t-1}, a, m, the step's 1 (PSUG) or 4 values of x W^T); idle rows
         (s >= length) read h alone."""
-        H = c.shape[1]
+        H = index32(c.shape[1])
         zero = ftype(0.0)
         L = lengths[bb]
         if s >= L:                                   # idle: pos = s, a padding step
-            return False, s, hcur[bb, j], zero, zero, zero, zero, zero, zero, zero
-        pos = L - 1 - s if reverse else s
+            return False, index32(s), hcur[bb, j], zero, zero, zero, zero, zero, zero, zero
+        pos = index32(L - 1 - s if reverse else s)
         hprev, cprev = hcur[bb, j], c[bb, j]
         a_old = a[bb, j] if hgr else zero
         m_old = m[bb, j] if hgr else zero
@@ -69,7 +70,7 @@ def cell_kernels(dtype):
         z3 = Z[bb, pos, 3 * H + j] if not psug else zero
         return True, pos, hprev, cprev, a_old, m_old, z0, z1, z2, z3
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def cell_update(out, hnext, c, a, Z, GATES, C, CPREV, HPREV, hU, b, gamma, beta, psug, hgr,
                     bb, j, inputs):
         """Step s of row bb, unit j from its ``cell_inputs``: writes h_t to hnext.
@@ -84,7 +85,7 @@ def cell_kernels(dtype):
             out[bb, pos, j] = 0.0           # padding step pos = s: zeros (nothing clears the buffers)
             HPREV[bb, pos, j] = 0.0
             return
-        H = c.shape[1]
+        H = index32(c.shape[1])
         if psug:
             z = z0 + hU[bb, j] + b[j]                                     # z_t = W x + U h + b
             pi = gamma[0, j] * z + beta[0, j]
@@ -118,7 +119,7 @@ def cell_kernels(dtype):
         hnext[bb, j] = hhat
         out[bb, pos, j] = hhat
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma,
                      beta, s, psug, hgr, reverse, bb, j):
         """Step s of row bb, unit j: reads h_{t-1} from hcur, writes h_t to hnext (may be
@@ -134,23 +135,23 @@ def cell_kernels(dtype):
             cell_forward(out, h, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, lengths, b, gamma,
                          beta, s, psug, hgr, reverse, idx // H, idx % H)
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def closes_at(lengths, n0, s, K, bb):
         """Whether row bb closes a block at step s (from its initial n, no saved flags)."""
-        return s < lengths[bb] and (n0[bb] + s + 1) % K == 0
+        return s < lengths[bb] and divmod32(n0[bb] + s + 1, K)[1] == 0
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def close_summary_cell(S, a, lengths, n0, s, K, bb, j):
         S[bb, j] = a[bb, j] / K if closes_at(lengths, n0, s, K, bb) else ftype(0.0)
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def close_forward_cell(mnext, m, a, MBLK, SBLK, RBLK, S, pq, b_r, lengths, n0, s, K, bb, j):
         """The block close of row bb, unit j, given pq = (V_s s + V_m m)[bb, j]; mnext may be m.
         Rows that do not close copy m into mnext."""
         if not closes_at(lengths, n0, s, K, bb):
             mnext[bb, j] = m[bb, j]
             return
-        jb = (n0[bb] + s + 1) // K - 1
+        jb = divmod32(n0[bb] + s + 1, K)[0] - 1
         r = sigmoid(pq + b_r[j])                                          # r = σ(V_s s + V_m m + b_r)
         mj = r * m[bb, j] + (one - r) * S[bb, j]                          # m = r m + (1-r) s
         SBLK[bb, jb, j] = S[bb, j]
@@ -159,12 +160,12 @@ def cell_kernels(dtype):
         mnext[bb, j] = mj
         a[bb, j] = 0.0
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def close_backward_cell(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s, K, bb, j):
         if not closes_at(lengths, n0, s, K, bb):
             DP_step[bb, j] = 0.0
             return
-        jb = (n0[bb] + s + 1) // K - 1
+        jb = divmod32(n0[bb] + s + 1, K)[0] - 1
         r = RBLK[bb, jb, j]
         dm_after = dm[bb, j]                                          # δm' of m' = r m + (1-r) s
         dp = dm_after * (MBLK[bb, jb, j] - SBLK[bb, jb, j]) * r * (one - r)
@@ -173,7 +174,7 @@ def cell_kernels(dtype):
         dm[bb, j] = dm_after * r
         da[bb, j] = dm_after * (one - r)
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def close_backward_finish_cell(dm, da, dmv, dsv, K, bb, j):
         """dmv, dsv: (V_m^T δp)[bb, j], (V_s^T δp)[bb, j] of a closing row."""
         dm[bb, j] += dmv                                              # δm += V_m^T δp
@@ -212,7 +213,7 @@ def cell_kernels(dtype):
             if closes_at(lengths, n0, s, K, bb):
                 close_backward_finish_cell(dm, da, dmV[bb, j], dsV[bb, j], K, bb, j)
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def cell_backward(DZ, DZ_step, SUMS, dh, dc, dm, da, dout, GATES, C, CPREV, Z, gamma, lengths,
                       s, psug, hgr, reverse, bb, j):
         """BPTT of ``cell_forward`` at step s, row bb, unit j.  Every load comes before the

@@ -9,6 +9,18 @@ BPTT) publishes the new h.  h, s, m and δz are double-buffered so no block over
 another still reads.  The simple path (``recurrent.py``) is the reference these loops are
 tested against.
 
+Index arithmetic.  Numba types integers as signed 64-bit: ``a // b`` or ``a % b`` by a
+run-time value compiles to a call of a 64-bit division (behind a test for a 32-bit fast
+path) plus floor corrections, and ``range(start, stop, step)`` with a run-time step works out
+its trip count by such a division too.  So the loops divide by ``arrays.divmod32`` (one
+32-bit unsigned division for both results) and write their grid-stride loops as while loops.
+Row and unit indices pass through ``arrays.index32``, so the compiler sees they are not
+negative and leaves out Numba's wraparound code.  In sm_90 SASS (``scripts/ptx_check.py
+--loops --lines``) this took the 103 (forward) and 117 (BPTT) call sites of 64-bit divisions
+down to 2 and 1 (in the prologue), the kernels from 13415 and 14242 instructions to 7452 and
+7566, and their spills from 120 and 128 bytes to 96 and 56 (seventeenth session; not yet
+timed on a card).
+
 Shapes legend (device arrays, C order): those of ``cells.py``, and
   double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G);  close_flags (steps,) int8
   shared memory per block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward, V_s and
@@ -34,7 +46,7 @@ import numpy as np
 from numba import float32, float64, uint64
 
 from . import cells, get_cuda
-from .arrays import LINEINFO, SIM, THREADS, multiprocessors
+from .arrays import DEVICE_JIT, LINEINFO, SIM, THREADS, divmod32, index32, multiprocessors
 
 cuda = get_cuda()
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
@@ -86,39 +98,43 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
     NX = KPASS * ROWS                                   # (local array sizes must be constants)
     KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True, inline=True, **DEVICE_JIT)
     def padded(n):
         """n columns rounded up to whole items of COLS (slices of U, V_s, V_m in shared memory)."""
         return (n + COLS - 1) // COLS * COLS
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def part_span(q, ugroups, rgroups, B, H):
         """Part q's rows [r0, r0 + nr) and hidden units [u0, u0 + nq): unit group q % ugroups
         (nu = ceil(H / ugroups) units each), row group q // ugroups (ceil(B / rgroups) rows
         each; nr may be 0).  Returns (r0, nr, u0, nq, nu)."""
-        nu = (H + ugroups - 1) // ugroups
-        u0 = (q % ugroups) * nu
-        nrg = (B + rgroups - 1) // rgroups
-        r0 = (q // ugroups) * nrg
+        nu = divmod32(H + ugroups - 1, ugroups)[0]
+        rgroup, ugroup = divmod32(q, ugroups)
+        u0 = index32(ugroup * nu)
+        nrg = divmod32(B + rgroups - 1, rgroups)[0]
+        r0 = index32(rgroup * nrg)
         return r0, max(0, min(B, r0 + nrg) - r0), u0, min(H, u0 + nu) - u0, nu
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose):
         """This part's slice of U into shared memory, one row of Kd per output column c:
         forward  Ush[c*Kd + k] = U[col(c), k]   (Kd = H), the rows of U this part's units need;
         backward Ush[c*Kd + k] = U[k, col(c)]   (Kd = G), the columns (transpose);
         col(c) = (c // nu) * H + u0 + c % nu; padded or empty columns are 0."""
-        for e in range(cuda.threadIdx.x, ncol_pad * Kd, cuda.blockDim.x):
-            c, k = e // Kd, e % Kd
+        e = cuda.threadIdx.x
+        while e < ncol_pad * Kd:
+            c, k = divmod32(e, Kd)
+            gate, unit = divmod32(c, nu)
             val = ftype(0.0)
             # k < Kd always holds; said here, it let the compiler make 4% fewer instructions of
             # the whole kernel (SASS, sm_90)
-            if c < ncol and c % nu < nq and k < Kd:
-                col = (c // nu) * H + u0 + c % nu
+            if c < ncol and unit < nq and k < Kd:
+                col = gate * H + u0 + unit
                 val = U[k, col] if transpose else U[col, k]
             Ush[e] = val
+            e += cuda.blockDim.x
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def team_dot(out, X, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s, rot):
         """out[b, col(c)] = Σ_k Ush[c*Kd + k] X[b, k] for this part's columns c and its rows b
         in [r0, r0 + nr) that step at s (idle rows are not written); X in global memory.
@@ -134,22 +150,29 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
         tid = cuda.threadIdx.x
         nthr = cuda.blockDim.x
         nteams = nthr // TEAM
-        team, lane = tid // TEAM, tid % TEAM
+        team, lane = divmod32(tid, TEAM)
         ngrp = ncol_pad // COLS
         nrq = (nr + ROWS - 1) // ROWS                    # groups of ROWS rows
         nitems = nrq * ngrp
+        # a round's team t takes item (base + t + rot) mod nitems: with rot < nitems one
+        # subtraction wraps it
+        rot = divmod32(rot, nitems)[1] if nitems > 0 else 0
         rend = r0 + nr
         acc = cuda.local.array(NOUT, ftype)              # acc[r*COLS + c]: row b0 + r, column c0 + c
         xv = cuda.local.array(NX, ftype)                 # xv[kk*ROWS + r] = X[row r, k + kk TEAM]
         rows = cuda.local.array(ROWS, uint64)
-        for base in range(0, nitems, nteams):
+        base = 0
+        while base < nitems:                             # rounds: a while loop (see module doc)
             item = base + team
             for i in range(NOUT):
                 acc[i] = 0.0
             if item < nitems:
-                item = (item + rot) % nitems
-                b0 = r0 + (item % nrq) * ROWS
-                c0 = (item // nrq) * COLS
+                item += rot
+                if item >= nitems:
+                    item -= nitems
+                cgroup, rgroup = divmod32(item, nrq)
+                b0 = r0 + rgroup * ROWS
+                c0 = cgroup * COLS
                 # unsigned indices: Numba then skips the negative-index wraparound code,
                 # which was most of the instructions of this loop
                 for r in range(ROWS):
@@ -183,14 +206,19 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
             for i in range(NOUT):
                 red[wr + i * TEAMP] = acc[i]
             cuda.syncthreads()
-            for o in range(tid, nteams * NOUT, nthr):
-                tm, i = o // NOUT, o % NOUT              # team tm's output i: row b0 + i // COLS, column c0 + i % COLS
+            o = tid
+            while o < nteams * NOUT:
+                tm, i = divmod32(o, NOUT)                # team tm's output i: row b0 + i // COLS, column c0 + i % COLS
                 item = base + tm
                 if item < nitems:
-                    item = (item + rot) % nitems
-                    b = r0 + (item % nrq) * ROWS + i // COLS
-                    c = (item // nrq) * COLS + i % COLS
-                    if b < rend and c < ncol and c % nu < nq and s < lengths[b]:
+                    item += rot
+                    if item >= nitems:
+                        item -= nitems
+                    cgroup, rgroup = divmod32(item, nrq)
+                    b = r0 + rgroup * ROWS + i // COLS
+                    c = cgroup * COLS + i % COLS
+                    gate, unit = divmod32(c, nu)         # column c: gate c // nu's unit u0 + c % nu
+                    if b < rend and c < ncol and unit < nq and s < lengths[b]:
                         # the TEAM lane partials in four interleaved chains (lanes l, l+4, ...),
                         # then the chains in order: a fixed order, a quarter of the latency
                         q = uint64(o * TEAMP)
@@ -202,10 +230,12 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                             p2 += red[q + TWO]
                             p3 += red[q + THREE]
                             q += FOUR
-                        out[b, (c // nu) * H + u0 + c % nu] = (p0 + p1) + (p2 + p3)
+                        out[b, gate * H + u0 + unit] = (p0 + p1) + (p2 + p3)
+                o += nthr
             cuda.syncthreads()
+            base += nteams
 
-    @cuda.jit(device=True)
+    @cuda.jit(device=True, **DEVICE_JIT)
     def load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose, hgr):
         """Part (u0, nq)'s slices of U, and with hgr of V_s and V_m, into shared memory
         (``load_slice``; V slices have one column per unit, read as rows or, in
@@ -216,7 +246,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
             load_slice(Vs_sh, V_s, u0, nq, nu, nu, nu_pad, H, H, transpose)
             load_slice(Vm_sh, V_m, u0, nq, nu, nu, nu_pad, H, H, transpose)
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True, inline=True, **DEVICE_JIT)
     def reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H,
                     transpose, hgr):
         """``load_part`` between barriers, where a block serves several parts (the slices
@@ -226,7 +256,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
             load_part(Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose, hgr)
             cuda.syncthreads()
 
-    @cuda.jit(device=True, inline=True)
+    @cuda.jit(device=True, inline=True, **DEVICE_JIT)
     def shared_views(nslice, nv):
         """The dynamic shared memory of a persistent block: (U slice of nslice values, V_s and
         V_m slices of nv values each, the team partials in the rest)."""
@@ -268,25 +298,31 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
         for s in range(steps):
             hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
             m, S = mbuf[closes % 2], Sbuf[s % 2]
-            for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+            q = cuda.blockIdx.x
+            while q < nparts:
                 r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
-                rot = q % ugroups
+                rot = divmod32(q, ugroups)[1]
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             ncol, ncol_pad, H, H, False, hgr)
                 team_dot(hU, hcur, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,    # U h_{t-1}
                          lengths, s, rot)
-                for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
-                    bb, j = r0 + e // nq, u0 + e % nq
+                e = cuda.threadIdx.x
+                while e < nr * nq:
+                    row, unit = divmod32(e, nq)
+                    bb, j = r0 + row, u0 + unit
                     cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU,
                                  lengths, b, gamma, beta, s, psug, hgr, reverse, bb, j)
                     if hgr and closes_at(lengths, n0, s, K, bb):
                         S[bb, j] = a[bb, j] / K                           # s = a / K
+                    e += cuda.blockDim.x
+                q += cuda.gridDim.x
             grid.sync()
             if hgr and close_flags[s]:
                 mnext = mbuf[(closes + 1) % 2]
-                for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                q = cuda.blockIdx.x
+                while q < nparts:
                     r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
-                    rot = q % ugroups
+                    rot = divmod32(q, ugroups)[1]
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 ncol, ncol_pad, H, H, False, hgr)
                     nu_pad = padded(nu)
@@ -294,10 +330,14 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                              rot)                                               # V_s s
                     team_dot(Q, m, Vm_sh, red, r0, nr, nu, nu_pad, nu, nq, H, u0, H, lengths, s,
                              rot)                                               # V_m m
-                    for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
-                        bb, j = r0 + e // nq, u0 + e % nq
+                    e = cuda.threadIdx.x
+                    while e < nr * nq:
+                        row, unit = divmod32(e, nq)
+                        bb, j = r0 + row, u0 + unit
                         close_forward_cell(mnext, m, a, MBLK, SBLK, RBLK, S, P[bb, j] + Q[bb, j], b_r,
                                            lengths, n0, s, K, bb, j)
+                        e += cuda.blockDim.x
+                    q += cuda.gridDim.x
                 closes += 1
                 cuda.syncthreads()
 
@@ -330,38 +370,55 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
         for s in range(steps - 1, -1, -1):
             DZs = DZbuf[s % 2]
             if hgr and close_flags[s]:                                    # the close rule first
-                for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                q = cuda.blockIdx.x
+                while q < nparts:
                     r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
-                    for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
+                    e = cuda.threadIdx.x
+                    while e < nr * nq:
+                        row, unit = divmod32(e, nq)
                         close_backward_cell(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s,
-                                            K, r0 + e // nq, u0 + e % nq)
+                                            K, r0 + row, u0 + unit)
+                        e += cuda.blockDim.x
+                    q += cuda.gridDim.x
                 grid.sync()
-                for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                q = cuda.blockIdx.x
+                while q < nparts:
                     r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
-                    rot = q % ugroups
+                    rot = divmod32(q, ugroups)[1]
                     reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                                 nu, ncol_pad, G, H, True, hgr)
                     team_dot(dmV, DP_step, Vm_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
                              lengths, s, rot)
                     team_dot(dsV, DP_step, Vs_sh, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, H,
                              lengths, s, rot)
-                    for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
-                        bb, j = r0 + e // nq, u0 + e % nq
+                    e = cuda.threadIdx.x
+                    while e < nr * nq:
+                        row, unit = divmod32(e, nq)
+                        bb, j = r0 + row, u0 + unit
                         if closes_at(lengths, n0, s, K, bb):              # V_m^T δp, V_s^T δp
                             close_backward_finish_cell(dm, da, dmV[bb, j], dsV[bb, j], K, bb, j)
-            for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+                        e += cuda.blockDim.x
+                    q += cuda.gridDim.x
+            q = cuda.blockIdx.x
+            while q < nparts:
                 r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
-                for e in range(cuda.threadIdx.x, nr * nq, cuda.blockDim.x):
+                e = cuda.threadIdx.x
+                while e < nr * nq:
+                    row, unit = divmod32(e, nq)
                     cell_backward(DZ, DZs, SUMS, dh, dc, dm, da, dout, GATES, C, CPREV, Z, gamma,
-                                  lengths, s, psug, hgr, reverse, r0 + e // nq, u0 + e % nq)
+                                  lengths, s, psug, hgr, reverse, r0 + row, u0 + unit)
+                    e += cuda.blockDim.x
+                q += cuda.gridDim.x
             grid.sync()
-            for q in range(cuda.blockIdx.x, nparts, cuda.gridDim.x):
+            q = cuda.blockIdx.x
+            while q < nparts:
                 r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
-                rot = q % ugroups
+                rot = divmod32(q, ugroups)[1]
                 reload_part(resident, Ush, Vs_sh, Vm_sh, U, V_s, V_m, u0, nq, nu,
                             nu, ncol_pad, G, H, True, hgr)
                 # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
                 team_dot(dh, DZs, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths, s, rot)
+                q += cuda.gridDim.x
 
     return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward)
 
