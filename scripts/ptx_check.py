@@ -12,6 +12,11 @@ It catches what the simulator cannot: a shared-memory shape written as an
 expression ran in the simulator and failed to compile on an H100.
 
     pip install -e ".[ptx]"; python scripts/ptx_check.py [--cc 9.0]   (scripts/test.sh runs it)
+
+With no GPU at hand, the persistent loops' machine code is what can be read instead of timed:
+``--loops --lines FILE`` compiles only the default float32 loops (seconds, not minutes) and
+writes how many SASS instructions each source line became (nvdisasm, from the line-information
+builds; pip install nvidia-cuda-nvdisasm), with registers, spills and 64-bit division calls.
 """
 import argparse
 import os
@@ -28,6 +33,8 @@ if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack
 
 from numba import cuda, typeof  # noqa: E402
+
+from sass_lines import sass_lines  # noqa: E402  (scripts/, beside this file)
 
 cuda.is_available = lambda: True     # compile only: qlnumba.gpu.get_cuda would refuse otherwise
 
@@ -101,10 +108,11 @@ def wrap(kernel_dict, cc, device_functions=()):
             for name, d in kernel_dict.items()}
 
 
-def ptxas_report(cc, keep=None):
+def ptxas_report(cc, keep=None, lines=None):
     """ptxas on every compiled kernel: registers and spills; with ``keep`` (a folder) the PTX
     and the machine code (k<i>.ptx, k<i>.ptx.o, and their names in kernels.txt) stay there,
-    for cuobjdump -sass or nvdisasm."""
+    for cuobjdump -sass or nvdisasm; with ``lines`` (a file) ``sass_lines`` of every build
+    with line information."""
     exe = shutil.which("ptxas") or "/usr/local/cuda/bin/ptxas"
     if not os.path.exists(exe):
         print("ptxas not found: PTX compiled, machine code not checked")
@@ -119,15 +127,18 @@ def ptxas_report(cc, keep=None):
             with open(path, "w") as f:
                 f.write(ptx)
             cap = [f"-maxrregcount={maxreg}"] if maxreg else []
-            r = subprocess.run([exe, "-v", f"-arch={arch}", *cap, "-c", path, "-o", path + ".o"],
+            lines_flag = ["-lineinfo"] if ".loc" in ptx else []
+            r = subprocess.run([exe, "-v", f"-arch={arch}", *cap, *lines_flag, "-c", path, "-o", path + ".o"],
                                capture_output=True, text=True)
             if r.returncode:
                 raise SystemExit(f"ptxas failed on {name}{sig}:\n{r.stderr}")
             used = re.search(r"Used (\d+) registers.*", r.stderr)
             frame = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores", r.stderr)
             dtype = "f64" if "float64" in str(sig) else "f32"
-            print(f"  {name:28s} {dtype}  {used.group(0) if used else r.stderr.strip()[:120]}"
-                  + (f"; {frame.group(0)}" if frame else ""))
+            stats = (used.group(0) if used else r.stderr.strip()[:120]) + (f"; {frame.group(0)}" if frame else "")
+            print(f"  {name:28s} {dtype}  {stats}")
+            if lines and lines_flag:
+                sass_lines(path + ".o", name, stats, lines)
         if keep:
             with open(os.path.join(keep, "kernels.txt"), "w") as f:
                 f.writelines(names)
@@ -140,7 +151,18 @@ def main():
                     help="the float types to compile for (scripts/test.sh runs one process per type)")
     ap.add_argument("--keep", default=None, metavar="DIR",
                     help="leave each kernel's PTX and machine code in DIR (names in DIR/kernels.txt)")
+    ap.add_argument("--loops", action="store_true",
+                    help="only the default float32 persistent loops, built with line information as "
+                         "the profiler's build (QLNUMBA_CUDA_LINEINFO=1)")
+    ap.add_argument("--lines", default=None, metavar="FILE",
+                    help="with --loops: write the loops' SASS instructions per source line to FILE")
     args = ap.parse_args()
+    if args.lines and not args.loops:
+        ap.error("--lines goes with --loops")
+    if args.loops:
+        args.dtypes = "float32"
+        # before qlnumba.gpu is imported: the device functions take their options then
+        os.environ["QLNUMBA_CUDA_LINEINFO"] = "1"
     cc = tuple(int(v) for v in args.cc.split("."))
     FakeDevice.compute_capability = cc
 
@@ -180,6 +202,10 @@ def main():
             configs = [(p, 2, 16, 4) for p in grec.PATHS] + [("persistent", 4, 16, 4), ("persistent", 2, 16, 8)]
             if dtype != np.float64:
                 configs += [("persistent", 4, 32, 4), ("persistent", 2, 32, 8)]
+            if args.loops:
+                if (psug, hgr) != (True, True):       # psug and hgr are the kernels' run-time flags
+                    continue
+                configs = [("persistent", 2, gps.TEAM_LOADS, gps.ITEM_COLS)]
             for path, rows, loads, cols in configs:
                 gps.TEAM_LOADS = loads
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
@@ -190,6 +216,8 @@ def main():
                 layer.forward(x, lengths)
                 layer.backward(dout)
         gps.TEAM_LOADS = saved_loads
+        if args.loops:
+            break
         for tile in gmm.TILES:                        # every matrix-product tile
             gmm.MATMUL_TILE = tile
             gmm.matmul(cuda.to_device(np.zeros((2, 3), dtype)), cuda.to_device(np.zeros((2, 4), dtype)),
@@ -203,7 +231,12 @@ def main():
         if dtype == np.float32:                       # scripts/gpu-ncu.sh's build of the loops
             check_loops_lineinfo(real_persistent, cc)
     print(f"compiled {len(COMPILED)} kernel specialisations to PTX for sm_{cc[0]}{cc[1]}")
-    ptxas_report(cc, args.keep)
+    if args.lines:
+        with open(args.lines, "w") as lines:
+            ptxas_report(cc, args.keep, lines)
+        print(f"SASS instructions per source line: {args.lines}")
+    else:
+        ptxas_report(cc, args.keep)
 
 
 def check_ops(gops, dtype, rng):
@@ -239,6 +272,8 @@ def check_loops_lineinfo(real_persistent, cc):
         ptx, _ = cuda.compile_ptx(real_persistent(np.dtype(np.float32), 2, 16, 8)[kernel].py_func,
                                   sig, cc=cc, lineinfo=True)
         assert ".loc" in ptx, f"no line information in {kernel}'s PTX"
+        cap = real_persistent(np.dtype(np.float32), 2, 16, 8)[kernel].targetoptions.get("max_registers")
+        COMPILED[(f"{kernel} item rows 2 cols 8 loads 16 lineinfo", sig)] = (ptx, cap)
 
 
 def check_trainer_kernels(gmodel, dtype):

@@ -42,3 +42,29 @@ def test_ncu_top_ranks_stall_samples(tmp_path):
     assert "80.0%" in lines[1] and "LDG.E" in lines[1]
     assert lines[2].startswith("table 1: 2 rows, 1020 samples")
     assert "99.5%" in lines[3] and "HMMA" in lines[3]
+
+
+def test_sass_lines_counts_instructions_per_source_line():
+    """scripts/sass_lines.py (ptx_check.py --loops --lines) counts nvdisasm -gi's instructions
+    under their innermost source line and the kernel line it was inlined at, and the calls of
+    64-bit division routines; NOPs and markers are not instructions."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        from sass_lines import count_sass_lines
+    finally:
+        sys.path.pop(0)
+    text = "\n".join([
+        '\t//## File "/r/qlnumba/gpu/persistent.py", line 300',
+        "        /*0000*/                   S2R R0, SR_TID.X ;",
+        '\t//## File "/r/qlnumba/gpu/arrays.py", line 68 inlined at "/r/qlnumba/gpu/persistent.py", line 99',
+        '\t//## File "/r/qlnumba/gpu/persistent.py", line 99 inlined at "/r/qlnumba/gpu/persistent.py", line 293',
+        '\t//## File "/r/qlnumba/gpu/persistent.py", line 293',
+        "        /*0010*/                   I2F.U32.RP R1, R0 ;",
+        "        /*0020*/                   MUFU.RCP R1, R1 ;",
+        "        /*0030*/                   CALL.ABS.NOINC `(__cuda_sm20_div_s64) ;",
+        "        /*0040*/                   NOP;",
+        "        /*10a0*/                   EXIT ;",
+    ])
+    counts, calls = count_sass_lines(text)
+    assert counts == {"persistent.py:300": 1, "arrays.py:68 in persistent.py:293": 4}
+    assert calls == {"__cuda_sm20_div_s64": 1}
