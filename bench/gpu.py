@@ -214,6 +214,8 @@ def main():
               "versions": {"python": platform.python_version(), "numpy": np.__version__,
                            "numba": numba.__version__, "numba_cuda": package_version("numba-cuda"),
                            "qlnumba": qlnumba.__version__},
+              # which copy of the library ran: the working tree's, or scripts/make-baseline.sh's
+              "library": os.path.dirname(os.path.abspath(qlnumba.__file__)),
               "paths": {"persistent": "one cooperative launch for all steps (grid syncs), device arrays",
                         "simple": "a launch group per step, device arrays",
                         "*_host_api": "the layer API: host arrays in and out, parameters copied per call"},

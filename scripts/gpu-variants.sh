@@ -7,7 +7,8 @@
 # --tensor-cores off, --matmul-tile @best-tile, where @best-tile is the tile of MATMUL_TILES whose
 # four products took the least time; each checked against the CPU too, tokens/s printed to set
 # beside the first
-# run's, all in one gpu_bench_variants.json: the device returns 8 files at most), then a profile
+# run's, all in one gpu_bench_variants.json: the device returns 8 files at most; "@baseline" runs
+# the code of an earlier commit, made by scripts/make-baseline.sh), then a profile
 # of the large shape and of CudaTrainer steps with PROFILE_OPTIONS (default: none).
 # Files go to $OUT (or bench/results).  SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the
 # GPU tests, the variant runs and the profile.
@@ -55,9 +56,18 @@ PYEOF
 echo "best tile: ${BEST_TILE:-none}"
 # the library's defaults with other options, each checked against the CPU and timed
 with_options() {    # with_options NAME OPTIONS
+    # "@baseline [OPTIONS]": the same benchmark on the code of scripts/make-baseline.sh (its own
+    # bench/gpu.py, which imports the qlnumba beside it), for an A/B in the same call
+    local script=bench/gpu.py options="$2"
+    if [[ "$options" == @baseline* ]]; then
+        script="${BASELINE_DIR:-baseline}/bench/gpu.py"
+        options="${options#@baseline}"
+        [ -f "$script" ] || { echo "no $script: run scripts/make-baseline.sh COMMIT first, and carry it"; return; }
+        echo "@baseline: $(cat "${BASELINE_DIR:-baseline}/COMMIT" 2>/dev/null)"
+    fi
     # shellcheck disable=SC2086
     # its log and JSON stay in /tmp (the device returns 8 files at most) unless the run fails
-    PYTHONPATH="$PWD" timeout 150 "$PY" bench/gpu.py --check --check-shapes small,large $2 \
+    PYTHONPATH="$PWD" timeout 150 "$PY" "$script" --check --check-shapes small,large $options \
         --json-out "/tmp/gpu_bench_$1.json" > "/tmp/gpu_bench_$1.log" 2>&1 \
         || { tail -30 "/tmp/gpu_bench_$1.log"; return; }
     "$PY" - "/tmp/gpu_bench_$1.json" "$2" <<'PYEOF'

@@ -39,3 +39,17 @@ def test_gpu_profile_and_ncu_driver_run():
     assert "persistent_forward" in profile and "matmul 128x128tf32" in profile
     assert "two forward + backward calls done" in run("bench/ncu_driver.py", "--shape", "tiny",
                                                       "--kind", "lstm")
+
+
+def test_baseline_copy_runs_its_own_library(tmp_path):
+    """scripts/make-baseline.sh puts a commit's qlnumba/ and bench/ in a folder, and that
+    bench/gpu.py imports the qlnumba beside it, not the working tree's (the "@baseline" A/B
+    of scripts/gpu-variants.sh)."""
+    base = tmp_path / "base"
+    subprocess.run(["bash", "scripts/make-baseline.sh", "HEAD", str(base)], cwd=ROOT, check=True,
+                   capture_output=True)
+    out = tmp_path / "gpu.json"
+    run(str(base / "bench" / "gpu.py"), "--shapes", "tiny", "--repeats", "1", "--json-out", str(out))
+    result = json.loads(out.read_text())
+    assert Path(result["library"]).resolve() == (base / "qlnumba").resolve()
+    assert result["shapes"]["tiny"]["train_tokens_per_s"]
