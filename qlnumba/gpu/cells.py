@@ -142,7 +142,9 @@ def cell_kernels(dtype):
 
     @cuda.jit(device=True, **DEVICE_JIT)
     def close_summary_cell(S, a, lengths, n0, s, K, bb, j):
-        S[bb, j] = a[bb, j] / K if closes_at(lengths, n0, s, K, bb) else ftype(0.0)
+        # / ftype(K): a float32 division (a / K would divide in float64, a slow routine on
+        # a GPU); rounded once or twice (float64 then float32), a quotient is the same
+        S[bb, j] = a[bb, j] / ftype(K) if closes_at(lengths, n0, s, K, bb) else ftype(0.0)
 
     @cuda.jit(device=True, **DEVICE_JIT)
     def close_forward_cell(mnext, m, a, MBLK, SBLK, RBLK, S, pq, b_r, lengths, n0, s, K, bb, j):
@@ -178,7 +180,7 @@ def cell_kernels(dtype):
     def close_backward_finish_cell(dm, da, dmv, dsv, K, bb, j):
         """dmv, dsv: (V_m^T δp)[bb, j], (V_s^T δp)[bb, j] of a closing row."""
         dm[bb, j] += dmv                                              # δm += V_m^T δp
-        da[bb, j] = (da[bb, j] + dsv) / K                             # δa = (δs + V_s^T δp) / K
+        da[bb, j] = (da[bb, j] + dsv) / ftype(K)                      # δa = (δs + V_s^T δp) / K
 
     @cuda.jit
     def close_summary(S, a, lengths, n0, s, K):

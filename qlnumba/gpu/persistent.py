@@ -313,7 +313,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                     cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU,
                                  lengths, b, gamma, beta, s, psug, hgr, reverse, bb, j)
                     if hgr and closes_at(lengths, n0, s, K, bb):
-                        S[bb, j] = a[bb, j] / K                           # s = a / K
+                        S[bb, j] = a[bb, j] / ftype(K)                    # s = a / K (cells.close_summary_cell)
                     e += cuda.blockDim.x
                 q += cuda.gridDim.x
             grid.sync()
