@@ -13,12 +13,13 @@
 #      the time left.  -v names every test as it ends, so a run that the timeout stops still
 #      says which passed (the fourteenth session's -q log could only be counted).
 # Example (the plan for the next card: gpu-variants.sh's default tiles, among them the cp.async,
-# the register-capped ones and the default with every slab tested, then the layers with the
-# fastest of them, and with 32 loads per team_dot pass (never timed yet); the stalls of
-# QL-LSTM's step loops and of LSTM's loops and products; then the tests):
-#   VARIANTS="--matmul-tile @best-tile|--team-loads 32" \
+# the register-capped ones and the default with every slab tested, then the layers on the
+# sixteenth session's code (@baseline: scripts/make-baseline.sh d81aaab first, and the call
+# carries baseline/), with the fastest tile, and with 32 loads per team_dot pass (never timed
+# yet); the stalls of QL-LSTM's step loops and of LSTM's loops and products; then the tests):
+#   VARIANTS="@baseline|--matmul-tile @best-tile|--team-loads 32" \
 #   NCU_RUNS="KIND=ql; KIND=lstm TAG=lstm_all KERNELS=persistent_|matmul SKIP=0 COUNT=6" \
-#   FIRST_TESTS="tensor_core or tf32 or async or slab or register or untested or gru" \
+#   FIRST_TESTS="persistent or layer_equals_cpu or tensor_core or tf32 or async or slab or register or untested or gru" \
 #   bash scripts/gpu-session.sh
 # Files go to $OUT (or bench/results): gpu-variants.sh's, ncu_TAG.tar.gz per profile, and
 # gpu_cuda_tests.log.  SKIP_BENCH=1 leaves out step 1 (for a dry run in the simulator:
