@@ -161,7 +161,7 @@ def layer_plan(B, H, psug, row_groups, item_rows):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default="small,large")
+    ap.add_argument("--shapes", default="small,large", help="shapes to time (\"\": none, the versions alone)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--paths", default="persistent", help="qlnumba GPU step loops to time (persistent,simple)")
     ap.add_argument("--block-size", type=int, default=32, help="QL-LSTM block length K (library default)")
@@ -250,7 +250,7 @@ def main():
             name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, groups, item_rows)
             for name in args.check_shapes.split(",")}
         print(json.dumps({"check_vs_cpu_max_rel_err": result["check_vs_cpu_max_rel_err"]}), flush=True)
-    for name in args.shapes.split(","):
+    for name in filter(None, args.shapes.split(",")):     # --shapes "": the versions alone
         B, T, E, H = SHAPES[name]
         tokens = B * T
         x = rng.standard_normal((B, T, E)).astype(np.float32)

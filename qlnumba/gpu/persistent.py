@@ -456,8 +456,11 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, ite
     threads (registers capped at 128, see PERSISTENT_JIT) hide more of the step's memory
     latency than 256; 256 where 512 do not fit.  The simulator runs one block that loops
     over every part (so the partition logic is tested there too).  Items of ``item_cols``
-    columns (None: ``ITEM_COLS``, 8; or 4), 2 rows by default with 8.
+    columns (None: ``ITEM_COLS``, 8; or 4), 2 rows by default with 8.  None also where
+    B x G reaches 2**31: the loops' index arithmetic is 32-bit (``divmod32``, ``index32``).
     """
+    if B * G >= 2 ** 31:
+        return None
     rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
     cols = ITEM_COLS if item_cols is None else int(item_cols)
     check_item_cols(cols)

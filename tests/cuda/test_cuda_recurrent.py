@@ -185,7 +185,8 @@ def test_persistent_uneven_row_groups_equal_cpu(psug, hgr, item_cols, monkeypatc
 
 def test_persistent_plan_defaults_and_checks():
     """Two row groups from 16 rows up, items of 8 columns and 2 rows; with 4 columns, items
-    of 4 rows where a group has 4; bad item rows and columns are refused."""
+    of 4 rows where a group has 4; bad item rows and columns are refused; no plan past the
+    loops' 32-bit indices."""
     from qlnumba.gpu.persistent import persistent_plan
     big, small = persistent_plan(32, 8, 8, 8, True), persistent_plan(3, 8, 8, 8, True)
     assert (big.rgroups, big.item_rows, big.item_cols) == (2, 2, 8)
@@ -198,6 +199,8 @@ def test_persistent_plan_defaults_and_checks():
     assert persistent_plan(32, 8, 32, 8, False, row_groups=1, item_rows=2).item_rows == 2
     with pytest.raises(ValueError, match="item_rows"):
         persistent_plan(32, 8, 8, 8, True, item_rows=3)
+    # the loops' index arithmetic is 32-bit: past it, the per-step path
+    assert persistent_plan(2 ** 20, 512, 4 * 512, 4, False) is None
     from qlnumba.gpu.persistent import persistent_kernels
     with pytest.raises(ValueError, match="multiple of its item rows"):
         persistent_kernels(np.dtype(np.float32), 4, 6, 4)

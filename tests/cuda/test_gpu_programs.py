@@ -49,7 +49,7 @@ def test_baseline_copy_runs_its_own_library(tmp_path):
     subprocess.run(["bash", "scripts/make-baseline.sh", "HEAD", str(base)], cwd=ROOT, check=True,
                    capture_output=True)
     out = tmp_path / "gpu.json"
-    run(str(base / "bench" / "gpu.py"), "--shapes", "tiny", "--repeats", "1", "--json-out", str(out))
+    run(str(base / "bench" / "gpu.py"), "--shapes", "", "--json-out", str(out))    # no timing
     result = json.loads(out.read_text())
     assert Path(result["library"]).resolve() == (base / "qlnumba").resolve()
-    assert result["shapes"]["tiny"]["train_tokens_per_s"]
+    assert result["shapes"] == {}
