@@ -58,7 +58,6 @@ if LINEINFO:
     lines_only()
 
 
-@cuda.jit(device=True, **DEVICE_JIT)
 def divmod32(a, b):
     """(a // b, a % b) for 0 <= a < 2**32 and 0 < b < 2**32, by one 32-bit unsigned division.
     Numba types integer arithmetic as 64-bit and signed: ``a // b`` and ``a % b`` compile to
@@ -69,11 +68,19 @@ def divmod32(a, b):
     return int64(quotient), int64(a32 - quotient * b32)
 
 
-@cuda.jit(device=True, **DEVICE_JIT)
 def index32(x):
     """x, for 0 <= x < 2**32, in a form the compiler can see is such (a 32-bit unsigned
     truncation): indices built from it skip Numba's negative-index wraparound code."""
     return int64(uint32(x))
+
+
+if not SIM:
+    # device functions on a GPU.  The simulator keeps the plain Python functions: it runs each
+    # call of a device function under a lock that swaps the module's globals, and these two
+    # are called in the loops' inner rounds (as device functions they made the simulator
+    # suite's persistent tests 9 times slower)
+    divmod32 = cuda.jit(device=True, **DEVICE_JIT)(divmod32)
+    index32 = cuda.jit(device=True, **DEVICE_JIT)(index32)
 
 
 def grid_for(n):

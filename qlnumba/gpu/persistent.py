@@ -17,8 +17,8 @@ its trip count by such a division too.  So the loops divide by ``arrays.divmod32
 Row and unit indices pass through ``arrays.index32``, so the compiler sees they are not
 negative and leaves out Numba's wraparound code.  In sm_90 SASS (``scripts/ptx_check.py
 --loops --lines``) this took the 103 (forward) and 117 (BPTT) call sites of 64-bit divisions
-down to 2 and 1 (in the prologue), the kernels from 13415 and 14242 instructions to 7452 and
-7566, and their spills from 120 and 128 bytes to 96 and 56 (seventeenth session; not yet
+down to 2 and 1 (in the prologue), the kernels from 13415 and 14242 instructions to 7274 and
+7427, and their spills from 120 and 128 bytes to 60 and 52 (seventeenth session; not yet
 timed on a card).
 
 Shapes legend (device arrays, C order): those of ``cells.py``, and
@@ -202,9 +202,9 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
             # partial i of lane l of team t at red[(NOUT t + i) (TEAM + 1) + l]: the padding
             # puts the outputs a warp sums below in different banks (with rows of exactly
             # TEAM they all fell in one bank: 32-way conflicts on every load)
-            wr = (team * NOUT) * TEAMP + lane
+            wr = uint64((team * NOUT) * TEAMP + lane)    # unsigned: no wraparound code (above)
             for i in range(NOUT):
-                red[wr + i * TEAMP] = acc[i]
+                red[wr + uint64(i * TEAMP)] = acc[i]
             cuda.syncthreads()
             o = tid
             while o < nteams * NOUT:
