@@ -142,8 +142,9 @@ def cell_kernels(dtype):
 
     @cuda.jit(device=True, **DEVICE_JIT)
     def close_summary_cell(S, a, lengths, n0, s, K, bb, j):
-        # / ftype(K): a float32 division (a / K would divide in float64, a slow routine on
-        # a GPU); rounded once or twice (float64 then float32), a quotient is the same
+        # / ftype(K): in the layer's type (a / K divided a float32 layer's a in float64, a
+        # slow routine on a GPU).  The same value: an IEEE float32 quotient equals the float64
+        # quotient rounded to float32 (what the CPU kernels store)
         S[bb, j] = a[bb, j] / ftype(K) if closes_at(lengths, n0, s, K, bb) else ftype(0.0)
 
     @cuda.jit(device=True, **DEVICE_JIT)
