@@ -17,9 +17,10 @@ its trip count by such a division too.  So the loops divide by ``arrays.divmod32
 Row and unit indices pass through ``arrays.index32``, so the compiler sees they are not
 negative and leaves out Numba's wraparound code.  In sm_90 SASS (``scripts/ptx_check.py
 --loops --lines``) this took the 103 (forward) and 117 (BPTT) call sites of 64-bit divisions
-down to 2 and 1 (in the prologue), the kernels from 13415 and 14242 instructions to 7274 and
-7427, and their spills from 120 and 128 bytes to 60 and 52 (seventeenth session; not yet
-timed on a card).
+down to 2 and 1 (in the prologue), the kernels from 13415 and 14242 instructions to 6980 and
+7261, and their spills from 120 and 128 bytes to 64 each (seventeenth session; not yet timed
+on a card).  (index32 where the compiler already knew the range made it unroll more: the
+row and column of team_dot's outputs stay as they are.)
 
 Shapes legend (device arrays, C order): those of ``cells.py``, and
   double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G);  close_flags (steps,) int8
@@ -309,7 +310,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                 e = cuda.threadIdx.x
                 while e < nr * nq:
                     row, unit = divmod32(e, nq)
-                    bb, j = r0 + row, u0 + unit
+                    bb, j = index32(r0 + row), index32(u0 + unit)
                     cell_forward(out, hcur, hnext, c, m, a, Z, GATES, C, CPREV, HPREV, hU,
                                  lengths, b, gamma, beta, s, psug, hgr, reverse, bb, j)
                     if hgr and closes_at(lengths, n0, s, K, bb):
@@ -333,7 +334,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                     e = cuda.threadIdx.x
                     while e < nr * nq:
                         row, unit = divmod32(e, nq)
-                        bb, j = r0 + row, u0 + unit
+                        bb, j = index32(r0 + row), index32(u0 + unit)
                         close_forward_cell(mnext, m, a, MBLK, SBLK, RBLK, S, P[bb, j] + Q[bb, j], b_r,
                                            lengths, n0, s, K, bb, j)
                         e += cuda.blockDim.x
@@ -377,7 +378,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                     while e < nr * nq:
                         row, unit = divmod32(e, nq)
                         close_backward_cell(dm, da, DP, DP_step, MBLK, SBLK, RBLK, lengths, n0, s,
-                                            K, r0 + row, u0 + unit)
+                                            K, index32(r0 + row), index32(u0 + unit))
                         e += cuda.blockDim.x
                     q += cuda.gridDim.x
                 grid.sync()
@@ -394,7 +395,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                     e = cuda.threadIdx.x
                     while e < nr * nq:
                         row, unit = divmod32(e, nq)
-                        bb, j = r0 + row, u0 + unit
+                        bb, j = index32(r0 + row), index32(u0 + unit)
                         if closes_at(lengths, n0, s, K, bb):              # V_m^T δp, V_s^T δp
                             close_backward_finish_cell(dm, da, dmV[bb, j], dsV[bb, j], K, bb, j)
                         e += cuda.blockDim.x
@@ -406,7 +407,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                 while e < nr * nq:
                     row, unit = divmod32(e, nq)
                     cell_backward(DZ, DZs, SUMS, dh, dc, dm, da, dout, GATES, C, CPREV, Z, gamma,
-                                  lengths, s, psug, hgr, reverse, r0 + row, u0 + unit)
+                                  lengths, s, psug, hgr, reverse, index32(r0 + row), index32(u0 + unit))
                     e += cuda.blockDim.x
                 q += cuda.gridDim.x
             grid.sync()
