@@ -446,13 +446,18 @@ def prefetch_matmul_kernel(ftype, tile):
     return matmul
 
 
+def shortest_chunk(tile):
+    """The fewest values of k that ``split_k`` puts in a chunk: 8 slabs (2 in the simulator)."""
+    return (2 if SIM else 8) * tile.BK
+
+
 def split_k(tile, M, N, Kd):
     """(tiles of C, chunks of k, chunk length) for one product with ``tile``: k is split
     until there are about 512 blocks (64 in the simulator), in chunks of at least 8 slabs."""
     BM, BN = tile.TM * tile.TY, tile.TN * tile.TX
     tiles = ((M + BM - 1) // BM) * ((N + BN - 1) // BN)
-    want, min_k = (64, 2 * tile.BK) if SIM else (512, 8 * tile.BK)   # blocks wanted; shortest chunk
-    nsplit = max(1, min(want // tiles, Kd // min_k))
+    want = 64 if SIM else 512                                         # blocks wanted
+    nsplit = max(1, min(want // tiles, Kd // shortest_chunk(tile)))
     kchunk = -(-Kd // nsplit) if nsplit > 1 else max(Kd, 1)
     return tiles, (-(-Kd // kchunk) if Kd else 1), kchunk
 
