@@ -185,8 +185,8 @@ def main():
                     help="the layers' matrix products use the prefetching tiles or the plain "
                          "ones (qlnumba.gpu.matmul.MATMUL_PREFETCH; default: the library's, on)")
     ap.add_argument("--team-loads", type=int, default=None,
-                    help="loads of h in flight per team_dot lane and pass (qlnumba.gpu.persistent."
-                         "TEAM_LOADS; default: the library's, 16)")
+                    help="loads of h in flight per team_dot lane and pass, 0 for no passes "
+                         "(qlnumba.gpu.persistent.TEAM_LOADS; default: the library's, 16)")
     ap.add_argument("--item-cols", type=int, choices=(4, 8), default=None,
                     help="columns of one team_dot item in the persistent loops (qlnumba.gpu."
                          "persistent.ITEM_COLS; default: the library's, 8)")
@@ -224,7 +224,7 @@ def main():
     from qlnumba.gpu import persistent as ps
     if args.matmul_prefetch:
         mm.MATMUL_PREFETCH = args.matmul_prefetch == "on"
-    if args.team_loads:
+    if args.team_loads is not None:
         ps.TEAM_LOADS = args.team_loads
     result["matmul_prefetch"], result["team_loads"] = mm.MATMUL_PREFETCH, ps.TEAM_LOADS
     if args.tensor_cores:

@@ -51,9 +51,12 @@ from .arrays import DEVICE_JIT, LINEINFO, SIM, THREADS, divmod32, index32, multi
 
 cuda = get_cuda()
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
-# loads of h (or δz) each team_dot lane issues together per pass (then it waits for them):
-# 16 is what the H100 runs measured; 32 halves the passes and compiles without spills in
-# the pass loop (ptxas, 128 registers), not yet timed (bench/gpu.py --team-loads 32)
+# loads of h (or δz) each team_dot lane issues together per pass (then it waits for them);
+# 0: no passes, every k through the one-k loop, which the compiler unrolls and pipelines.
+# On an H100 (eighteenth session, one run each, bench/results/README.md) 32 trained the
+# small shape 22% (QL-LSTM) and 10% (LSTM) faster than 16, and the large shape 1.4% slower.
+# There a pass of 32 loads is 512 k, more than H = 256, so QL-LSTM's loops and LSTM's
+# forward ran only the one-k loop; 0 (that loop at every shape) is not yet timed
 TEAM_LOADS = 16
 # columns of one team_dot item (4 or 8).  A step's loops read every row of h (or δz) from L2
 # once per group of ITEM_COLS columns: at (64, 1024, 300, 512) LSTM's forward and backward
@@ -83,9 +86,11 @@ def check_item_cols(item_cols):
 def persistent_kernels(dtype, item_rows, loads, item_cols):
     """The persistent step loops (and their device functions) for one float dtype,
     ``team_dot`` items of ``item_rows`` rows x ``item_cols`` columns, ``loads`` loads of h
-    in flight per lane and pass (compile-time constants: the register blocks need them)."""
-    if loads % item_rows or loads < item_rows:
-        raise ValueError(f"team_dot's loads per pass ({loads}) must be a multiple of its "
+    in flight per lane and pass (compile-time constants: the register blocks need them); with
+    ``loads`` 0 no passes: every k goes through the one-k loop, which the compiler unrolls
+    and pipelines itself."""
+    if loads < 0 or loads % item_rows:
+        raise ValueError(f"team_dot's loads per pass ({loads}) must be 0 or a multiple of its "
                          f"item rows ({item_rows})")
     check_item_cols(item_cols)
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
@@ -96,8 +101,9 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
     ROWS, COLS = item_rows, item_cols
     NOUT = COLS * ROWS                                  # outputs of one item
     KPASS = loads // ROWS                               # k per pass: `loads` loads of X in flight
-    NX = KPASS * ROWS                                   # (local array sizes must be constants)
-    KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64((KPASS - 1) * TEAM)
+    PASSES = KPASS > 0                                  # loads 0: the one-k loop only
+    NX = max(KPASS, 1) * ROWS                           # (local array sizes must be constants)
+    KSTEP, KLAST = np.uint64(KPASS * TEAM), np.uint64(max(KPASS - 1, 0) * TEAM)
 
     @cuda.jit(device=True, inline=True, **DEVICE_JIT)
     def padded(n):
@@ -181,7 +187,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                 kd = uint64(Kd)
                 w = uint64(c0 * Kd)                              # column c0's row of Ush
                 k = uint64(lane)
-                while k + KLAST < kd:                            # a pass: KPASS k, all loads first
+                while PASSES and k + KLAST < kd:                 # a pass: KPASS k, all loads first
                     for kk in range(KPASS):
                         for r in range(ROWS):
                             xv[kk * ROWS + r] = X[rows[r], k + uint64(kk * TEAM)]

@@ -53,3 +53,5 @@ def test_baseline_copy_runs_its_own_library(tmp_path):
     result = json.loads(out.read_text())
     assert Path(result["library"]).resolve() == (base / "qlnumba").resolve()
     assert result["shapes"] == {}
+    run("bench/gpu.py", "--shapes", "", "--team-loads", "0", "--json-out", str(out))
+    assert json.loads(out.read_text())["team_loads"] == 0            # 0 is a setting, not "unset"
