@@ -42,6 +42,14 @@ def test_ncu_top_ranks_stall_samples(tmp_path):
     assert "80.0%" in lines[1] and "LDG.E" in lines[1]
     assert lines[2].startswith("table 1: 2 rows, 1020 samples")
     assert "99.5%" in lines[3] and "HMMA" in lines[3]
+    # the SASS page's columns per stall reason: their shares, and each row's main reason
+    page.write_text('"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb","stall_wait",'
+                    '"stall_long_sb (Not Issued)"\n'
+                    '"0010","LDG.E R1, [R2.64]","120","100","20","90"\n"0020","FFMA R3, R1, R1, R3","30","0","30","0"\n')
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "ncu_top.py"), str(page)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[1] == "  stall reasons: long_sb 66.7%, wait 33.3%"
+    assert out[2].endswith("(long_sb)") and "LDG.E" in out[2] and out[3].endswith("(wait)")
 
 
 def test_sass_lines_counts_instructions_per_source_line():
