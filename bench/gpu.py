@@ -14,10 +14,15 @@ device).  Warm-up first (compilation excluded), medians, tokens/s and ratios
 against cuDNN (as torch ships it, and in strict FP32).
 
     python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2] [--item-rows 2,4]
-                        [--check] [--trainer] [--json-out FILE]
+                        [--team-loads 16,0] [--check] [--trainer] [--json-out FILE]
+
+Settings of the persistent loops given as lists (row groups, item rows, team loads) are timed
+side by side in one process, each checked against the CPU with ``--check``: one cuDNN timing
+for all of them, whose own rate moves between processes far more than ours.
 """
 import argparse
 import json
+from contextlib import contextmanager
 import os
 import platform
 import sys
@@ -40,32 +45,52 @@ def package_version(name):
         return None
 
 
-def check_against_cpu(qlnumba, shape, block_size, rng, row_groups=(None,), item_rows=(None,)):
+def check_against_cpu(qlnumba, shape, block_size, rng, row_groups=(None,), item_rows=(None,),
+                      team_loads=(None,)):
     """Max |GPU - CPU| / max |CPU| of out, dx and every gradient, float32, at a benchmark shape
     (many blocks on a real card, unlike the tests' tiny shapes), for each setting of the
-    persistent kernels (row groups x item rows)."""
+    persistent kernels (row groups x item rows x team loads)."""
     B, T, E, H = shape
     x = rng.standard_normal((B, T, E)).astype(np.float32)
     lengths = rng.integers(T // 2, T + 1, B)
     lengths[0] = T
     dout = rng.standard_normal((B, T, H)).astype(np.float32)
 
-    def run(psug, device, groups=None, rows=None):
+    def run(psug, device, groups=None, rows=None, loads=None):
         layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=block_size, device=device, seed=3)
         if device == "cuda":
             layer._cells[0][0].row_groups, layer._cells[0][0].item_rows = groups, rows
-        out, _ = layer.forward(x, lengths)
-        dx, grads = layer.backward(dout)
+        with using_team_loads(loads):
+            out, _ = layer.forward(x, lengths)
+            dx, grads = layer.backward(dout)
         return dict(out=out, dx=dx, **{f"grad_{k}": v for k, v in grads.items()})
 
     report = {}
     for kind, psug in (("ql", True), ("lstm", False)):
         cpu = run(psug, "cpu")
-        for g, i in ((g, i) for g in row_groups for i in item_rows):
-            gpu = run(psug, "cuda", g, i)
-            report[kind + ("" if g is None else f"_r{g}") + ("" if i is None else f"_i{i}")] = {
+        for g, i, n in ((g, i, n) for g in row_groups for i in item_rows for n in team_loads):
+            gpu = run(psug, "cuda", g, i, n)
+            report[kind + suffix(g, i, n)] = {
                 k: float(np.abs(gpu[k] - cpu[k]).max() / max(np.abs(cpu[k]).max(), 1e-30)) for k in cpu}
     return report
+
+
+def suffix(groups, rows, loads):
+    """A label's suffix for the persistent settings that are not the library's choice."""
+    return "".join("" if v is None else f"_{tag}{v}" for tag, v in (("r", groups), ("i", rows), ("l", loads)))
+
+
+@contextmanager
+def using_team_loads(loads):
+    """``with using_team_loads(n):`` the persistent loops take n loads per team_dot pass
+    (persistent.TEAM_LOADS, read at each launch); None leaves the setting alone."""
+    from qlnumba.gpu import persistent as ps
+    saved = ps.TEAM_LOADS
+    ps.TEAM_LOADS = saved if loads is None else loads
+    try:
+        yield
+    finally:
+        ps.TEAM_LOADS = saved
 
 
 def time_trainer(qlnumba, repeats, rng):
@@ -169,7 +194,7 @@ def main():
                     help="persistent path: row groups to time, comma-separated (default: the library's "
                          "choice); each gets its own label, suffixed _r<N>")
     ap.add_argument("--item-rows", default="default",
-                    help="persistent path: rows per team_dot item to time (2, 4), comma-separated; "
+                    help="persistent path: rows per team_dot item to time (1, 2, 4), comma-separated; "
                          "labels suffixed _i<N>")
     ap.add_argument("--trainer", action="store_true",
                     help="also time whole training steps of the IMDB model kinds on the device (CudaTrainer)")
@@ -184,9 +209,10 @@ def main():
     ap.add_argument("--matmul-prefetch", choices=("on", "off"), default=None,
                     help="the layers' matrix products use the prefetching tiles or the plain "
                          "ones (qlnumba.gpu.matmul.MATMUL_PREFETCH; default: the library's, on)")
-    ap.add_argument("--team-loads", type=int, default=None,
+    ap.add_argument("--team-loads", default=None,
                     help="loads of h in flight per team_dot lane and pass, 0 for no passes "
-                         "(qlnumba.gpu.persistent.TEAM_LOADS; default: the library's, 16)")
+                         "(qlnumba.gpu.persistent.TEAM_LOADS; default: the library's, 16); several, "
+                         "comma-separated, are timed side by side, labels suffixed _l<N>")
     ap.add_argument("--item-cols", type=int, choices=(4, 8), default=None,
                     help="columns of one team_dot item in the persistent loops (qlnumba.gpu."
                          "persistent.ITEM_COLS; default: the library's, 8)")
@@ -224,9 +250,12 @@ def main():
     from qlnumba.gpu import persistent as ps
     if args.matmul_prefetch:
         mm.MATMUL_PREFETCH = args.matmul_prefetch == "on"
-    if args.team_loads is not None:
-        ps.TEAM_LOADS = args.team_loads
-    result["matmul_prefetch"], result["team_loads"] = mm.MATMUL_PREFETCH, ps.TEAM_LOADS
+    loads = [None] if args.team_loads is None else settings(args.team_loads)
+    if len(loads) == 1:                  # one setting: the library's for the whole run, no label
+        ps.TEAM_LOADS = ps.TEAM_LOADS if loads[0] is None else loads[0]
+        loads = [None]
+    result["matmul_prefetch"], result["team_loads"] = mm.MATMUL_PREFETCH, (
+        ps.TEAM_LOADS if loads == [None] else [ps.TEAM_LOADS if n is None else n for n in loads])
     if args.tensor_cores:
         mm.MATMUL_TENSOR_CORES = args.tensor_cores
     if args.item_cols:
@@ -247,7 +276,7 @@ def main():
     groups, item_rows = settings(args.row_groups), settings(args.item_rows)
     if args.check:
         result["check_vs_cpu_max_rel_err"] = {
-            name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, groups, item_rows)
+            name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, groups, item_rows, loads)
             for name in args.check_shapes.split(",")}
         print(json.dumps({"check_vs_cpu_max_rel_err": result["check_vs_cpu_max_rel_err"]}), flush=True)
     for name in filter(None, args.shapes.split(",")):     # --shapes "": the versions alone
@@ -256,14 +285,16 @@ def main():
         x = rng.standard_normal((B, T, E)).astype(np.float32)
         dout = rng.standard_normal((B, T, H)).astype(np.float32)
         row = {"B": B, "T": T, "E": E, "H": H, "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
-        cases = [(f"qlnumba_{kind}_{path}" + ("" if g is None or path != "persistent" else f"_r{g}")
-                  + ("" if i is None or path != "persistent" else f"_i{i}"), psug, path, g, i)
+        # (label, psug, path, row groups, item rows, team loads): the persistent path's settings
+        # crossed, the simple path's all None
+        cases = [(f"qlnumba_{kind}_{path}" + suffix(g, i, n), psug, path, g, i, n)
                  for path in args.paths.split(",") for kind, psug in (("ql", True), ("lstm", False))
                  for g in (groups if path == "persistent" else [None])
-                 for i in (item_rows if path == "persistent" else [None])]
+                 for i in (item_rows if path == "persistent" else [None])
+                 for n in (loads if path == "persistent" else [None])]
         d_x, d_dout = cuda.to_device(x), cuda.to_device(dout)
         lengths = np.full(B, T, np.int64)
-        for label, psug, path, g, i in cases:
+        for label, psug, path, g, i, n in cases:
             layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=args.block_size,
                                    device="cuda", seed=0)
             cell = layer._cells[0][0]
@@ -279,15 +310,17 @@ def main():
             def infer(cell=cell, params=params):
                 cell.forward_device(d_x, lengths, None, params, need_grad=False)
 
-            row["train_tokens_per_s"][label] = tokens / median_time(train, args.repeats, cuda.synchronize)
-            row["infer_tokens_per_s"][label] = tokens / median_time(infer, args.repeats, cuda.synchronize)
-            if args.host_api:
-                def host_train(layer=layer):
-                    layer.forward(x)
-                    layer.backward(dout)
-                row["train_tokens_per_s"][label + "_host_api"] = tokens / median_time(host_train, args.repeats)
+            def host_train(layer=layer):
+                layer.forward(x)
+                layer.backward(dout)
+
+            with using_team_loads(n):
+                row["train_tokens_per_s"][label] = tokens / median_time(train, args.repeats, cuda.synchronize)
+                row["infer_tokens_per_s"][label] = tokens / median_time(infer, args.repeats, cuda.synchronize)
+                if args.host_api:
+                    row["train_tokens_per_s"][label + "_host_api"] = tokens / median_time(host_train, args.repeats)
         row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, g, i)
-                                          for lab, psug, path, g, i in cases if path == "persistent"}
+                                          for lab, psug, path, g, i, _ in cases if path == "persistent"}
         if torch is not None and torch.cuda.is_available():
             xt = torch.from_numpy(x).cuda()
             dt = torch.from_numpy(dout).cuda()

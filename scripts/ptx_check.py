@@ -201,7 +201,8 @@ def main():
             # (the options for speed are float32's, and each compile adds to the suite's time)
             configs = [(p, 2, 16, 4) for p in grec.PATHS] + [("persistent", 4, 16, 4), ("persistent", 2, 16, 8)]
             if dtype != np.float64:
-                configs += [("persistent", 4, 32, 4), ("persistent", 2, 32, 8), ("persistent", 2, 0, 8)]
+                configs += [("persistent", 4, 32, 4), ("persistent", 2, 32, 8), ("persistent", 2, 0, 8),
+                            ("persistent", 1, 16, 8)]
             if args.loops:
                 if (psug, hgr) != (True, True):       # psug and hgr are the kernels' run-time flags
                     continue

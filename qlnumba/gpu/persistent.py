@@ -455,7 +455,9 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, ite
     slices of U (and V_s, V_m) and the team partials must fit the block's dynamic
     shared memory (``shared_limit``).  More row groups mean fewer rows of h (or δz)
     for each block to read per step, but more units, so larger slices of U.
-    ``team_dot`` items of ``item_rows`` rows (2 or 4): 4 halves the rounds of a step.
+    ``team_dot`` items of ``item_rows`` rows (1, 2 or 4): 4 halves the rounds of a step; 1
+    doubles the items, so that a part with fewer items than teams (QL-LSTM at H = 256, B =
+    32: 8 items of 2 rows for 16 teams) keeps more of its teams at work (not yet timed).
     The defaults (None) were measured on an H100 (bench/results/README.md): two row
     groups from 16 rows up (else one); with items of 4 columns, items of 4 rows where a
     group has 4 rows (else 2): at (B, T, E, H) = (64, 1024, 300, 512) that trained
@@ -472,8 +474,8 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, ite
     cols = ITEM_COLS if item_cols is None else int(item_cols)
     check_item_cols(cols)
     rows = (4 if -(-B // rgroups) >= 4 and cols == 4 else 2) if item_rows is None else int(item_rows)
-    if rows not in (2, 4):
-        raise ValueError(f"item_rows must be 2 or 4, got {item_rows!r}")
+    if rows not in (1, 2, 4):
+        raise ValueError(f"item_rows must be 1, 2 or 4, got {item_rows!r}")
     blocks = min(3, H) * rgroups if SIM else multiprocessors()
     if blocks < rgroups:
         return None

@@ -119,10 +119,10 @@ WIDE_SETTINGS = [(1, 2, 16, 4), (1, 4, 16, 4), (2, 4, 16, 4), (3, 4, 16, 4), (2,
                          [(False, False, *w) for w in WIDE_SETTINGS]
                          + [(True, True, *w) for w in WIDE_SETTINGS]
                          + [(False, False, 1, 2, 16, 8), (True, True, 2, 4, 16, 8),
-                            (True, True, 1, 2, 0, 8)],
+                            (True, True, 1, 2, 0, 8), (False, False, 1, 1, 4, 8), (True, True, 2, 1, 16, 8)],
                          ids=[f"{kind}-groups{g}-rows{r}-loads{n}" for kind in ("lstm", "ql")
                               for g, r, n, _ in WIDE_SETTINGS]
-                         + ["lstm-2x8", "ql-4x8-groups2", "ql-2x8-loads0"])
+                         + ["lstm-2x8", "ql-4x8-groups2", "ql-2x8-loads0", "lstm-1x8", "ql-1x8-groups2"])
 def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, loads, item_cols,
                                           monkeypatch):
     """H = 30: every part holds several units and team_dot's passes run (eight k for items
@@ -130,10 +130,10 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, load
     only reach its remainder loop); K = 1 closes a block at every step.  Two row groups:
     parts own rows [0, 2) or [2, 3) as well as units; three: one row each (a group shorter
     than an item, as many row groups make on a GPU).  Items of 2 or 4 rows (more than a
-    group has: rows repeat).  32 loads per pass: passes of eight k; 0: no passes, every k
-    through the one-k loop.  Items of 8 columns:
-    a part's 10 units pad to 16 columns (LSTM backward, QL-LSTM, V_s and V_m), LSTM's
-    forward has 40."""
+    group has: rows repeat), and of 1 row (with 4 loads: passes of four k).  32 loads per
+    pass: passes of eight k; 0: no passes, every k through the one-k loop.  Items of 8
+    columns: a part's 10 units pad to 16 columns (LSTM backward, QL-LSTM, V_s and V_m),
+    LSTM's forward has 40."""
     from qlnumba.gpu import persistent as ps
     monkeypatch.setattr(ps, "TEAM_LOADS", loads)
     rng = make_rng(63)
@@ -200,7 +200,8 @@ def test_persistent_plan_defaults_and_checks():
     with pytest.raises(ValueError, match="item_cols"):
         persistent_plan(32, 8, 8, 8, True, item_cols=6)
     assert persistent_plan(32, 8, 32, 8, False, row_groups=1, item_rows=2).item_rows == 2
-    with pytest.raises(ValueError, match="item_rows"):
+    assert persistent_plan(32, 8, 8, 8, True, item_rows=1).item_rows == 1
+    with pytest.raises(ValueError, match="item_rows must be 1, 2 or 4"):
         persistent_plan(32, 8, 8, 8, True, item_rows=3)
     # the loops' index arithmetic is 32-bit: past it, the per-step path
     assert persistent_plan(2 ** 20, 512, 4 * 512, 4, False) is None

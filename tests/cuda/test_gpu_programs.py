@@ -34,6 +34,20 @@ def test_gpu_benchmark_runs_with_its_options(tmp_path):
                                                                     "qlnumba_lstm_persistent"}
 
 
+def test_gpu_benchmark_checks_settings_side_by_side(tmp_path):
+    """Lists of the persistent loops' settings: every combination checked against the CPU in
+    one process, under its own label (the library's choice: no suffix); the timings take the
+    same labels (``suffix``).  No timing here: the simulator would take minutes."""
+    out = tmp_path / "gpu.json"
+    run("bench/gpu.py", "--shapes", "", "--item-rows", "1", "--team-loads", "default,0",
+        "--check", "--check-shapes", "tiny", "--json-out", str(out))
+    result = json.loads(out.read_text())
+    assert result["team_loads"] == [16, 0]
+    checks = result["check_vs_cpu_max_rel_err"]["tiny"]
+    assert set(checks) == {f"{kind}_i1{loads}" for kind in ("ql", "lstm") for loads in ("", "_l0")}
+    assert all(err < 1e-4 for case in checks.values() for err in case.values())
+
+
 def test_gpu_profile_and_ncu_driver_run():
     profile = run("bench/gpu_profile.py", "--shapes", "tiny", "--tensor-cores", "tf32")
     assert "persistent_forward" in profile and "matmul 128x128tf32" in profile
