@@ -14,15 +14,18 @@ device).  Warm-up first (compilation excluded), medians, tokens/s and ratios
 against cuDNN (as torch ships it, and in strict FP32).
 
     python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2] [--item-rows 2,4]
-                        [--team-loads 16,0] [--check] [--trainer] [--json-out FILE]
+                        [--item-cols 8,4] [--team-loads 16,0] [--check] [--trainer] [--json-out FILE]
 
-Settings of the persistent loops given as lists (row groups, item rows, team loads) are timed
+Settings of the persistent loops given as lists (row groups, item rows and columns, team loads;
+"default" for the library's choice) are timed
 side by side in one process, each checked against the CPU with ``--check``: one cuDNN timing
 for all of them, whose own rate moves between processes far more than ours.
 """
 import argparse
 import json
+from collections import namedtuple
 from contextlib import contextmanager
+from itertools import product
 import os
 import platform
 import sys
@@ -45,22 +48,27 @@ def package_version(name):
         return None
 
 
-def check_against_cpu(qlnumba, shape, block_size, rng, row_groups=(None,), item_rows=(None,),
-                      team_loads=(None,)):
+# one setting of the persistent loops; None: the library's choice (a plan's default, or
+# persistent.ITEM_COLS / TEAM_LOADS)
+Setting = namedtuple("Setting", "groups rows cols loads")
+LIBRARY = Setting(None, None, None, None)
+
+
+def check_against_cpu(qlnumba, shape, block_size, rng, persistent=(LIBRARY,)):
     """Max |GPU - CPU| / max |CPU| of out, dx and every gradient, float32, at a benchmark shape
-    (many blocks on a real card, unlike the tests' tiny shapes), for each setting of the
-    persistent kernels (row groups x item rows x team loads)."""
+    (many blocks on a real card, unlike the tests' tiny shapes), for each ``Setting`` of the
+    persistent loops."""
     B, T, E, H = shape
     x = rng.standard_normal((B, T, E)).astype(np.float32)
     lengths = rng.integers(T // 2, T + 1, B)
     lengths[0] = T
     dout = rng.standard_normal((B, T, H)).astype(np.float32)
 
-    def run(psug, device, groups=None, rows=None, loads=None):
+    def run(psug, device, setting=LIBRARY):
         layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=block_size, device=device, seed=3)
         if device == "cuda":
-            layer._cells[0][0].row_groups, layer._cells[0][0].item_rows = groups, rows
-        with using_team_loads(loads):
+            configure(layer._cells[0][0], setting)
+        with using_team_loads(setting.loads):
             out, _ = layer.forward(x, lengths)
             dx, grads = layer.backward(dout)
         return dict(out=out, dx=dx, **{f"grad_{k}": v for k, v in grads.items()})
@@ -68,16 +76,22 @@ def check_against_cpu(qlnumba, shape, block_size, rng, row_groups=(None,), item_
     report = {}
     for kind, psug in (("ql", True), ("lstm", False)):
         cpu = run(psug, "cpu")
-        for g, i, n in ((g, i, n) for g in row_groups for i in item_rows for n in team_loads):
-            gpu = run(psug, "cuda", g, i, n)
-            report[kind + suffix(g, i, n)] = {
+        for setting in persistent:
+            gpu = run(psug, "cuda", setting)
+            report[kind + suffix(setting)] = {
                 k: float(np.abs(gpu[k] - cpu[k]).max() / max(np.abs(cpu[k]).max(), 1e-30)) for k in cpu}
     return report
 
 
-def suffix(groups, rows, loads):
-    """A label's suffix for the persistent settings that are not the library's choice."""
-    return "".join("" if v is None else f"_{tag}{v}" for tag, v in (("r", groups), ("i", rows), ("l", loads)))
+def suffix(setting):
+    """A label's suffix for the parts of a ``Setting`` that are not the library's choice:
+    _r<row groups>_i<item rows>_c<item columns>_l<team loads>."""
+    return "".join("" if v is None else f"_{tag}{v}" for tag, v in zip("ricl", setting))
+
+
+def configure(cell, setting):
+    """A CudaQLCell's persistent plan options from ``setting`` (its team loads: using_team_loads)."""
+    cell.row_groups, cell.item_rows, cell.item_cols = setting.groups, setting.rows, setting.cols
 
 
 @contextmanager
@@ -156,17 +170,17 @@ def time_matmul_tiles(tiles, shape, repeats, rng):
     return out
 
 
-def kernel_resources():
-    """Registers and local memory per thread of the compiled persistent kernels (those the
-    layers ran, items of 2 and 4 rows)."""
+def kernel_resources(kernels):
+    """Registers and local memory per thread of the compiled persistent kernels, for each
+    (item rows, team loads, item cols) of ``kernels`` (those the layers ran)."""
     from qlnumba.gpu import persistent as ps
     out = {}
-    for rows in (2, 4):
+    for rows, loads, cols in sorted(kernels):
         for name in ("persistent_forward", "persistent_backward"):
-            disp = ps.persistent_kernels(np.dtype(np.float32), rows, ps.TEAM_LOADS, ps.ITEM_COLS)[name]
+            disp = ps.persistent_kernels(np.dtype(np.float32), rows, loads, cols)[name]
             for i, kern in enumerate(disp.overloads.values()):
-                out[f"{name} item rows {rows} cols {ps.ITEM_COLS} [{i}]"] = {
-                    "registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
+                out[f"{name} item rows {rows} cols {cols}" + ("" if loads == ps.TEAM_LOADS else f" loads {loads}")
+                    + f" [{i}]"] = {"registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
     return out
 
 
@@ -176,11 +190,11 @@ def settings(text):
     return [None if v == "default" else int(v) for v in text.split(",")]
 
 
-def layer_plan(B, H, psug, row_groups, item_rows):
-    """The persistent kernels' plan at this size as a dict (None: the cell falls back to
-    the simple path)."""
+def layer_plan(B, H, psug, setting):
+    """The persistent kernels' plan at this size for ``setting``, as a dict (None: the cell
+    falls back to the simple path)."""
     from qlnumba.gpu.persistent import persistent_plan
-    plan = persistent_plan(B, H, H if psug else 4 * H, 4, psug, row_groups, item_rows)
+    plan = persistent_plan(B, H, H if psug else 4 * H, 4, psug, setting.groups, setting.rows, setting.cols)
     return None if plan is None else plan._asdict()
 
 
@@ -213,9 +227,10 @@ def main():
                     help="loads of h in flight per team_dot lane and pass, 0 for no passes "
                          "(qlnumba.gpu.persistent.TEAM_LOADS; default: the library's, 16); several, "
                          "comma-separated, are timed side by side, labels suffixed _l<N>")
-    ap.add_argument("--item-cols", type=int, choices=(4, 8), default=None,
-                    help="columns of one team_dot item in the persistent loops (qlnumba.gpu."
-                         "persistent.ITEM_COLS; default: the library's, 8)")
+    ap.add_argument("--item-cols", default=None,
+                    help="columns of one team_dot item in the persistent loops, 4 or 8 (qlnumba.gpu."
+                         "persistent.ITEM_COLS; default: the library's, 8); several, comma-separated, "
+                         "are timed side by side, labels suffixed _c<N>")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
                          "TF32 products for float32's accuracy (qlnumba.gpu.matmul."
@@ -250,22 +265,25 @@ def main():
     from qlnumba.gpu import persistent as ps
     if args.matmul_prefetch:
         mm.MATMUL_PREFETCH = args.matmul_prefetch == "on"
-    loads = [None] if args.team_loads is None else settings(args.team_loads)
-    if len(loads) == 1:                  # one setting: the library's for the whole run, no label
-        ps.TEAM_LOADS = ps.TEAM_LOADS if loads[0] is None else loads[0]
-        loads = [None]
-    result["matmul_prefetch"], result["team_loads"] = mm.MATMUL_PREFETCH, (
-        ps.TEAM_LOADS if loads == [None] else [ps.TEAM_LOADS if n is None else n for n in loads])
+    # --team-loads and --item-cols: one value sets the library's setting for the whole run
+    # (no label); several are timed side by side, like --row-groups and --item-rows
+    loads, cols = (settings(args.team_loads or "default"), settings(args.item_cols or "default"))
+    if cols != [None] and not set(cols) <= {None, 4, 8}:
+        ap.error(f"--item-cols: 4 or 8, got {args.item_cols}")
+    if len(loads) == 1:
+        ps.TEAM_LOADS, loads = ps.TEAM_LOADS if loads[0] is None else loads[0], [None]
+    if len(cols) == 1:
+        ps.ITEM_COLS, cols = ps.ITEM_COLS if cols[0] is None else cols[0], [None]
+    listed = lambda values, library: library if values == [None] else [library if v is None else v for v in values]  # noqa: E731
+    result["matmul_prefetch"], result["team_loads"] = mm.MATMUL_PREFETCH, listed(loads, ps.TEAM_LOADS)
     if args.tensor_cores:
         mm.MATMUL_TENSOR_CORES = args.tensor_cores
-    if args.item_cols:
-        ps.ITEM_COLS = args.item_cols
     if args.matmul_tile:
         if args.matmul_tile not in mm.TILES:
             ap.error(f"--matmul-tile: not one of {sorted(mm.TILES)}")
         mm.MATMUL_TILE = args.matmul_tile
     result["matmul_tile"] = mm.MATMUL_TILE
-    result["tensor_cores"], result["item_cols"] = mm.MATMUL_TENSOR_CORES, ps.ITEM_COLS
+    result["tensor_cores"], result["item_cols"] = mm.MATMUL_TENSOR_CORES, listed(cols, ps.ITEM_COLS)
     try:
         import torch
         result["versions"]["torch"] = torch.__version__
@@ -273,32 +291,32 @@ def main():
     except ImportError:
         torch = None
     rng = np.random.default_rng(0)
-    groups, item_rows = settings(args.row_groups), settings(args.item_rows)
+    persistent = [Setting(*values) for values in product(settings(args.row_groups), settings(args.item_rows),
+                                                          cols, loads)]
     if args.check:
         result["check_vs_cpu_max_rel_err"] = {
-            name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, groups, item_rows, loads)
+            name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, persistent)
             for name in args.check_shapes.split(",")}
         print(json.dumps({"check_vs_cpu_max_rel_err": result["check_vs_cpu_max_rel_err"]}), flush=True)
-    for name in filter(None, args.shapes.split(",")):     # --shapes "": the versions alone
+    shapes_run = list(filter(None, args.shapes.split(",")))     # --shapes "": the versions alone
+    for name in shapes_run:
         B, T, E, H = SHAPES[name]
         tokens = B * T
         x = rng.standard_normal((B, T, E)).astype(np.float32)
         dout = rng.standard_normal((B, T, H)).astype(np.float32)
         row = {"B": B, "T": T, "E": E, "H": H, "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
-        # (label, psug, path, row groups, item rows, team loads): the persistent path's settings
-        # crossed, the simple path's all None
-        cases = [(f"qlnumba_{kind}_{path}" + suffix(g, i, n), psug, path, g, i, n)
+        # (label, psug, path, setting): each of the persistent path's settings
+        cases = [(f"qlnumba_{kind}_{path}" + suffix(setting), psug, path, setting)
                  for path in args.paths.split(",") for kind, psug in (("ql", True), ("lstm", False))
-                 for g in (groups if path == "persistent" else [None])
-                 for i in (item_rows if path == "persistent" else [None])
-                 for n in (loads if path == "persistent" else [None])]
+                 for setting in (persistent if path == "persistent" else [LIBRARY])]
         d_x, d_dout = cuda.to_device(x), cuda.to_device(dout)
         lengths = np.full(B, T, np.int64)
-        for label, psug, path, g, i, n in cases:
+        for label, psug, path, setting in cases:
             layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=args.block_size,
                                    device="cuda", seed=0)
             cell = layer._cells[0][0]
-            cell.path, cell.row_groups, cell.item_rows = path, g, i
+            cell.path = path
+            configure(cell, setting)
             params, grads = cell.device_params(), cell.device_grads()
 
             # state None: zero initial state, the final state left on the device (as torch's
@@ -314,13 +332,13 @@ def main():
                 layer.forward(x)
                 layer.backward(dout)
 
-            with using_team_loads(n):
+            with using_team_loads(setting.loads):
                 row["train_tokens_per_s"][label] = tokens / median_time(train, args.repeats, cuda.synchronize)
                 row["infer_tokens_per_s"][label] = tokens / median_time(infer, args.repeats, cuda.synchronize)
                 if args.host_api:
                     row["train_tokens_per_s"][label + "_host_api"] = tokens / median_time(host_train, args.repeats)
-        row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, g, i)
-                                          for lab, psug, path, g, i, _ in cases if path == "persistent"}
+        row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, setting)
+                                          for lab, psug, path, setting in cases if path == "persistent"}
         if torch is not None and torch.cuda.is_available():
             xt = torch.from_numpy(x).cuda()
             dt = torch.from_numpy(dout).cuda()
@@ -349,7 +367,10 @@ def main():
         result["shapes"][name] = row
         print(json.dumps({name: row}), flush=True)
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and "persistent" in args.paths:
-        result["kernel_resources"] = kernel_resources()
+        plans = [(layer_plan(B, H, psug, st), st.loads) for B, _, _, H in (SHAPES[n] for n in shapes_run)
+                 for psug in (True, False) for st in persistent]
+        result["kernel_resources"] = kernel_resources(
+            {(p["item_rows"], ps.TEAM_LOADS if n is None else n, p["item_cols"]) for p, n in plans if p})
     if args.trainer:
         result["trainer"] = time_trainer(qlnumba, args.repeats, rng)
         print(json.dumps({"trainer": result["trainer"]}), flush=True)

@@ -39,12 +39,13 @@ def test_gpu_benchmark_checks_settings_side_by_side(tmp_path):
     one process, under its own label (the library's choice: no suffix); the timings take the
     same labels (``suffix``).  No timing here: the simulator would take minutes."""
     out = tmp_path / "gpu.json"
-    run("bench/gpu.py", "--shapes", "", "--item-rows", "1", "--team-loads", "default,0",
+    run("bench/gpu.py", "--shapes", "", "--item-rows", "1", "--item-cols", "default,4", "--team-loads", "default,0",
         "--check", "--check-shapes", "tiny", "--json-out", str(out))
     result = json.loads(out.read_text())
-    assert result["team_loads"] == [16, 0]
+    assert result["team_loads"] == [16, 0] and result["item_cols"] == [8, 4]
     checks = result["check_vs_cpu_max_rel_err"]["tiny"]
-    assert set(checks) == {f"{kind}_i1{loads}" for kind in ("ql", "lstm") for loads in ("", "_l0")}
+    assert set(checks) == {f"{kind}_i1{cols}{loads}" for kind in ("ql", "lstm") for cols in ("", "_c4")
+                           for loads in ("", "_l0")}
     assert all(err < 1e-4 for case in checks.values() for err in case.values())
 
 
