@@ -16,10 +16,10 @@ against cuDNN (as torch ships it, and in strict FP32).
     python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2] [--item-rows 2,4]
                         [--item-cols 8,4] [--team-loads 16,0] [--check] [--trainer] [--json-out FILE]
 
-Settings of the persistent loops given as lists (row groups, item rows and columns, team loads;
-"default" for the library's choice) are timed
-side by side in one process, each checked against the CPU with ``--check``: one cuDNN timing
-for all of them, whose own rate moves between processes far more than ours.
+Settings of the persistent loops given as lists (row groups, item rows and columns, team
+loads; "default" for the library's choice) are timed side by side in one process, each checked
+against the CPU with ``--check``: one cuDNN timing for all of them, whose own rate moves
+between processes far more than ours.
 """
 import argparse
 import json
@@ -366,6 +366,12 @@ def main():
                 row[f"{mode}_ratio_vs_cudnn"] = {k: v / tps["torch_cudnn_lstm"] for k, v in tps.items()}
         result["shapes"][name] = row
         print(json.dumps({name: row}), flush=True)
+
+    def save():
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(result, f, indent=1)
+    save()                              # the timings are kept whatever fails after them
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and "persistent" in args.paths:
         plans = [(layer_plan(B, H, psug, st), st.loads) for B, _, _, H in (SHAPES[n] for n in shapes_run)
                  for psug in (True, False) for st in persistent]
@@ -374,11 +380,6 @@ def main():
     if args.trainer:
         result["trainer"] = time_trainer(qlnumba, args.repeats, rng)
         print(json.dumps({"trainer": result["trainer"]}), flush=True)
-
-    def save():
-        if args.json_out:
-            with open(args.json_out, "w") as f:
-                json.dump(result, f, indent=1)
     save()
     if args.matmul_tiles:               # last, after a save: a tile that faulted on a card
         result["matmul_tiles"] = time_matmul_tiles(args.matmul_tiles.split(","),     # loses only this
