@@ -12,15 +12,16 @@
 #      the ones on what changed since the last card run), then the rest, each run stopped by
 #      the time left.  -v names every test as it ends, so a run that the timeout stops still
 #      says which passed (the fourteenth session's -q log could only be counted).
-# Example (the plan for the next card: gpu-variants.sh's default tiles, among them the cp.async,
-# the register-capped ones and the default with every slab tested, then the layers on the
-# sixteenth session's code (@baseline: scripts/make-baseline.sh d81aaab first, and the call
-# carries baseline/), with the fastest tile, and with 32 loads per team_dot pass (never timed
-# yet); the stalls of QL-LSTM's step loops and of LSTM's loops and products; then the tests):
-#   VARIANTS="@baseline|--matmul-tile @best-tile|--team-loads 32" \
-#   NCU_RUNS="KIND=ql; KIND=lstm TAG=lstm_all KERNELS=persistent_|matmul SKIP=0 COUNT=6" \
-#   FIRST_TESTS="persistent or layer_equals_cpu or tensor_core or tf32 or async or slab or register or untested or gru" \
+# Example (the plan for the next card, eighteenth session: in one benchmark process, items of
+# 1 row, items of 4 columns and team_dot with no passes (TEAM_LOADS 0), each alone and together,
+# beside the defaults at both shapes, each checked against the CPU; no tiles, variants or
+# profiles; then the tests that have not run on a card since they changed, then the rest):
+#   ITEM_ROWS=default,1 ITEM_COLS=default,4 TEAM_LOADS=default,0 BENCH_TIMEOUT=420 \
+#   MATMUL_TILES= VARIANTS= FIRST_TESTS="loads0 or 1x8 or side_by_side or uneven or plan or device_calls or gru" \
 #   bash scripts/gpu-session.sh
+# (The eighteenth session's call, which timed the seventeenth session's code against
+# d81aaab's: VARIANTS="@baseline|--matmul-tile @best-tile|--team-loads 32" NCU_RUNS="KIND=ql;
+# KIND=lstm TAG=lstm_all KERNELS=persistent_|matmul SKIP=0 COUNT=6" and FIRST_TESTS.)
 # Files go to $OUT (or bench/results): gpu-variants.sh's, ncu_TAG.tar.gz per profile, and
 # gpu_cuda_tests.log.  SKIP_BENCH=1 leaves out step 1 (for a dry run in the simulator:
 # NUMBA_ENABLE_CUDASIM=1).
