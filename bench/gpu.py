@@ -267,15 +267,19 @@ def main():
         mm.MATMUL_PREFETCH = args.matmul_prefetch == "on"
     # --team-loads and --item-cols: one value sets the library's setting for the whole run
     # (no label); several are timed side by side, like --row-groups and --item-rows
-    loads, cols = (settings(args.team_loads or "default"), settings(args.item_cols or "default"))
-    if cols != [None] and not set(cols) <= {None, 4, 8}:
+    loads, cols = settings(args.team_loads or "default"), settings(args.item_cols or "default")
+    if not set(cols) <= {None, 4, 8}:
         ap.error(f"--item-cols: 4 or 8, got {args.item_cols}")
+    if any(n is not None and n < 0 for n in loads):
+        ap.error(f"--team-loads: 0 or more, got {args.team_loads}")
     if len(loads) == 1:
         ps.TEAM_LOADS, loads = ps.TEAM_LOADS if loads[0] is None else loads[0], [None]
     if len(cols) == 1:
         ps.ITEM_COLS, cols = ps.ITEM_COLS if cols[0] is None else cols[0], [None]
-    listed = lambda values, library: library if values == [None] else [library if v is None else v for v in values]  # noqa: E731
-    result["matmul_prefetch"], result["team_loads"] = mm.MATMUL_PREFETCH, listed(loads, ps.TEAM_LOADS)
+
+    def recorded(values, library):     # the JSON's value: the one setting, or the list timed
+        return library if values == [None] else [library if v is None else v for v in values]
+    result["matmul_prefetch"], result["team_loads"] = mm.MATMUL_PREFETCH, recorded(loads, ps.TEAM_LOADS)
     if args.tensor_cores:
         mm.MATMUL_TENSOR_CORES = args.tensor_cores
     if args.matmul_tile:
@@ -283,7 +287,7 @@ def main():
             ap.error(f"--matmul-tile: not one of {sorted(mm.TILES)}")
         mm.MATMUL_TILE = args.matmul_tile
     result["matmul_tile"] = mm.MATMUL_TILE
-    result["tensor_cores"], result["item_cols"] = mm.MATMUL_TENSOR_CORES, listed(cols, ps.ITEM_COLS)
+    result["tensor_cores"], result["item_cols"] = mm.MATMUL_TENSOR_CORES, recorded(cols, ps.ITEM_COLS)
     try:
         import torch
         result["versions"]["torch"] = torch.__version__

@@ -56,6 +56,16 @@ def test_gpu_profile_and_ncu_driver_run():
                                                       "--kind", "lstm")
 
 
+def test_gpu_benchmark_refuses_bad_settings():
+    """A setting the loops cannot take is refused before anything runs, with the option's name."""
+    for option, value, message in (("--item-cols", "8,6", "--item-cols: 4 or 8"),
+                                   ("--team-loads", "16,-2", "--team-loads: 0 or more")):
+        done = subprocess.run([sys.executable, "bench/gpu.py", "--shapes", "", option, value], cwd=ROOT,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+
+
 def test_baseline_copy_runs_its_own_library(tmp_path):
     """scripts/make-baseline.sh puts a commit's qlnumba/ and bench/ in a folder, and that
     bench/gpu.py imports the qlnumba beside it, not the working tree's (the "@baseline" A/B
