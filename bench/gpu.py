@@ -10,8 +10,12 @@ Step loops timed: "persistent" (one cooperative launch for all steps, the defaul
 layer API (host arrays in and out, parameters copied each call).  ``--check``
 first compares the GPU layer with the CPU layer (at ``--check-shapes``); ``--trainer``
 times whole ``CudaTrainer`` steps (embedding, layer, head, BPTT, AdamW on the
-device).  Warm-up first (compilation excluded), medians, tokens/s and ratios
-against cuDNN (as torch ships it, and in strict FP32).
+device).  Warm-up first (compilation excluded), then rounds: each case is timed in
+``--repeats`` rounds, and each round also runs cuDNN (as torch ships it, and in strict
+FP32) right after it.  Tokens/s are medians; a case's ratio to cuDNN is the median of its
+rounds' ratios (``train_ratio_rounds`` holds each round's), so that a drift of the card's
+speed between cases or processes falls on both sides of it.  cuDNN's own tokens/s pools
+its rounds of every case.
 
     python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2] [--item-rows 2,4]
                         [--item-cols 8,4] [--team-loads 16,0] [--check] [--trainer] [--json-out FILE]
@@ -28,6 +32,7 @@ from contextlib import contextmanager
 from itertools import product
 import os
 import platform
+import statistics
 import sys
 
 import numpy as np
@@ -35,9 +40,10 @@ import numpy as np
 if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack                   # numba-cuda 0.30 against numpy 2.5
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from timing import median_time  # noqa: E402  (bench/ is the script's folder)
+from timing import interleaved_times, median_time, round_speedups  # noqa: E402  (bench/ is the script's folder)
 
 SHAPES = {"small": (32, 256, 128, 256), "large": (64, 1024, 300, 512), "tiny": (2, 4, 2, 3)}
+WARMUP = 2          # untimed calls of each contender before its rounds (allocators, clocks)
 
 
 def package_version(name):
@@ -105,6 +111,70 @@ def using_team_loads(loads):
         yield
     finally:
         ps.TEAM_LOADS = saved
+
+
+def cudnn_contenders(torch, x, dout, E, H):
+    """PyTorch's nn.LSTM on the device (cuDNN) for a benchmark shape: name -> {"train": fn,
+    "infer": fn, "allow_tf32": flag}, as torch ships it (TF32 allowed by default) and in strict
+    FP32 (as qlnumba computes).  Each function sets torch's TF32 flag itself, so the two can
+    be timed in the same rounds."""
+    xt, dt = torch.from_numpy(x).cuda(), torch.from_numpy(dout).cuda()
+    out = {}
+    for label, tf32 in (("torch_cudnn_lstm", torch.backends.cudnn.allow_tf32),
+                        ("torch_cudnn_lstm_strict_fp32", False)):
+        lstm = torch.nn.LSTM(E, H, batch_first=True).cuda()
+
+        def train(lstm=lstm, tf32=tf32):
+            torch.backends.cudnn.allow_tf32 = tf32
+            y, _ = lstm(xt)
+            y.backward(dt)
+
+        def infer(lstm=lstm, tf32=tf32):
+            torch.backends.cudnn.allow_tf32 = tf32
+            with torch.inference_mode():
+                lstm(xt)
+        out[label] = {"train": train, "infer": infer, "allow_tf32": bool(tf32)}
+    return out
+
+
+class SideBySide:
+    """Fills a shape's ``row`` of the JSON: each case timed in rounds with every contender
+    (``cudnn_contenders``; none without a card for torch), so each round runs cuDNN right
+    after the case.
+
+    ``time(label, mode, fn)``: the case's tokens/s (median), and with contenders its speed-up
+    over "torch_cudnn_lstm", the median of its rounds' (``round_speedups``), and each round's
+    (``MODE_ratio_rounds``), so a drift of the card's speed between cases or processes falls
+    on both sides of a ratio.  ``finish()``: each contender's tokens/s over all its rounds,
+    and strict FP32's speed-up over cuDNN as torch ships it, paired the same way."""
+
+    def __init__(self, row, contenders, repeats, sync, tokens):
+        self.row, self.contenders, self.repeats, self.sync, self.tokens = row, contenders, repeats, sync, tokens
+        self.pooled = {mode: {c: [] for c in contenders} for mode in ("train", "infer")}
+        if contenders:
+            for mode in ("train", "infer"):
+                row[f"{mode}_ratio_vs_cudnn"], row[f"{mode}_ratio_rounds"] = {}, {}
+
+    def time(self, label, mode, fn):
+        times = interleaved_times({label: fn, **{c: fns[mode] for c, fns in self.contenders.items()}},
+                                  self.repeats, self.sync, settle=0.0, warmup=WARMUP)
+        self.row[f"{mode}_tokens_per_s"][label] = self.tokens / statistics.median(times[label])
+        if self.contenders:
+            for c in self.contenders:
+                self.pooled[mode][c] += times[c]
+            rounds = round_speedups(times, label, "torch_cudnn_lstm")
+            self.row[f"{mode}_ratio_vs_cudnn"][label] = statistics.median(rounds)
+            self.row[f"{mode}_ratio_rounds"][label] = rounds
+
+    def finish(self):
+        for mode, pooled in self.pooled.items():
+            for c, times in pooled.items():
+                if not times:
+                    continue
+                self.row[f"{mode}_tokens_per_s"][c] = self.tokens / statistics.median(times)
+                self.row[f"{mode}_ratio_vs_cudnn"][c] = statistics.median(round_speedups(pooled, c, "torch_cudnn_lstm"))
+        for c, fns in self.contenders.items():
+            self.row[c + "_allow_tf32"] = fns["allow_tf32"]
 
 
 def time_trainer(qlnumba, repeats, rng):
@@ -294,6 +364,7 @@ def main():
         result["versions"]["cudnn"] = torch.backends.cudnn.version()
     except ImportError:
         torch = None
+    torch_cuda = torch is not None and torch.cuda.is_available()
     rng = np.random.default_rng(0)
     persistent = [Setting(*values) for values in product(settings(args.row_groups), settings(args.item_rows),
                                                           cols, loads)]
@@ -315,6 +386,10 @@ def main():
                  for setting in (persistent if path == "persistent" else [LIBRARY])]
         d_x, d_dout = cuda.to_device(x), cuda.to_device(dout)
         lengths = np.full(B, T, np.int64)
+        # cuDNN in every case's rounds (SideBySide)
+        contenders = cudnn_contenders(torch, x, dout, E, H) if torch_cuda else {}
+        sync = (lambda: (cuda.synchronize(), torch.cuda.synchronize())) if torch_cuda else cuda.synchronize
+        timer = SideBySide(row, contenders, args.repeats, sync, tokens)
         for label, psug, path, setting in cases:
             layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=args.block_size,
                                    device="cuda", seed=0)
@@ -337,37 +412,15 @@ def main():
                 layer.backward(dout)
 
             with using_team_loads(setting.loads):
-                row["train_tokens_per_s"][label] = tokens / median_time(train, args.repeats, cuda.synchronize)
-                row["infer_tokens_per_s"][label] = tokens / median_time(infer, args.repeats, cuda.synchronize)
+                timer.time(label, "train", train)
+                timer.time(label, "infer", infer)
                 if args.host_api:
-                    row["train_tokens_per_s"][label + "_host_api"] = tokens / median_time(host_train, args.repeats)
+                    timer.time(label + "_host_api", "train", host_train)
         row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, setting)
                                           for lab, psug, path, setting in cases if path == "persistent"}
-        if torch is not None and torch.cuda.is_available():
-            xt = torch.from_numpy(x).cuda()
-            dt = torch.from_numpy(dout).cuda()
-            sync = torch.cuda.synchronize
-            # cuDNN as torch ships it (TF32 allowed by default), and strict FP32 (as qlnumba computes)
-            for label, tf32 in (("torch_cudnn_lstm", torch.backends.cudnn.allow_tf32),
-                                ("torch_cudnn_lstm_strict_fp32", False)):
-                torch.backends.cudnn.allow_tf32 = tf32
-                lstm = torch.nn.LSTM(E, H, batch_first=True).cuda()
-
-                def ttrain(lstm=lstm):
-                    out, _ = lstm(xt)
-                    out.backward(dt)
-
-                def tinfer(lstm=lstm):
-                    with torch.inference_mode():
-                        lstm(xt)
-
-                row["train_tokens_per_s"][label] = tokens / median_time(ttrain, args.repeats, sync)
-                row["infer_tokens_per_s"][label] = tokens / median_time(tinfer, args.repeats, sync)
-                row[label + "_allow_tf32"] = bool(tf32)
+        timer.finish()
+        if torch_cuda:
             torch.backends.cudnn.allow_tf32 = True
-            for mode in ("train", "infer"):
-                tps = row[f"{mode}_tokens_per_s"]
-                row[f"{mode}_ratio_vs_cudnn"] = {k: v / tps["torch_cudnn_lstm"] for k, v in tps.items()}
         result["shapes"][name] = row
         print(json.dumps({name: row}), flush=True)
 

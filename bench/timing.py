@@ -1,4 +1,4 @@
-"""Timing shared by the benchmarks: warm up once (compilation excluded), then the median."""
+"""Timing shared by the benchmarks: warm up first (compilation excluded), then the median."""
 import statistics
 import time
 
@@ -8,18 +8,20 @@ def median_time(fn, repeats, sync=lambda: None):
     return interleaved_median_times({"fn": fn}, repeats, sync, settle=0.0)["fn"]   # no contender
 
 
-def interleaved_median_times(fns, repeats, sync=lambda: None, settle=0.05):
-    """Median seconds of each of ``fns`` (a dict of callables), timed in rounds.
+def interleaved_times(fns, repeats, sync=lambda: None, settle=0.05, warmup=1):
+    """Seconds of every timed call of each of ``fns`` (a dict of callables), by name: lists
+    of ``repeats``, entry i from round i.
 
-    Every function is warmed up first; then each round calls every function once.
-    On a shared machine whose speed drifts, a slow spell then hits all contenders
-    alike instead of whichever one happened to be running.  Before each timed call
-    the process sleeps ``settle`` seconds (not timed), so that the thread pool of
-    the previous contender (OpenMP threads spin for a while after their work) is
-    asleep and does not compete for the cores.
+    Every function is called ``warmup`` times first; then each round calls every function
+    once.  On a shared machine whose speed drifts, a slow spell then hits all contenders
+    alike instead of whichever one happened to be running.  Before each timed call the
+    process sleeps ``settle`` seconds (not timed), so that the thread pool of the previous
+    contender (OpenMP threads spin for a while after their work) is asleep and does not
+    compete for the cores.
     """
     for fn in fns.values():
-        fn()
+        for _ in range(warmup):
+            fn()
         sync()
     times = {name: [] for name in fns}
     for _ in range(repeats):
@@ -29,4 +31,15 @@ def interleaved_median_times(fns, repeats, sync=lambda: None, settle=0.05):
             fn()
             sync()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved_median_times(fns, repeats, sync=lambda: None, settle=0.05):
+    """Median seconds of each of ``fns``, timed in interleaved rounds (``interleaved_times``)."""
+    return {name: statistics.median(t) for name, t in interleaved_times(fns, repeats, sync, settle).items()}
+
+
+def round_speedups(times, name, reference):
+    """Round by round, how many times faster ``name`` ran than ``reference`` (their seconds
+    in the same round of ``interleaved_times``: reference / name)."""
+    return [ref / own for ref, own in zip(times[reference], times[name], strict=True)]

@@ -39,7 +39,10 @@ print("max rel err", {k: max(max(v.values()) for v in d.values()) for k, d in r[
 for n, row in r["shapes"].items():
     for m in ("train", "infer"):
         print(n, m, {k.replace("qlnumba_", "").replace("_persistent", ""): round(v, 3)
-                     for k, v in row[m + "_ratio_vs_cudnn"].items()})
+                     for k, v in row.get(m + "_ratio_vs_cudnn", {}).items()})
+        print(n, m, "rounds' ratios, min-max", {k.replace("qlnumba_", "").replace("_persistent", ""):
+                                                 f"{min(v):.3f}-{max(v):.3f}"
+                                                 for k, v in row.get(m + "_ratio_rounds", {}).items()})
         print(n, m, "k tokens/s", {k.replace("qlnumba_", "").replace("_persistent", ""): round(v / 1e3)
                                    for k, v in row[m + "_tokens_per_s"].items()})
 print(r.get("trainer"), r.get("kernel_resources"))

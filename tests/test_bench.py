@@ -76,3 +76,63 @@ def test_sass_lines_counts_instructions_per_source_line():
     counts, calls = count_sass_lines(text)
     assert counts == {"persistent.py:300": 1, "arrays.py:68 in persistent.py:293": 4}
     assert calls == {"__cuda_sm20_div_s64": 1}
+
+
+def test_interleaved_rounds_pair_each_case_with_its_contenders():
+    """bench/timing.py: warm-ups first, then rounds that call every function once in order,
+    and each round's speed-up of a case over a contender from the same round (the GPU
+    benchmark's ratios to cuDNN)."""
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    try:
+        from timing import interleaved_times, round_speedups
+    finally:
+        sys.path.pop(0)
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("ours", "cudnn")}
+    times = interleaved_times(fns, repeats=3, sync=lambda: calls.append("sync"), settle=0.0, warmup=2)
+    assert calls == ["ours", "ours", "sync", "cudnn", "cudnn", "sync"] + ["ours", "sync", "cudnn", "sync"] * 3
+    assert [len(t) for t in times.values()] == [3, 3] and all(s >= 0 for t in times.values() for s in t)
+    rounds = {"ours": [1.0, 2.0, 0.5], "cudnn": [2.0, 2.0, 2.0]}
+    assert round_speedups(rounds, "ours", "cudnn") == [2.0, 1.0, 4.0]
+    with pytest.raises(ValueError):                 # rounds that do not pair up
+        round_speedups({"ours": [1.0], "cudnn": [1.0, 2.0]}, "ours", "cudnn")
+
+
+def test_gpu_benchmark_pairs_every_case_with_cudnn_round_by_round():
+    """bench/gpu.py's SideBySide, with stand-ins for cuDNN: every case's rounds run the
+    contenders too; a ratio is the median of the case's per-round speed-ups over cuDNN as
+    torch ships it, and a contender's tokens/s pools its rounds of every case."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_gpu", os.path.join(ROOT, "bench", "gpu.py"))
+    gpu = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    sys.path.insert(0, os.path.join(ROOT, "bench"))           # its own folder (timing.py), as a script has
+    try:
+        spec.loader.exec_module(gpu)
+    finally:
+        sys.path[:] = saved
+    calls = []
+
+    def fn(name):
+        return lambda: calls.append(name)
+    contenders = {c: {"train": fn(c + " train"), "infer": fn(c + " infer"), "allow_tf32": c == "torch_cudnn_lstm"}
+                  for c in ("torch_cudnn_lstm", "torch_cudnn_lstm_strict_fp32")}
+    row = {"train_tokens_per_s": {}, "infer_tokens_per_s": {}}
+    timer = gpu.SideBySide(row, contenders, repeats=3, sync=lambda: None, tokens=1000)
+    for case in ("ql", "lstm"):
+        timer.time(case, "train", fn(case))
+    timer.time("ql", "infer", fn("ql infer"))
+    timer.finish()
+    warm, rnd = gpu.WARMUP, ["ql", "torch_cudnn_lstm train", "torch_cudnn_lstm_strict_fp32 train"]
+    assert calls[:3 * warm] == [c for c in rnd for _ in range(warm)] and calls[3 * warm:3 * warm + 9] == rnd * 3
+    assert set(row["train_tokens_per_s"]) == {"ql", "lstm", "torch_cudnn_lstm", "torch_cudnn_lstm_strict_fp32"}
+    assert all(v > 0 for mode in ("train", "infer") for v in row[f"{mode}_tokens_per_s"].values())
+    assert set(row["train_ratio_rounds"]) == {"ql", "lstm"} and all(len(r) == 3 for r in row["train_ratio_rounds"].values())
+    assert row["train_ratio_vs_cudnn"]["torch_cudnn_lstm"] == 1.0
+    assert set(row["infer_ratio_vs_cudnn"]) == {"ql", "torch_cudnn_lstm", "torch_cudnn_lstm_strict_fp32"}
+    assert row["torch_cudnn_lstm_allow_tf32"] and not row["torch_cudnn_lstm_strict_fp32_allow_tf32"]
+    none = {"train_tokens_per_s": {}, "infer_tokens_per_s": {}}          # no card for torch: no ratios
+    timer = gpu.SideBySide(none, {}, repeats=1, sync=lambda: None, tokens=10)
+    timer.time("ql", "train", fn("ql"))
+    timer.finish()
+    assert set(none) == {"train_tokens_per_s", "infer_tokens_per_s"} and set(none["train_tokens_per_s"]) == {"ql"}
