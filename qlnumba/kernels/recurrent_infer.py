@@ -185,7 +185,9 @@ def recurrent_infer_units(out, h, c, m, a, n,
     order = np.argsort(-lengths, kind="mergesort")   # stable: decreasing length
     n0 = n.copy()
     for p in prange(P):
-        _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
+        # np.int64 here and below: one compiled signature of each part function, whatever
+        # integer type prange gives p (recurrent_units.recurrent_forward_units)
+        _infer_part(np.int64(p), P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
                     Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, ubounds)
     if hgr:
         advance_counters(n, n0, lengths, K)
@@ -218,7 +220,7 @@ def _infer_rows_part(p, P, out, h, c, m, a, x, lengths, order, n0,
     HT = np.empty((2, H, Bc), dtype=h.dtype)
     MT = np.empty((H, Bc), dtype=h.dtype)
     AT = np.empty((H, Bc), dtype=h.dtype)
-    _infer_part(0, 1, flags, HT, MT, AT, out, h, c, m, a, x, lengths, cols, n0,
+    _infer_part(np.int64(0), np.int64(1), flags, HT, MT, AT, out, h, c, m, a, x, lengths, cols, n0,
                 Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, whole)
 
 
@@ -238,7 +240,7 @@ def recurrent_infer_rows(out, h, c, m, a, n,
     order = np.argsort(-lengths, kind="mergesort")   # stable: decreasing length
     n0 = n.copy()
     for p in prange(P):
-        _infer_rows_part(p, P, out, h, c, m, a, x, lengths, order, n0,
+        _infer_rows_part(np.int64(p), P, out, h, c, m, a, x, lengths, order, n0,
                          Wp, Up, b, gamma, beta, V_s, V_m, b_r, K, psug, hgr, reverse, whole)
     if hgr:
         advance_counters(n, n0, lengths, K)
