@@ -135,15 +135,16 @@ def test_row_blocks_and_thread_setting(threads):
 
 def test_set_num_threads_pins_the_blas_numba_calls():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    before = config.get_num_threads()
+    before, numba_before = config.get_num_threads(), numba.get_num_threads()
     try:
         config.set_num_threads(1)
         blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
         assert any("scipy" in i["filepath"] for i in blas)
         assert all(i["num_threads"] == 1 for i in blas)
-    finally:
+    finally:                   # Numba's count too: unit_blocks reads it (later tests split units)
         config._threads = before
         config._partition = "units"
+        numba.set_num_threads(numba_before)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
