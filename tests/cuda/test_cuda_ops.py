@@ -450,3 +450,16 @@ def test_untested_slab_loads_equal_tested_bitwise(case, monkeypatch):
         assert np.array_equal(got["fast"], got["tested"]), (case, k_inner)
         want = (A.T if not k_inner else A) @ (Bm if not k_inner else Bm.T)
         np.testing.assert_allclose(got["fast"], want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_ENABLE_CUDASIM") != "1", reason="the simulator's own threads")
+def test_simulator_watcher_yields_the_gil_once_patched():
+    """qlnumba.gpu.get_cuda makes the simulator's block threads yield the GIL at each poll of
+    the watcher (``yielding_simulator``); a second call wraps nothing twice."""
+    import qlnumba.gpu as g
+    from numba.cuda.simulator import kernel
+    g.get_cuda()
+    patched = kernel.BlockThread
+    assert patched.yields and patched.__name__ == "YieldingBlockThread"
+    g.yielding_simulator()
+    assert kernel.BlockThread is patched
