@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -82,3 +84,31 @@ def test_baseline_copy_runs_its_own_library(tmp_path):
     assert result["shapes"] == {}
     run("bench/gpu.py", "--shapes", "", "--team-loads", "0", "--json-out", str(out))
     assert json.loads(out.read_text())["team_loads"] == 0            # 0 is a setting, not "unset"
+
+
+def test_gpu_benchmark_times_cases_beside_torch(tmp_path):
+    """bench/gpu.py's whole path with cuDNN beside every case, run with torch on the CPU
+    standing in for the card (``.cuda()`` returns the tensor or module itself): torch's calls,
+    the rounds, the ratios and the JSON, before a card runs them.  Needs torch (not in CI)."""
+    pytest.importorskip("torch")
+    wrapper = tmp_path / "gpu_beside_cpu_torch.py"
+    wrapper.write_text(
+        "import runpy, sys, torch\n"
+        "torch.Tensor.cuda = lambda self, *a, **k: self\n"
+        "torch.nn.Module.cuda = lambda self, *a, **k: self\n"
+        "torch.cuda.is_available = lambda: True\n"
+        "torch.cuda.synchronize = lambda: None\n"
+        "sys.argv = ['bench/gpu.py'] + sys.argv[1:]\n"
+        "sys.path.insert(0, 'bench')\n"                       # its own folder, as a script has
+        "runpy.run_path('bench/gpu.py', run_name='__main__')\n")
+    out = tmp_path / "gpu.json"
+    run(str(wrapper), "--shapes", "tiny", "--repeats", "2", "--tensor-cores", "off", "--host-api",
+        "--json-out", str(out))
+    row = json.loads(out.read_text())["shapes"]["tiny"]
+    ours = {"qlnumba_ql_persistent", "qlnumba_lstm_persistent"}
+    for mode in ("train", "infer"):
+        assert set(row[f"{mode}_ratio_rounds"]) == ours | ({f"{c}_host_api" for c in ours} if mode == "train" else set())
+        assert all(len(r) == 2 and min(r) > 0 for r in row[f"{mode}_ratio_rounds"].values())
+        assert row[f"{mode}_ratio_vs_cudnn"]["torch_cudnn_lstm"] == 1.0
+        assert row[f"{mode}_tokens_per_s"]["torch_cudnn_lstm_strict_fp32"] > 0
+    assert row["torch_cudnn_lstm_allow_tf32"] is True and row["torch_cudnn_lstm_strict_fp32_allow_tf32"] is False
