@@ -165,6 +165,10 @@ class SideBySide:
             rounds = round_speedups(times, label, "torch_cudnn_lstm")
             self.row[f"{mode}_ratio_vs_cudnn"][label] = statistics.median(rounds)
             self.row[f"{mode}_ratio_rounds"][label] = rounds
+        # each case as it is timed: a run that a time limit stops keeps what it timed
+        print(json.dumps({"shape": [self.row.get(k) for k in "BTEH"], "case": label, "mode": mode,
+                          "tokens_per_s": self.row[f"{mode}_tokens_per_s"][label],
+                          "ratio_vs_cudnn": self.row.get(f"{mode}_ratio_vs_cudnn", {}).get(label)}), flush=True)
 
     def finish(self):
         for mode, pooled in self.pooled.items():
