@@ -202,7 +202,7 @@ def main():
             configs = [(p, 2, 16, 4) for p in grec.PATHS] + [("persistent", 4, 16, 4), ("persistent", 2, 16, 8)]
             if dtype != np.float64:
                 configs += [("persistent", 4, 32, 4), ("persistent", 2, 32, 8), ("persistent", 2, 0, 8),
-                            ("persistent", 1, 16, 8)]
+                            ("persistent", 1, 16, 8), ("persistent", 4, 0, 4), ("persistent", 1, 0, 4)]
             if args.loops:
                 if (psug, hgr) != (True, True):       # psug and hgr are the kernels' run-time flags
                     continue
