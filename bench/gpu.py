@@ -22,8 +22,8 @@ its rounds of every case.
 
 Settings of the persistent loops given as lists (row groups, item rows and columns, team
 loads; "default" for the library's choice) are timed side by side in one process, each checked
-against the CPU with ``--check``: one cuDNN timing for all of them, whose own rate moves
-between processes far more than ours.
+against the CPU with ``--check`` and each paired with cuDNN round by round (cuDNN's own rate
+moved by 25% between the eighteenth session's processes; ours by a few percent).
 """
 import argparse
 import json
@@ -423,8 +423,8 @@ def main():
         row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, setting)
                                           for lab, psug, path, setting in cases if path == "persistent"}
         timer.finish()
-        if torch_cuda:
-            torch.backends.cudnn.allow_tf32 = True
+        if contenders:                  # torch's TF32 flag as it was (the contenders set it per call)
+            torch.backends.cudnn.allow_tf32 = contenders["torch_cudnn_lstm"]["allow_tf32"]
         result["shapes"][name] = row
         print(json.dumps({name: row}), flush=True)
 

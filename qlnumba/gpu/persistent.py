@@ -20,8 +20,9 @@ negative and leaves out Numba's wraparound code.  In sm_90 SASS (``scripts/ptx_c
 down to 2 and 1 (in the prologue), the kernels from 13415 and 14242 instructions to 6980 and
 7261, and their spills from 120 and 128 bytes to 64 each (seventeenth session).  On an H100
 that trained (64, 1024, 300, 512) 37.5% (QL-LSTM) and 25.6% (LSTM) faster than the code
-before it, in the same call (eighteenth session, bench/results/README.md).  (index32 where the compiler already knew the range made it unroll more: the
-row and column of team_dot's outputs stay as they are.)
+before it, in the same call (eighteenth session, bench/results/README.md).  (index32 where
+the compiler already knew the range made it unroll more: the row and column of team_dot's
+outputs stay as they are.)
 
 Shapes legend (device arrays, C order): those of ``cells.py``, and
   double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G);  close_flags (steps,) int8
