@@ -12,13 +12,15 @@
 #      the ones on what changed since the last card run), then the rest, each run stopped by
 #      the time left.  -v names every test as it ends, so a run that the timeout stops still
 #      says which passed (the fourteenth session's -q log could only be counted).
-# Example (the plan for the next card, eighteenth session: in one benchmark process, items of
-# 1 row, items of 4 columns and team_dot with no passes (TEAM_LOADS 0), each alone and together,
-# beside the defaults at both shapes, each checked against the CPU; no tiles, variants or
-# profiles; then the tests that have not run on a card since they changed, then the rest):
-#   ITEM_ROWS=default,1 ITEM_COLS=default,4 TEAM_LOADS=default,0 BENCH_TIMEOUT=420 \
-#   MATMUL_TILES= VARIANTS= FIRST_TESTS="loads0 or 1x8 or side_by_side or uneven or plan or device_calls or gru" \
+# Example (the plan for the next card, twentieth session: the defaults beside cuDNN at both
+# shapes, then first the 40 GPU tests that the twentieth session's two calls had no time for and
+# the plan test mended since, then the rest):
+#   BENCH_TIMEOUT=120 LIMIT=560 MATMUL_TILES= VARIANTS= \
+#   FIRST_TESTS="plan_defaults or wide or slab or prefetch or take_float32 or tf32x3_long or async or register or simulator or closing or reads_only or trainer_refuses or allocates or device_argument or tensor_core_products or gpu_" \
 #   bash scripts/gpu-session.sh
+# (The twentieth session's first call timed eight settings of the persistent loops:
+# ITEM_ROWS=default,1 ITEM_COLS=default,4 TEAM_LOADS=default,0 BENCH_TIMEOUT=420 MATMUL_TILES=
+# VARIANTS= FIRST_TESTS="loads0 or 1x8 or side_by_side or uneven or plan or device_calls or gru".)
 # (The eighteenth session's call, which timed the seventeenth session's code against
 # d81aaab's: VARIANTS="@baseline|--matmul-tile @best-tile|--team-loads 32" NCU_RUNS="KIND=ql;
 # KIND=lstm TAG=lstm_all KERNELS=persistent_|matmul SKIP=0 COUNT=6" and FIRST_TESTS.)

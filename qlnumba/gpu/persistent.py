@@ -58,7 +58,8 @@ TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a
 # On an H100 (eighteenth session, one run each, bench/results/README.md) 32 trained the
 # small shape 22% (QL-LSTM) and 10% (LSTM) faster than 16, and the large shape 1.4% slower.
 # There a pass of 32 loads is 512 k, more than H = 256, so QL-LSTM's loops and LSTM's
-# forward ran only the one-k loop; 0 (that loop at every shape) is not yet timed
+# forward ran only the one-k loop.  0 (that loop at every shape; twentieth session, one call)
+# trained the large shape 4.6% (QL-LSTM) and 10% (LSTM) slower than 16, the small one within 2%
 TEAM_LOADS = 16
 # columns of one team_dot item (4 or 8).  A step's loops read every row of h (or δz) from L2
 # once per group of ITEM_COLS columns: at (64, 1024, 300, 512) LSTM's forward and backward
@@ -458,31 +459,41 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, ite
     shared memory (``shared_limit``).  More row groups mean fewer rows of h (or δz)
     for each block to read per step, but more units, so larger slices of U.
     ``team_dot`` items of ``item_rows`` rows (1, 2 or 4): 4 halves the rounds of a step; 1
-    doubles the items, so that a part with fewer items than teams (QL-LSTM at H = 256, B =
-    32: 8 items of 2 rows for 16 teams) keeps more of its teams at work (not yet timed).
-    The defaults (None) were measured on an H100 (bench/results/README.md): two row
-    groups from 16 rows up (else one); with items of 4 columns, items of 4 rows where a
+    doubles the items, so that a part with fewer items than teams keeps more of its teams
+    at work.  The defaults (None) were measured on an H100 (bench/results/README.md): two
+    row groups from 16 rows up (else one); with items of 4 columns, items of 4 rows where a
     group has 4 rows (else 2): at (B, T, E, H) = (64, 1024, 300, 512) that trained
-    QL-LSTM 17% and LSTM 20% faster than one group and items of 2.  Blocks of 512
-    threads (registers capped at 128, see PERSISTENT_JIT) hide more of the step's memory
-    latency than 256; 256 where 512 do not fit.  The simulator runs one block that loops
-    over every part (so the partition logic is tested there too).  Items of ``item_cols``
-    columns (None: ``ITEM_COLS``, 8; or 4), 2 rows by default with 8.  None also where
-    B x G reaches 2**31: the loops' index arithmetic is 32-bit (``divmod32``, ``index32``).
+    QL-LSTM 17% and LSTM 20% faster than one group and items of 2.  Narrow parts, whose
+    forward has at most 4 columns (G/H x units), take items of 1 row x 4 columns: no
+    padding, and one item per row.  At (32, 256, 128, 256) QL-LSTM's parts have 4 units:
+    items of 2 x 8 were half padding, and 8 of them left half of the 16 teams idle; 1 x 4
+    trained it 31% faster (twentieth session).  Blocks of 512 threads (registers capped at
+    128, see PERSISTENT_JIT) hide more of the step's memory latency than 256; 256 where 512
+    do not fit.  The simulator runs one block that loops over every part (so the partition
+    logic is tested there too).  Items of ``item_cols`` columns (None: 4 for narrow parts,
+    else ``ITEM_COLS``, 8; or 4), 2 rows by default with 8.  None also where B x G reaches
+    2**31: the loops' index arithmetic is 32-bit (``divmod32``, ``index32``).
     """
     if B * G >= 2 ** 31:
         return None
     rgroups = max(1, min(B, (2 if B >= 16 else 1) if row_groups is None else int(row_groups)))
-    cols = ITEM_COLS if item_cols is None else int(item_cols)
-    check_item_cols(cols)
-    rows = (4 if -(-B // rgroups) >= 4 and cols == 4 else 2) if item_rows is None else int(item_rows)
-    if rows not in (1, 2, 4):
-        raise ValueError(f"item_rows must be 1, 2 or 4, got {item_rows!r}")
     blocks = min(3, H) * rgroups if SIM else multiprocessors()
     if blocks < rgroups:
         return None
     nu = -(-H // (blocks // rgroups))
     ugroups = -(-H // nu)
+    # narrow parts: the forward's columns (G/H x nu) fit in one item of 4 columns
+    narrow = (G // H) * nu <= 4 and item_cols is None
+    cols = (4 if narrow else ITEM_COLS) if item_cols is None else int(item_cols)
+    check_item_cols(cols)
+    if item_rows is not None:
+        rows = int(item_rows)
+    elif narrow:
+        rows = 1
+    else:
+        rows = 4 if -(-B // rgroups) >= 4 and cols == 4 else 2
+    if rows not in (1, 2, 4):
+        raise ValueError(f"item_rows must be 1, 2 or 4, got {item_rows!r}")
     pad = lambda n: (n + cols - 1) // cols * cols
     v = 2 * pad(nu) * H if hgr else 0
     limit = shared_limit()

@@ -193,15 +193,31 @@ def test_persistent_uneven_row_groups_equal_cpu(psug, hgr, item_cols, monkeypatc
 
 def test_persistent_plan_defaults_and_checks():
     """Two row groups from 16 rows up, items of 8 columns and 2 rows; with 4 columns, items
-    of 4 rows where a group has 4; bad item rows and columns are refused; no plan past the
-    loops' 32-bit indices."""
+    of 4 rows where a group has 4; narrow parts (the forward's G/H x units columns at most
+    4) items of 1 row x 4 columns unless told otherwise; bad item rows and columns are
+    refused; no plan past the loops' 32-bit indices.  How many units a part holds depends
+    on the machine (the simulator's plan has 3 unit groups, a GPU's one per multiprocessor
+    and row group), so the expected items follow the plan's own unit groups; the shapes
+    are chosen so that each branch is taken in the simulator (H = 30: parts of 10 units,
+    H = 8: 3, H = 3: 1) and on an H100 (H = 512: 8 units, H = 256: 4)."""
     from qlnumba.gpu.persistent import persistent_plan
-    big, small = persistent_plan(32, 8, 8, 8, True), persistent_plan(3, 8, 8, 8, True)
-    assert (big.rgroups, big.item_rows, big.item_cols) == (2, 2, 8)
-    assert (small.rgroups, small.item_rows) == (1, 2)
-    narrow = persistent_plan(32, 8, 8, 8, True, item_cols=4)
+    taken = set()
+    for B, H, G, itemsize in ((32, 30, 30, 8), (3, 30, 30, 8), (32, 8, 8, 8), (3, 8, 8, 8), (32, 3, 12, 8),
+                              (32, 8, 32, 8), (32, 256, 256, 4), (32, 512, 512, 4), (32, 256, 1024, 4)):
+        plan = persistent_plan(B, H, G, itemsize, G == H)
+        if plan is None:                                 # U's slices past shared memory
+            continue
+        units = -(-H // plan.ugroups)                    # exact for these shapes
+        narrow = (G // H) * units <= 4
+        taken.add(narrow)
+        assert plan.rgroups == (2 if B >= 16 else 1)
+        assert (plan.item_rows, plan.item_cols) == ((1, 4) if narrow else (2, 8)), (B, H, G, units)
+    assert taken == {False, True}
+    assert persistent_plan(32, 8, 8, 8, True, item_rows=2).item_cols == 4
+    assert persistent_plan(32, 8, 8, 8, True, item_cols=8).item_rows == 2
+    narrow = persistent_plan(32, 30, 30, 8, True, item_cols=4)
     assert (narrow.item_rows, narrow.item_cols) == (4, 4)
-    assert persistent_plan(3, 8, 8, 8, True, item_cols=4).item_rows == 2
+    assert persistent_plan(3, 30, 30, 8, True, item_cols=4).item_rows == 2
     with pytest.raises(ValueError, match="item_cols"):
         persistent_plan(32, 8, 8, 8, True, item_cols=6)
     assert persistent_plan(32, 8, 32, 8, False, row_groups=1, item_rows=2).item_rows == 2
