@@ -3,6 +3,7 @@ bench/ncu_top.py ranks a profile's stall samples.
 
 The first is marked slow: on a fresh clone it compiles every float32 kernel (about 2 minutes
 on 2 cores)."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +12,20 @@ import sys
 import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def load_program(folder, name):
+    """Module ``folder/name.py`` (a program of bench/ or scripts/), loaded as its program
+    runs: with its own folder first on sys.path, so its imports of its neighbours work."""
+    spec = importlib.util.spec_from_file_location(f"{folder}_{name}", os.path.join(ROOT, folder, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    sys.path.insert(0, os.path.join(ROOT, folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module
 
 
 @pytest.mark.slow
@@ -56,11 +71,7 @@ def test_sass_lines_counts_instructions_per_source_line():
     """scripts/sass_lines.py (ptx_check.py --loops --lines) counts nvdisasm -gi's instructions
     under their innermost source line and the kernel line it was inlined at, and the calls of
     64-bit division routines; NOPs and markers are not instructions."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        from sass_lines import count_sass_lines
-    finally:
-        sys.path.pop(0)
+    count_sass_lines = load_program("scripts", "sass_lines").count_sass_lines
     text = "\n".join([
         '\t//## File "/r/qlnumba/gpu/persistent.py", line 300',
         "        /*0000*/                   S2R R0, SR_TID.X ;",
@@ -82,11 +93,8 @@ def test_interleaved_rounds_pair_each_case_with_its_contenders():
     """bench/timing.py: warm-ups first, then rounds that call every function once in order,
     and each round's speed-up of a case over a contender from the same round (the GPU
     benchmark's ratios to cuDNN)."""
-    sys.path.insert(0, os.path.join(ROOT, "bench"))
-    try:
-        from timing import interleaved_times, round_speedups
-    finally:
-        sys.path.pop(0)
+    timing = load_program("bench", "timing")
+    interleaved_times, round_speedups = timing.interleaved_times, timing.round_speedups
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in ("ours", "cudnn")}
     times = interleaved_times(fns, repeats=3, sync=lambda: calls.append("sync"), settle=0.0, warmup=2)
@@ -102,15 +110,7 @@ def test_gpu_benchmark_pairs_every_case_with_cudnn_round_by_round():
     """bench/gpu.py's SideBySide, with stand-ins for cuDNN: every case's rounds run the
     contenders too; a ratio is the median of the case's per-round speed-ups over cuDNN as
     torch ships it, and a contender's tokens/s pools its rounds of every case."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("bench_gpu", os.path.join(ROOT, "bench", "gpu.py"))
-    gpu = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)
-    sys.path.insert(0, os.path.join(ROOT, "bench"))           # its own folder (timing.py), as a script has
-    try:
-        spec.loader.exec_module(gpu)
-    finally:
-        sys.path[:] = saved
+    gpu = load_program("bench", "gpu")                        # with bench/ on sys.path (timing.py)
     calls = []
 
     def fn(name):
