@@ -469,10 +469,11 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, ite
     items of 2 x 8 were half padding, and 8 of them left half of the 16 teams idle; 1 x 4
     trained it 31% faster (twentieth session; narrower parts, and LSTM's of 1 unit, not
     timed).  Blocks of 512 threads (registers capped at 128, see PERSISTENT_JIT) hide more
-    of the step's memory latency than 256; 256 where 512 do not fit.  The simulator runs one block that loops over every part (so the partition
-    logic is tested there too).  Items of ``item_cols`` columns (None: 4 for narrow parts,
-    else ``ITEM_COLS``, 8; or 4), 2 rows by default with 8.  None also where B x G reaches
-    2**31: the loops' index arithmetic is 32-bit (``divmod32``, ``index32``).
+    of the step's memory latency than 256; 256 where 512 do not fit.  The simulator runs
+    one block that loops over every part (so the partition logic is tested there too).
+    Items of ``item_cols`` columns (None: 4 for narrow parts, else ``ITEM_COLS``, 8; or 4),
+    2 rows by default with 8.  None also where B x G reaches 2**31: the loops' index
+    arithmetic is 32-bit (``divmod32``, ``index32``).
     """
     if B * G >= 2 ** 31:
         return None
