@@ -15,7 +15,10 @@ device).  Warm-up first (compilation excluded), then rounds: each case is timed 
 FP32) right after it.  Tokens/s are medians; a case's ratio to cuDNN is the median of its
 rounds' ratios (``train_ratio_rounds`` holds each round's), so that a drift of the card's
 speed between cases or processes falls on both sides of it.  cuDNN's own tokens/s pools
-its rounds of every case.
+its rounds of every case.  Each shape also records how fast the host feeds the card
+(``torch_launch_us``: microseconds per tiny torch operation issued back to back, before and
+after the rounds), and the JSON the host's CPU (``host_cpu``): cuDNN's LSTM launches kernels
+at every step, and its speed at the small shape moved by half between processes.
 
     python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2] [--item-rows 2,4]
                         [--item-cols 8,4] [--team-loads 16,0] [--check] [--trainer] [--json-out FILE]
@@ -40,10 +43,30 @@ import numpy as np
 if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack                   # numba-cuda 0.30 against numpy 2.5
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from timing import interleaved_times, median_time, round_speedups  # noqa: E402  (bench/ is the script's folder)
+from timing import interleaved_times, launch_us, median_time, round_speedups  # noqa: E402  (bench/ is the script's folder)
 
 SHAPES = {"small": (32, 256, 128, 256), "large": (64, 1024, 300, 512), "tiny": (2, 4, 2, 3)}
 WARMUP = 2          # untimed calls of each contender before its rounds (allocators, clocks)
+
+
+def host_cpu():
+    """The host's CPU model (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def torch_launch_us(torch):
+    """Microseconds per tiny torch operation on the card issued back to back (``launch_us``):
+    recorded beside each shape's cuDNN rounds, as cuDNN's LSTM launches kernels at every step
+    and its speed at the small shape moved by half between processes."""
+    tiny = torch.zeros(1).cuda()
+    return launch_us(lambda: tiny.add_(1.0), torch.cuda.synchronize)
 
 
 def package_version(name):
@@ -331,6 +354,7 @@ def main():
                            "qlnumba": qlnumba.__version__},
               # which copy of the library ran: the working tree's, or scripts/make-baseline.sh's
               "library": os.path.dirname(os.path.abspath(qlnumba.__file__)),
+              "host_cpu": host_cpu(),
               "paths": {"persistent": "one cooperative launch for all steps (grid syncs), device arrays",
                         "simple": "a launch group per step, device arrays",
                         "*_host_api": "the layer API: host arrays in and out, parameters copied per call"},
@@ -394,6 +418,8 @@ def main():
         contenders = cudnn_contenders(torch, x, dout, E, H) if torch_cuda else {}
         sync = (lambda: (cuda.synchronize(), torch.cuda.synchronize())) if torch_cuda else cuda.synchronize
         timer = SideBySide(row, contenders, args.repeats, sync, tokens)
+        if torch_cuda:                  # how fast this host feeds the card, before and after the rounds
+            row["torch_launch_us"] = [torch_launch_us(torch)]
         for label, psug, path, setting in cases:
             layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=args.block_size,
                                    device="cuda", seed=0)
@@ -423,6 +449,8 @@ def main():
         row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, setting)
                                           for lab, psug, path, setting in cases if path == "persistent"}
         timer.finish()
+        if torch_cuda:
+            row["torch_launch_us"].append(torch_launch_us(torch))
         if contenders:                  # torch's TF32 flag as it was (the contenders set it per call)
             torch.backends.cudnn.allow_tf32 = contenders["torch_cudnn_lstm"]["allow_tf32"]
         result["shapes"][name] = row

@@ -43,3 +43,20 @@ def round_speedups(times, name, reference):
     """Round by round, how many times faster ``name`` ran than ``reference`` (their seconds
     in the same round of ``interleaved_times``: reference / name)."""
     return [ref / own for ref, own in zip(times[reference], times[name], strict=True)]
+
+
+def launch_us(op, sync, calls=1000, batches=3):
+    """Median microseconds per call of ``op`` when ``calls`` of them are issued back to back
+    and then waited for (``sync``): for a tiny device operation, how fast this host (Python,
+    driver, CPU) can feed the device.  A recurrence that launches kernels at every step
+    (cuDNN's LSTM) runs no faster than that allows at small sizes."""
+    sync()
+    per_call = []
+    for _ in range(batches):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            op()
+        sync()
+        per_call.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(per_call)
+

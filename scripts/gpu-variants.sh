@@ -36,7 +36,9 @@ TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" script
 import json, sys
 r = json.load(open(sys.argv[1]))
 print("max rel err", {k: max(max(v.values()) for v in d.values()) for k, d in r["check_vs_cpu_max_rel_err"].items()})
+print("host", r.get("host_cpu"))
 for n, row in r["shapes"].items():
+    print(n, "torch's tiny ops, us each (before, after the rounds)", row.get("torch_launch_us"))
     for m in ("train", "infer"):
         print(n, m, {k.replace("qlnumba_", "").replace("_persistent", ""): round(v, 3)
                      for k, v in row.get(m + "_ratio_vs_cudnn", {}).items()})

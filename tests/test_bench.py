@@ -106,6 +106,16 @@ def test_interleaved_rounds_pair_each_case_with_its_contenders():
         round_speedups({"ours": [1.0], "cudnn": [1.0, 2.0]}, "ours", "cudnn")
 
 
+def test_launch_us_times_calls_back_to_back_then_waits():
+    """bench/timing.py's launch_us: batches of calls issued back to back, one wait after each
+    batch (not after each call), microseconds per call, the median batch's."""
+    launch_us = load_program("bench", "timing").launch_us
+    calls = []
+    us = launch_us(lambda: calls.append("op"), lambda: calls.append("sync"), calls=4, batches=3)
+    assert calls == ["sync"] + (["op"] * 4 + ["sync"]) * 3
+    assert us > 0
+
+
 def test_gpu_benchmark_pairs_every_case_with_cudnn_round_by_round():
     """bench/gpu.py's SideBySide, with stand-ins for cuDNN: every case's rounds run the
     contenders too; a ratio is the median of the case's per-round speed-ups over cuDNN as

@@ -112,3 +112,5 @@ def test_gpu_benchmark_times_cases_beside_torch(tmp_path):
         assert row[f"{mode}_ratio_vs_cudnn"]["torch_cudnn_lstm"] == 1.0
         assert row[f"{mode}_tokens_per_s"]["torch_cudnn_lstm_strict_fp32"] > 0
     assert row["torch_cudnn_lstm_allow_tf32"] is True and row["torch_cudnn_lstm_strict_fp32_allow_tf32"] is False
+    assert len(row["torch_launch_us"]) == 2 and min(row["torch_launch_us"]) > 0     # before and after the rounds
+    assert json.loads(out.read_text())["host_cpu"]
