@@ -83,7 +83,9 @@ def test_baseline_copy_runs_its_own_library(tmp_path):
     assert Path(result["library"]).resolve() == (base / "qlnumba").resolve()
     assert result["shapes"] == {}
     run("bench/gpu.py", "--shapes", "", "--team-loads", "0", "--json-out", str(out))
-    assert json.loads(out.read_text())["team_loads"] == 0            # 0 is a setting, not "unset"
+    result = json.loads(out.read_text())
+    assert result["team_loads"] == 0                                  # 0 is a setting, not "unset"
+    assert result["host_cpu"]                                         # the host, beside the card
 
 
 def test_gpu_benchmark_times_cases_beside_torch(tmp_path):
