@@ -197,9 +197,11 @@ def main():
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            # path, item rows, loads (TEAM_LOADS), item cols; float64 layers only the first four
-            # (the options for speed are float32's, and each compile adds to the suite's time)
-            configs = [(p, 2, 16, 4) for p in grec.PATHS] + [("persistent", 4, 16, 4), ("persistent", 2, 16, 8)]
+            # path, item rows, loads (TEAM_LOADS), item cols; float64 layers only the first five
+            # (the defaults: 2 x 8, and 1 x 4 for narrow parts; the other options for speed are
+            # float32's, and each compile adds to the suite's time)
+            configs = [(p, 2, 16, 4) for p in grec.PATHS] + [("persistent", 4, 16, 4), ("persistent", 2, 16, 8),
+                                                             ("persistent", 1, 16, 4)]
             if dtype != np.float64:
                 configs += [("persistent", 4, 32, 4), ("persistent", 2, 32, 8), ("persistent", 2, 0, 8),
                             ("persistent", 1, 16, 8), ("persistent", 4, 0, 4), ("persistent", 1, 0, 4)]

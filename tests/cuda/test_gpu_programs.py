@@ -34,6 +34,9 @@ def test_gpu_benchmark_runs_with_its_options(tmp_path):
     assert result["matmul_tile"] == "128x128tf32x3as"
     assert set(result["shapes"]["tiny"]["train_tokens_per_s"]) >= {"qlnumba_ql_persistent",
                                                                     "qlnumba_lstm_persistent"}
+    # one --item-cols value holds for every case, narrow parts too (H = 3: 1 unit a part)
+    plans = result["shapes"]["tiny"]["qlnumba_persistent_plan"]
+    assert {plan["item_cols"] for plan in plans.values()} == {8}
 
 
 def test_gpu_benchmark_checks_settings_side_by_side(tmp_path):
