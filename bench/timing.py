@@ -59,4 +59,3 @@ def launch_us(op, sync, calls=1000, batches=3):
         sync()
         per_call.append((time.perf_counter() - t0) / calls * 1e6)
     return statistics.median(per_call)
-
