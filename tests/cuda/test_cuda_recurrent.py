@@ -120,13 +120,16 @@ WIDE_SETTINGS = [(1, 2, 16, 4), (1, 4, 16, 4), (2, 4, 16, 4), (3, 4, 16, 4), (2,
                          + [(True, True, *w) for w in WIDE_SETTINGS]
                          + [(False, False, 1, 2, 16, 8), (True, True, 2, 4, 16, 8),
                             (True, True, 1, 2, 0, 8), (False, False, 1, 1, 4, 8), (True, True, 2, 1, 16, 8),
-                            # the next card's candidates for defaults: items of 4 columns with no
-                            # passes, of 4 rows and of 1 row
-                            (True, True, 2, 4, 0, 4), (True, True, 2, 1, 0, 4), (False, False, 1, 1, 0, 4)],
+                            # the twentieth session's candidates for defaults, timed on a card: items
+                            # of 4 columns with no passes, of 4 rows and of 1 row
+                            (True, True, 2, 4, 0, 4), (True, True, 2, 1, 0, 4), (False, False, 1, 1, 0, 4),
+                            # QL-LSTM's default where parts are not narrow (the large shape's): the
+                            # default-layer tests' QL-LSTM parts are narrow (H = 8: 3 units)
+                            (True, True, 2, 2, 16, 8)],
                          ids=[f"{kind}-groups{g}-rows{r}-loads{n}" for kind in ("lstm", "ql")
                               for g, r, n, _ in WIDE_SETTINGS]
                          + ["lstm-2x8", "ql-4x8-groups2", "ql-2x8-loads0", "lstm-1x8", "ql-1x8-groups2",
-                            "ql-4x4-loads0-groups2", "ql-1x4-loads0-groups2", "lstm-1x4-loads0"])
+                            "ql-4x4-loads0-groups2", "ql-1x4-loads0-groups2", "lstm-1x4-loads0", "ql-2x8-groups2"])
 def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, loads, item_cols,
                                           monkeypatch):
     """H = 30: every part holds several units and team_dot's passes run (eight k for items
@@ -136,9 +139,10 @@ def test_persistent_wide_layer_equals_cpu(psug, hgr, row_groups, item_rows, load
     than an item, as many row groups make on a GPU).  Items of 2 or 4 rows (more than a
     group has: rows repeat), and of 1 row (with 4 loads: passes of four k).  32 loads per
     pass: passes of eight k; 0: no passes, every k through the one-k loop (also with items of
-    4 columns, of 4 rows or 1: the settings the next card times for the defaults).  Items of 8
-    columns: a part's 10 units pad to 16 columns (LSTM backward, QL-LSTM, V_s and V_m),
-    LSTM's forward has 40."""
+    4 columns, of 4 rows or 1: the settings timed for the defaults in the twentieth
+    session).  Items of 8 columns: a part's 10 units pad to 16 columns (LSTM backward,
+    QL-LSTM, V_s and V_m), LSTM's forward has 40; ql-2x8-groups2 is QL-LSTM's default where
+    parts are not narrow."""
     from qlnumba.gpu import persistent as ps
     monkeypatch.setattr(ps, "TEAM_LOADS", loads)
     rng = make_rng(63)
