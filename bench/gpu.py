@@ -78,12 +78,12 @@ def package_version(name):
 
 
 # one setting of the persistent loops; None: the library's choice (a plan's default, or
-# persistent.TEAM_LOADS)
+# persistent.ITEM_COLS / TEAM_LOADS)
 Setting = namedtuple("Setting", "groups rows cols loads")
 LIBRARY = Setting(None, None, None, None)
 
 
-def check_against_cpu(qlnumba, shape, block_size, rng, persistent=(LIBRARY,), unlabelled=()):
+def check_against_cpu(qlnumba, shape, block_size, rng, persistent=(LIBRARY,)):
     """Max |GPU - CPU| / max |CPU| of out, dx and every gradient, float32, at a benchmark shape
     (many blocks on a real card, unlike the tests' tiny shapes), for each ``Setting`` of the
     persistent loops (labelled by ``suffix``)."""
@@ -107,17 +107,15 @@ def check_against_cpu(qlnumba, shape, block_size, rng, persistent=(LIBRARY,), un
         cpu = run(psug, "cpu")
         for setting in persistent:
             gpu = run(psug, "cuda", setting)
-            report[kind + suffix(setting, unlabelled)] = {
+            report[kind + suffix(setting)] = {
                 k: float(np.abs(gpu[k] - cpu[k]).max() / max(np.abs(cpu[k]).max(), 1e-30)) for k in cpu}
     return report
 
 
-def suffix(setting, unlabelled=()):
+def suffix(setting):
     """A label's suffix for the parts of a ``Setting`` that are not the library's choice:
-    _r<row groups>_i<item rows>_c<item columns>_l<team loads>; not for the fields named in
-    ``unlabelled`` (one value given for the whole run)."""
-    return "".join("" if v is None or field in unlabelled else f"_{tag}{v}"
-                   for field, tag, v in zip(Setting._fields, "ricl", setting))
+    _r<row groups>_i<item rows>_c<item columns>_l<team loads>."""
+    return "".join("" if v is None else f"_{tag}{v}" for tag, v in zip("ricl", setting))
 
 
 def configure(cell, setting):
@@ -327,10 +325,9 @@ def main():
                          "(qlnumba.gpu.persistent.TEAM_LOADS; default: the library's, 16); several, "
                          "comma-separated, are timed side by side, labels suffixed _l<N>")
     ap.add_argument("--item-cols", default=None,
-                    help="columns of one team_dot item in the persistent loops, 4 or 8 (default: the "
-                         "library's: 4 for narrow parts, else qlnumba.gpu.persistent.ITEM_COLS, 8); one "
-                         "value applies to every case; several, comma-separated, are timed side by side, "
-                         "labels suffixed _c<N>")
+                    help="columns of one team_dot item in the persistent loops, 4 or 8 (qlnumba.gpu."
+                         "persistent.ITEM_COLS; default: the library's choice, 4 for narrow parts, else "
+                         "8); several, comma-separated, are timed side by side, labels suffixed _c<N>")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
                          "TF32 products for float32's accuracy (qlnumba.gpu.matmul."
@@ -366,10 +363,8 @@ def main():
     from qlnumba.gpu import persistent as ps
     if args.matmul_prefetch:
         mm.MATMUL_PREFETCH = args.matmul_prefetch == "on"
-    # --team-loads and --item-cols: one value holds for the whole run (no label; the team
-    # loads through the library's setting, the item columns through every cell's option, as
-    # narrow parts do not take persistent.ITEM_COLS); several are timed side by side, like
-    # --row-groups and --item-rows
+    # --team-loads and --item-cols: one value sets the library's setting for the whole run
+    # (no label); several are timed side by side, like --row-groups and --item-rows
     loads, cols = settings(args.team_loads or "default"), settings(args.item_cols or "default")
     if not set(cols) <= {None, 4, 8}:
         ap.error(f"--item-cols: 4 or 8, got {args.item_cols}")
@@ -377,7 +372,8 @@ def main():
         ap.error(f"--team-loads: 0 or more, got {args.team_loads}")
     if len(loads) == 1:
         ps.TEAM_LOADS, loads = ps.TEAM_LOADS if loads[0] is None else loads[0], [None]
-    unlabelled = ("cols",) if len(cols) == 1 else ()
+    if len(cols) == 1:
+        ps.ITEM_COLS, cols = ps.ITEM_COLS if cols[0] is None else cols[0], [None]
 
     def recorded(values, library):     # the JSON's value: the one setting, or the list timed
         return library if values == [None] else [library if v is None else v for v in values]
@@ -389,14 +385,10 @@ def main():
             ap.error(f"--matmul-tile: not one of {sorted(mm.TILES)}")
         mm.MATMUL_TILE = args.matmul_tile
     result["matmul_tile"] = mm.MATMUL_TILE
-    # None (the plan's choice) is recorded as ITEM_COLS; narrow parts take 4 (see "narrow_parts")
-    item_cols = recorded(cols, ps.ITEM_COLS)
-    if cols[1:] == [] and cols != [None]:       # one value given: recorded as the value, not a list
-        item_cols = cols[0]
-    result["tensor_cores"], result["item_cols"] = mm.MATMUL_TENSOR_CORES, item_cols
-    result["narrow_parts"] = ("where the item columns are the library's choice, a part whose forward has at "
-                              "most 4 columns takes items of 1 row x 4 columns (persistent_plan; each case's "
-                              "plan is in qlnumba_persistent_plan)")
+    result["tensor_cores"], result["item_cols"] = mm.MATMUL_TENSOR_CORES, recorded(cols, ps.ITEM_COLS)
+    result["narrow_parts"] = ("item_cols null is the library's choice: a part whose forward has at most 4 "
+                              "columns takes items of 1 row x 4 columns, others 2 x 8 (persistent_plan; each "
+                              "case's plan is in qlnumba_persistent_plan)")
     try:
         import torch
         result["versions"]["torch"] = torch.__version__
@@ -409,7 +401,7 @@ def main():
                                                           cols, loads)]
     if args.check:
         result["check_vs_cpu_max_rel_err"] = {
-            name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, persistent, unlabelled)
+            name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, persistent)
             for name in args.check_shapes.split(",")}
         print(json.dumps({"check_vs_cpu_max_rel_err": result["check_vs_cpu_max_rel_err"]}), flush=True)
     shapes_run = list(filter(None, args.shapes.split(",")))     # --shapes "": the versions alone
@@ -420,7 +412,7 @@ def main():
         dout = rng.standard_normal((B, T, H)).astype(np.float32)
         row = {"B": B, "T": T, "E": E, "H": H, "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
         # (label, psug, path, setting): each of the persistent path's settings
-        cases = [(f"qlnumba_{kind}_{path}" + suffix(setting, unlabelled), psug, path, setting)
+        cases = [(f"qlnumba_{kind}_{path}" + suffix(setting), psug, path, setting)
                  for path in args.paths.split(",") for kind, psug in (("ql", True), ("lstm", False))
                  for setting in (persistent if path == "persistent" else [LIBRARY])]
         d_x, d_dout = cuda.to_device(x), cuda.to_device(dout)

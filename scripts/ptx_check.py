@@ -208,7 +208,7 @@ def main():
             if args.loops:
                 if (psug, hgr) != (True, True):       # psug and hgr are the kernels' run-time flags
                     continue
-                configs = [("persistent", 2, gps.TEAM_LOADS, gps.ITEM_COLS)]
+                configs = [("persistent", 2, gps.TEAM_LOADS, 8)]      # the large shape's items
             for path, rows, loads, cols in configs:
                 gps.TEAM_LOADS = loads
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,

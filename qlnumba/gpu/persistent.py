@@ -61,12 +61,13 @@ TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a
 # forward ran only the one-k loop.  0 (that loop at every shape; twentieth session, one call)
 # trained the large shape 4.6% (QL-LSTM) and 10% (LSTM) slower than 16, the small one within 2%
 TEAM_LOADS = 16
-# columns of one team_dot item (4 or 8).  A step's loops read every row of h (or δz) from L2
-# once per group of ITEM_COLS columns: at (64, 1024, 300, 512) LSTM's forward and backward
-# each read 67 MB per step with 4, 34 MB with 8.  With 8 the items default to 2 rows (the same
-# 16 accumulators per lane).  On an H100 (twelfth session, bench/results/README.md) 8 trained
-# that shape 7.6% (QL-LSTM) and 11% (LSTM) faster than 4, with the same results to the bit
-ITEM_COLS = 8
+# columns of one team_dot item (4 or 8; None: the plan's choice, 4 for narrow parts, else 8,
+# see persistent_plan).  A step's loops read every row of h (or δz) from L2 once per group of
+# item columns: at (64, 1024, 300, 512) LSTM's forward and backward each read 67 MB per step
+# with 4, 34 MB with 8.  With 8 the items default to 2 rows (the same 16 accumulators per
+# lane).  On an H100 (twelfth session, bench/results/README.md) 8 trained that shape 7.6%
+# (QL-LSTM) and 11% (LSTM) faster than 4, with the same results to the bit
+ITEM_COLS = None
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
 TEAMP = TEAM + 1                         # a padded row of team partials (see team_dot)
@@ -471,8 +472,8 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, ite
     timed).  Blocks of 512 threads (registers capped at 128, see PERSISTENT_JIT) hide more
     of the step's memory latency than 256; 256 where 512 do not fit.  The simulator runs
     one block that loops over every part (so the partition logic is tested there too).
-    Items of ``item_cols`` columns (None: 4 for narrow parts, else ``ITEM_COLS``, 8; or 4),
-    2 rows by default with 8.  None also where B x G reaches 2**31: the loops' index
+    Items of ``item_cols`` columns (4 or 8; None: ``ITEM_COLS``, whose None is 4 for narrow
+    parts, else 8), 2 rows by default with 8.  None also where B x G reaches 2**31: the loops' index
     arithmetic is 32-bit (``divmod32``, ``index32``).
     """
     if B * G >= 2 ** 31:
@@ -483,9 +484,11 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, ite
         return None
     nu = -(-H // (blocks // rgroups))
     ugroups = -(-H // nu)
+    cols = ITEM_COLS if item_cols is None else int(item_cols)
     # narrow parts: the forward's columns (G/H x nu) fit in one item of 4 columns
-    narrow = (G // H) * nu <= 4 and item_cols is None
-    cols = (4 if narrow else ITEM_COLS) if item_cols is None else int(item_cols)
+    narrow = cols is None and (G // H) * nu <= 4
+    if cols is None:
+        cols = 4 if narrow else 8
     check_item_cols(cols)
     if item_rows is not None:
         rows = int(item_rows)

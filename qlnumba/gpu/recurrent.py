@@ -80,7 +80,7 @@ class CudaQLCell:
         self.path = path
         self.row_groups = None                 # persistent_plan's options (None: its defaults)
         self.item_rows = None
-        self.item_cols = None                  # None: 4 for narrow parts, else ITEM_COLS
+        self.item_cols = None                  # None: ITEM_COLS (None: 4 for narrow parts, else 8)
         self.cpu = cpu_cell
         self.prefix, self.H, self.psug, self.hgr = cpu_cell.prefix, cpu_cell.H, cpu_cell.psug, cpu_cell.hgr
         self.K, self.reverse, self.dtype = cpu_cell.K, cpu_cell.reverse, cpu_cell.dtype

@@ -195,7 +195,7 @@ def test_persistent_uneven_row_groups_equal_cpu(psug, hgr, item_cols, monkeypatc
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
-def test_persistent_plan_defaults_and_checks():
+def test_persistent_plan_defaults_and_checks(monkeypatch):
     """Two row groups from 16 rows up, items of 8 columns and 2 rows; with 4 columns, items
     of 4 rows where a group has 4; narrow parts (the forward's G/H x units columns at most
     4) items of 1 row x 4 columns unless told otherwise; bad item rows and columns are
@@ -236,6 +236,9 @@ def test_persistent_plan_defaults_and_checks():
             persistent_kernels(np.dtype(np.float32), 4, loads, 4)
     with pytest.raises(ValueError, match="item_cols"):
         persistent_kernels(np.dtype(np.float32), 4, 16, 16)
+    from qlnumba.gpu import persistent as ps
+    monkeypatch.setattr(ps, "ITEM_COLS", 8)              # the module's setting holds for narrow parts too
+    assert (persistent_plan(32, 8, 8, 8, True).item_rows, persistent_plan(32, 8, 8, 8, True).item_cols) == (2, 8)
 
 
 def test_device_argument_is_checked():
