@@ -21,10 +21,11 @@ after the rounds), and the JSON the host's CPU (``host_cpu``): cuDNN's LSTM laun
 at every step, and its speed at the small shape moved by half between processes.
 
     python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2] [--item-rows 2,4]
-                        [--item-cols 8,4] [--team-loads 16,0] [--check] [--trainer] [--json-out FILE]
+                        [--item-cols 8,4] [--team-loads 16,0] [--grid-barrier cg,spin] [--check]
+                        [--trainer] [--json-out FILE]
 
 Settings of the persistent loops given as lists (row groups, item rows and columns, team
-loads; "default" for the library's choice) are timed side by side in one process, each checked
+loads, step barrier; "default" for the library's choice) are timed side by side in one process, each checked
 against the CPU with ``--check`` and each paired with cuDNN round by round (cuDNN's own rate
 moved by 25% between the eighteenth session's processes; ours by a few percent).
 """
@@ -78,9 +79,9 @@ def package_version(name):
 
 
 # one setting of the persistent loops; None: the library's choice (a plan's default, or
-# persistent.ITEM_COLS / TEAM_LOADS)
-Setting = namedtuple("Setting", "groups rows cols loads")
-LIBRARY = Setting(None, None, None, None)
+# persistent.ITEM_COLS / TEAM_LOADS / GRID_BARRIER)
+Setting = namedtuple("Setting", "groups rows cols loads barrier")
+LIBRARY = Setting(None, None, None, None, None)
 
 
 def check_against_cpu(qlnumba, shape, block_size, rng, persistent=(LIBRARY,)):
@@ -97,7 +98,7 @@ def check_against_cpu(qlnumba, shape, block_size, rng, persistent=(LIBRARY,)):
         layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=psug, block_size=block_size, device=device, seed=3)
         if device == "cuda":
             configure(layer._cells[0][0], setting)
-        with using_team_loads(setting.loads):
+        with using_loop_options(setting):
             out, _ = layer.forward(x, lengths)
             dx, grads = layer.backward(dout)
         return dict(out=out, dx=dx, **{f"grad_{k}": v for k, v in grads.items()})
@@ -114,26 +115,29 @@ def check_against_cpu(qlnumba, shape, block_size, rng, persistent=(LIBRARY,)):
 
 def suffix(setting):
     """A label's suffix for the parts of a ``Setting`` that are not the library's choice:
-    _r<row groups>_i<item rows>_c<item columns>_l<team loads>."""
-    return "".join("" if v is None else f"_{tag}{v}" for tag, v in zip("ricl", setting))
+    _r<row groups>_i<item rows>_c<item columns>_l<team loads>_b<step barrier>."""
+    return "".join("" if v is None else f"_{tag}{v}" for tag, v in zip("riclb", setting))
 
 
 def configure(cell, setting):
-    """A CudaQLCell's persistent plan options from ``setting`` (its team loads: using_team_loads)."""
+    """A CudaQLCell's persistent plan options from ``setting`` (its team loads and barrier:
+    using_loop_options)."""
     cell.row_groups, cell.item_rows, cell.item_cols = setting.groups, setting.rows, setting.cols
 
 
 @contextmanager
-def using_team_loads(loads):
-    """``with using_team_loads(n):`` the persistent loops take n loads per team_dot pass
-    (persistent.TEAM_LOADS, read at each launch); None leaves the setting alone."""
+def using_loop_options(setting):
+    """``with using_loop_options(setting):`` the persistent loops take ``setting.loads``
+    loads per team_dot pass and ``setting.barrier`` as their step barrier
+    (persistent.TEAM_LOADS and GRID_BARRIER, read at each launch); None leaves an option alone."""
     from qlnumba.gpu import persistent as ps
-    saved = ps.TEAM_LOADS
-    ps.TEAM_LOADS = saved if loads is None else loads
+    saved = ps.TEAM_LOADS, ps.GRID_BARRIER
+    ps.TEAM_LOADS = saved[0] if setting.loads is None else setting.loads
+    ps.GRID_BARRIER = saved[1] if setting.barrier is None else setting.barrier
     try:
         yield
     finally:
-        ps.TEAM_LOADS = saved
+        ps.TEAM_LOADS, ps.GRID_BARRIER = saved
 
 
 def cudnn_contenders(torch, x, dout, E, H):
@@ -269,22 +273,23 @@ def time_matmul_tiles(tiles, shape, repeats, rng):
 
 def kernel_resources(kernels):
     """Registers and local memory per thread of the compiled persistent kernels, for each
-    (item rows, team loads, item cols) of ``kernels`` (those the layers ran)."""
+    (item rows, team loads, item cols, step barrier) of ``kernels`` (those the layers ran)."""
     from qlnumba.gpu import persistent as ps
     out = {}
-    for rows, loads, cols in sorted(kernels):
+    for rows, loads, cols, barrier in sorted(kernels):
         for name in ("persistent_forward", "persistent_backward"):
-            disp = ps.persistent_kernels(np.dtype(np.float32), rows, loads, cols)[name]
+            disp = ps.persistent_kernels(np.dtype(np.float32), rows, loads, cols, barrier)[name]
             for i, kern in enumerate(disp.overloads.values()):
                 out[f"{name} item rows {rows} cols {cols}" + ("" if loads == ps.TEAM_LOADS else f" loads {loads}")
+                    + ("" if barrier == ps.GRID_BARRIER else f" barrier {barrier}")
                     + f" [{i}]"] = {"registers": kern.regs_per_thread, "local_bytes": kern.local_mem_per_thread}
     return out
 
 
-def settings(text):
+def settings(text, kind=int):
     """A comma-separated option of the persistent plan: "default" is None (the library's
-    choice), numbers are ints."""
-    return [None if v == "default" else int(v) for v in text.split(",")]
+    choice), the others ``kind``'s."""
+    return [None if v == "default" else kind(v) for v in text.split(",")]
 
 
 def layer_plan(B, H, psug, setting):
@@ -328,6 +333,10 @@ def main():
                     help="columns of one team_dot item in the persistent loops, 4 or 8 (qlnumba.gpu."
                          "persistent.ITEM_COLS; default: the library's choice, 4 for narrow parts, else "
                          "8); several, comma-separated, are timed side by side, labels suffixed _c<N>")
+    ap.add_argument("--grid-barrier", default=None,
+                    help="the persistent loops' step barrier, cg or spin (qlnumba.gpu.persistent."
+                         "GRID_BARRIER; default: the library's, cg); several, comma-separated, are timed "
+                         "side by side, labels suffixed _b<name>")
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="the layers' float32 products on tensor cores: TF32 inputs, or three "
                          "TF32 products for float32's accuracy (qlnumba.gpu.matmul."
@@ -355,7 +364,8 @@ def main():
               # which copy of the library ran: the working tree's, or scripts/make-baseline.sh's
               "library": os.path.dirname(os.path.abspath(qlnumba.__file__)),
               "host_cpu": host_cpu(),
-              "paths": {"persistent": "one cooperative launch for all steps (grid syncs), device arrays",
+              "paths": {"persistent": "one cooperative launch for all steps (a step barrier per step, "
+                                      "grid_barrier), device arrays",
                         "simple": "a launch group per step, device arrays",
                         "*_host_api": "the layer API: host arrays in and out, parameters copied per call"},
               "shapes": {}}
@@ -363,17 +373,22 @@ def main():
     from qlnumba.gpu import persistent as ps
     if args.matmul_prefetch:
         mm.MATMUL_PREFETCH = args.matmul_prefetch == "on"
-    # --team-loads and --item-cols: one value sets the library's setting for the whole run
-    # (no label); several are timed side by side, like --row-groups and --item-rows
+    # --team-loads, --item-cols and --grid-barrier: one value sets the library's setting for
+    # the whole run (no label); several are timed side by side, like --row-groups and --item-rows
     loads, cols = settings(args.team_loads or "default"), settings(args.item_cols or "default")
+    barriers = settings(args.grid_barrier or "default", str)
     if not set(cols) <= {None, 4, 8}:
         ap.error(f"--item-cols: 4 or 8, got {args.item_cols}")
     if any(n is not None and n < 0 for n in loads):
         ap.error(f"--team-loads: 0 or more, got {args.team_loads}")
+    if not set(barriers) <= {None, *ps.GRID_BARRIERS}:
+        ap.error(f"--grid-barrier: one of {ps.GRID_BARRIERS}, got {args.grid_barrier}")
     if len(loads) == 1:
         ps.TEAM_LOADS, loads = ps.TEAM_LOADS if loads[0] is None else loads[0], [None]
     if len(cols) == 1:
         ps.ITEM_COLS, cols = ps.ITEM_COLS if cols[0] is None else cols[0], [None]
+    if len(barriers) == 1:
+        ps.GRID_BARRIER, barriers = ps.GRID_BARRIER if barriers[0] is None else barriers[0], [None]
 
     def recorded(values, library):     # the JSON's value: the one setting, or the list timed
         return library if values == [None] else [library if v is None else v for v in values]
@@ -386,6 +401,7 @@ def main():
         mm.MATMUL_TILE = args.matmul_tile
     result["matmul_tile"] = mm.MATMUL_TILE
     result["tensor_cores"], result["item_cols"] = mm.MATMUL_TENSOR_CORES, recorded(cols, ps.ITEM_COLS)
+    result["grid_barrier"] = recorded(barriers, ps.GRID_BARRIER)
     result["narrow_parts"] = ("item_cols null is the library's choice: a part whose forward has at most 4 "
                               "columns takes items of 1 row x 4 columns, others 2 x 8 (persistent_plan; each "
                               "case's plan is in qlnumba_persistent_plan)")
@@ -398,7 +414,7 @@ def main():
     torch_cuda = torch is not None and torch.cuda.is_available()
     rng = np.random.default_rng(0)
     persistent = [Setting(*values) for values in product(settings(args.row_groups), settings(args.item_rows),
-                                                          cols, loads)]
+                                                          cols, loads, barriers)]
     if args.check:
         result["check_vs_cpu_max_rel_err"] = {
             name: check_against_cpu(qlnumba, SHAPES[name], args.block_size, rng, persistent)
@@ -444,7 +460,7 @@ def main():
                 layer.forward(x)
                 layer.backward(dout)
 
-            with using_team_loads(setting.loads):
+            with using_loop_options(setting):
                 timer.time(label, "train", train)
                 timer.time(label, "infer", infer)
                 if args.host_api:
@@ -465,10 +481,11 @@ def main():
                 json.dump(result, f, indent=1)
     save()                              # the timings are kept whatever fails after them
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and "persistent" in args.paths:
-        plans = [(layer_plan(B, H, psug, st), st.loads) for B, _, _, H in (SHAPES[n] for n in shapes_run)
+        plans = [(layer_plan(B, H, psug, st), st) for B, _, _, H in (SHAPES[n] for n in shapes_run)
                  for psug in (True, False) for st in persistent]
         result["kernel_resources"] = kernel_resources(
-            {(p["item_rows"], ps.TEAM_LOADS if n is None else n, p["item_cols"]) for p, n in plans if p})
+            {(p["item_rows"], ps.TEAM_LOADS if st.loads is None else st.loads, p["item_cols"],
+              ps.GRID_BARRIER if st.barrier is None else st.barrier) for p, st in plans if p})
     if args.trainer:
         result["trainer"] = time_trainer(qlnumba, args.repeats, rng)
         print(json.dumps({"trainer": result["trainer"]}), flush=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/gpu-check.sh with the persistent kernels' default plan next to cuDNN (ROW_GROUPS,
-# ITEM_ROWS, ITEM_COLS and TEAM_LOADS, for example 1,2 and default,1 and default,4 and
-# default,0,32, compare settings side by side in one process, each checked against the CPU
+# ITEM_ROWS, ITEM_COLS, TEAM_LOADS and GRID_BARRIER, for example 1,2 and default,1 and default,4
+# and default,0,32 and default,spin, compare settings side by side in one process, each checked against the CPU
 # layer at both shapes; the ninth session's runs chose the row groups), the matrix-product tiles
 # (MATMUL_TILES; empty: none) on the large shape's products, a one-line-per-mode summary of the
 # ratios, then the defaults again with each option set of VARIANTS ("|" between runs; default:
@@ -30,6 +30,7 @@ MATMUL_TILES="${MATMUL_TILES-128x128pf,128x128tf32x3,128x128tf32x3tested,128x128
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups "${ROW_GROUPS:-default}" --item-rows "${ITEM_ROWS:-default}" \
     --item-cols "${ITEM_COLS:-default}" --team-loads "${TEAM_LOADS:-default}" \
+    --grid-barrier "${GRID_BARRIER:-default}" \
     ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null
 [ -n "${SKIP_TESTS:-}" ] || tail -1 "$DEST/gpu_cuda_tests.log"
 "$PY" - "$DEST/gpu_bench.json" <<'PYEOF'

@@ -185,32 +185,37 @@ def main():
                 (lambda real: lambda dtype: wrap(real(dtype), cc, gcells.DEVICE_FUNCTIONS))(real))
     real_persistent, real_matmul = gps.persistent_kernels, gmm.matmul_kernel
     # one name per setting (else a second setting would count as compiled)
-    gps.persistent_kernels = lambda dtype, rows, loads, cols: {
-        name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}", d, cc)
-        for name, d in real_persistent(dtype, rows, loads, cols).items()}
+    gps.persistent_kernels = lambda dtype, rows, loads, cols, barrier="cg": {
+        name: Launcher(f"{name} item rows {rows} cols {cols} loads {loads}"
+                       + ("" if barrier == "cg" else f" barrier {barrier}"), d, cc)
+        for name, d in real_persistent(dtype, rows, loads, cols, barrier).items()}
     gmm.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
-    saved_loads = gps.TEAM_LOADS
+    saved_loads, saved_barrier = gps.TEAM_LOADS, gps.GRID_BARRIER
     for dtype in (np.dtype(name).type for name in args.dtypes.split(",")):
         B, T, E, H = 3, 5, 2, 4
         x = rng.standard_normal((B, T, E)).astype(dtype)
         lengths = np.array([5, 2, 4])
         dout = rng.standard_normal((B, T, 2 * H)).astype(dtype)
         for psug, hgr in ((False, False), (True, False), (False, True), (True, True)):
-            # path, item rows, loads (TEAM_LOADS), item cols; float64 layers only the first five
-            # (the defaults: 2 x 8, and 1 x 4 for narrow parts; the other options for speed are
-            # float32's, and each compile adds to the suite's time)
-            configs = [(p, 2, 16, 4) for p in grec.PATHS] + [("persistent", 4, 16, 4), ("persistent", 2, 16, 8),
-                                                             ("persistent", 1, 16, 4)]
+            # path, item rows, loads (TEAM_LOADS), item cols, grid barrier; float64 layers only
+            # the first six (the defaults: 2 x 8, and 1 x 4 for narrow parts, and the spin
+            # barrier; the other options for speed are float32's, and each compile adds to the
+            # suite's time)
+            configs = [(p, 2, 16, 4, "cg") for p in grec.PATHS] + [
+                ("persistent", 4, 16, 4, "cg"), ("persistent", 2, 16, 8, "cg"), ("persistent", 1, 16, 4, "cg"),
+                ("persistent", 2, 16, 8, "spin")]
             if dtype != np.float64:
-                configs += [("persistent", 4, 32, 4), ("persistent", 2, 32, 8), ("persistent", 2, 0, 8),
-                            ("persistent", 1, 16, 8), ("persistent", 4, 0, 4), ("persistent", 1, 0, 4)]
+                configs += [("persistent", 4, 32, 4, "cg"), ("persistent", 2, 32, 8, "cg"),
+                            ("persistent", 2, 0, 8, "cg"), ("persistent", 1, 16, 8, "cg"),
+                            ("persistent", 4, 0, 4, "cg"), ("persistent", 1, 0, 4, "cg"),
+                            ("persistent", 1, 16, 4, "spin")]
             if args.loops:
                 if (psug, hgr) != (True, True):       # psug and hgr are the kernels' run-time flags
                     continue
-                configs = [("persistent", 2, gps.TEAM_LOADS, 8)]      # the large shape's items
-            for path, rows, loads, cols in configs:
-                gps.TEAM_LOADS = loads
+                configs = [("persistent", 2, gps.TEAM_LOADS, 8, gps.GRID_BARRIER)]   # the large shape's items
+            for path, rows, loads, cols, barrier in configs:
+                gps.TEAM_LOADS, gps.GRID_BARRIER = loads, barrier
                 layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, block_size=2, bidirectional=True,
                                        dtype=dtype, device="cuda", seed=0)
                 for row in layer._cells:
@@ -218,7 +223,7 @@ def main():
                         cell.path, cell.item_rows, cell.item_cols = path, rows, cols
                 layer.forward(x, lengths)
                 layer.backward(dout)
-        gps.TEAM_LOADS = saved_loads
+        gps.TEAM_LOADS, gps.GRID_BARRIER = saved_loads, saved_barrier
         if args.loops:
             break
         for tile in gmm.TILES:                        # every matrix-product tile

@@ -4,8 +4,8 @@ cooperative launch.
 Block q owns part q: a group of rows and a group of hidden units (``persistent_plan``), and
 keeps the units' slices of U (and V_s, V_m) in shared memory; its teams of threads make
 U h_{t-1} for those rows and units (``team_dot``), then run their cells (the device functions
-of ``cells.py``), and one ``cuda.cg.this_grid().sync()`` per step (two on a closing step in
-BPTT) publishes the new h.  h, s, m and δz are double-buffered so no block overwrites what
+of ``cells.py``), and one step barrier per step (two on a closing step in BPTT; by default
+``cuda.cg.this_grid().sync()``, see GRID_BARRIER) publishes the new h.  h, s, m and δz are double-buffered so no block overwrites what
 another still reads.  The simple path (``recurrent.py``) is the reference these loops are
 tested against.
 
@@ -25,7 +25,8 @@ the compiler already knew the range made it unroll more: the row and column of t
 outputs stay as they are.)
 
 Shapes legend (device arrays, C order): those of ``cells.py``, and
-  double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G);  close_flags (steps,) int8
+  double buffers: hbuf, mbuf, Sbuf (2,B,H), DZbuf (2,B,G);  close_flags (steps,) int64
+  bar (rgroups * barrier.SLOT,) int64: the spin barrier's counters (zeros before a forward)
   shared memory per block: U slice (ncol_pad, H) forward or (ncol_pad, G) backward, V_s and
     V_m slices (padded(nu), H), team partials (teams * item cols * item rows, TEAM + 1)
 
@@ -50,6 +51,7 @@ from numba import float32, float64, uint64
 
 from . import cells, get_cuda
 from .arrays import DEVICE_JIT, LINEINFO, SIM, THREADS, divmod32, index32, multiprocessors
+from .barrier import SLOT, blocks_barrier
 
 cuda = get_cuda()
 TEAM = 4 if SIM else 32                  # lanes that share one team_dot item (a warp on a GPU)
@@ -68,6 +70,16 @@ TEAM_LOADS = 16
 # lane).  On an H100 (twelfth session, bench/results/README.md) 8 trained that shape 7.6%
 # (QL-LSTM) and 11% (LSTM) faster than 4, with the same results to the bit
 ITEM_COLS = None
+# the step barrier: "cg", cooperative groups' grid.sync() (a call into libcudadevrt, every
+# block of the grid); "spin", ``barrier.blocks_barrier`` among the blocks of one row group
+# (parts of different row groups share nothing: a part reads and writes only its own rows
+# of h, s, m and δz), so row groups wait only for themselves; written out, the compiler sees
+# the whole loop.  "cg" until "spin" is timed on a card.  A grid sync of 132 blocks took
+# 1.5 µs on an H100, where a forward step of QL-LSTM at the large shape takes 7.8 µs, and
+# ncu put 10-11% of the loops' stalls at block barriers, most of them warps waiting while
+# their thread 0 spins in the grid sync (bench/results/README.md)
+GRID_BARRIER = "cg"
+GRID_BARRIERS = ("cg", "spin")
 SHARED_BYTES = 48 * 1024                 # dynamic shared memory without an opt-in
 TEAM1 = np.uint64(TEAM)                  # unsigned: team_dot's k loop
 TEAMP = TEAM + 1                         # a padded row of team partials (see team_dot)
@@ -81,22 +93,29 @@ PERSISTENT_JIT = {} if SIM else {"max_registers": 128}
 LOOP_JIT = dict(PERSISTENT_JIT, lineinfo=True) if LINEINFO else PERSISTENT_JIT
 
 
+def check_grid_barrier(barrier):
+    if barrier not in GRID_BARRIERS:
+        raise ValueError(f"grid barrier must be one of {GRID_BARRIERS}, got {barrier!r}")
+
+
 def check_item_cols(item_cols):
     if item_cols not in (4, 8):
         raise ValueError(f"item_cols must be 4 or 8, got {item_cols!r}")
 
 
 @lru_cache(maxsize=None)
-def persistent_kernels(dtype, item_rows, loads, item_cols):
+def persistent_kernels(dtype, item_rows, loads, item_cols, grid_barrier="cg"):
     """The persistent step loops (and their device functions) for one float dtype,
     ``team_dot`` items of ``item_rows`` rows x ``item_cols`` columns, ``loads`` loads of h
     in flight per lane and pass (compile-time constants: the register blocks need them); with
     ``loads`` 0 no passes: every k goes through the one-k loop, which the compiler unrolls
-    and pipelines itself."""
+    and pipelines itself; the step barrier ``grid_barrier`` (see GRID_BARRIER)."""
     if loads < 0 or loads % item_rows:
         raise ValueError(f"team_dot's loads per pass ({loads}) must be 0 or a multiple of its "
                          f"item rows ({item_rows})")
     check_item_cols(item_cols)
+    check_grid_barrier(grid_barrier)
+    SPIN = grid_barrier == "spin"
     ftype = float32 if np.dtype(dtype) == np.float32 else float64
     k = cells.cell_kernels(np.dtype(dtype))
     cell_forward, cell_backward, closes_at = k["cell_forward"], k["cell_backward"], k["closes_at"]
@@ -125,6 +144,20 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
         nrg = divmod32(B + rgroups - 1, rgroups)[0]
         r0 = index32(rgroup * nrg)
         return r0, max(0, min(B, r0 + nrg) - r0), u0, min(H, u0 + nu) - u0, nu
+
+    @cuda.jit(device=True, inline=True, **DEVICE_JIT)
+    def step_sync(grid, bar, ugroups, resident):
+        """The step barrier: ``grid.sync()``, or with SPIN ``barrier.blocks_barrier`` among
+        the blocks of this block's row group where each part has a block of its own (row
+        groups share no data), else among all the blocks (the simulator's one)."""
+        if SPIN:
+            if resident:
+                rgroup, ugroup = divmod32(cuda.blockIdx.x, ugroups)
+                blocks_barrier(bar, rgroup, ugroups, ugroup == 0)
+            else:
+                blocks_barrier(bar, 0, cuda.gridDim.x, cuda.blockIdx.x == 0)
+        else:
+            grid.sync()
 
     @cuda.jit(device=True, **DEVICE_JIT)
     def load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, transpose):
@@ -277,8 +310,8 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
 
     @cuda.jit(**LOOP_JIT)
     def persistent_forward(out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
-                           RBLK, hU, P, Q, lengths, n0, close_flags, U, b, gamma, beta, V_s, V_m,
-                           b_r, steps, K, ugroups, rgroups, psug, hgr, reverse):
+                           RBLK, hU, P, Q, lengths, n0, close_flags, bar, U, b, gamma, beta, V_s,
+                           V_m, b_r, steps, K, ugroups, rgroups, psug, hgr, reverse):
         """Every step in one cooperative launch: block q owns part q, a group of rows and
         a group of hidden units (``part_span``), and keeps the units' rows of U (all
         four gates), V_s and V_m in shared memory, so a step needs one grid sync.
@@ -327,7 +360,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                         S[bb, j] = a[bb, j] / ftype(K)                    # s = a / K (cells.close_summary_cell)
                     e += cuda.blockDim.x
                 q += cuda.gridDim.x
-            grid.sync()
+            step_sync(grid, bar, ugroups, resident)
             if hgr and close_flags[s]:
                 mnext = mbuf[(closes + 1) % 2]
                 q = cuda.blockIdx.x
@@ -354,7 +387,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
 
     @cuda.jit(**LOOP_JIT)
     def persistent_backward(DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, dout,
-                            GATES, C, CPREV, Z, MBLK, SBLK, RBLK, lengths, n0, close_flags,
+                            GATES, C, CPREV, Z, MBLK, SBLK, RBLK, lengths, n0, close_flags, bar,
                             U, gamma, V_s, V_m, steps, K, ugroups, rgroups, psug, hgr, reverse):
         """BPTT of ``persistent_forward`` in one cooperative launch, steps in reverse.
 
@@ -391,7 +424,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                                             K, index32(r0 + row), index32(u0 + unit))
                         e += cuda.blockDim.x
                     q += cuda.gridDim.x
-                grid.sync()
+                step_sync(grid, bar, ugroups, resident)
                 q = cuda.blockIdx.x
                 while q < nparts:
                     r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
@@ -420,7 +453,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols):
                                   lengths, s, psug, hgr, reverse, index32(r0 + row), index32(u0 + unit))
                     e += cuda.blockDim.x
                 q += cuda.gridDim.x
-            grid.sync()
+            step_sync(grid, bar, ugroups, resident)
             q = cuda.blockIdx.x
             while q < nparts:
                 r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
@@ -551,5 +584,11 @@ def launch_persistent(dispatcher, plan, nbytes, *args):
 
 def loops(dtype, plan):
     """The persistent kernels (persistent_forward, persistent_backward) for ``plan``, with
-    this module's TEAM_LOADS."""
-    return persistent_kernels(np.dtype(dtype), plan.item_rows, TEAM_LOADS, plan.item_cols)
+    this module's TEAM_LOADS and GRID_BARRIER."""
+    return persistent_kernels(np.dtype(dtype), plan.item_rows, TEAM_LOADS, plan.item_cols, GRID_BARRIER)
+
+
+def barrier_slots(plan):
+    """int64 values of the counters buffer (``bar``) the loops take: one counter per row
+    group (``barrier.SLOT`` values each)."""
+    return plan.rgroups * SLOT

@@ -144,9 +144,10 @@ class CudaQLCell:
         n0 = np.zeros(B, np.int64) if st is None else st["n"].copy()
         steps = int(lengths.max())
         closes = closing_steps(lengths, n0, K, steps) if self.hgr else np.zeros(steps, np.int8)
-        ints = ws.put_many("ints", dict(lengths=lengths, n0=n0, closes=closes), np.int64)   # one copy
-        d_len, d_n0, d_closes = ints["lengths"], ints["n0"], ints["closes"]
         plan = self._plan(B, G)
+        bar = np.zeros(persistent.barrier_slots(plan) if plan is not None else 0, np.int64)
+        ints = ws.put_many("ints", dict(bar=bar, lengths=lengths, n0=n0, closes=closes), np.int64)  # one copy
+        d_len, d_n0, d_closes, d_bar = ints["lengths"], ints["n0"], ints["closes"], ints["bar"]
         state = dict(c=("c", (B, H)), a=("a", (B, H)))
         if self.hgr:
             state["m0"] = ("m", (B, H))
@@ -173,7 +174,7 @@ class CudaQLCell:
                 persistent.loops(self.dtype, plan)["persistent_forward"],
                 plan, plan.fwd_bytes,
                 out, hbuf, c, mbuf, a, Sbuf, Z, GATES, C, CPREV, HPREV, MBLK, SBLK, RBLK, hU, Pv, Q,
-                d_len, d_n0, d_closes, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
+                d_len, d_n0, d_closes, d_bar, P["U"], P["b"], P["gamma"], P["beta"], P["V_s"], P["V_m"],
                 P["b_r"], steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
             h, m = hbuf[steps % 2], mbuf[int(closes.sum()) % 2]
         else:
@@ -197,7 +198,7 @@ class CudaQLCell:
             if self.hgr:
                 st["n"][...] = (n0 + lengths) % K
         self.cache = dict(x=d_x, lengths=lengths, d_len=d_len, d_n0=d_n0, closes=closes,
-                          d_closes=d_closes, Z=Z, GATES=GATES, C=C, CPREV=CPREV, HPREV=HPREV,
+                          d_closes=d_closes, d_bar=d_bar, Z=Z, GATES=GATES, C=C, CPREV=CPREV, HPREV=HPREV,
                           MBLK=MBLK, SBLK=SBLK, RBLK=RBLK, P=P, NB=NB) if need_grad else None
         return out
 
@@ -232,7 +233,7 @@ class CudaQLCell:
                 plan, plan.bwd_bytes,
                 DZ, DZbuf, SUMS, DP, DP_step, dmV, dsV, dh, dc, dm, da, d_dout,
                 cc["GATES"], cc["C"], cc["CPREV"], cc["Z"], cc["MBLK"], cc["SBLK"], cc["RBLK"],
-                d_len, d_n0, cc["d_closes"], P["U"], P["gamma"], P["V_s"], P["V_m"],
+                d_len, d_n0, cc["d_closes"], cc["d_bar"], P["U"], P["gamma"], P["V_s"], P["V_m"],
                 steps, K, plan.ugroups, plan.rgroups, self.psug, self.hgr, self.reverse)
         else:
             DZ_step, dhU = bufs["DZbuf"][0], bufs["dhU"]

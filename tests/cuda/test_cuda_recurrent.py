@@ -195,6 +195,63 @@ def test_persistent_uneven_row_groups_equal_cpu(psug, hgr, item_cols, monkeypatc
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
+@pytest.mark.parametrize("psug,hgr,H,row_groups,dtype,tol",
+                         [(True, True, 10, 2, np.float64, 1e-10), (False, False, 10, 1, np.float64, 1e-10),
+                          (True, True, 10, 1, np.float32, 2e-4), (True, True, 1, 1, np.float64, 1e-10)],
+                         ids=["ql-groups2", "lstm", "ql-float32", "ql-one-part"])
+def test_spin_barrier_layer_equals_cpu(psug, hgr, H, row_groups, dtype, tol, monkeypatch):
+    """GRID_BARRIER "spin" (``barrier.blocks_barrier`` in place of grid.sync()): every output,
+    state and gradient equals the CPU layer's, two layers in a row (the second meets the
+    counters the first left; K = 2 closes blocks, so BPTT takes both of its barriers), and
+    after each call the counters are whole barriers (multiples of FLIP).  The simulator runs
+    one block: with several parts it waits for all the grid's blocks (its own); with one
+    part (H = 1) it takes the GPU's branch, its row group's counter."""
+    from qlnumba.gpu import barrier
+    from qlnumba.gpu import persistent as ps
+    monkeypatch.setattr(ps, "GRID_BARRIER", "spin")
+    rng = make_rng(71)
+    B, T, E = 3, 4, 2
+    kw = dict(num_layers=2, psug=psug, hgr=hgr, block_size=2, dtype=dtype, seed=11)
+    cpu = qlnumba.QLLSTM(E, H, **kw)
+    gpu = qlnumba.QLLSTM(E, H, device="cuda", **kw)
+    for row in gpu._cells:
+        row[0].row_groups = row_groups
+    plan = gpu._cells[0][0]._plan(B, gpu._cells[0][0].cpu._p("U", 2).shape[0])
+    assert (plan.rgroups, plan.ugroups * plan.rgroups == 1) == (row_groups, H == 1)
+    for name, p in cpu.params.items():
+        p[...] = 0.5 * rng.standard_normal(p.shape)
+        gpu.params[name][...] = p
+    x = rng.standard_normal((B, T, E)).astype(dtype)
+    lengths = np.array([4, 1, 3])
+    dout = rng.standard_normal((B, T, H)).astype(dtype)
+    results = [forward_backward(layer, x, lengths, dout) for layer in (cpu, gpu)]
+    assert_layers_agree(results[1], results[0], tol)
+    for row in gpu._cells:
+        counters = row[0].cache["d_bar"].copy_to_host()
+        assert counters.size == plan.rgroups * barrier.SLOT
+        assert np.all(counters % barrier.FLIP == 0) and counters.any(), counters
+
+
+def test_barrier_counter_flips_at_the_last_arrival():
+    """The counting of ``barrier.blocks_barrier``, with its simulator stand-in for the atomic
+    add, blocks arriving one after another in every order (the master anywhere among them)
+    over several barriers: the FLIP bit each block waits on changes exactly when the last
+    block of the set arrives, and the counter is then a multiple of FLIP again."""
+    from itertools import permutations
+
+    from qlnumba.gpu.barrier import FLIP, arrive, poll
+    for n in range(1, 5):
+        for order in permutations(range(n)):
+            bar = np.zeros(1, np.int64)
+            for _ in range(3):
+                olds = []
+                for i, block in enumerate(order):
+                    olds.append(arrive(bar, 0, FLIP - (n - 1) if block == 0 else 1))
+                    released = [(poll(bar, 0) ^ old) & FLIP != 0 for old in olds]
+                    assert released == [i == n - 1] * len(olds), (n, order, i)
+                assert poll(bar, 0) % FLIP == 0
+
+
 def test_persistent_plan_defaults_and_checks(monkeypatch):
     """Two row groups from 16 rows up, items of 8 columns and 2 rows; with 4 columns, items
     of 4 rows where a group has 4; narrow parts (the forward's G/H x units columns at most
@@ -236,6 +293,8 @@ def test_persistent_plan_defaults_and_checks(monkeypatch):
             persistent_kernels(np.dtype(np.float32), 4, loads, 4)
     with pytest.raises(ValueError, match="item_cols"):
         persistent_kernels(np.dtype(np.float32), 4, 16, 16)
+    with pytest.raises(ValueError, match="grid barrier must be one of"):
+        persistent_kernels(np.dtype(np.float32), 2, 16, 8, "atomic")
     from qlnumba.gpu import persistent as ps
     monkeypatch.setattr(ps, "ITEM_COLS", 8)              # the module's setting holds for narrow parts too
     assert (persistent_plan(32, 8, 8, 8, True).item_rows, persistent_plan(32, 8, 8, 8, True).item_cols) == (2, 8)

@@ -25,13 +25,13 @@ def test_gpu_benchmark_runs_with_its_options(tmp_path):
     run("bench/gpu.py", "--shapes", "tiny", "--repeats", "1", "--team-loads", "32",
         "--matmul-prefetch", "off", "--tensor-cores", "tf32x3", "--item-cols", "8",
         "--matmul-tiles", "64x64,64x64pf", "--tile-shape", "tiny", "--matmul-tile", "128x128tf32x3as",
-        "--json-out", str(out))
+        "--grid-barrier", "spin", "--json-out", str(out))
     result = json.loads(out.read_text())
     assert set(result["matmul_tiles"]) == {"64x64", "64x64pf"}
     assert all(row["all four ms"] > 0 for row in result["matmul_tiles"].values())   # @best-tile's measure
     assert result["team_loads"] == 32 and result["matmul_prefetch"] is False
     assert result["tensor_cores"] == "tf32x3" and result["item_cols"] == 8
-    assert result["matmul_tile"] == "128x128tf32x3as"
+    assert result["matmul_tile"] == "128x128tf32x3as" and result["grid_barrier"] == "spin"
     assert set(result["shapes"]["tiny"]["train_tokens_per_s"]) >= {"qlnumba_ql_persistent",
                                                                     "qlnumba_lstm_persistent"}
     # one --item-cols value holds for every case, narrow parts too (H = 3: 1 unit a part)
@@ -47,12 +47,14 @@ def test_gpu_benchmark_checks_settings_side_by_side(tmp_path):
     test's time; the tensor-core tiles have tests of their own, and the test above)."""
     out = tmp_path / "gpu.json"
     run("bench/gpu.py", "--shapes", "", "--item-rows", "1", "--item-cols", "default,4", "--team-loads", "default,0",
-        "--tensor-cores", "off", "--check", "--check-shapes", "tiny", "--json-out", str(out))
+        "--grid-barrier", "default,spin", "--tensor-cores", "off", "--check", "--check-shapes", "tiny",
+        "--json-out", str(out))
     result = json.loads(out.read_text())
     assert result["team_loads"] == [16, 0] and result["item_cols"] == [None, 4]     # None: the plan's choice
+    assert result["grid_barrier"] == ["cg", "spin"]
     checks = result["check_vs_cpu_max_rel_err"]["tiny"]
-    assert set(checks) == {f"{kind}_i1{cols}{loads}" for kind in ("ql", "lstm") for cols in ("", "_c4")
-                           for loads in ("", "_l0")}
+    assert set(checks) == {f"{kind}_i1{cols}{loads}{barrier}" for kind in ("ql", "lstm") for cols in ("", "_c4")
+                           for loads in ("", "_l0") for barrier in ("", "_bspin")}
     assert all(err < 1e-4 for case in checks.values() for err in case.values())
 
 
@@ -66,7 +68,8 @@ def test_gpu_profile_and_ncu_driver_run():
 def test_gpu_benchmark_refuses_bad_settings():
     """A setting the loops cannot take is refused before anything runs, with the option's name."""
     for option, value, message in (("--item-cols", "8,6", "--item-cols: 4 or 8"),
-                                   ("--team-loads", "16,-2", "--team-loads: 0 or more")):
+                                   ("--team-loads", "16,-2", "--team-loads: 0 or more"),
+                                   ("--grid-barrier", "cg,atomic", "--grid-barrier: one of")):
         done = subprocess.run([sys.executable, "bench/gpu.py", "--shapes", "", option, value], cwd=ROOT,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
                               timeout=300)
