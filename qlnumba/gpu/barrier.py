@@ -49,6 +49,8 @@ else:
     from numba.cuda.extending import intrinsic
 
     def _address(context, builder, arrty, arr, index):
+        """The generic address of arr[index]; the asm converts it to a global one (a generic
+        atomic add compiled to a test for shared memory and a compare-and-swap loop there)."""
         data = context.make_array(arrty)(context, builder, arr).data
         return builder.ptrtoint(builder.gep(data, [index]), ir.IntType(64))
 
@@ -62,7 +64,8 @@ else:
             addr = _address(context, builder, sig.args[0], args[0], args[1])
             add = context.cast(builder, args[2], sig.args[2], types.int64)
             asm = ir.InlineAsm(ir.FunctionType(i64, [i64, i64]),
-                               "atom.release.gpu.add.u64 $0, [$1], $2;", "=l,l,l,~{memory}",
+                               "{ .reg .u64 g; cvta.to.global.u64 g, $1; "
+                               "atom.release.gpu.global.add.u64 $0, [g], $2; }", "=l,l,l,~{memory}",
                                side_effect=True)
             return builder.call(asm, [addr, add])
         return sig, codegen
@@ -75,7 +78,8 @@ else:
         def codegen(context, builder, sig, args):
             i64 = ir.IntType(64)
             addr = _address(context, builder, sig.args[0], args[0], args[1])
-            asm = ir.InlineAsm(ir.FunctionType(i64, [i64]), "ld.acquire.gpu.u64 $0, [$1];",
+            asm = ir.InlineAsm(ir.FunctionType(i64, [i64]),
+                               "{ .reg .u64 g; cvta.to.global.u64 g, $1; ld.acquire.gpu.global.u64 $0, [g]; }",
                                "=l,l,~{memory}", side_effect=True)
             return builder.call(asm, [addr])
         return sig, codegen
