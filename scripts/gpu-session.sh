@@ -2,6 +2,10 @@
 # One device call that fits a session's 15 minutes of device time (about 40 s of start and
 # transfers, then up to LIMIT seconds, default 560): the benchmarks first, then profiles, then
 # the GPU tests with whatever time is left.
+#   0. with PRECHECK (a pytest -k expression): those GPU tests first, stopped after PRECHECK_TIMEOUT
+#      seconds (default 120).  If they fail or time out, step 1 runs without GRID_BARRIER's
+#      settings: a step barrier that never opens would otherwise hang the benchmark (and with it
+#      the whole call) until its timeout.
 #   1. scripts/gpu-variants.sh without its tests and profile: the defaults beside cuDNN at both
 #      shapes (checked against the CPU), the tiles of MATMUL_TILES, each option set of VARIANTS
 #      (both as gpu-variants.sh takes them).
@@ -12,12 +16,16 @@
 #      the ones on what changed since the last card run), then the rest, each run stopped by
 #      the time left.  -v names every test as it ends, so a run that the timeout stops still
 #      says which passed (the fourteenth session's -q log could only be counted).
-# Example (the plan for the next card, twentieth session: the defaults beside cuDNN at both
-# shapes, then first the 40 GPU tests that the twentieth session's two calls had no time for and
-# the plan test mended since, then the rest):
-#   BENCH_TIMEOUT=120 LIMIT=560 MATMUL_TILES= VARIANTS= \
-#   FIRST_TESTS="plan_defaults or wide or slab or prefetch or take_float32 or tf32x3_long or async or register or simulator or closing or reads_only or trainer_refuses or allocates or device_argument or tensor_core_products or gpu_" \
+# Example (the plan for the next card, twenty-first session: the spin barrier's layer tests,
+# then both step barriers side by side beside cuDNN at both shapes, each checked against the
+# CPU, then first the spin barrier's tests and the 40 GPU tests that the twentieth session's two
+# calls had no time for, then the rest):
+#   PRECHECK="spin_barrier_layer and (ql-groups2 or lstm)" GRID_BARRIER=default,spin \
+#   BENCH_TIMEOUT=260 LIMIT=560 MATMUL_TILES= VARIANTS= \
+#   FIRST_TESTS="spin or barrier or plan_defaults or wide or slab or prefetch or take_float32 or tf32x3_long or async or register or simulator or closing or reads_only or trainer_refuses or allocates or device_argument or tensor_core_products or gpu_" \
 #   bash scripts/gpu-session.sh
+# (The twentieth session's plan, run by none: the same without PRECHECK, GRID_BARRIER and the
+# first two FIRST_TESTS, BENCH_TIMEOUT=120.)
 # (The twentieth session's first call timed eight settings of the persistent loops:
 # ITEM_ROWS=default,1 ITEM_COLS=default,4 TEAM_LOADS=default,0 BENCH_TIMEOUT=420 MATMUL_TILES=
 # VARIANTS= FIRST_TESTS="loads0 or 1x8 or side_by_side or uneven or plan or device_calls or gru".)
@@ -33,6 +41,17 @@ DEST="${OUT:-bench/results}"
 PY="${PYTHON:-python3}"
 LIMIT="${LIMIT:-560}"
 mkdir -p "$DEST"
+if [ -n "${PRECHECK:-}" ]; then
+    PYTHONPATH="$PWD" timeout "${PRECHECK_TIMEOUT:-120}" "$PY" -m pytest -v -p no:cacheprovider tests/cuda \
+        -k "$PRECHECK" 2>&1 | grep -E "PASSED|FAILED|ERROR|SKIPPED|Error|assert| passed| failed" \
+        | tee "$DEST/gpu_precheck.log"
+    status="${PIPESTATUS[0]}"
+    echo "precheck ($PRECHECK) ended at ${SECONDS} s, exit status $status"
+    if [ "$status" != 0 ]; then
+        echo "precheck failed: the benchmarks run without GRID_BARRIER=${GRID_BARRIER:-}"
+        unset GRID_BARRIER
+    fi
+fi
 [ -n "${SKIP_BENCH:-}" ] || SKIP_TESTS=1 SKIP_PROFILE=1 bash scripts/gpu-variants.sh
 echo "benchmarks done at ${SECONDS} s"
 profiles() {    # the ncu runs of NCU_RUNS, each bounded by the time left less 60 s

@@ -16,7 +16,8 @@ expression ran in the simulator and failed to compile on an H100.
 With no GPU at hand, the persistent loops' machine code is what can be read instead of timed:
 ``--loops --lines FILE`` compiles only the default float32 loops (seconds, not minutes) and
 writes how many SASS instructions each source line became (nvdisasm, from the line-information
-builds; pip install nvidia-cuda-nvdisasm), with registers, spills and 64-bit division calls.
+builds; pip install nvidia-cuda-nvdisasm), with registers, spills and 64-bit division calls
+(``--grid-barrier spin``: the loops with the written-out step barrier).
 """
 import argparse
 import os
@@ -156,7 +157,11 @@ def main():
                          "the profiler's build (QLNUMBA_CUDA_LINEINFO=1)")
     ap.add_argument("--lines", default=None, metavar="FILE",
                     help="with --loops: write the loops' SASS instructions per source line to FILE")
+    ap.add_argument("--grid-barrier", default=None, metavar="NAME",
+                    help="with --loops: the loops' step barrier (persistent.GRID_BARRIER: cg or spin)")
     args = ap.parse_args()
+    if args.grid_barrier and not args.loops:
+        ap.error("--grid-barrier goes with --loops")
     if args.lines and not args.loops:
         ap.error("--lines goes with --loops")
     if args.loops:
@@ -191,6 +196,9 @@ def main():
         for name, d in real_persistent(dtype, rows, loads, cols, barrier).items()}
     gmm.matmul_kernel = lambda dtype, tile: Launcher(f"matmul {tile}", real_matmul(dtype, tile), cc)
     rng = np.random.default_rng(0)
+    if args.grid_barrier:
+        gps.check_grid_barrier(args.grid_barrier)
+        gps.GRID_BARRIER = args.grid_barrier
     saved_loads, saved_barrier = gps.TEAM_LOADS, gps.GRID_BARRIER
     for dtype in (np.dtype(name).type for name in args.dtypes.split(",")):
         B, T, E, H = 3, 5, 2, 4
