@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # scripts/gpu-check.sh with the persistent kernels' default plan next to cuDNN (ROW_GROUPS,
 # ITEM_ROWS, ITEM_COLS, TEAM_LOADS and GRID_BARRIER, for example 1,2 and default,1 and default,4
-# and default,0,32 and default,spin, compare settings side by side in one process, each checked against the CPU
-# layer at both shapes; the ninth session's runs chose the row groups), the matrix-product tiles
-# (MATMUL_TILES; empty: none) on the large shape's products, a one-line-per-mode summary of the
-# ratios, then the defaults again with each option set of VARIANTS ("|" between runs; default:
-# --tensor-cores off, --matmul-tile @best-tile, where @best-tile is the tile of MATMUL_TILES whose
-# four products took the least time; each checked against the CPU too, tokens/s printed to set
-# beside the first
-# run's, all in one gpu_bench_variants.json: the device returns 8 files at most; "@baseline" runs
+# and default,0,32 and default,spin, compare settings side by side in one process, each checked
+# against the CPU layer at both shapes; the ninth session's runs chose the row groups), the
+# matrix-product tiles (MATMUL_TILES; empty: none) on the large shape's products, a
+# one-line-per-mode summary of the ratios, then the defaults again with each option set of
+# VARIANTS ("|" between runs; default: --tensor-cores off, --matmul-tile @best-tile, where
+# @best-tile is the tile of MATMUL_TILES whose four products took the least time; each checked
+# against the CPU too, tokens/s printed to set beside the first run's, all in one
+# gpu_bench_variants.json: the device returns 8 files at most; "@baseline" runs
 # the code of an earlier commit, made by scripts/make-baseline.sh), then a profile
 # of the large shape and of CudaTrainer steps with PROFILE_OPTIONS (default: none).
 # Files go to $OUT (or bench/results).  SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the

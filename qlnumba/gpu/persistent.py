@@ -5,8 +5,8 @@ Block q owns part q: a group of rows and a group of hidden units (``persistent_p
 keeps the units' slices of U (and V_s, V_m) in shared memory; its teams of threads make
 U h_{t-1} for those rows and units (``team_dot``), then run their cells (the device functions
 of ``cells.py``), and one step barrier per step (two on a closing step in BPTT; by default
-``cuda.cg.this_grid().sync()``, see GRID_BARRIER) publishes the new h.  h, s, m and δz are double-buffered so no block overwrites what
-another still reads.  The simple path (``recurrent.py``) is the reference these loops are
+``cuda.cg.this_grid().sync()``, see GRID_BARRIER) publishes the new h.  h, s, m and δz are
+double-buffered so no block overwrites what another still reads.  The simple path (``recurrent.py``) is the reference these loops are
 tested against.
 
 Index arithmetic.  Numba types integers as signed 64-bit: ``a // b`` or ``a % b`` by a

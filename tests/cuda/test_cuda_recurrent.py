@@ -201,11 +201,11 @@ def test_persistent_uneven_row_groups_equal_cpu(psug, hgr, item_cols, monkeypatc
                          ids=["ql-groups2", "lstm", "ql-float32", "ql-one-part"])
 def test_spin_barrier_layer_equals_cpu(psug, hgr, H, row_groups, dtype, tol, monkeypatch):
     """GRID_BARRIER "spin" (``barrier.blocks_barrier`` in place of grid.sync()): every output,
-    state and gradient equals the CPU layer's, two layers in a row (the second meets the
-    counters the first left; K = 2 closes blocks, so BPTT takes both of its barriers), and
-    after each call the counters are whole barriers (multiples of FLIP).  The simulator runs
-    one block: with several parts it waits for all the grid's blocks (its own); with one
-    part (H = 1) it takes the GPU's branch, its row group's counter."""
+    state and gradient of two stacked layers equals the CPU's (each layer's BPTT meets the
+    counters its forward left; K = 2 closes blocks, so BPTT takes both of its barriers), and
+    after the calls each layer's counters are whole barriers (multiples of FLIP).  The
+    simulator runs one block: with several parts it waits for all the grid's blocks (its
+    own); with one part (H = 1) it takes the GPU's branch, its row group's counter."""
     from qlnumba.gpu import barrier
     from qlnumba.gpu import persistent as ps
     monkeypatch.setattr(ps, "GRID_BARRIER", "spin")
