@@ -2,11 +2,14 @@
 
 Each launch of the recurrent cell's kernels is bracketed by device
 synchronisations and timed; the rest of a call (allocations, small host copies,
-Python) is reported as host overhead.  Also measures one grid sync of an empty
-cooperative kernel.  Timings with synchronisation after every launch are an
-upper bound on the real (asynchronous) step; use them for proportions.
+Python) is reported as host overhead.  Also measures one step barrier in an otherwise empty
+cooperative kernel: cooperative groups' grid sync, and ``barrier.blocks_barrier`` (the loops'
+GRID_BARRIER "spin") among all the blocks and, as the loops use it with two row groups, among
+each half of them.  Timings with synchronisation after every launch are an upper bound on
+the real (asynchronous) step; use them for proportions.
 
-    python bench/gpu_profile.py [--shapes small,large]
+    python bench/gpu_profile.py [--shapes small,large] [--grid-barrier spin]
+    python bench/gpu_profile.py --shapes ""        (the barriers alone, seconds)
 """
 import argparse
 import json
@@ -62,6 +65,29 @@ def grid_sync_seconds(blocks, threads, n=2000):
     return (time.perf_counter() - t0) / n
 
 
+def spin_barrier_seconds(blocks, threads, sets=1, n=2000):
+    """Seconds per ``barrier.blocks_barrier`` with ``blocks`` blocks split into ``sets`` sets
+    that each wait only for their own blocks (the loops' row groups)."""
+    from qlnumba.gpu.barrier import SLOT, blocks_barrier
+
+    @cuda.jit
+    def syncs(count, bar, per_set, out):
+        cuda.cg.this_grid()                      # a cooperative launch: every block resident
+        which, rank = cuda.blockIdx.x // per_set, cuda.blockIdx.x % per_set
+        for _ in range(count):
+            blocks_barrier(bar, which, per_set, rank == 0)
+        if cuda.grid(1) == 0:
+            out[0] = count
+
+    bar, out = cuda.to_device(np.zeros(sets * SLOT, np.int64)), cuda.device_array(1, np.int64)
+    syncs[blocks, threads](10, bar, blocks // sets, out)
+    cuda.synchronize()
+    t0 = time.perf_counter()
+    syncs[blocks, threads](n, bar, blocks // sets, out)
+    cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="small,large")
@@ -73,6 +99,9 @@ def main():
     ap.add_argument("--tensor-cores", choices=("off", "tf32", "tf32x3"), default=None,
                     help="float32 products on tensor cores (qlnumba.gpu.matmul."
                          "MATMUL_TENSOR_CORES; default: the library's, tf32x3)")
+    ap.add_argument("--grid-barrier", choices=("cg", "spin"), default=None,
+                    help="the persistent loops' step barrier (qlnumba.gpu.persistent.GRID_BARRIER; "
+                         "default: the library's, cg)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     global cuda                                # a module global: the simulator swaps it in kernels
@@ -85,6 +114,8 @@ def main():
     from qlnumba.gpu import persistent as gps
     if args.tensor_cores:
         gmm.MATMUL_TENSOR_CORES = args.tensor_cores
+    if args.grid_barrier:
+        gps.GRID_BARRIER = args.grid_barrier
 
     # the kernel factories, replaced where they are defined (the library calls them there)
     factories = ((garrays, "array_kernels"), (gcells, "cell_kernels"), (gmm, "matmul_kernel"),
@@ -107,15 +138,22 @@ def main():
 
     install(timed)
     blocks = 1 if garrays.SIM else cuda.get_current_device().MULTIPROCESSOR_COUNT
-    counts = (1,) if garrays.SIM else (1, 64, blocks)
+    counts = (1,) if garrays.SIM else (1, 64, 128, blocks)
     syncs = 20 if garrays.SIM else 2000               # the simulator takes ~11 ms per grid sync
-    report = {"tensor_cores": gmm.MATMUL_TENSOR_CORES,
-              "grid_sync_us": {f"{b} blocks x {garrays.THREADS}":
-                               1e6 * grid_sync_seconds(b, garrays.THREADS, syncs)
-                               for b in counts}}
+    # the loops' blocks: 512 threads where they fit (persistent_plan), and 128 of them in two
+    # row groups at both bench shapes on an H100
+    threads = garrays.THREADS if garrays.SIM else 512
+    report = {"tensor_cores": gmm.MATMUL_TENSOR_CORES, "grid_barrier": gps.GRID_BARRIER,
+              "grid_sync_us": {f"{b} blocks x {threads}": 1e6 * grid_sync_seconds(b, threads, syncs)
+                               for b in counts},
+              "spin_barrier_us": {f"{b} blocks x {threads}": 1e6 * spin_barrier_seconds(b, threads, 1, syncs)
+                                  for b in counts},
+              "spin_barrier_two_sets_us": {f"{b} blocks x {threads}, sets of {b // 2}":
+                                           1e6 * spin_barrier_seconds(b, threads, 2, syncs)
+                                           for b in counts if b >= 2}}
     print(json.dumps(report), flush=True)
     rng = np.random.default_rng(0)
-    for name in args.shapes.split(","):
+    for name in filter(None, args.shapes.split(",")):
         B, T, E, H = SHAPES[name]
         d_x = cuda.to_device(rng.standard_normal((B, T, E)).astype(np.float32))
         d_dout = cuda.to_device(rng.standard_normal((B, T, H)).astype(np.float32))

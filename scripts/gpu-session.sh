@@ -5,7 +5,8 @@
 #   0. with PRECHECK (a pytest -k expression): those GPU tests first, stopped after PRECHECK_TIMEOUT
 #      seconds (default 120).  If they fail or time out, step 1 runs without GRID_BARRIER's
 #      settings: a step barrier that never opens would otherwise hang the benchmark (and with it
-#      the whole call) until its timeout.
+#      the whole call) until its timeout.  With BARRIER_PROFILE=1 then: the step barriers alone
+#      (bench/gpu_profile.py --shapes "": µs per grid sync and per spin barrier, 90 s at most).
 #   1. scripts/gpu-variants.sh without its tests and profile: the defaults beside cuDNN at both
 #      shapes (checked against the CPU), the tiles of MATMUL_TILES, each option set of VARIANTS
 #      (both as gpu-variants.sh takes them).
@@ -20,7 +21,7 @@
 # then both step barriers side by side beside cuDNN at both shapes, each checked against the
 # CPU, then first the spin barrier's tests and the 40 GPU tests that the twentieth session's two
 # calls had no time for, then the rest):
-#   PRECHECK="spin_barrier_layer and (ql-groups2 or lstm)" GRID_BARRIER=default,spin \
+#   PRECHECK="spin_barrier_layer and (ql-groups2 or lstm)" BARRIER_PROFILE=1 GRID_BARRIER=default,spin \
 #   BENCH_TIMEOUT=260 LIMIT=560 MATMUL_TILES= VARIANTS= \
 #   FIRST_TESTS="spin or barrier or plan_defaults or wide or slab or prefetch or take_float32 or tf32x3_long or async or register or simulator or closing or reads_only or trainer_refuses or allocates or device_argument or tensor_core_products or gpu_" \
 #   bash scripts/gpu-session.sh
@@ -51,6 +52,11 @@ if [ -n "${PRECHECK:-}" ]; then
         echo "precheck failed: the benchmarks run without GRID_BARRIER=${GRID_BARRIER:-}"
         unset GRID_BARRIER
     fi
+fi
+if [ -n "${BARRIER_PROFILE:-}" ]; then
+    PYTHONPATH="$PWD" timeout 90 "$PY" bench/gpu_profile.py --shapes "" --json-out "$DEST/gpu_barrier_us.json" \
+        2>&1 | tail -3
+    echo "barrier profile ended at ${SECONDS} s"
 fi
 [ -n "${SKIP_BENCH:-}" ] || SKIP_TESTS=1 SKIP_PROFILE=1 bash scripts/gpu-variants.sh
 echo "benchmarks done at ${SECONDS} s"

@@ -59,8 +59,11 @@ def test_gpu_benchmark_checks_settings_side_by_side(tmp_path):
 
 
 def test_gpu_profile_and_ncu_driver_run():
-    profile = run("bench/gpu_profile.py", "--shapes", "tiny", "--tensor-cores", "tf32")
+    profile = run("bench/gpu_profile.py", "--shapes", "tiny", "--tensor-cores", "tf32", "--grid-barrier", "spin")
     assert "persistent_forward" in profile and "matmul 128x128tf32" in profile
+    first = json.loads(profile.splitlines()[0])                 # the step barriers alone, first
+    assert first["grid_barrier"] == "spin" and min(first["spin_barrier_us"].values()) > 0
+    assert min(first["grid_sync_us"].values()) > 0
     assert "two forward + backward calls done" in run("bench/ncu_driver.py", "--shape", "tiny",
                                                       "--kind", "lstm")
 
