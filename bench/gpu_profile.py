@@ -67,7 +67,10 @@ def grid_sync_seconds(blocks, threads, n=2000):
 
 def spin_barrier_seconds(blocks, threads, sets=1, n=2000):
     """Seconds per ``barrier.blocks_barrier`` with ``blocks`` blocks split into ``sets`` sets
-    that each wait only for their own blocks (the loops' row groups)."""
+    that each wait only for their own blocks (the loops' row groups); ``blocks`` must be a
+    multiple of ``sets`` (a set short of blocks would wait for ever)."""
+    if blocks % sets:
+        raise ValueError(f"{blocks} blocks do not split into {sets} equal sets")
     from qlnumba.gpu.barrier import SLOT, blocks_barrier
 
     @cuda.jit
@@ -148,8 +151,8 @@ def main():
                                for b in counts},
               "spin_barrier_us": {f"{b} blocks x {threads}": 1e6 * spin_barrier_seconds(b, threads, 1, syncs)
                                   for b in counts},
-              "spin_barrier_two_sets_us": {f"{b} blocks x {threads}, sets of {b // 2}":
-                                           1e6 * spin_barrier_seconds(b, threads, 2, syncs)
+              "spin_barrier_two_sets_us": {f"{b - b % 2} blocks x {threads}, sets of {b // 2}":
+                                           1e6 * spin_barrier_seconds(b - b % 2, threads, 2, syncs)
                                            for b in counts if b >= 2}}
     print(json.dumps(report), flush=True)
     rng = np.random.default_rng(0)
