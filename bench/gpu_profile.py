@@ -56,11 +56,16 @@ def grid_sync_seconds(blocks, threads, n=2000):
         if cuda.grid(1) == 0:
             out[0] = count
 
-    out = cuda.device_array(1, np.int64)
-    syncs[blocks, threads](10, out)
+    return seconds_per_count(syncs[blocks, threads], n, cuda.device_array(1, np.int64))
+
+
+def seconds_per_count(launch, n, *args):
+    """Seconds per loop turn of a kernel launched as ``launch(count, *args)``: a warm-up launch
+    of 10 turns (compilation), then one of ``n``, timed between synchronisations."""
+    launch(10, *args)
     cuda.synchronize()
     t0 = time.perf_counter()
-    syncs[blocks, threads](n, out)
+    launch(n, *args)
     cuda.synchronize()
     return (time.perf_counter() - t0) / n
 
@@ -83,12 +88,7 @@ def spin_barrier_seconds(blocks, threads, sets=1, n=2000):
             out[0] = count
 
     bar, out = cuda.to_device(np.zeros(sets * SLOT, np.int64)), cuda.device_array(1, np.int64)
-    syncs[blocks, threads](10, bar, blocks // sets, out)
-    cuda.synchronize()
-    t0 = time.perf_counter()
-    syncs[blocks, threads](n, bar, blocks // sets, out)
-    cuda.synchronize()
-    return (time.perf_counter() - t0) / n
+    return seconds_per_count(syncs[blocks, threads], n, bar, blocks // sets, out)
 
 
 def main():

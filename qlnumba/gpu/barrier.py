@@ -25,12 +25,10 @@ The caller guarantees that every block of the set is resident (a cooperative lau
 the wait never ends.  In the simulator a cooperative launch has one block, its own master:
 its add flips the bit at once.
 """
-import os
-
 from . import get_cuda
+from .arrays import SIM
 
 cuda = get_cuda()
-SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 SLOT = 16                   # int64 values between two counters: 128 bytes
 FLIP = 1 << 31              # what one whole barrier adds to its counter
 

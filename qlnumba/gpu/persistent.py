@@ -6,8 +6,8 @@ keeps the units' slices of U (and V_s, V_m) in shared memory; its teams of threa
 U h_{t-1} for those rows and units (``team_dot``), then run their cells (the device functions
 of ``cells.py``), and one step barrier per step (two on a closing step in BPTT; by default
 ``cuda.cg.this_grid().sync()``, see GRID_BARRIER) publishes the new h.  h, s, m and δz are
-double-buffered so no block overwrites what another still reads.  The simple path (``recurrent.py``) is the reference these loops are
-tested against.
+double-buffered so no block overwrites what another still reads.  The simple path
+(``recurrent.py``) is the reference these loops are tested against.
 
 Index arithmetic.  Numba types integers as signed 64-bit: ``a // b`` or ``a % b`` by a
 run-time value compiles to a call of a 64-bit division (behind a test for a 32-bit fast
@@ -506,8 +506,8 @@ def persistent_plan(B, H, G, itemsize, hgr, row_groups=None, item_rows=None, ite
     of the step's memory latency than 256; 256 where 512 do not fit.  The simulator runs
     one block that loops over every part (so the partition logic is tested there too).
     Items of ``item_cols`` columns (4 or 8; None: ``ITEM_COLS``, whose None is 4 for narrow
-    parts, else 8), 2 rows by default with 8.  None also where B x G reaches 2**31: the loops' index
-    arithmetic is 32-bit (``divmod32``, ``index32``).
+    parts, else 8), 2 rows by default with 8.  None also where B x G reaches 2**31: the
+    loops' index arithmetic is 32-bit (``divmod32``, ``index32``).
     """
     if B * G >= 2 ** 31:
         return None

@@ -24,9 +24,9 @@ def float32_tiles_in_the_simulator(monkeypatch):
     MATMUL_TENSOR_CORES itself.  The library's default is tf32x3, and the simulator's
     stand-in for mma.sync is slow: the layer, model and trainer tests took 6 minutes with
     it against 2 without (the whole suite 4m10 against 2m53 once the simulator yielded the
-    GIL, ``qlnumba.gpu.yielding_simulator``).  The tensor-core tests run it (the tiles against numpy, the
-    layers against the CPU, the GPU programs' options).  On a card every test runs the
-    library's default."""
+    GIL, ``qlnumba.gpu.yielding_simulator``).  The tensor-core tests run it (the tiles against
+    numpy, the layers against the CPU, the GPU programs' options).  On a card every test runs
+    the library's default."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         from qlnumba.gpu import matmul as mm
         monkeypatch.setattr(mm, "MATMUL_TENSOR_CORES", "off")
