@@ -1,9 +1,12 @@
 """Sequence classifier: ids -> embedding -> recurrent layers -> linear head on the last valid step.
 
+Without a vocabulary (``input_size`` instead of ``vocab_size``) the steps are feature
+vectors, fed to the recurrent layers as they are: x -> recurrent layers -> head.
+
 Shapes legend
-  B rows, T padded steps, V vocabulary, E embedding width, H hidden units,
-  D = H * directions, C classes
-  ids (B,T) int, 0 = padding   lengths (B,)   targets (B,)
+  B rows, T padded steps, V vocabulary, E embedding width (or input features per step),
+  H hidden units, D = H * directions, C classes
+  ids (B,T) int, 0 = padding  or  x (B,T,E) float   lengths (B,)   targets (B,)
   embed (V,E)   head.W (C,D)   head.b (C)   recurrent parameters under "rnn."
 """
 import math
@@ -13,7 +16,7 @@ import numpy as np
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
 from .layers import GRU, QLLSTM
-from .validate import check_dtype, check_lengths
+from .validate import check_dtype, check_float_array, check_lengths
 
 # the six models the IMDB comparison trains: (layer class, keyword arguments)
 MODEL_KINDS = {
@@ -41,37 +44,52 @@ class SequenceClassifier:
     device : "cpu" or "cuda": where the recurrent layers run (the embedding and head
         run on the CPU here).  ``qlnumba.gpu.model.CudaTrainer`` trains a one-direction
         QL-LSTM model with everything on the GPU (embedding, head and Adam included)
+    input_size : int or None.  Give it *instead of* ``vocab_size`` for steps that are
+        feature vectors (B, T, input_size) rather than token ids: there is then no
+        embedding, ``embed_dim`` is unused, and ``embed_dropout`` drops input features.
     """
 
-    def __init__(self, vocab_size, embed_dim=128, hidden_size=256, num_classes=2, kind="ql",
+    def __init__(self, vocab_size=None, embed_dim=128, hidden_size=256, num_classes=2, kind="ql",
                  num_layers=1, block_size=32, embed_dropout=0.0, head_dropout=0.0,
-                 dtype=np.float32, seed=None, device="cpu"):
+                 dtype=np.float32, seed=None, device="cpu", input_size=None):
         if kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
         for name, value in (("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {value}")
-        if vocab_size < 2 or num_classes < 2:
-            raise ValueError(f"need vocab_size >= 2 and num_classes >= 2, got {vocab_size}, {num_classes}")
+        if (vocab_size is None) == (input_size is None):
+            raise ValueError("give exactly one of vocab_size (token ids in) and input_size "
+                             f"(feature vectors in), got {vocab_size!r} and {input_size!r}")
+        if vocab_size is not None and vocab_size < 2:
+            raise ValueError(f"need vocab_size >= 2 (padding and one token), got {vocab_size}")
+        if input_size is not None and input_size < 1:
+            raise ValueError(f"need input_size >= 1, got {input_size}")
+        if num_classes < 2:
+            raise ValueError(f"need num_classes >= 2, got {num_classes}")
         dtype = check_dtype(dtype)
-        self.config = dict(vocab_size=int(vocab_size), embed_dim=int(embed_dim),
+        dense = input_size is not None
+        self.config = dict(vocab_size=None if dense else int(vocab_size),
+                           embed_dim=None if dense else int(embed_dim),
                            hidden_size=int(hidden_size), num_classes=int(num_classes), kind=kind,
                            num_layers=int(num_layers), block_size=int(block_size),
                            embed_dropout=float(embed_dropout), head_dropout=float(head_dropout),
-                           dtype=np.dtype(dtype).name, device=device)
+                           dtype=np.dtype(dtype).name, device=device,
+                           input_size=int(input_size) if dense else None)
         self.dtype = dtype
         rng = np.random.default_rng(seed)
         cls, kwargs = MODEL_KINDS[kind]
         kwargs = dict(kwargs, device=device)
         if cls is QLLSTM:
             kwargs["block_size"] = block_size
-        self.rnn = cls(embed_dim, hidden_size, num_layers=num_layers, dtype=dtype,
-                       seed=int(rng.integers(2 ** 63)), **kwargs)
+        self.rnn = cls(input_size if dense else embed_dim, hidden_size, num_layers=num_layers,
+                       dtype=dtype, seed=int(rng.integers(2 ** 63)), **kwargs)
         D = hidden_size * self.rnn.directions
-        embed = rng.standard_normal((vocab_size, embed_dim)).astype(dtype)
-        embed[0] = 0.0                                     # the padding row
+        self.params = {}
+        if not dense:
+            embed = rng.standard_normal((vocab_size, embed_dim)).astype(dtype)
+            embed[0] = 0.0                                 # the padding row
+            self.params["embed"] = embed
         bound = 1.0 / math.sqrt(D)
-        self.params = {"embed": embed}
         self.params.update({"rnn." + k: v for k, v in self.rnn.params.items()})
         self.params["head.W"] = rng.uniform(-bound, bound, (num_classes, D)).astype(dtype)
         self.params["head.b"] = np.zeros(num_classes, dtype)
@@ -79,10 +97,23 @@ class SequenceClassifier:
 
     def param_counts(self):
         """Parameter counts of the three parts and their total."""
-        counts = {"embedding": self.params["embed"].size, "recurrent": self.rnn.num_params(),
+        embed = self.params.get("embed")
+        counts = {"embedding": 0 if embed is None else embed.size, "recurrent": self.rnn.num_params(),
                   "head": self.params["head.W"].size + self.params["head.b"].size}
         counts["total"] = sum(counts.values())
         return counts
+
+    @property
+    def takes_ids(self):
+        """True: inputs are token ids (B, T); False: feature vectors (B, T, input_size)."""
+        return self.config["input_size"] is None
+
+    def _check_inputs(self, inputs, lengths):
+        """ids as int64 (B, T), or x as a C-contiguous array of the model's dtype; lengths (B,)."""
+        if self.takes_ids:
+            return self._check_ids(inputs, lengths)
+        x = check_float_array(inputs, "x", 3, self.dtype, (None, None, self.config["input_size"]))
+        return x, check_lengths(lengths, *x.shape[:2])
 
     def _check_ids(self, ids, lengths):
         ids = np.asarray(ids)
@@ -99,11 +130,13 @@ class SequenceClassifier:
     def forward(self, ids, lengths=None, targets=None, rng=None):
         """Mean cross-entropy loss (None without targets) and class probabilities (B, C).
 
-        ``rng`` (a numpy Generator) switches training mode on: dropout masks are
-        drawn from it.  Without it the model runs in evaluation mode.
+        ``ids`` are token ids (B, T), or, for a model built with ``input_size``, feature
+        vectors x (B, T, input_size) of the model's dtype.  ``rng`` (a numpy Generator)
+        switches training mode on: dropout masks are drawn from it.  Without it the
+        model runs in evaluation mode.
         """
-        ids, lengths = self._check_ids(ids, lengths)
-        B, T = ids.shape
+        ids, lengths = self._check_inputs(ids, lengths)
+        B, T = ids.shape[:2]
         C = self.config["num_classes"]
         if targets is not None:
             targets = np.asarray(targets)
@@ -111,11 +144,14 @@ class SequenceClassifier:
                     targets.min() < 0 or targets.max() >= C:
                 raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
             targets = targets.astype(np.int64)
-        emb = np.empty((B, T, self.config["embed_dim"]), self.dtype)
-        embedding_forward(emb, ids, self.params["embed"])
+        if self.takes_ids:
+            emb = np.empty((B, T, self.config["embed_dim"]), self.dtype)
+            embedding_forward(emb, ids, self.params["embed"])
+        else:
+            emb = ids                                      # the caller's array: never written
         emb_mask = self._dropout_mask(rng, emb.shape, self.config["embed_dropout"])
         if emb_mask is not None:
-            emb *= emb_mask
+            emb = emb * emb_mask
         out, _ = self.rnn.forward(emb, lengths, need_grad=targets is not None)
         h_last = self._last_step(out, lengths)
         head_mask = self._dropout_mask(rng, h_last.shape, self.config["head_dropout"])
@@ -133,7 +169,7 @@ class SequenceClassifier:
         if self._tape is None or not self._tape[-1]:
             raise ValueError("backward() needs a preceding forward() with targets")
         ids, lengths, targets, emb_mask, h_last, head_mask, probs, _ = self._tape
-        B, T = ids.shape
+        B, T = ids.shape[:2]
         grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         dh_last = np.zeros_like(h_last)
         linear_xent_backward(dh_last, grads["head.W"], grads["head.b"], probs, h_last, targets,
@@ -143,16 +179,17 @@ class SequenceClassifier:
         dout = np.zeros((B, T, h_last.shape[1]), self.dtype)
         self._scatter_last_step(dout, dh_last, lengths)
         demb, rnn_grads = self.rnn.backward(dout)
-        if emb_mask is not None:
-            demb *= emb_mask
-        embedding_backward(grads["embed"], demb, ids)
+        if self.takes_ids:
+            if emb_mask is not None:
+                demb *= emb_mask
+            embedding_backward(grads["embed"], demb, ids)
         for k, g in rnn_grads.items():
             grads["rnn." + k] = g
         return grads
 
     def predict_proba(self, ids, lengths=None, batch_size=256):
         """Class probabilities (N, C), evaluated in batches, no dropout."""
-        ids, lengths = self._check_ids(ids, lengths)
+        ids, lengths = self._check_inputs(ids, lengths)
         out = []
         for i in range(0, len(ids), batch_size):
             T = int(lengths[i:i + batch_size].max())

@@ -76,3 +76,45 @@ def test_model_bad_input():
         qlnumba.SequenceClassifier(10, kind="transformer")
     with pytest.raises(ValueError, match="forward"):
         qlnumba.SequenceClassifier(10).backward()
+
+
+@pytest.mark.parametrize("kind", ["ql", "bilstm", "gru"])
+def test_feature_vector_model_gradients_match_finite_differences(kind):
+    """input_size instead of vocab_size: steps are feature vectors, no embedding."""
+    model = qlnumba.SequenceClassifier(input_size=2, hidden_size=3, num_classes=3, kind=kind,
+                                       block_size=2, embed_dropout=0.3, head_dropout=0.2,
+                                       dtype=np.float64, seed=1)
+    assert "embed" not in model.params and model.param_counts()["embedding"] == 0
+    x = make_rng(5).standard_normal((3, 4, 2))
+    x_before = x.copy()
+    lengths = np.array([4, 1, 3])
+    targets = np.array([0, 2, 1])
+
+    def loss():
+        return model.forward(x, lengths, targets, rng=np.random.default_rng(99))[0]
+
+    loss()
+    grads = model.backward()
+    assert set(grads) == set(model.params)
+    np.testing.assert_array_equal(x, x_before)          # input dropout never writes the caller's x
+    for name, p in model.params.items():
+        assert_close(grads[name], numeric_grad(loss, p), 1e-5, 1e-8, name)
+    probs = model.predict_proba(x, lengths, batch_size=2)
+    np.testing.assert_allclose(probs, model.forward(x, lengths)[1], rtol=1e-12)
+
+
+def test_feature_vector_model_bad_input():
+    model = qlnumba.SequenceClassifier(input_size=2, hidden_size=3, seed=0)
+    x = np.zeros((2, 3, 2), np.float32)
+    with pytest.raises(ValueError, match="axis 2 must be 2"):
+        model.forward(np.zeros((2, 3, 4), np.float32))
+    with pytest.raises(ValueError, match="dtype"):
+        model.forward(x.astype(np.float64))
+    with pytest.raises(ValueError, match="NaN"):
+        model.forward(np.full_like(x, np.nan))
+    with pytest.raises(ValueError, match="lengths"):
+        model.forward(x, np.array([0, 3]))
+    with pytest.raises(ValueError, match="exactly one"):
+        qlnumba.SequenceClassifier(10, input_size=2)
+    with pytest.raises(ValueError, match="exactly one"):
+        qlnumba.SequenceClassifier()

@@ -77,6 +77,9 @@ class CudaTrainer:
             raise ValueError("CudaTrainer trains one-direction QL-LSTM stacks built with "
                              "device='cuda' (kinds ql, lstm, psug, hgr); train bilstm and gru "
                              "with the host loop (model.forward / backward)")
+        if not model.takes_ids:
+            raise ValueError("CudaTrainer trains models that read token ids (built with "
+                             "vocab_size); train a model of feature vectors with the host loop")
         if opt.params is not model.params:
             raise ValueError("opt must be the Adam over model.params")
         self.model, self.opt, self.cells = model, opt, cells
