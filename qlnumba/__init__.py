@@ -4,5 +4,13 @@ from .model import MODEL_KINDS, SequenceClassifier, count_params
 from .optim import Adam
 
 __version__ = "0.1.0"
-__all__ = ["QLLSTM", "GRU", "SequenceClassifier", "Adam", "MODEL_KINDS", "count_params",
-           "recurrent_param_count", "__version__"]
+__all__ = ["QLLSTM", "GRU", "SequenceClassifier", "QLLSTMClassifier", "Adam", "MODEL_KINDS",
+           "count_params", "recurrent_param_count", "__version__"]
+
+
+def __getattr__(name):
+    """``qlnumba.QLLSTMClassifier`` imports scikit-learn on first use only."""
+    if name == "QLLSTMClassifier":
+        from .estimator import QLLSTMClassifier
+        return QLLSTMClassifier
+    raise AttributeError(f"module 'qlnumba' has no attribute {name!r}")

@@ -25,9 +25,14 @@ def sorted_batches(lengths, batch_size):
 
 
 def pad_batch(corpus, index):
-    """ids (B, T_max) int64 padded with 0, and lengths (B,), for the rows ``index``."""
+    """ids (B, T_max) int64 padded with 0, and lengths (B,), for the rows ``index``.
+
+    A corpus of feature vectors gives x (B, T_max, E) in its own dtype, padded with zeros.
+    """
     lengths = corpus.lengths[index]
-    ids = np.zeros((len(index), int(lengths.max())), dtype=np.int64)
+    steps = corpus.ids
+    dtype = np.int64 if steps.dtype.kind in "iu" else steps.dtype
+    ids = np.zeros((len(index), int(lengths.max())) + steps.shape[1:], dtype=dtype)
     for r, i in enumerate(index):
         ids[r, :lengths[r]] = corpus.row(i)
     return ids, lengths

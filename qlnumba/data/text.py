@@ -47,7 +47,9 @@ class Vocabulary:
 
 
 class EncodedCorpus:
-    """Many id sequences in two arrays: ``ids`` (all tokens, int32) and ``offsets`` (N+1, int64)."""
+    """Many sequences in two arrays: ``ids`` (every step of every sequence, one after the
+    other: token ids (total,) int32, or feature vectors (total, E) float) and ``offsets``
+    (N+1, int64): sequence i is ``ids[offsets[i]:offsets[i + 1]]``."""
 
     def __init__(self, ids, offsets):
         self.ids, self.offsets = ids, offsets

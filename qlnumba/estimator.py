@@ -1,0 +1,471 @@
+"""A scikit-learn classifier: ``QLLSTMClassifier`` (fit, predict, predict_proba, score).
+
+    clf = QLLSTMClassifier(hidden_size=64, max_epochs=5, random_state=0).fit(texts, labels)
+    clf.predict(["a fine film", "dull"])
+    make_pipeline(StandardScaler(), QLLSTMClassifier()).fit(X, y)    # X (n, T): T steps each
+
+It wraps :class:`qlnumba.SequenceClassifier` (embedding or none, a recurrent stack of any
+of ``MODEL_KINDS``, a softmax head on the last valid step) and trains it with
+:class:`qlnumba.Adam` in length-bucketed mini-batches.
+
+What X may be.  ``input="auto"`` decides from the data at fit; later calls must pass the
+same kind (``input_`` after fit says which):
+
+- ``"text"``: a sequence of str.  fit tokenizes (:func:`qlnumba.data.tokenize`) and builds
+  the vocabulary from these texts only; words unseen at fit read as ``<unk>`` later.
+- ``"ids"``: a sequence of 1-D integer sequences of different lengths (ids >= 1; 0 is
+  padding), or, with ``input="ids"``, a 2-D integer array padded with 0 after each row.
+  The embedding has (largest id seen at fit) + 1 rows; a larger id later is refused.
+- ``"features"``: a 2-D numeric array (n, T), where row i is a sequence of T steps of one
+  feature each (what a pipeline hands on, e.g. after ``StandardScaler``); a 3-D array
+  (n, T, E); or a sequence of 2-D arrays (T_i, E) of different lengths.  Scale them first:
+  the gates saturate on raw values such as 0..255 pixels.
+
+Saved with :meth:`QLLSTMClassifier.save` to the checkpoint format of
+:mod:`qlnumba.checkpoint` (no pickle); :meth:`QLLSTMClassifier.load` also reads the
+checkpoints of ``train/imdb.py``, as a text classifier of the labels 0 (negative), 1
+(positive).
+"""
+import math
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data.batching import bucket_batches, pad_batch, sorted_batches
+from .data.text import EncodedCorpus, Vocabulary, encode_corpus, tokenize
+from .model import MODEL_KINDS, SequenceClassifier
+from .optim import Adam
+
+INPUTS = ("auto", "text", "ids", "features")
+ESTIMATOR_META = "qlnumba.QLLSTMClassifier"      # the checkpoint's meta["estimator"]["class"]
+
+
+class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
+    """Sequence classifier with a QL-LSTM (or LSTM, GRU, ...) in the scikit-learn API.
+
+    Parameters
+    ----------
+    kind : str, default "ql"
+        The recurrent stack, one of ``qlnumba.MODEL_KINDS``: "ql" (QL-LSTM), "lstm",
+        "bilstm", "gru", "psug", "hgr".
+    hidden_size : int, default 128
+    embed_dim : int, default 128
+        Embedding width for text and ids (unused for feature sequences).
+    num_layers : int, default 1
+    block_size : int, default 32
+        HGR-ASC block length K.
+    input : {"auto", "text", "ids", "features"}, default "auto"
+        What X holds (see the module docstring).
+    vocab_size : int, default 25000
+        Text only: most ids in the vocabulary, padding and ``<unk>`` included.
+    min_freq : int, default 1
+        Text only: fewest times a word must occur in the fit texts to get an id.
+    max_len : int or None, default None
+        Steps kept per sequence (None: all).  ``keep`` says which part stays.
+    keep : {"start", "end"}, default "end"
+    batch_size : int, default 32
+    max_epochs : int, default 10
+    lr : float, default 2e-3
+        Adam's learning rate.
+    weight_decay : float, default 0.0
+        AdamW's decoupled decay (matrices only).
+    clip : float or None, default 5.0
+        Global gradient-norm clip; None or 0 for none.
+    embed_dropout, head_dropout : float, default 0.0
+        Dropout on the embeddings (on the input features for feature sequences) and on
+        the head's input, while training.
+    early_stopping : bool, default False
+        Hold out ``validation_fraction`` of the fit data, keep the parameters of the
+        epoch with the best accuracy on it, and stop after ``n_iter_no_change`` epochs
+        without a better one.
+    validation_fraction : float, default 0.1
+    n_iter_no_change : int, default 2
+    dtype : {"float32", "float64"}, default "float32"
+    random_state : int, numpy Generator or None, default None
+        Seeds the initialisation, the batch order, dropout and the hold-out.
+    verbose : int, default 0
+        1: one line per epoch.
+
+    Attributes
+    ----------
+    classes_ : ndarray (C,), the labels, sorted
+    input_ : str, the kind of X seen at fit ("text", "ids" or "features")
+    model_ : SequenceClassifier, the trained network
+    vocabulary_ : qlnumba.data.Vocabulary or None (text only)
+    n_features_in_ : int, T, only after a fit on a 2-D numeric array
+    n_iter_ : int, epochs run
+    loss_curve_ : list of float, mean training loss per epoch
+    validation_scores_ : list of float, hold-out accuracy per epoch (early stopping only)
+    best_validation_score_ : float or None
+    """
+
+    def __init__(self, kind="ql", hidden_size=128, embed_dim=128, num_layers=1, block_size=32,
+                 input="auto", vocab_size=25_000, min_freq=1, max_len=None, keep="end",
+                 batch_size=32, max_epochs=10, lr=2e-3, weight_decay=0.0, clip=5.0,
+                 embed_dropout=0.0, head_dropout=0.0, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=2, dtype="float32",
+                 random_state=None, verbose=0):
+        self.kind, self.hidden_size, self.embed_dim = kind, hidden_size, embed_dim
+        self.num_layers, self.block_size, self.input = num_layers, block_size, input
+        self.vocab_size, self.min_freq, self.max_len, self.keep = vocab_size, min_freq, max_len, keep
+        self.batch_size, self.max_epochs, self.lr = batch_size, max_epochs, lr
+        self.weight_decay, self.clip = weight_decay, clip
+        self.embed_dropout, self.head_dropout = embed_dropout, head_dropout
+        self.early_stopping, self.validation_fraction = early_stopping, validation_fraction
+        self.n_iter_no_change, self.dtype = n_iter_no_change, dtype
+        self.random_state, self.verbose = random_state, verbose
+
+    # ---- scikit-learn API --------------------------------------------------------------
+
+    def fit(self, X, y):
+        """Train a new network on X (n sequences) and y (n labels, two classes or more)."""
+        self._check_params()
+        dtype = np.dtype(self.dtype)
+        rng = np.random.default_rng(self.random_state)
+        for attr in ("n_features_in_", "feature_names_in_"):     # a refit forgets the old X
+            self.__dict__.pop(attr, None)
+        if hasattr(X, "__array__") and not hasattr(X, "ndim") and not hasattr(X, "__len__"):
+            X = np.asarray(X)                        # array-likes that only convert
+        self.input_ = self._input_kind(X)
+        corpus = self._encode(X, fitting=True)
+        y = column_or_1d(y, warn=True)
+        if len(y) != len(corpus):
+            raise ValueError(f"X holds {len(corpus)} sequences but y {len(y)} labels")
+        check_classification_targets(y)
+        self.classes_, targets = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"y holds one class only ({self.classes_[0]!r}); a classifier "
+                             "needs at least 2 classes")
+        if self.input_ == "features":
+            sizes = dict(input_size=corpus.ids.shape[1])
+        else:
+            sizes = dict(vocab_size=int(corpus.ids.max()) + 1 if self.input_ == "ids"
+                         else len(self.vocabulary_), embed_dim=self.embed_dim)
+        self.model_ = SequenceClassifier(
+            hidden_size=self.hidden_size, num_classes=len(self.classes_), kind=self.kind,
+            num_layers=self.num_layers, block_size=self.block_size,
+            embed_dropout=self.embed_dropout, head_dropout=self.head_dropout, dtype=dtype,
+            seed=int(rng.integers(2 ** 63)), **sizes)
+        self._train(corpus, targets.astype(np.int64), rng)
+        return self
+
+    def predict_proba(self, X):
+        """Class probabilities (n, C), columns in the order of ``classes_``."""
+        check_is_fitted(self, "model_")
+        corpus = self._encode(X, fitting=False)
+        return self._probabilities(corpus).astype(np.float64)
+
+    def predict(self, X):
+        """The most probable label of each sequence, (n,)."""
+        probs = self.predict_proba(X)
+        return self.classes_[np.argmax(probs, axis=1)]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        return tags
+
+    # ---- saving ------------------------------------------------------------------------
+
+    def save(self, path):
+        """Write the fitted classifier to ``path`` (a ``.npz`` checkpoint, no pickle)."""
+        check_is_fitted(self, "model_")
+        classes = self.classes_
+        if classes.dtype == object:          # e.g. pandas' str labels: saved as str
+            classes = _plain_labels(classes)
+        state = {"class": ESTIMATOR_META, "params": _json_params(self.get_params()),
+                 "input": self.input_,
+                 "classes": classes.tolist(), "classes_dtype": classes.dtype.str,
+                 "n_iter": self.n_iter_, "loss_curve": self.loss_curve_,
+                 "validation_scores": self.validation_scores_,
+                 "best_validation_score": self.best_validation_score_}
+        if hasattr(self, "n_features_in_"):
+            state["n_features_in"] = int(self.n_features_in_)
+        if hasattr(self, "feature_names_in_"):
+            state["feature_names_in"] = [str(n) for n in self.feature_names_in_]
+        save_checkpoint(path, self.model_, self.vocabulary_, meta={"estimator": state})
+
+    @classmethod
+    def load(cls, path):
+        """A fitted classifier from a checkpoint written by :meth:`save` or by
+        ``train/imdb.py`` (then: text in, labels 0 and 1)."""
+        model, vocab, _, meta = load_checkpoint(path)
+        state = meta.get("estimator")
+        if state is None:                                    # train/imdb.py's checkpoint
+            if vocab is None:
+                raise ValueError(f"{path} has neither an estimator's state nor a vocabulary")
+            data, config = meta.get("data", {}), model.config
+            clf = cls(kind=config["kind"], hidden_size=config["hidden_size"],
+                      embed_dim=config["embed_dim"], num_layers=config["num_layers"],
+                      block_size=config["block_size"], input="text", vocab_size=len(vocab),
+                      max_len=data.get("max_len"), keep=data.get("keep", "end"),
+                      dtype=config["dtype"])
+            state = {"input": "text", "classes": [0, 1], "classes_dtype": "<i8"}
+        elif not isinstance(state, dict) or state.get("class") != ESTIMATOR_META:
+            raise ValueError(f"{path}: the checkpoint's estimator state is not a "
+                             f"{cls.__name__}'s")
+        else:
+            try:
+                clf = cls(**state["params"])
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"{path}: corrupt estimator state ({exc})") from None
+        try:
+            clf.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"]))
+            clf.input_ = state["input"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: corrupt estimator state ({exc})") from None
+        if clf.input_ not in INPUTS[1:] or len(clf.classes_) != model.config["num_classes"] \
+                or (clf.input_ == "text") != (vocab is not None):
+            raise ValueError(f"{path}: the estimator state does not match the network "
+                             f"(input {clf.input_!r}, {len(clf.classes_)} classes)")
+        clf.model_, clf.vocabulary_ = model, vocab
+        clf.n_iter_ = state.get("n_iter", meta.get("epoch", 0))
+        clf.loss_curve_ = list(state.get("loss_curve", []))
+        clf.validation_scores_ = list(state.get("validation_scores", []))
+        clf.best_validation_score_ = state.get("best_validation_score",
+                                               meta.get("best_val_accuracy"))
+        if "n_features_in" in state:
+            clf.n_features_in_ = int(state["n_features_in"])
+        if "feature_names_in" in state:
+            clf.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
+        return clf
+
+    # ---- training ----------------------------------------------------------------------
+
+    def _train(self, corpus, targets, rng):
+        """Adam over mini-batches of similar length; early stopping on a hold-out if asked."""
+        train_rows = np.arange(len(corpus))
+        val_rows = None
+        if self.early_stopping:
+            order = rng.permutation(len(corpus))
+            n_val = max(1, int(round(self.validation_fraction * len(corpus))))
+            if n_val >= len(corpus):
+                raise ValueError(f"early stopping needs more than {len(corpus)} sequences "
+                                 f"to hold out {self.validation_fraction} of them")
+            val_rows, train_rows = np.sort(order[:n_val]), order[n_val:]
+            val = _subset(corpus, val_rows)
+        train = _subset(corpus, train_rows)
+        y_train = targets[train_rows]
+        model = self.model_
+        opt = Adam(model.params, lr=self.lr, weight_decay=self.weight_decay,
+                   clip_norm=self.clip or None)
+        self.loss_curve_, self.validation_scores_ = [], []
+        self.best_validation_score_, best_params, since_best = None, None, 0
+        for epoch in range(1, self.max_epochs + 1):
+            t0, loss_sum = time.perf_counter(), 0.0
+            for idx in bucket_batches(train.lengths, self.batch_size, rng):
+                inputs, lengths = pad_batch(train, idx)
+                loss, _ = model.forward(inputs, lengths, y_train[idx], rng=rng)
+                if not math.isfinite(loss):
+                    raise ValueError(f"the training loss became {loss} in epoch {epoch}; "
+                                     "try a smaller lr, a clip, or scaled features")
+                opt.step(model.backward())
+                loss_sum += loss * len(idx)
+            self.n_iter_ = epoch
+            self.loss_curve_.append(loss_sum / len(train))
+            line = f"epoch {epoch}: loss {self.loss_curve_[-1]:.4f}"
+            if val_rows is not None:
+                score = float((self._probabilities(val).argmax(1) == targets[val_rows]).mean())
+                self.validation_scores_.append(score)
+                line += f", validation accuracy {score:.4f}"
+                if self.best_validation_score_ is None or score > self.best_validation_score_:
+                    self.best_validation_score_, since_best = score, 0
+                    best_params = {k: v.copy() for k, v in model.params.items()}
+                else:
+                    since_best += 1
+            if self.verbose:
+                seconds = time.perf_counter() - t0
+                print(f"{line} ({int(train.lengths.sum()) / seconds:.0f} steps/s)")
+            if val_rows is not None and since_best >= self.n_iter_no_change:
+                break
+        if best_params is not None:                   # the best epoch's parameters, in place
+            for k, v in best_params.items():
+                model.params[k][...] = v
+
+    def _probabilities(self, corpus, batch_size=256):
+        """Probabilities (n, C) in the model's dtype, in length-sorted batches."""
+        probs = np.empty((len(corpus), len(self.classes_)), self.model_.dtype)
+        for idx in sorted_batches(corpus.lengths, batch_size):
+            inputs, lengths = pad_batch(corpus, idx)
+            probs[idx] = self.model_.forward(inputs, lengths)[1]
+        return probs
+
+    # ---- input -------------------------------------------------------------------------
+
+    def _check_params(self):
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"kind must be one of {sorted(MODEL_KINDS)}, got {self.kind!r}")
+        if self.input not in INPUTS:
+            raise ValueError(f"input must be one of {INPUTS}, got {self.input!r}")
+        if self.keep not in ("start", "end"):
+            raise ValueError(f"keep must be 'start' or 'end', got {self.keep!r}")
+        for name in ("hidden_size", "embed_dim", "num_layers", "block_size", "batch_size",
+                     "max_epochs", "min_freq", "n_iter_no_change"):
+            _check_int(getattr(self, name), name, 1)
+        _check_int(self.vocab_size, "vocab_size", 2)
+        if self.max_len is not None:
+            _check_int(self.max_len, "max_len", 1)
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
+        if not (self.lr > 0 and self.weight_decay >= 0 and (self.clip is None or self.clip >= 0)):
+            raise ValueError(f"need lr > 0, weight_decay >= 0 and clip >= 0 (or None), got "
+                             f"{self.lr}, {self.weight_decay}, {self.clip}")
+        if str(self.dtype) not in ("float32", "float64") and \
+                self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+
+    def _input_kind(self, X):
+        """What X holds: "text", "ids" or "features" (``input``, or guessed from X)."""
+        if isinstance(X, (str, bytes)):
+            raise ValueError("X must be a sequence of sequences (e.g. a list of texts), "
+                             "got a single string")
+        if hasattr(X, "ndim") and X.ndim == 1 and np.asarray(X).dtype.kind in "biuf":
+            raise ValueError("X is a 1-D array of numbers; a classifier of sequences needs "
+                             "2-D X (n sequences, T steps). Reshape your data with "
+                             "X.reshape(-1, 1) if each number is a one-step sequence.")
+        if self.input != "auto":
+            return self.input
+        if hasattr(X, "columns") or (hasattr(X, "ndim") and X.ndim >= 2):
+            return "features"                        # a table: rows are sequences of numbers
+        items = list(X)
+        if not items:
+            raise ValueError("X holds no sequences")
+        if isinstance(items[0], str):
+            return "text"
+        first = np.asarray(items[0])
+        return "ids" if first.ndim == 1 and first.dtype.kind in "iu" else "features"
+
+    def _encode(self, X, fitting):
+        """X as an EncodedCorpus of ids (int32) or feature vectors (the model's dtype)."""
+        if hasattr(X, "__array__") and not hasattr(X, "ndim") and not hasattr(X, "__len__"):
+            X = np.asarray(X)                        # array-likes that only convert
+        if not fitting and self._input_kind(X) != self.input_ and self.input == "auto":
+            raise ValueError(f"this classifier was fitted on {self.input_}; X looks like "
+                             f"{self._input_kind(X)}")
+        if self.input_ == "text":
+            texts = list(X)
+            if not texts:
+                raise ValueError("X holds no texts")
+            bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+            if bad is not None:
+                raise ValueError(f"X[{bad}] is {type(texts[bad]).__name__}, not a text (str)")
+            tokens = [tokenize(t) for t in texts]
+            if fitting:
+                self.vocabulary_ = Vocabulary.build(tokens, self.vocab_size, self.min_freq)
+            return encode_corpus(tokens, self.vocabulary_, self.max_len, self.keep)
+        if fitting:
+            self.vocabulary_ = None
+        if self.input_ == "ids":
+            return self._encode_ids(X, fitting)
+        return self._encode_features(X, fitting)
+
+    def _encode_ids(self, X, fitting):
+        if hasattr(X, "ndim") and X.ndim == 2:       # padded (n, T): 0 after each row's end
+            X = np.asarray(X)
+            if X.dtype.kind not in "iu":
+                raise ValueError(f"ids must be integers, got dtype {X.dtype}")
+            nonzero = X != 0
+            lengths = np.where(nonzero.any(1), X.shape[1] - np.argmax(nonzero[:, ::-1], 1), 0)
+            rows = [row[:n] for row, n in zip(X, lengths)]
+        else:
+            rows = [np.asarray(r) for r in X]
+        if not rows:
+            raise ValueError("X holds no sequences")
+        for i, r in enumerate(rows):
+            if r.ndim != 1 or r.dtype.kind not in "iu":
+                raise ValueError(f"sequence {i} must be a 1-D sequence of integer ids, got "
+                                 f"{r.dtype} of shape {r.shape}")
+            if len(r) == 0:
+                raise ValueError(f"sequence {i} is empty")
+            if r.min() < 1:
+                raise ValueError(f"sequence {i} holds id {r.min()}; ids must be >= 1 "
+                                 "(0 is padding, and only after a row's end)")
+        corpus = _concatenate(rows, np.int32, self.max_len, self.keep)
+        if not fitting and corpus.ids.max() >= self.model_.config["vocab_size"]:
+            raise ValueError(f"id {corpus.ids.max()} is outside the vocabulary of this "
+                             f"classifier (ids 1..{self.model_.config['vocab_size'] - 1} seen "
+                             "at fit)")
+        return corpus
+
+    def _encode_features(self, X, fitting):
+        dtype = np.dtype(self.dtype)
+        if not hasattr(X, "ndim") and not hasattr(X, "columns"):
+            try:                        # equal-length lists are a table, as sklearn reads them
+                X = np.asarray(X, dtype=np.float64)
+            except ValueError:          # ragged: sequences of different lengths
+                X = list(X)
+        if hasattr(X, "columns") or (hasattr(X, "ndim") and X.ndim == 2):
+            # a table (n, T): sklearn's own checks give n_features_in_ and column names
+            X = validate_data(self, X, reset=fitting, dtype=[np.float64, np.float32])
+            rows = list(X.astype(dtype, copy=False)[:, :, None])
+        elif hasattr(X, "ndim") and X.ndim == 3:
+            X = np.asarray(X, dtype=dtype)
+            rows = list(X)
+        else:
+            rows = [np.asarray(r, dtype=dtype) for r in X]
+            rows = [r[:, None] if r.ndim == 1 else r for r in rows]
+        if not rows:
+            raise ValueError("X holds no sequences")
+        width = rows[0].shape[-1] if fitting else self.model_.config["input_size"]
+        for i, r in enumerate(rows):
+            if r.ndim != 2 or r.shape[1] != width:
+                raise ValueError(f"sequence {i} has shape {r.shape}; expected (steps, {width}) "
+                                 "feature vectors")
+            if len(r) == 0:
+                raise ValueError(f"sequence {i} is empty")
+            if not np.isfinite(r).all():
+                raise ValueError(f"sequence {i} contains NaN or inf")
+        return _concatenate(rows, dtype, self.max_len, self.keep)
+
+
+def _plain_labels(classes):
+    """Object-dtype labels as a str or numeric array; ValueError if they are neither (or mixed)."""
+    values = classes.tolist()
+    strings = sum(isinstance(c, str) for c in values)
+    try:
+        plain = np.asarray(values)
+    except ValueError:                           # ragged things: tuples, lists
+        plain = None
+    if plain is None or 0 < strings < len(values) or plain.dtype.kind not in "biufU":
+        raise ValueError("labels of mixed or object type cannot be saved; use str or numbers")
+    return plain
+
+
+def _json_params(params):
+    """get_params() as JSON values: numpy scalars as Python ones, dtype by name, and a
+    Generator as None (the fit it seeded is done)."""
+    out = {}
+    for name, value in params.items():
+        if isinstance(value, np.random.Generator):
+            value = None
+        elif name == "dtype":
+            value = np.dtype(value).name
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[name] = value
+    return out
+
+
+def _check_int(value, name, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _concatenate(rows, dtype, max_len, keep):
+    """An EncodedCorpus of ``rows`` (each (T_i,) or (T_i, E)), cut to ``max_len`` steps."""
+    if max_len is not None:
+        rows = [r if len(r) <= max_len else (r[:max_len] if keep == "start" else r[-max_len:])
+                for r in rows]
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(r) for r in rows])
+    return EncodedCorpus(np.concatenate(rows).astype(dtype, copy=False), offsets)
+
+
+def _subset(corpus, rows):
+    """The sequences ``rows`` of ``corpus``, as a corpus of their own."""
+    return _concatenate([corpus.row(i) for i in rows], corpus.ids.dtype, None, "end")

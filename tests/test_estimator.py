@@ -1,0 +1,252 @@
+"""QLLSTMClassifier: scikit-learn's own estimator checks, the three kinds of X, pipelines,
+early stopping, saving and loading, and clear errors."""
+import json
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import qlnumba
+from helpers import make_rng
+from qlnumba.checkpoint import save_checkpoint
+from qlnumba.data import Vocabulary
+from qlnumba.estimator import QLLSTMClassifier
+
+
+# float64: in float32 a row's probabilities can move by one ulp with its place in the batch
+# (the matrix products' blocking), which check_methods_sample_order_invariance (rtol 1e-7)
+# would see
+@parametrize_with_checks([QLLSTMClassifier(hidden_size=16, max_epochs=10, dtype="float64")])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def toy_reviews(rng, n):
+    """Texts whose label is which of 'good' and 'bad' they hold, among filler words."""
+    filler = ["the", "film", "was", "a", "plot", "and", "actors", "it", "story", "!"]
+    texts, labels = [], []
+    for _ in range(n):
+        words = list(rng.choice(filler, rng.integers(3, 12)))
+        label = rng.integers(0, 2)
+        words.insert(rng.integers(0, len(words) + 1), "good" if label else "bad")
+        texts.append(" ".join(words))
+        labels.append("pos" if label else "neg")
+    return texts, np.array(labels)
+
+
+def spike_sequences(rng, n, steps=12, features=1):
+    """(n, steps, features): class 1 rows hold one large step somewhere, class 0 rows none."""
+    x = rng.standard_normal((n, steps, features))
+    y = rng.integers(0, 2, n)
+    x[y == 1, rng.integers(0, steps, (y == 1).sum()), 0] += 6.0
+    return x, y
+
+
+def test_text_classifier_learns_and_keeps_its_labels():
+    rng = make_rng(3)
+    texts, labels = toy_reviews(rng, 240)
+    clf = QLLSTMClassifier(hidden_size=16, embed_dim=16, max_epochs=6, lr=0.01, random_state=0)
+    clf.fit(texts[:200], labels[:200])
+    assert clf.input_ == "text" and list(clf.classes_) == ["neg", "pos"]
+    assert "good" in clf.vocabulary_.stoi and not hasattr(clf, "n_features_in_")
+    assert clf.score(texts[200:], labels[200:]) >= 0.95
+    assert clf.loss_curve_[-1] < 0.5 * clf.loss_curve_[0] and clf.n_iter_ == 6
+    assert set(clf.predict(["good words never seen: xyzzy", "bad"])) <= {"neg", "pos"}
+    probs = clf.predict_proba(texts[200:])
+    assert probs.dtype == np.float64 and np.allclose(probs.sum(1), 1.0, atol=1e-6)
+
+
+def test_same_seed_same_model_and_clone_refits_alike():
+    rng = make_rng(4)
+    texts, labels = toy_reviews(rng, 60)
+    a = QLLSTMClassifier(hidden_size=8, embed_dim=8, max_epochs=2, random_state=7).fit(texts, labels)
+    b = clone(a).fit(texts, labels)
+    np.testing.assert_array_equal(a.predict_proba(texts), b.predict_proba(texts))
+
+
+def test_ids_ragged_and_padded_give_the_same_model():
+    rng = make_rng(5)
+    rows = [rng.integers(1, 20, rng.integers(1, 9)) for _ in range(50)]
+    y = np.array([int(7 in r) for r in rows])
+    padded = np.zeros((50, 8), np.int64)
+    for i, r in enumerate(rows):
+        padded[i, :len(r)] = r
+    kw = dict(hidden_size=8, embed_dim=8, max_epochs=3, random_state=1)
+    ragged = QLLSTMClassifier(**kw).fit(rows, y)
+    assert ragged.input_ == "ids" and ragged.model_.config["vocab_size"] == max(map(max, rows)) + 1
+    dense = QLLSTMClassifier(input="ids", **kw).fit(padded, y)
+    np.testing.assert_allclose(ragged.predict_proba(rows), dense.predict_proba(padded), rtol=1e-6)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        ragged.predict([np.array([1, 2, 99])])
+    with pytest.raises(ValueError, match="ids must be >= 1"):
+        ragged.predict([np.array([1, 0, 2])])
+    with pytest.raises(ValueError, match="empty"):
+        ragged.predict([np.array([1, 2]), np.array([], np.int64)])
+    with pytest.raises(ValueError, match="sequence 0 is empty"):
+        dense.predict(np.zeros((1, 4), np.int64))
+    with pytest.raises(ValueError, match="fitted on ids"):
+        ragged.predict(["a text"])
+
+
+def test_feature_sequences_in_a_pipeline():
+    """A 2-D numeric X is n sequences of T one-feature steps; StandardScaler goes first."""
+    rng = make_rng(6)
+    x, y = spike_sequences(rng, 300)
+    X = 50.0 + 10.0 * x[:, :, 0]                     # unscaled, as a pipeline would get it
+    pipe = make_pipeline(StandardScaler(), QLLSTMClassifier(hidden_size=16, max_epochs=8,
+                                                            lr=0.01, random_state=0))
+    pipe.fit(X[:240], y[:240])
+    assert pipe.score(X[240:], y[240:]) >= 0.9
+    clf = pipe[-1]
+    assert clf.input_ == "features" and clf.n_features_in_ == 12
+    assert clf.model_.config["input_size"] == 1 and "embed" not in clf.model_.params
+    with pytest.raises(ValueError, match="X has 11 features"):
+        pipe.predict(X[:, :11])
+
+
+def test_feature_sequences_three_d_and_ragged_agree():
+    rng = make_rng(7)
+    x, y = spike_sequences(rng, 40, steps=6, features=3)
+    clf = QLLSTMClassifier(hidden_size=8, max_epochs=2, random_state=0).fit(x, y)
+    assert clf.model_.config["input_size"] == 3 and not hasattr(clf, "n_features_in_")
+    ragged = [x[i, :2 + i % 5] for i in range(40)]
+    alone = np.concatenate([clf.predict_proba(r[None]) for r in ragged])
+    np.testing.assert_allclose(clf.predict_proba(ragged), alone, rtol=2e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"expected \(steps, 3\)"):
+        clf.predict(x[:, :, :2])
+    bad = x.copy()
+    bad[3, 2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        clf.predict(bad)
+    with pytest.raises(ValueError, match="NaN"):
+        clf.predict([bad[3]])
+    with pytest.raises(ValueError, match="Reshape your data"):
+        clf.fit(x[:, 0, 0], y)
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    rng = make_rng(8)
+    texts, labels = toy_reviews(rng, 120)
+    clf = QLLSTMClassifier(hidden_size=8, embed_dim=8, max_epochs=12, lr=0.05, early_stopping=True,
+                           validation_fraction=0.25, n_iter_no_change=2, random_state=3)
+    clf.fit(texts, labels)
+    assert len(clf.validation_scores_) == clf.n_iter_ == len(clf.loss_curve_)
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+    # the hold-out is drawn first from the Generator: the same draw finds the same rows
+    order = np.random.default_rng(3)
+    order.integers(2 ** 63)                          # the model's seed comes first
+    val = np.sort(order.permutation(120)[:30])
+    held_out = clf.score([texts[i] for i in val], labels[val])
+    assert held_out == pytest.approx(clf.best_validation_score_)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    rng = make_rng(9)
+    texts, labels = toy_reviews(rng, 60)
+    clf = QLLSTMClassifier(hidden_size=8, embed_dim=8, max_epochs=2, max_len=6, keep="start",
+                           random_state=np.random.default_rng(0)).fit(texts, labels)
+    clf.save(tmp_path / "text.npz")
+    back = QLLSTMClassifier.load(tmp_path / "text.npz")
+    assert back.get_params()["max_len"] == 6 and back.get_params()["random_state"] is None
+    np.testing.assert_array_equal(back.predict_proba(texts), clf.predict_proba(texts))
+    assert list(back.classes_) == ["neg", "pos"] and back.loss_curve_ == clf.loss_curve_
+
+    import pandas as pd
+    x, y = spike_sequences(rng, 40, steps=5)
+    frame = pd.DataFrame(x[:, :, 0], columns=[f"t{i}" for i in range(5)])
+    feats = QLLSTMClassifier(hidden_size=8, max_epochs=1, dtype=np.float64).fit(frame, y + 3)
+    feats.save(tmp_path / "feats.npz")
+    back = QLLSTMClassifier.load(tmp_path / "feats.npz")
+    assert back.n_features_in_ == 5 and list(back.feature_names_in_) == list(frame.columns)
+    assert back.classes_.dtype == feats.classes_.dtype and list(back.classes_) == [3, 4]
+    np.testing.assert_array_equal(back.predict(frame), feats.predict(frame))
+
+
+def test_load_reads_a_training_programs_checkpoint(tmp_path):
+    """train/imdb.py's checkpoints: text in, labels 0 and 1, max_len and keep from the file."""
+    vocab = Vocabulary(["<pad>", "<unk>", "good", "bad"])
+    model = qlnumba.SequenceClassifier(len(vocab), embed_dim=4, hidden_size=4, seed=0)
+    save_checkpoint(tmp_path / "best.npz", model, vocab,
+                    meta={"epoch": 3, "best_val_accuracy": 0.5, "data": {"max_len": 7, "keep": "end"}})
+    clf = QLLSTMClassifier.load(tmp_path / "best.npz")
+    assert clf.input_ == "text" and list(clf.classes_) == [0, 1] and clf.max_len == 7
+    np.testing.assert_allclose(clf.predict_proba(["good good", "bad"]),
+                               model.forward(np.array([[2, 2], [3, 0]]), np.array([2, 1]))[1],
+                               rtol=1e-6)
+
+
+def test_load_refuses_what_is_not_a_classifier(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="not a readable"):
+        QLLSTMClassifier.load(tmp_path / "junk.npz")
+    model = qlnumba.SequenceClassifier(input_size=2, hidden_size=3, seed=0)
+    save_checkpoint(tmp_path / "bare.npz", model)
+    with pytest.raises(ValueError, match="neither an estimator's state nor a vocabulary"):
+        QLLSTMClassifier.load(tmp_path / "bare.npz")
+    save_checkpoint(tmp_path / "foreign.npz", model, meta={"estimator": {"class": "Other"}})
+    with pytest.raises(ValueError, match="not a QLLSTMClassifier's"):
+        QLLSTMClassifier.load(tmp_path / "foreign.npz")
+    state = {"class": "qlnumba.QLLSTMClassifier", "params": {"kind": "ql"}, "input": "features",
+             "classes": [0, 1, 2], "classes_dtype": "<i8"}
+    save_checkpoint(tmp_path / "mismatch.npz", model, meta={"estimator": state})
+    with pytest.raises(ValueError, match="does not match the network"):
+        QLLSTMClassifier.load(tmp_path / "mismatch.npz")
+    state["params"] = {"no_such_parameter": 1}
+    save_checkpoint(tmp_path / "corrupt.npz", model, meta={"estimator": state})
+    with pytest.raises(ValueError, match="corrupt estimator state"):
+        QLLSTMClassifier.load(tmp_path / "corrupt.npz")
+    labels = np.array(["b", "a"], dtype=object)         # pandas' str labels: saved as str
+    objects = QLLSTMClassifier(hidden_size=4, max_epochs=1).fit([[1.0, 2.0], [2.0, 1.0]], labels)
+    objects.save(tmp_path / "objects.npz")
+    assert list(QLLSTMClassifier.load(tmp_path / "objects.npz").classes_) == ["a", "b"]
+    for odd in ([(1,), "a"], [1, "a"]):
+        objects.classes_ = np.array(odd, dtype=object)
+        with pytest.raises(ValueError, match="mixed or object"):
+            objects.save(tmp_path / "x.npz")
+    json.dumps(QLLSTMClassifier(random_state=np.int64(3), dtype=np.float32).get_params(),
+               default=str)                          # get_params itself stays untouched
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(kind="transformer"), "kind must be one of"),
+    (dict(input="images"), "input must be one of"),
+    (dict(dtype="float16"), "dtype must be"),
+    (dict(hidden_size=0), "hidden_size must be an integer >= 1"),
+    (dict(max_len=0), "max_len must be an integer >= 1"),
+    (dict(keep="middle"), "keep must be"),
+    (dict(validation_fraction=1.0), "validation_fraction"),
+    (dict(lr=0.0), "need lr > 0"),
+])
+def test_bad_parameters_are_refused_at_fit(params, match):
+    clf = QLLSTMClassifier(**params)                 # scikit-learn: __init__ only stores them
+    with pytest.raises(ValueError, match=match):
+        clf.fit(["a b", "c d"], [0, 1])
+
+
+def test_bad_data_is_refused(monkeypatch):
+    clf = QLLSTMClassifier(hidden_size=4, embed_dim=4, max_epochs=1)
+    with pytest.raises(ValueError, match="one class"):
+        clf.fit(["a", "b"], [1, 1])
+    with pytest.raises(ValueError, match="2 sequences but y 3"):
+        clf.fit(["a", "b"], [0, 1, 0])
+    with pytest.raises(ValueError, match="single string"):
+        clf.fit("a text", [0])
+    with pytest.raises(ValueError, match="no sequences"):
+        clf.fit([], [])
+    with pytest.raises(ValueError, match=r"X\[1\] is int"):
+        QLLSTMClassifier(input="text").fit(["a", 3], [0, 1])
+    clf.fit(["a b", "c"], [0, 1])
+    with pytest.raises(ValueError, match="fitted on text"):
+        clf.predict(np.zeros((2, 3)))
+    forward = qlnumba.SequenceClassifier.forward
+
+    def nan_loss(self, *args, **kwargs):
+        loss, probs = forward(self, *args, **kwargs)
+        return (np.nan if loss is not None else None), probs
+
+    monkeypatch.setattr(qlnumba.SequenceClassifier, "forward", nan_loss)
+    with pytest.raises(ValueError, match="loss became nan in epoch 1"):
+        QLLSTMClassifier(hidden_size=4, max_epochs=1).fit(np.zeros((4, 3)), [0, 1, 0, 1])
