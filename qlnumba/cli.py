@@ -1,0 +1,144 @@
+"""The ``qlnumba`` command: look into a checkpoint, classify with it, score it.
+
+    qlnumba info runs/imdb/best.npz                  # model, sizes, parameters, training state
+    echo "a fine, moving film" | qlnumba predict runs/imdb/best.npz
+    qlnumba predict model.npz reviews.txt            # one text per line -> label, probability
+    qlnumba predict model.npz x.npy                  # a model of ids or features: an array
+    qlnumba evaluate runs/imdb/best.npz test.jsonl.gz   # accuracy and macro-F1 on labelled texts
+
+Checkpoints come from ``QLLSTMClassifier.save`` or from ``train/imdb.py``.  Training
+itself is ``train/imdb.py`` (``scripts/train-imdb.sh``).  Errors print one line and exit
+with status 2.
+"""
+import argparse
+import gzip
+import json
+import sys
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BrokenPipeError:                       # `qlnumba predict ... | head`
+        return 0
+    except (ValueError, OSError) as exc:          # bad checkpoints, files, input
+        print(f"qlnumba {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="qlnumba", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="what a checkpoint holds")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    p.set_defaults(run=info)
+    p = sub.add_parser("predict", help="classify texts (one per line) or a .npy array")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="*", default=["-"],
+                   help="files of texts, one per line ('-' or none: standard input); for a "
+                        "model of ids or features, .npy arrays (read without pickle)")
+    p.add_argument("--proba", action="store_true",
+                   help="print every class's probability (JSON) instead of the best label")
+    p.set_defaults(run=predict)
+    p = sub.add_parser("evaluate", help="accuracy and macro-F1 on labelled texts")
+    p.add_argument("checkpoint")
+    p.add_argument("data", help="JSON Lines (optionally gzipped) with 'text' and 'label' fields")
+    p.set_defaults(run=evaluate)
+    return ap
+
+
+def _load(path):
+    from .estimator import QLLSTMClassifier
+    return QLLSTMClassifier.load(path)
+
+
+def info(args):
+    from .checkpoint import load_checkpoint
+    model, vocab, opt_state, meta = load_checkpoint(args.checkpoint)
+    clf = _load(args.checkpoint) if meta.get("estimator") or vocab is not None else None
+    report = {"model": model.config, "parameters": model.param_counts(),
+              "vocabulary": None if vocab is None else len(vocab),
+              "input": clf.input_ if clf else None,
+              "classes": clf.classes_.tolist() if clf else None,
+              "optimizer_state": opt_state is not None}
+    for key in ("epoch", "best_val_accuracy"):
+        if key in meta:
+            report[key] = meta[key]
+    if clf is not None and clf.n_iter_:
+        report["epochs"] = clf.n_iter_
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+def predict(args):
+    import numpy as np
+    clf = _load(args.checkpoint)
+    for source in args.inputs:
+        if clf.input_ == "text":
+            X = [line.rstrip("\r\n") for line in _read_lines(source)]
+        elif source == "-":
+            raise ValueError(f"this model reads {clf.input_}: give .npy files, not standard input")
+        else:
+            X = np.load(source, allow_pickle=False)
+            if not isinstance(X, np.ndarray):
+                raise ValueError(f"{source} is not a .npy array")
+        if len(X) == 0:
+            continue
+        probs = clf.predict_proba(X)
+        for row in probs:
+            if args.proba:
+                print(json.dumps({str(c): round(float(p), 6) for c, p in zip(clf.classes_, row)}))
+            else:
+                best = int(row.argmax())
+                print(f"{clf.classes_[best]}\t{row[best]:.4f}")
+    return 0
+
+
+def evaluate(args):
+    import numpy as np
+    from sklearn.metrics import f1_score
+    clf = _load(args.checkpoint)
+    if clf.input_ != "text":
+        raise ValueError(f"evaluate reads labelled texts; this model reads {clf.input_}")
+    texts, labels = [], []
+    for number, line in enumerate(_read_lines(args.data), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            texts.append(record["text"])
+            labels.append(record["label"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{args.data}, line {number}: not a JSON object with 'text' and "
+                             "'label'") from None
+    if not texts:
+        raise ValueError(f"{args.data} holds no records")
+    labels = np.asarray(labels)
+    unknown = set(labels.tolist()) - set(clf.classes_.tolist())
+    if unknown:
+        raise ValueError(f"{args.data} has labels {sorted(unknown, key=str)} that the model does "
+                         f"not know (it knows {clf.classes_.tolist()})")
+    pred = clf.predict(texts)
+    print(json.dumps({"n": len(texts), "accuracy": float((pred == labels).mean()),
+                      "macro_f1": float(f1_score(labels, pred, average="macro"))}))
+    return 0
+
+
+def _read_lines(path):
+    """The lines of a text file, of a gzipped one (by its name), or of standard input ('-')."""
+    if path == "-":
+        return sys.stdin.readlines()
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return f.readlines()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The qlnumba command: info, predict, evaluate, and one-line errors."""
+import gzip
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import make_rng
+from qlnumba.cli import main
+from qlnumba.estimator import QLLSTMClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A small text classifier that learned 'good' -> pos, 'bad' -> neg, saved."""
+    rng = make_rng(11)
+    texts, labels = [], []
+    for _ in range(160):
+        label = rng.integers(0, 2)
+        words = list(rng.choice(["the", "film", "was", "plot", "it"], 4))
+        words.insert(rng.integers(0, 5), "good" if label else "bad")
+        texts.append(" ".join(words))
+        labels.append("pos" if label else "neg")
+    clf = QLLSTMClassifier(hidden_size=8, embed_dim=8, max_epochs=6, lr=0.02, random_state=0)
+    path = tmp_path_factory.mktemp("cli") / "model.npz"
+    clf.fit(texts, labels).save(path)
+    return path, clf
+
+
+def test_info_lists_the_checkpoint(text_model, capsys):
+    path, clf = text_model
+    assert main(["info", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input"] == "text" and report["classes"] == ["neg", "pos"]
+    assert report["vocabulary"] == len(clf.vocabulary_) and report["epochs"] == 6
+    assert report["parameters"]["total"] == sum(p.size for p in clf.model_.params.values())
+    assert main(["info", str(path)]) == 0
+    assert "classes: [\"neg\", \"pos\"]" in capsys.readouterr().out
+
+
+def test_predict_texts_from_a_file_and_from_stdin(text_model, tmp_path, capsys, monkeypatch):
+    path, clf = text_model
+    capsys.readouterr()
+    lines = ["it was good", "the plot was bad", ""]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    assert main(["predict", str(path), str(tmp_path / "in.txt")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [o.split("\t")[0] for o in out] == list(clf.predict(lines))
+    probs = clf.predict_proba(lines)
+    assert [float(o.split("\t")[1]) for o in out] == pytest.approx(probs.max(1), abs=1e-4)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("good\nbad\n"))
+    assert main(["predict", str(path), "--proba"]) == 0
+    rows = [json.loads(o) for o in capsys.readouterr().out.splitlines()]
+    assert set(rows[0]) == {"neg", "pos"} and rows[0]["pos"] > 0.5 > rows[1]["pos"]
+
+
+def test_predict_arrays_for_a_feature_model(tmp_path, capsys):
+    x = make_rng(12).standard_normal((20, 5))
+    clf = QLLSTMClassifier(hidden_size=4, max_epochs=1).fit(x, np.arange(20) % 2)
+    clf.save(tmp_path / "f.npz")
+    np.save(tmp_path / "x.npy", x[:3])
+    capsys.readouterr()                                 # the seed line
+    assert main(["predict", str(tmp_path / "f.npz"), str(tmp_path / "x.npy")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [int(o.split("\t")[0]) for o in out] == list(clf.predict(x[:3]))
+    assert main(["predict", str(tmp_path / "f.npz")]) == 2
+    assert "give .npy files" in capsys.readouterr().err
+    np.save(tmp_path / "wide.npy", x[:, :4])
+    assert main(["predict", str(tmp_path / "f.npz"), str(tmp_path / "wide.npy")]) == 2
+    assert "X has 4 features" in capsys.readouterr().err
+
+
+def test_evaluate_labelled_json_lines(text_model, tmp_path, capsys):
+    path, clf = text_model
+    records = [{"text": "good film", "label": "pos"}, {"text": "bad plot", "label": "neg"},
+               {"text": "it was good", "label": "pos"}, {"text": "bad", "label": "neg"}]
+    with gzip.open(tmp_path / "test.jsonl.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in records) + "\n")
+    assert main(["evaluate", str(path), str(tmp_path / "test.jsonl.gz")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    want = np.mean(clf.predict([r["text"] for r in records]) == [r["label"] for r in records])
+    assert report["n"] == 4 and report["accuracy"] == pytest.approx(want)
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
+    assert main(["evaluate", str(path), str(tmp_path / "bad.jsonl")]) == 2
+    assert "line 1: not a JSON object with 'text' and 'label'" in capsys.readouterr().err
+    (tmp_path / "odd.jsonl").write_text('{"text": "x", "label": "meh"}\n')
+    assert main(["evaluate", str(path), str(tmp_path / "odd.jsonl")]) == 2
+    assert "labels ['meh'] that the model does not know" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_without_a_traceback(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.npz")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("qlnumba info: error: checkpoint not found") and "Traceback" not in err
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    assert main(["predict", str(tmp_path / "junk.npz"), "-"]) == 2
+    assert "not a readable qlnumba checkpoint" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_command():
+    done = subprocess.run([sys.executable, "-m", "qlnumba", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "predict" in done.stdout and "evaluate" in done.stdout
