@@ -128,8 +128,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         rng = np.random.default_rng(self.random_state)
         for attr in ("n_features_in_", "feature_names_in_"):     # a refit forgets the old X
             self.__dict__.pop(attr, None)
-        if hasattr(X, "__array__") and not hasattr(X, "ndim") and not hasattr(X, "__len__"):
-            X = np.asarray(X)                        # array-likes that only convert
+        X = _sized(X)
         self.input_ = self._input_kind(X)
         corpus = self._encode(X, fitting=True)
         y = column_or_1d(y, warn=True)
@@ -342,8 +341,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
 
     def _encode(self, X, fitting):
         """X as an EncodedCorpus of ids (int32) or feature vectors (the model's dtype)."""
-        if hasattr(X, "__array__") and not hasattr(X, "ndim") and not hasattr(X, "__len__"):
-            X = np.asarray(X)                        # array-likes that only convert
+        X = _sized(X)
         if not fitting and self._input_kind(X) != self.input_ and self.input == "auto":
             raise ValueError(f"this classifier was fitted on {self.input_}; X looks like "
                              f"{self._input_kind(X)}")
@@ -421,6 +419,16 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             if not np.isfinite(r).all():
                 raise ValueError(f"sequence {i} contains NaN or inf")
         return _concatenate(rows, dtype, self.max_len, self.keep)
+
+
+def _sized(X):
+    """X itself, or as an array or a list if it can only be converted or iterated once
+    (array-likes without a length, generators)."""
+    if hasattr(X, "__len__") or isinstance(X, (str, bytes)):
+        return X
+    if hasattr(X, "__array__"):
+        return np.asarray(X)
+    return list(X)
 
 
 def _plain_labels(classes):

@@ -55,6 +55,7 @@ def test_text_classifier_learns_and_keeps_its_labels():
     assert clf.score(texts[200:], labels[200:]) >= 0.95
     assert clf.loss_curve_[-1] < 0.5 * clf.loss_curve_[0] and clf.n_iter_ == 6
     assert set(clf.predict(["good words never seen: xyzzy", "bad"])) <= {"neg", "pos"}
+    np.testing.assert_array_equal(clf.predict(t for t in texts[200:]), clf.predict(texts[200:]))
     probs = clf.predict_proba(texts[200:])
     assert probs.dtype == np.float64 and np.allclose(probs.sum(1), 1.0, atol=1e-6)
 
