@@ -327,6 +327,26 @@ def test_cuda_model_equals_cpu_model():
         qlnumba.SequenceClassifier(9, kind="gru", device="gpu")
 
 
+def test_cuda_feature_vector_model_equals_cpu_model():
+    """input_size instead of vocab_size: x goes straight to the device layer; CudaTrainer,
+    which keeps an embedding on the device, refuses such a model."""
+    rng = make_rng(62)
+    kw = dict(input_size=2, hidden_size=3, kind="ql", block_size=2, dtype=np.float64, seed=5)
+    cpu = qlnumba.SequenceClassifier(**kw)
+    gpu = qlnumba.SequenceClassifier(device="cuda", **kw)
+    x = rng.standard_normal((2, 4, 2))
+    lengths, targets = np.array([4, 3]), np.array([1, 0])
+    loss_c, _ = cpu.forward(x, lengths, targets)
+    loss_g, _ = gpu.forward(x, lengths, targets)
+    assert abs(loss_c - loss_g) < 1e-10
+    gc, gg = cpu.backward(), gpu.backward()
+    for k in gc:
+        assert_close(gg[k], gc[k], 1e-10, 1e-10, k)
+    from qlnumba.gpu.model import CudaTrainer
+    with pytest.raises(ValueError, match="token ids"):
+        CudaTrainer(gpu, qlnumba.Adam(gpu.params))
+
+
 @pytest.mark.parametrize("dtype,tol,cores,dirs", [(np.float64, 1e-10, "off", 2), (np.float32, 2e-4, "off", 2),
                                                   (np.float32, 2e-4, "tf32x3", 1)])
 def test_cuda_gru_equals_cpu(dtype, tol, cores, dirs, monkeypatch):
