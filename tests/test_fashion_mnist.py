@@ -52,6 +52,9 @@ def test_load_from_files_the_test_wrote(tiny_fashion, monkeypatch):
     assert len(sample) == 10 and set(sample_labels) <= set(labels)
     monkeypatch.setenv("QLNUMBA_FASHION_MNIST_DIR", str(tiny_fashion))
     assert len(load_fashion_mnist(splits=("test",))["test"][0]) == 20
+    monkeypatch.delenv("QLNUMBA_FASHION_MNIST_DIR")
+    monkeypatch.setenv("QLNUMBA_DATA_DIR", str(tiny_fashion.parent))
+    assert default_fashion_mnist_dir() == tiny_fashion.parent / "fashion-mnist"
 
 
 def test_as_sequences_rows_and_pixels():

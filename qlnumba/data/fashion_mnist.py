@@ -11,28 +11,22 @@ Where the files are looked for, first match wins:
 Nothing is ever downloaded.
 """
 import gzip
-import os
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from .imdb import DataError
+from .paths import DataError, default_data_dir
 
 SPLIT_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
            "Sneaker", "Bag", "Ankle boot")
 IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049          # IDX: uint8 data, 3 and 1 dimensions
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_fashion_mnist_dir():
-    if os.environ.get("QLNUMBA_FASHION_MNIST_DIR"):
-        return Path(os.environ["QLNUMBA_FASHION_MNIST_DIR"])
-    if os.environ.get("QLNUMBA_DATA_DIR"):
-        return Path(os.environ["QLNUMBA_DATA_DIR"]) / "fashion-mnist"
-    return _REPO_ROOT.parent / "shared" / "data" / "fashion-mnist"
+    return default_data_dir("fashion-mnist", "QLNUMBA_FASHION_MNIST_DIR")
 
 
 def load_fashion_mnist(data_dir=None, splits=("train", "test"), limit=None):

@@ -12,20 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .paths import DataError, default_data_dir
+
 SPLIT_FILES = {"train": "train.jsonl.gz", "test": "test.jsonl.gz"}
-_REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-class DataError(ValueError):
-    """Data missing or malformed; the message says what to do."""
 
 
 def default_imdb_dir():
-    if os.environ.get("QLNUMBA_IMDB_DIR"):
-        return Path(os.environ["QLNUMBA_IMDB_DIR"])
-    if os.environ.get("QLNUMBA_DATA_DIR"):
-        return Path(os.environ["QLNUMBA_DATA_DIR"]) / "imdb"
-    return _REPO_ROOT.parent / "shared" / "data" / "imdb"
+    return default_data_dir("imdb", "QLNUMBA_IMDB_DIR")
 
 
 def load_imdb(data_dir=None, splits=("train", "test"), limit=None):
