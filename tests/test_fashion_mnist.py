@@ -106,6 +106,7 @@ def test_training_program_on_files_the_test_wrote(tiny_fashion, tmp_path, capsys
     clf = QLLSTMClassifier.load(out / "model.npz")
     assert clf.input_ == "features" and clf.model_.config["input_size"] == 28
     assert clf.n_iter_ == summary["epochs_run"] and clf.block_size == 7
+    assert 1 <= summary["best_epoch"] <= summary["epochs_run"]
 
 
 def test_training_program_reports_missing_data_without_traceback(tmp_path, capsys):

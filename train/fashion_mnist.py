@@ -106,6 +106,7 @@ def run(args):
     n_fit = len(x_train) - max(1, int(round(args.val_fraction * len(x_train))))
     summary = {"model": args.model, "steps": args.steps, "seed": args.seed,
                "params": clf.model_.param_counts(), "epochs_run": clf.n_iter_,
+               "best_epoch": clf.validation_scores_.index(clf.best_validation_score_) + 1,
                "best_val_accuracy": clf.best_validation_score_,
                "test_accuracy": float((pred == y_test).mean()),
                "test_accuracy_by_class": {name: float((pred[y_test == c] == c).mean())
@@ -114,8 +115,8 @@ def run(args):
                "train_steps_per_s": n_fit * steps * clf.n_iter_ / train_seconds,
                "args": vars(args)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"test accuracy {summary['test_accuracy']:.4f} (best epoch of {clf.n_iter_} by "
-          f"validation accuracy {clf.best_validation_score_:.4f}, "
+    print(f"test accuracy {summary['test_accuracy']:.4f} (epoch {summary['best_epoch']} of "
+          f"{clf.n_iter_}, validation accuracy {clf.best_validation_score_:.4f}, "
           f"{summary['wall_seconds'] / 60:.1f} min)")
     return 0
 
