@@ -12,7 +12,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 import qlnumba
 from helpers import make_rng
 from qlnumba.checkpoint import save_checkpoint
-from qlnumba.data import Vocabulary
+from qlnumba.data import Vocabulary, default_imdb_dir
 from qlnumba.estimator import QLLSTMClassifier
 
 
@@ -251,3 +251,19 @@ def test_bad_data_is_refused(monkeypatch):
     monkeypatch.setattr(qlnumba.SequenceClassifier, "forward", nan_loss)
     with pytest.raises(ValueError, match="loss became nan in epoch 1"):
         QLLSTMClassifier(hidden_size=4, max_epochs=1).fit(np.zeros((4, 3)), [0, 1, 0, 1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (default_imdb_dir() / "train.jsonl.gz").is_file(),
+                    reason="real IMDB data not found beside the checkout")
+def test_real_reviews_raw_text_in():
+    """4000 real IMDB reviews (raw text in, labels out), 4 epochs of a small QL-LSTM: the
+    held-out accuracy is well above chance."""
+    from qlnumba.data import load_imdb
+    texts, labels = load_imdb(splits=("train",), limit=4500)["train"]
+    clf = QLLSTMClassifier(hidden_size=32, embed_dim=32, vocab_size=8000, min_freq=2, max_len=200,
+                           max_epochs=4, batch_size=16, embed_dropout=0.2, random_state=0)
+    clf.fit(texts[:4000], labels[:4000])
+    score = clf.score(texts[4000:], labels[4000:])
+    print(f"held-out accuracy {score:.4f}, loss curve {clf.loss_curve_}")
+    assert score > 0.7
