@@ -126,8 +126,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         dtype = np.dtype(self.dtype)
         rng = np.random.default_rng(self.random_state)
-        for attr in ("n_features_in_", "feature_names_in_"):     # a refit forgets the old X
-            self.__dict__.pop(attr, None)
+        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+            delattr(self, attr)                # a refit that fails leaves no half-old state
         X = _sized(X)
         self.input_ = self._input_kind(X)
         corpus = self._encode(X, fitting=True)

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -242,6 +243,10 @@ def test_bad_data_is_refused(monkeypatch):
     clf.fit(["a b", "c"], [0, 1])
     with pytest.raises(ValueError, match="fitted on text"):
         clf.predict(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="one class"):     # a failed refit: not fitted at all
+        clf.fit(np.zeros((2, 3)), [0, 0])
+    with pytest.raises(NotFittedError):
+        clf.predict(["a b"])
     forward = qlnumba.SequenceClassifier.forward
 
     def nan_loss(self, *args, **kwargs):
