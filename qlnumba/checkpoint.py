@@ -28,8 +28,11 @@ def save_checkpoint(path, model, vocab=None, optimizer=None, meta=None):
         np.savez(f, **arrays)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, device=None):
     """Return (model, vocab or None, optimizer state dict or None, meta dict).
+
+    ``device`` ("cpu" or "cuda") builds the model for that device instead of the one it
+    was saved from (a model trained on a GPU, read on a machine without one).
 
     Anything that is not a readable checkpoint of this format and version
     raises ``ValueError`` naming the file and the problem.
@@ -55,6 +58,8 @@ def load_checkpoint(path):
         config = dict(meta["model_config"])
         vocab = Vocabulary(json.loads(str(arrays["__vocab__"]))) if "__vocab__" in arrays else None
         config["dtype"] = np.dtype(config["dtype"]).type
+        if device is not None:
+            config["device"] = device
         model = SequenceClassifier(**config)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: corrupt checkpoint metadata ({exc})") from None

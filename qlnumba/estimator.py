@@ -41,6 +41,8 @@ from .model import MODEL_KINDS, SequenceClassifier
 from .optim import Adam
 
 INPUTS = ("auto", "text", "ids", "features")
+DEVICES = ("cpu", "cuda")
+CUDA_TRAINER_KINDS = ("ql", "lstm", "psug", "hgr")   # one-direction QL-LSTM stacks
 ESTIMATOR_META = "qlnumba.QLLSTMClassifier"      # the checkpoint's meta["estimator"]["class"]
 
 
@@ -87,6 +89,10 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     dtype : {"float32", "float64"}, default "float32"
     random_state : int, numpy Generator or None, default None
         Seeds the initialisation, the batch order, dropout and the hold-out.
+    device : {"cpu", "cuda"}, default "cpu"
+        "cuda" (``pip install qlnumba[cuda]``): the recurrent layers run on the GPU.  Kinds
+        ql, lstm, psug and hgr reading text or ids train with every array on the GPU
+        (:class:`qlnumba.gpu.model.CudaTrainer`); the others send host arrays each call.
     verbose : int, default 0
         1: one line per epoch.
 
@@ -108,7 +114,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                  batch_size=32, max_epochs=10, lr=2e-3, weight_decay=0.0, clip=5.0,
                  embed_dropout=0.0, head_dropout=0.0, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=2, dtype="float32",
-                 random_state=None, verbose=0):
+                 random_state=None, verbose=0, device="cpu"):
         self.kind, self.hidden_size, self.embed_dim = kind, hidden_size, embed_dim
         self.num_layers, self.block_size, self.input = num_layers, block_size, input
         self.vocab_size, self.min_freq, self.max_len, self.keep = vocab_size, min_freq, max_len, keep
@@ -117,7 +123,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         self.embed_dropout, self.head_dropout = embed_dropout, head_dropout
         self.early_stopping, self.validation_fraction = early_stopping, validation_fraction
         self.n_iter_no_change, self.dtype = n_iter_no_change, dtype
-        self.random_state, self.verbose = random_state, verbose
+        self.random_state, self.verbose, self.device = random_state, verbose, device
 
     # ---- scikit-learn API --------------------------------------------------------------
 
@@ -148,7 +154,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             hidden_size=self.hidden_size, num_classes=len(self.classes_), kind=self.kind,
             num_layers=self.num_layers, block_size=self.block_size,
             embed_dropout=self.embed_dropout, head_dropout=self.head_dropout, dtype=dtype,
-            seed=int(rng.integers(2 ** 63)), **sizes)
+            seed=int(rng.integers(2 ** 63)), device=self.device, **sizes)
         self._train(corpus, targets.astype(np.int64), rng)
         return self
 
@@ -190,10 +196,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         save_checkpoint(path, self.model_, self.vocabulary_, meta={"estimator": state})
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, device=None):
         """A fitted classifier from a checkpoint written by :meth:`save` or by
-        ``train/imdb.py`` (then: text in, labels 0 and 1)."""
-        model, vocab, _, meta = load_checkpoint(path)
+        ``train/imdb.py`` (then: text in, labels 0 and 1).  ``device`` ("cpu" or "cuda")
+        overrides the device it was saved from."""
+        if device is not None and device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        model, vocab, _, meta = load_checkpoint(path, device)
         state = meta.get("estimator")
         if state is None:                                    # train/imdb.py's checkpoint
             if vocab is None:
@@ -203,14 +212,14 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                       embed_dim=config["embed_dim"], num_layers=config["num_layers"],
                       block_size=config["block_size"], input="text", vocab_size=len(vocab),
                       max_len=data.get("max_len"), keep=data.get("keep", "end"),
-                      dtype=config["dtype"])
+                      dtype=config["dtype"], device=config["device"])
             state = {"input": "text", "classes": [0, 1], "classes_dtype": "<i8"}
         elif not isinstance(state, dict) or state.get("class") != ESTIMATOR_META:
             raise ValueError(f"{path}: the checkpoint's estimator state is not a "
                              f"{cls.__name__}'s")
         else:
             try:
-                clf = cls(**state["params"])
+                clf = cls(**dict(state["params"], device=model.config["device"]))
             except (KeyError, TypeError) as exc:
                 raise ValueError(f"{path}: corrupt estimator state ({exc})") from None
         try:
@@ -253,18 +262,28 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         model = self.model_
         opt = Adam(model.params, lr=self.lr, weight_decay=self.weight_decay,
                    clip_norm=self.clip or None)
+        trainer = None
+        if self.device == "cuda" and model.takes_ids and self.kind in CUDA_TRAINER_KINDS:
+            from .gpu.model import CudaTrainer
+            trainer = CudaTrainer(model, opt)          # parameters and Adam state on the GPU
         self.loss_curve_, self.validation_scores_ = [], []
         self.best_validation_score_, best_params, since_best = None, None, 0
         for epoch in range(1, self.max_epochs + 1):
             t0, loss_sum = time.perf_counter(), 0.0
             for idx in bucket_batches(train.lengths, self.batch_size, rng):
                 inputs, lengths = pad_batch(train, idx)
-                loss, _ = model.forward(inputs, lengths, y_train[idx], rng=rng)
+                if trainer is not None:                # forward, backward, Adam on the GPU
+                    loss, _ = trainer.step(inputs, lengths, y_train[idx], rng=rng)
+                else:
+                    loss, _ = model.forward(inputs, lengths, y_train[idx], rng=rng)
                 if not math.isfinite(loss):
                     raise ValueError(f"the training loss became {loss} in epoch {epoch}; "
                                      "try a smaller lr, a clip, or scaled features")
-                opt.step(model.backward())
+                if trainer is None:
+                    opt.step(model.backward())
                 loss_sum += loss * len(idx)
+            if trainer is not None:
+                trainer.sync_to_host()                 # model.params: for predictions, copies
             self.n_iter_ = epoch
             self.loss_curve_.append(loss_sum / len(train))
             line = f"epoch {epoch}: loss {self.loss_curve_[-1]:.4f}"
@@ -301,6 +320,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"kind must be one of {sorted(MODEL_KINDS)}, got {self.kind!r}")
         if self.input not in INPUTS:
             raise ValueError(f"input must be one of {INPUTS}, got {self.input!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.keep not in ("start", "end"):
             raise ValueError(f"keep must be 'start' or 'end', got {self.keep!r}")
         for name in ("hidden_size", "embed_dim", "num_layers", "block_size", "batch_size",

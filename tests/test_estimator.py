@@ -152,6 +152,8 @@ def test_save_and_load_round_trip(tmp_path):
                            random_state=np.random.default_rng(0)).fit(texts, labels)
     clf.save(tmp_path / "text.npz")
     back = QLLSTMClassifier.load(tmp_path / "text.npz")
+    with pytest.raises(ValueError, match="device must be one of"):
+        QLLSTMClassifier.load(tmp_path / "text.npz", device="gpu")
     assert back.get_params()["max_len"] == 6 and back.get_params()["random_state"] is None
     np.testing.assert_array_equal(back.predict_proba(texts), clf.predict_proba(texts))
     assert list(back.classes_) == ["neg", "pos"] and back.loss_curve_ == clf.loss_curve_
@@ -221,6 +223,7 @@ def test_load_refuses_what_is_not_a_classifier(tmp_path):
     (dict(keep="middle"), "keep must be"),
     (dict(validation_fraction=1.0), "validation_fraction"),
     (dict(lr=0.0), "need lr > 0"),
+    (dict(device="tpu"), "device must be one of"),
 ])
 def test_bad_parameters_are_refused_at_fit(params, match):
     clf = QLLSTMClassifier(**params)                 # scikit-learn: __init__ only stores them

@@ -532,3 +532,27 @@ def test_training_program_runs_on_the_device(tmp_path):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("kind, X", [
+    ("ql", [[1, 2, 3], [4, 1], [2, 2, 4, 1], [3], [4, 4, 2], [1, 3]]),      # CudaTrainer
+    ("gru", [[0.5, -1.0, 2.0], [1.0, 0.1], [-0.3], [2.0, 2.0, -1.0], [0.2, 0.4], [1.5]]),
+])
+def test_estimator_on_the_device_equals_the_cpu(kind, X, tmp_path):
+    """QLLSTMClassifier(device="cuda"): ids on a QL-LSTM train with every array on the device
+    (CudaTrainer), feature sequences on a GRU with host arrays per call; both follow the CPU
+    fit (the same seed: the same batches, dropout masks and hold-out)."""
+    from qlnumba.estimator import QLLSTMClassifier
+    y = [0, 1, 0, 1, 1, 0]
+    kw = dict(kind=kind, hidden_size=3, embed_dim=2, block_size=2, batch_size=2, max_epochs=2,
+              embed_dropout=0.2, early_stopping=True, validation_fraction=0.34, dtype="float64",
+              random_state=4)
+    cpu = QLLSTMClassifier(**kw).fit(X, y)
+    gpu = QLLSTMClassifier(device="cuda", **kw).fit(X, y)
+    np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-9)
+    assert gpu.validation_scores_ == cpu.validation_scores_
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), rtol=1e-9, atol=1e-12)
+    gpu.save(tmp_path / "gpu.npz")                  # read back on the CPU: the same model
+    back = QLLSTMClassifier.load(tmp_path / "gpu.npz", device="cpu")
+    assert back.device == "cpu" and back.model_.config["device"] == "cpu"
+    np.testing.assert_allclose(back.predict_proba(X), gpu.predict_proba(X), rtol=1e-9, atol=1e-12)
