@@ -25,6 +25,12 @@ def main(argv=None):
     except (ValueError, OSError) as exc:          # bad checkpoints, files, input
         print(f"qlnumba {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:                   # a GPU-trained model, no GPU here
+        if type(exc).__name__ != "CudaUnavailable":
+            raise
+        print(f"qlnumba {args.command}: error: {exc} (or read the model with --device cpu)",
+              file=sys.stderr)
+        return 2
 
 
 def _parser():
@@ -33,6 +39,7 @@ def _parser():
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="what a checkpoint holds")
     p.add_argument("checkpoint")
+    _device_option(p)
     p.add_argument("--json", action="store_true", help="one JSON object instead of lines")
     p.set_defaults(run=info)
     p = sub.add_parser("predict", help="classify texts (one per line) or a .npy array")
@@ -42,23 +49,31 @@ def _parser():
                         "model of ids or features, .npy arrays (read without pickle)")
     p.add_argument("--proba", action="store_true",
                    help="print every class's probability (JSON) instead of the best label")
+    _device_option(p)
     p.set_defaults(run=predict)
     p = sub.add_parser("evaluate", help="accuracy and macro-F1 on labelled texts")
     p.add_argument("checkpoint")
     p.add_argument("data", help="JSON Lines (optionally gzipped) with 'text' and 'label' fields")
+    _device_option(p)
     p.set_defaults(run=evaluate)
     return ap
 
 
-def _load(path):
+def _device_option(parser):
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="where the recurrent layers run (default: where the model was saved "
+                             "from; cpu reads a GPU-trained model on a machine without a GPU)")
+
+
+def _load(args):
     from .estimator import QLLSTMClassifier
-    return QLLSTMClassifier.load(path)
+    return QLLSTMClassifier.load(args.checkpoint, device=args.device)
 
 
 def info(args):
     from .checkpoint import load_checkpoint
-    model, vocab, opt_state, meta = load_checkpoint(args.checkpoint)
-    clf = _load(args.checkpoint) if meta.get("estimator") or vocab is not None else None
+    model, vocab, opt_state, meta = load_checkpoint(args.checkpoint, args.device)
+    clf = _load(args) if meta.get("estimator") or vocab is not None else None
     report = {"model": model.config, "parameters": model.param_counts(),
               "vocabulary": None if vocab is None else len(vocab),
               "input": clf.input_ if clf else None,
@@ -79,7 +94,7 @@ def info(args):
 
 def predict(args):
     import numpy as np
-    clf = _load(args.checkpoint)
+    clf = _load(args)
     for source in args.inputs:
         if clf.input_ == "text":
             X = [line.rstrip("\r\n") for line in _read_lines(source)]
@@ -104,7 +119,7 @@ def predict(args):
 def evaluate(args):
     import numpy as np
     from sklearn.metrics import f1_score
-    clf = _load(args.checkpoint)
+    clf = _load(args)
     if clf.input_ != "text":
         raise ValueError(f"evaluate reads labelled texts; this model reads {clf.input_}")
     texts, labels = [], []

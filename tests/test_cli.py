@@ -107,3 +107,29 @@ def test_python_dash_m_runs_the_command():
     done = subprocess.run([sys.executable, "-m", "qlnumba", "--help"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "predict" in done.stdout and "evaluate" in done.stdout
+
+
+def test_device_option_reads_a_model_where_asked(text_model, tmp_path, capsys, monkeypatch):
+    """--device cpu builds the layers on the CPU whatever the file says; a GPU-trained model
+    asked for where there is no GPU is one line that names --device cpu."""
+    import qlnumba.checkpoint as checkpoint
+    path, clf = text_model
+    capsys.readouterr()
+    load = checkpoint.load_checkpoint
+
+    class CudaUnavailable(RuntimeError):
+        pass
+
+    def no_gpu(p, device=None):
+        if device != "cpu":
+            raise CudaUnavailable("no CUDA GPU is available")
+        return load(p, device)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", no_gpu)
+    monkeypatch.setattr("qlnumba.estimator.load_checkpoint", no_gpu)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("good\n"))
+    assert main(["predict", str(path)]) == 2
+    assert "no CUDA GPU is available (or read the model with --device cpu)" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.StringIO("good\n"))
+    assert main(["predict", str(path), "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.split("\t")[0] == clf.predict(["good"])[0]
