@@ -53,6 +53,8 @@ def parse_args(argv=None):
     a("--val-fraction", type=float, default=VAL_FRACTION)
     a("--seed", type=int, default=SEED)
     a("--threads", type=int, default=THREADS, help="threads for Numba and BLAS")
+    a("--device", default="cpu", choices=["cpu", "cuda"],
+      help="cuda: the recurrent layer runs on the GPU (numba-cuda; host arrays per call)")
     a("--limit", type=int, default=None, help="use a fixed sample of N images of each split")
     a("--data-dir", default=None,
       help="folder with the four *-idx?-ubyte.gz files (default: $QLNUMBA_FASHION_MNIST_DIR, "
@@ -92,7 +94,8 @@ def run(args):
                            max_epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                            clip=args.clip or None, head_dropout=args.head_dropout,
                            early_stopping=True, validation_fraction=args.val_fraction,
-                           n_iter_no_change=args.patience, random_state=args.seed, verbose=1)
+                           n_iter_no_change=args.patience, random_state=args.seed, verbose=1,
+                           device=args.device)
     steps = x_train.shape[1]
     print(f"{args.model}, {len(x_train)} training images as {steps} steps of "
           f"{x_train.shape[2] if x_train.ndim == 3 else 1} pixels, K = {block}")
