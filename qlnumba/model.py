@@ -16,7 +16,7 @@ import numpy as np
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
 from .layers import GRU, QLLSTM
-from .validate import check_dtype, check_float_array, check_lengths
+from .validate import check_dtype, check_float_array, check_ids, check_lengths
 
 # the six models the IMDB comparison trains: (layer class, keyword arguments)
 MODEL_KINDS = {
@@ -111,21 +111,10 @@ class SequenceClassifier:
     def _check_inputs(self, inputs, lengths):
         """ids as int64 (B, T), or x as a C-contiguous array of the model's dtype; lengths (B,)."""
         if self.takes_ids:
-            return self._check_ids(inputs, lengths)
+            return check_ids(inputs, lengths, self.config["vocab_size"])
         x = check_float_array(inputs, "x", 3, self.dtype, (None, None, self.config["input_size"]))
         return x, check_lengths(lengths, *x.shape[:2])
 
-    def _check_ids(self, ids, lengths):
-        ids = np.asarray(ids)
-        if ids.ndim != 2 or ids.dtype.kind not in "iu":
-            raise ValueError(f"ids must be a 2-D integer array (B, T), got {ids.dtype} {ids.shape}")
-        if 0 in ids.shape:
-            raise ValueError(f"ids is empty (shape {ids.shape})")
-        V = self.config["vocab_size"]
-        if ids.min() < 0 or ids.max() >= V:
-            raise ValueError(f"ids must lie in [0, {V}) (the vocabulary), got {ids.min()}..{ids.max()}")
-        lengths = check_lengths(lengths, *ids.shape)
-        return np.ascontiguousarray(ids, dtype=np.int64), lengths
 
     def forward(self, ids, lengths=None, targets=None, rng=None):
         """Mean cross-entropy loss (None without targets) and class probabilities (B, C).

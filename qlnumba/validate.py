@@ -56,5 +56,19 @@ def check_lengths(lengths, batch, steps):
     return lengths.astype(np.int64)
 
 
+def check_ids(ids, lengths, vocab_size):
+    """Token ids as C-contiguous int64 (B, T), each in [0, vocab_size), and lengths (B,)."""
+    ids = np.asarray(ids)
+    if ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise ValueError(f"ids must be a 2-D integer array (B, T), got {ids.dtype} {ids.shape}")
+    if 0 in ids.shape:
+        raise ValueError(f"ids is empty (shape {ids.shape})")
+    if ids.min() < 0 or ids.max() >= vocab_size:
+        raise ValueError(f"ids must lie in [0, {vocab_size}) (the vocabulary), got "
+                         f"{ids.min()}..{ids.max()}")
+    lengths = check_lengths(lengths, *ids.shape)
+    return np.ascontiguousarray(ids, dtype=np.int64), lengths
+
+
 def _shape_text(shape):
     return "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"

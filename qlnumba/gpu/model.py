@@ -27,6 +27,7 @@ import numpy as np
 
 from . import ops
 from .arrays import Workspace, clear, cuda, grid_for
+from ..validate import check_ids
 from .recurrent import PARAM_NAMES, CudaQLCell
 
 
@@ -112,7 +113,7 @@ class CudaTrainer:
         ``model.forward``.  ``rng`` draws the dropout masks (in the CPU model's order).  A
         loss that is not finite is returned without a backward pass or an update."""
         model, k = self.model, kernels(self.dtype)
-        ids, lengths = model._check_ids(ids, lengths)
+        ids, lengths = check_ids(ids, lengths, model.config["vocab_size"])
         B, T = ids.shape
         C, E = model.config["num_classes"], model.config["embed_dim"]
         targets = np.asarray(targets)
