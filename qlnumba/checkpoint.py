@@ -15,7 +15,8 @@ VERSION = 1
 
 
 def save_checkpoint(path, model, vocab=None, optimizer=None, meta=None):
-    """Write ``model`` (a SequenceClassifier), its vocabulary and optimizer state to ``path``."""
+    """Write ``model`` (a SequenceClassifier or a LanguageModel), its vocabulary and optimizer
+    state to ``path``."""
     arrays = {"__format__": np.array(FORMAT), "__version__": np.array(VERSION),
               "__meta__": np.array(json.dumps(dict(meta or {}, model_config=model.config)))}
     if vocab is not None:
@@ -38,6 +39,7 @@ def load_checkpoint(path, device=None):
     raises ``ValueError`` naming the file and the problem.
     """
     from .data.text import Vocabulary
+    from .lm import LanguageModel
     from .model import SequenceClassifier
 
     try:
@@ -60,7 +62,10 @@ def load_checkpoint(path, device=None):
         config["dtype"] = np.dtype(config["dtype"]).type
         if device is not None:
             config["device"] = device
-        model = SequenceClassifier(**config)
+        architecture = config.pop("architecture", "classifier")
+        if architecture not in ("classifier", "language_model"):
+            raise ValueError(f"unknown architecture {architecture!r}")
+        model = (LanguageModel if architecture == "language_model" else SequenceClassifier)(**config)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: corrupt checkpoint metadata ({exc})") from None
     stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}

@@ -211,7 +211,7 @@ class SequenceClassifier:
 
 def count_params(obj):
     """Embedding, recurrent and head parameter counts of a model, or of a bare layer."""
-    if isinstance(obj, SequenceClassifier):
+    if hasattr(obj, "param_counts"):                   # SequenceClassifier, LanguageModel
         return obj.param_counts()
     n = obj.num_params()
     return {"embedding": 0, "recurrent": n, "head": 0, "total": n}

@@ -1,0 +1,180 @@
+"""Language model: ids -> embedding -> recurrent layers -> linear head with softmax at every step.
+
+Each valid step t predicts the token at t + 1 (the caller passes those as ``targets``).  The
+state can be carried from one call to the next, so a long text is read in chunks
+(truncated BPTT: the gradient stops at a chunk's start) and generation feeds one token
+at a time.
+
+Shapes legend
+  B rows, T steps, V vocabulary (id 0 = padding), E embedding width, H hidden units,
+  N = sum of lengths (the valid steps)
+  ids (B,T) int   targets (B,T) int in [1, V)   lengths (B,)
+  embed (V,E)   head.W (V,H)   head.b (V)   recurrent parameters under "rnn."
+  probs (N,V) at the valid steps, in row-major order of (b, t)
+"""
+import math
+
+import numpy as np
+
+from .kernels.embedding import embedding_backward, embedding_forward
+from .kernels.head import linear_xent_backward, linear_xent_forward
+from .layers import QLLSTM
+from .model import MODEL_KINDS
+from .validate import check_dtype, check_ids
+
+LM_KINDS = tuple(k for k in MODEL_KINDS if k != "bilstm")   # a reverse direction sees the future
+
+
+class LanguageModel:
+    """Next-token model over a vocabulary of ``vocab_size`` ids (0 is padding).
+
+    Parameters
+    ----------
+    vocab_size, embed_dim, hidden_size : int
+    kind : str, one of LM_KINDS ("ql", "lstm", "psug", "hgr", "gru")
+    num_layers, block_size : as for :class:`qlnumba.QLLSTM`
+    dropout : float in [0, 1), on the embeddings and on the head's input while training
+    dtype : np.float32 or np.float64
+    seed : int or None, seeds the initialisation
+    device : "cpu" or "cuda", where the recurrent layers run
+    """
+
+    def __init__(self, vocab_size, embed_dim=64, hidden_size=256, kind="ql", num_layers=1,
+                 block_size=32, dropout=0.0, dtype=np.float32, seed=None, device="cpu"):
+        if kind not in LM_KINDS:
+            raise ValueError(f"kind must be one of {list(LM_KINDS)} (a language model reads "
+                             f"one direction), got {kind!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if vocab_size < 2:
+            raise ValueError(f"need vocab_size >= 2 (padding and one token), got {vocab_size}")
+        dtype = check_dtype(dtype)
+        self.config = dict(architecture="language_model", vocab_size=int(vocab_size),
+                           embed_dim=int(embed_dim), hidden_size=int(hidden_size), kind=kind,
+                           num_layers=int(num_layers), block_size=int(block_size),
+                           dropout=float(dropout), dtype=np.dtype(dtype).name, device=device)
+        self.dtype = dtype
+        rng = np.random.default_rng(seed)
+        cls, kwargs = MODEL_KINDS[kind]
+        kwargs = dict(kwargs, device=device)
+        if cls is QLLSTM:
+            kwargs["block_size"] = block_size
+        self.rnn = cls(embed_dim, hidden_size, num_layers=num_layers, dtype=dtype,
+                       seed=int(rng.integers(2 ** 63)), **kwargs)
+        embed = rng.standard_normal((vocab_size, embed_dim)).astype(dtype)
+        embed[0] = 0.0                                     # the padding row
+        bound = 1.0 / math.sqrt(hidden_size)
+        self.params = {"embed": embed}
+        self.params.update({"rnn." + k: v for k, v in self.rnn.params.items()})
+        self.params["head.W"] = rng.uniform(-bound, bound, (vocab_size, hidden_size)).astype(dtype)
+        self.params["head.b"] = np.zeros(vocab_size, dtype)
+        self._tape = None
+
+    def param_counts(self):
+        """Parameter counts of the embedding, the recurrent stack, the head and their total."""
+        counts = {"embedding": self.params["embed"].size, "recurrent": self.rnn.num_params(),
+                  "head": self.params["head.W"].size + self.params["head.b"].size}
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def initial_state(self, batch):
+        """Zeros: the state before any token."""
+        return self.rnn.initial_state(batch)
+
+    def forward(self, ids, lengths=None, targets=None, state=None, rng=None, need_grad=None):
+        """Mean cross-entropy over the valid steps (None without targets), the probabilities of
+        the next token after each row's last valid step (B, V), and the state after it.
+
+        ``rng`` (a numpy Generator) switches dropout on: its masks are drawn from it.
+        ``need_grad`` (default: whether there are targets) saves what ``backward`` needs;
+        False with targets gives the loss at inference speed (evaluation).
+        """
+        V = self.config["vocab_size"]
+        ids, lengths = check_ids(ids, lengths, V)
+        B, T = ids.shape
+        valid = np.arange(T)[None, :] < lengths[:, None]              # (B, T)
+        if targets is not None:
+            targets = np.asarray(targets)
+            if targets.shape != (B, T) or targets.dtype.kind not in "iu":
+                raise ValueError(f"targets must be integers of shape (B, T) = ({B}, {T}), got "
+                                 f"{targets.dtype} {targets.shape}")
+            if targets[valid].min() < 1 or targets[valid].max() >= V:
+                raise ValueError(f"targets must lie in [1, {V}) at the valid steps")
+        emb = np.empty((B, T, self.config["embed_dim"]), self.dtype)
+        embedding_forward(emb, ids, self.params["embed"])
+        emb_mask = self._dropout_mask(rng, emb.shape)
+        if emb_mask is not None:
+            emb *= emb_mask
+        scoring = targets is not None                 # the loss at every valid step
+        need_grad = scoring if need_grad is None else bool(need_grad)
+        if need_grad and not scoring:
+            raise ValueError("need_grad=True needs targets: there is no loss to differentiate")
+        out, state = self.rnn.forward(emb, lengths, state, need_grad=need_grad)
+        if scoring:
+            h = out[valid]                                             # (N, H)
+            head_mask = self._dropout_mask(rng, h.shape)
+            if head_mask is not None:
+                h *= head_mask
+            t = targets[valid].astype(np.int64)
+        else:                                  # only each row's last valid step is needed
+            h, head_mask = out[np.arange(B), lengths - 1], None
+            t = np.zeros(B, np.int64)
+        probs = np.empty((len(h), V), self.dtype)
+        losses = np.empty(len(h), self.dtype)
+        linear_xent_forward(probs, losses, h, t, self.params["head.W"], self.params["head.b"])
+        self._tape = (ids, lengths, valid, t, emb_mask, h, head_mask, probs) if need_grad else None
+        if not scoring:
+            return None, probs, state
+        last = np.cumsum(lengths) - 1                                  # each row's last step in N
+        return float(losses.mean()), probs[last], state
+
+    def backward(self):
+        """Gradients of the last forward's mean loss; a dict with the keys of ``params``.
+        The gradient stops at the initial state (truncated BPTT)."""
+        if self._tape is None:
+            raise ValueError("backward() needs a preceding forward() with targets")
+        ids, lengths, valid, targets, emb_mask, h, head_mask, probs = self._tape
+        B, T = ids.shape
+        grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        dh = np.zeros_like(h)
+        linear_xent_backward(dh, grads["head.W"], grads["head.b"], probs, h, targets,
+                             self.params["head.W"], 1.0 / len(h))
+        if head_mask is not None:
+            dh *= head_mask
+        dout = np.zeros((B, T, h.shape[1]), self.dtype)
+        dout[valid] = dh
+        demb, rnn_grads = self.rnn.backward(dout)
+        if emb_mask is not None:
+            demb *= emb_mask
+        embedding_backward(grads["embed"], demb, ids)
+        for k, g in rnn_grads.items():
+            grads["rnn." + k] = g
+        return grads
+
+    def generate(self, prompt, steps, rng, temperature=1.0):
+        """``steps`` new ids after ``prompt`` (1-D ids, each in [1, V)), one at a time, each
+        drawn from the model's next-token probabilities sharpened by ``temperature``."""
+        prompt = np.asarray(prompt)
+        if prompt.ndim != 1 or len(prompt) == 0:
+            raise ValueError(f"prompt must be a non-empty 1-D array of ids, got shape {prompt.shape}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError("rng must be a numpy Generator (np.random.default_rng(seed))")
+        if prompt.min() < 1:
+            raise ValueError("prompt ids must be >= 1 (0 is padding)")
+        _, probs, state = self.forward(prompt[None, :])
+        out = np.empty(steps, np.int64)
+        for i in range(steps):
+            p = probs[0].astype(np.float64) ** (1.0 / temperature)
+            p[0] = 0.0                                                 # never padding
+            out[i] = np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")
+            out[i] = min(out[i], len(p) - 1)
+            _, probs, state = self.forward(out[i:i + 1][None, :], state=state)
+        return out
+
+    def _dropout_mask(self, rng, shape):
+        p = self.config["dropout"]
+        if rng is None or p == 0.0:
+            return None
+        return (rng.random(shape) >= p).astype(self.dtype) / self.dtype(1.0 - p)

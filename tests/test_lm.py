@@ -1,0 +1,180 @@
+"""LanguageModel: gradients against finite differences, chunked reading equals one call,
+a short run whose loss falls, generation, checkpoints; Tiny Shakespeare reading and the
+training program."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qlnumba
+from helpers import assert_close, make_rng, numeric_grad
+from qlnumba.checkpoint import load_checkpoint, save_checkpoint
+from qlnumba.data import DataError, default_shakespeare_dir, load_shakespeare
+from qlnumba.data.shakespeare import (char_vocabulary, decode_chars, encode_chars, split_ids,
+                                      stream_batches)
+from qlnumba.lm import LM_KINDS, LanguageModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+import shakespeare as train_shakespeare  # noqa: E402
+
+HAVE_TEXT = (default_shakespeare_dir() / "input.txt").is_file()
+
+
+@pytest.mark.parametrize("kind", LM_KINDS)
+def test_gradients_match_finite_differences(kind):
+    """Ragged rows, a carried initial state, dropout: every parameter's gradient."""
+    rng = make_rng(50)
+    model = LanguageModel(6, embed_dim=3, hidden_size=3, kind=kind, block_size=2, dropout=0.25,
+                          dtype=np.float64, seed=1)
+    ids = rng.integers(1, 6, (3, 5))
+    targets = rng.integers(1, 6, (3, 5))
+    lengths = np.array([5, 2, 4])
+    _, _, state = model.forward(rng.integers(1, 6, (3, 3)))       # a state from earlier text
+    state = {k: v.copy() for k, v in state.items()}
+
+    def loss():
+        return model.forward(ids, lengths, targets, state, rng=np.random.default_rng(7))[0]
+
+    loss()
+    grads = model.backward()
+    assert set(grads) == set(model.params) and (grads["embed"][0] == 0).all()
+    for name, p in model.params.items():
+        assert_close(grads[name], numeric_grad(loss, p), 1e-5, 1e-8, name)
+
+
+@pytest.mark.parametrize("kind", ["ql", "gru"])
+def test_reading_in_chunks_equals_one_call(kind):
+    """Loss, last-step probabilities and state: two chunks with the state carried equal one
+    call over the whole text (HGR-ASC's block counter included: the cut is inside a block)."""
+    rng = make_rng(51)
+    model = LanguageModel(9, embed_dim=4, hidden_size=5, kind=kind, block_size=3,
+                          dtype=np.float64, seed=2)
+    ids, targets = rng.integers(1, 9, (2, 11)), rng.integers(1, 9, (2, 11))
+    whole, probs, final = model.forward(ids, targets=targets, need_grad=False)
+    first, _, state = model.forward(ids[:, :4], targets=targets[:, :4], need_grad=False)
+    second, probs2, final2 = model.forward(ids[:, 4:], targets=targets[:, 4:], state=state,
+                                           need_grad=False)
+    assert (4 * first + 7 * second) / 11 == pytest.approx(whole, rel=1e-12)
+    np.testing.assert_allclose(probs2, probs, rtol=1e-12)
+    for k in final:
+        np.testing.assert_allclose(final2[k], final[k], rtol=1e-12)
+    # need_grad=False gives the same loss as the training path, and keeps nothing
+    assert model.forward(ids, targets=targets)[0] == pytest.approx(whole, rel=1e-12)
+    model.forward(ids, targets=targets, need_grad=False)
+    with pytest.raises(ValueError, match="backward"):
+        model.backward()
+
+
+def test_short_training_run_loss_falls():
+    """A repeating 7-character text: 60 Adam steps of truncated BPTT learn it."""
+    vocab = char_vocabulary("abcdefg")
+    ids = encode_chars("abcdefg" * 200, vocab)
+    model = LanguageModel(len(vocab), embed_dim=8, hidden_size=16, kind="ql", block_size=4, seed=3)
+    opt = qlnumba.Adam(model.params, lr=0.02, clip_norm=5.0)
+    losses, state = [], None
+    for _ in range(4):
+        for x, y, lengths in stream_batches(ids, 8, 10):
+            loss, _, state = model.forward(x, lengths, y, state)
+            opt.step(model.backward())
+            losses.append(loss)
+    print(losses)
+    assert np.mean(losses[-5:]) < 0.1 * np.mean(losses[:5])
+    out = model.generate(encode_chars("abc", vocab), 14, np.random.default_rng(0), 0.5)
+    assert decode_chars(out, vocab) == "defgabcdefgabc"
+
+
+def test_generation_is_seeded_and_stays_in_the_vocabulary():
+    model = LanguageModel(7, embed_dim=3, hidden_size=4, seed=4)
+    a = model.generate(np.array([1, 2]), 30, np.random.default_rng(5))
+    b = model.generate(np.array([1, 2]), 30, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, b)
+    assert a.min() >= 1 and a.max() < 7 and len(a) == 30
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(np.array([1]), 3, np.random.default_rng(0), temperature=0)
+    with pytest.raises(ValueError, match="Generator"):
+        model.generate(np.array([1]), 3, 0)
+    with pytest.raises(ValueError, match="non-empty"):
+        model.generate(np.array([], np.int64), 3, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="padding"):
+        model.generate(np.array([0, 2]), 3, np.random.default_rng(0))
+
+
+def test_bad_input_is_refused():
+    model = LanguageModel(5, embed_dim=2, hidden_size=2, seed=0)
+    with pytest.raises(ValueError, match="one direction"):
+        LanguageModel(5, kind="bilstm")
+    with pytest.raises(ValueError, match="vocabulary"):
+        model.forward(np.array([[1, 5]]))
+    with pytest.raises(ValueError, match="targets must be integers of shape"):
+        model.forward(np.array([[1, 2]]), targets=np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"targets must lie in \[1, 5\)"):
+        model.forward(np.array([[1, 2]]), targets=np.array([[1, 0]]))
+    model.forward(np.array([[1, 2]]), np.array([1]), targets=np.array([[1, 0]]))   # padding: free
+    with pytest.raises(ValueError, match="needs targets"):
+        model.forward(np.array([[1, 2]]), need_grad=True)
+    with pytest.raises(ValueError, match="dropout"):
+        LanguageModel(5, dropout=1.0)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    vocab = char_vocabulary("hello")
+    model = LanguageModel(len(vocab), embed_dim=3, hidden_size=4, kind="lstm", seed=6)
+    save_checkpoint(tmp_path / "lm.npz", model, vocab, meta={"epoch": 2})
+    back, back_vocab, _, meta = load_checkpoint(tmp_path / "lm.npz")
+    assert isinstance(back, LanguageModel) and back_vocab.itos == vocab.itos and meta["epoch"] == 2
+    ids = encode_chars("hello", vocab)[None, :]
+    np.testing.assert_array_equal(back.forward(ids)[1], model.forward(ids)[1])
+    assert qlnumba.count_params(back) == model.param_counts()
+
+
+def test_text_helpers():
+    vocab = char_vocabulary("to be, or not")
+    assert vocab.itos[:2] == ["<pad>", "<unk>"] and len(vocab) == 2 + len(set("to be, or not"))
+    ids = encode_chars("not to be!", vocab)
+    assert decode_chars(ids, vocab) == "not to be?"                 # '!' was never seen
+    train, val = split_ids(np.arange(100), 0.1)
+    assert len(train) == 90 and val[0] == 90
+    chunks = list(stream_batches(np.arange(1, 42), 4, 3))
+    x0, y0, lengths = chunks[0]
+    assert x0.tolist()[1] == [11, 12, 13] and y0.tolist()[1] == [12, 13, 14]
+    assert [c[0].shape[1] for c in chunks] == [3, 3, 3, 1] and lengths.tolist() == [3] * 4
+    with pytest.raises(ValueError, match="too few"):
+        list(stream_batches(np.arange(3), 4, 3))
+
+
+def test_missing_text_gives_clear_errors(tmp_path):
+    with pytest.raises(DataError, match="folder not found"):
+        load_shakespeare(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="file missing"):
+        load_shakespeare(tmp_path)
+    (tmp_path / "input.txt").write_bytes(b"\xff\xfe not utf-8 \xff")
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_shakespeare(tmp_path)
+    assert train_shakespeare.main(["--data-dir", str(tmp_path / "nowhere"), "--threads", "1"]) == 2
+
+
+def test_training_program_on_a_text_the_test_wrote(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "input.txt").write_text("To be, or not to be: that is the question.\n" * 60)
+    out = tmp_path / "run"
+    rc = train_shakespeare.main(["--data-dir", str(tmp_path / "data"), "--epochs", "3",
+                                 "--hidden", "16", "--embed-dim", "8", "--batch-size", "4",
+                                 "--steps", "16", "--lr", "0.01", "--sample-chars", "40",
+                                 "--prompt", "To", "--out", str(out), "--threads", "1"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    losses = [e["val_loss"] for e in summary["epochs"]]
+    assert losses[-1] < losses[0] and summary["best_val_loss"] == min(losses)
+    assert summary["sample"].startswith("To") and len(summary["sample"]) == 42
+    capsys.readouterr()
+    assert train_shakespeare.main(["--sample", str(out / "best.npz"), "--prompt", "To",
+                                   "--sample-chars", "40", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.strip() == summary["sample"].strip()
+
+
+@pytest.mark.skipif(not HAVE_TEXT, reason="Tiny Shakespeare not found beside the checkout")
+def test_the_real_text_loads():
+    text = load_shakespeare()
+    assert len(text) == 1_115_394 and len(set(text)) == 65

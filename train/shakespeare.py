@@ -1,0 +1,173 @@
+"""Character-level language model on Tiny Shakespeare with qlnumba.LanguageModel.
+
+    python train/shakespeare.py                     # the QL-LSTM with the defaults below
+    python train/shakespeare.py --model lstm
+    python train/shakespeare.py --sample runs/shakespeare/best.npz --prompt "ROMEO:"
+
+The text's first 90% trains, the last 10% validates (nanoGPT's split).  Training reads
+the text as BATCH_SIZE parallel streams in chunks of STEPS characters, carrying the state
+from chunk to chunk (truncated BPTT); validation reads its part the same way, without
+dropout, and reports the mean loss per character in nats and in bits.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+# ---- defaults ------------------------------------------------------------------------------
+MODEL = "ql"            # ql | lstm | gru | psug | hgr
+EMBED_DIM = 64
+HIDDEN = 256
+LAYERS = 1
+BLOCK_SIZE = 32         # HGR-ASC block length K
+BATCH_SIZE = 32         # parallel streams
+STEPS = 128             # characters per chunk (truncated BPTT length)
+EPOCHS = 10
+LR = 2e-3
+CLIP = 5.0
+DROPOUT = 0.1
+VAL_FRACTION = 0.1
+SEED = 0
+THREADS = 2
+PROMPT = "ROMEO:"
+SAMPLE_CHARS = 400
+TEMPERATURE = 0.8
+OUT = "runs/shakespeare"
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = ap.add_argument
+    a("--model", default=MODEL, choices=["ql", "lstm", "gru", "psug", "hgr"])
+    a("--embed-dim", type=int, default=EMBED_DIM)
+    a("--hidden", type=int, default=HIDDEN, help="hidden size H")
+    a("--layers", type=int, default=LAYERS)
+    a("--block-size", type=int, default=BLOCK_SIZE, help="HGR-ASC block length K (ql, hgr)")
+    a("--batch-size", type=int, default=BATCH_SIZE, help="parallel streams of text")
+    a("--steps", type=int, default=STEPS, help="characters per chunk (truncated BPTT length)")
+    a("--epochs", type=int, default=EPOCHS, help="passes over the training text")
+    a("--lr", type=float, default=LR, help="Adam learning rate")
+    a("--clip", type=float, default=CLIP, help="global gradient-norm clip (0 = none)")
+    a("--dropout", type=float, default=DROPOUT, help="on the embeddings and the head's input")
+    a("--val-fraction", type=float, default=VAL_FRACTION, help="the text's last part, held out")
+    a("--seed", type=int, default=SEED)
+    a("--threads", type=int, default=THREADS, help="threads for Numba and BLAS")
+    a("--limit", type=int, default=None, help="use only the first N characters (smoke runs)")
+    a("--prompt", default=PROMPT, help="the start of the sample printed at the end")
+    a("--sample-chars", type=int, default=SAMPLE_CHARS)
+    a("--temperature", type=float, default=TEMPERATURE, help="below 1: safer samples")
+    a("--sample", default=None, metavar="CKPT", help="only print a sample from a saved model")
+    a("--data-dir", default=None,
+      help="folder with input.txt (default: $QLNUMBA_SHAKESPEARE_DIR, "
+           "$QLNUMBA_DATA_DIR/tinyshakespeare, then ../shared/data/tinyshakespeare)")
+    a("--out", default=OUT, help="folder for best.npz, log.jsonl and summary.json")
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    try:
+        return run(args)
+    except (ValueError, OSError) as exc:        # DataError, checkpoint and argument problems
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def sample(model, vocab, args, seed):
+    import numpy as np
+
+    from qlnumba.data.shakespeare import decode_chars, encode_chars
+    prompt = encode_chars(args.prompt or "\n", vocab)
+    ids = model.generate(prompt, args.sample_chars, np.random.default_rng(seed), args.temperature)
+    return (args.prompt or "") + decode_chars(ids, vocab)
+
+
+def run(args):
+    import numpy as np
+
+    import qlnumba
+    from qlnumba.checkpoint import load_checkpoint, save_checkpoint
+    from qlnumba.config import set_num_threads
+    from qlnumba.data import load_shakespeare
+    from qlnumba.data.shakespeare import char_vocabulary, encode_chars, split_ids, stream_batches
+    from qlnumba.lm import LanguageModel
+
+    set_num_threads(args.threads)
+    if args.sample:
+        model, vocab, _, _ = load_checkpoint(args.sample)
+        if not isinstance(model, LanguageModel) or vocab is None:
+            raise ValueError(f"{args.sample} is not a language model with its vocabulary")
+        print(sample(model, vocab, args, args.seed))
+        return 0
+
+    t_start = time.time()
+    text = load_shakespeare(args.data_dir)[:args.limit]
+    vocab = char_vocabulary(text)
+    train, val = split_ids(encode_chars(text, vocab), args.val_fraction)
+    model = LanguageModel(len(vocab), args.embed_dim, args.hidden, kind=args.model,
+                          num_layers=args.layers, block_size=args.block_size,
+                          dropout=args.dropout, seed=args.seed)
+    opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
+    rng = np.random.default_rng(args.seed)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = open(out_dir / "log.jsonl", "w")
+    print(f"{args.model}: parameters {model.param_counts()}; {len(vocab) - 2} characters; "
+          f"train {len(train)} / validation {len(val)} characters")
+
+    def validation_loss():
+        total, count, state = 0.0, 0, None
+        for x, y, lengths in stream_batches(val, args.batch_size, args.steps):
+            loss, _, state = model.forward(x, lengths, y, state, need_grad=False)
+            total, count = total + loss * x.size, count + x.size
+        return total / count
+
+    best, train_time, seen_all, history = math.inf, 0.0, 0, []
+    for epoch in range(1, args.epochs + 1):
+        t0, total, seen, state = time.time(), 0.0, 0, None
+        offset = int(rng.integers(0, args.steps))    # other chunk borders each epoch
+        for x, y, lengths in stream_batches(train, args.batch_size, args.steps, offset):
+            loss, _, state = model.forward(x, lengths, y, state, rng=rng)
+            if not math.isfinite(loss):
+                print(f"error: loss became {loss} in epoch {epoch}; try a smaller --lr",
+                      file=sys.stderr)
+                return 1
+            opt.step(model.backward())
+            total, seen = total + loss * x.size, seen + x.size
+        seconds = time.time() - t0
+        train_time, seen_all = train_time + seconds, seen_all + seen
+        val_loss = validation_loss()
+        record = {"epoch": epoch, "train_loss": total / seen, "val_loss": val_loss,
+                  "val_bits_per_char": val_loss / math.log(2), "epoch_seconds": seconds,
+                  "train_chars_per_s": seen / seconds}
+        history.append(record)
+        print(json.dumps(record), file=log, flush=True)
+        print(json.dumps(record))
+        if val_loss < best:
+            best = val_loss
+            save_checkpoint(out_dir / "best.npz", model, vocab, opt,
+                            meta={"epoch": epoch, "val_loss": val_loss, "args": vars(args)})
+
+    model, vocab, _, meta = load_checkpoint(out_dir / "best.npz")
+    summary = {"model": args.model, "seed": args.seed, "params": model.param_counts(),
+               "best_epoch": meta["epoch"], "best_val_loss": best,
+               "best_val_bits_per_char": best / math.log(2), "epochs": history,
+               "train_seconds": train_time, "wall_seconds": time.time() - t_start,
+               "train_chars_per_s": seen_all / train_time, "args": vars(args),
+               "sample": sample(model, vocab, args, args.seed)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(summary["sample"])
+    print(f"best validation loss {best:.4f} nats/char ({summary['best_val_bits_per_char']:.3f} "
+          f"bits/char) at epoch {meta['epoch']}, {summary['wall_seconds'] / 60:.1f} min")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
