@@ -5,10 +5,11 @@
     qlnumba predict model.npz reviews.txt            # one text per line -> label, probability
     qlnumba predict model.npz x.npy                  # a model of ids or features: an array
     qlnumba evaluate runs/imdb/best.npz test.jsonl.gz   # accuracy and macro-F1 on labelled texts
+    qlnumba generate runs/shakespeare/best.npz --prompt "ROMEO:" --chars 300
 
-Checkpoints come from ``QLLSTMClassifier.save`` or from ``train/imdb.py``.  Training
-itself is ``train/imdb.py`` (``scripts/train-imdb.sh``).  Errors print one line and exit
-with status 2.
+Checkpoints come from ``QLLSTMClassifier.save``, ``train/imdb.py`` and
+``train/fashion_mnist.py`` (classifiers) or ``train/shakespeare.py`` (a language model).
+Training itself is those programs.  Errors print one line and exit with status 2.
 """
 import argparse
 import gzip
@@ -56,6 +57,14 @@ def _parser():
     p.add_argument("data", help="JSON Lines (optionally gzipped) with 'text' and 'label' fields")
     _device_option(p)
     p.set_defaults(run=evaluate)
+    p = sub.add_parser("generate", help="text from a character language model")
+    p.add_argument("checkpoint")
+    p.add_argument("--prompt", default="\n", help="the text to continue")
+    p.add_argument("--chars", type=int, default=300, help="characters to add")
+    p.add_argument("--temperature", type=float, default=0.8, help="below 1: safer choices")
+    p.add_argument("--seed", type=int, default=0)
+    _device_option(p)
+    p.set_defaults(run=generate)
     return ap
 
 
@@ -72,14 +81,16 @@ def _load(args):
 
 def info(args):
     from .checkpoint import load_checkpoint
+    from .lm import LanguageModel
     model, vocab, opt_state, meta = load_checkpoint(args.checkpoint, args.device)
-    clf = _load(args) if meta.get("estimator") or vocab is not None else None
+    is_classifier = not isinstance(model, LanguageModel)
+    clf = _load(args) if is_classifier and (meta.get("estimator") or vocab is not None) else None
     report = {"model": model.config, "parameters": model.param_counts(),
               "vocabulary": None if vocab is None else len(vocab),
               "input": clf.input_ if clf else None,
               "classes": clf.classes_.tolist() if clf else None,
               "optimizer_state": opt_state is not None}
-    for key in ("epoch", "best_val_accuracy"):
+    for key in ("epoch", "best_val_accuracy", "val_loss"):
         if key in meta:
             report[key] = meta[key]
     if clf is not None and clf.n_iter_:
@@ -143,6 +154,24 @@ def evaluate(args):
     pred = clf.predict(texts)
     print(json.dumps({"n": len(texts), "accuracy": float((pred == labels).mean()),
                       "macro_f1": float(f1_score(labels, pred, average="macro"))}))
+    return 0
+
+
+def generate(args):
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .data.shakespeare import decode_chars, encode_chars
+    from .data.text import PAD, UNK
+    from .lm import LanguageModel
+    model, vocab, _, _ = load_checkpoint(args.checkpoint, args.device)
+    if not isinstance(model, LanguageModel) or vocab is None:
+        raise ValueError(f"{args.checkpoint} is not a language model with its vocabulary")
+    if args.chars < 0 or not args.prompt:
+        raise ValueError("--chars must be >= 0 and --prompt non-empty")
+    ids = model.generate(encode_chars(args.prompt, vocab), args.chars,
+                         np.random.default_rng(args.seed), args.temperature, exclude=(PAD, UNK))
+    print(args.prompt + decode_chars(ids, vocab))
     return 0
 
 

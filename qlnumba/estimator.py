@@ -203,6 +203,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         if device is not None and device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         model, vocab, _, meta = load_checkpoint(path, device)
+        if not isinstance(model, SequenceClassifier):
+            raise ValueError(f"{path} holds a {type(model).__name__}, not a classifier")
         state = meta.get("estimator")
         if state is None:                                    # train/imdb.py's checkpoint
             if vocab is None:

@@ -151,9 +151,10 @@ class LanguageModel:
             grads["rnn." + k] = g
         return grads
 
-    def generate(self, prompt, steps, rng, temperature=1.0):
+    def generate(self, prompt, steps, rng, temperature=1.0, exclude=(0,)):
         """``steps`` new ids after ``prompt`` (1-D ids, each in [1, V)), one at a time, each
-        drawn from the model's next-token probabilities sharpened by ``temperature``."""
+        drawn from the model's next-token probabilities sharpened by ``temperature``; the
+        ids in ``exclude`` (padding, and for text usually the unknown id too) are never drawn."""
         prompt = np.asarray(prompt)
         if prompt.ndim != 1 or len(prompt) == 0:
             raise ValueError(f"prompt must be a non-empty 1-D array of ids, got shape {prompt.shape}")
@@ -163,11 +164,13 @@ class LanguageModel:
             raise ValueError("rng must be a numpy Generator (np.random.default_rng(seed))")
         if prompt.min() < 1:
             raise ValueError("prompt ids must be >= 1 (0 is padding)")
+        if 0 not in exclude or len(set(exclude)) >= self.config["vocab_size"]:
+            raise ValueError(f"exclude must hold 0 (padding) and leave ids to draw, got {exclude}")
         _, probs, state = self.forward(prompt[None, :])
         out = np.empty(steps, np.int64)
         for i in range(steps):
             p = probs[0].astype(np.float64) ** (1.0 / temperature)
-            p[0] = 0.0                                                 # never padding
+            p[list(exclude)] = 0.0
             out[i] = np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")
             out[i] = min(out[i], len(p) - 1)
             _, probs, state = self.forward(out[i:i + 1][None, :], state=state)

@@ -133,3 +133,31 @@ def test_device_option_reads_a_model_where_asked(text_model, tmp_path, capsys, m
     monkeypatch.setattr(sys, "stdin", io.StringIO("good\n"))
     assert main(["predict", str(path), "--device", "cpu"]) == 0
     assert capsys.readouterr().out.split("\t")[0] == clf.predict(["good"])[0]
+
+
+def test_generate_from_a_language_model(tmp_path, capsys):
+    from qlnumba.checkpoint import save_checkpoint
+    from qlnumba.data.shakespeare import char_vocabulary
+    from qlnumba.lm import LanguageModel
+    vocab = char_vocabulary("to be or not")
+    model = LanguageModel(len(vocab), embed_dim=3, hidden_size=4, seed=0)
+    save_checkpoint(tmp_path / "lm.npz", model, vocab, meta={"epoch": 1, "val_loss": 2.0})
+    capsys.readouterr()
+    assert main(["generate", str(tmp_path / "lm.npz"), "--prompt", "to ", "--chars", "20",
+                 "--seed", "3"]) == 0
+    out = capsys.readouterr().out.rstrip("\n")
+    assert out.startswith("to ") and len(out) == 23 and set(out) <= set("to be or n")
+    assert main(["generate", str(tmp_path / "lm.npz"), "--prompt", "to ", "--chars", "20",
+                 "--seed", "3"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == out                 # seeded
+    assert main(["info", str(tmp_path / "lm.npz"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"]["architecture"] == "language_model" and report["val_loss"] == 2.0
+    assert main(["predict", str(tmp_path / "lm.npz"), "-"]) == 2
+    assert "holds a LanguageModel, not a classifier" in capsys.readouterr().err
+
+
+def test_generate_refuses_a_classifier(text_model, capsys):
+    path, _ = text_model
+    assert main(["generate", str(path)]) == 2
+    assert "not a language model" in capsys.readouterr().err

@@ -99,6 +99,12 @@ def test_generation_is_seeded_and_stays_in_the_vocabulary():
         model.generate(np.array([], np.int64), 3, np.random.default_rng(0))
     with pytest.raises(ValueError, match="padding"):
         model.generate(np.array([0, 2]), 3, np.random.default_rng(0))
+    c = model.generate(np.array([1, 2]), 200, np.random.default_rng(5), exclude=(0, 1, 3))
+    assert not set(c.tolist()) & {0, 1, 3}
+    with pytest.raises(ValueError, match="exclude"):
+        model.generate(np.array([1]), 3, np.random.default_rng(0), exclude=(1,))
+    with pytest.raises(ValueError, match="exclude"):
+        model.generate(np.array([1]), 3, np.random.default_rng(0), exclude=tuple(range(7)))
 
 
 def test_bad_input_is_refused():

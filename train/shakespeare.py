@@ -83,9 +83,11 @@ def main(argv=None):
 def sample(model, vocab, args, seed):
     import numpy as np
 
+    from qlnumba.data import PAD, UNK
     from qlnumba.data.shakespeare import decode_chars, encode_chars
     prompt = encode_chars(args.prompt or "\n", vocab)
-    ids = model.generate(prompt, args.sample_chars, np.random.default_rng(seed), args.temperature)
+    ids = model.generate(prompt, args.sample_chars, np.random.default_rng(seed), args.temperature,
+                         exclude=(PAD, UNK))
     return (args.prompt or "") + decode_chars(ids, vocab)
 
 
