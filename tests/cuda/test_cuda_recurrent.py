@@ -534,6 +534,26 @@ def test_training_program_runs_on_the_device(tmp_path):
     assert summary["epochs_run"] == 1 and 0.0 <= summary["test_accuracy"] <= 1.0
 
 
+def test_cuda_language_model_equals_cpu_model():
+    """LanguageModel(device="cuda"): a carried state, ragged rows; loss, gradients, the state."""
+    from qlnumba.lm import LanguageModel
+    rng = make_rng(63)
+    kw = dict(embed_dim=2, hidden_size=3, kind="ql", block_size=2, dtype=np.float64, seed=7)
+    cpu, gpu = LanguageModel(6, **kw), LanguageModel(6, device="cuda", **kw)
+    ids, targets = rng.integers(1, 6, (2, 5)), rng.integers(1, 6, (2, 5))
+    lengths = np.array([5, 3])
+    _, _, state = cpu.forward(ids[:, :2])
+    loss_c, probs_c, final_c = cpu.forward(ids, lengths, targets, state)
+    loss_g, probs_g, final_g = gpu.forward(ids, lengths, targets, state)
+    assert abs(loss_c - loss_g) < 1e-10
+    np.testing.assert_allclose(probs_g, probs_c, rtol=1e-10)
+    for k in final_c:
+        np.testing.assert_allclose(final_g[k], final_c[k], rtol=1e-10, atol=1e-12)
+    gc, gg = cpu.backward(), gpu.backward()
+    for k in gc:
+        assert_close(gg[k], gc[k], 1e-10, 1e-10, k)
+
+
 @pytest.mark.parametrize("kind, X", [
     ("ql", [[1, 2, 3], [4, 1], [2, 2, 4, 1], [3], [4, 4, 2], [1, 3]]),      # CudaTrainer
     ("gru", [[0.5, -1.0, 2.0], [1.0, 0.1], [-0.3], [2.0, 2.0, -1.0], [0.2, 0.4], [1.5]]),
