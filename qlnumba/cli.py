@@ -47,7 +47,8 @@ def _parser():
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="*", default=["-"],
                    help="files of texts, one per line ('-' or none: standard input); for a "
-                        "model of ids or features, .npy arrays (read without pickle)")
+                        "model of ids (2-D, padded with 0) or of features, .npy arrays (read "
+                        "without pickle)")
     p.add_argument("--proba", action="store_true",
                    help="print every class's probability (JSON) instead of the best label")
     _device_option(p)
@@ -115,6 +116,8 @@ def predict(args):
             X = np.load(source, allow_pickle=False)
             if not isinstance(X, np.ndarray):
                 raise ValueError(f"{source} is not a .npy array")
+            if clf.input_ == "ids":
+                clf.set_params(input="ids")          # a 2-D array: ids padded with 0
         if len(X) == 0:
             continue
         probs = clf.predict_proba(X)

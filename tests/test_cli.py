@@ -76,6 +76,20 @@ def test_predict_arrays_for_a_feature_model(tmp_path, capsys):
     assert "X has 4 features" in capsys.readouterr().err
 
 
+def test_predict_padded_ids_for_a_model_of_ids(tmp_path, capsys):
+    rows = [np.array([1, 2, 3]), np.array([4, 1]), np.array([2]), np.array([3, 3, 4, 1])]
+    clf = QLLSTMClassifier(hidden_size=4, embed_dim=4, max_epochs=1).fit(rows, [0, 1, 0, 1])
+    clf.save(tmp_path / "ids.npz")
+    padded = np.zeros((4, 4), np.int64)
+    for i, r in enumerate(rows):
+        padded[i, :len(r)] = r
+    np.save(tmp_path / "ids.npy", padded)
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "ids.npz"), str(tmp_path / "ids.npy"), "--proba"]) == 0
+    got = [json.loads(line)["1"] for line in capsys.readouterr().out.splitlines()]
+    np.testing.assert_allclose(got, clf.predict_proba(rows)[:, 1], atol=1e-6)
+
+
 def test_evaluate_labelled_json_lines(text_model, tmp_path, capsys):
     path, clf = text_model
     records = [{"text": "good film", "label": "pos"}, {"text": "bad plot", "label": "neg"},
