@@ -39,3 +39,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def keep_thread_settings():
+    """The training programs' tests run main() in this process, and main() calls
+    set_num_threads: put qlnumba's and Numba's thread settings back after every test, so no
+    test runs under another's (a 2-thread test on 1 Numba thread fails or waits)."""
+    import numba
+
+    from qlnumba import config
+    saved = (config._threads, config._partition, numba.get_num_threads())
+    yield
+    config._threads, config._partition = saved[:2]
+    numba.set_num_threads(saved[2])
