@@ -18,8 +18,7 @@ import numpy as np
 
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
-from .layers import QLLSTM
-from .model import MODEL_KINDS
+from .model import MODEL_KINDS, make_stack
 from .validate import check_dtype, check_ids
 
 LM_KINDS = tuple(k for k in MODEL_KINDS if k != "bilstm")   # a reverse direction sees the future
@@ -55,12 +54,8 @@ class LanguageModel:
                            dropout=float(dropout), dtype=np.dtype(dtype).name, device=device)
         self.dtype = dtype
         rng = np.random.default_rng(seed)
-        cls, kwargs = MODEL_KINDS[kind]
-        kwargs = dict(kwargs, device=device)
-        if cls is QLLSTM:
-            kwargs["block_size"] = block_size
-        self.rnn = cls(embed_dim, hidden_size, num_layers=num_layers, dtype=dtype,
-                       seed=int(rng.integers(2 ** 63)), **kwargs)
+        self.rnn = make_stack(kind, embed_dim, hidden_size, num_layers, block_size, dtype,
+                              int(rng.integers(2 ** 63)), device)
         embed = rng.standard_normal((vocab_size, embed_dim)).astype(dtype)
         embed[0] = 0.0                                     # the padding row
         bound = 1.0 / math.sqrt(hidden_size)

@@ -29,6 +29,15 @@ MODEL_KINDS = {
 }
 
 
+def make_stack(kind, input_size, hidden_size, num_layers, block_size, dtype, seed, device):
+    """The recurrent layer stack of one of :data:`MODEL_KINDS` (GRU takes no block size)."""
+    cls, kwargs = MODEL_KINDS[kind]
+    kwargs = dict(kwargs, device=device)
+    if cls is QLLSTM:
+        kwargs["block_size"] = block_size
+    return cls(input_size, hidden_size, num_layers=num_layers, dtype=dtype, seed=seed, **kwargs)
+
+
 class SequenceClassifier:
     """Embedding, a recurrent stack of one of :data:`MODEL_KINDS`, and a softmax head.
 
@@ -77,12 +86,8 @@ class SequenceClassifier:
                            input_size=int(input_size) if dense else None)
         self.dtype = dtype
         rng = np.random.default_rng(seed)
-        cls, kwargs = MODEL_KINDS[kind]
-        kwargs = dict(kwargs, device=device)
-        if cls is QLLSTM:
-            kwargs["block_size"] = block_size
-        self.rnn = cls(input_size if dense else embed_dim, hidden_size, num_layers=num_layers,
-                       dtype=dtype, seed=int(rng.integers(2 ** 63)), **kwargs)
+        self.rnn = make_stack(kind, input_size if dense else embed_dim, hidden_size, num_layers,
+                              block_size, dtype, int(rng.integers(2 ** 63)), device)
         D = hidden_size * self.rnn.directions
         self.params = {}
         if not dense:
