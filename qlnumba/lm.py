@@ -18,7 +18,7 @@ import numpy as np
 
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
-from .model import MODEL_KINDS, make_stack
+from .model import MODEL_KINDS, dropout_mask, make_stack
 from .validate import check_dtype, check_ids
 
 LM_KINDS = tuple(k for k in MODEL_KINDS if k != "bilstm")   # a reverse direction sees the future
@@ -97,7 +97,7 @@ class LanguageModel:
                 raise ValueError(f"targets must lie in [1, {V}) at the valid steps")
         emb = np.empty((B, T, self.config["embed_dim"]), self.dtype)
         embedding_forward(emb, ids, self.params["embed"])
-        emb_mask = self._dropout_mask(rng, emb.shape)
+        emb_mask = dropout_mask(rng, emb.shape, self.config["dropout"], self.dtype)
         if emb_mask is not None:
             emb *= emb_mask
         scoring = targets is not None                 # the loss at every valid step
@@ -107,7 +107,7 @@ class LanguageModel:
         out, state = self.rnn.forward(emb, lengths, state, need_grad=need_grad)
         if scoring:
             h = out[valid]                                             # (N, H)
-            head_mask = self._dropout_mask(rng, h.shape)
+            head_mask = dropout_mask(rng, h.shape, self.config["dropout"], self.dtype)
             if head_mask is not None:
                 h *= head_mask
             t = targets[valid].astype(np.int64)
@@ -170,9 +170,3 @@ class LanguageModel:
             out[i] = min(out[i], len(p) - 1)
             _, probs, state = self.forward(out[i:i + 1][None, :], state=state)
         return out
-
-    def _dropout_mask(self, rng, shape):
-        p = self.config["dropout"]
-        if rng is None or p == 0.0:
-            return None
-        return (rng.random(shape) >= p).astype(self.dtype) / self.dtype(1.0 - p)

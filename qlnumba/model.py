@@ -29,6 +29,14 @@ MODEL_KINDS = {
 }
 
 
+def dropout_mask(rng, shape, p, dtype):
+    """Inverted dropout: 0 with probability p, else 1 / (1 - p); None when there is nothing to
+    drop (no Generator: evaluation mode, or p = 0)."""
+    if rng is None or p == 0.0:
+        return None
+    return (rng.random(shape) >= p).astype(dtype) / dtype(1.0 - p)
+
+
 def make_stack(kind, input_size, hidden_size, num_layers, block_size, dtype, seed, device):
     """The recurrent layer stack of one of :data:`MODEL_KINDS` (GRU takes no block size)."""
     cls, kwargs = MODEL_KINDS[kind]
@@ -143,12 +151,12 @@ class SequenceClassifier:
             embedding_forward(emb, ids, self.params["embed"])
         else:
             emb = ids                                      # the caller's array: never written
-        emb_mask = self._dropout_mask(rng, emb.shape, self.config["embed_dropout"])
+        emb_mask = dropout_mask(rng, emb.shape, self.config["embed_dropout"], self.dtype)
         if emb_mask is not None:
             emb = emb * emb_mask
         out, _ = self.rnn.forward(emb, lengths, need_grad=targets is not None)
         h_last = self._last_step(out, lengths)
-        head_mask = self._dropout_mask(rng, h_last.shape, self.config["head_dropout"])
+        head_mask = dropout_mask(rng, h_last.shape, self.config["head_dropout"], self.dtype)
         if head_mask is not None:
             h_last *= head_mask
         probs = np.empty((B, C), self.dtype)
@@ -189,11 +197,6 @@ class SequenceClassifier:
             T = int(lengths[i:i + batch_size].max())
             out.append(self.forward(ids[i:i + batch_size, :T], lengths[i:i + batch_size])[1])
         return np.concatenate(out)
-
-    def _dropout_mask(self, rng, shape, p):
-        if rng is None or p == 0.0:
-            return None
-        return (rng.random(shape) >= p).astype(self.dtype) / self.dtype(1.0 - p)
 
     def _last_step(self, out, lengths):
         """h_last: forward direction at the row's last valid step, reverse direction at step 0."""

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import ops
 from .arrays import Workspace, clear, cuda, grid_for
+from ..model import dropout_mask
 from ..validate import check_ids
 from .recurrent import PARAM_NAMES, CudaQLCell
 
@@ -126,7 +127,7 @@ class CudaTrainer:
         P, G = self.params, self.grads
         emb = ws.empty("emb", (B, T, E))
         ops.embedding_forward(emb, d_ids, P["embed"])
-        emb_mask = model._dropout_mask(rng, emb.shape, model.config["embed_dropout"])
+        emb_mask = dropout_mask(rng, emb.shape, model.config["embed_dropout"], model.dtype)
         if emb_mask is not None:
             d_emb_mask = ws.put("emb_mask", emb_mask.reshape(-1))
             k["scale"][grid_for(emb.size)](emb.reshape(emb.size), d_emb_mask)
@@ -136,7 +137,7 @@ class CudaTrainer:
         D = x.shape[2]
         h_last = ws.empty("h_last", (B, D))
         k["last_step_forward"][grid_for(B * D)](h_last, x, d_len)
-        head_mask = model._dropout_mask(rng, (B, D), model.config["head_dropout"])
+        head_mask = dropout_mask(rng, (B, D), model.config["head_dropout"], model.dtype)
         if head_mask is not None:
             d_head_mask = ws.put("head_mask", head_mask.reshape(-1))
             k["scale"][grid_for(B * D)](h_last.reshape(B * D), d_head_mask)
