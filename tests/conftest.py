@@ -13,6 +13,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture
+def tiny_imdb(tmp_path):
+    """A folder in the IMDB format: ten short reviews to train on, four to test on."""
+    from helpers import write_jsonl_gz
+    rows = [{"text": f"Review {i}<br />Good!" if i % 2 else f"Bad film {i}.", "label": i % 2,
+             "id": i, "rating": 8 if i % 2 else 2} for i in range(10)]
+    write_jsonl_gz(tmp_path / "train.jsonl.gz", rows)
+    write_jsonl_gz(tmp_path / "test.jsonl.gz", rows[:4])
+    return tmp_path
+
+
+@pytest.fixture
 def threads(monkeypatch):
     """use(n, partition): the kernels run as if set_num_threads(n, partition) had been
     called (BLAS pinning is left as it is)."""

@@ -1,4 +1,7 @@
-"""Shared test helpers: seeded generators, random states, central differences."""
+"""Shared test helpers: seeded generators, random states, central differences, data files."""
+import gzip
+import json
+
 import numpy as np
 
 
@@ -38,3 +41,20 @@ def assert_close(got, want, rtol, atol, what):
     bound = atol + rtol * np.abs(want)
     assert (err <= bound).all(), (f"{what}: max abs err {err.max():.3e}, "
                                   f"worst at {np.unravel_index(np.argmax(err - bound), err.shape)}")
+
+
+def gpu_usable():
+    """Whether qlnumba's GPU path can run in this process (a GPU, or the simulator on)."""
+    from qlnumba.gpu import CudaUnavailable, get_cuda
+    try:
+        get_cuda()
+    except CudaUnavailable:
+        return False
+    return True
+
+
+def write_jsonl_gz(path, rows):
+    """rows (dicts) as gzipped JSON Lines, the IMDB folder's format."""
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")

@@ -1,28 +1,10 @@
 """IMDB reading, tokenizer, vocabulary, encoding and batching."""
-import gzip
-import json
-
 import numpy as np
 import pytest
 
-from helpers import make_rng
+from helpers import make_rng, write_jsonl_gz
 from qlnumba.data import (PAD, UNK, DataError, Vocabulary, bucket_batches, encode_corpus, load_imdb,
                           pad_batch, sorted_batches, tokenize)
-
-
-def write_split(folder, name, rows):
-    with gzip.open(folder / name, "wt", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-
-
-@pytest.fixture
-def tiny_imdb(tmp_path):
-    rows = [{"text": f"Review {i}<br />Good!" if i % 2 else f"Bad film {i}.", "label": i % 2,
-             "id": i, "rating": 8 if i % 2 else 2} for i in range(10)]
-    write_split(tmp_path, "train.jsonl.gz", rows)
-    write_split(tmp_path, "test.jsonl.gz", rows[:4])
-    return tmp_path
 
 
 def test_load_from_a_folder_the_test_wrote(tiny_imdb):
@@ -48,10 +30,10 @@ def test_missing_and_malformed_data_give_clear_errors(tmp_path):
     (tmp_path / "train.jsonl.gz").write_bytes(b"this is not gzip")
     with pytest.raises(DataError, match="could not read"):
         load_imdb(tmp_path, ("train",))
-    write_split(tmp_path, "train.jsonl.gz", [{"review": "x", "label": 0}])
+    write_jsonl_gz(tmp_path / "train.jsonl.gz", [{"review": "x", "label": 0}])
     with pytest.raises(DataError, match="lacks"):
         load_imdb(tmp_path, ("train",))
-    write_split(tmp_path, "train.jsonl.gz", [{"text": "x", "label": 3}])
+    write_jsonl_gz(tmp_path / "train.jsonl.gz", [{"text": "x", "label": 3}])
     with pytest.raises(DataError, match="0 or 1"):
         load_imdb(tmp_path, ("train",))
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import make_rng
+from helpers import gpu_usable, make_rng
 from qlnumba.data import DataError, default_fashion_mnist_dir, load_fashion_mnist
 from qlnumba.data.fashion_mnist import SPLIT_FILES, as_sequences
 from qlnumba.estimator import QLLSTMClassifier
@@ -113,6 +113,15 @@ def test_training_program_reports_missing_data_without_traceback(tmp_path, capsy
     assert train_fashion.main(["--data-dir", str(tmp_path / "nowhere"), "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert "Fashion-MNIST folder not found" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")
+def test_training_program_without_a_gpu_says_so(tiny_fashion, tmp_path, capsys):
+    rc = train_fashion.main(["--data-dir", str(tiny_fashion), "--out", str(tmp_path), "--threads", "1",
+                             "--device", "cuda"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--device cpu" in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(not HAVE_DATA, reason="real Fashion-MNIST data not found beside the checkout")

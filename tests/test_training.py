@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import qlnumba
+from helpers import gpu_usable
 from qlnumba.checkpoint import load_checkpoint, save_checkpoint
 from qlnumba.data import Vocabulary, default_imdb_dir
 
@@ -74,6 +75,15 @@ def test_training_cli_reports_missing_data_without_traceback(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "IMDB data folder not found" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")
+def test_training_cli_without_a_gpu_says_so(tiny_imdb, tmp_path, capsys):
+    rc = train_imdb.main(["--data-dir", str(tiny_imdb), "--out", str(tmp_path), "--threads", "1",
+                          "--device", "cuda", "--min-freq", "1", "--no-progress"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--device cpu" in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(not HAVE_IMDB, reason="real IMDB data not found beside the checkout")
