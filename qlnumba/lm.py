@@ -24,6 +24,18 @@ from .validate import check_dtype, check_ids
 LM_KINDS = tuple(k for k in MODEL_KINDS if k != "bilstm")   # a reverse direction sees the future
 
 
+def check_targets(targets, valid, vocab_size):
+    """Next-token targets as an integer array of valid's shape (B, T), each in
+    [1, vocab_size) where ``valid`` (B, T) is True (padding elsewhere is not read)."""
+    targets = np.asarray(targets)
+    if targets.shape != valid.shape or targets.dtype.kind not in "iu":
+        raise ValueError(f"targets must be integers of shape (B, T) = {valid.shape}, got "
+                         f"{targets.dtype} {targets.shape}")
+    if targets[valid].min() < 1 or targets[valid].max() >= vocab_size:
+        raise ValueError(f"targets must lie in [1, {vocab_size}) at the valid steps")
+    return targets
+
+
 class LanguageModel:
     """Next-token model over a vocabulary of ``vocab_size`` ids (0 is padding).
 
@@ -89,12 +101,7 @@ class LanguageModel:
         B, T = ids.shape
         valid = np.arange(T)[None, :] < lengths[:, None]              # (B, T)
         if targets is not None:
-            targets = np.asarray(targets)
-            if targets.shape != (B, T) or targets.dtype.kind not in "iu":
-                raise ValueError(f"targets must be integers of shape (B, T) = ({B}, {T}), got "
-                                 f"{targets.dtype} {targets.shape}")
-            if targets[valid].min() < 1 or targets[valid].max() >= V:
-                raise ValueError(f"targets must lie in [1, {V}) at the valid steps")
+            targets = check_targets(targets, valid, V)
         emb = np.empty((B, T, self.config["embed_dim"]), self.dtype)
         embedding_forward(emb, ids, self.params["embed"])
         emb_mask = dropout_mask(rng, emb.shape, self.config["dropout"], self.dtype)

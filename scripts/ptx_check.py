@@ -296,10 +296,10 @@ def check_trainer_kernels(gmodel, dtype):
     """The device training loop's own kernels (CudaTrainer itself wants real device arrays)."""
     k = gmodel.kernels(np.dtype(dtype))
     dev = cuda.to_device
-    out, h_last, lengths = dev(np.zeros((2, 3, 4), dtype)), dev(np.zeros((2, 4), dtype)), dev(np.array([3, 1]))
+    out, h, rows = dev(np.zeros((6, 4), dtype)), dev(np.zeros((2, 4), dtype)), dev(np.array([2, 3]))
     k["scale"][1, 1](out.reshape(-1), out.reshape(-1))
-    k["last_step_forward"][1, 1](h_last, out, lengths)
-    k["last_step_backward"][1, 1](out, h_last, lengths)
+    k["gather_rows"][1, 1](h, out, rows)
+    k["scatter_rows"][1, 1](out, h, rows)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import qlnumba
-from helpers import assert_close, make_rng, numeric_grad
+from helpers import assert_close, gpu_usable, make_rng, numeric_grad
 from qlnumba.checkpoint import load_checkpoint, save_checkpoint
 from qlnumba.data import DataError, default_shakespeare_dir, load_shakespeare
 from qlnumba.data.shakespeare import (char_vocabulary, decode_chars, encode_chars, split_ids,
@@ -178,6 +178,16 @@ def test_training_program_on_a_text_the_test_wrote(tmp_path, capsys):
     assert train_shakespeare.main(["--sample", str(out / "best.npz"), "--prompt", "To",
                                    "--sample-chars", "40", "--threads", "1"]) == 0
     assert capsys.readouterr().out.strip() == summary["sample"].strip()
+
+
+@pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")
+def test_training_program_without_a_gpu_says_so(tmp_path, capsys):
+    (tmp_path / "input.txt").write_text("To be, or not to be.\n" * 20)
+    rc = train_shakespeare.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "run"),
+                                 "--threads", "1", "--device", "cuda"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--device cpu" in err and "Traceback" not in err
 
 
 @pytest.mark.skipif(not HAVE_TEXT, reason="Tiny Shakespeare not found beside the checkout")

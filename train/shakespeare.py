@@ -2,6 +2,7 @@
 
     python train/shakespeare.py                     # the QL-LSTM with the defaults below
     python train/shakespeare.py --model lstm
+    python train/shakespeare.py --device cuda      # parameters and Adam state on the GPU
     python train/shakespeare.py --sample runs/shakespeare/best.npz --prompt "ROMEO:"
 
 The text's first 90% trains, the last 10% validates (nanoGPT's split).  Training reads
@@ -32,6 +33,7 @@ DROPOUT = 0.1
 VAL_FRACTION = 0.1
 SEED = 0
 THREADS = 2
+DEVICE = "cpu"          # cpu | cuda
 PROMPT = "ROMEO:"
 SAMPLE_CHARS = 400
 TEMPERATURE = 0.8
@@ -56,6 +58,9 @@ def parse_args(argv=None):
     a("--val-fraction", type=float, default=VAL_FRACTION, help="the text's last part, held out")
     a("--seed", type=int, default=SEED)
     a("--threads", type=int, default=THREADS, help="threads for Numba and BLAS")
+    a("--device", default=DEVICE, choices=["cpu", "cuda"],
+      help="cuda: ql, lstm, psug and hgr train with every array on the GPU "
+           "(qlnumba.gpu.model.CudaLMTrainer); gru runs its layers there, host arrays per call")
     a("--limit", type=int, default=None, help="use only the first N characters (smoke runs)")
     a("--prompt", default=PROMPT, help="the start of the sample printed at the end")
     a("--sample-chars", type=int, default=SAMPLE_CHARS)
@@ -73,10 +78,14 @@ def main(argv=None):
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from qlnumba.gpu import CudaUnavailable     # numba.cuda itself is imported only when asked for
     try:
         return run(args)
     except (ValueError, OSError) as exc:        # DataError, checkpoint and argument problems
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except CudaUnavailable as exc:              # --device cuda without a usable GPU
+        print(f"error: {exc}; or train on the CPU with --device cpu", file=sys.stderr)
         return 2
 
 
@@ -103,7 +112,7 @@ def run(args):
 
     set_num_threads(args.threads)
     if args.sample:
-        model, vocab, _, _ = load_checkpoint(args.sample)
+        model, vocab, _, _ = load_checkpoint(args.sample, device=args.device)
         if not isinstance(model, LanguageModel) or vocab is None:
             raise ValueError(f"{args.sample} is not a language model with its vocabulary")
         print(sample(model, vocab, args, args.seed))
@@ -115,8 +124,12 @@ def run(args):
     train, val = split_ids(encode_chars(text, vocab), args.val_fraction)
     model = LanguageModel(len(vocab), args.embed_dim, args.hidden, kind=args.model,
                           num_layers=args.layers, block_size=args.block_size,
-                          dropout=args.dropout, seed=args.seed)
+                          dropout=args.dropout, seed=args.seed, device=args.device)
     opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
+    trainer = None
+    if args.device == "cuda" and args.model != "gru":
+        from qlnumba.gpu.model import CudaLMTrainer
+        trainer = CudaLMTrainer(model, opt)        # parameters and Adam state live on the GPU
     rng = np.random.default_rng(args.seed)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,13 +149,19 @@ def run(args):
         t0, total, seen, state = time.time(), 0.0, 0, None
         offset = int(rng.integers(0, args.steps))    # other chunk borders each epoch
         for x, y, lengths in stream_batches(train, args.batch_size, args.steps, offset):
-            loss, _, state = model.forward(x, lengths, y, state, rng=rng)
+            if trainer is not None:                    # forward, backward and AdamW on the GPU
+                loss, _, state = trainer.step(x, lengths, y, state, rng=rng)
+            else:
+                loss, _, state = model.forward(x, lengths, y, state, rng=rng)
             if not math.isfinite(loss):
                 print(f"error: loss became {loss} in epoch {epoch}; try a smaller --lr",
                       file=sys.stderr)
                 return 1
-            opt.step(model.backward())
+            if trainer is None:
+                opt.step(model.backward())
             total, seen = total + loss * x.size, seen + x.size
+        if trainer is not None:
+            trainer.sync_to_host()                     # for validation and the checkpoint
         seconds = time.time() - t0
         train_time, seen_all = train_time + seconds, seen_all + seen
         val_loss = validation_loss()
@@ -157,7 +176,9 @@ def run(args):
             save_checkpoint(out_dir / "best.npz", model, vocab, opt,
                             meta={"epoch": epoch, "val_loss": val_loss, "args": vars(args)})
 
-    model, vocab, _, meta = load_checkpoint(out_dir / "best.npz")
+    # the sample on the CPU: generation is one character per call, and a device model's layer
+    # API copies the parameters over on each call
+    model, vocab, _, meta = load_checkpoint(out_dir / "best.npz", device="cpu")
     summary = {"model": args.model, "seed": args.seed, "params": model.param_counts(),
                "best_epoch": meta["epoch"], "best_val_loss": best,
                "best_val_bits_per_char": best / math.log(2), "epochs": history,

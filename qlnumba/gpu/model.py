@@ -1,25 +1,29 @@
-"""A training loop that stays on the GPU: SequenceClassifier's step with every array on the device.
+"""Training loops that stay on the GPU: a model's step with every array on the device.
 
-``CudaTrainer(model, opt)`` copies the model's parameters and the Adam state to
-the device once.  Each ``step`` then runs embedding, the recurrent stack
-(``CudaQLCell.forward_device`` / ``backward_device``, zero initial states made on
-the device), the head, BPTT and AdamW there.  Per step, only the batch (one copy
-of ids, lengths, targets; dropout masks), each layer's lengths and block closes
-(one copy), the ids' sort for the embedding gradient (one copy, made on the host
-while the forward runs) and Adam's constants (one copy) go to the device, and the
-losses and probabilities (after the forward) and the gradient norm's partial sums
-(one copy) come back.  The step's device
-arrays live in a ``Workspace`` (parameters and gradients in one buffer each: one
-launch clears the gradients, one sums their squares, one runs AdamW): once it has
-seen its largest batch, a step allocates no device memory.
-``sync_to_host`` writes parameters and optimizer state back into ``model.params``
-and ``opt`` (for evaluation and checkpoints).  The arithmetic is the CPU model's:
-the tests check a step against ``SequenceClassifier.forward`` / ``backward`` and
-``Adam.step``.
+``CudaTrainer(model, opt)`` (a ``SequenceClassifier``) and ``CudaLMTrainer(model, opt)``
+(a ``LanguageModel``) copy the model's parameters and the Adam state to the device
+once.  Each ``step`` then runs embedding, the recurrent stack
+(``CudaQLCell.forward_device`` / ``backward_device``), the head, BPTT and AdamW there.
+Per step, only the batch (one copy of ids, lengths, targets and the head's rows;
+dropout masks), each layer's lengths and block closes (one copy), the ids' sort for
+the embedding gradient (one copy, made on the host while the forward runs) and Adam's
+constants (one copy) go to the device, and the losses and probabilities (after the
+forward) and the gradient norm's partial sums (one copy) come back.  The language
+model's carried state (a few (B, H) arrays a layer) goes there and back too: the
+classifier starts from zeros made on the device.  The step's device arrays live in a
+``Workspace`` (parameters and gradients in one buffer each: one launch clears the
+gradients, one sums their squares, one runs AdamW): once it has seen its largest
+batch, a step allocates no device memory.  ``sync_to_host`` writes parameters and
+optimizer state back into ``model.params`` and ``opt`` (for evaluation and
+checkpoints).  The arithmetic is the CPU model's: the tests check steps against
+``forward`` / ``backward`` and ``Adam.step``.
 
 Shapes legend (device arrays)
-  B rows, T steps, E embedding width, H hidden units, C classes
-  ids (B,T) int64  emb (B,T,E)  out (B,T,H)  h_last (B,H)  probs (B,C)  losses (B,)
+  B rows, T steps, E embedding width, H hidden units (D = H: one direction),
+  C classes, V vocabulary, N = sum of lengths (the language model's valid steps)
+  ids (B,T) int64  emb (B,T,E)  out (B,T,D)
+  classifier: h_last (B,D)  probs (B,C)  losses (B,)
+  language model: h (N,D), out's rows at the valid steps  probs (N,V)  losses (N,)
 """
 from functools import lru_cache
 
@@ -27,7 +31,8 @@ import numpy as np
 
 from . import ops
 from .arrays import Workspace, clear, cuda, grid_for
-from ..model import dropout_mask
+from ..lm import LanguageModel, check_targets
+from ..model import SequenceClassifier, dropout_mask
 from ..validate import check_ids
 from .recurrent import PARAM_NAMES, CudaQLCell
 
@@ -41,47 +46,46 @@ def kernels(dtype):
             a[i] *= mask[i]
 
     @cuda.jit
-    def last_step_forward(h_last, out, lengths):
-        """h_last[b] = out[b, lengths[b] - 1]."""
-        B, D = h_last.shape
-        for idx in range(cuda.grid(1), B * D, cuda.gridsize(1)):
-            b, d = idx // D, idx % D
-            h_last[b, d] = out[b, lengths[b] - 1, d]
+    def gather_rows(dst, src, rows):
+        """dst[i] = src[rows[i]]: dst (N, D), src (M, D) (out (B,T,D) read as (B*T, D))."""
+        N, D = dst.shape
+        for idx in range(cuda.grid(1), N * D, cuda.gridsize(1)):
+            i, d = idx // D, idx % D
+            dst[i, d] = src[rows[i], d]
 
     @cuda.jit
-    def last_step_backward(dout, dh_last, lengths):
-        """dout[b, lengths[b] - 1] = dh_last[b] (dout zeroed elsewhere)."""
-        B, D = dh_last.shape
-        for idx in range(cuda.grid(1), B * D, cuda.gridsize(1)):
-            b, d = idx // D, idx % D
-            dout[b, lengths[b] - 1, d] = dh_last[b, d]
+    def scatter_rows(dst, src, rows):
+        """dst[rows[i]] = src[i], the backward of gather_rows; the rows are distinct (no
+        two threads write one place) and the caller zeroes dst's other rows."""
+        N, D = src.shape
+        for idx in range(cuda.grid(1), N * D, cuda.gridsize(1)):
+            i, d = idx // D, idx % D
+            dst[rows[i], d] = src[i, d]
 
-    return dict(scale=scale, last_step_forward=last_step_forward,
-                last_step_backward=last_step_backward)
+    return dict(scale=scale, gather_rows=gather_rows, scatter_rows=scatter_rows)
 
 
-class CudaTrainer:
-    """Train a ``SequenceClassifier(device="cuda")`` with parameters, activations and Adam
-    state resident on the GPU.
+class _DeviceTrainer:
+    """Parameters, gradients and Adam state on the device, and the step's parts that
+    both trainers share: embedding with dropout, the recurrent stack forward and
+    backward, the embedding gradient and the update."""
 
-    Parameters
-    ----------
-    model : SequenceClassifier built with device="cuda", a one-direction QL-LSTM stack
-        (kinds "ql", "lstm", "psug", "hgr"; any number of layers)
-    opt : qlnumba.Adam over ``model.params``: its constants, and its m, v, t as the
-        starting state
-    """
+    model_type = None                     # the model class a trainer takes
 
     def __init__(self, model, opt):
-        rnn = model.rnn
-        cells = [row[0] for row in rnn._cells]
+        rnn = getattr(model, "rnn", None)
+        cells = [row[0] for row in rnn._cells] if rnn is not None else []
+        if not isinstance(model, self.model_type):
+            raise ValueError(f"{type(self).__name__} trains a {self.model_type.__name__}, "
+                             f"got {type(model).__name__}")
         if rnn.directions != 1 or not all(isinstance(c, CudaQLCell) for c in cells):
-            raise ValueError("CudaTrainer trains one-direction QL-LSTM stacks built with "
-                             "device='cuda' (kinds ql, lstm, psug, hgr); train bilstm and gru "
-                             "with the host loop (model.forward / backward)")
-        if not model.takes_ids:
-            raise ValueError("CudaTrainer trains models that read token ids (built with "
-                             "vocab_size); train a model of feature vectors with the host loop")
+            raise ValueError(f"{type(self).__name__} trains one-direction QL-LSTM stacks built "
+                             f"with device='cuda' (kinds ql, lstm, psug, hgr); train bilstm and "
+                             f"gru with the host loop (model.forward / backward)")
+        if not getattr(model, "takes_ids", True):
+            raise ValueError(f"{type(self).__name__} trains models that read token ids (built "
+                             f"with vocab_size); train a model of feature vectors with the "
+                             f"host loop")
         if opt.params is not model.params:
             raise ValueError("opt must be the Adam over model.params")
         self.model, self.opt, self.cells = model, opt, cells
@@ -109,65 +113,55 @@ class CudaTrainer:
             self.cell_params.append({n: self.params.get(k, dummies[n]) for n, k in keys.items()})
             self.cell_grads.append({n: self.grads.get(k, dummies[n]) for n, k in keys.items()})
 
-    def step(self, ids, lengths, targets, rng=None):
-        """One training step on the batch; returns (mean loss, probabilities (B, C)) like
-        ``model.forward``.  ``rng`` draws the dropout masks (in the CPU model's order).  A
-        loss that is not finite is returned without a backward pass or an update."""
-        model, k = self.model, kernels(self.dtype)
-        ids, lengths = check_ids(ids, lengths, model.config["vocab_size"])
-        B, T = ids.shape
-        C, E = model.config["num_classes"], model.config["embed_dim"]
-        targets = np.asarray(targets)
-        if targets.shape != (B,) or targets.dtype.kind not in "iu" or \
-                targets.min() < 0 or targets.max() >= C:
-            raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
-        ws = self.workspace
-        batch = ws.put_many("batch", dict(ids=ids, lengths=lengths, targets=targets), np.int64)
-        d_ids, d_len, d_targets = batch["ids"], batch["lengths"], batch["targets"]
-        P, G = self.params, self.grads
-        emb = ws.empty("emb", (B, T, E))
-        ops.embedding_forward(emb, d_ids, P["embed"])
-        emb_mask = dropout_mask(rng, emb.shape, model.config["embed_dropout"], model.dtype)
-        if emb_mask is not None:
-            d_emb_mask = ws.put("emb_mask", emb_mask.reshape(-1))
-            k["scale"][grid_for(emb.size)](emb.reshape(emb.size), d_emb_mask)
-        x = emb
-        for cell, cp in zip(self.cells, self.cell_params):
-            x = cell.forward_device(x, lengths, None, cp)         # zero initial state
-        D = x.shape[2]
-        h_last = ws.empty("h_last", (B, D))
-        k["last_step_forward"][grid_for(B * D)](h_last, x, d_len)
-        head_mask = dropout_mask(rng, (B, D), model.config["head_dropout"], model.dtype)
-        if head_mask is not None:
-            d_head_mask = ws.put("head_mask", head_mask.reshape(-1))
-            k["scale"][grid_for(B * D)](h_last.reshape(B * D), d_head_mask)
-        probs, losses = ws.empty("probs", (B, C)), ws.empty("losses", (B,))
-        ops.linear_xent_forward(probs, losses, h_last, d_targets, P["head.W"], P["head.b"])
-        # the embedding gradient's id runs: sorted on the host while the device runs the
-        # forward pass (launches return at once; the copy then waits for the forward)
-        order, starts, uniq = ops.id_segments(ids)
-        segments = ws.put_many("segments", dict(order=order, starts=starts, uniq=uniq), np.int64)
-        loss = float(losses.copy_to_host().mean())                     # as model.forward
-        host_probs = probs.copy_to_host()           # now, not after the update: no wait there
-        if not np.isfinite(loss):                   # the caller stops; nothing is updated
-            return loss, host_probs
+    def _dropout(self, name, a, p, rng):
+        """a (device) *= a dropout mask drawn on the host (the CPU model's draw); the mask's
+        device copy, or None where there is none."""
+        mask = dropout_mask(rng, a.shape, p, self.model.dtype)
+        if mask is None:
+            return None
+        d_mask = self.workspace.put(name, mask.reshape(-1))
+        kernels(self.dtype)["scale"][grid_for(a.size)](a.reshape(a.size), d_mask)
+        return d_mask
 
-        clear(self.grad_flat)
-        dh_last = ws.zeros("dh_last", (B, D))
-        ops.linear_xent_backward(dh_last, G["head.W"], G["head.b"], probs, h_last, d_targets,
-                                 P["head.W"], 1.0 / B, dlogits=ws.empty("dlogits", (B, C)))
-        if head_mask is not None:
-            k["scale"][grid_for(B * D)](dh_last.reshape(B * D), d_head_mask)
-        dout = ws.zeros("dout", (B, T, D))
-        k["last_step_backward"][grid_for(B * D)](dout, dh_last, d_len)
+    def _forward(self, d_ids, lengths, p, rng, state=None):
+        """Embedding (dropout p) and the recurrent stack: (out (B,T,D), the embedding's
+        dropout mask or None, the final state).  ``state``: None, zeros made on the device
+        and no final state (None); or the stack's host dict, each layer's part copied in,
+        and the final state copied back into a new dict of the same keys."""
+        B, T = d_ids.shape
+        emb = self.workspace.empty("emb", (B, T, self.model.config["embed_dim"]))
+        ops.embedding_forward(emb, d_ids, self.params["embed"])
+        d_emb_mask = self._dropout("emb_mask", emb, p, rng)
+        final = None if state is None else {key: np.empty_like(v) for key, v in state.items()}
+        x = emb
+        for i, (cell, cp) in enumerate(zip(self.cells, self.cell_params)):
+            st = None
+            if state is not None:             # the layer's part, with the keys its kernels take
+                st = self.model.rnn._cell_state({key: v[i].copy() for key, v in state.items()}, B)
+            x = cell.forward_device(x, lengths, st, cp)
+            if state is not None:
+                for key in final:
+                    final[key][i] = st[key]
+        return x, d_emb_mask, final
+
+    def _id_runs(self, ids):
+        """The embedding gradient's id runs, sorted on the host (call it while the device
+        runs the forward pass: launches return at once) and copied over."""
+        order, starts, uniq = ops.id_segments(ids)
+        runs = self.workspace.put_many("segments", dict(order=order, starts=starts, uniq=uniq),
+                                       np.int64)
+        return runs["order"], runs["starts"], runs["uniq"]
+
+    def _backward(self, dout, d_emb_mask, d_ids, id_runs):
+        """BPTT from δout (B,T,D) through the stack and the embedding's dropout, the
+        embedding gradient, then AdamW on everything.  The gradient of the initial state
+        is not needed (it stops there: truncated BPTT for a carried state)."""
         for cell, cg in zip(reversed(self.cells), reversed(self.cell_grads)):
             dout = cell.backward_device(dout, cg, None)           # no gradient of the final state
-        if emb_mask is not None:
-            k["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
-        ops.embedding_backward(G["embed"], dout, d_ids, (segments["order"], segments["starts"],
-                                                          segments["uniq"]))
-        self.adam.step(G, flat_grads=self.grad_flat)
-        return loss, host_probs
+        if d_emb_mask is not None:
+            kernels(self.dtype)["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
+        ops.embedding_backward(self.grads["embed"], dout, d_ids, id_runs)
+        self.adam.step(self.grads, flat_grads=self.grad_flat)
 
     def sync_to_host(self):
         """Write the device parameters and Adam state into ``model.params`` and ``opt``."""
@@ -177,3 +171,118 @@ class CudaTrainer:
             self.opt.v[key][...] = self.adam.v[key].copy_to_host()
         self.opt.t = self.adam.t
 
+
+class CudaTrainer(_DeviceTrainer):
+    """Train a ``SequenceClassifier(device="cuda")`` with parameters, activations and Adam
+    state resident on the GPU.
+
+    Parameters
+    ----------
+    model : SequenceClassifier built with device="cuda" and vocab_size, a one-direction
+        QL-LSTM stack (kinds "ql", "lstm", "psug", "hgr"; any number of layers)
+    opt : qlnumba.Adam over ``model.params``: its constants, and its m, v, t as the
+        starting state
+    """
+
+    model_type = SequenceClassifier
+
+    def step(self, ids, lengths, targets, rng=None):
+        """One training step on the batch; returns (mean loss, probabilities (B, C)) like
+        ``model.forward``.  ``rng`` draws the dropout masks (in the CPU model's order).  A
+        loss that is not finite is returned without a backward pass or an update."""
+        model, k, ws = self.model, kernels(self.dtype), self.workspace
+        ids, lengths = check_ids(ids, lengths, model.config["vocab_size"])
+        B, T = ids.shape
+        C = model.config["num_classes"]
+        targets = np.asarray(targets)
+        if targets.shape != (B,) or targets.dtype.kind not in "iu" or \
+                targets.min() < 0 or targets.max() >= C:
+            raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
+        last = np.arange(B) * T + lengths - 1                 # each row's last step in (B*T)
+        batch = ws.put_many("batch", dict(ids=ids, lengths=lengths, targets=targets, last=last),
+                            np.int64)
+        P, G = self.params, self.grads
+        x, d_emb_mask, _ = self._forward(batch["ids"], lengths, model.config["embed_dropout"], rng)
+        D = x.shape[2]
+        h_last = ws.empty("h_last", (B, D))                   # out[b, lengths[b] - 1]
+        k["gather_rows"][grid_for(B * D)](h_last, x.reshape(B * T, D), batch["last"])
+        d_head_mask = self._dropout("head_mask", h_last, model.config["head_dropout"], rng)
+        probs, losses = ws.empty("probs", (B, C)), ws.empty("losses", (B,))
+        ops.linear_xent_forward(probs, losses, h_last, batch["targets"], P["head.W"], P["head.b"])
+        id_runs = self._id_runs(ids)
+        loss = float(losses.copy_to_host().mean())                     # as model.forward
+        host_probs = probs.copy_to_host()           # now, not after the update: no wait there
+        if not np.isfinite(loss):                   # the caller stops; nothing is updated
+            return loss, host_probs
+
+        clear(self.grad_flat)
+        dh_last = ws.zeros("dh_last", (B, D))
+        ops.linear_xent_backward(dh_last, G["head.W"], G["head.b"], probs, h_last, batch["targets"],
+                                 P["head.W"], 1.0 / B, dlogits=ws.empty("dlogits", (B, C)))
+        if d_head_mask is not None:
+            k["scale"][grid_for(B * D)](dh_last.reshape(B * D), d_head_mask)
+        dout = ws.zeros("dout", (B, T, D))
+        k["scatter_rows"][grid_for(B * D)](dout.reshape(B * T, D), dh_last, batch["last"])
+        self._backward(dout, d_emb_mask, batch["ids"], id_runs)
+        return loss, host_probs
+
+
+class CudaLMTrainer(_DeviceTrainer):
+    """Train a ``LanguageModel(device="cuda")`` with parameters, activations and Adam
+    state resident on the GPU; the state carried from chunk to chunk (truncated BPTT)
+    is a host dict, as for ``model.forward``.
+
+    Parameters
+    ----------
+    model : LanguageModel built with device="cuda", kind "ql", "lstm", "psug" or "hgr"
+    opt : qlnumba.Adam over ``model.params``: its constants, and its m, v, t as the
+        starting state
+    """
+
+    model_type = LanguageModel
+
+    def step(self, ids, lengths, targets, state=None, rng=None):
+        """One training step on the chunk; returns (mean loss over the valid steps, the
+        next token's probabilities after each row's last valid step (B, V), the state
+        after it) like ``model.forward``.  ``state``: the state to start from (None:
+        zeros); the gradient stops there.  ``rng`` draws the dropout masks (in the CPU
+        model's order).  A loss that is not finite is returned without a backward pass
+        or an update."""
+        model, k, ws = self.model, kernels(self.dtype), self.workspace
+        V, p = model.config["vocab_size"], model.config["dropout"]
+        ids, lengths = check_ids(ids, lengths, V)
+        B, T = ids.shape
+        valid = np.arange(T)[None, :] < lengths[:, None]              # (B, T)
+        targets = check_targets(targets, valid, V)
+        state = model.rnn._check_state(state, B)
+        rows = np.flatnonzero(valid)              # (N,) b*T + t, in the order of out[valid]
+        last = np.cumsum(lengths) - 1             # each row's last step among the N
+        N = len(rows)
+        batch = ws.put_many("batch", dict(ids=ids, lengths=lengths, targets=targets[valid],
+                                          rows=rows, last=last), np.int64)
+        P, G = self.params, self.grads
+        x, d_emb_mask, final = self._forward(batch["ids"], lengths, p, rng, state)
+        D = x.shape[2]
+        h = ws.empty("h", (N, D))                                      # out[valid]
+        k["gather_rows"][grid_for(N * D)](h, x.reshape(B * T, D), batch["rows"])
+        d_head_mask = self._dropout("head_mask", h, p, rng)
+        probs, losses = ws.empty("probs", (N, V)), ws.empty("losses", (N,))
+        ops.linear_xent_forward(probs, losses, h, batch["targets"], P["head.W"], P["head.b"])
+        probs_last = ws.empty("probs_last", (B, V))                    # probs[last]
+        k["gather_rows"][grid_for(B * V)](probs_last, probs, batch["last"])
+        id_runs = self._id_runs(ids)
+        loss = float(losses.copy_to_host().mean())                     # as model.forward
+        host_probs = probs_last.copy_to_host()
+        if not np.isfinite(loss):                   # the caller stops; nothing is updated
+            return loss, host_probs, final
+
+        clear(self.grad_flat)
+        dh = ws.zeros("dh", (N, D))
+        ops.linear_xent_backward(dh, G["head.W"], G["head.b"], probs, h, batch["targets"],
+                                 P["head.W"], 1.0 / N, dlogits=ws.empty("dlogits", (N, V)))
+        if d_head_mask is not None:
+            k["scale"][grid_for(N * D)](dh.reshape(N * D), d_head_mask)
+        dout = ws.zeros("dout", (B, T, D))
+        k["scatter_rows"][grid_for(N * D)](dout.reshape(B * T, D), dh, batch["rows"])
+        self._backward(dout, d_emb_mask, batch["ids"], id_runs)
+        return loss, host_probs, final

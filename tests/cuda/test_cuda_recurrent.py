@@ -496,7 +496,8 @@ def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(monkeypatch):
 
 
 def test_cuda_trainer_refuses_what_it_cannot_train():
-    from qlnumba.gpu.model import CudaTrainer
+    from qlnumba.gpu.model import CudaLMTrainer, CudaTrainer
+    from qlnumba.lm import LanguageModel
     for kind in ("bilstm", "gru"):
         model = qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=3, kind=kind, device="cuda")
         with pytest.raises(ValueError, match="one-direction"):
@@ -504,6 +505,83 @@ def test_cuda_trainer_refuses_what_it_cannot_train():
     cpu = qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=3)
     with pytest.raises(ValueError, match="one-direction"):
         CudaTrainer(cpu, qlnumba.Adam(cpu.params))
+    lm = LanguageModel(5, embed_dim=2, hidden_size=3, device="cuda")
+    with pytest.raises(ValueError, match="CudaTrainer trains a SequenceClassifier, got LanguageModel"):
+        CudaTrainer(lm, qlnumba.Adam(lm.params))
+    classifier = qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=3, device="cuda")
+    with pytest.raises(ValueError, match="CudaLMTrainer trains a LanguageModel"):
+        CudaLMTrainer(classifier, qlnumba.Adam(classifier.params))
+    for model in (LanguageModel(5, embed_dim=2, hidden_size=3, kind="gru", device="cuda"),
+                  LanguageModel(5, embed_dim=2, hidden_size=3)):
+        with pytest.raises(ValueError, match="one-direction"):
+            CudaLMTrainer(model, qlnumba.Adam(model.params))
+    with pytest.raises(ValueError, match="opt must be the Adam over model.params"):
+        CudaLMTrainer(lm, qlnumba.Adam(LanguageModel(5, embed_dim=2, hidden_size=3).params))
+
+
+@pytest.mark.parametrize("kind,layers", [("ql", 2), ("lstm", 1)])
+def test_cuda_lm_trainer_steps_equal_cpu_training(kind, layers):
+    """Three device-resident training steps of a language model, on ragged chunks with
+    the state carried from each to the next and dropout on, give the CPU loop's losses,
+    probabilities, states, parameters and Adam state."""
+    from qlnumba.gpu.model import CudaLMTrainer
+    from qlnumba.lm import LanguageModel
+    rng = make_rng(67)
+    kw = dict(embed_dim=3, hidden_size=4, kind=kind, num_layers=layers, block_size=2,
+              dropout=0.2, dtype=np.float64, seed=9)
+    cpu, gpu = LanguageModel(7, **kw), LanguageModel(7, device="cuda", **kw)
+    opt_kw = dict(lr=0.05, weight_decay=0.01, clip_norm=0.5)
+    cpu_opt, gpu_opt = qlnumba.Adam(cpu.params, **opt_kw), qlnumba.Adam(gpu.params, **opt_kw)
+    trainer = CudaLMTrainer(gpu, gpu_opt)
+    cpu_rng, gpu_rng = np.random.default_rng(5), np.random.default_rng(5)
+    state_c = state_g = None
+    for lengths in ([5, 5, 5], [4, 2, 5], [3, 1, 2]):
+        ids, targets = rng.integers(1, 7, (3, 5)), rng.integers(1, 7, (3, 5))
+        lengths = np.array(lengths)
+        loss_c, probs_c, state_c = cpu.forward(ids, lengths, targets, state_c, rng=cpu_rng)
+        cpu_opt.step(cpu.backward())
+        loss_g, probs_g, state_g = trainer.step(ids, lengths, targets, state_g, rng=gpu_rng)
+        assert abs(loss_g - loss_c) < 1e-10
+        assert_close(probs_g, probs_c, 1e-10, 1e-10, "probs")
+        assert set(state_g) == set(state_c)
+        for k in state_c:
+            assert_close(state_g[k], state_c[k], 1e-10, 1e-10, "state " + k)
+    trainer.sync_to_host()
+    assert gpu_opt.t == cpu_opt.t == 3
+    for k in cpu.params:
+        assert_close(gpu.params[k], cpu.params[k], 1e-9, 1e-9, k)
+        assert_close(gpu_opt.m[k], cpu_opt.m[k], 1e-9, 1e-9, "m " + k)
+        assert_close(gpu_opt.v[k], cpu_opt.v[k], 1e-9, 1e-9, "v " + k)
+
+
+def test_cuda_lm_trainer_step_allocates_nothing_and_refuses_bad_targets(monkeypatch):
+    """After a first chunk, a shorter one (fewer valid steps) allocates no device memory;
+    targets out of the vocabulary at a valid step, and a state of the wrong batch, are
+    refused as by model.forward."""
+    from qlnumba.gpu.model import CudaLMTrainer
+    from qlnumba.gpu.recurrent import cuda
+    from qlnumba.lm import LanguageModel
+    rng = make_rng(68)
+    model = LanguageModel(9, embed_dim=3, hidden_size=4, kind="ql", block_size=2, dropout=0.1,
+                          device="cuda", seed=3)
+    trainer = CudaLMTrainer(model, qlnumba.Adam(model.params, lr=0.01))
+    ids = np.arange(1, 16).reshape(3, 5) % 8 + 1                # many distinct ids
+    _, _, state = trainer.step(ids, None, ids, rng=np.random.default_rng(1))
+    calls = []
+    for name in ("device_array", "to_device", "device_array_like"):
+        real = getattr(cuda, name)
+        monkeypatch.setattr(cuda, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    loss, probs, _ = trainer.step(rng.integers(1, 9, (3, 4)), np.array([4, 1, 3]),
+                                  rng.integers(1, 9, (3, 4)), state, rng=np.random.default_rng(2))
+    assert calls == [] and np.isfinite(loss) and probs.shape == (3, 9)
+    targets = np.ones((3, 5), np.int64)
+    targets[1, 2] = 9
+    with pytest.raises(ValueError, match=r"targets must lie in \[1, 9\)"):
+        trainer.step(ids, None, targets)
+    targets[1, 2] = 0                                          # padding: only past a row's length
+    trainer.step(ids, np.array([5, 2, 5]), targets)
+    with pytest.raises(ValueError, match="state"):
+        trainer.step(ids[:2], None, ids[:2], state)
 
 
 def test_training_program_runs_on_the_device(tmp_path):
@@ -532,6 +610,32 @@ def test_training_program_runs_on_the_device(tmp_path):
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+def test_language_model_program_runs_on_the_device(tmp_path):
+    """train/shakespeare.py --device cuda end to end (CudaLMTrainer with the state carried
+    between chunks, validation, the checkpoint, a sample) follows the CPU run: the same
+    seed draws the same chunk borders and dropout masks."""
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "train"))
+    import shakespeare as train_shakespeare
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "input.txt").write_text("to be or not to be\n" * 6)
+    runs = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        rc = train_shakespeare.main(["--data-dir", str(tmp_path / "data"), "--out", str(out),
+                                     "--device", device, "--hidden", "3", "--embed-dim", "2",
+                                     "--batch-size", "2", "--steps", "8", "--epochs", "2",
+                                     "--block-size", "3", "--sample-chars", "5", "--threads", "1"])
+        assert rc == 0
+        runs[device] = json.loads((out / "summary.json").read_text())
+    for key in ("train_loss", "val_loss"):
+        np.testing.assert_allclose([e[key] for e in runs["cuda"]["epochs"]],
+                                   [e[key] for e in runs["cpu"]["epochs"]], rtol=1e-4)
+    assert len(runs["cuda"]["sample"]) == len("ROMEO:") + 5
 
 
 def test_cuda_language_model_equals_cpu_model():
