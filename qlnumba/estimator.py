@@ -21,6 +21,13 @@ same kind (``input_`` after fit says which):
   (n, T, E); or a sequence of 2-D arrays (T_i, E) of different lengths.  Scale them first:
   the gates saturate on raw values such as 0..255 pixels.
 
+Training.  ``fit`` trains a new network for ``max_epochs`` epochs (or until early stopping);
+with ``warm_start=True`` a second ``fit`` trains the fitted network on (a fresh Adam).
+``partial_fit(X, y, classes)`` trains one epoch per call, the Adam state carried from call
+to call, for data that comes in parts: the first call fixes what the network reads (the
+vocabulary of its texts, its largest id plus one embedding rows, its feature width), and
+``classes`` (every label that will ever come) must be given there.
+
 Saved with :meth:`QLLSTMClassifier.save` to the checkpoint format of
 :mod:`qlnumba.checkpoint` (no pickle); :meth:`QLLSTMClassifier.load` also reads the
 checkpoints of ``train/imdb.py``, as a text classifier of the labels 0 (negative), 1
@@ -89,6 +96,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     dtype : {"float32", "float64"}, default "float32"
     random_state : int, numpy Generator or None, default None
         Seeds the initialisation, the batch order, dropout and the hold-out.
+    warm_start : bool, default False
+        True: ``fit`` on a fitted classifier trains its network on, with the same input
+        kind, vocabulary and labels (those of y must be among ``classes_``).
     device : {"cpu", "cuda"}, default "cpu"
         "cuda" (``pip install qlnumba[cuda]``): the recurrent layers run on the GPU.  Kinds
         ql, lstm, psug and hgr reading text or ids train with every array on the GPU
@@ -103,10 +113,10 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     model_ : SequenceClassifier, the trained network
     vocabulary_ : qlnumba.data.Vocabulary or None (text only)
     n_features_in_ : int, T, only after a fit on a 2-D numeric array
-    n_iter_ : int, epochs run
+    n_iter_ : int, epochs run (over all warm-started fits and partial_fit calls)
     loss_curve_ : list of float, mean training loss per epoch
     validation_scores_ : list of float, hold-out accuracy per epoch (early stopping only)
-    best_validation_score_ : float or None
+    best_validation_score_ : float or None, the best of the last fit's hold-out scores
     """
 
     def __init__(self, kind="ql", hidden_size=128, embed_dim=128, num_layers=1, block_size=32,
@@ -114,7 +124,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                  batch_size=32, max_epochs=10, lr=2e-3, weight_decay=0.0, clip=5.0,
                  embed_dropout=0.0, head_dropout=0.0, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=2, dtype="float32",
-                 random_state=None, verbose=0, device="cpu"):
+                 random_state=None, verbose=0, device="cpu", warm_start=False):
         self.kind, self.hidden_size, self.embed_dim = kind, hidden_size, embed_dim
         self.num_layers, self.block_size, self.input = num_layers, block_size, input
         self.vocab_size, self.min_freq, self.max_len, self.keep = vocab_size, min_freq, max_len, keep
@@ -124,24 +134,62 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         self.early_stopping, self.validation_fraction = early_stopping, validation_fraction
         self.n_iter_no_change, self.dtype = n_iter_no_change, dtype
         self.random_state, self.verbose, self.device = random_state, verbose, device
+        self.warm_start = warm_start
 
     # ---- scikit-learn API --------------------------------------------------------------
 
     def fit(self, X, y):
-        """Train a new network on X (n sequences) and y (n labels, two classes or more)."""
+        """Train a new network on X (n sequences) and y (n labels, two classes or more), or,
+        with ``warm_start`` on a fitted classifier, train the fitted one on."""
         self._check_params()
-        dtype = np.dtype(self.dtype)
         rng = np.random.default_rng(self.random_state)
+        if self.warm_start and hasattr(self, "model_"):
+            corpus, targets = self._encode_labelled(X, y)
+        else:
+            corpus, targets = self._initialize(X, y, None, rng)
+        self._optimizer, self._rng = self._new_optimizer(), rng   # partial_fit goes on from them
+        self._train(corpus, targets, rng, self.max_epochs, self.early_stopping)
+        return self
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch on X and y, continuing from the last call (the same Adam state).  The
+        first call builds the network and needs ``classes``, every label there will be."""
+        if not hasattr(self, "model_"):
+            if classes is None:
+                raise ValueError("the first call to partial_fit needs classes: every label "
+                                 "there will be (y may hold only some of them)")
+            self._check_params()
+            rng = np.random.default_rng(self.random_state)
+            corpus, targets = self._initialize(X, y, classes, rng)
+            self._rng = rng                    # the next calls draw on from it, as fit's epochs
+        else:
+            if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+                raise ValueError(f"classes {np.unique(classes).tolist()} differ from those of "
+                                 f"the first call, {self.classes_.tolist()}")
+            corpus, targets = self._encode_labelled(X, y)
+        if getattr(self, "_rng", None) is None:          # after load
+            self._rng = np.random.default_rng(self.random_state)
+        if getattr(self, "_optimizer", None) is None:
+            self._optimizer = self._new_optimizer()
+        self._train(corpus, targets, self._rng, 1, early_stopping=False)
+        return self
+
+    def _initialize(self, X, y, classes, rng):
+        """A new network for X and y (a vocabulary from the texts of X; the labels of y, or
+        ``classes``); returns the encoded X and y's class indices."""
+        dtype = np.dtype(self.dtype)
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
             delattr(self, attr)                # a refit that fails leaves no half-old state
+        self._optimizer = self._rng = None
         X = _sized(X)
         self.input_ = self._input_kind(X)
         corpus = self._encode(X, fitting=True)
-        y = column_or_1d(y, warn=True)
-        if len(y) != len(corpus):
-            raise ValueError(f"X holds {len(corpus)} sequences but y {len(y)} labels")
-        check_classification_targets(y)
-        self.classes_, targets = np.unique(y, return_inverse=True)
+        y = self._labels(y, len(corpus))
+        if classes is None:
+            self.classes_, targets = np.unique(y, return_inverse=True)
+        else:
+            self.classes_ = np.unique(column_or_1d(classes))
+            targets = self._class_indices(y)
         if len(self.classes_) < 2:
             raise ValueError(f"y holds one class only ({self.classes_[0]!r}); a classifier "
                              "needs at least 2 classes")
@@ -155,8 +203,35 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             num_layers=self.num_layers, block_size=self.block_size,
             embed_dropout=self.embed_dropout, head_dropout=self.head_dropout, dtype=dtype,
             seed=int(rng.integers(2 ** 63)), device=self.device, **sizes)
-        self._train(corpus, targets.astype(np.int64), rng)
-        return self
+        self.n_iter_, self.loss_curve_, self.validation_scores_ = 0, [], []
+        self.best_validation_score_ = None
+        return corpus, targets.astype(np.int64)
+
+    def _encode_labelled(self, X, y):
+        """X encoded for the fitted network, and y's indices into ``classes_``."""
+        check_is_fitted(self, "model_")
+        corpus = self._encode(X, fitting=False)
+        return corpus, self._class_indices(self._labels(y, len(corpus)))
+
+    @staticmethod
+    def _labels(y, n):
+        y = column_or_1d(y, warn=True)
+        if len(y) != n:
+            raise ValueError(f"X holds {n} sequences but y {len(y)} labels")
+        check_classification_targets(y)
+        return y
+
+    def _class_indices(self, y):
+        """Each label's index in ``classes_`` (int64); a label not among them is refused."""
+        known = np.isin(y, self.classes_)
+        if not known.all():
+            raise ValueError(f"y holds labels that are not among the classes "
+                             f"{self.classes_.tolist()}: {np.unique(y[~known]).tolist()[:5]}")
+        return np.searchsorted(self.classes_, y).astype(np.int64)
+
+    def _new_optimizer(self):
+        return Adam(self.model_.params, lr=self.lr, weight_decay=self.weight_decay,
+                    clip_norm=self.clip or None)
 
     def predict_proba(self, X):
         """Class probabilities (n, C), columns in the order of ``classes_``."""
@@ -178,7 +253,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     # ---- saving ------------------------------------------------------------------------
 
     def save(self, path):
-        """Write the fitted classifier to ``path`` (a ``.npz`` checkpoint, no pickle)."""
+        """Write the fitted classifier to ``path`` (a ``.npz`` checkpoint, no pickle), with
+        its Adam state, so that ``partial_fit`` goes on after :meth:`load`."""
         check_is_fitted(self, "model_")
         classes = self.classes_
         if classes.dtype == object:          # e.g. pandas' str labels: saved as str
@@ -193,7 +269,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             state["n_features_in"] = int(self.n_features_in_)
         if hasattr(self, "feature_names_in_"):
             state["feature_names_in"] = [str(n) for n in self.feature_names_in_]
-        save_checkpoint(path, self.model_, self.vocabulary_, meta={"estimator": state})
+        save_checkpoint(path, self.model_, self.vocabulary_, getattr(self, "_optimizer", None),
+                        meta={"estimator": state})
 
     @classmethod
     def load(cls, path, device=None):
@@ -202,7 +279,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         overrides the device it was saved from."""
         if device is not None and device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-        model, vocab, _, meta = load_checkpoint(path, device)
+        model, vocab, opt_state, meta = load_checkpoint(path, device)
         if not isinstance(model, SequenceClassifier):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a classifier")
         state = meta.get("estimator")
@@ -243,15 +320,22 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             clf.n_features_in_ = int(state["n_features_in"])
         if "feature_names_in" in state:
             clf.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
+        if opt_state is not None:                   # partial_fit goes on from it
+            clf._optimizer = clf._new_optimizer()
+            try:
+                clf._optimizer.load_state_dict(opt_state)
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{path}: corrupt optimizer state ({exc})") from None
         return clf
 
     # ---- training ----------------------------------------------------------------------
 
-    def _train(self, corpus, targets, rng):
-        """Adam over mini-batches of similar length; early stopping on a hold-out if asked."""
+    def _train(self, corpus, targets, rng, epochs, early_stopping):
+        """``epochs`` epochs of ``_optimizer`` over mini-batches of similar length; early
+        stopping on a hold-out if asked."""
         train_rows = np.arange(len(corpus))
         val_rows = None
-        if self.early_stopping:
+        if early_stopping:
             order = rng.permutation(len(corpus))
             n_val = max(1, int(round(self.validation_fraction * len(corpus))))
             if n_val >= len(corpus):
@@ -261,16 +345,15 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             val = _subset(corpus, val_rows)
         train = _subset(corpus, train_rows)
         y_train = targets[train_rows]
-        model = self.model_
-        opt = Adam(model.params, lr=self.lr, weight_decay=self.weight_decay,
-                   clip_norm=self.clip or None)
+        model, opt = self.model_, self._optimizer
         trainer = None
         if self.device == "cuda" and model.takes_ids and self.kind in CUDA_TRAINER_KINDS:
             from .gpu.model import CudaTrainer
             trainer = CudaTrainer(model, opt)          # parameters and Adam state on the GPU
-        self.loss_curve_, self.validation_scores_ = [], []
-        self.best_validation_score_, best_params, since_best = None, None, 0
-        for epoch in range(1, self.max_epochs + 1):
+        best_params, since_best = None, 0
+        if early_stopping:
+            self.best_validation_score_ = None
+        for epoch in range(self.n_iter_ + 1, self.n_iter_ + epochs + 1):
             t0, loss_sum = time.perf_counter(), 0.0
             for idx in bucket_batches(train.lengths, self.batch_size, rng):
                 inputs, lengths = pad_batch(train, idx)
@@ -285,7 +368,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                     opt.step(model.backward())
                 loss_sum += loss * len(idx)
             if trainer is not None:
-                trainer.sync_to_host()                 # model.params: for predictions, copies
+                trainer.sync_to_host()                 # model.params and opt: for predictions, copies
             self.n_iter_ = epoch
             self.loss_curve_.append(loss_sum / len(train))
             line = f"epoch {epoch}: loss {self.loss_curve_[-1]:.4f}"

@@ -23,7 +23,7 @@
 # calls had no time for, then the rest):
 #   PRECHECK="spin_barrier_layer and (ql-groups2 or lstm)" BARRIER_PROFILE=1 GRID_BARRIER=default,spin \
 #   BENCH_TIMEOUT=260 LIMIT=560 MATMUL_TILES= VARIANTS= \
-#   FIRST_TESTS="spin or barrier or plan_defaults or wide or slab or prefetch or take_float32 or tf32x3_long or async or register or simulator or closing or reads_only or trainer_refuses or allocates or device_argument or tensor_core_products or gpu_" \
+#   FIRST_TESTS="spin or barrier or plan_defaults or wide or slab or prefetch or take_float32 or tf32x3_long or async or register or simulator or closing or reads_only or trainer_refuses or allocates or device_argument or tensor_core_products or gpu_ or lm_trainer or language_model or estimator_on or feature_vector" \
 #   bash scripts/gpu-session.sh
 # (The twentieth session's plan, run by none: the same without PRECHECK, GRID_BARRIER and the
 # first two FIRST_TESTS, BENCH_TIMEOUT=120.)

@@ -145,6 +145,69 @@ def test_early_stopping_keeps_the_best_epoch():
     assert held_out == pytest.approx(clf.best_validation_score_)
 
 
+def test_partial_fit_epochs_equal_fit_epochs_and_take_new_labels_from_classes():
+    """Three partial_fit calls draw what fit(max_epochs=3) draws (the seed, then each
+    epoch's batches and dropout) and carry Adam's state: the same network.  classes names
+    the labels up front, so a later call may bring one the first did not hold."""
+    rng = make_rng(11)
+    texts, labels = toy_reviews(rng, 60)
+    kw = dict(hidden_size=8, embed_dim=8, embed_dropout=0.1, lr=0.02, random_state=5)
+    whole = QLLSTMClassifier(max_epochs=3, **kw).fit(texts, labels)
+    parts = QLLSTMClassifier(**kw)
+    with pytest.raises(ValueError, match="first call to partial_fit needs classes"):
+        parts.partial_fit(texts, labels)
+    for _ in range(3):
+        parts.partial_fit(texts, labels, classes=["neg", "pos"])
+    assert parts.n_iter_ == 3 and parts.loss_curve_ == pytest.approx(whole.loss_curve_, rel=1e-12)
+    np.testing.assert_array_equal(parts.predict_proba(texts), whole.predict_proba(texts))
+
+    three = QLLSTMClassifier(**kw).partial_fit(texts[:20], labels[:20], classes=["neg", "pos", "meh"])
+    assert list(three.classes_) == ["meh", "neg", "pos"] and three.predict_proba(texts).shape == (60, 3)
+    more = labels[20:40].copy()
+    more[:5] = "meh"
+    three.partial_fit(texts[20:40], more)
+    assert three.n_iter_ == 2 and len(three.loss_curve_) == 2
+    with pytest.raises(ValueError, match=r"not among the classes \['meh', 'neg', 'pos'\]: \['ugh'\]"):
+        three.partial_fit(texts[:2], ["ugh", "neg"])
+    with pytest.raises(ValueError, match="differ from those of the first call"):
+        three.partial_fit(texts[:2], ["neg", "neg"], classes=["neg", "pos"])
+
+
+def test_partial_fit_learns_from_parts_and_goes_on_after_load(tmp_path):
+    rng = make_rng(12)
+    x, y = spike_sequences(rng, 240, steps=10)
+    clf = QLLSTMClassifier(hidden_size=8, lr=0.02, random_state=0)
+    for part in range(0, 200, 40):                 # five parts, one epoch each
+        clf.partial_fit(x[part:part + 40], y[part:part + 40], classes=[0, 1])
+    assert clf.n_iter_ == 5 and clf.score(x[200:], y[200:]) >= 0.9
+    clf.save(tmp_path / "parts.npz")
+    back = QLLSTMClassifier.load(tmp_path / "parts.npz")
+    assert back._optimizer.t == clf._optimizer.t                  # Adam's state came back
+    for k in clf.model_.params:
+        np.testing.assert_array_equal(back._optimizer.m[k], clf._optimizer.m[k])
+    back.partial_fit(x[:40], y[:40])
+    assert back.n_iter_ == 6 and back._optimizer.t > clf._optimizer.t
+    with pytest.raises(ValueError, match=r"expected \(steps, 1\)"):
+        back.partial_fit(x[:4, :, :1].repeat(2, axis=2), y[:4])
+
+
+def test_warm_start_trains_the_fitted_network_on():
+    rng = make_rng(13)
+    texts, labels = toy_reviews(rng, 80)
+    clf = QLLSTMClassifier(hidden_size=8, embed_dim=8, max_epochs=2, lr=0.02, random_state=1)
+    clf.fit(texts, labels)
+    before = {k: v.copy() for k, v in clf.model_.params.items()}
+    vocab = clf.vocabulary_
+    clf.set_params(warm_start=True, max_epochs=3)
+    clf.fit(texts[:40] + ["an unseen word: zyzzyva good"], np.append(labels[:40], "pos"))
+    assert clf.n_iter_ == 5 and len(clf.loss_curve_) == 5 and clf.vocabulary_ is vocab
+    assert not np.array_equal(clf.model_.params["embed"], before["embed"])
+    with pytest.raises(ValueError, match="not among the classes"):
+        clf.fit(texts[:2], ["neg", "neutral"])
+    clf.set_params(warm_start=False, max_epochs=1)
+    assert clf.fit(texts, labels).n_iter_ == 1                    # a new network
+
+
 def test_save_and_load_round_trip(tmp_path):
     rng = make_rng(9)
     texts, labels = toy_reviews(rng, 60)

@@ -676,6 +676,9 @@ def test_estimator_on_the_device_equals_the_cpu(kind, X, tmp_path):
     np.testing.assert_allclose(gpu.loss_curve_, cpu.loss_curve_, rtol=1e-9)
     assert gpu.validation_scores_ == cpu.validation_scores_
     np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), rtol=1e-9, atol=1e-12)
+    cpu.partial_fit(X, y)                           # one more epoch, Adam's state carried on
+    gpu.partial_fit(X, y)
+    np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), rtol=1e-9, atol=1e-12)
     gpu.save(tmp_path / "gpu.npz")                  # read back on the CPU: the same model
     back = QLLSTMClassifier.load(tmp_path / "gpu.npz", device="cpu")
     assert back.device == "cpu" and back.model_.config["device"] == "cpu"
