@@ -20,10 +20,10 @@ checkpoints).  The arithmetic is the CPU model's: the tests check steps against
 
 Shapes legend (device arrays)
   B rows, T steps, E embedding width, H hidden units (D = H: one direction),
-  C classes, V vocabulary, N = sum of lengths (the language model's valid steps)
-  ids (B,T) int64  emb (B,T,E)  out (B,T,D)
-  classifier: h_last (B,D)  probs (B,C)  losses (B,)
-  language model: h (N,D), out's rows at the valid steps  probs (N,V)  losses (N,)
+  C outputs of the head (classes, or the vocabulary V of a language model),
+  N rows under the head: B (each row's last valid step) for the classifier, the
+  valid steps (sum of lengths) for the language model
+  ids (B,T) int64  emb (B,T,E)  out (B,T,D)  h (N,D): out's rows  probs (N,C)  losses (N,)
 """
 from functools import lru_cache
 
@@ -67,8 +67,8 @@ def kernels(dtype):
 
 class _DeviceTrainer:
     """Parameters, gradients and Adam state on the device, and the step's parts that
-    both trainers share: embedding with dropout, the recurrent stack forward and
-    backward, the embedding gradient and the update."""
+    both trainers share: embedding with dropout and the recurrent stack (``_forward``),
+    then the head on some of out's rows, BPTT and the update (``_head_step``)."""
 
     model_type = None                     # the model class a trainer takes
 
@@ -152,16 +152,46 @@ class _DeviceTrainer:
                                        np.int64)
         return runs["order"], runs["starts"], runs["uniq"]
 
-    def _backward(self, dout, d_emb_mask, d_ids, id_runs):
-        """BPTT from δout (B,T,D) through the stack and the embedding's dropout, the
-        embedding gradient, then AdamW on everything.  The gradient of the initial state
-        is not needed (it stops there: truncated BPTT for a carried state)."""
+    def _head_step(self, x, d_rows, d_targets, d_ids, ids, d_emb_mask, p, rng, d_pick=None):
+        """The step after the stack's forward: the head on the rows ``d_rows`` (N) of out
+        (B,T,D) read as (B*T, D), with dropout p; softmax cross-entropy against d_targets
+        (N,); then, where the mean loss is finite, BPTT back through the stack and the
+        embedding, and AdamW on everything.  Returns (mean loss, the probabilities (N, C),
+        or the rows ``d_pick`` of them, on the host).  The gradient stops at the initial
+        state (truncated BPTT for a carried one)."""
+        k, ws, P, G = kernels(self.dtype), self.workspace, self.params, self.grads
+        B, T, D = x.shape
+        N, C = d_rows.shape[0], P["head.b"].shape[0]
+        h = ws.empty("h", (N, D))                                      # out's rows
+        k["gather_rows"][grid_for(N * D)](h, x.reshape(B * T, D), d_rows)
+        d_head_mask = self._dropout("head_mask", h, p, rng)
+        probs, losses = ws.empty("probs", (N, C)), ws.empty("losses", (N,))
+        ops.linear_xent_forward(probs, losses, h, d_targets, P["head.W"], P["head.b"])
+        picked = probs
+        if d_pick is not None:
+            picked = ws.empty("picked", (d_pick.shape[0], C))
+            k["gather_rows"][grid_for(picked.size)](picked, probs, d_pick)
+        id_runs = self._id_runs(ids)
+        loss = float(losses.copy_to_host().mean())                     # as model.forward
+        host_probs = picked.copy_to_host()          # now, not after the update: no wait there
+        if not np.isfinite(loss):                   # the caller stops; nothing is updated
+            return loss, host_probs
+
+        clear(self.grad_flat)
+        dh = ws.zeros("dh", (N, D))
+        ops.linear_xent_backward(dh, G["head.W"], G["head.b"], probs, h, d_targets, P["head.W"],
+                                 1.0 / N, dlogits=ws.empty("dlogits", (N, C)))
+        if d_head_mask is not None:
+            k["scale"][grid_for(N * D)](dh.reshape(N * D), d_head_mask)
+        dout = ws.zeros("dout", (B, T, D))
+        k["scatter_rows"][grid_for(N * D)](dout.reshape(B * T, D), dh, d_rows)
         for cell, cg in zip(reversed(self.cells), reversed(self.cell_grads)):
             dout = cell.backward_device(dout, cg, None)           # no gradient of the final state
         if d_emb_mask is not None:
-            kernels(self.dtype)["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
+            k["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
         ops.embedding_backward(self.grads["embed"], dout, d_ids, id_runs)
         self.adam.step(self.grads, flat_grads=self.grad_flat)
+        return loss, host_probs
 
     def sync_to_host(self):
         """Write the device parameters and Adam state into ``model.params`` and ``opt``."""
@@ -190,7 +220,7 @@ class CudaTrainer(_DeviceTrainer):
         """One training step on the batch; returns (mean loss, probabilities (B, C)) like
         ``model.forward``.  ``rng`` draws the dropout masks (in the CPU model's order).  A
         loss that is not finite is returned without a backward pass or an update."""
-        model, k, ws = self.model, kernels(self.dtype), self.workspace
+        model, ws = self.model, self.workspace
         ids, lengths = check_ids(ids, lengths, model.config["vocab_size"])
         B, T = ids.shape
         C = model.config["num_classes"]
@@ -201,30 +231,9 @@ class CudaTrainer(_DeviceTrainer):
         last = np.arange(B) * T + lengths - 1                 # each row's last step in (B*T)
         batch = ws.put_many("batch", dict(ids=ids, lengths=lengths, targets=targets, last=last),
                             np.int64)
-        P, G = self.params, self.grads
         x, d_emb_mask, _ = self._forward(batch["ids"], lengths, model.config["embed_dropout"], rng)
-        D = x.shape[2]
-        h_last = ws.empty("h_last", (B, D))                   # out[b, lengths[b] - 1]
-        k["gather_rows"][grid_for(B * D)](h_last, x.reshape(B * T, D), batch["last"])
-        d_head_mask = self._dropout("head_mask", h_last, model.config["head_dropout"], rng)
-        probs, losses = ws.empty("probs", (B, C)), ws.empty("losses", (B,))
-        ops.linear_xent_forward(probs, losses, h_last, batch["targets"], P["head.W"], P["head.b"])
-        id_runs = self._id_runs(ids)
-        loss = float(losses.copy_to_host().mean())                     # as model.forward
-        host_probs = probs.copy_to_host()           # now, not after the update: no wait there
-        if not np.isfinite(loss):                   # the caller stops; nothing is updated
-            return loss, host_probs
-
-        clear(self.grad_flat)
-        dh_last = ws.zeros("dh_last", (B, D))
-        ops.linear_xent_backward(dh_last, G["head.W"], G["head.b"], probs, h_last, batch["targets"],
-                                 P["head.W"], 1.0 / B, dlogits=ws.empty("dlogits", (B, C)))
-        if d_head_mask is not None:
-            k["scale"][grid_for(B * D)](dh_last.reshape(B * D), d_head_mask)
-        dout = ws.zeros("dout", (B, T, D))
-        k["scatter_rows"][grid_for(B * D)](dout.reshape(B * T, D), dh_last, batch["last"])
-        self._backward(dout, d_emb_mask, batch["ids"], id_runs)
-        return loss, host_probs
+        return self._head_step(x, batch["last"], batch["targets"], batch["ids"], ids, d_emb_mask,
+                               model.config["head_dropout"], rng)
 
 
 class CudaLMTrainer(_DeviceTrainer):
@@ -248,7 +257,7 @@ class CudaLMTrainer(_DeviceTrainer):
         zeros); the gradient stops there.  ``rng`` draws the dropout masks (in the CPU
         model's order).  A loss that is not finite is returned without a backward pass
         or an update."""
-        model, k, ws = self.model, kernels(self.dtype), self.workspace
+        model, ws = self.model, self.workspace
         V, p = model.config["vocab_size"], model.config["dropout"]
         ids, lengths = check_ids(ids, lengths, V)
         B, T = ids.shape
@@ -257,32 +266,9 @@ class CudaLMTrainer(_DeviceTrainer):
         state = model.rnn._check_state(state, B)
         rows = np.flatnonzero(valid)              # (N,) b*T + t, in the order of out[valid]
         last = np.cumsum(lengths) - 1             # each row's last step among the N
-        N = len(rows)
         batch = ws.put_many("batch", dict(ids=ids, lengths=lengths, targets=targets[valid],
                                           rows=rows, last=last), np.int64)
-        P, G = self.params, self.grads
         x, d_emb_mask, final = self._forward(batch["ids"], lengths, p, rng, state)
-        D = x.shape[2]
-        h = ws.empty("h", (N, D))                                      # out[valid]
-        k["gather_rows"][grid_for(N * D)](h, x.reshape(B * T, D), batch["rows"])
-        d_head_mask = self._dropout("head_mask", h, p, rng)
-        probs, losses = ws.empty("probs", (N, V)), ws.empty("losses", (N,))
-        ops.linear_xent_forward(probs, losses, h, batch["targets"], P["head.W"], P["head.b"])
-        probs_last = ws.empty("probs_last", (B, V))                    # probs[last]
-        k["gather_rows"][grid_for(B * V)](probs_last, probs, batch["last"])
-        id_runs = self._id_runs(ids)
-        loss = float(losses.copy_to_host().mean())                     # as model.forward
-        host_probs = probs_last.copy_to_host()
-        if not np.isfinite(loss):                   # the caller stops; nothing is updated
-            return loss, host_probs, final
-
-        clear(self.grad_flat)
-        dh = ws.zeros("dh", (N, D))
-        ops.linear_xent_backward(dh, G["head.W"], G["head.b"], probs, h, batch["targets"],
-                                 P["head.W"], 1.0 / N, dlogits=ws.empty("dlogits", (N, V)))
-        if d_head_mask is not None:
-            k["scale"][grid_for(N * D)](dh.reshape(N * D), d_head_mask)
-        dout = ws.zeros("dout", (B, T, D))
-        k["scatter_rows"][grid_for(N * D)](dout.reshape(B * T, D), dh, batch["rows"])
-        self._backward(dout, d_emb_mask, batch["ids"], id_runs)
-        return loss, host_probs, final
+        loss, probs = self._head_step(x, batch["rows"], batch["targets"], batch["ids"], ids,
+                                      d_emb_mask, p, rng, d_pick=batch["last"])
+        return loss, probs, final
