@@ -26,6 +26,15 @@ def assert_layers_agree(got, want, tol):
         assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
 
 
+def assert_trained_alike(gpu, gpu_opt, cpu, cpu_opt, steps):
+    """A model trained on the device (synced back) has the CPU one's parameters and Adam state."""
+    assert gpu_opt.t == cpu_opt.t == steps
+    for k in cpu.params:
+        assert_close(gpu.params[k], cpu.params[k], 1e-9, 1e-9, k)
+        assert_close(gpu_opt.m[k], cpu_opt.m[k], 1e-9, 1e-9, "m " + k)
+        assert_close(gpu_opt.v[k], cpu_opt.v[k], 1e-9, 1e-9, "v " + k)
+
+
 def forward_backward(layer, x, lengths, dout, state=None, dstate=None):
     """(out, final state, dx, grads, dstate0) of one forward and one backward call."""
     out, final = layer.forward(x, lengths, state)
@@ -404,11 +413,7 @@ def test_cuda_trainer_steps_equal_cpu_training(kind, layers):
         assert abs(loss_g - loss_c) < 1e-10
         assert_close(probs_g, probs_c, 1e-10, 1e-10, "probs")
     trainer.sync_to_host()
-    assert gpu_opt.t == cpu_opt.t == 2
-    for k in cpu.params:
-        assert_close(gpu.params[k], cpu.params[k], 1e-9, 1e-9, k)
-        assert_close(gpu_opt.m[k], cpu_opt.m[k], 1e-9, 1e-9, "m " + k)
-        assert_close(gpu_opt.v[k], cpu_opt.v[k], 1e-9, 1e-9, "v " + k)
+    assert_trained_alike(gpu, gpu_opt, cpu, cpu_opt, steps=2)
 
 
 def test_closing_steps_equal_the_rule():
@@ -547,11 +552,7 @@ def test_cuda_lm_trainer_steps_equal_cpu_training(kind, layers):
         for k in state_c:
             assert_close(state_g[k], state_c[k], 1e-10, 1e-10, "state " + k)
     trainer.sync_to_host()
-    assert gpu_opt.t == cpu_opt.t == 3
-    for k in cpu.params:
-        assert_close(gpu.params[k], cpu.params[k], 1e-9, 1e-9, k)
-        assert_close(gpu_opt.m[k], cpu_opt.m[k], 1e-9, 1e-9, "m " + k)
-        assert_close(gpu_opt.v[k], cpu_opt.v[k], 1e-9, 1e-9, "v " + k)
+    assert_trained_alike(gpu, gpu_opt, cpu, cpu_opt, steps=3)
 
 
 def test_cuda_lm_trainer_step_allocates_nothing_and_refuses_bad_targets(monkeypatch):
