@@ -5,6 +5,7 @@
     qlnumba predict model.npz reviews.txt            # one text per line -> label, probability
     qlnumba predict model.npz x.npy                  # a model of ids or features: an array
     qlnumba evaluate runs/imdb/best.npz test.jsonl.gz   # accuracy and macro-F1 on labelled texts
+    qlnumba evaluate runs/shakespeare/best.npz play.txt # a language model: bits per character
     qlnumba generate runs/shakespeare/best.npz --prompt "ROMEO:" --chars 300
 
 Checkpoints come from ``QLLSTMClassifier.save``, ``train/imdb.py`` and
@@ -53,9 +54,12 @@ def _parser():
                    help="print every class's probability (JSON) instead of the best label")
     _device_option(p)
     p.set_defaults(run=predict)
-    p = sub.add_parser("evaluate", help="accuracy and macro-F1 on labelled texts")
+    p = sub.add_parser("evaluate", help="accuracy and macro-F1 on labelled texts; a language "
+                                        "model's loss per character on a text")
     p.add_argument("checkpoint")
-    p.add_argument("data", help="JSON Lines (optionally gzipped) with 'text' and 'label' fields")
+    p.add_argument("data", help="a classifier: JSON Lines (optionally gzipped) with 'text' and "
+                                "'label' fields; a language model: a text file (optionally "
+                                "gzipped; '-': standard input)")
     _device_option(p)
     p.set_defaults(run=evaluate)
     p = sub.add_parser("generate", help="text from a character language model")
@@ -133,6 +137,12 @@ def predict(args):
 def evaluate(args):
     import numpy as np
     from sklearn.metrics import f1_score
+
+    from .checkpoint import load_checkpoint
+    from .lm import LanguageModel
+    model, vocab, _, _ = load_checkpoint(args.checkpoint, args.device)
+    if isinstance(model, LanguageModel):
+        return _evaluate_language_model(args, model, vocab)
     clf = _load(args)
     if clf.input_ != "text":
         raise ValueError(f"evaluate reads labelled texts; this model reads {clf.input_}")
@@ -157,6 +167,24 @@ def evaluate(args):
     pred = clf.predict(texts)
     print(json.dumps({"n": len(texts), "accuracy": float((pred == labels).mean()),
                       "macro_f1": float(f1_score(labels, pred, average="macro"))}))
+    return 0
+
+
+def _evaluate_language_model(args, model, vocab):
+    """The text's mean loss per character, read left to right with the state carried."""
+    import math
+
+    from .data.shakespeare import encode_chars
+    from .data.text import UNK
+    if vocab is None:
+        raise ValueError(f"{args.checkpoint} is a language model without its vocabulary")
+    ids = encode_chars("".join(_read_lines(args.data)), vocab)
+    if len(ids) < 2:
+        raise ValueError(f"{args.data} holds fewer than 2 characters: nothing to predict")
+    nats = model.score(ids)
+    print(json.dumps({"chars": len(ids) - 1, "nats_per_char": nats,
+                      "bits_per_char": nats / math.log(2),
+                      "unknown_chars": int((ids == UNK).sum())}))
     return 0
 
 

@@ -153,6 +153,32 @@ class LanguageModel:
             grads["rnn." + k] = g
         return grads
 
+    def score(self, ids, streams=1, steps=256):
+        """Mean cross-entropy in nats per predicted token of the 1-D ids (each in [1, V)):
+        every id after the first, predicted from those before it.
+
+        The ids are read as ``streams`` equal parallel parts, each from a zero state, in
+        chunks of ``steps`` with the state carried from chunk to chunk; the last
+        (len(ids) - 1) % streams ids are left out.  One stream (the default) reads them
+        all, left to right, and ``steps`` changes nothing but the rounding.
+        """
+        from .data.shakespeare import stream_batches
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) < 2:
+            raise ValueError(f"ids must be a 1-D integer array of at least 2 ids, got "
+                             f"{ids.dtype} {ids.shape}")
+        check_ids(ids[None, :], None, self.config["vocab_size"])
+        if ids.min() < 1:
+            raise ValueError("ids must be >= 1 (0 is padding)")
+        for name, value in (("streams", streams), ("steps", steps)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        total, count, state = 0.0, 0, None
+        for x, y, lengths in stream_batches(ids, streams, steps):
+            loss, _, state = self.forward(x, lengths, y, state, need_grad=False)
+            total, count = total + loss * x.size, count + x.size
+        return total / count
+
     def generate(self, prompt, steps, rng, temperature=1.0, exclude=(0,)):
         """``steps`` new ids after ``prompt`` (1-D ids, each in [1, V)), one at a time, each
         drawn from the model's next-token probabilities sharpened by ``temperature``; the

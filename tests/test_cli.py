@@ -171,6 +171,30 @@ def test_generate_from_a_language_model(tmp_path, capsys):
     assert "holds a LanguageModel, not a classifier" in capsys.readouterr().err
 
 
+def test_evaluate_a_language_model_on_a_text(tmp_path, capsys):
+    """evaluate on a language model: the mean loss per character of the whole text, left
+    to right (model.score), and how many of its characters the vocabulary lacks."""
+    from qlnumba.checkpoint import save_checkpoint
+    from qlnumba.data.shakespeare import char_vocabulary, encode_chars
+    from qlnumba.lm import LanguageModel
+    vocab = char_vocabulary("to be or not\n")
+    model = LanguageModel(len(vocab), embed_dim=3, hidden_size=4, seed=0)
+    save_checkpoint(tmp_path / "lm.npz", model, vocab)
+    text = "not to be, or to be\nto be\n"                   # ',' is not in the vocabulary
+    with gzip.open(tmp_path / "play.txt.gz", "wt") as f:
+        f.write(text)
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "lm.npz"), str(tmp_path / "play.txt.gz")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    want = model.score(encode_chars(text, vocab))
+    assert report["chars"] == len(text) - 1 and report["unknown_chars"] == 1
+    assert report["nats_per_char"] == pytest.approx(want, rel=1e-12)
+    assert report["bits_per_char"] == pytest.approx(want / np.log(2), rel=1e-12)
+    (tmp_path / "one.txt").write_text("t")
+    assert main(["evaluate", str(tmp_path / "lm.npz"), str(tmp_path / "one.txt")]) == 2
+    assert "fewer than 2 characters" in capsys.readouterr().err
+
+
 def test_generate_refuses_a_classifier(text_model, capsys):
     path, _ = text_model
     assert main(["generate", str(path)]) == 2

@@ -85,6 +85,31 @@ def test_short_training_run_loss_falls():
     assert decode_chars(out, vocab) == "defgabcdefgabc"
 
 
+def test_score_is_the_mean_loss_over_every_predicted_token():
+    """score(ids): one stream equals one forward over the whole sequence for any chunk
+    length; streams read equal parts, each from zeros; bad input is refused."""
+    rng = make_rng(31)
+    model = LanguageModel(7, embed_dim=3, hidden_size=5, kind="ql", block_size=3,
+                          dtype=np.float64, seed=2)
+    ids = rng.integers(1, 7, 41)
+    whole, _, _ = model.forward(ids[None, :-1], None, ids[None, 1:])
+    for steps in (1, 7, 40, 100):
+        assert model.score(ids, steps=steps) == pytest.approx(whole, rel=1e-12)
+    parts = ids[:41].reshape(-1)                          # 2 streams of 20 predictions each
+    a, _, _ = model.forward(parts[None, :20], None, parts[None, 1:21])
+    b, _, _ = model.forward(parts[None, 20:40], None, parts[None, 21:41])
+    assert model.score(ids, streams=2, steps=6) == pytest.approx((a + b) / 2, rel=1e-12)
+    for bad, match in [(ids[:1], "at least 2 ids"), (ids.reshape(1, -1), "1-D integer"),
+                       (ids.astype(float), "1-D integer"), (np.array([1, 7]), "vocab"),
+                       (np.array([0, 1]), ">= 1")]:
+        with pytest.raises(ValueError, match=match):
+            model.score(bad)
+    with pytest.raises(ValueError, match="streams must be an integer >= 1"):
+        model.score(ids, streams=0)
+    with pytest.raises(ValueError, match="too few"):
+        model.score(ids[:3], streams=3)
+
+
 def test_generation_is_seeded_and_stays_in_the_vocabulary():
     model = LanguageModel(7, embed_dim=3, hidden_size=4, seed=4)
     a = model.generate(np.array([1, 2]), 30, np.random.default_rng(5))

@@ -137,13 +137,6 @@ def run(args):
     print(f"{args.model}: parameters {model.param_counts()}; {len(vocab) - 2} characters; "
           f"train {len(train)} / validation {len(val)} characters")
 
-    def validation_loss():
-        total, count, state = 0.0, 0, None
-        for x, y, lengths in stream_batches(val, args.batch_size, args.steps):
-            loss, _, state = model.forward(x, lengths, y, state, need_grad=False)
-            total, count = total + loss * x.size, count + x.size
-        return total / count
-
     best, train_time, seen_all, history = math.inf, 0.0, 0, []
     for epoch in range(1, args.epochs + 1):
         t0, total, seen, state = time.time(), 0.0, 0, None
@@ -164,7 +157,7 @@ def run(args):
             trainer.sync_to_host()                     # for validation and the checkpoint
         seconds = time.time() - t0
         train_time, seen_all = train_time + seconds, seen_all + seen
-        val_loss = validation_loss()
+        val_loss = model.score(val, args.batch_size, args.steps)
         record = {"epoch": epoch, "train_loss": total / seen, "val_loss": val_loss,
                   "val_bits_per_char": val_loss / math.log(2), "epoch_seconds": seconds,
                   "train_chars_per_s": seen / seconds}
