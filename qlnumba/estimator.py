@@ -153,7 +153,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
 
     def partial_fit(self, X, y, classes=None):
         """One epoch on X and y, continuing from the last call (the same Adam state).  The
-        first call builds the network and needs ``classes``, every label there will be."""
+        first call builds the network and needs ``classes``, every label there will be.
+        ``early_stopping`` does not apply (there is no epoch to compare with): hold data
+        out and score it between calls instead."""
         if not hasattr(self, "model_"):
             if classes is None:
                 raise ValueError("the first call to partial_fit needs classes: every label "

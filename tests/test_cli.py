@@ -190,6 +190,15 @@ def test_evaluate_a_language_model_on_a_text(tmp_path, capsys):
     assert report["chars"] == len(text) - 1 and report["unknown_chars"] == 1
     assert report["nats_per_char"] == pytest.approx(want, rel=1e-12)
     assert report["bits_per_char"] == pytest.approx(want / np.log(2), rel=1e-12)
+    assert main(["evaluate", str(tmp_path / "lm.npz"), str(tmp_path / "play.txt.gz"),
+                 "--streams", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["chars"] == 24                                   # 2 parts of 12 predictions
+    assert report["nats_per_char"] == pytest.approx(model.score(encode_chars(text, vocab), 2),
+                                                    rel=1e-12)
+    assert main(["evaluate", str(tmp_path / "lm.npz"), str(tmp_path / "play.txt.gz"),
+                 "--streams", "0"]) == 2
+    assert "streams must be an integer >= 1" in capsys.readouterr().err
     (tmp_path / "one.txt").write_text("t")
     assert main(["evaluate", str(tmp_path / "lm.npz"), str(tmp_path / "one.txt")]) == 2
     assert "fewer than 2 characters" in capsys.readouterr().err
