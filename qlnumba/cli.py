@@ -11,16 +11,22 @@
 Checkpoints come from ``QLLSTMClassifier.save``, ``train/imdb.py`` and
 ``train/fashion_mnist.py`` (classifiers) or ``train/shakespeare.py`` (a language model).
 Training itself is those programs.  Errors print one line and exit with status 2.
+
+``--threads N`` (default: ``QLNUMBA_THREADS``, else 2 or the machine's cores if fewer) runs
+the kernels on N threads with BLAS on one: the library's default, serial kernels beside
+multi-threaded BLAS, scores a text in one stream about 10 times slower.
 """
 import argparse
 import gzip
 import json
+import os
 import sys
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
+        _set_threads(args.threads)
         return args.run(args)
     except BrokenPipeError:                       # `qlnumba predict ... | head`
         return 0
@@ -80,6 +86,18 @@ def _device_option(parser):
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
                         help="where the recurrent layers run (default: where the model was saved "
                              "from; cpu reads a GPU-trained model on a machine without a GPU)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for the kernels, BLAS on one (default: $QLNUMBA_THREADS, "
+                             "else 2 or the cores if fewer)")
+
+
+def _set_threads(n):
+    from .config import set_num_threads
+    if n is None:
+        if "QLNUMBA_THREADS" in os.environ:        # qlnumba.config applied it at import
+            return
+        n = min(2, os.cpu_count() or 1)
+    set_num_threads(n)
 
 
 def _load(args):

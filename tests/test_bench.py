@@ -1,5 +1,5 @@
 """bench/cpu.py prints the one JSON object issue 4 asks for (tiny shapes, torch left out);
-bench/ncu_top.py ranks a profile's stall samples.
+bench/threads.py compares thread settings; bench/ncu_top.py ranks a profile's stall samples.
 
 The first is marked slow: on a fresh clone it compiles every float32 kernel (about 2 minutes
 on 2 cores)."""
@@ -26,6 +26,17 @@ def load_program(folder, name):
     finally:
         sys.path[:] = saved
     return module
+
+
+@pytest.mark.slow
+def test_thread_settings_benchmark_json():
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "threads.py"), "--threads", "1",
+                          "--repeats", "1", "--json"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert set(result["ratio_to_default"]) == {"default", "threads1"}
+    assert all(r == 1.0 for r in result["ratio_to_default"]["default"].values())
+    assert all(v > 0 for v in result["tokens_per_s"]["threads1"].values())
 
 
 @pytest.mark.slow

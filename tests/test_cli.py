@@ -199,6 +199,13 @@ def test_evaluate_a_language_model_on_a_text(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "lm.npz"), str(tmp_path / "play.txt.gz"),
                  "--streams", "0"]) == 2
     assert "streams must be an integer >= 1" in capsys.readouterr().err
+    from qlnumba import config
+    assert main(["evaluate", str(tmp_path / "lm.npz"), str(tmp_path / "play.txt.gz"),
+                 "--threads", "1"]) == 0 and config.get_num_threads() == 1
+    assert json.loads(capsys.readouterr().out)["nats_per_char"] == pytest.approx(want, rel=1e-6)
+    assert main(["evaluate", str(tmp_path / "lm.npz"), str(tmp_path / "play.txt.gz"),
+                 "--threads", "0"]) == 2
+    assert "thread count must be an integer >= 1" in capsys.readouterr().err
     (tmp_path / "one.txt").write_text("t")
     assert main(["evaluate", str(tmp_path / "lm.npz"), str(tmp_path / "one.txt")]) == 2
     assert "fewer than 2 characters" in capsys.readouterr().err
