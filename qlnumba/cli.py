@@ -14,7 +14,7 @@ Training itself is those programs.  Errors print one line and exit with status 2
 
 ``--threads N`` (default: ``QLNUMBA_THREADS``, else 2 or the machine's cores if fewer) runs
 the kernels on N threads with BLAS on one: the library's default, serial kernels beside
-multi-threaded BLAS, scores a text in one stream about 10 times slower.
+multi-threaded BLAS, scores a text in one stream about 8 times slower (bench/threads.py).
 """
 import argparse
 import gzip
