@@ -25,19 +25,29 @@ import sys
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    try:
+
+    def run():
         _set_threads(args.threads)
-        return args.run(args)
-    except BrokenPipeError:                       # `qlnumba predict ... | head`
-        return 0
-    except (ValueError, OSError) as exc:          # bad checkpoints, files, input
-        print(f"qlnumba {args.command}: error: {exc}", file=sys.stderr)
+        try:
+            return args.run(args)
+        except BrokenPipeError:                   # `qlnumba predict ... | head`
+            return 0
+    return exit_status(run, f"qlnumba {args.command}: ", " (or read the model with --device cpu)")
+
+
+def exit_status(run, prefix, cpu_hint):
+    """``run()``'s exit status, or 2 after one line on stderr (``prefix``error: message) for
+    the errors a user can mend: bad checkpoints, files, data and input (ValueError,
+    OSError), and a GPU asked for where there is none (the message, then ``cpu_hint``).
+    The ``qlnumba`` command and the training programs report their errors through it."""
+    from .gpu import CudaUnavailable              # cheap: numba.cuda is imported only when asked for
+    try:
+        return run()
+    except (ValueError, OSError) as exc:
+        print(f"{prefix}error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:                   # a GPU-trained model, no GPU here
-        if type(exc).__name__ != "CudaUnavailable":
-            raise
-        print(f"qlnumba {args.command}: error: {exc} (or read the model with --device cpu)",
-              file=sys.stderr)
+    except CudaUnavailable as exc:
+        print(f"{prefix}error: {exc}{cpu_hint}", file=sys.stderr)
         return 2
 
 

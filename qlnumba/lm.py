@@ -16,9 +16,9 @@ import math
 
 import numpy as np
 
-from .kernels.embedding import embedding_backward, embedding_forward
+from .kernels.embedding import embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
-from .model import MODEL_KINDS, dropout_mask, make_stack
+from .model import MODEL_KINDS, dropout_mask, make_stack, stack_backward
 from .validate import check_dtype, check_ids
 
 LM_KINDS = tuple(k for k in MODEL_KINDS if k != "bilstm")   # a reverse direction sees the future
@@ -145,13 +145,7 @@ class LanguageModel:
             dh *= head_mask
         dout = np.zeros((B, T, h.shape[1]), self.dtype)
         dout[valid] = dh
-        demb, rnn_grads = self.rnn.backward(dout)
-        if emb_mask is not None:
-            demb *= emb_mask
-        embedding_backward(grads["embed"], demb, ids)
-        for k, g in rnn_grads.items():
-            grads["rnn." + k] = g
-        return grads
+        return stack_backward(self, grads, dout, emb_mask, ids)
 
     def score(self, ids, streams=1, steps=256):
         """Mean cross-entropy in nats per predicted token of the 1-D ids (each in [1, V)):

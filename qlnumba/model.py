@@ -37,6 +37,20 @@ def dropout_mask(rng, shape, p, dtype):
     return (rng.random(shape) >= p).astype(dtype) / dtype(1.0 - p)
 
 
+def stack_backward(model, grads, dout, emb_mask, ids):
+    """δout (B,T,D) back through the recurrent stack, the dropout on its input and the
+    embedding (a model of ids; for feature vectors δx is not needed), into ``grads`` (a
+    dict with the keys of ``model.params``), which it returns."""
+    demb, rnn_grads = model.rnn.backward(dout)
+    if "embed" in grads:
+        if emb_mask is not None:
+            demb *= emb_mask
+        embedding_backward(grads["embed"], demb, ids)
+    for k, g in rnn_grads.items():
+        grads["rnn." + k] = g
+    return grads
+
+
 def make_stack(kind, input_size, hidden_size, num_layers, block_size, dtype, seed, device):
     """The recurrent layer stack of one of :data:`MODEL_KINDS` (GRU takes no block size)."""
     cls, kwargs = MODEL_KINDS[kind]
@@ -180,14 +194,7 @@ class SequenceClassifier:
             dh_last *= head_mask
         dout = np.zeros((B, T, h_last.shape[1]), self.dtype)
         self._scatter_last_step(dout, dh_last, lengths)
-        demb, rnn_grads = self.rnn.backward(dout)
-        if self.takes_ids:
-            if emb_mask is not None:
-                demb *= emb_mask
-            embedding_backward(grads["embed"], demb, ids)
-        for k, g in rnn_grads.items():
-            grads["rnn." + k] = g
-        return grads
+        return stack_backward(self, grads, dout, emb_mask, ids)
 
     def predict_proba(self, ids, lengths=None, batch_size=256):
         """Class probabilities (N, C), evaluated in batches, no dropout."""

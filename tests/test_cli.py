@@ -130,9 +130,7 @@ def test_device_option_reads_a_model_where_asked(text_model, tmp_path, capsys, m
     path, clf = text_model
     capsys.readouterr()
     load = checkpoint.load_checkpoint
-
-    class CudaUnavailable(RuntimeError):
-        pass
+    from qlnumba.gpu import CudaUnavailable
 
     def no_gpu(p, device=None):
         if device != "cpu":

@@ -91,15 +91,8 @@ def main(argv=None):
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from qlnumba.gpu import CudaUnavailable     # numba.cuda itself is imported only when asked for
-    try:
-        return run(args)
-    except (ValueError, OSError) as exc:        # DataError, checkpoint and argument problems
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except CudaUnavailable as exc:              # --device cuda without a usable GPU
-        print(f"error: {exc}; or train on the CPU with --device cpu", file=sys.stderr)
-        return 2
+    from qlnumba.cli import exit_status         # data, checkpoint and option errors: one line
+    return exit_status(lambda: run(args), "", "; or train on the CPU with --device cpu")
 
 
 def run(args):
