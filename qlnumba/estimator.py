@@ -49,7 +49,6 @@ from .optim import Adam
 
 INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
-CUDA_TRAINER_KINDS = ("ql", "lstm", "psug", "hgr")   # one-direction QL-LSTM stacks
 ESTIMATOR_META = "qlnumba.QLLSTMClassifier"      # the checkpoint's meta["estimator"]["class"]
 
 
@@ -100,9 +99,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         True: ``fit`` on a fitted classifier trains its network on, with the same input
         kind, vocabulary and labels (those of y must be among ``classes_``).
     device : {"cpu", "cuda"}, default "cpu"
-        "cuda" (``pip install qlnumba[cuda]``): the recurrent layers run on the GPU.  Kinds
-        ql, lstm, psug and hgr reading text or ids train with every array on the GPU
-        (:class:`qlnumba.gpu.model.CudaTrainer`); the others send host arrays each call.
+        "cuda" (``pip install qlnumba[cuda]``): the recurrent layers run on the GPU, and
+        ``fit`` / ``partial_fit`` train with every array there (any kind and input,
+        :class:`qlnumba.gpu.model.CudaTrainer`).
     verbose : int, default 0
         1: one line per epoch.
 
@@ -349,7 +348,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         y_train = targets[train_rows]
         model, opt = self.model_, self._optimizer
         trainer = None
-        if self.device == "cuda" and model.takes_ids and self.kind in CUDA_TRAINER_KINDS:
+        if self.device == "cuda":
             from .gpu.model import CudaTrainer
             trainer = CudaTrainer(model, opt)          # parameters and Adam state on the GPU
         best_params, since_best = None, 0

@@ -73,8 +73,8 @@ class SequenceClassifier:
     dtype : np.float32 or np.float64
     seed : int or None, seeds the initialisation
     device : "cpu" or "cuda": where the recurrent layers run (the embedding and head
-        run on the CPU here).  ``qlnumba.gpu.model.CudaTrainer`` trains a one-direction
-        QL-LSTM model with everything on the GPU (embedding, head and Adam included)
+        run on the CPU here).  ``qlnumba.gpu.model.CudaTrainer`` trains a model of any
+        kind with everything on the GPU (embedding, head and Adam included)
     input_size : int or None.  Give it *instead of* ``vocab_size`` for steps that are
         feature vectors (B, T, input_size) rather than token ids: there is then no
         embedding, ``embed_dim`` is unused, and ``embed_dropout`` drops input features.

@@ -300,6 +300,7 @@ def check_trainer_kernels(gmodel, dtype):
     k["scale"][1, 1](out.reshape(-1), out.reshape(-1))
     k["gather_rows"][1, 1](h, out, rows)
     k["scatter_rows"][1, 1](out, h, rows)
+    k["add"][1, 1](out.reshape(-1), out.reshape(-1))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ def parse_args(argv=None):
     a("--seed", type=int, default=SEED)
     a("--threads", type=int, default=THREADS, help="threads for Numba and BLAS")
     a("--device", default="cpu", choices=["cpu", "cuda"],
-      help="cuda: the recurrent layer runs on the GPU (numba-cuda; host arrays per call)")
+      help="cuda: train with every array on the GPU (qlnumba.gpu.model.CudaTrainer)")
     a("--limit", type=int, default=None, help="use a fixed sample of N images of each split")
     a("--data-dir", default=None,
       help="folder with the four *-idx?-ubyte.gz files (default: $QLNUMBA_FASHION_MNIST_DIR, "

@@ -80,8 +80,7 @@ def parse_args(argv=None):
     a("--limit", type=int, default=None, help="use only the first N reviews of each split (smoke runs)")
     a("--dtype", default="float32", choices=["float32", "float64"])
     a("--device", default="cpu", choices=["cpu", "cuda"],
-      help="cuda: one-direction QL-LSTM kinds (ql, lstm, psug, hgr) train with every array on the GPU "
-           "(qlnumba.gpu.model.CudaTrainer); bilstm and gru run their layers there, host arrays per call")
+      help="cuda: train with every array on the GPU (qlnumba.gpu.model.CudaTrainer), any --model")
     a("--no-progress", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -170,7 +169,7 @@ def run(args):
     if opt_state:
         opt.load_state_dict(opt_state)
     trainer = None
-    if args.device == "cuda" and args.model in ("ql", "lstm", "psug", "hgr"):
+    if args.device == "cuda":
         from qlnumba.gpu.model import CudaTrainer
         trainer = CudaTrainer(model, opt)          # parameters and Adam state live on the GPU
     counts = model.param_counts()

@@ -59,8 +59,7 @@ def parse_args(argv=None):
     a("--seed", type=int, default=SEED)
     a("--threads", type=int, default=THREADS, help="threads for Numba and BLAS")
     a("--device", default=DEVICE, choices=["cpu", "cuda"],
-      help="cuda: ql, lstm, psug and hgr train with every array on the GPU "
-           "(qlnumba.gpu.model.CudaLMTrainer); gru runs its layers there, host arrays per call")
+      help="cuda: train with every array on the GPU (qlnumba.gpu.model.CudaLMTrainer), any --model")
     a("--limit", type=int, default=None, help="use only the first N characters (smoke runs)")
     a("--prompt", default=PROMPT, help="the start of the sample printed at the end")
     a("--sample-chars", type=int, default=SAMPLE_CHARS)
@@ -120,7 +119,7 @@ def run(args):
                           dropout=args.dropout, seed=args.seed, device=args.device)
     opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
     trainer = None
-    if args.device == "cuda" and args.model != "gru":
+    if args.device == "cuda":
         from qlnumba.gpu.model import CudaLMTrainer
         trainer = CudaLMTrainer(model, opt)        # parameters and Adam state live on the GPU
     rng = np.random.default_rng(args.seed)

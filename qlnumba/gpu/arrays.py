@@ -263,6 +263,17 @@ class Workspace:
         clear(flat)
         return views
 
+    def zeros_and_state(self, group, zero_shapes, state, st):
+        """A call's zeroed buffers (name -> shape; one launch clears them all) and its
+        state buffers (name -> (key of the host dict st, shape)): zeros too where st is
+        None, else one copy of the host values (a (2, B, H) buffer holds st[key] twice)."""
+        if st is None:
+            return self.zeros_many(group, {**zero_shapes, **{n: shape for n, (_, shape) in state.items()}})
+        views = self.zeros_many(group, zero_shapes)
+        host = {n: st[key] if len(shape) == 2 else np.stack([st[key]] * shape[0])
+                for n, (key, shape) in state.items()}
+        return {**views, **self.put_many(group + "_state", host)}
+
     def put_many(self, group, arrays, dtype=None):
         """The host arrays (name -> array) on the device in one copy, as views of one
         buffer of ``dtype`` (the workspace's float dtype by default)."""

@@ -2,39 +2,44 @@
 
 ``CudaTrainer(model, opt)`` (a ``SequenceClassifier``) and ``CudaLMTrainer(model, opt)``
 (a ``LanguageModel``) copy the model's parameters and the Adam state to the device
-once.  Each ``step`` then runs embedding, the recurrent stack
-(``CudaQLCell.forward_device`` / ``backward_device``), the head, BPTT and AdamW there.
-Per step, only the batch (one copy of ids, lengths, targets and the head's rows;
-dropout masks), each layer's lengths and block closes (one copy), the ids' sort for
-the embedding gradient (one copy, made on the host while the forward runs) and Adam's
-constants (one copy) go to the device, and the losses and probabilities (after the
-forward) and the gradient norm's partial sums (one copy) come back.  The language
-model's carried state (a few (B, H) arrays a layer) goes there and back too: the
-classifier starts from zeros made on the device.  The step's device arrays live in a
-``Workspace`` (parameters and gradients in one buffer each: one launch clears the
-gradients, one sums their squares, one runs AdamW): once it has seen its largest
-batch, a step allocates no device memory.  ``sync_to_host`` writes parameters and
-optimizer state back into ``model.params`` and ``opt`` (for evaluation and
-checkpoints).  The arithmetic is the CPU model's: the tests check steps against
-``forward`` / ``backward`` and ``Adam.step``.
+once.  Each ``step`` then runs embedding, the recurrent stack (the cells'
+``forward_device`` / ``backward_device``: ``CudaQLCell`` for the QL-LSTM kinds and
+the LSTM, ``CudaGRUCell`` for the GRU; a bidirectional layer's two directions side by
+side), the head, BPTT and AdamW there.  Any model kind trains so, and a classifier of
+feature vectors (built with ``input_size``: no embedding) too.
+
+Per step, only these go to the device: the batch (one copy of ids, lengths, targets and
+the head's rows; a second one of a classifier's feature vectors), dropout masks, each
+cell's lengths (with a QL-LSTM cell's block closes: one copy), the ids' sort for the
+embedding gradient (one copy, made on the host while the forward runs) and Adam's
+constants (one copy).  The losses and probabilities (after the forward) and the
+gradient norm's partial sums (one copy) come back.  The language model's carried state
+(a few (B, H) arrays a cell) goes there and back too: the classifier starts from zeros
+made on the device.  The step's device arrays live in a ``Workspace`` (parameters and
+gradients in one buffer each: one launch clears the gradients, one sums their squares,
+one runs AdamW): once it has seen its largest batch, a step allocates no device memory.
+``sync_to_host`` writes parameters and optimizer state back into ``model.params`` and
+``opt`` (for evaluation and checkpoints).  The arithmetic is the CPU model's: the tests
+check steps against ``forward`` / ``backward`` and ``Adam.step``.
 
 Shapes legend (device arrays)
-  B rows, T steps, E embedding width, H hidden units (D = H: one direction),
+  B rows, T steps, E embedding width (or F features a step), H hidden units, D = H (one
+  direction) or 2H (bidirectional: the forward direction's units, then the reverse one's),
   C outputs of the head (classes, or the vocabulary V of a language model),
   N rows under the head: B (each row's last valid step) for the classifier, the
   valid steps (sum of lengths) for the language model
-  ids (B,T) int64  emb (B,T,E)  out (B,T,D)  h (N,D): out's rows  probs (N,C)  losses (N,)
+  ids (B,T) int64 (or x (B,T,F))  emb (B,T,E)  out (B,T,D)  h (N,D): out's rows
+  probs (N,C)  losses (N,)
 """
 from functools import lru_cache
 
 import numpy as np
 
 from . import ops
-from .arrays import Workspace, clear, cuda, grid_for
+from .arrays import Workspace, clear, copy_rows, cuda, grid_for
 from ..lm import LanguageModel, check_targets
 from ..model import SequenceClassifier, dropout_mask
 from ..validate import check_ids
-from .recurrent import PARAM_NAMES, CudaQLCell
 
 
 @lru_cache(maxsize=None)
@@ -62,7 +67,13 @@ def kernels(dtype):
             i, d = idx // D, idx % D
             dst[rows[i], d] = src[i, d]
 
-    return dict(scale=scale, gather_rows=gather_rows, scatter_rows=scatter_rows)
+    @cuda.jit
+    def add(a, b):
+        """a += b (flat): the two directions' δ of a bidirectional layer's input."""
+        for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
+            a[i] += b[i]
+
+    return dict(scale=scale, gather_rows=gather_rows, scatter_rows=scatter_rows, add=add)
 
 
 class _DeviceTrainer:
@@ -74,21 +85,16 @@ class _DeviceTrainer:
 
     def __init__(self, model, opt):
         rnn = getattr(model, "rnn", None)
-        cells = [row[0] for row in rnn._cells] if rnn is not None else []
         if not isinstance(model, self.model_type):
             raise ValueError(f"{type(self).__name__} trains a {self.model_type.__name__}, "
                              f"got {type(model).__name__}")
-        if rnn.directions != 1 or not all(isinstance(c, CudaQLCell) for c in cells):
-            raise ValueError(f"{type(self).__name__} trains one-direction QL-LSTM stacks built "
-                             f"with device='cuda' (kinds ql, lstm, psug, hgr); train bilstm and "
-                             f"gru with the host loop (model.forward / backward)")
-        if not getattr(model, "takes_ids", True):
-            raise ValueError(f"{type(self).__name__} trains models that read token ids (built "
-                             f"with vocab_size); train a model of feature vectors with the "
-                             f"host loop")
+        if rnn.device != "cuda":
+            raise ValueError(f"{type(self).__name__} trains models built with device='cuda', "
+                             f"got one built with device={rnn.device!r}")
         if opt.params is not model.params:
             raise ValueError("opt must be the Adam over model.params")
-        self.model, self.opt, self.cells = model, opt, cells
+        self.model, self.opt, self.rnn = model, opt, rnn
+        self.rows = rnn._cells                 # rows[k][d]: layer k's cell of direction d
         self.dtype = np.dtype(model.dtype)
         self.workspace = Workspace(self.dtype)
         # parameters and gradients: views of one buffer each, laid out alike, so that a
@@ -104,14 +110,15 @@ class _DeviceTrainer:
         for k in model.params:
             self.adam.m[k].copy_to_device(opt.m[k])
             self.adam.v[k].copy_to_device(opt.v[k])
-        # each cell's parameters and gradient accumulators: views of the dicts above,
-        # and device dummies (from the cell) for the parameters its switches leave out
+        # each cell's parameters and gradient accumulators (in the order of the state's
+        # rows, layer k direction d at k * directions + d): views of the dicts above, and
+        # device dummies (from the cell) for the parameters its switches leave out
         self.cell_params, self.cell_grads = [], []
-        for cell in cells:
-            dummies = cell.device_params()
-            keys = {name: "rnn." + cell.prefix + name for name in PARAM_NAMES}
-            self.cell_params.append({n: self.params.get(k, dummies[n]) for n, k in keys.items()})
-            self.cell_grads.append({n: self.grads.get(k, dummies[n]) for n, k in keys.items()})
+        for cell in (cell for row in self.rows for cell in row):
+            keys = {name: "rnn." + cell.prefix + name for name in cell.param_names}
+            dummies = cell.device_params() if any(k not in self.params for k in keys.values()) else {}
+            self.cell_params.append({n: self.params.get(k, dummies.get(n)) for n, k in keys.items()})
+            self.cell_grads.append({n: self.grads.get(k, dummies.get(n)) for n, k in keys.items()})
 
     def _dropout(self, name, a, p, rng):
         """a (device) *= a dropout mask drawn on the host (the CPU model's draw); the mask's
@@ -123,26 +130,69 @@ class _DeviceTrainer:
         kernels(self.dtype)["scale"][grid_for(a.size)](a.reshape(a.size), d_mask)
         return d_mask
 
-    def _forward(self, d_ids, lengths, p, rng, state=None):
+    def _forward(self, d_inputs, lengths, p, rng, state=None):
         """Embedding (dropout p) and the recurrent stack: (out (B,T,D), the embedding's
-        dropout mask or None, the final state).  ``state``: None, zeros made on the device
-        and no final state (None); or the stack's host dict, each layer's part copied in,
-        and the final state copied back into a new dict of the same keys."""
-        B, T = d_ids.shape
-        emb = self.workspace.empty("emb", (B, T, self.model.config["embed_dim"]))
-        ops.embedding_forward(emb, d_ids, self.params["embed"])
+        dropout mask or None, the final state).  ``d_inputs``: token ids (B,T), or the
+        feature vectors x (B,T,F) of a model without an embedding (a copy: dropout p
+        scales it in place).  ``state``: None, zeros made on the device and no final
+        state (None); or the stack's host dict, each cell's part copied in, and the final
+        state copied back into a new dict of the same keys.  A bidirectional layer's
+        output is its two directions' side by side (D = 2H)."""
+        B, T = d_inputs.shape[:2]
+        emb = d_inputs
+        if d_inputs.ndim == 2:
+            emb = self.workspace.empty("emb", (B, T, self.model.config["embed_dim"]))
+            ops.embedding_forward(emb, d_inputs, self.params["embed"])
         d_emb_mask = self._dropout("emb_mask", emb, p, rng)
         final = None if state is None else {key: np.empty_like(v) for key, v in state.items()}
-        x = emb
-        for i, (cell, cp) in enumerate(zip(self.cells, self.cell_params)):
-            st = None
-            if state is not None:             # the layer's part, with the keys its kernels take
-                st = self.model.rnn._cell_state({key: v[i].copy() for key, v in state.items()}, B)
-            x = cell.forward_device(x, lengths, st, cp)
-            if state is not None:
-                for key in final:
-                    final[key][i] = st[key]
+        x, i = emb, 0
+        for k, row in enumerate(self.rows):
+            outs = []
+            for cell in row:
+                st = None
+                if state is not None:         # the cell's part, with the keys its kernels take
+                    st = self.rnn._cell_state({key: v[i].copy() for key, v in state.items()}, B)
+                outs.append(cell.forward_device(x, lengths, st, self.cell_params[i]))
+                if state is not None:
+                    for key in final:
+                        final[key][i] = st[key]
+                i += 1
+            x = outs[0] if len(outs) == 1 else self._side_by_side(f"layer{k}", *outs)
         return x, d_emb_mask, final
+
+    def _side_by_side(self, name, fwd, rev):
+        """(B,T,2H) = fwd (B,T,H) and rev (B,T,H) concatenated along the last axis, in
+        the workspace buffer ``name`` (a layer's own: the next layer's cells keep it as
+        their input for the backward pass)."""
+        B, T, H = fwd.shape
+        both = self.workspace.empty(name, (B, T, 2 * H))
+        flat = both.reshape(both.size)
+        copy_rows(flat, fwd.reshape(fwd.size), B * T, 1, 2, 1, H)          # row r -> row 2r
+        copy_rows(flat[H:], rev.reshape(rev.size), B * T, 1, 2, 1, H)      # row r -> row 2r + 1
+        return both
+
+    def _stack_backward(self, dout):
+        """δout (B,T,D) of the stack's output back through every layer (no gradient of
+        the final state: truncated BPTT for a carried one) into the cells' gradient
+        accumulators; returns δ of the embedding's output (B,T,E)."""
+        ws, i = self.workspace, len(self.cell_grads)
+        for row in reversed(self.rows):
+            i -= len(row)
+            if len(row) == 1:
+                dout = row[0].backward_device(dout, self.cell_grads[i], None)
+                continue
+            B, T, D = dout.shape
+            H = D // 2
+            flat = dout.reshape(dout.size)
+            halves = ws.empty("dout_fwd", (B, T, H)), ws.empty("dout_rev", (B, T, H))
+            copy_rows(halves[0].reshape(B * T * H), flat, B * T, 1, 1, 2, H)     # row 2r -> row r
+            copy_rows(halves[1].reshape(B * T * H), flat[H:], B * T, 1, 1, 2, H)  # row 2r+1 -> r
+            dx_fwd = row[0].backward_device(halves[0], self.cell_grads[i], None)
+            dx_rev = row[1].backward_device(halves[1], self.cell_grads[i + 1], None)
+            kernels(self.dtype)["add"][grid_for(dx_fwd.size)](dx_fwd.reshape(dx_fwd.size),
+                                                               dx_rev.reshape(dx_rev.size))
+            dout = dx_fwd                     # both directions read the layer's input
+        return dout
 
     def _id_runs(self, ids):
         """The embedding gradient's id runs, sorted on the host (call it while the device
@@ -152,18 +202,23 @@ class _DeviceTrainer:
                                        np.int64)
         return runs["order"], runs["starts"], runs["uniq"]
 
-    def _head_step(self, x, d_rows, d_targets, d_ids, ids, d_emb_mask, p, rng, d_pick=None):
-        """The step after the stack's forward: the head on the rows ``d_rows`` (N) of out
-        (B,T,D) read as (B*T, D), with dropout p; softmax cross-entropy against d_targets
-        (N,); then, where the mean loss is finite, BPTT back through the stack and the
-        embedding, and AdamW on everything.  Returns (mean loss, the probabilities (N, C),
-        or the rows ``d_pick`` of them, on the host).  The gradient stops at the initial
-        state (truncated BPTT for a carried one)."""
+    def _head_step(self, x, d_rows, d_targets, d_ids, ids, d_emb_mask, p, rng, d_pick=None,
+                   parts=1):
+        """The step after the stack's forward: the head on N rows h (N, D) gathered from
+        out (B,T,D), with dropout p; softmax cross-entropy against d_targets (N,); then,
+        where the mean loss is finite, BPTT back through the stack and the embedding, and
+        AdamW on everything.  Each of h's rows is ``parts`` pieces of D / parts values:
+        h read as (N*parts, D/parts) is the rows ``d_rows`` (N*parts,) of out read as
+        (B*T*parts, D/parts) (parts = 2: a bidirectional layer's two directions, from two
+        steps).  d_ids and ids: the batch's token ids on the device and the host (None for
+        a model of feature vectors: no embedding gradient).  Returns (mean loss, the
+        probabilities (N, C), or the rows ``d_pick`` of them, on the host).  The gradient
+        stops at the initial state (truncated BPTT for a carried one)."""
         k, ws, P, G = kernels(self.dtype), self.workspace, self.params, self.grads
         B, T, D = x.shape
-        N, C = d_rows.shape[0], P["head.b"].shape[0]
+        N, C, W = d_rows.shape[0] // parts, P["head.b"].shape[0], D // parts
         h = ws.empty("h", (N, D))                                      # out's rows
-        k["gather_rows"][grid_for(N * D)](h, x.reshape(B * T, D), d_rows)
+        k["gather_rows"][grid_for(N * D)](h.reshape(N * parts, W), x.reshape(B * T * parts, W), d_rows)
         d_head_mask = self._dropout("head_mask", h, p, rng)
         probs, losses = ws.empty("probs", (N, C)), ws.empty("losses", (N,))
         ops.linear_xent_forward(probs, losses, h, d_targets, P["head.W"], P["head.b"])
@@ -171,7 +226,7 @@ class _DeviceTrainer:
         if d_pick is not None:
             picked = ws.empty("picked", (d_pick.shape[0], C))
             k["gather_rows"][grid_for(picked.size)](picked, probs, d_pick)
-        id_runs = self._id_runs(ids)
+        id_runs = None if ids is None else self._id_runs(ids)
         loss = float(losses.copy_to_host().mean())                     # as model.forward
         host_probs = picked.copy_to_host()          # now, not after the update: no wait there
         if not np.isfinite(loss):                   # the caller stops; nothing is updated
@@ -184,12 +239,13 @@ class _DeviceTrainer:
         if d_head_mask is not None:
             k["scale"][grid_for(N * D)](dh.reshape(N * D), d_head_mask)
         dout = ws.zeros("dout", (B, T, D))
-        k["scatter_rows"][grid_for(N * D)](dout.reshape(B * T, D), dh, d_rows)
-        for cell, cg in zip(reversed(self.cells), reversed(self.cell_grads)):
-            dout = cell.backward_device(dout, cg, None)           # no gradient of the final state
-        if d_emb_mask is not None:
-            k["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
-        ops.embedding_backward(self.grads["embed"], dout, d_ids, id_runs)
+        k["scatter_rows"][grid_for(N * D)](dout.reshape(B * T * parts, W), dh.reshape(N * parts, W),
+                                           d_rows)
+        dout = self._stack_backward(dout)
+        if id_runs is not None:               # δ of the features themselves is not needed
+            if d_emb_mask is not None:
+                k["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
+            ops.embedding_backward(self.grads["embed"], dout, d_ids, id_runs)
         self.adam.step(self.grads, flat_grads=self.grad_flat)
         return loss, host_probs
 
@@ -208,8 +264,9 @@ class CudaTrainer(_DeviceTrainer):
 
     Parameters
     ----------
-    model : SequenceClassifier built with device="cuda" and vocab_size, a one-direction
-        QL-LSTM stack (kinds "ql", "lstm", "psug", "hgr"; any number of layers)
+    model : SequenceClassifier built with device="cuda": any kind ("ql", "lstm", "psug",
+        "hgr", "bilstm", "gru"), any number of layers, token ids (vocab_size) or feature
+        vectors (input_size) in
     opt : qlnumba.Adam over ``model.params``: its constants, and its m, v, t as the
         starting state
     """
@@ -218,22 +275,31 @@ class CudaTrainer(_DeviceTrainer):
 
     def step(self, ids, lengths, targets, rng=None):
         """One training step on the batch; returns (mean loss, probabilities (B, C)) like
-        ``model.forward``.  ``rng`` draws the dropout masks (in the CPU model's order).  A
-        loss that is not finite is returned without a backward pass or an update."""
+        ``model.forward``.  ``ids``: token ids (B, T), or for a model built with
+        ``input_size`` feature vectors x (B, T, input_size) of its dtype.  ``rng`` draws
+        the dropout masks (in the CPU model's order).  A loss that is not finite is
+        returned without a backward pass or an update."""
         model, ws = self.model, self.workspace
-        ids, lengths = check_ids(ids, lengths, model.config["vocab_size"])
-        B, T = ids.shape
+        inputs, lengths = model._check_inputs(ids, lengths)
+        B, T = inputs.shape[:2]
         C = model.config["num_classes"]
         targets = np.asarray(targets)
         if targets.shape != (B,) or targets.dtype.kind not in "iu" or \
                 targets.min() < 0 or targets.max() >= C:
             raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
         last = np.arange(B) * T + lengths - 1                 # each row's last step in (B*T)
-        batch = ws.put_many("batch", dict(ids=ids, lengths=lengths, targets=targets, last=last),
-                            np.int64)
-        x, d_emb_mask, _ = self._forward(batch["ids"], lengths, model.config["embed_dropout"], rng)
-        return self._head_step(x, batch["last"], batch["targets"], batch["ids"], ids, d_emb_mask,
-                               model.config["head_dropout"], rng)
+        parts = self.rnn.directions
+        if parts == 2:       # as model._last_step: the reverse direction's last step is step 0
+            last = np.stack([2 * last, 2 * np.arange(B) * T + 1], axis=1).reshape(2 * B)
+        ints = dict(lengths=lengths, targets=targets, last=last)
+        if model.takes_ids:
+            batch = ws.put_many("batch", dict(ids=inputs, **ints), np.int64)
+            d_inputs, ids = batch["ids"], inputs
+        else:                                          # the features: a second copy
+            batch, d_inputs, ids = ws.put_many("batch", ints, np.int64), ws.put("x", inputs), None
+        x, d_emb_mask, _ = self._forward(d_inputs, lengths, model.config["embed_dropout"], rng)
+        return self._head_step(x, batch["last"], batch["targets"], batch.get("ids"), ids,
+                               d_emb_mask, model.config["head_dropout"], rng, parts=parts)
 
 
 class CudaLMTrainer(_DeviceTrainer):
@@ -243,7 +309,8 @@ class CudaLMTrainer(_DeviceTrainer):
 
     Parameters
     ----------
-    model : LanguageModel built with device="cuda", kind "ql", "lstm", "psug" or "hgr"
+    model : LanguageModel built with device="cuda", any kind ("ql", "lstm", "psug", "hgr",
+        "gru")
     opt : qlnumba.Adam over ``model.params``: its constants, and its m, v, t as the
         starting state
     """

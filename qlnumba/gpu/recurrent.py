@@ -74,6 +74,8 @@ class CudaQLCell:
     not fit in shared memory, see ``persistent_plan``).
     """
 
+    param_names = PARAM_NAMES
+
     def __init__(self, cpu_cell, path="persistent"):
         if path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {path!r}")
@@ -117,18 +119,6 @@ class CudaQLCell:
             if self.prefix + name in grads:
                 grads[self.prefix + name] += g.copy_to_host()
 
-    def _buffers(self, group, zero_shapes, state, st):
-        """The call's zeroed buffers (name -> shape; one launch clears them all) and its
-        state buffers (name -> (key of st, shape)): zeros too where st is None, else one
-        copy of the host values (a (2, B, H) buffer holds st[key] twice)."""
-        ws = self.workspace
-        if st is None:
-            return ws.zeros_many(group, {**zero_shapes, **{n: shape for n, (_, shape) in state.items()}})
-        views = ws.zeros_many(group, zero_shapes)
-        host = {n: st[key] if len(shape) == 2 else np.stack([st[key]] * shape[0])
-                for n, (key, shape) in state.items()}
-        return {**views, **ws.put_many(group + "_state", host)}
-
     def forward_device(self, d_x, lengths, st, P, need_grad=True):
         """Device x (B,T,E) in, device out (B,T,H) back; host ``lengths`` and state ``st``
         (updated in place), or st = None: start from zeros and download nothing (the final
@@ -141,6 +131,7 @@ class CudaQLCell:
         G = P["U"].shape[0]
         NB = (T + K - 1) // K if self.hgr else 0
         ws = self.workspace
+        sc = ws.scratch                          # for a product's split-k chunks
         n0 = np.zeros(B, np.int64) if st is None else st["n"].copy()
         steps = int(lengths.max())
         closes = closing_steps(lengths, n0, K, steps) if self.hgr else np.zeros(steps, np.int8)
@@ -153,7 +144,7 @@ class CudaQLCell:
             state["m0"] = ("m", (B, H))
         state.update(dict(hbuf=("h", (2, B, H)), mbuf=("m", (2, B, H))) if plan is not None else
                      dict(h=("h", (B, H)), m=("m", (B, H))))
-        bufs = self._buffers("forward", dict(
+        bufs = ws.zeros_and_state("forward", dict(
             MBLK=(B, NB + 1 if self.hgr else 0, H), SBLK=(B, NB, H), RBLK=(B, NB, H), hU=(B, G),
             S=((2, B, H) if plan is not None else (B, H)), P=(B, H), Q=(B, H)), state, st)
         MBLK, SBLK, RBLK, hU = (bufs[n] for n in ("MBLK", "SBLK", "RBLK", "hU"))
@@ -167,7 +158,7 @@ class CudaQLCell:
         C, CPREV = ws.empty("C", (B, T, H)), ws.empty("CPREV", (B, T, H))
         if self.hgr:                                                       # MBLK[:, 0] = initial m
             copy_rows(MBLK.reshape(MBLK.size), bufs["m0"].reshape(B * H), B, 1, NB + 1, 1, H)
-        matmul(Z, d_x, P["W"], B * T, G, E, E, 1, 1, E)                    # Z = x W^T
+        matmul(Z, d_x, P["W"], B * T, G, E, E, 1, 1, E, scratch=sc)         # Z = x W^T
         if plan is not None:
             hbuf, mbuf, Sbuf = bufs["hbuf"], bufs["mbuf"], bufs["S"]
             launch_persistent(
@@ -181,14 +172,14 @@ class CudaQLCell:
             h, m, S = bufs["h"], bufs["m"], bufs["S"]
             grid = grid_for(B * H)
             for s in range(steps):
-                matmul(hU, h, P["U"], B, G, H, H, 1, 1, H)                  # U h_{t-1}
+                matmul(hU, h, P["U"], B, G, H, H, 1, 1, H, scratch=sc)      # U h_{t-1}
                 k["step_forward"][grid](out, h, c, m, a, Z, GATES, C, CPREV, HPREV, hU, d_len,
                                         P["b"], P["gamma"], P["beta"], s, self.psug, self.hgr,
                                         self.reverse)
                 if closes[s]:
                     k["close_summary"][grid](S, a, d_len, d_n0, s, K)
-                    matmul(Pv, S, P["V_s"], B, H, H, H, 1, 1, H)            # V_s s
-                    matmul(Q, m, P["V_m"], B, H, H, H, 1, 1, H)             # V_m m
+                    matmul(Pv, S, P["V_s"], B, H, H, H, 1, 1, H, scratch=sc)  # V_s s
+                    matmul(Q, m, P["V_m"], B, H, H, H, 1, 1, H, scratch=sc)  # V_m m
                     k["close_forward"][grid](m, a, MBLK, SBLK, RBLK, S, Pv, Q, P["b_r"], d_len,
                                              d_n0, s, K)
         self.final_state = dict(h=h, c=c, m=m, a=a)
@@ -216,10 +207,11 @@ class CudaQLCell:
         H, K, NB = self.H, self.K, cc["NB"]
         G = P["U"].shape[0]
         ws = self.workspace
+        sc = ws.scratch                          # for a product's split-k chunks
         steps = int(lengths.max())
         plan = self._plan(B, G)
         NS = 9 if self.psug else 4
-        bufs = self._buffers("backward", dict(
+        bufs = ws.zeros_and_state("backward", dict(
             SUMS=(B, NS, H), DP=(B, NB, H), DP_step=(B, H), dmV=(B, H), dsV=(B, H), DZbuf=(2, B, G),
             dhU=(B, H)), {"d" + key: (key, (B, H)) for key in "hcma"}, dst)
         dh, dc, dm, da = (bufs["d" + key] for key in "hcma")
@@ -242,16 +234,15 @@ class CudaQLCell:
                 if cc["closes"][s]:                                        # the close rule first
                     k["close_backward"][grid](dm, da, DP, DP_step, cc["MBLK"], cc["SBLK"],
                                               cc["RBLK"], d_len, d_n0, s, K)
-                    matmul(dmV, DP_step, P["V_m"], B, H, H, H, 1, H, 1)     # V_m^T δp
-                    matmul(dsV, DP_step, P["V_s"], B, H, H, H, 1, H, 1)     # V_s^T δp
+                    matmul(dmV, DP_step, P["V_m"], B, H, H, H, 1, H, 1, scratch=sc)  # V_m^T δp
+                    matmul(dsV, DP_step, P["V_s"], B, H, H, H, 1, H, 1, scratch=sc)  # V_s^T δp
                     k["close_backward_finish"][grid](dm, da, dmV, dsV, d_len, d_n0, s, K)
                 k["step_backward"][grid](DZ, DZ_step, SUMS, dh, dc, dm, da, d_dout, cc["GATES"],
                                          cc["C"], cc["CPREV"], cc["Z"], P["gamma"], d_len, s,
                                          self.psug, self.hgr, self.reverse)
-                matmul(dhU, DZ_step, P["U"], B, H, G, G, 1, H, 1)           # U^T δz_t
+                matmul(dhU, DZ_step, P["U"], B, H, G, G, 1, H, 1, scratch=sc)  # U^T δz_t
                 k["carry_dh"][grid](dh, dhU, d_len, s, False)
         BT = B * T
-        sc = ws.scratch
         d_dx = ws.empty("dx", (B, T, E))
         acc = dict(accumulate=True, scratch=sc)
         matmul(grads["W"], DZ, x, G, E, BT, 1, G, E, 1, **acc)                    # Σ δz x^T

@@ -337,8 +337,8 @@ def test_cuda_model_equals_cpu_model():
 
 
 def test_cuda_feature_vector_model_equals_cpu_model():
-    """input_size instead of vocab_size: x goes straight to the device layer; CudaTrainer,
-    which keeps an embedding on the device, refuses such a model."""
+    """input_size instead of vocab_size: x goes straight to the device layer; CudaTrainer
+    trains such a model as the CPU loop does (input dropout on x, no embedding)."""
     rng = make_rng(62)
     kw = dict(input_size=2, hidden_size=3, kind="ql", block_size=2, dtype=np.float64, seed=5)
     cpu = qlnumba.SequenceClassifier(**kw)
@@ -352,8 +352,22 @@ def test_cuda_feature_vector_model_equals_cpu_model():
     for k in gc:
         assert_close(gg[k], gc[k], 1e-10, 1e-10, k)
     from qlnumba.gpu.model import CudaTrainer
-    with pytest.raises(ValueError, match="token ids"):
-        CudaTrainer(gpu, qlnumba.Adam(gpu.params))
+    kw.update(embed_dropout=0.3, head_dropout=0.2)
+    cpu, gpu = qlnumba.SequenceClassifier(**kw), qlnumba.SequenceClassifier(device="cuda", **kw)
+    cpu_opt, gpu_opt = qlnumba.Adam(cpu.params, lr=0.05), qlnumba.Adam(gpu.params, lr=0.05)
+    trainer = CudaTrainer(gpu, gpu_opt)
+    cpu_rng, gpu_rng = np.random.default_rng(3), np.random.default_rng(3)
+    for lengths in ([4, 3], [2, 4]):
+        x_before = x.copy()
+        loss_c, probs_c = cpu.forward(x, np.array(lengths), targets, rng=cpu_rng)
+        cpu_opt.step(cpu.backward())
+        loss_g, probs_g = trainer.step(x, np.array(lengths), targets, rng=gpu_rng)
+        assert abs(loss_g - loss_c) < 1e-10 and np.array_equal(x, x_before)
+        assert_close(probs_g, probs_c, 1e-10, 1e-10, "probs")
+    trainer.sync_to_host()
+    assert_trained_alike(gpu, gpu_opt, cpu, cpu_opt, steps=2)
+    with pytest.raises(ValueError, match="x must"):
+        trainer.step(x.astype(np.float32), lengths, targets)
 
 
 @pytest.mark.parametrize("dtype,tol,cores,dirs", [(np.float64, 1e-10, "off", 2), (np.float32, 2e-4, "off", 2),
@@ -389,10 +403,11 @@ def test_cuda_gru_equals_cpu(dtype, tol, cores, dirs, monkeypatch):
         assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
 
 
-@pytest.mark.parametrize("kind,layers", [("ql", 2), ("lstm", 1)])
+@pytest.mark.parametrize("kind,layers", [("ql", 2), ("lstm", 1), ("bilstm", 2), ("gru", 2)])
 def test_cuda_trainer_steps_equal_cpu_training(kind, layers):
     """Two device-resident training steps (dropout on) give the CPU loop's losses,
-    probabilities, parameters and Adam state."""
+    probabilities, parameters and Adam state: every model kind, bidirectional layers
+    (two directions side by side, their input's δ summed) and GRU cells too."""
     from qlnumba.gpu.model import CudaTrainer
     rng = make_rng(64)
     kw = dict(embed_dim=3, hidden_size=4, kind=kind, num_layers=layers, block_size=2,
@@ -435,25 +450,32 @@ def test_closing_steps_equal_the_rule():
         assert got.dtype == np.int8 and np.array_equal(got, want), (lengths, n0, K)
 
 
-@pytest.mark.parametrize("path", ["persistent", "simple"])
+@pytest.mark.parametrize("path", ["persistent", "simple", "gru"])
 def test_device_calls_with_state_none_equal_zero_state(path):
     """forward_device / backward_device with a state of None (zeros made on the device,
     nothing downloaded) give what host zero states give: the same outputs and δx to the
-    last bit, and ``final_state`` / ``initial_state_grads`` hold what the host dicts get."""
+    last bit, and ``final_state`` / ``initial_state_grads`` hold what the host dicts get
+    (QL-LSTM cells on both step loops, and a reverse GRU cell, whose state is h alone)."""
     from qlnumba.gpu.recurrent import cuda
     rng = make_rng(66)
     B, T, E, H = 3, 5, 2, 3
-    cell = qlnumba.QLLSTM(E, H, psug=True, hgr=True, block_size=2, dtype=np.float64, device="cuda",
-                          seed=5)._cells[0][0]
-    cell.path = path
+    if path == "gru":
+        cell = qlnumba.GRU(E, H, bidirectional=True, dtype=np.float64, device="cuda", seed=5)._cells[0][1]
+    else:
+        cell = qlnumba.QLLSTM(E, H, psug=True, hgr=True, block_size=2, dtype=np.float64,
+                              device="cuda", seed=5)._cells[0][0]
+        cell.path = path
+    keys = "h" if path == "gru" else "hcma"
     P = cell.device_params()
     d_x = cuda.to_device(rng.standard_normal((B, T, E)))
     d_dout = cuda.to_device(rng.standard_normal((B, T, H)))
     lengths = np.array([5, 2, 4])
 
     def zeros():
-        return dict(h=np.zeros((B, H)), c=np.zeros((B, H)), m=np.zeros((B, H)), a=np.zeros((B, H)),
-                    n=np.zeros(B, np.int64))
+        st = {k: np.zeros((B, H)) for k in keys}
+        if path != "gru":
+            st["n"] = np.zeros(B, np.int64)
+        return st
 
     results = []
     for host in (True, False):
@@ -465,23 +487,24 @@ def test_device_calls_with_state_none_equal_zero_state(path):
         results.append((out, dx, final, dstate, {k: g.copy_to_host() for k, g in grads.items()}))
     (o1, dx1, f1, s1, g1), (o2, dx2, f2, s2, g2) = results
     assert np.array_equal(o1, o2) and np.array_equal(dx1, dx2)
-    for k in "hcma":
+    for k in keys:
         assert np.array_equal(f1[k], f2[k]) and np.array_equal(s1[k], s2[k]), k
     for k in g1:
         assert np.array_equal(g1[k], g2[k]), k
 
 
-def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(monkeypatch):
+@pytest.mark.parametrize("kind,layers", [("ql", 2), ("bilstm", 1), ("gru", 2)])
+def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(kind, layers, monkeypatch):
     """After a first step, a CudaTrainer step of a batch no larger (here shorter, with other
     ids) allocates no device memory (a free can stall the device), copies from the device
     three times (the losses and probabilities after the forward, the gradient norm's
-    partial sums) and to it six times (the batch's integers, the dropout mask, each
-    layer's lengths and closes, the embedding gradient's id runs, sorted on the host
-    while the forward runs, Adam's constants)."""
+    partial sums) and to it six times (the batch's integers, the dropout mask, each of
+    the two cells' lengths (and closes), the embedding gradient's id runs, sorted on the
+    host while the forward runs, Adam's constants)."""
     from qlnumba.gpu.model import CudaTrainer
     from qlnumba.gpu.recurrent import cuda
     rng = make_rng(65)
-    model = qlnumba.SequenceClassifier(11, embed_dim=3, hidden_size=4, kind="ql", num_layers=2,
+    model = qlnumba.SequenceClassifier(11, embed_dim=3, hidden_size=4, kind=kind, num_layers=layers,
                                        block_size=2, embed_dropout=0.2, device="cuda", seed=8)
     trainer = CudaTrainer(model, qlnumba.Adam(model.params, lr=0.01, clip_norm=1.0))
     ids = np.arange(15).reshape(3, 5) % 11                  # every id: the most distinct ids
@@ -503,28 +526,24 @@ def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(monkeypatch):
 def test_cuda_trainer_refuses_what_it_cannot_train():
     from qlnumba.gpu.model import CudaLMTrainer, CudaTrainer
     from qlnumba.lm import LanguageModel
-    for kind in ("bilstm", "gru"):
-        model = qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=3, kind=kind, device="cuda")
-        with pytest.raises(ValueError, match="one-direction"):
-            CudaTrainer(model, qlnumba.Adam(model.params))
-    cpu = qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=3)
-    with pytest.raises(ValueError, match="one-direction"):
-        CudaTrainer(cpu, qlnumba.Adam(cpu.params))
+    for kind in ("ql", "bilstm", "gru"):
+        cpu = qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=3, kind=kind)
+        with pytest.raises(ValueError, match="built with device='cuda', got one built with device='cpu'"):
+            CudaTrainer(cpu, qlnumba.Adam(cpu.params))
     lm = LanguageModel(5, embed_dim=2, hidden_size=3, device="cuda")
     with pytest.raises(ValueError, match="CudaTrainer trains a SequenceClassifier, got LanguageModel"):
         CudaTrainer(lm, qlnumba.Adam(lm.params))
     classifier = qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=3, device="cuda")
     with pytest.raises(ValueError, match="CudaLMTrainer trains a LanguageModel"):
         CudaLMTrainer(classifier, qlnumba.Adam(classifier.params))
-    for model in (LanguageModel(5, embed_dim=2, hidden_size=3, kind="gru", device="cuda"),
-                  LanguageModel(5, embed_dim=2, hidden_size=3)):
-        with pytest.raises(ValueError, match="one-direction"):
-            CudaLMTrainer(model, qlnumba.Adam(model.params))
+    model = LanguageModel(5, embed_dim=2, hidden_size=3)
+    with pytest.raises(ValueError, match="device='cuda'"):
+        CudaLMTrainer(model, qlnumba.Adam(model.params))
     with pytest.raises(ValueError, match="opt must be the Adam over model.params"):
         CudaLMTrainer(lm, qlnumba.Adam(LanguageModel(5, embed_dim=2, hidden_size=3).params))
 
 
-@pytest.mark.parametrize("kind,layers", [("ql", 2), ("lstm", 1)])
+@pytest.mark.parametrize("kind,layers", [("ql", 2), ("lstm", 1), ("gru", 2)])
 def test_cuda_lm_trainer_steps_equal_cpu_training(kind, layers):
     """Three device-resident training steps of a language model, on ragged chunks with
     the state carried from each to the next and dropout on, give the CPU loop's losses,
@@ -585,7 +604,8 @@ def test_cuda_lm_trainer_step_allocates_nothing_and_refuses_bad_targets(monkeypa
         trainer.step(ids[:2], None, ids[:2], state)
 
 
-def test_training_program_runs_on_the_device(tmp_path):
+@pytest.mark.parametrize("model", ["ql", "bilstm"])
+def test_training_program_runs_on_the_device(model, tmp_path):
     """train/imdb.py --device cuda end to end (CudaTrainer, then evaluation and the test
     split) on a few made-up reviews in the IMDB file format."""
     import gzip
@@ -607,13 +627,14 @@ def test_training_program_runs_on_the_device(tmp_path):
     rc = train_imdb.main(["--data-dir", str(data), "--out", str(out), "--device", "cuda", "--hidden", "3",
                           "--embed-dim", "2", "--max-len", "4", "--batch-size", "5", "--epochs", "1",
                           "--vocab-size", "20", "--min-freq", "1", "--threads", "1", "--no-progress",
-                          "--block-size", "2", "--val-fraction", "0.25"])
+                          "--block-size", "2", "--val-fraction", "0.25", "--model", model])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["epochs_run"] == 1 and 0.0 <= summary["test_accuracy"] <= 1.0
 
 
-def test_language_model_program_runs_on_the_device(tmp_path):
+@pytest.mark.parametrize("model", ["ql", "gru"])
+def test_language_model_program_runs_on_the_device(model, tmp_path):
     """train/shakespeare.py --device cuda end to end (CudaLMTrainer with the state carried
     between chunks, validation, the checkpoint, a sample) follows the CPU run: the same
     seed draws the same chunk borders and dropout masks."""
@@ -630,7 +651,8 @@ def test_language_model_program_runs_on_the_device(tmp_path):
         rc = train_shakespeare.main(["--data-dir", str(tmp_path / "data"), "--out", str(out),
                                      "--device", device, "--hidden", "3", "--embed-dim", "2",
                                      "--batch-size", "2", "--steps", "8", "--epochs", "2",
-                                     "--block-size", "3", "--sample-chars", "5", "--threads", "1"])
+                                     "--block-size", "3", "--sample-chars", "5", "--threads", "1",
+                                     "--model", model])
         assert rc == 0
         runs[device] = json.loads((out / "summary.json").read_text())
     for key in ("train_loss", "val_loss"):
@@ -661,12 +683,13 @@ def test_cuda_language_model_equals_cpu_model():
 
 @pytest.mark.parametrize("kind, X", [
     ("ql", [[1, 2, 3], [4, 1], [2, 2, 4, 1], [3], [4, 4, 2], [1, 3]]),      # CudaTrainer
+    ("bilstm", [[1, 2, 3], [4, 1], [2, 2, 4, 1], [3], [4, 4, 2], [1, 3]]),  # CudaTrainer
     ("gru", [[0.5, -1.0, 2.0], [1.0, 0.1], [-0.3], [2.0, 2.0, -1.0], [0.2, 0.4], [1.5]]),
 ])
 def test_estimator_on_the_device_equals_the_cpu(kind, X, tmp_path):
-    """QLLSTMClassifier(device="cuda"): ids on a QL-LSTM train with every array on the device
-    (CudaTrainer), feature sequences on a GRU with host arrays per call; both follow the CPU
-    fit (the same seed: the same batches, dropout masks and hold-out)."""
+    """QLLSTMClassifier(device="cuda") trains with every array on the device (CudaTrainer):
+    ids, or feature sequences (a GRU here); both follow the CPU fit (the same seed: the
+    same batches, dropout masks and hold-out)."""
     from qlnumba.estimator import QLLSTMClassifier
     y = [0, 1, 0, 1, 1, 0]
     kw = dict(kind=kind, hidden_size=3, embed_dim=2, block_size=2, batch_size=2, max_epochs=2,
