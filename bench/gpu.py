@@ -8,9 +8,9 @@ zero initial and the final state stay on the GPU), as torch does on device tenso
 Step loops timed: "persistent" (one cooperative launch for all steps, the default) and, with
 ``--paths persistent,simple``, the per-step launches.  ``--host-api`` adds the
 layer API (host arrays in and out, parameters copied each call).  ``--check``
-first compares the GPU layer with the CPU layer (at ``--check-shapes``); ``--trainer``
-times whole ``CudaTrainer`` steps (embedding, layer, head, BPTT, AdamW on the
-device).  Warm-up first (compilation excluded), then rounds: each case is timed in
+first compares the GPU layer with the CPU layer (at ``--check-shapes``); ``--gru`` times
+our GRU layer next to cuDNN's nn.GRU (a row of its own per shape); ``--trainer`` times
+whole ``CudaTrainer`` steps (embedding, layer, head, BPTT, AdamW on the device).  Warm-up first (compilation excluded), then rounds: each case is timed in
 ``--repeats`` rounds, and each round also runs cuDNN (as torch ships it, and in strict
 FP32) right after it.  Tokens/s are medians; a case's ratio to cuDNN is the median of its
 rounds' ratios (``train_ratio_rounds`` holds each round's), so that a drift of the card's
@@ -22,7 +22,7 @@ at every step, and its speed at the small shape moved by half between processes.
 
     python bench/gpu.py [--shapes small,large] [--paths persistent] [--row-groups 1,2] [--item-rows 2,4]
                         [--item-cols 8,4] [--team-loads 16,0] [--grid-barrier cg,spin] [--check]
-                        [--trainer] [--json-out FILE]
+                        [--gru] [--trainer] [--json-out FILE]
 
 Settings of the persistent loops given as lists (row groups, item rows and columns, team
 loads, step barrier; "default" for the library's choice) are timed side by side in one process, each checked
@@ -140,16 +140,17 @@ def using_loop_options(setting):
         ps.TEAM_LOADS, ps.GRID_BARRIER = saved
 
 
-def cudnn_contenders(torch, x, dout, E, H):
-    """PyTorch's nn.LSTM on the device (cuDNN) for a benchmark shape: name -> {"train": fn,
-    "infer": fn, "allow_tf32": flag}, as torch ships it (TF32 allowed by default) and in strict
-    FP32 (as qlnumba computes).  Each function sets torch's TF32 flag itself, so the two can
-    be timed in the same rounds."""
+def cudnn_contenders(torch, x, dout, E, H, kind="lstm"):
+    """PyTorch's nn.LSTM (kind "gru": nn.GRU) on the device (cuDNN) for a benchmark shape:
+    name -> {"train": fn, "infer": fn, "allow_tf32": flag}, as torch ships it (TF32 allowed
+    by default) and in strict FP32 (as qlnumba computes).  Each function sets torch's TF32
+    flag itself, so the two can be timed in the same rounds."""
     xt, dt = torch.from_numpy(x).cuda(), torch.from_numpy(dout).cuda()
+    module = torch.nn.GRU if kind == "gru" else torch.nn.LSTM
     out = {}
-    for label, tf32 in (("torch_cudnn_lstm", torch.backends.cudnn.allow_tf32),
-                        ("torch_cudnn_lstm_strict_fp32", False)):
-        lstm = torch.nn.LSTM(E, H, batch_first=True).cuda()
+    for label, tf32 in ((f"torch_cudnn_{kind}", torch.backends.cudnn.allow_tf32),
+                        (f"torch_cudnn_{kind}_strict_fp32", False)):
+        lstm = module(E, H, batch_first=True).cuda()
 
         def train(lstm=lstm, tf32=tf32):
             torch.backends.cudnn.allow_tf32 = tf32
@@ -175,8 +176,9 @@ class SideBySide:
     on both sides of a ratio.  ``finish()``: each contender's tokens/s over all its rounds,
     and strict FP32's speed-up over cuDNN as torch ships it, paired the same way."""
 
-    def __init__(self, row, contenders, repeats, sync, tokens):
+    def __init__(self, row, contenders, repeats, sync, tokens, reference="torch_cudnn_lstm"):
         self.row, self.contenders, self.repeats, self.sync, self.tokens = row, contenders, repeats, sync, tokens
+        self.reference = reference          # the contender the ratios are to
         self.pooled = {mode: {c: [] for c in contenders} for mode in ("train", "infer")}
         if contenders:
             for mode in ("train", "infer"):
@@ -189,7 +191,7 @@ class SideBySide:
         if self.contenders:
             for c in self.contenders:
                 self.pooled[mode][c] += times[c]
-            rounds = round_speedups(times, label, "torch_cudnn_lstm")
+            rounds = round_speedups(times, label, self.reference)
             self.row[f"{mode}_ratio_vs_cudnn"][label] = statistics.median(rounds)
             self.row[f"{mode}_ratio_rounds"][label] = rounds
         # each case as it is timed: a run that a time limit stops keeps what it timed
@@ -203,9 +205,34 @@ class SideBySide:
                 if not times:
                     continue
                 self.row[f"{mode}_tokens_per_s"][c] = self.tokens / statistics.median(times)
-                self.row[f"{mode}_ratio_vs_cudnn"][c] = statistics.median(round_speedups(pooled, c, "torch_cudnn_lstm"))
+                self.row[f"{mode}_ratio_vs_cudnn"][c] = statistics.median(round_speedups(pooled, c, self.reference))
         for c, fns in self.contenders.items():
             self.row[c + "_allow_tf32"] = fns["allow_tf32"]
+
+
+def time_gru(qlnumba, torch, d_x, d_dout, lengths, host, repeats, sync):
+    """Our GRU layer (one direction, the library's step loop, device arrays, state None)
+    next to cuDNN's nn.GRU (none without torch on a card): a ``SideBySide`` row of its own,
+    ratios to "torch_cudnn_gru"."""
+    B, T, E = d_x.shape
+    H = d_dout.shape[2]
+    row = {"train_tokens_per_s": {}, "infer_tokens_per_s": {}}
+    contenders = cudnn_contenders(torch, *host, E, H, kind="gru") if torch is not None else {}
+    timer = SideBySide(row, contenders, repeats, sync, B * T, reference="torch_cudnn_gru")
+    cell = qlnumba.GRU(E, H, device="cuda", seed=0)._cells[0][0]
+    params, grads = cell.device_params(), cell.device_grads()
+
+    def train():
+        cell.forward_device(d_x, lengths, None, params)
+        cell.backward_device(d_dout, grads, None)
+
+    label = f"qlnumba_gru_{cell.path}"
+    timer.time(label, "train", train)
+    timer.time(label, "infer", lambda: cell.forward_device(d_x, lengths, None, params, need_grad=False))
+    timer.finish()
+    plan = cell._plan(B)
+    row["qlnumba_persistent_plan"] = plan._asdict() if plan is not None else None
+    return row
 
 
 def time_trainer(qlnumba, repeats, rng):
@@ -312,6 +339,9 @@ def main():
     ap.add_argument("--item-rows", default="default",
                     help="persistent path: rows per team_dot item to time (1, 2, 4), comma-separated; "
                          "labels suffixed _i<N>")
+    ap.add_argument("--gru", action="store_true",
+                    help="also time qlnumba's GRU layer (its default step loop) next to cuDNN's nn.GRU at "
+                         "each shape (the shape's \"gru\" entry, ratios to cuDNN's GRU)")
     ap.add_argument("--trainer", action="store_true",
                     help="also time whole training steps of the IMDB model kinds on the device (CudaTrainer)")
     ap.add_argument("--check", action="store_true",
@@ -468,6 +498,9 @@ def main():
         row["qlnumba_persistent_plan"] = {lab: layer_plan(B, H, psug, setting)
                                           for lab, psug, path, setting in cases if path == "persistent"}
         timer.finish()
+        if args.gru:
+            row["gru"] = time_gru(qlnumba, torch if torch_cuda else None, d_x, d_dout, lengths,
+                                  (x, dout), args.repeats, sync)
         if torch_cuda:
             row["torch_launch_us"].append(torch_launch_us(torch))
         if contenders:                  # torch's TF32 flag as it was (the contenders set it per call)

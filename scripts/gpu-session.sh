@@ -22,9 +22,11 @@
 # CPU, then first the spin barrier's tests and the 40 GPU tests that the twentieth session's two
 # calls had no time for, then the rest):
 #   PRECHECK="spin_barrier_layer and (ql-groups2 or lstm)" BARRIER_PROFILE=1 GRID_BARRIER=default,spin \
-#   BENCH_TIMEOUT=260 LIMIT=560 MATMUL_TILES= VARIANTS= \
-#   FIRST_TESTS="spin or barrier or plan_defaults or wide or slab or prefetch or take_float32 or tf32x3_long or async or register or simulator or closing or reads_only or trainer_refuses or allocates or device_argument or tensor_core_products or gpu_ or lm_trainer or language_model or estimator_on or feature_vector" \
+#   GRU=1 BENCH_TIMEOUT=280 LIMIT=560 MATMUL_TILES= VARIANTS= \
+#   FIRST_TESTS="spin or barrier or plan_defaults or wide or slab or prefetch or take_float32 or tf32x3_long or async or register or simulator or closing or reads_only or trainer or allocates or device_argument or tensor_core_products or gpu_ or gru or language_model or estimator_on or feature_vector or program" \
 #   bash scripts/gpu-session.sh
+# (GRU=1 and the tests "gru", "trainer", "program": the twenty-fourth session's persistent GRU
+# loops, its GRU and bidirectional device trainers.)
 # (The twentieth session's plan, run by none: the same without PRECHECK, GRID_BARRIER and the
 # first two FIRST_TESTS, BENCH_TIMEOUT=120.)
 # (The twentieth session's first call timed eight settings of the persistent loops:

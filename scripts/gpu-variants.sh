@@ -11,6 +11,7 @@
 # gpu_bench_variants.json: the device returns 8 files at most; "@baseline" runs
 # the code of an earlier commit, made by scripts/make-baseline.sh), then a profile
 # of the large shape and of CudaTrainer steps with PROFILE_OPTIONS (default: none).
+# GRU=1 also times our GRU layer beside cuDNN's nn.GRU at both shapes (bench/gpu.py --gru).
 # Files go to $OUT (or bench/results).  SKIP_TESTS=1, VARIANTS= and SKIP_PROFILE=1 leave out the
 # GPU tests, the variant runs and the profile.
 # Timings on an H100 (fourteenth session): the defaults' run without tiles about 70 s, each
@@ -30,7 +31,7 @@ MATMUL_TILES="${MATMUL_TILES-128x128pf,128x128tf32x3,128x128tf32x3tested,128x128
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}" BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}" scripts/gpu-check.sh \
     --check-shapes small,large --row-groups "${ROW_GROUPS:-default}" --item-rows "${ITEM_ROWS:-default}" \
     --item-cols "${ITEM_COLS:-default}" --team-loads "${TEAM_LOADS:-default}" \
-    --grid-barrier "${GRID_BARRIER:-default}" \
+    --grid-barrier "${GRID_BARRIER:-default}" ${GRU:+--gru} \
     ${MATMUL_TILES:+--matmul-tiles "$MATMUL_TILES"} > /dev/null
 [ -n "${SKIP_TESTS:-}" ] || tail -1 "$DEST/gpu_cuda_tests.log"
 "$PY" - "$DEST/gpu_bench.json" <<'PYEOF'

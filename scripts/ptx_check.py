@@ -240,8 +240,13 @@ def main():
                        cuda.to_device(np.zeros((4, 3), dtype)), 2, 3, 4, 4, 1, 3, 1)
         gmm.MATMUL_TILE = "auto"
         gru = qlnumba.GRU(E, H, dtype=dtype, device="cuda", seed=0)
-        gru.forward(x, lengths)
-        gru.backward(dout[..., :H])
+        # GRU's persistent loops (narrow parts' items of 1 x 4, and 2 x 8: wide parts' default),
+        # then its step kernels
+        for path, rows, cols in (("persistent", None, None), ("persistent", 2, 8), ("simple", None, None)):
+            cell = gru._cells[0][0]
+            cell.path, cell.item_rows, cell.item_cols = path, rows, cols
+            gru.forward(x, lengths)
+            gru.backward(dout[..., :H])
         check_ops(gops, dtype, rng)
         check_trainer_kernels(gmodel, dtype)
         if dtype == np.float32:                       # scripts/gpu-ncu.sh's build of the loops

@@ -1,5 +1,6 @@
 """The QL-LSTM cell on the GPU: its per-element bodies as device functions, and the simple
-step path's kernels made of them.
+step path's kernels made of them; the GRU cell's bodies too (``gru_cell_forward``,
+``gru_cell_backward``: ``gru.py`` runs them, its kernels and the persistent loops).
 
 The same equations and saved buffers as ``qlnumba/kernels/recurrent.py`` (read that file
 first).  One thread runs one (row bb, hidden unit j) of a step: ``cell_forward``
@@ -294,6 +295,63 @@ def cell_kernels(dtype):
             cell_backward(DZ, DZ_step, SUMS, dh, dc, dm, da, dout, GATES, C, CPREV, Z, gamma,
                           lengths, s, psug, hgr, reverse, idx // H, idx % H)
 
+    @cuda.jit(device=True, **DEVICE_JIT)
+    def gru_cell_forward(out, hcur, hnext, GATES, HN, HPREV, ZX, hU, lengths, b, b_U, s, reverse,
+                         bb, j):
+        """GRU step s of row bb, unit j (``qlnumba/kernels/gru.py``'s equations; hU = U h_{t-1}
+        without b_U): reads h_{t-1} from hcur, writes h_t to hnext (may be hcur); idle rows
+        keep h.  out and HPREV are zero at padding (the caller clears them)."""
+        H = index32(hcur.shape[1])
+        L = lengths[bb]
+        hprev = hcur[bb, j]
+        if s >= L:
+            hnext[bb, j] = hprev
+            return
+        pos = index32(L - 1 - s if reverse else s)
+        r = sigmoid(ZX[bb, pos, j] + b[j] + hU[bb, j] + b_U[j])                    # r_t
+        u = sigmoid(ZX[bb, pos, H + j] + b[H + j] + hU[bb, H + j] + b_U[H + j])    # u_t
+        hn = hU[bb, 2 * H + j] + b_U[2 * H + j]                                    # U_n h + b_Un
+        n = math.tanh(ZX[bb, pos, 2 * H + j] + b[2 * H + j] + r * hn)              # n_t
+        ht = (one - u) * n + u * hprev                        # h_t = (1-u) n + u h_{t-1}
+        GATES[bb, pos, 0, j] = r
+        GATES[bb, pos, 1, j] = u
+        GATES[bb, pos, 2, j] = n
+        HN[bb, pos, j] = hn
+        HPREV[bb, pos, j] = hprev
+        hnext[bb, j] = ht
+        out[bb, pos, j] = ht
+
+    @cuda.jit(device=True, **DEVICE_JIT)
+    def gru_cell_backward(DX, DHID, DH_step, dh, dout, GATES, HN, HPREV, lengths, s, reverse, bb, j):
+        """BPTT of ``gru_cell_forward`` at step s, row bb, unit j: δ of the input-side (DX)
+        and hidden-side (DHID, and this step's DH_step) pre-activations, and the direct
+        term δh_t u of δh_{t-1} in dh (U^T DH_step is added after the step's barrier).
+        Idle rows: DH_step 0, dh kept.  DX and DHID are zero at padding (the caller clears
+        them)."""
+        H = index32(dh.shape[1])
+        L = lengths[bb]
+        if s >= L:
+            for k in range(3):
+                DH_step[bb, k * H + j] = 0.0
+            return
+        pos = index32(L - 1 - s if reverse else s)
+        r, u, n = GATES[bb, pos, 0, j], GATES[bb, pos, 1, j], GATES[bb, pos, 2, j]
+        dht = dout[bb, pos, j] + dh[bb, j]
+        dpn = dht * (one - u) * (one - n * n)                 # n = tanh(W_n x + b_n + r hn)
+        dpr = dpn * HN[bb, pos, j] * r * (one - r)
+        dpu = dht * (HPREV[bb, pos, j] - n) * u * (one - u)   # h = (1-u) n + u h_prev
+        DX[bb, pos, j] = dpr
+        DX[bb, pos, H + j] = dpu
+        DX[bb, pos, 2 * H + j] = dpn
+        dpnr = dpn * r                                        # hn's δ: r multiplies it
+        DH_step[bb, j] = dpr
+        DH_step[bb, H + j] = dpu
+        DH_step[bb, 2 * H + j] = dpnr
+        DHID[bb, pos, j] = dpr
+        DHID[bb, pos, H + j] = dpu
+        DHID[bb, pos, 2 * H + j] = dpnr
+        dh[bb, j] = dht * u                                   # + U^T δ after the barrier
+
     @cuda.jit
     def carry_dh(dh, dhU, lengths, s, accumulate):
         """δh_{t-1} = U^T δz_t (or += it, where dh already holds a direct term, as in the
@@ -311,8 +369,10 @@ def cell_kernels(dtype):
                 # DEVICE_FUNCTIONS: the persistent kernels call them
                 cell_forward=cell_forward, cell_backward=cell_backward, closes_at=closes_at,
                 close_forward_cell=close_forward_cell, close_backward_cell=close_backward_cell,
-                close_backward_finish_cell=close_backward_finish_cell)
+                close_backward_finish_cell=close_backward_finish_cell,
+                gru_cell_forward=gru_cell_forward, gru_cell_backward=gru_cell_backward)
 
 
 DEVICE_FUNCTIONS = ("cell_forward", "cell_backward", "closes_at", "close_forward_cell",
-                    "close_backward_cell", "close_backward_finish_cell")
+                    "close_backward_cell", "close_backward_finish_cell", "gru_cell_forward",
+                    "gru_cell_backward")

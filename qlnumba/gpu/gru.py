@@ -1,84 +1,55 @@
-"""GRU layer on the GPU (PyTorch's formulation), one direction: the per-step path.
+"""GRU layer on the GPU (PyTorch's formulation), one direction.
 
 The same equations and saved buffers as ``qlnumba/kernels/gru.py`` (read that
-first).  Each step is a tiled product U h_{t-1} (``matmul.matmul``) and one
-thread per (row, hidden unit); sums over rows and steps run in a fixed order,
-never atomics.
+first).  The cell's per-element bodies are device functions in ``cells.py``
+(``gru_cell_forward``, ``gru_cell_backward``); two step loops run them, as for the
+QL-LSTM layer (``recurrent.py``): the persistent one (``persistent.py``: every step in
+one cooperative launch, each block with its units' slice of U in shared memory) and
+the simple one, the tested reference (per step a tiled product U h_{t-1} with
+``matmul.matmul``, then one thread per (row, hidden unit)).  Sums over rows and steps
+run in a fixed order, never atomics.
 
 Shapes legend (device arrays, C order)
-  B rows, T padded steps, E inputs, H hidden units; gate rows r, u (update), n
-  x (B,T,E)  out (B,T,H)  h (B,H)  W (3H,E)  U (3H,H)  b, b_U (3H)
-  saved: ZX (B,T,3H) = x W^T (without b), GATES (B,T,3,H), HN (B,T,H), HPREV (B,T,H)
-  backward: DX, DHID (B,T,3H) δ of the input-side and hidden-side pre-activations,
-    DH_step (B,3H) this step's DHID, dhU (B,H)
+  B rows, T padded steps, E inputs, H hidden units, G = 3H; gate rows r, u (update), n
+  x (B,T,E)  out (B,T,H)  h (B,H) (persistent: (2,B,H), double-buffered)
+  W (G,E)  U (G,H)  b, b_U (G,)
+  saved: ZX (B,T,G) = x W^T (without b), GATES (B,T,3,H), HN (B,T,H), HPREV (B,T,H)
+  backward: DX, DHID (B,T,G) δ of the input-side and hidden-side pre-activations,
+    DHbuf (2,B,G) a step's DHID (the simple path uses DHbuf[0]), dhU (B,H) = U^T δ
 """
-import math
 from functools import lru_cache
 
 import numpy as np
 
-from . import cells
+from . import cells, persistent
 from .arrays import Workspace, column_sums, cuda, grid_for, zeros
-from .cells import sigmoid_for
 from .matmul import matmul
+from .persistent import launch_persistent, persistent_plan
+from .recurrent import PATHS
 
 
 @lru_cache(maxsize=None)
 def kernels(dtype):
-    one = np.dtype(dtype).type(1.0)
-    sigmoid = sigmoid_for(np.dtype(dtype))
+    """The simple path's step kernels for one float dtype: one thread per (row, unit) runs
+    the cell's device function (``cells.gru_cell_forward`` / ``gru_cell_backward``)."""
+    k = cells.cell_kernels(np.dtype(dtype))
+    cell_forward, cell_backward = k["gru_cell_forward"], k["gru_cell_backward"]
 
     @cuda.jit
     def step_forward(out, h, GATES, HN, HPREV, ZX, hU, lengths, b, b_U, s, reverse):
         B, H = h.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            bb, j = idx // H, idx % H
-            L = lengths[bb]
-            if s >= L:
-                continue
-            pos = L - 1 - s if reverse else s
-            r = sigmoid(ZX[bb, pos, j] + b[j] + hU[bb, j] + b_U[j])                    # r_t
-            u = sigmoid(ZX[bb, pos, H + j] + b[H + j] + hU[bb, H + j] + b_U[H + j])    # u_t
-            hn = hU[bb, 2 * H + j] + b_U[2 * H + j]                                    # U_n h + b_Un
-            n = math.tanh(ZX[bb, pos, 2 * H + j] + b[2 * H + j] + r * hn)              # n_t
-            hprev = h[bb, j]
-            ht = (one - u) * n + u * hprev                        # h_t = (1-u) n + u h_{t-1}
-            GATES[bb, pos, 0, j] = r
-            GATES[bb, pos, 1, j] = u
-            GATES[bb, pos, 2, j] = n
-            HN[bb, pos, j] = hn
-            HPREV[bb, pos, j] = hprev
-            h[bb, j] = ht
-            out[bb, pos, j] = ht
+            cell_forward(out, h, h, GATES, HN, HPREV, ZX, hU, lengths, b, b_U, s, reverse,
+                         idx // H, idx % H)
 
     @cuda.jit
     def step_backward(DX, DHID, DH_step, dh, dout, GATES, HN, HPREV, lengths, s, reverse):
         B, H = dh.shape
         for idx in range(cuda.grid(1), B * H, cuda.gridsize(1)):
-            bb, j = idx // H, idx % H
-            L = lengths[bb]
-            if s >= L:
-                for k in range(3):
-                    DH_step[bb, k * H + j] = 0.0
-                continue
-            pos = L - 1 - s if reverse else s
-            r, u, n = GATES[bb, pos, 0, j], GATES[bb, pos, 1, j], GATES[bb, pos, 2, j]
-            dht = dout[bb, pos, j] + dh[bb, j]
-            dpn = dht * (one - u) * (one - n * n)                 # n = tanh(W_n x + b_n + r hn)
-            dpr = dpn * HN[bb, pos, j] * r * (one - r)
-            dpu = dht * (HPREV[bb, pos, j] - n) * u * (one - u)   # h = (1-u) n + u h_prev
-            DX[bb, pos, j] = dpr
-            DX[bb, pos, H + j] = dpu
-            DX[bb, pos, 2 * H + j] = dpn
-            DH_step[bb, j] = dpr
-            DH_step[bb, H + j] = dpu
-            DH_step[bb, 2 * H + j] = dpn * r
-            for k in range(3):
-                DHID[bb, pos, k * H + j] = DH_step[bb, k * H + j]
-            dh[bb, j] = dht * u                                   # + U^T δ below
+            cell_backward(DX, DHID, DH_step, dh, dout, GATES, HN, HPREV, lengths, s, reverse,
+                          idx // H, idx % H)
 
-    carry_dh = cells.cell_kernels(dtype)["carry_dh"]      # δh_{t-1} (+)= U^T δ, as QL-LSTM's
-    return dict(step_forward=step_forward, step_backward=step_backward, carry_dh=carry_dh)
+    return dict(step_forward=step_forward, step_backward=step_backward, carry_dh=k["carry_dh"])
 
 
 PARAM_NAMES = ("W", "U", "b", "b_U")                    # a cell's parameters
@@ -95,12 +66,21 @@ class CudaGRUCell:
       names W, U, b, b_U); the state h crosses to the host only where a host state is
       given.  This is the training-loop path (``qlnumba.gpu.model``).
 
-    The buffers live in a ``Workspace``: after the largest batch a call allocates nothing.
+    ``path`` picks the step loop, as for ``CudaQLCell``: "persistent" (default: one
+    cooperative launch for all steps, ``persistent.persistent_gru_forward`` /
+    ``persistent_gru_backward``, where ``persistent_plan`` says it fits) or "simple" (two
+    launches a step forward, three backward: the reference the persistent loops are
+    tested against).  The buffers live in a ``Workspace``: after the largest batch a call
+    allocates nothing.
     """
 
     param_names = PARAM_NAMES
 
-    def __init__(self, cpu_cell):
+    def __init__(self, cpu_cell, path="persistent"):
+        if path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+        self.path = path
+        self.row_groups = self.item_rows = self.item_cols = None   # persistent_plan's options
         self.cpu = cpu_cell
         self.prefix, self.H, self.reverse, self.dtype = (cpu_cell.prefix, cpu_cell.H,
                                                          cpu_cell.reverse, cpu_cell.dtype)
@@ -117,6 +97,12 @@ class CudaGRUCell:
         """Zeroed device gradient accumulators shaped like ``device_params``."""
         return {name: zeros(self.cpu.params[self.prefix + name].shape, self.dtype)
                 for name in PARAM_NAMES}
+
+    def _plan(self, B):
+        if self.path != "persistent":
+            return None
+        return persistent_plan(B, self.H, 3 * self.H, np.dtype(self.dtype).itemsize, False,
+                               self.row_groups, self.item_rows, self.item_cols)
 
     def forward(self, x, lengths, st, need_grad=True):
         out = self.forward_device(cuda.to_device(x), lengths, st, self.device_params(), need_grad)
@@ -139,24 +125,36 @@ class CudaGRUCell:
         k = kernels(np.dtype(self.dtype))
         B, T, E = d_x.shape
         H, ws = self.H, self.workspace
+        steps = int(lengths.max())
+        plan = self._plan(B)
+        bar = np.zeros(persistent.barrier_slots(plan) if plan is not None else 0, np.int64)
+        ints = ws.put_many("ints", dict(bar=bar, lengths=lengths), np.int64)          # one copy
+        d_len, d_bar = ints["lengths"], ints["bar"]
         # out is zero at padding; HPREV is read there by dU's product (times a zero δ): finite
         bufs = ws.zeros_and_state("forward", dict(out=(B, T, H), HPREV=(B, T, H)),
-                                  dict(h=("h", (B, H))), st)
-        out, HPREV, h = bufs["out"], bufs["HPREV"], bufs["h"]
-        d_len = ws.put("lengths", np.asarray(lengths, np.int64))
+                                  dict(h=("h", (2, B, H) if plan is not None else (B, H))), st)
+        out, HPREV = bufs["out"], bufs["HPREV"]
         ZX, hU = ws.empty("ZX", (B, T, 3 * H)), ws.empty("hU", (B, 3 * H))
         GATES, HN = ws.empty("GATES", (B, T, 3, H)), ws.empty("HN", (B, T, H))   # read at valid steps only
         sc = ws.scratch                          # for a product's split-k chunks
         matmul(ZX, d_x, P["W"], B * T, 3 * H, E, E, 1, 1, E, scratch=sc)     # ZX = x W^T
-        grid = grid_for(B * H)
-        for s in range(int(lengths.max())):
-            matmul(hU, h, P["U"], B, 3 * H, H, H, 1, 1, H, scratch=sc)      # U h_{t-1}
-            k["step_forward"][grid](out, h, GATES, HN, HPREV, ZX, hU, d_len, P["b"], P["b_U"], s,
-                                    self.reverse)
+        if plan is not None:                     # h alternates between h[0] and h[1]
+            launch_persistent(persistent.loops(self.dtype, plan)["persistent_gru_forward"],
+                              plan, plan.fwd_bytes, out, bufs["h"], GATES, HN, HPREV, ZX, hU, d_len,
+                              d_bar, P["U"], P["b"], P["b_U"], steps, plan.ugroups, plan.rgroups,
+                              self.reverse)
+            h = bufs["h"][steps % 2]
+        else:
+            h, grid = bufs["h"], grid_for(B * H)
+            for s in range(steps):
+                matmul(hU, h, P["U"], B, 3 * H, H, H, 1, 1, H, scratch=sc)  # U h_{t-1}
+                k["step_forward"][grid](out, h, GATES, HN, HPREV, ZX, hU, d_len, P["b"], P["b_U"],
+                                        s, self.reverse)
         self.final_state = dict(h=h)
         if st is not None:
             st["h"][...] = h.copy_to_host()
-        self.cache = dict(x=d_x, lengths=lengths, d_len=d_len, GATES=GATES, HN=HN, HPREV=HPREV, P=P)
+        self.cache = dict(x=d_x, lengths=lengths, d_len=d_len, d_bar=d_bar, GATES=GATES, HN=HN,
+                          HPREV=HPREV, P=P)
         return out
 
     def backward_device(self, d_dout, grads, dst):
@@ -171,17 +169,25 @@ class CudaGRUCell:
         x, lengths, d_len, P = cc["x"], cc["lengths"], cc["d_len"], cc["P"]
         B, T, E = x.shape
         H, G, ws = self.H, 3 * self.H, self.workspace
-        # the step kernel writes DX and DHID at valid steps only: zero elsewhere
-        bufs = ws.zeros_and_state("backward", dict(DX=(B, T, G), DHID=(B, T, G)),
+        steps = int(lengths.max())
+        plan = self._plan(B)
+        # the cells write DX and DHID at valid steps only: zero elsewhere
+        bufs = ws.zeros_and_state("backward", dict(DX=(B, T, G), DHID=(B, T, G), DHbuf=(2, B, G)),
                                   dict(dh=("h", (B, H))), dst)
         DX, DHID, dh = bufs["DX"], bufs["DHID"], bufs["dh"]
-        DH_step, dhU = ws.empty("DH_step", (B, G)), ws.empty("dhU", (B, H))
-        grid, sc = grid_for(B * H), ws.scratch
-        for s in range(int(lengths.max()) - 1, -1, -1):
-            k["step_backward"][grid](DX, DHID, DH_step, dh, d_dout, cc["GATES"], cc["HN"], cc["HPREV"],
-                                     d_len, s, self.reverse)
-            matmul(dhU, DH_step, P["U"], B, H, G, G, 1, H, 1, scratch=sc)   # U^T δ
-            k["carry_dh"][grid](dh, dhU, d_len, s, True)        # δh_{t-1} = δh u + U^T δ
+        dhU, sc = ws.empty("dhU", (B, H)), ws.scratch
+        if plan is not None:                     # δ alternates between DHbuf[0] and DHbuf[1]
+            launch_persistent(persistent.loops(self.dtype, plan)["persistent_gru_backward"],
+                              plan, plan.bwd_bytes, DX, DHID, bufs["DHbuf"], dhU, dh, d_dout,
+                              cc["GATES"], cc["HN"], cc["HPREV"], d_len, cc["d_bar"], P["U"], steps,
+                              plan.ugroups, plan.rgroups, self.reverse)
+        else:
+            DH_step, grid = bufs["DHbuf"][0], grid_for(B * H)
+            for s in range(steps - 1, -1, -1):
+                k["step_backward"][grid](DX, DHID, DH_step, dh, d_dout, cc["GATES"], cc["HN"],
+                                         cc["HPREV"], d_len, s, self.reverse)
+                matmul(dhU, DH_step, P["U"], B, H, G, G, 1, H, 1, scratch=sc)   # U^T δ
+                k["carry_dh"][grid](dh, dhU, d_len, s, True)    # δh_{t-1} = δh u + U^T δ
         BT, acc = B * T, dict(accumulate=True, scratch=sc)
         d_dx = ws.empty("dx", (B, T, E))
         matmul(grads["W"], DX, x, G, E, BT, 1, G, E, 1, **acc)                # Σ δx x^T

@@ -121,6 +121,7 @@ def persistent_kernels(dtype, item_rows, loads, item_cols, grid_barrier="cg"):
     cell_forward, cell_backward, closes_at = k["cell_forward"], k["cell_backward"], k["closes_at"]
     close_forward_cell, close_backward_cell = k["close_forward_cell"], k["close_backward_cell"]
     close_backward_finish_cell = k["close_backward_finish_cell"]
+    gru_cell_forward, gru_cell_backward = k["gru_cell_forward"], k["gru_cell_backward"]
     ROWS, COLS = item_rows, item_cols
     NOUT = COLS * ROWS                                  # outputs of one item
     KPASS = loads // ROWS                               # k per pass: `loads` loads of X in flight
@@ -464,7 +465,100 @@ def persistent_kernels(dtype, item_rows, loads, item_cols, grid_barrier="cg"):
                 team_dot(dh, DZs, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths, s, rot)
                 q += cuda.gridDim.x
 
-    return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward)
+    @cuda.jit(**LOOP_JIT)
+    def persistent_gru_forward(out, hbuf, GATES, HN, HPREV, ZX, hU, lengths, bar, U, b, b_U,
+                               steps, ugroups, rgroups, reverse):
+        """GRU's every step in one cooperative launch: ``persistent_forward``'s parts and
+        plan, without the block memory.  Block q keeps its units' rows of U (three gates)
+        in shared memory; per step U h_{t-1} for its rows and units (``team_dot``), then
+        their cells (``cells.gru_cell_forward``), then the step barrier.  h alternates
+        between hbuf[0] and hbuf[1] (step s reads hbuf[s % 2])."""
+        grid = cuda.cg.this_grid()
+        B, H = hbuf.shape[1], hbuf.shape[2]
+        G = U.shape[0]
+        nparts = ugroups * rgroups
+        nu = (H + ugroups - 1) // ugroups
+        ncol = (G // H) * nu
+        ncol_pad = padded(ncol)
+        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * H, 0)
+        resident = nparts == cuda.gridDim.x
+        if resident:
+            r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
+            load_part(Ush, Vs_sh, Vm_sh, U, U, U, u0, nq, nu, ncol, ncol_pad, H, H, False, False)
+            cuda.syncthreads()
+        for s in range(steps):
+            hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
+            q = cuda.blockIdx.x
+            while q < nparts:
+                r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                rot = divmod32(q, ugroups)[1]
+                reload_part(resident, Ush, Vs_sh, Vm_sh, U, U, U, u0, nq, nu, ncol, ncol_pad, H, H,
+                            False, False)
+                team_dot(hU, hcur, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,    # U h_{t-1}
+                         lengths, s, rot)
+                e = cuda.threadIdx.x
+                while e < nr * nq:
+                    row, unit = divmod32(e, nq)
+                    gru_cell_forward(out, hcur, hnext, GATES, HN, HPREV, ZX, hU, lengths, b, b_U, s,
+                                     reverse, index32(r0 + row), index32(u0 + unit))
+                    e += cuda.blockDim.x
+                q += cuda.gridDim.x
+            step_sync(grid, bar, ugroups, resident)
+
+    @cuda.jit(**LOOP_JIT)
+    def persistent_gru_backward(DX, DHID, DHbuf, dhU, dh, dout, GATES, HN, HPREV, lengths, bar, U,
+                                steps, ugroups, rgroups, reverse):
+        """BPTT of ``persistent_gru_forward`` in one cooperative launch, steps in reverse.
+        Block q keeps U[:, its units] (all three gates' rows) in shared memory.  Per step:
+        the cells (``cells.gru_cell_backward``: δ of the pre-activations into DHbuf[s % 2],
+        δh_t u into dh), the step barrier, then U^T δ for its rows and units (``team_dot``)
+        added to dh.  The δ alternate between DHbuf[0] and DHbuf[1] by step, so no block
+        overwrites what another still reads."""
+        grid = cuda.cg.this_grid()
+        B, H = dh.shape
+        G = U.shape[0]
+        nparts = ugroups * rgroups
+        nu = (H + ugroups - 1) // ugroups
+        ncol_pad = padded(nu)
+        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * G, 0)
+        resident = nparts == cuda.gridDim.x
+        if resident:
+            r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
+            load_part(Ush, Vs_sh, Vm_sh, U, U, U, u0, nq, nu, nu, ncol_pad, G, H, True, False)
+            cuda.syncthreads()
+        for s in range(steps - 1, -1, -1):
+            DHs = DHbuf[s % 2]
+            q = cuda.blockIdx.x
+            while q < nparts:
+                r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                e = cuda.threadIdx.x
+                while e < nr * nq:
+                    row, unit = divmod32(e, nq)
+                    gru_cell_backward(DX, DHID, DHs, dh, dout, GATES, HN, HPREV, lengths, s, reverse,
+                                      index32(r0 + row), index32(u0 + unit))
+                    e += cuda.blockDim.x
+                q += cuda.gridDim.x
+            step_sync(grid, bar, ugroups, resident)
+            q = cuda.blockIdx.x
+            while q < nparts:
+                r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+                rot = divmod32(q, ugroups)[1]
+                reload_part(resident, Ush, Vs_sh, Vm_sh, U, U, U, u0, nq, nu, nu, ncol_pad, G, H,
+                            True, False)
+                team_dot(dhU, DHs, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths, s,  # U^T δ
+                         rot)
+                e = cuda.threadIdx.x
+                while e < nr * nq:                # δh_{t-1} = δh_t u + U^T δ, the rows that stepped
+                    row, unit = divmod32(e, nq)
+                    bb, j = index32(r0 + row), index32(u0 + unit)
+                    if s < lengths[bb]:
+                        dh[bb, j] += dhU[bb, j]
+                    e += cuda.blockDim.x
+                q += cuda.gridDim.x
+
+    return dict(persistent_forward=persistent_forward, persistent_backward=persistent_backward,
+                persistent_gru_forward=persistent_gru_forward,
+                persistent_gru_backward=persistent_gru_backward)
 
 
 Plan = namedtuple("Plan", "ugroups rgroups item_rows blocks threads fwd_bytes bwd_bytes item_cols")
@@ -583,8 +677,9 @@ def launch_persistent(dispatcher, plan, nbytes, *args):
 
 
 def loops(dtype, plan):
-    """The persistent kernels (persistent_forward, persistent_backward) for ``plan``, with
-    this module's TEAM_LOADS and GRID_BARRIER."""
+    """The persistent kernels (persistent_forward, persistent_backward, and GRU's
+    persistent_gru_forward, persistent_gru_backward) for ``plan``, with this module's
+    TEAM_LOADS and GRID_BARRIER."""
     return persistent_kernels(np.dtype(dtype), plan.item_rows, TEAM_LOADS, plan.item_cols, GRID_BARRIER)
 
 

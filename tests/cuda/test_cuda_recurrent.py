@@ -370,12 +370,15 @@ def test_cuda_feature_vector_model_equals_cpu_model():
         trainer.step(x.astype(np.float32), lengths, targets)
 
 
+@pytest.mark.parametrize("path", ["persistent", "simple"])
 @pytest.mark.parametrize("dtype,tol,cores,dirs", [(np.float64, 1e-10, "off", 2), (np.float32, 2e-4, "off", 2),
                                                   (np.float32, 2e-4, "tf32x3", 1)])
-def test_cuda_gru_equals_cpu(dtype, tol, cores, dirs, monkeypatch):
-    """GRU's per-step products are ``matmul`` launches too: with the float32 tiles and with
-    the library's default tensor-core ones (tf32x3, one direction: the simulator's mma
-    stand-in is slow, and its other tests take the float32 tiles unless they ask)."""
+def test_cuda_gru_equals_cpu(dtype, tol, cores, dirs, path, monkeypatch):
+    """GRU on both step loops, both directions, ragged lengths, a carried state and its
+    gradient.  The products x W^T and the weight gradients (and the simple path's per-step
+    ones) are ``matmul`` launches: with the float32 tiles and with the library's default
+    tensor-core ones (tf32x3, one direction: the simulator's mma stand-in is slow, and its
+    other tests take the float32 tiles unless they ask)."""
     from qlnumba.gpu import matmul as mm
     monkeypatch.setattr(mm, "MATMUL_TENSOR_CORES", cores)
     rng = make_rng(62)
@@ -383,6 +386,8 @@ def test_cuda_gru_equals_cpu(dtype, tol, cores, dirs, monkeypatch):
     kw = dict(num_layers=1, bidirectional=dirs == 2, dtype=dtype, seed=6)
     cpu = qlnumba.GRU(E, H, **kw)
     gpu = qlnumba.GRU(E, H, device="cuda", **kw)
+    for cell in gpu._cells[0]:
+        cell.path = path
     for name, p in cpu.params.items():
         p[...] = 0.7 * rng.standard_normal(p.shape)
         gpu.params[name][...] = p
@@ -401,6 +406,44 @@ def test_cuda_gru_equals_cpu(dtype, tol, cores, dirs, monkeypatch):
         assert_close(got, want, tol, tol, what)
     for k in g1:
         assert_close(g2[k], g1[k], tol, tol, f"grad {k}")
+
+
+GRU_SETTINGS = [  # row groups, item rows, loads, item cols, barrier, H, B
+    (1, 2, 16, 4, "cg", 30, 3), (2, 4, 16, 8, "cg", 30, 3), (3, 1, 4, 4, "cg", 30, 3),
+    (2, 2, 0, 8, "cg", 10, 5), (2, 2, 2, 4, "spin", 10, 5), (1, 1, 16, 4, "spin", 1, 3)]
+
+
+@pytest.mark.parametrize("row_groups,item_rows,loads,item_cols,barrier,H,B", GRU_SETTINGS,
+                         ids=["wide-1x4", "wide-4x8-groups2", "wide-1x4-groups3-loads4",
+                              "uneven-groups-loads0-2x8", "spin-groups2", "spin-one-part"])
+def test_persistent_gru_settings_equal_cpu(row_groups, item_rows, loads, item_cols, barrier, H, B,
+                                           monkeypatch):
+    """The persistent GRU loops under the QL-LSTM loops' settings: H = 30 (parts of several
+    units; team_dot's passes run), one to three row groups, uneven ones (5 rows in groups of 3
+    and 2), items of 1, 2, 4 rows and 4 or 8 columns, passes of 4, 16 or no loads, and the
+    spin barrier (over several parts, and one part: the GPU's branch).  Two stacked layers,
+    ragged lengths, a carried state and its gradient: all equal the CPU layer's."""
+    from qlnumba.gpu import persistent as ps
+    monkeypatch.setattr(ps, "TEAM_LOADS", loads)
+    monkeypatch.setattr(ps, "GRID_BARRIER", barrier)
+    rng = make_rng(72)
+    T, E = 3, 2
+    kw = dict(num_layers=2, dtype=np.float64, seed=12)
+    cpu, gpu = qlnumba.GRU(E, H, **kw), qlnumba.GRU(E, H, device="cuda", **kw)
+    for name, p in cpu.params.items():
+        p[...] = 0.5 * rng.standard_normal(p.shape)
+        gpu.params[name][...] = p
+    for row in gpu._cells:
+        row[0].row_groups, row[0].item_rows, row[0].item_cols = row_groups, item_rows, item_cols
+    plan = gpu._cells[0][0]._plan(B)
+    assert (plan.rgroups, plan.item_rows, plan.item_cols) == (row_groups, item_rows, item_cols)
+    x = rng.standard_normal((B, T, E))
+    lengths = rng.integers(1, T + 1, B)
+    lengths[0] = T
+    state = {"h": 0.5 * rng.standard_normal((2, B, H))}
+    dout, dstate = rng.standard_normal((B, T, H)), {"h": rng.standard_normal((2, B, H))}
+    results = [forward_backward(layer, x, lengths, dout, state, dstate) for layer in (cpu, gpu)]
+    assert_layers_agree(results[1], results[0], 1e-10)
 
 
 @pytest.mark.parametrize("kind,layers", [("ql", 2), ("lstm", 1), ("bilstm", 2), ("gru", 2)])

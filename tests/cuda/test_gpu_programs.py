@@ -25,7 +25,7 @@ def test_gpu_benchmark_runs_with_its_options(tmp_path):
     run("bench/gpu.py", "--shapes", "tiny", "--repeats", "1", "--team-loads", "32",
         "--matmul-prefetch", "off", "--tensor-cores", "tf32x3", "--item-cols", "8",
         "--matmul-tiles", "64x64,64x64pf", "--tile-shape", "tiny", "--matmul-tile", "128x128tf32x3as",
-        "--grid-barrier", "spin", "--json-out", str(out))
+        "--grid-barrier", "spin", "--gru", "--json-out", str(out))
     result = json.loads(out.read_text())
     assert set(result["matmul_tiles"]) == {"64x64", "64x64pf"}
     assert all(row["all four ms"] > 0 for row in result["matmul_tiles"].values())   # @best-tile's measure
@@ -34,6 +34,9 @@ def test_gpu_benchmark_runs_with_its_options(tmp_path):
     assert result["matmul_tile"] == "128x128tf32x3as" and result["grid_barrier"] == "spin"
     assert set(result["shapes"]["tiny"]["train_tokens_per_s"]) >= {"qlnumba_ql_persistent",
                                                                     "qlnumba_lstm_persistent"}
+    gru = result["shapes"]["tiny"]["gru"]           # --gru: our GRU, its own row
+    assert set(gru["train_tokens_per_s"]) == {"qlnumba_gru_persistent"}
+    assert gru["qlnumba_persistent_plan"]["item_cols"] == 8
     # one --item-cols value holds for every case, narrow parts too (H = 3: 1 unit a part)
     plans = result["shapes"]["tiny"]["qlnumba_persistent_plan"]
     assert {plan["item_cols"] for plan in plans.values()} == {8}
