@@ -465,6 +465,38 @@ def persistent_kernels(dtype, item_rows, loads, item_cols, grid_barrier="cg"):
                 team_dot(dh, DZs, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths, s, rot)
                 q += cuda.gridDim.x
 
+    @cuda.jit(device=True, inline=True, **DEVICE_JIT)
+    def gru_slice(U, B, H, ugroups, rgroups, forward):
+        """The GRU loops' shared memory, and a resident block's slice of U loaded: forward, the
+        rows of its units' three gates (Kd = H); backward, its units' columns (Kd = G).
+        Returns (ncol, ncol_pad, Kd, Ush, red, resident)."""
+        G = U.shape[0]
+        nu = (H + ugroups - 1) // ugroups
+        ncol, Kd = ((G // H) * nu, H) if forward else (nu, G)
+        ncol_pad = padded(ncol)
+        Ush, _, _, red = shared_views(ncol_pad * Kd, 0)
+        resident = ugroups * rgroups == cuda.gridDim.x
+        if resident:
+            r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
+            load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, not forward)
+            cuda.syncthreads()
+        return ncol, ncol_pad, Kd, Ush, red, resident
+
+    @cuda.jit(device=True, inline=True, **DEVICE_JIT)
+    def gru_part_dot(out, X, Ush, red, U, resident, q, ugroups, rgroups, B, H, ncol, ncol_pad, Kd,
+                     forward, lengths, s):
+        """Part q's product with its slice of U (``team_dot``; a block that serves several
+        parts loads each part's slice first): forward U h_{t-1}, backward U^T δ.  Returns
+        the part's (r0, nr, u0, nq)."""
+        r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
+        if not resident:
+            cuda.syncthreads()
+            load_slice(Ush, U, u0, nq, nu, ncol, ncol_pad, Kd, H, not forward)
+            cuda.syncthreads()
+        team_dot(out, X, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, Kd, lengths, s,
+                 divmod32(q, ugroups)[1])
+        return r0, nr, u0, nq
+
     @cuda.jit(**LOOP_JIT)
     def persistent_gru_forward(out, hbuf, GATES, HN, HPREV, ZX, hU, lengths, bar, U, b, b_U,
                                steps, ugroups, rgroups, reverse):
@@ -475,27 +507,13 @@ def persistent_kernels(dtype, item_rows, loads, item_cols, grid_barrier="cg"):
         between hbuf[0] and hbuf[1] (step s reads hbuf[s % 2])."""
         grid = cuda.cg.this_grid()
         B, H = hbuf.shape[1], hbuf.shape[2]
-        G = U.shape[0]
-        nparts = ugroups * rgroups
-        nu = (H + ugroups - 1) // ugroups
-        ncol = (G // H) * nu
-        ncol_pad = padded(ncol)
-        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * H, 0)
-        resident = nparts == cuda.gridDim.x
-        if resident:
-            r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
-            load_part(Ush, Vs_sh, Vm_sh, U, U, U, u0, nq, nu, ncol, ncol_pad, H, H, False, False)
-            cuda.syncthreads()
+        ncol, ncol_pad, Kd, Ush, red, resident = gru_slice(U, B, H, ugroups, rgroups, True)
         for s in range(steps):
             hcur, hnext = hbuf[s % 2], hbuf[(s + 1) % 2]
             q = cuda.blockIdx.x
-            while q < nparts:
-                r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
-                rot = divmod32(q, ugroups)[1]
-                reload_part(resident, Ush, Vs_sh, Vm_sh, U, U, U, u0, nq, nu, ncol, ncol_pad, H, H,
-                            False, False)
-                team_dot(hU, hcur, Ush, red, r0, nr, ncol, ncol_pad, nu, nq, H, u0, H,    # U h_{t-1}
-                         lengths, s, rot)
+            while q < ugroups * rgroups:
+                r0, nr, u0, nq = gru_part_dot(hU, hcur, Ush, red, U, resident, q, ugroups, rgroups,   # U h
+                                              B, H, ncol, ncol_pad, Kd, True, lengths, s)
                 e = cuda.threadIdx.x
                 while e < nr * nq:
                     row, unit = divmod32(e, nq)
@@ -516,20 +534,11 @@ def persistent_kernels(dtype, item_rows, loads, item_cols, grid_barrier="cg"):
         overwrites what another still reads."""
         grid = cuda.cg.this_grid()
         B, H = dh.shape
-        G = U.shape[0]
-        nparts = ugroups * rgroups
-        nu = (H + ugroups - 1) // ugroups
-        ncol_pad = padded(nu)
-        Ush, Vs_sh, Vm_sh, red = shared_views(ncol_pad * G, 0)
-        resident = nparts == cuda.gridDim.x
-        if resident:
-            r0, nr, u0, nq, nu = part_span(cuda.blockIdx.x, ugroups, rgroups, B, H)
-            load_part(Ush, Vs_sh, Vm_sh, U, U, U, u0, nq, nu, nu, ncol_pad, G, H, True, False)
-            cuda.syncthreads()
+        ncol, ncol_pad, Kd, Ush, red, resident = gru_slice(U, B, H, ugroups, rgroups, False)
         for s in range(steps - 1, -1, -1):
             DHs = DHbuf[s % 2]
             q = cuda.blockIdx.x
-            while q < nparts:
+            while q < ugroups * rgroups:
                 r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
                 e = cuda.threadIdx.x
                 while e < nr * nq:
@@ -540,13 +549,9 @@ def persistent_kernels(dtype, item_rows, loads, item_cols, grid_barrier="cg"):
                 q += cuda.gridDim.x
             step_sync(grid, bar, ugroups, resident)
             q = cuda.blockIdx.x
-            while q < nparts:
-                r0, nr, u0, nq, nu = part_span(q, ugroups, rgroups, B, H)
-                rot = divmod32(q, ugroups)[1]
-                reload_part(resident, Ush, Vs_sh, Vm_sh, U, U, U, u0, nq, nu, nu, ncol_pad, G, H,
-                            True, False)
-                team_dot(dhU, DHs, Ush, red, r0, nr, nu, ncol_pad, nu, nq, H, u0, G, lengths, s,  # U^T δ
-                         rot)
+            while q < ugroups * rgroups:
+                r0, nr, u0, nq = gru_part_dot(dhU, DHs, Ush, red, U, resident, q, ugroups, rgroups,  # U^T δ
+                                              B, H, ncol, ncol_pad, Kd, False, lengths, s)
                 e = cuda.threadIdx.x
                 while e < nr * nq:                # δh_{t-1} = δh_t u + U^T δ, the rows that stepped
                     row, unit = divmod32(e, nq)
