@@ -38,8 +38,9 @@ def main(argv=None):
 def exit_status(run, prefix, cpu_hint):
     """``run()``'s exit status, or 2 after one line on stderr (``prefix``error: message) for
     the errors a user can mend: bad checkpoints, files, data and input (ValueError,
-    OSError), and a GPU asked for where there is none (the message, then ``cpu_hint``).
-    The ``qlnumba`` command and the training programs report their errors through it."""
+    OSError), a GPU asked for where there is none, and a GPU out of memory (the message,
+    then ``cpu_hint``).  The ``qlnumba`` command and the training programs report their
+    errors through it."""
     from .gpu import CudaUnavailable              # cheap: numba.cuda is imported only when asked for
     try:
         return run()
@@ -49,6 +50,21 @@ def exit_status(run, prefix, cpu_hint):
     except CudaUnavailable as exc:
         print(f"{prefix}error: {exc}{cpu_hint}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not device_out_of_memory(exc):
+            raise
+        print(f"{prefix}error: the GPU ran out of memory ({exc}); try smaller batches or shorter "
+              f"sequences{cpu_hint}", file=sys.stderr)
+        return 2
+
+
+def device_out_of_memory(exc):
+    """Whether ``exc`` is numba-cuda's error for a device allocation that did not fit."""
+    try:
+        from numba.cuda.cudadrv.driver import CudaAPIError
+    except ImportError:                           # no numba-cuda: no GPU error either
+        return False
+    return isinstance(exc, CudaAPIError) and "OUT_OF_MEMORY" in str(exc)
 
 
 def _parser():

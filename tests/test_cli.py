@@ -213,3 +213,24 @@ def test_generate_refuses_a_classifier(text_model, capsys):
     path, _ = text_model
     assert main(["generate", str(path)]) == 2
     assert "not a language model" in capsys.readouterr().err
+
+
+def test_exit_status_reports_a_gpu_out_of_memory(capsys):
+    """A device allocation that does not fit (numba-cuda's CudaAPIError, CUDA_ERROR_OUT_OF_MEMORY)
+    ends a program with one line and status 2; other device errors are not hidden."""
+    driver = pytest.importorskip("numba.cuda.cudadrv.driver")
+    from qlnumba.cli import exit_status
+
+    def out_of_memory():
+        raise driver.CudaAPIError(2, "Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")
+
+    assert exit_status(out_of_memory, "imdb.py: ", "; or train on the CPU with --device cpu") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("imdb.py: error: the GPU ran out of memory")
+    assert err[0].endswith("try smaller batches or shorter sequences; or train on the CPU with --device cpu")
+
+    def illegal_address():
+        raise driver.CudaAPIError(700, "Call to cuCtxSynchronize results in CUDA_ERROR_ILLEGAL_ADDRESS")
+
+    with pytest.raises(driver.CudaAPIError):
+        exit_status(illegal_address, "", "")
