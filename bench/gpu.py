@@ -235,10 +235,10 @@ def time_gru(qlnumba, torch, d_x, d_dout, lengths, host, repeats, sync):
     return row
 
 
-def time_trainer(qlnumba, repeats, rng):
+def time_trainer(qlnumba, repeats, rng, kinds=("ql", "lstm")):
     """Tokens/s of CudaTrainer.step (embedding, recurrent layer, head, BPTT, AdamW, all on the
     device) for the headline IMDB configuration's sizes: vocabulary 20000, E 128, H 256,
-    batches of 32 x 256 tokens."""
+    batches of 32 x 256 tokens; one entry per model kind of ``kinds``."""
     from numba import cuda
 
     from qlnumba.gpu.model import CudaTrainer
@@ -247,7 +247,7 @@ def time_trainer(qlnumba, repeats, rng):
     lengths = np.full(B, T)
     targets = rng.integers(0, 2, B)
     out = {}
-    for kind in ("ql", "lstm"):
+    for kind in kinds:
         model = qlnumba.SequenceClassifier(V, 128, 256, kind=kind, device="cuda", seed=0)
         trainer = CudaTrainer(model, qlnumba.Adam(model.params, lr=1e-3, clip_norm=1.0))
         step = lambda: trainer.step(ids, lengths, targets)        # noqa: E731
@@ -344,6 +344,8 @@ def main():
                          "each shape (the shape's \"gru\" entry, ratios to cuDNN's GRU)")
     ap.add_argument("--trainer", action="store_true",
                     help="also time whole training steps of the IMDB model kinds on the device (CudaTrainer)")
+    ap.add_argument("--trainer-kinds", default="ql,lstm",
+                    help="the model kinds --trainer times, comma-separated (of ql, lstm, psug, hgr, bilstm, gru)")
     ap.add_argument("--check", action="store_true",
                     help="first compare the GPU layer with the CPU layer (max errors; see --check-shapes)")
     ap.add_argument("--check-shapes", default="small", help="shapes --check compares at")
@@ -377,6 +379,8 @@ def main():
                          "float64 products never take a tensor-core tile)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
+    if not set(args.trainer_kinds.split(",")) <= {"ql", "lstm", "psug", "hgr", "bilstm", "gru"}:
+        ap.error(f"--trainer-kinds: kinds of ql, lstm, psug, hgr, bilstm, gru, got {args.trainer_kinds}")
     import numba
     from numba import cuda
 
@@ -520,7 +524,7 @@ def main():
             {(p["item_rows"], ps.TEAM_LOADS if st.loads is None else st.loads, p["item_cols"],
               ps.GRID_BARRIER if st.barrier is None else st.barrier) for p, st in plans if p})
     if args.trainer:
-        result["trainer"] = time_trainer(qlnumba, args.repeats, rng)
+        result["trainer"] = time_trainer(qlnumba, args.repeats, rng, args.trainer_kinds.split(","))
         print(json.dumps({"trainer": result["trainer"]}), flush=True)
     save()
     if args.matmul_tiles:               # last, after a save: a tile that faulted on a card

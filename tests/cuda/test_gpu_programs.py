@@ -75,7 +75,8 @@ def test_gpu_benchmark_refuses_bad_settings():
     """A setting the loops cannot take is refused before anything runs, with the option's name."""
     for option, value, message in (("--item-cols", "8,6", "--item-cols: 4 or 8"),
                                    ("--team-loads", "16,-2", "--team-loads: 0 or more"),
-                                   ("--grid-barrier", "cg,atomic", "--grid-barrier: one of")):
+                                   ("--grid-barrier", "cg,atomic", "--grid-barrier: one of"),
+                                   ("--trainer-kinds", "ql,bigru", "--trainer-kinds: kinds of")):
         done = subprocess.run([sys.executable, "bench/gpu.py", "--shapes", "", option, value], cwd=ROOT,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
                               timeout=300)
