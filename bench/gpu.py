@@ -216,7 +216,7 @@ def time_gru(qlnumba, torch, d_x, d_dout, lengths, host, repeats, sync):
     ratios to "torch_cudnn_gru"."""
     B, T, E = d_x.shape
     H = d_dout.shape[2]
-    row = {"train_tokens_per_s": {}, "infer_tokens_per_s": {}}
+    row = {"B": B, "T": T, "E": E, "H": H, "train_tokens_per_s": {}, "infer_tokens_per_s": {}}
     contenders = cudnn_contenders(torch, *host, E, H, kind="gru") if torch is not None else {}
     timer = SideBySide(row, contenders, repeats, sync, B * T, reference="torch_cudnn_gru")
     cell = qlnumba.GRU(E, H, device="cuda", seed=0)._cells[0][0]
