@@ -126,17 +126,22 @@ def _set_threads(n):
     set_num_threads(n)
 
 
-def _load(args):
+def _load(args, loaded=None):
+    """The checkpoint's classifier; ``loaded``: load_checkpoint's values, where the caller
+    has read the file already."""
     from .estimator import QLLSTMClassifier
-    return QLLSTMClassifier.load(args.checkpoint, device=args.device)
+    if loaded is None:
+        return QLLSTMClassifier.load(args.checkpoint, device=args.device)
+    return QLLSTMClassifier.from_loaded(args.checkpoint, loaded)
 
 
 def info(args):
     from .checkpoint import load_checkpoint
     from .lm import LanguageModel
-    model, vocab, opt_state, meta = load_checkpoint(args.checkpoint, args.device)
+    loaded = load_checkpoint(args.checkpoint, args.device)
+    model, vocab, opt_state, meta = loaded
     is_classifier = not isinstance(model, LanguageModel)
-    clf = _load(args) if is_classifier and (meta.get("estimator") or vocab is not None) else None
+    clf = _load(args, loaded) if is_classifier and (meta.get("estimator") or vocab is not None) else None
     report = {"model": model.config, "parameters": model.param_counts(),
               "vocabulary": None if vocab is None else len(vocab),
               "input": clf.input_ if clf else None,
@@ -187,10 +192,11 @@ def evaluate(args):
 
     from .checkpoint import load_checkpoint
     from .lm import LanguageModel
-    model, vocab, _, _ = load_checkpoint(args.checkpoint, args.device)
+    loaded = load_checkpoint(args.checkpoint, args.device)
+    model, vocab, _, _ = loaded
     if isinstance(model, LanguageModel):
         return _evaluate_language_model(args, model, vocab)
-    clf = _load(args)
+    clf = _load(args, loaded)
     if clf.input_ != "text":
         raise ValueError(f"evaluate reads labelled texts; this model reads {clf.input_}")
     texts, labels = [], []

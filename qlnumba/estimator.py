@@ -280,7 +280,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         overrides the device it was saved from."""
         if device is not None and device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-        model, vocab, opt_state, meta = load_checkpoint(path, device)
+        return cls.from_loaded(path, load_checkpoint(path, device))
+
+    @classmethod
+    def from_loaded(cls, path, loaded):
+        """The fitted classifier of a checkpoint already read: ``loaded`` is
+        ``load_checkpoint(path, ...)``'s (model, vocab, optimizer state, meta)."""
+        model, vocab, opt_state, meta = loaded
         if not isinstance(model, SequenceClassifier):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a classifier")
         state = meta.get("estimator")
