@@ -44,7 +44,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.batching import bucket_batches, pad_batch, sorted_batches
 from .data.text import EncodedCorpus, Vocabulary, encode_corpus, tokenize
-from .model import MODEL_KINDS, SequenceClassifier
+from .model import MODEL_KINDS, SequenceClassifier, make_trainer
 from .optim import Adam
 
 INPUTS = ("auto", "text", "ids", "features")
@@ -353,10 +353,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         train = _subset(corpus, train_rows)
         y_train = targets[train_rows]
         model, opt = self.model_, self._optimizer
-        trainer = None
-        if self.device == "cuda":
-            from .gpu.model import CudaTrainer
-            trainer = CudaTrainer(model, opt)          # parameters and Adam state on the GPU
+        trainer = make_trainer(model, opt)             # on the GPU: every array there
         best_params, since_best = None, 0
         if early_stopping:
             self.best_validation_score_ = None
@@ -364,18 +361,12 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             t0, loss_sum = time.perf_counter(), 0.0
             for idx in bucket_batches(train.lengths, self.batch_size, rng):
                 inputs, lengths = pad_batch(train, idx)
-                if trainer is not None:                # forward, backward, Adam on the GPU
-                    loss, _ = trainer.step(inputs, lengths, y_train[idx], rng=rng)
-                else:
-                    loss, _ = model.forward(inputs, lengths, y_train[idx], rng=rng)
+                loss, _ = trainer.step(inputs, lengths, y_train[idx], rng=rng)   # and the update
                 if not math.isfinite(loss):
                     raise ValueError(f"the training loss became {loss} in epoch {epoch}; "
                                      "try a smaller lr, a clip, or scaled features")
-                if trainer is None:
-                    opt.step(model.backward())
                 loss_sum += loss * len(idx)
-            if trainer is not None:
-                trainer.sync_to_host()                 # model.params and opt: for predictions, copies
+            trainer.sync_to_host()                     # a GPU's model.params and opt: for predictions, copies
             self.n_iter_ = epoch
             self.loss_curve_.append(loss_sum / len(train))
             line = f"epoch {epoch}: loss {self.loss_curve_[-1]:.4f}"

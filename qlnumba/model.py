@@ -51,6 +51,35 @@ def stack_backward(model, grads, dout, emb_mask, ids):
     return grads
 
 
+class HostTrainer:
+    """The CPU's training step, with the device trainers' interface (``qlnumba.gpu.model``),
+    so that a training loop reads the same on either: ``step(*batch, rng=rng)`` is
+    ``model.forward`` with targets, then, where the loss is finite, ``model.backward`` and
+    ``opt.step``; it returns what ``forward`` returns.  ``sync_to_host`` has nothing to do."""
+
+    def __init__(self, model, opt):
+        self.model, self.opt = model, opt
+
+    def step(self, *batch, rng=None):
+        result = self.model.forward(*batch, rng=rng)
+        if math.isfinite(result[0]):
+            self.opt.step(self.model.backward())
+        return result
+
+    def sync_to_host(self):
+        pass
+
+
+def make_trainer(model, opt):
+    """The training step for where the model's layers run: ``HostTrainer`` on the CPU;
+    on the GPU ``CudaTrainer`` (a SequenceClassifier) or ``CudaLMTrainer`` (a
+    LanguageModel), with parameters, activations and Adam state there."""
+    if model.rnn.device != "cuda":
+        return HostTrainer(model, opt)
+    from .gpu.model import CudaLMTrainer, CudaTrainer
+    return (CudaTrainer if isinstance(model, SequenceClassifier) else CudaLMTrainer)(model, opt)
+
+
 def make_stack(kind, input_size, hidden_size, num_layers, block_size, dtype, seed, device):
     """The recurrent layer stack of one of :data:`MODEL_KINDS` (GRU takes no block size)."""
     cls, kwargs = MODEL_KINDS[kind]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import qlnumba
-from helpers import gpu_usable
+from helpers import gpu_usable, make_rng
 from qlnumba.checkpoint import load_checkpoint, save_checkpoint
 from qlnumba.data import Vocabulary, default_imdb_dir
 
@@ -121,3 +121,25 @@ def test_resume_continues_after_the_last_epoch(tmp_path):
     assert [r["epoch"] for r in log] == [1, 2]
     _, _, opt_state, meta = load_checkpoint(out / "last.npz")
     assert meta["epoch"] == 2 and int(opt_state["t"]) > 0
+
+
+def test_host_trainer_step_is_forward_backward_update():
+    """make_trainer on a CPU model: HostTrainer, whose step is forward, backward and the Adam
+    update, the same to the last bit as the three calls by hand; sync_to_host does nothing."""
+    from qlnumba.model import HostTrainer, make_trainer
+    rng = make_rng(81)
+    kw = dict(embed_dim=3, hidden_size=4, kind="ql", block_size=2, embed_dropout=0.2, seed=2)
+    by_hand, model = qlnumba.SequenceClassifier(9, **kw), qlnumba.SequenceClassifier(9, **kw)
+    opt_hand, opt = qlnumba.Adam(by_hand.params, lr=0.05), qlnumba.Adam(model.params, lr=0.05)
+    trainer = make_trainer(model, opt)
+    assert isinstance(trainer, HostTrainer)
+    rng_hand, rng_step = np.random.default_rng(4), np.random.default_rng(4)
+    for _ in range(2):
+        ids, lengths, y = rng.integers(1, 9, (3, 5)), np.array([5, 2, 4]), rng.integers(0, 2, 3)
+        loss_hand, probs_hand = by_hand.forward(ids, lengths, y, rng=rng_hand)
+        opt_hand.step(by_hand.backward())
+        loss, probs = trainer.step(ids, lengths, y, rng=rng_step)
+        assert loss == loss_hand and np.array_equal(probs, probs_hand)
+    trainer.sync_to_host()
+    for k in model.params:
+        assert np.array_equal(model.params[k], by_hand.params[k]), k

@@ -102,6 +102,7 @@ def run(args):
     import qlnumba
     from qlnumba.checkpoint import load_checkpoint, save_checkpoint
     from qlnumba.config import set_num_threads
+    from qlnumba.model import make_trainer
     from qlnumba.data import (Vocabulary, bucket_batches, encode_corpus, load_imdb, pad_batch,
                               sorted_batches, tokenize)
 
@@ -168,10 +169,7 @@ def run(args):
                        clip_norm=args.clip or None)
     if opt_state:
         opt.load_state_dict(opt_state)
-    trainer = None
-    if args.device == "cuda":
-        from qlnumba.gpu.model import CudaTrainer
-        trainer = CudaTrainer(model, opt)          # parameters and Adam state live on the GPU
+    trainer = make_trainer(model, opt)             # with --device cuda: every array on the GPU
     counts = model.param_counts()
     first_epoch = meta.get("epoch", 0) + 1
     best_val = meta.get("best_val_accuracy", -1.0)
@@ -191,16 +189,11 @@ def run(args):
         t0, seen, loss_sum, correct, n = time.time(), 0, 0.0, 0, 0
         for idx in bar:
             ids, lengths = pad_batch(train, idx)
-            if trainer is not None:                    # forward, backward and AdamW on the GPU
-                loss, probs = trainer.step(ids, lengths, y_train[idx], rng=rng)
-            else:
-                loss, probs = model.forward(ids, lengths, y_train[idx], rng=rng)
+            loss, probs = trainer.step(ids, lengths, y_train[idx], rng=rng)   # and the update
             if not math.isfinite(loss):
                 print(f"error: loss became {loss} at epoch {epoch}; stopping. Try a smaller --lr "
                       f"or --clip.", file=sys.stderr)
                 return 1
-            if trainer is None:
-                opt.step(model.backward())
             seen += int(lengths.sum())
             loss_sum += loss * len(idx)
             correct += int((probs.argmax(1) == y_train[idx]).sum())
@@ -208,8 +201,7 @@ def run(args):
             bar.set_postfix(loss=f"{loss_sum / n:.4f}", acc=f"{correct / n:.4f}",
                             tok_s=f"{seen / (time.time() - t0):.0f}", refresh=False)
         epoch_time = time.time() - t0
-        if trainer is not None:
-            trainer.sync_to_host()                     # for evaluation and the checkpoints
+        trainer.sync_to_host()                         # a GPU's: for evaluation and the checkpoints
         train_time += epoch_time
         train_tokens_seen += seen
         val_acc, val_f1, _ = evaluate(model, val, y_val)

@@ -98,6 +98,7 @@ def run(args):
     import qlnumba
     from qlnumba.checkpoint import load_checkpoint, save_checkpoint
     from qlnumba.config import set_num_threads
+    from qlnumba.model import make_trainer
     from qlnumba.data import load_shakespeare
     from qlnumba.data.shakespeare import char_vocabulary, encode_chars, split_ids, stream_batches
     from qlnumba.lm import LanguageModel
@@ -118,10 +119,7 @@ def run(args):
                           num_layers=args.layers, block_size=args.block_size,
                           dropout=args.dropout, seed=args.seed, device=args.device)
     opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
-    trainer = None
-    if args.device == "cuda":
-        from qlnumba.gpu.model import CudaLMTrainer
-        trainer = CudaLMTrainer(model, opt)        # parameters and Adam state live on the GPU
+    trainer = make_trainer(model, opt)             # with --device cuda: every array on the GPU
     rng = np.random.default_rng(args.seed)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,19 +132,13 @@ def run(args):
         t0, total, seen, state = time.time(), 0.0, 0, None
         offset = int(rng.integers(0, args.steps))    # other chunk borders each epoch
         for x, y, lengths in stream_batches(train, args.batch_size, args.steps, offset):
-            if trainer is not None:                    # forward, backward and AdamW on the GPU
-                loss, _, state = trainer.step(x, lengths, y, state, rng=rng)
-            else:
-                loss, _, state = model.forward(x, lengths, y, state, rng=rng)
+            loss, _, state = trainer.step(x, lengths, y, state, rng=rng)   # and the update
             if not math.isfinite(loss):
                 print(f"error: loss became {loss} in epoch {epoch}; try a smaller --lr",
                       file=sys.stderr)
                 return 1
-            if trainer is None:
-                opt.step(model.backward())
             total, seen = total + loss * x.size, seen + x.size
-        if trainer is not None:
-            trainer.sync_to_host()                     # for validation and the checkpoint
+        trainer.sync_to_host()                         # a GPU's: for validation and the checkpoint
         seconds = time.time() - t0
         train_time, seen_all = train_time + seconds, seen_all + seen
         val_loss = model.score(val, args.batch_size, args.steps)

@@ -6,7 +6,9 @@ once.  Each ``step`` then runs embedding, the recurrent stack (the cells'
 ``forward_device`` / ``backward_device``: ``CudaQLCell`` for the QL-LSTM kinds and
 the LSTM, ``CudaGRUCell`` for the GRU; a bidirectional layer's two directions side by
 side), the head, BPTT and AdamW there.  Any model kind trains so, and a classifier of
-feature vectors (built with ``input_size``: no embedding) too.
+feature vectors (built with ``input_size``: no embedding) too.  ``qlnumba.model.make_trainer``
+picks the trainer for a model (``HostTrainer`` for one on the CPU, the same interface), so
+that the training programs and the estimator run one loop for both.
 
 Per step, only these go to the device: the batch (one copy of ids, lengths, targets and
 the head's rows; a second one of a classifier's feature vectors), dropout masks, each
