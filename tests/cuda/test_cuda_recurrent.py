@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import qlnumba
-from helpers import assert_close, make_rng, random_state
+from helpers import assert_close, make_rng, random_state, write_jsonl_gz
 
 SWITCHES = [(False, False), (True, False), (False, True), (True, True)]
 SIM = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
@@ -651,7 +651,6 @@ def test_cuda_lm_trainer_step_allocates_nothing_and_refuses_bad_targets(monkeypa
 def test_training_program_runs_on_the_device(model, tmp_path):
     """train/imdb.py --device cuda end to end (CudaTrainer, then evaluation and the test
     split) on a few made-up reviews in the IMDB file format."""
-    import gzip
     import json
     import sys
     from pathlib import Path
@@ -662,10 +661,8 @@ def test_training_program_runs_on_the_device(model, tmp_path):
     data.mkdir()
     reviews = [("good fun great film", 1), ("bad awful dull", 0), ("great good", 1), ("awful bad bad", 0)]
     for split in ("train", "test"):
-        with gzip.open(data / f"{split}.jsonl.gz", "wt") as f:
-            for i in range(3):
-                for text, label in reviews:
-                    f.write(json.dumps({"text": text, "label": label}) + "\n")
+        write_jsonl_gz(data / f"{split}.jsonl.gz",
+                       [{"text": text, "label": label} for _ in range(3) for text, label in reviews])
     out = tmp_path / "run"
     rc = train_imdb.main(["--data-dir", str(data), "--out", str(out), "--device", "cuda", "--hidden", "3",
                           "--embed-dim", "2", "--max-len", "4", "--batch-size", "5", "--epochs", "1",
