@@ -3,7 +3,7 @@ import numpy as np
 from numba import njit
 
 from qlnumba.config import JIT
-from qlnumba.kernels.activations import sigmoid, tanh, tanh_rational_coefficients
+from qlnumba.kernels.activations import flush, sigmoid, tanh, tanh_rational_coefficients
 
 
 @njit(**JIT)
@@ -45,3 +45,26 @@ def test_coefficients_come_from_the_continued_fraction():
     # 1 level: tanh x ≈ x / (1 + x²/3) = x * 3 / (3 + x²)
     N, D = tanh_rational_coefficients(1)
     assert np.allclose(N, [1.0]) and np.allclose(D, [1.0, 1 / 3])
+
+
+@njit(**JIT)
+def apply_flush(out, x):
+    for i in range(x.size):
+        out[i] = flush(x[i])
+
+
+def test_flush_zeroes_only_values_below_the_flush_level():
+    """flush(x) is 0 where 0 < |x| < tiny / eps (the subnormals and just above), x elsewhere,
+    NaN and inf included."""
+    for dt in (np.float32, np.float64):
+        info = np.finfo(dt)
+        level = info.tiny / info.eps
+        x = np.array([0.0, info.smallest_subnormal, -info.tiny / 2, info.tiny, -level / 2,
+                      level, -level, 1e-3, -1.0, np.inf, -np.inf, np.nan], dt)
+        out = np.empty_like(x)
+        apply_flush(out, x)
+        want = np.where(np.abs(x) < level, 0, x).astype(dt)
+        want[-1] = np.nan
+        np.testing.assert_array_equal(out, want, err_msg=str(dt))
+        assert out.dtype == dt
+        assert flush(dt(level / 2)) == 0 and flush(dt(level)) == level    # the Python twin agrees

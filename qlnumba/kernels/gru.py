@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
-from .activations import dsigmoid, dtanh, sigmoid, tanh
+from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
 
 
 @njit(**JIT)
@@ -90,11 +90,12 @@ def gru_backward(dx, dW, dU, db, db_U, dh,
                 dht = drow[j] + dhrow[j]
                 u = gt[1, j]
                 # h_t = (1 - u) n + u h_{t-1}
-                dpn = dht * (1 - u) * dtanh(gt[2, j])         # n = tanh(W_n x + b_n + r hn)
+                # (flush: see activations; these feed every product below and the carry)
+                dpn = flush(dht * (1 - u) * dtanh(gt[2, j]))  # n = tanh(W_n x + b_n + r hn)
                 dxr[2 * H + j] = dpn
-                dhs[2 * H + j] = dpn * gt[0, j]
-                dxr[j] = dpn * hn[j] * dsigmoid(gt[0, j])   # r
-                dxr[H + j] = dht * (hprev[j] - gt[2, j]) * dsigmoid(u)   # u
+                dhs[2 * H + j] = flush(dpn * gt[0, j])
+                dxr[j] = flush(dpn * hn[j] * dsigmoid(gt[0, j]))   # r
+                dxr[H + j] = flush(dht * (hprev[j] - gt[2, j]) * dsigmoid(u))   # u
                 dhrow[j] = dht * u                          # + U^T δ below
             for j in range(2 * H):
                 dhs[j] = dxr[j]
@@ -103,7 +104,7 @@ def gru_backward(dx, dW, dU, db, db_U, dh,
         for bb in range(B):
             if s < lengths[bb]:
                 for j in range(H):
-                    dh[bb, j] += dhUT[j, bb]
+                    dh[bb, j] = flush(dh[bb, j] + dhUT[j, bb])
                 DH_step[bb, :] = 0.0
     DX2 = DX.reshape(B * T, 3 * H)
     DH2 = DHID.reshape(B * T, 3 * H)

@@ -35,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
-from .activations import dsigmoid, dtanh, sigmoid, tanh
+from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
 
 
 @njit(**JIT)
@@ -184,7 +184,7 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
                     r = RBLK[bb, jb, j]
                     dm_after = dm[bb, j]                          # δm' of  m' = r m + (1-r) s
                     dr = dm_after * (MBLK[bb, jb, j] - SBLK[bb, jb, j])
-                    dp = dr * dsigmoid(r)                         # r = σ(p)
+                    dp = flush(dr * dsigmoid(r))                  # r = σ(p)
                     DP[bb, jb, j] = dp
                     DP_close[nc, j] = dp
                     dm[bb, j] = dm_after * r                      # + V_m^T δp below
@@ -197,9 +197,9 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
             for q in range(nc):
                 bb = rows_close[q]
                 for j in range(H):
-                    dm[bb, j] += dm_close[q, j]
+                    dm[bb, j] = flush(dm[bb, j] + dm_close[q, j])   # the carries: see flush
                     # s = a / K, and a restarted from 0 after the close: the running δa is replaced
-                    da[bb, j] = (da[bb, j] + ds_close[q, j]) / K
+                    da[bb, j] = flush((da[bb, j] + ds_close[q, j]) / K)
         # 2) the step itself
         for bb in range(B):
             L = lengths[bb]
@@ -227,7 +227,7 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
                 dpre[0, j] = dct * gt[2, j] * dsigmoid(gt[0, j])
                 dpre[1, j] = dct * cprev[j] * dsigmoid(gt[1, j])
                 dpre[2, j] = dct * gt[0, j] * dtanh(gt[2, j])
-                dcrow[j] = dct * gt[1, j]                         # δc_{t-1}
+                dcrow[j] = flush(dct * gt[1, j])                  # δc_{t-1} (flush: see activations)
             dz = DZ_step[bb]
             if psug:                                              # gate_k = act(γ_k z + β_k)
                 z = Z[bb, pos]
@@ -240,12 +240,15 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
                 for k in range(4):
                     for j in range(H):
                         dz[k * H + j] = dpre[k, j]
+            for k in range(G):                                    # δz feeds every product below
+                dz[k] = flush(dz[k])
             DZ[bb, pos, :] = dz
         # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
         np.dot(U.T, DZ_step.T, dhUT)
         for bb in range(B):
             if s < lengths[bb]:
-                dh[bb, :] = dhUT[:, bb]
+                for j in range(H):
+                    dh[bb, j] = flush(dhUT[j, bb])
                 DZ_step[bb, :] = 0.0
     # weight gradients: sums over steps, one matrix product each
     DZ2 = DZ.reshape(B * T, G)

@@ -54,7 +54,7 @@ import numpy as np
 from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
-from .activations import dsigmoid, dtanh, sigmoid, tanh
+from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
 from .blas import gemm
 from .sync import STRIDE, barrier
 
@@ -410,7 +410,7 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
                     jb = (n0[row] + s + 1) // K - 1
                     rr = RBLK[row, jb, u]
                     dm_after = DM[i, j]                                   # δm' of m' = r m + (1-r) s
-                    dp = dm_after * (MBLK[row, jb, u] - SBLK[row, jb, u]) * dsigmoid(rr)  # r = σ(p)
+                    dp = flush(dm_after * (MBLK[row, jb, u] - SBLK[row, jb, u]) * dsigmoid(rr))  # r = σ(p)
                     DPc[u, q] = dp
                     DP[row, jb, u] = dp
                     DM[i, j] = dm_after * rr                              # + V_m^T δp below
@@ -423,9 +423,9 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
             for i in range(Hp):
                 for q in range(nc):
                     j = cols_close[q]
-                    DM[i, j] += DMC[i, q]
+                    DM[i, j] = flush(DM[i, j] + DMC[i, q])          # the carries: see flush
                     # s = a / K, and a restarted from 0 after the close: the running δa is replaced
-                    DA[i, j] = (DA[i, j] + DSC[i, q]) / K
+                    DA[i, j] = flush((DA[i, j] + DSC[i, q]) / K)
         # 2) the step itself, flat over this part's units of every column
         for j in range(nact):
             row = order[j]
@@ -457,14 +457,14 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
         for k in range(n):
             dg[k] = dc_[k] * gi[k] * dtanh(gg[k])
         for k in range(n):
-            dc_[k] *= gf[k]                       # δc_{t-1}
+            dc_[k] = flush(dc_[k] * gf[k])        # δc_{t-1} (flush: see activations)
         if psug:                                  # gate_k = act(γ_k z + β_k)
             z = ZS[s, u0:u1].reshape(n)
             dz = DZTf[(cur * H + u0) * B:(cur * H + u1) * B]
             for k in range(n):                    # two loops: few arrays each, so LLVM vectorises
                 dz[k] = GAM[0, k] * di[k] + GAM[1, k] * df[k]
             for k in range(n):
-                dz[k] += GAM[2, k] * dg[k] + GAM[3, k] * do[k]
+                dz[k] = flush(dz[k] + GAM[2, k] * dg[k] + GAM[3, k] * do[k])
             for g in range(4):
                 dgam, dbet, dp_ = DG[g], DG[4 + g], dpre[g]
                 for k in range(n):
@@ -476,7 +476,7 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
                 dz = DZTf[((cur * 4 + g) * H + u0) * B:((cur * 4 + g) * H + u1) * B]
                 dp_ = dpre[g]
                 for k in range(n):
-                    dz[k] = dp_[k]
+                    dz[k] = flush(dp_[k])         # δz feeds every product below
         ci, sc = s // span, s % span
         dzc = DZC[ci % 2]
         for g in range(NG):                       # δz of the span's steps, for the weight gradients
@@ -487,6 +487,8 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
         nbar += 1
         barrier(flags, p, P, nbar)                # every unit of δz_t written
         np.dot(UCT, DZT[cur], DH)                 # δh_{t-1} = U^T δz_t, this part's units
+        for k in range(n):
+            dh_[k] = flush(dh_[k])
         if sc == 0:                               # the span is complete: its share of the products
             _span_gradients(p, P, dx, dW, dU, db, dzc, XS, HS[ci], ones, DXf, lengths, order, W,
                             ci * span, min(span, steps - ci * span), NG, u0, u1, reverse)
