@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import qlnumba  # noqa: E402
 from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward  # noqa: E402
 from qlnumba.optim import Adam  # noqa: E402
-from timing import interleaved_median_times, median_time  # noqa: E402  (bench/ is the script's folder)
+from timing import host_cpu, interleaved_median_times, median_time  # noqa: E402  (bench/ is the script's folder)
 
 
 def matmul_peak_gflops(threads):
@@ -151,7 +151,7 @@ def main():
     tokens = B * T
     result = {"config": args.config, "B": B, "T": T, "E": E, "H": H, "dtype": "float32",
               "threads": args.threads, "repeats": args.repeats,
-              "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
+              "machine": f"{host_cpu()}, {os.cpu_count()} cpus",
               "load_avg_1min": os.getloadavg()[0], "versions": versions,
               "matmul_peak_gflops": peak, "qlnumba_threads": qlnumba.config.get_num_threads(),
               "qlnumba_partition": qlnumba.config.get_partition(),

@@ -44,22 +44,10 @@ import numpy as np
 if not hasattr(np, "row_stack"):
     np.row_stack = np.vstack                   # numba-cuda 0.30 against numpy 2.5
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from timing import interleaved_times, launch_us, median_time, round_speedups  # noqa: E402  (bench/ is the script's folder)
+from timing import host_cpu, interleaved_times, launch_us, median_time, round_speedups  # noqa: E402  (bench/ is the script's folder)
 
 SHAPES = {"small": (32, 256, 128, 256), "large": (64, 1024, 300, 512), "tiny": (2, 4, 2, 3)}
 WARMUP = 2          # untimed calls of each contender before its rounds (allocators, clocks)
-
-
-def host_cpu():
-    """The host's CPU model (Linux: /proc/cpuinfo), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def torch_launch_us(torch):

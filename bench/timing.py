@@ -1,4 +1,5 @@
 """Timing shared by the benchmarks: warm up first (compilation excluded), then the median."""
+import platform
 import statistics
 import time
 
@@ -59,3 +60,15 @@ def launch_us(op, sync, calls=1000, batches=3):
         sync()
         per_call.append((time.perf_counter() - t0) / calls * 1e6)
     return statistics.median(per_call)
+
+
+def host_cpu():
+    """The host's CPU model (Linux: /proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,5 +1,6 @@
 """bench/cpu.py prints the one JSON object issue 4 asks for (tiny shapes, torch left out);
-bench/threads.py compares thread settings; bench/ncu_top.py ranks a profile's stall samples.
+bench/threads.py compares thread settings; bench/subnormal.py times vanishing gradients
+against healthy ones; bench/ncu_top.py ranks a profile's stall samples.
 
 The first is marked slow: on a fresh clone it compiles every float32 kernel (about 2 minutes
 on 2 cores)."""
@@ -51,6 +52,19 @@ def test_cpu_benchmark_json():
         assert all(v > 0 for v in result[f"{mode}_tokens_per_s"].values())
     assert result["threads"] == 2 and result["qlnumba_partition"] == "units"
     assert {"python", "numpy", "numba", "qlnumba"} <= set(result["versions"])
+
+
+@pytest.mark.slow
+def test_subnormal_benchmark_json():
+    run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "subnormal.py"), "--B", "4",
+                          "--H", "8", "--repeats", "1", "--json"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout)
+    assert set(result["results"]) == {"lstm/units", "lstm/rows", "ql/units", "ql/rows", "gru/rows"}
+    for name, r in result["results"].items():
+        assert r["ratio_vanishing_to_healthy"] > 0 and len(r["round_ratios"]) == 1
+        assert r["values"]["vanishing"]["subnormal"] == 0, name
+    assert result["results"]["lstm/rows"]["values"]["vanishing"]["dx_zero_fraction"] > 0.3   # it vanished
 
 
 def test_ncu_top_ranks_stall_samples(tmp_path):
