@@ -13,6 +13,17 @@ timed in --repeats interleaved rounds (each round runs every case once, so a
 slow spell of a shared machine hits all of them) and the medians are reported
 as tokens/s and ratios against torch.
 
+Subnormals.  On random data a fresh torch LSTM (forget-gate bias 0) passes back from the
+last step a gradient that shrinks by about half a step, so over T = 256 steps it turns
+subnormal, where x86 arithmetic takes microcode assists: on the CI machine's Intel Xeon,
+torch trained config A at 5k tokens/s for its first nine steps and at 65k once Adam had
+moved the weights, or from the start with ``torch.set_flush_denormal(True)``.  Our
+kernels flush such values in code (``kernels.activations.flush``).  So that the
+comparison is of the LSTMs and not of how each handles subnormals, torch gets
+``set_flush_denormal(True)`` (flush-to-zero and denormals-are-zero for the calling thread
+and the threads it starts later: torch's pool) unless ``--torch-subnormals``; the JSON
+says which (``versions.torch_flush_denormal``).
+
     python bench/cpu.py --config A            # table
     python bench/cpu.py --config A --json     # one JSON object
 """
@@ -34,6 +45,8 @@ def parse_args():
                     help="how qlnumba splits work across threads (qlnumba.config.set_num_threads)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     ap.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
+    ap.add_argument("--torch-subnormals", action="store_true",
+                    help="leave torch's subnormal handling as shipped (default: set_flush_denormal(True))")
     return ap.parse_args()
 
 
@@ -143,6 +156,8 @@ def main():
             import torch
 
             torch.set_num_threads(args.threads)
+            # before torch starts its pool, whose threads inherit the mode: see the module's doc
+            versions["torch_flush_denormal"] = (not args.torch_subnormals) and torch.set_flush_denormal(True)
             cases["torch_lstm"] = torch_case(B, T, E, H, rng)
             versions["torch"] = torch.__version__
             versions["torch_threads"] = torch.get_num_threads()
