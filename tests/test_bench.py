@@ -2,8 +2,8 @@
 bench/threads.py compares thread settings; bench/subnormal.py times vanishing gradients
 against healthy ones; bench/ncu_top.py ranks a profile's stall samples.
 
-The first is marked slow: on a fresh clone it compiles every float32 kernel (about 2 minutes
-on 2 cores)."""
+The benchmark runs are marked slow: on a fresh clone they compile the float32 kernels (about
+2 minutes on 2 cores for bench/cpu.py)."""
 import importlib.util
 import json
 import os
