@@ -16,8 +16,9 @@ as tokens/s and ratios against torch.
 Subnormals.  On random data a fresh torch LSTM (forget-gate bias 0) passes back from the
 last step a gradient that shrinks by about half a step, so over T = 256 steps it turns
 subnormal, where x86 arithmetic takes microcode assists: on the CI machine's Intel Xeon,
-torch trained config A at 5k tokens/s for its first nine steps and at 65k once Adam had
-moved the weights, or from the start with ``torch.set_flush_denormal(True)``.  Our
+torch trained config A at about 5k tokens/s for its first nine steps and about 65k once
+Adam had moved the weights, or from the start with ``torch.set_flush_denormal(True)``
+(bench/results/README.md).  Our
 kernels flush such values in code (``kernels.activations.flush``).  So that the
 comparison is of the LSTMs and not of how each handles subnormals, torch gets
 ``set_flush_denormal(True)`` (flush-to-zero and denormals-are-zero for the calling thread
