@@ -10,7 +10,7 @@ rows, vectorise.  The two cells use that differently (each way measured faster
 for its cell, paired, 2 threads; in float32 at (B, T, E, H) = (64, 512, 300, 512)
 and (32, 256, 128, 256)):
 
-- LSTM: BLAS adds each step's product U h_{t-1} straight into the step's
+- LSTM: each step's product U h_{t-1} (``tiles.panel_gemm``) goes straight into the step's
   columns of the chunk's input projection (4 Hp rows of B values), and the gates
   run unit by unit over a unit's B columns, b one value per row.  Against the
   QL-LSTM way: 2-3.5% and 0.8% less time.
@@ -65,10 +65,10 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import sigmoid, tanh
-from .blas import gemm
 from .recurrent_units import (advance_counters, chunk_steps, close_blocks, pack_unit_rows,
                               part_params, publish_h, save_column)
 from .sync import STRIDE, barrier
+from .tiles import pack_panels, panel_gemm
 
 
 @njit(**JIT)
@@ -96,6 +96,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     #    steps in one product
     rows = NG * Hp
     Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
+    Upk = pack_panels(Upp)                        # for the per-step products U h_{t-1}
     chunk = chunk_steps(B)                        # a product wide enough for BLAS
     Xflat = np.empty(chunk * B * E, dtype=h.dtype)
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
@@ -130,7 +131,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
         # Ended columns are still computed below (on zero inputs: finite, and never read).
         c0 = sc * B                               # this step's columns of Zc: x_t W^T
         if psug:                                  # z_t = U h_{t-1} + x_t W^T + b, one row per unit,
-            np.dot(Upp, HT[cur], HU)              # then flat loops over this part's n values:
+            panel_gemm(HU, Upk, Upp, HT[cur], False)   # then flat loops over this part's n values:
             for r in range(rows):                 # gate_k = act(γ_k z + β_k)
                 hu, zx, br = HU[r], Zc[r, c0:c0 + B], brow[r]
                 for j in range(B):
@@ -143,9 +144,9 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
             for k in range(n):                    # ĥ_t = o tanh(c_t)
                 hh[k] = sigmoid(go[k] * z[k] + eo[k]) * tanh(ct[k])
         else:                                     # gate_k = act(k-th block of z_t + b):
-            # BLAS adds U h_{t-1} into the step's columns of Zc (4 Hp rows of B), then the gates
+            # U h_{t-1} is added into the step's columns of Zc (4 Hp rows of B), then the gates
             # run unit by unit over B contiguous columns, b one value per row
-            gemm(Zc[:, c0:c0 + B], Upp, HT[cur], False, False, True)
+            panel_gemm(Zc[:, c0:c0 + B], Upk, Upp, HT[cur], True)
             for i in range(Hp):
                 zi, zf = Zc[i, c0:c0 + B], Zc[Hp + i, c0:c0 + B]
                 zg, zo = Zc[2 * Hp + i, c0:c0 + B], Zc[3 * Hp + i, c0:c0 + B]

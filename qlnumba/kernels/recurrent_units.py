@@ -57,6 +57,7 @@ from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
 from .blas import gemm
 from .sync import STRIDE, barrier
+from .tiles import pack_panels, panel_gemm
 
 CHUNK_COLUMNS = 256     # a chunk has about this many columns (chunk*B) ...
 CHUNK_MAX = 16          # ... and at most this many steps (at least one)
@@ -152,6 +153,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
     # 2) the steps; this part's rows of the input projection a chunk of steps at a time
     rows = NG * Hp
     Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
+    Upk = pack_panels(Upp)                        # for the per-step products U h_{t-1}
     chunk = chunk_steps(B)
     span = HS.shape[2] // B
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
@@ -176,7 +178,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
         hs = HS[s // span, u0:u1, (s % span) * B:(s % span + 1) * B]
         for i in range(Hp):                       # h_{t-1}, saved for δU
             hs[i] = hcur[i]
-        np.dot(Upp, HT[cur], HU)                  # U h_{t-1}, all B columns
+        panel_gemm(HU, Upk, Upp, HT[cur], False)  # U h_{t-1}, all B columns
         c0 = sc * B                               # this step's columns of Zc
         gi, gf = GS[s, 0, u0:u1].reshape(n), GS[s, 1, u0:u1].reshape(n)
         gg, go = GS[s, 2, u0:u1].reshape(n), GS[s, 3, u0:u1].reshape(n)
@@ -361,6 +363,7 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
     n = Hp * B
     steps = lengths[order[0]]
     UCT = np.ascontiguousarray(U[:, u0:u1].T)     # (Hp, G): δh[units] = U[:, units]^T δz
+    UCTk = pack_panels(UCT)
     VmT = np.ascontiguousarray(V_m[:, u0:u1].T)   # (Hp, H): δm[units] += V_m[:, units]^T δp
     VsT = np.ascontiguousarray(V_s[:, u0:u1].T)
     GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), dh.dtype)  # γ_k of each element
@@ -486,7 +489,7 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
                 dzs[i] = dzg[i]
         nbar += 1
         barrier(flags, p, P, nbar)                # every unit of δz_t written
-        np.dot(UCT, DZT[cur], DH)                 # δh_{t-1} = U^T δz_t, this part's units
+        panel_gemm(DH, UCTk, UCT, DZT[cur], False)   # δh_{t-1} = U^T δz_t, this part's units
         for k in range(n):
             dh_[k] = flush(dh_[k])
         if sc == 0:                               # the span is complete: its share of the products

@@ -1,0 +1,206 @@
+"""The per-step matrix product of the recurrence, C = A X, on register tiles (CPU).
+
+Every step of the unit-major kernels multiplies the same weights A (U's rows for
+a thread's units, or U^T's in BPTT) by a thin matrix X (h_{t-1} or δz_t, one
+column per sequence: 16 to 64 of them).  BLAS is built for large products: it
+copies both operands into its own layout on every call, and at these thin shapes
+it runs at 55-70% of what it reaches on large ones (table below).  Here A is
+packed once per kernel call (``pack_panels``) and each step runs ``panel_gemm``:
+a loop over tiles of MR rows x NV vectors of columns, each tile's sums held in
+registers for the whole of k (``_tile_kernel``, LLVM vector code: the same loops
+written in plain Numba ran at 15-23 GFLOP/s, as LLVM kept the sums in memory).
+Columns past n are masked off (masked loads and stores), rows past m are zero in
+the packed A and never stored.
+
+Measured on one core of the CI machine kind's Xeon (float32, 256 steps of one product,
+OpenBLAS 0.3.31, whose large products reach 177 GFLOP/s there):
+
+  A x X                 tiles (AVX-512)   OpenBLAS   tiles (AVX2)   OpenBLAS (its AVX2 kernels)
+  (512, 256) (256, 32)  180 GFLOP/s       121        110            93
+  (1024, 256) (256, 16) 171               100        105            78
+  (2048, 512) (512, 64) 162               124         88            98
+
+The tile fits the host's vector registers: 64-byte vectors with AVX-512 (MR = 8
+rows x 2 vectors: 16 accumulators of the 32 registers), 32-byte with AVX2 (MR =
+6: 12 of 16).  When the columns fit one vector, a tile of 2 MR rows x 1 vector
+keeps as many accumulators busy.  Sums run in k order with fused multiply-adds
+(``llvm.fmuladd``), so the result may differ from BLAS's in the last bits, as two
+BLAS builds do.
+
+Shapes legend
+  A (m, K)              the weights; K the length of the sums (H, or G in BPTT)
+  Apk (npan, K, MR)     A packed: Apk[p, k, r] = A[p*MR + r, k], zero for rows past m;
+                        npan = ceil(m / MR) rounded up to even (a narrow tile spans two panels)
+  X (K, n)              the thin operand, rows contiguous (any row stride)
+  C (m, n)              the output, rows contiguous (any row stride: a block of columns)
+"""
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.core import config as numba_config
+from numba.extending import intrinsic
+
+from ..config import JIT
+from .blas import gemm
+
+
+def _vector_bytes():
+    """Bytes of the widest vector register Numba compiles for on this host."""
+    features = numba_config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    if "+avx512f" in features:
+        return 64
+    return 32 if "+avx2" in features else 16
+
+
+VBYTES = _vector_bytes()
+MR = 6 if VBYTES == 32 else 8        # rows of a panel (and of a wide tile)
+NV = 2                               # vectors of columns in a wide tile
+# Tiles where they were measured faster than OpenBLAS: with AVX-512, and with AVX2 against
+# OpenBLAS's AVX2 kernels (OPENBLAS_CORETYPE=Haswell).  With 16-byte vectors the masked
+# loads and stores become one branch per lane: 5-6x slower than BLAS, which is kept there.
+TILES = VBYTES >= 32
+
+
+def _splat(builder, value, vty):
+    """A vector of ``vty`` with every lane ``value``."""
+    lanes = vty.count
+    first = builder.insert_element(ir.Constant(vty, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(first, ir.Constant(vty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes))
+
+
+def _tile_kernel(panels, nvec, accumulate):
+    """An intrinsic for one tile: ``panels`` * MR rows x ``nvec`` vectors of columns.
+
+    tile(C, row0, col0, Apk, panel, X, xcol, ncols, nrows) does, for r < min(nrows,
+    panels*MR) and j < min(ncols, nvec*VW):
+
+        C[row0 + r, col0 + j] (+)= sum over k of Apk[panel + r // MR, k, r % MR] * X[k, xcol + j]
+    """
+    @intrinsic
+    def tile(typingctx, C, row0, col0, Apk, panel, X, xcol, ncols, nrows):
+        sig = types.void(C, row0, col0, Apk, panel, X, xcol, ncols, nrows)
+
+        def codegen(context, builder, sig, args):
+            c_arg, row0, col0, a_arg, panel, x_arg, xcol, ncols, nrows = args
+            c = context.make_array(sig.args[0])(context, builder, c_arg)
+            a = context.make_array(sig.args[3])(context, builder, a_arg)
+            x = context.make_array(sig.args[5])(context, builder, x_arg)
+            dtype = sig.args[0].dtype
+            fty = context.get_value_type(dtype)
+            item = dtype.bitwidth // 8
+            VW = VBYTES // item
+            vty, mty = ir.VectorType(fty, VW), ir.VectorType(ir.IntType(1), VW)
+            i64, i32 = ir.IntType(64), ir.IntType(32)
+            vptr = vty.as_pointer()
+            name = f"v{VW}f{dtype.bitwidth}"
+            module = builder.module
+            mload = cgutils.get_or_insert_function(
+                module, ir.FunctionType(vty, [vptr, i32, mty, vty]), f"llvm.masked.load.{name}.p0{name}")
+            mstore = cgutils.get_or_insert_function(
+                module, ir.FunctionType(ir.VoidType(), [vty, vptr, i32, mty]), f"llvm.masked.store.{name}.p0{name}")
+            fma = cgutils.get_or_insert_function(module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fmuladd.{name}")
+            align, zero = ir.Constant(i32, item), ir.Constant(vty, [0.0] * VW)
+
+            def const(v):
+                return ir.Constant(i64, v)
+
+            def address(base, offset):                  # base: an integer address; offset: bytes
+                return builder.add(base, offset)
+
+            # lane j of vector v is live when v*VW + j < ncols
+            lanes = ir.Constant(ir.VectorType(i64, VW), list(range(VW)))
+            masks = [builder.icmp_signed("<", lanes, _splat(builder, builder.sub(ncols, const(v * VW)),
+                                                            ir.VectorType(i64, VW)))
+                     for v in range(nvec)]
+            rows = panels * MR
+            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(nvec)] for _ in range(rows)]
+            ld_x = builder.extract_value(x.strides, 0)
+            ld_c = builder.extract_value(c.strides, 0)
+            a_panel, a_k = builder.extract_value(a.strides, 0), builder.extract_value(a.strides, 1)
+            K = builder.extract_value(x.shape, 0)
+            x0 = address(builder.ptrtoint(x.data, i64), builder.mul(xcol, const(item)))
+            a0 = address(builder.ptrtoint(a.data, i64), builder.mul(panel, a_panel))
+            with cgutils.for_range(builder, K) as loop:   # the sums, one k at a time
+                k = loop.index
+                xk = address(x0, builder.mul(k, ld_x))
+                xv = [builder.call(mload, [builder.inttoptr(address(xk, const(v * VW * item)), vptr),
+                                           align, masks[v], zero]) for v in range(nvec)]
+                ak = address(a0, builder.mul(k, a_k))
+                for r in range(rows):                   # acc[r] += A[r, k] X[k, cols]
+                    ar = address(ak, builder.add(builder.mul(const(r // MR), a_panel), const(r % MR * item)))
+                    av = _splat(builder, builder.load(builder.inttoptr(ar, fty.as_pointer())), vty)
+                    for v in range(nvec):
+                        builder.store(builder.call(fma, [av, xv[v], builder.load(acc[r][v])]), acc[r][v])
+            c0 = address(builder.ptrtoint(c.data, i64),
+                         builder.add(builder.mul(row0, ld_c), builder.mul(col0, const(item))))
+            for r in range(rows):                       # C rows (+)= acc, rows < nrows only
+                with builder.if_then(builder.icmp_signed("<", const(r), nrows), likely=True):
+                    cr = address(c0, builder.mul(const(r), ld_c))
+                    for v in range(nvec):
+                        ptr = builder.inttoptr(address(cr, const(v * VW * item)), vptr)
+                        value = builder.load(acc[r][v])
+                        if accumulate:
+                            value = builder.fadd(builder.call(mload, [ptr, align, masks[v], zero]), value)
+                        builder.call(mstore, [value, ptr, align, masks[v]])
+            return context.get_dummy_value()
+        return sig, codegen
+    return tile
+
+
+_wide_set, _wide_add = _tile_kernel(1, NV, False), _tile_kernel(1, NV, True)
+_narrow_set, _narrow_add = _tile_kernel(2, 1, False), _tile_kernel(2, 1, True)
+
+
+@njit(**JIT)
+def panels_of(A):
+    """A (m, K) as panels of MR rows, (npan, K, MR), rows past m zero; npan even."""
+    m, K = A.shape
+    npan = (m + MR - 1) // MR
+    npan += npan % 2
+    Apk = np.zeros((npan, K, MR), dtype=A.dtype)
+    for p in range(npan):
+        for r in range(min(MR, m - p * MR)):
+            for k in range(K):
+                Apk[p, k, r] = A[p * MR + r, k]
+    return Apk
+
+
+@njit(**JIT)
+def pack_panels(A):
+    """``panels_of(A)`` for ``panel_gemm``; without TILES an empty array (BLAS takes A itself)."""
+    return panels_of(A) if TILES else np.zeros((0, A.shape[1], MR), dtype=A.dtype)
+
+
+@njit(**JIT)
+def tiles_gemm(C, Apk, X, m, accumulate):
+    """C[:m] = A X, or C[:m] += A X with ``accumulate``, A (m, K) packed by ``panels_of``
+    (any host; fast where TILES)."""
+    n = X.shape[1]
+    VW = VBYTES // X.itemsize
+    i64 = np.int64
+    if n <= VW:                                   # one vector of columns: tiles of 2 panels
+        for p in range(0, (m + MR - 1) // MR, 2):
+            if accumulate:
+                _narrow_add(C, i64(p * MR), i64(0), Apk, i64(p), X, i64(0), i64(n), i64(m - p * MR))
+            else:
+                _narrow_set(C, i64(p * MR), i64(0), Apk, i64(p), X, i64(0), i64(n), i64(m - p * MR))
+        return
+    for p in range(0, (m + MR - 1) // MR):
+        for j0 in range(0, n, NV * VW):
+            if accumulate:
+                _wide_add(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
+            else:
+                _wide_set(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
+
+
+@njit(**JIT)
+def panel_gemm(C, Apk, A, X, accumulate):
+    """C = A X, or C += A X with ``accumulate``: on register tiles from Apk =
+    ``pack_panels(A)`` where the host has AVX2 or AVX-512 (TILES), else through BLAS."""
+    if TILES:
+        tiles_gemm(C, Apk, X, A.shape[0], accumulate)
+    else:
+        gemm(C, A, X, False, False, accumulate)

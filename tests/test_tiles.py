@@ -1,0 +1,86 @@
+"""The register-tile product of kernels/tiles.py against numpy in float64, on any shape:
+rows and columns that fill no whole tile, views into larger arrays, both accumulate modes,
+and the BLAS path that hosts without AVX2 take."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numba import njit
+
+from qlnumba.config import JIT
+from qlnumba.kernels import tiles
+from qlnumba.kernels.blas import gemm
+from qlnumba.kernels.tiles import panels_of, tiles_gemm
+
+from helpers import make_rng
+
+
+@njit(**JIT)
+def blas_path(C, A, X, accumulate):
+    gemm(C, A, X, False, False, accumulate)      # what panel_gemm runs without TILES
+
+
+def check_product(m, K, n, dtype, accumulate, seed, run):
+    """C = A X (or C += A X) into a block of a larger array whose other values must stay."""
+    rng = make_rng(seed)
+    A = rng.standard_normal((m, K)).astype(dtype)
+    X_parent = rng.standard_normal((K, n + 3)).astype(dtype)
+    X = X_parent[:, 1:1 + n]                                   # a view: row stride n + 3
+    parent = rng.standard_normal((m + 2, n + 5)).astype(dtype)
+    before = parent.copy()
+    run(parent[1:1 + m, 2:2 + n], A, X, accumulate)
+    want = before.copy()
+    block = A.astype(np.float64) @ X.astype(np.float64)
+    want[1:1 + m, 2:2 + n] = block + (want[1:1 + m, 2:2 + n] if accumulate else 0)
+    tol = (1e-5 if dtype == np.float32 else 1e-13) * (1 + np.abs(want).max())
+    np.testing.assert_allclose(parent, want, rtol=0, atol=tol)   # and nothing else touched
+
+
+shapes = st.tuples(st.integers(1, 40), st.integers(1, 40), st.integers(1, 80),
+                   st.sampled_from([np.float32, np.float64]), st.booleans(),
+                   st.integers(0, 2**31 - 1))
+
+
+@settings(deadline=None, max_examples=60)
+@given(shapes)
+def test_tiles_match_numpy(case):
+    m, K, n, dtype, accumulate, seed = case
+    check_product(m, K, n, dtype, accumulate, seed,
+                  lambda C, A, X, acc: tiles_gemm(C, panels_of(A), X, A.shape[0], acc))
+
+
+@settings(deadline=None, max_examples=20)
+@given(shapes)
+def test_blas_path_matches_numpy(case):
+    m, K, n, dtype, accumulate, seed = case
+    check_product(m, K, n, dtype, accumulate, seed, blas_path)
+
+
+def test_edges_of_a_tile():
+    """Exactly one tile, one row and one column past it, one vector of columns and past it."""
+    for dtype in (np.float32, np.float64):
+        vw = tiles.VBYTES // np.dtype(dtype).itemsize
+        for m in (1, tiles.MR, tiles.MR + 1, 2 * tiles.MR, 2 * tiles.MR + 1):
+            for n in (1, vw, vw + 1, tiles.NV * vw, tiles.NV * vw + 1):
+                for accumulate in (False, True):
+                    check_product(m, 5, n, dtype, accumulate, 7,
+                                  lambda C, A, X, acc: tiles_gemm(C, panels_of(A), X, A.shape[0], acc))
+
+
+def test_nan_stays_in_its_column():
+    A = np.ones((9, 4), np.float32)
+    X = np.ones((4, 20), np.float32)
+    X[2, 5] = np.nan
+    C = np.zeros((9, 20), np.float32)
+    tiles_gemm(C, panels_of(A), X, 9, False)
+    assert np.isnan(C[:, 5]).all()
+    assert (np.delete(C, 5, axis=1) == 4).all()
+
+
+def test_packing_and_host_choice():
+    A = np.arange(3 * 5, dtype=np.float64).reshape(3, 5)
+    Apk = panels_of(A)
+    assert Apk.shape == (2, 5, tiles.MR)                  # rounded up to an even panel count
+    assert (Apk[0, :, :3] == A.T).all() and not Apk[0, :, 3:].any() and not Apk[1].any()
+    assert tiles.VBYTES in (16, 32, 64)
+    assert tiles.TILES == (tiles.VBYTES >= 32)
+    assert tiles.pack_panels(A).shape[0] == (2 if tiles.TILES else 0)
