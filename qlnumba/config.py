@@ -11,7 +11,7 @@ fighting over the cores collapses speed.  How the work is split (``partition``):
 
 - ``"units"`` (QL-LSTM/LSTM layers, the default): each thread owns a slice of the
   hidden units of every row and the threads meet at a spin barrier every step
-  (kernels/recurrent_units.py).  Per-step products keep all B rows, which BLAS
+  (kernels/recurrent_units.py; one thread runs these kernels too, as one part).  Per-step products keep all B rows, which BLAS
   runs much faster than B/n rows.  QL-LSTM inference splits rows instead where
   every thread gets 16 rows or more (``layers._QLCell._infer``: no barrier).
 - ``"rows"``: the rows of each batch are split into ``n`` blocks run side by side
@@ -99,15 +99,24 @@ def _threads_run_together():
 def unit_blocks(hidden, align=8):
     """Edges (P+1,) int64 of the hidden-unit slices for the "units" partition, or None.
 
-    None means: do not split units (one thread, fewer units than threads, Numba
-    running fewer threads than asked, or a threading layer that does not run the
-    threads together: a spin barrier would then wait forever).
+    One thread (or Numba running one): [0, hidden], the unit-major kernels on one
+    part, which never waits at its barrier.  On one core with BLAS pinned they
+    trained 27-31% faster than ``recurrent.py``'s serial kernels (``bench/cpu.py
+    --threads 1 --partition units`` against ``rows``, bench/results/README.md; at
+    parity when BLAS keeps its own threads).
+    None means: do not split units (the rows partition, fewer units than threads,
+    or a threading layer that does not run the threads together: a spin barrier
+    would then wait forever).
     Slices are multiples of ``align`` units where the size allows (aligned rows).
     """
     import numba
 
     parts = min(_threads, numba.get_num_threads())
-    if _partition != "units" or parts < 2 or hidden < parts or not _threads_run_together():
+    if _partition != "units":
+        return None
+    if parts == 1:
+        return np.array([0, hidden], dtype=np.int64)
+    if hidden < parts or not _threads_run_together():
         return None
     if hidden >= parts * align:
         edges = np.linspace(0, hidden // align, parts + 1).round().astype(np.int64) * align

@@ -131,10 +131,9 @@ class _QLCell:
         """Run the kernel; ``st`` (h, c, m, a, n of this cell) is updated in place.
 
         With ``need_grad=False`` nothing is saved and ``backward`` is not possible:
-        the inference kernel runs (``_infer``).  To train, the units partition on
-        several threads runs the unit-major kernels (``recurrent_units.py``); one
-        thread and the rows partition run ``recurrent.py``'s serial and row-block
-        kernels.
+        the inference kernel runs (``_infer``).  To train, the units partition (on
+        any number of threads) runs the unit-major kernels (``recurrent_units.py``);
+        the rows partition runs ``recurrent.py``'s serial and row-block kernels.
         """
         if not need_grad:
             return self._infer(x, lengths, st)
@@ -189,7 +188,7 @@ class _QLCell:
         of B/P columns (2 threads, float32, rows against units: 0-8% less time at
         (B, T, E, H) = (32, 256, 128, 256), 6-16% at (64, 512, 300, 512); LSTM 11-26%
         and 1-5% more; QL-LSTM with 4 rows per thread 19% more).  The rows partition
-        (and one thread) always splits rows.
+        always splits rows (on one thread both ways run all rows and units as one part).
         """
         B, T, E = x.shape
         out = np.empty((B, T, self.H), dtype=self.dtype)   # the kernel writes every position

@@ -89,10 +89,12 @@ def test_unit_blocks(threads):
         assert config.unit_blocks(256).tolist() == [0, 128, 256]
         assert config.unit_blocks(40).tolist() == [0, 16, 40]      # multiples of 8 where possible
         assert config.unit_blocks(5).tolist() == [0, 2, 5]
-    assert config.unit_blocks(1) is None                           # fewer units than threads
+        assert config.unit_blocks(1) is None                       # fewer units than threads
     threads(2, "rows")
     assert config.unit_blocks(256) is None
-    threads(1, "units")
+    threads(1, "units")                           # one part: the unit-major kernels, all units
+    assert config.unit_blocks(256).tolist() == [0, 256]
+    threads(1, "rows")
     assert config.unit_blocks(256) is None
 
 
