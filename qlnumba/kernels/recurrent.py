@@ -27,6 +27,8 @@ Step s of a row of length L reads position pos = s, or L-1-s with reverse.
 Steps s >= L change nothing; out is zero at positions >= L.
 The element-wise work is written as short loops over contiguous rows of H values
 (few arrays per loop) so that LLVM vectorises them.
+The per-step products h_{t-1} U^T and δz U run on register tiles (kernels/tiles.py, h_{t-1}
+and δz repacked each step), faster than BLAS at these thin shapes.
 Block bookkeeping needs no saved flags: with n0 the row's initial n, step s
 closes a block iff (n0 + s + 1) % K == 0, and that close is number
 (n0 + s + 1) // K - 1.
@@ -36,6 +38,7 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
+from .tiles import pack_into, pack_panels, panel_gemm
 
 
 @njit(**JIT)
@@ -48,8 +51,9 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
     G = Z.shape[2]
     # input projection of every step at once: Z = x W^T (the step loop adds U h + b)
     np.dot(x.reshape(B * T, E), W.T, Z.reshape(B * T, G))
-    hUT = np.empty((G, B), dtype=h.dtype)         # U h_{t-1}, one column per row (BLAS runs
-                                                  # U h^T ~1.4x faster than h U^T for few rows)
+    UT = np.ascontiguousarray(U.T)                # (H, G)
+    hU = np.empty((B, G), dtype=h.dtype)          # h_{t-1} U^T, one row per sequence
+    hpk = pack_panels(h)                          # h_{t-1} as tile panels
     zbuf = np.empty(G, dtype=h.dtype)             # z_t of one row without psug (not kept)
     th = np.empty(H, dtype=h.dtype)               # tanh(c_t) of one row
     S_close = np.empty((B, H), dtype=h.dtype)     # rows closing a block this step:
@@ -64,14 +68,15 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
             MBLK[bb, 0, :] = m[bb, :]
     steps = lengths.max()
     for s in range(steps):
-        np.dot(U, h.T, hUT)
+        pack_into(hpk, h)
+        panel_gemm(hU, hpk, h, UT, False)                         # h_{t-1} U^T, all rows
         nc = 0
         for bb in range(B):
             L = lengths[bb]
             if s >= L:
                 continue
             pos = L - 1 - s if reverse else s
-            xw, hu = Z[bb, pos], hUT[:, bb]                       # hu: strided, read once
+            xw, hu = Z[bb, pos], hU[bb]
             z = xw if psug else zbuf                              # z_t is kept in Z with psug only
             for j in range(G):                                    # (backward needs it for δγ)
                 z[j] = xw[j] + hu[j] + b[j]                       # z_t = W x_t + U h_{t-1} + b
@@ -162,7 +167,8 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
     for bb in range(B):
         DZ[bb, lengths[bb]:, :] = 0.0               # padded steps add nothing to the sums below
     DZ_step = np.zeros((B, G), dtype=dh.dtype)      # δz of this step, gathered by row
-    dhUT = np.empty((H, B), dtype=dh.dtype)         # U^T δz, one column per row
+    dhU = np.empty((B, H), dtype=dh.dtype)          # δz U (U^T δz of each row), one row per sequence
+    dpk = pack_panels(DZ_step)                      # DZ_step as tile panels
     dhhat = np.empty(H, dtype=dh.dtype)             # δĥ_t of one row
     th = np.empty(H, dtype=dh.dtype)                # tanh(c_t) of one row
     dpre = np.empty((4, H), dtype=dh.dtype)         # δ of the four gate pre-activations of one row
@@ -244,11 +250,12 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
                 dz[k] = flush(dz[k])
             DZ[bb, pos, :] = dz
         # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
-        np.dot(U.T, DZ_step.T, dhUT)
+        pack_into(dpk, DZ_step)
+        panel_gemm(dhU, dpk, DZ_step, U, False)
         for bb in range(B):
             if s < lengths[bb]:
                 for j in range(H):
-                    dh[bb, j] = flush(dhUT[j, bb])
+                    dh[bb, j] = flush(dhU[bb, j])
                 DZ_step[bb, :] = 0.0
     # weight gradients: sums over steps, one matrix product each
     DZ2 = DZ.reshape(B * T, G)

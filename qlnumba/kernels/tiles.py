@@ -155,16 +155,25 @@ _narrow_set, _narrow_add = _tile_kernel(2, 1, False), _tile_kernel(2, 1, True)
 
 
 @njit(**JIT)
+def pack_into(Apk, A):
+    """Write A (m, K) into the panels Apk (made for an A of this shape: rows past m stay zero).
+    Kernels whose A changes every step (the B-major ones: A = h_{t-1} or δ) repack it so;
+    without TILES Apk has no panels and nothing is written."""
+    m, K = A.shape
+    for p in range(Apk.shape[0]):
+        for r in range(min(MR, m - p * MR)):
+            for k in range(K):
+                Apk[p, k, r] = A[p * MR + r, k]
+
+
+@njit(**JIT)
 def panels_of(A):
     """A (m, K) as panels of MR rows, (npan, K, MR), rows past m zero; npan even."""
     m, K = A.shape
     npan = (m + MR - 1) // MR
     npan += npan % 2
     Apk = np.zeros((npan, K, MR), dtype=A.dtype)
-    for p in range(npan):
-        for r in range(min(MR, m - p * MR)):
-            for k in range(K):
-                Apk[p, k, r] = A[p * MR + r, k]
+    pack_into(Apk, A)
     return Apk
 
 
