@@ -12,6 +12,11 @@ written in plain Numba ran at 15-23 GFLOP/s, as LLVM kept the sums in memory).
 Columns past n are masked off (masked loads and stores), rows past m are zero in
 the packed A and never stored.
 
+The B-major kernels (``recurrent.py``, ``gru.py``) keep one row per sequence, so
+their product is h_{t-1} U^T (δz U in BPTT): there A is the thin matrix, packed
+again each step into the same panels (``pack_into``, a copy of B rows), and X is
+the fixed weight matrix, n = G columns wide.
+
 Measured on one core of the CI machine kind's Xeon (float32, 256 steps of one product,
 OpenBLAS 0.3.31, whose large products reach 177 GFLOP/s there):
 
@@ -28,7 +33,8 @@ keeps as many accumulators busy.  Sums run in k order with fused multiply-adds
 BLAS builds do.
 
 Shapes legend
-  A (m, K)              the weights; K the length of the sums (H, or G in BPTT)
+  A (m, K)              the weights (unit-major kernels) or the rows of h, δz (B-major);
+                        K the length of the sums (H, or G in BPTT)
   Apk (npan, K, MR)     A packed: Apk[p, k, r] = A[p*MR + r, k], zero for rows past m;
                         npan = ceil(m / MR) rounded up to even (a narrow tile spans two panels)
   X (K, n)              the thin operand, rows contiguous (any row stride)
