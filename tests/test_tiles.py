@@ -1,7 +1,12 @@
 """The register-tile product of kernels/tiles.py against numpy in float64, on any shape:
 rows and columns that fill no whole tile, views into larger arrays, both accumulate modes,
 and the BLAS path that hosts without AVX2 take."""
+import os
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numba import njit
@@ -55,6 +60,21 @@ def test_blas_path_matches_numpy(case):
     check_product(m, K, n, dtype, accumulate, seed, blas_path)
 
 
+def test_blas_path_takes_one_row_of_any_stride():
+    """A one-row matrix may carry any row stride (U[:, :1].T has stride 1 item): BLAS must get
+    a leading dimension of at least its columns, or it refuses the call and leaves C as it was."""
+    U = np.arange(4.0).reshape(4, 1)
+    A = U[:, 0:1].T                                           # (1, 4), strides (8, 8)
+    for n in (1, 2):                                          # (OpenBLAS checks n = 1 strictly)
+        X = np.arange(4.0 * n).reshape(4, n)
+        C = np.full((1, n), np.nan)
+        blas_path(C, A, X, False)
+        np.testing.assert_array_equal(C, A @ X)
+        Ct = np.full((n, 1), np.nan)
+        blas_path(Ct, np.ascontiguousarray(X.T), A.T, False)  # X^T A^T: A^T (4, 1), row stride 1 item
+        np.testing.assert_array_equal(Ct, X.T @ A.T)
+
+
 def test_edges_of_a_tile():
     """Exactly one tile, one row and one column past it, one vector of columns and past it."""
     for dtype in (np.float32, np.float64):
@@ -84,3 +104,20 @@ def test_packing_and_host_choice():
     assert tiles.VBYTES in (16, 32, 64)
     assert tiles.TILES == (tiles.VBYTES >= 32)
     assert tiles.pack_panels(A).shape[0] == (2 if tiles.TILES else 0)
+
+
+@pytest.mark.slow
+def test_kernels_without_tiles():
+    """The kernels on the BLAS path that hosts without AVX2 take: the recurrent tests rerun in a
+    process that compiles for plain x86-64 (16-byte vectors, so TILES is False)."""
+    env = dict(os.environ, NUMBA_CPU_NAME="x86-64", NUMBA_CPU_FEATURES="+64bit,+sse,+sse2",
+               QLNUMBA_CACHE="0")
+    check = subprocess.run([sys.executable, "-c", "from qlnumba.kernels import tiles; print(tiles.TILES)"],
+                           env=env, capture_output=True, text=True, check=True)
+    assert check.stdout.strip() == "False"
+    here = os.path.dirname(__file__)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          os.path.join(here, "test_recurrent.py"), os.path.join(here, "test_parallel.py"),
+                          os.path.join(here, "test_inference.py")],
+                         env=env, capture_output=True, text=True, cwd=os.path.dirname(here))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

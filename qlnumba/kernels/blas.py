@@ -48,10 +48,14 @@ def _gemm(C, A, B, trans_a, trans_b, accumulate):
         alpha = np.ones(1, dtype=dtype)
         beta = np.full(1, 1.0 if accumulate else 0.0, dtype=dtype)
         # BLAS is column-major: a row-major X with row stride ld is X^T there, so
-        # compute C^T = op(B)^T op(A)^T, B first.
+        # compute C^T = op(B)^T op(A)^T, B first.  A matrix of one row may have any
+        # row stride (a transposed column, say); BLAS wants ld >= its columns.
+        ldb = B.strides[0] // item if B.shape[0] > 1 else B.shape[1]
+        lda = A.strides[0] // item if A.shape[0] > 1 else A.shape[1]
+        ldc = C.strides[0] // item if C.shape[0] > 1 else C.shape[1]
         fn(kind, ord("t") if trans_b else ord("n"), ord("t") if trans_a else ord("n"),
-           n, m, k, alpha.ctypes, B.ctypes, max(1, B.strides[0] // item),
-           A.ctypes, max(1, A.strides[0] // item), beta.ctypes, C.ctypes, max(1, C.strides[0] // item))
+           n, m, k, alpha.ctypes, B.ctypes, max(1, ldb),
+           A.ctypes, max(1, lda), beta.ctypes, C.ctypes, max(1, ldc))
     return impl
 
 
