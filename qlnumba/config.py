@@ -11,8 +11,8 @@ fighting over the cores collapses speed.  How the work is split (``partition``):
 
 - ``"units"`` (QL-LSTM/LSTM layers, the default): each thread owns a slice of the
   hidden units of every row and the threads meet at a spin barrier every step
-  (kernels/recurrent_units.py; one thread runs these kernels too, as one part).  Per-step products keep all B rows, which BLAS
-  runs much faster than B/n rows.  QL-LSTM inference splits rows instead where
+  (kernels/recurrent_units.py; one thread runs these kernels too, as one part).
+  Per-step products keep all B columns (sequences).  QL-LSTM inference splits rows instead where
   every thread gets 16 rows or more (``layers._QLCell._infer``: no barrier).
 - ``"rows"``: the rows of each batch are split into ``n`` blocks run side by side
   with no synchronisation at all (GRU layers always split this way).

@@ -106,6 +106,16 @@ def test_packing_and_host_choice():
     assert tiles.pack_panels(A).shape[0] == (2 if tiles.TILES else 0)
 
 
+def test_vector_width_follows_numbas_target():
+    """The tile width comes from the features Numba compiles with, not from the host alone."""
+    code = "from qlnumba.kernels import tiles; print(tiles.VBYTES, tiles.TILES)"
+    for env, want in (({"NUMBA_CPU_NAME": "generic"}, "16 False"),
+                      ({"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma"}, "32 True")):
+        got = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert got == want, (env, got)
+
+
 @pytest.mark.slow
 def test_kernels_without_tiles():
     """The kernels on the BLAS path that hosts without AVX2 take: the recurrent tests rerun in a

@@ -53,8 +53,15 @@ from .blas import gemm
 
 
 def _vector_bytes():
-    """Bytes of the widest vector register Numba compiles for on this host."""
-    features = numba_config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    """Bytes of the widest vector register Numba compiles for on this host: read from the
+    features Numba itself compiles with (NUMBA_CPU_FEATURES, none for NUMBA_CPU_NAME=generic,
+    else the host's; numba.core.codegen.JITCPUCodegen._get_host_cpu_features)."""
+    features = numba_config.CPU_FEATURES
+    if features is None:
+        try:
+            features = llvm.get_host_cpu_features().flatten()
+        except RuntimeError:              # llvmlite cannot read this host's features
+            return 16
     if "+avx512f" in features:
         return 64
     return 32 if "+avx2" in features else 16
