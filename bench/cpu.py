@@ -1,4 +1,5 @@
-"""CPU benchmark: qlnumba QL-LSTM and LSTM next to PyTorch's nn.LSTM, in one run.
+"""CPU benchmark: qlnumba QL-LSTM and LSTM next to PyTorch's nn.LSTM, in one run
+(with --gru, our GRU next to torch's nn.GRU as well).
 
 A training step is: recurrent layer forward, linear head on the last step with
 softmax cross-entropy, backward, one Adam step over every parameter.
@@ -27,6 +28,7 @@ says which (``versions.torch_flush_denormal``).
 
     python bench/cpu.py --config A            # table
     python bench/cpu.py --config A --json     # one JSON object
+    python bench/cpu.py --config A --gru      # GRUs too
 """
 import argparse
 import json
@@ -48,6 +50,8 @@ def parse_args():
     ap.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     ap.add_argument("--torch-subnormals", action="store_true",
                     help="leave torch's subnormal handling as shipped (default: set_flush_denormal(True))")
+    ap.add_argument("--gru", action="store_true",
+                    help="also time our GRU and torch's nn.GRU (GRU ratios are against torch's GRU)")
     return ap.parse_args()
 
 
@@ -75,14 +79,13 @@ def matmul_peak_gflops(threads):
         return 2 * 2048 ** 3 / median_time(lambda: a @ a, 5) / 1e9
 
 
-def forward_flops(psug, hgr, B, T, E, H):
-    G = H if psug else 4 * H
+def forward_flops(psug, hgr, B, T, E, H, gates=4):
+    G = H if psug else gates * H
     per_token = 2 * G * (E + H) + (2 * 2 * H * H / 32 if hgr else 0)
     return B * T * per_token
 
 
-def qlnumba_case(psug, hgr, B, T, E, H, rng):
-    layer = qlnumba.QLLSTM(E, H, psug=psug, hgr=hgr, dtype=np.float32, seed=0)
+def qlnumba_case(layer, B, T, E, H, rng):
     C = 2
     head = {"head.W": (rng.standard_normal((C, H)) * 0.1).astype(np.float32),
             "head.b": np.zeros(C, np.float32)}
@@ -109,11 +112,11 @@ def qlnumba_case(psug, hgr, B, T, E, H, rng):
     return train_step, lambda: layer.forward(x, need_grad=False)
 
 
-def torch_case(B, T, E, H, rng):
+def torch_case(B, T, E, H, rng, kind="LSTM"):
     import torch
 
     torch.manual_seed(0)
-    lstm = torch.nn.LSTM(E, H, batch_first=True)
+    lstm = getattr(torch.nn, kind)(E, H, batch_first=True)
     head = torch.nn.Linear(H, 2)
     opt = torch.optim.Adam(list(lstm.parameters()) + list(head.parameters()), lr=1e-3)
     x = torch.from_numpy(rng.standard_normal((B, T, E)).astype(np.float32))
@@ -143,27 +146,42 @@ def cpu_times():
     return fields[7] if len(fields) > 7 else 0, sum(fields[:8])
 
 
+def import_torch():
+    """torch, or None.  Imported before Numba starts its threads: Numba's OpenMP layer loads
+    the system's libgomp.so.1, and a torch loaded after it links to that one instead of its
+    own, which slowed torch's GRU 15-20x (its LSTM, on oneDNN, not measurably)."""
+    if args.no_torch:
+        return None
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
 def main():
     B, T, E, H = CONFIGS[args.config]
+    torch = import_torch()
     peak = matmul_peak_gflops(args.threads)
     qlnumba.config.set_num_threads(args.threads, args.partition)
     rng = np.random.default_rng(0)
-    cases = {"qlnumba_ql": qlnumba_case(True, True, B, T, E, H, rng),
-             "qlnumba_lstm": qlnumba_case(False, False, B, T, E, H, rng)}
+    layers = {"qlnumba_ql": qlnumba.QLLSTM(E, H, psug=True, hgr=True, dtype=np.float32, seed=0),
+              "qlnumba_lstm": qlnumba.QLLSTM(E, H, psug=False, hgr=False, dtype=np.float32, seed=0)}
+    if args.gru:
+        layers["qlnumba_gru"] = qlnumba.GRU(E, H, dtype=np.float32, seed=0)
+    cases = {name: qlnumba_case(layer, B, T, E, H, rng) for name, layer in layers.items()}
     versions = {"python": platform.python_version(), "numpy": np.__version__,
                 "numba": numba.__version__, "qlnumba": qlnumba.__version__}
-    if not args.no_torch:
-        try:
-            import torch
-
-            torch.set_num_threads(args.threads)
-            # before torch starts its pool, whose threads inherit the mode: see the module's doc
-            versions["torch_flush_denormal"] = (not args.torch_subnormals) and torch.set_flush_denormal(True)
-            cases["torch_lstm"] = torch_case(B, T, E, H, rng)
-            versions["torch"] = torch.__version__
-            versions["torch_threads"] = torch.get_num_threads()
-        except ImportError:
-            pass
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+        # before torch starts its pool, whose threads inherit the mode: see the module's doc
+        versions["torch_flush_denormal"] = (not args.torch_subnormals) and torch.set_flush_denormal(True)
+        cases["torch_lstm"] = torch_case(B, T, E, H, rng)
+        if args.gru:
+            cases["torch_gru"] = torch_case(B, T, E, H, rng, "GRU")
+        versions["torch"] = torch.__version__
+        versions["torch_threads"] = torch.get_num_threads()
+        versions["torch_imported_first"] = True
     tokens = B * T
     result = {"config": args.config, "B": B, "T": T, "E": E, "H": H, "dtype": "float32",
               "threads": args.threads, "repeats": args.repeats,
@@ -179,13 +197,15 @@ def main():
         result[f"{mode}_tokens_per_s"] = {name: tokens / t for name, t in seconds.items()}
     for name in cases:
         psug = name == "qlnumba_ql"
-        fwd = forward_flops(psug, psug, B, T, E, H) / tokens
+        fwd = forward_flops(psug, psug, B, T, E, H, 3 if name.endswith("gru") else 4) / tokens
         result["gflops"][name] = {"train": 3 * fwd * result["train_tokens_per_s"][name] / 1e9,
                                   "infer": fwd * result["infer_tokens_per_s"][name] / 1e9}
     if "torch_lstm" in cases:
         for mode in ("train", "infer"):
             tps = result[f"{mode}_tokens_per_s"]
-            result[f"{mode}_ratio_vs_torch"] = {k: tps[k] / tps["torch_lstm"] for k in tps}
+            # GRUs against torch's GRU, the rest against torch's LSTM
+            result[f"{mode}_ratio_vs_torch"] = {
+                k: tps[k] / tps["torch_gru" if k.endswith("gru") else "torch_lstm"] for k in tps}
     result["load_avg_1min_after"] = os.getloadavg()[0]
     after = cpu_times()
     # time the hypervisor gave this VM's CPUs to others while the cases ran (a shared host)

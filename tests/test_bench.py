@@ -40,18 +40,35 @@ def test_thread_settings_benchmark_json():
     assert all(v > 0 for v in result["tokens_per_s"]["threads1"].values())
 
 
-@pytest.mark.slow
-def test_cpu_benchmark_json():
+def run_cpu_benchmark(*flags):
     run = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "cpu.py"), "--config", "tiny",
-                          "--threads", "2", "--repeats", "1", "--no-torch", "--json"],
+                          "--threads", "2", "--repeats", "1", "--json", *flags],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
-    result = json.loads(run.stdout)
+    return json.loads(run.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gru", [False, True], ids=["ql_lstm", "with_gru"])
+def test_cpu_benchmark_json(gru):
+    result = run_cpu_benchmark("--no-torch", *(["--gru"] if gru else []))
     for mode in ("train", "infer"):
-        assert set(result[f"{mode}_tokens_per_s"]) == {"qlnumba_ql", "qlnumba_lstm"}
+        assert set(result[f"{mode}_tokens_per_s"]) == {"qlnumba_ql", "qlnumba_lstm"} | ({"qlnumba_gru"} if gru else set())
         assert all(v > 0 for v in result[f"{mode}_tokens_per_s"].values())
     assert result["threads"] == 2 and result["qlnumba_partition"] == "units"
     assert {"python", "numpy", "numba", "qlnumba"} <= set(result["versions"])
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_gru_ratios_against_torchs_gru():
+    pytest.importorskip("torch")
+    result = run_cpu_benchmark("--gru")
+    assert result["versions"]["torch_imported_first"]
+    for mode in ("train", "infer"):
+        tps, ratio = result[f"{mode}_tokens_per_s"], result[f"{mode}_ratio_vs_torch"]
+        assert ratio["qlnumba_gru"] == pytest.approx(tps["qlnumba_gru"] / tps["torch_gru"])
+        assert ratio["qlnumba_lstm"] == pytest.approx(tps["qlnumba_lstm"] / tps["torch_lstm"])
+        assert ratio["torch_gru"] == ratio["torch_lstm"] == 1.0
 
 
 @pytest.mark.slow
