@@ -210,12 +210,18 @@ def tiles_gemm(C, Apk, X, m, accumulate):
             else:
                 _narrow_set(C, i64(p * MR), i64(0), Apk, i64(p), X, i64(0), i64(n), i64(m - p * MR))
         return
-    for p in range(0, (m + MR - 1) // MR):
-        for j0 in range(0, n, NV * VW):
-            if accumulate:
-                _wide_add(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
-            else:
-                _wide_set(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
+    npan, nblk = (m + MR - 1) // MR, (n + NV * VW - 1) // (NV * VW)
+    for t in range(npan * nblk):
+        # the larger operand is read once: its panel (or column block) stays while the
+        # other operand's tiles pass (A tall, X thin: by panels; A = a few rows, X wide: by columns)
+        if m >= n:
+            p, j0 = t // nblk, (t % nblk) * NV * VW
+        else:
+            p, j0 = t % npan, (t // npan) * NV * VW
+        if accumulate:
+            _wide_add(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
+        else:
+            _wide_set(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
 
 
 @njit(**JIT)
