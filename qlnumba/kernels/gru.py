@@ -25,7 +25,7 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
-from .tiles import pack_into, pack_panels, panel_gemm
+from .tiles import pack_panels, repacked_gemm
 
 
 @njit(**JIT)
@@ -43,8 +43,7 @@ def gru_forward(out, h, ZX, GATES, HN, HPREV,
     for bb in range(B):
         out[bb, lengths[bb]:, :] = 0.0
     for s in range(lengths.max()):
-        pack_into(hpk, h)
-        panel_gemm(hU, hpk, h, UT, False)                    # h_{t-1} U^T, all rows
+        repacked_gemm(hU, hpk, h, UT)                        # h_{t-1} U^T, all rows
         for bb in range(B):
             L = lengths[bb]
             if s >= L:
@@ -107,8 +106,7 @@ def gru_backward(dx, dW, dU, db, db_U, dh,
             for j in range(2 * H):
                 dhs[j] = dxr[j]
             DHID[bb, pos, :] = dhs
-        pack_into(dpk, DH_step)
-        panel_gemm(dhU, dpk, DH_step, U, False)      # U^T δ of every row
+        repacked_gemm(dhU, dpk, DH_step, U)          # U^T δ of every row
         for bb in range(B):
             if s < lengths[bb]:
                 for j in range(H):

@@ -38,7 +38,7 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
-from .tiles import pack_into, pack_panels, panel_gemm
+from .tiles import pack_panels, repacked_gemm
 
 
 @njit(**JIT)
@@ -68,8 +68,7 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
             MBLK[bb, 0, :] = m[bb, :]
     steps = lengths.max()
     for s in range(steps):
-        pack_into(hpk, h)
-        panel_gemm(hU, hpk, h, UT, False)                         # h_{t-1} U^T, all rows
+        repacked_gemm(hU, hpk, h, UT)                             # h_{t-1} U^T, all rows
         nc = 0
         for bb in range(B):
             L = lengths[bb]
@@ -250,8 +249,7 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
                 dz[k] = flush(dz[k])
             DZ[bb, pos, :] = dz
         # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
-        pack_into(dpk, DZ_step)
-        panel_gemm(dhU, dpk, DZ_step, U, False)
+        repacked_gemm(dhU, dpk, DZ_step, U)
         for bb in range(B):
             if s < lengths[bb]:
                 for j in range(H):

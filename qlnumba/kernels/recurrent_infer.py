@@ -42,8 +42,9 @@ Two ways to split the work between P threads, both running ``_infer_part``:
 - ``recurrent_infer_rows``: thread p owns some of the columns (rows dealt out by
   ``deal_columns``, so that long and short rows spread evenly) and all of the
   units; the threads never wait for each other.  Each per-step product has B/P
-  columns, which BLAS runs slower than B, but there is no barrier: QL-LSTM
-  (G = H, a small product per step) gains more from that than it loses.
+  columns, which BLAS ran slower than B, but there is no barrier: QL-LSTM
+  (G = H, a small product per step) gained more from that than it lost (measured
+  with BLAS's per-step products, before ``tiles.py``; not measured again since).
 
 Shapes legend (besides recurrent.py's)
   P threads; ubounds (P+1,) int64 unit edges; Hp = u1 - u0; NG = G // H

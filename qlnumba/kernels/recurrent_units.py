@@ -3,8 +3,8 @@
 The model of ``recurrent.py`` (read that first: same arguments for state and
 parameters), reorganised for threads and laid out *unit-major*, as in
 ``recurrent_infer.py``.  Splitting the rows of a batch gives each thread a
-per-step product of B/P rows, which BLAS runs at two thirds of the speed of a
-B-row one.  Here thread p owns the hidden units [u0, u1) of *every* sequence
+per-step product of B/P rows, which BLAS ran at two thirds of the speed of a
+B-row one (before the per-step products moved to ``tiles.py``).  Here thread p owns the hidden units [u0, u1) of *every* sequence
 instead: each step it multiplies the whole h_{t-1} by its own packed rows of U,
 computes its units' gates, cell and output, and waits at one spin barrier
 (``sync.barrier``) for the others before the next step reads the new h.  h

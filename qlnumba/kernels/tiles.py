@@ -14,7 +14,7 @@ the packed A and never stored.
 
 The B-major kernels (``recurrent.py``, ``gru.py``) keep one row per sequence, so
 their product is h_{t-1} U^T (δz U in BPTT): there A is the thin matrix, packed
-again each step into the same panels (``pack_into``, a copy of B rows), and X is
+again each step into the same panels (``repacked_gemm``, a copy of B rows), and X is
 the fixed weight matrix, n = G columns wide.
 
 Measured on one core of the CI machine kind's Xeon (float32, 256 steps of one product,
@@ -222,6 +222,14 @@ def tiles_gemm(C, Apk, X, m, accumulate):
             _wide_add(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
         else:
             _wide_set(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
+
+
+@njit(**JIT)
+def repacked_gemm(C, Apk, A, X):
+    """C = A X for the B-major kernels, whose A (the rows of h_{t-1} or δz) changes every
+    step: A is packed again into Apk (made once by ``pack_panels(A)``) first."""
+    pack_into(Apk, A)
+    panel_gemm(C, Apk, A, X, False)
 
 
 @njit(**JIT)
