@@ -256,8 +256,9 @@ class _GRUCell:
 
     def backward(self, dx, grads, dout, dst):
         x, lengths, saved = self.cache
-        p = self.prefix
+        (B, T, _), H, p, buf = x.shape, self.H, self.prefix, self.pool.take
         args = (dx, grads[p + "W"], grads[p + "U"], grads[p + "b"], grads[p + "b_U"], dst["h"],
+                buf("DX", B, T, 3 * H), buf("DHN", B, T, H),
                 dout, x, lengths, *saved.values(),
                 self.params[p + "W"], self.params[p + "U"], self.reverse)
         _run(gru_backward, gru_backward_split, args, x.shape[0])

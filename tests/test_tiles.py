@@ -14,7 +14,7 @@ from numba import njit
 from qlnumba.config import JIT
 from qlnumba.kernels import tiles
 from qlnumba.kernels.blas import gemm
-from qlnumba.kernels.tiles import panels_of, tiles_gemm
+from qlnumba.kernels.tiles import blocks_of, pack_panels, panels_of, rows_gemm, tiles_gemm
 
 from helpers import make_rng
 
@@ -51,6 +51,22 @@ def test_tiles_match_numpy(case):
     m, K, n, dtype, accumulate, seed = case
     check_product(m, K, n, dtype, accumulate, seed,
                   lambda C, A, X, acc: tiles_gemm(C, panels_of(A), X, A.shape[0], acc))
+
+
+def rows_product(C, A, X, accumulate):
+    """``rows_gemm`` as the B-major kernels run it: panels and blocks made once, A repacked on
+    every call (here after a first call with other rows, which must leave nothing behind)."""
+    assert not accumulate
+    Apk, Xpk = pack_panels(A), blocks_of(X)
+    rows_gemm(C, Apk, A[::-1].copy(), Xpk, X)
+    rows_gemm(C, Apk, A, Xpk, X)
+
+
+@settings(deadline=None, max_examples=60)
+@given(shapes)
+def test_rows_gemm_matches_numpy(case):
+    m, K, n, dtype, _, seed = case
+    check_product(m, K, n, dtype, False, seed, rows_product)
 
 
 @settings(deadline=None, max_examples=20)
@@ -104,6 +120,15 @@ def test_packing_and_host_choice():
     assert tiles.VBYTES in (16, 32, 64)
     assert tiles.TILES == (tiles.VBYTES >= 32)
     assert tiles.pack_panels(A).shape[0] == (2 if tiles.TILES else 0)
+    width = tiles.NV * tiles.VBYTES // 8
+    X = np.arange(5 * (width + 3), dtype=np.float64).reshape(5, width + 3)
+    Xpk = blocks_of(X)
+    if tiles.TILES:
+        assert Xpk.shape == (2, 5, width)
+        assert (Xpk[0] == X[:, :width]).all() and (Xpk[1, :, :3] == X[:, width:]).all()
+        assert not Xpk[1, :, 3:].any()
+    else:
+        assert Xpk.shape[0] == 0
 
 
 def test_vector_width_follows_numbas_target():
@@ -128,6 +153,6 @@ def test_kernels_without_tiles():
     here = os.path.dirname(__file__)
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           os.path.join(here, "test_recurrent.py"), os.path.join(here, "test_parallel.py"),
-                          os.path.join(here, "test_inference.py")],
+                          os.path.join(here, "test_inference.py"), os.path.join(here, "test_tiles.py")],
                          env=env, capture_output=True, text=True, cwd=os.path.dirname(here))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

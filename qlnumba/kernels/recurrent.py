@@ -27,8 +27,8 @@ Step s of a row of length L reads position pos = s, or L-1-s with reverse.
 Steps s >= L change nothing; out is zero at positions >= L.
 The element-wise work is written as short loops over contiguous rows of H values
 (few arrays per loop) so that LLVM vectorises them.
-The per-step products h_{t-1} U^T and δz U run on register tiles (kernels/tiles.py, h_{t-1}
-and δz repacked each step), faster than BLAS at these thin shapes.
+The per-step products h_{t-1} U^T and δz U run on register tiles (kernels/tiles.py: U^T and
+U packed once per call, h_{t-1} and δz repacked each step), faster than BLAS at these thin shapes.
 Block bookkeeping needs no saved flags: with n0 the row's initial n, step s
 closes a block iff (n0 + s + 1) % K == 0, and that close is number
 (n0 + s + 1) // K - 1.
@@ -38,7 +38,7 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
-from .tiles import pack_panels, repacked_gemm
+from .tiles import blocks_of, pack_panels, rows_gemm
 
 
 @njit(**JIT)
@@ -52,6 +52,7 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
     # input projection of every step at once: Z = x W^T (the step loop adds U h + b)
     np.dot(x.reshape(B * T, E), W.T, Z.reshape(B * T, G))
     UT = np.ascontiguousarray(U.T)                # (H, G)
+    UTpk = blocks_of(UT)                          # U^T as tile blocks of columns
     hU = np.empty((B, G), dtype=h.dtype)          # h_{t-1} U^T, one row per sequence
     hpk = pack_panels(h)                          # h_{t-1} as tile panels
     zbuf = np.empty(G, dtype=h.dtype)             # z_t of one row without psug (not kept)
@@ -68,7 +69,7 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
             MBLK[bb, 0, :] = m[bb, :]
     steps = lengths.max()
     for s in range(steps):
-        repacked_gemm(hU, hpk, h, UT)                             # h_{t-1} U^T, all rows
+        rows_gemm(hU, hpk, h, UTpk, UT)                       # h_{t-1} U^T, all rows
         nc = 0
         for bb in range(B):
             L = lengths[bb]
@@ -168,6 +169,7 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
     DZ_step = np.zeros((B, G), dtype=dh.dtype)      # δz of this step, gathered by row
     dhU = np.empty((B, H), dtype=dh.dtype)          # δz U (U^T δz of each row), one row per sequence
     dpk = pack_panels(DZ_step)                      # DZ_step as tile panels
+    Upk = blocks_of(U)                              # U as tile blocks of columns
     dhhat = np.empty(H, dtype=dh.dtype)             # δĥ_t of one row
     th = np.empty(H, dtype=dh.dtype)                # tanh(c_t) of one row
     dpre = np.empty((4, H), dtype=dh.dtype)         # δ of the four gate pre-activations of one row
@@ -249,7 +251,7 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
                 dz[k] = flush(dz[k])
             DZ[bb, pos, :] = dz
         # δh_{t-1} = U^T δz_t for the rows that stepped; idle rows keep theirs
-        repacked_gemm(dhU, dpk, DZ_step, U)
+        rows_gemm(dhU, dpk, DZ_step, Upk, U)
         for bb in range(B):
             if s < lengths[bb]:
                 for j in range(H):

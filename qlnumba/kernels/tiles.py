@@ -14,8 +14,14 @@ the packed A and never stored.
 
 The B-major kernels (``recurrent.py``, ``gru.py``) keep one row per sequence, so
 their product is h_{t-1} U^T (δz U in BPTT): there A is the thin matrix, packed
-again each step into the same panels (``repacked_gemm``, a copy of B rows), and X is
-the fixed weight matrix, n = G columns wide.
+again each step into the same panels (a copy of B rows), and X is the fixed weight
+matrix, n = G columns wide.  X is packed once per call too, into blocks of NV vectors
+of columns (``blocks_of``), and ``rows_gemm`` runs block by block: each block is read
+from memory once per step and its rows lie next to each other.  Read in place, one
+tile row of X is 128 bytes every ld_x bytes, and where X outgrows L2 (U^T at H = 512
+is 3 MB) the tiles waited on memory: on one core, (32, 1536) x (1536, 512) ran at
+49 GFLOP/s in place and 118 from blocks (OpenBLAS 127); (32, 512) x (512, 1536) at 82
+and 126 (OpenBLAS 134); (32, 768) x (768, 256) at 124 and 151 (OpenBLAS 135).
 
 Measured on one core of the CI machine kind's Xeon (float32, 256 steps of one product,
 OpenBLAS 0.3.31, whose large products reach 177 GFLOP/s there):
@@ -38,6 +44,8 @@ Shapes legend
   Apk (npan, K, MR)     A packed: Apk[p, k, r] = A[p*MR + r, k], zero for rows past m;
                         npan = ceil(m / MR) rounded up to even (a narrow tile spans two panels)
   X (K, n)              the thin operand, rows contiguous (any row stride)
+  Xpk (nblk, K, NV*VW)  X packed by ``blocks_of``: Xpk[q, k, j] = X[k, q*NV*VW + j], zero
+                        for columns past n; VW = VBYTES // itemsize lanes of a vector
   C (m, n)              the output, rows contiguous (any row stride: a block of columns)
 """
 import llvmlite.binding as llvm
@@ -212,12 +220,7 @@ def tiles_gemm(C, Apk, X, m, accumulate):
         return
     npan, nblk = (m + MR - 1) // MR, (n + NV * VW - 1) // (NV * VW)
     for t in range(npan * nblk):
-        # the larger operand is read once: its panel (or column block) stays while the
-        # other operand's tiles pass (A tall, X thin: by panels; A = a few rows, X wide: by columns)
-        if m >= n:
-            p, j0 = t // nblk, (t % nblk) * NV * VW
-        else:
-            p, j0 = t % npan, (t // npan) * NV * VW
+        p, j0 = t // nblk, (t % nblk) * NV * VW      # panel by panel: each panel of A is read once
         if accumulate:
             _wide_add(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
         else:
@@ -225,11 +228,37 @@ def tiles_gemm(C, Apk, X, m, accumulate):
 
 
 @njit(**JIT)
-def repacked_gemm(C, Apk, A, X):
-    """C = A X for the B-major kernels, whose A (the rows of h_{t-1} or δz) changes every
-    step: A is packed again into Apk (made once by ``pack_panels(A)``) first."""
+def blocks_of(X):
+    """X (K, n) as blocks of NV vectors of columns, (nblk, K, NV*VW), columns past n zero;
+    without TILES an empty array (BLAS takes X itself)."""
+    K, n = X.shape
+    width = NV * (VBYTES // X.itemsize)
+    nblk = (n + width - 1) // width if TILES else 0
+    Xpk = np.zeros((nblk, K, width), dtype=X.dtype)
+    for q in range(nblk):
+        for k in range(K):
+            for j in range(min(width, n - q * width)):
+                Xpk[q, k, j] = X[k, q * width + j]
+    return Xpk
+
+
+@njit(**JIT)
+def rows_gemm(C, Apk, A, Xpk, X):
+    """C = A X for the B-major kernels: A (the rows of h_{t-1} or δz) changes every step and
+    is packed again into Apk (made once by ``pack_panels(A)``); X, the weights, was packed
+    once into Xpk = ``blocks_of(X)``.  Without TILES, BLAS multiplies A and X."""
+    if not TILES:
+        gemm(C, A, X, False, False, False)
+        return
     pack_into(Apk, A)
-    panel_gemm(C, Apk, A, X, False)
+    m, n = A.shape[0], X.shape[1]
+    width = Xpk.shape[2]
+    i64 = np.int64
+    for q in range(Xpk.shape[0]):                # block by block: each block of X is read once
+        Xq = Xpk[q]
+        for p in range((m + MR - 1) // MR):
+            _wide_set(C, i64(p * MR), i64(q * width), Apk, i64(p), Xq, i64(0), i64(n - q * width),
+                      i64(m - p * MR))
 
 
 @njit(**JIT)
