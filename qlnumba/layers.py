@@ -184,12 +184,13 @@ class _QLCell:
         With the units partition, LSTM splits the hidden units between threads;
         QL-LSTM splits the batch rows where each thread gets ``INFER_ROWS_MIN``
         rows or more.  Its per-step product (H rows of U, not 4H) is small enough
-        that waiting at a barrier every step cost more than BLAS lost on products
-        of B/P columns (measured before the per-step products moved to
-        ``kernels/tiles.py``, not since; 2 threads, float32, rows against units:
-        0-8% less time at (B, T, E, H) = (32, 256, 128, 256), 6-16% at
-        (64, 512, 300, 512); LSTM 11-26% and 1-5% more; QL-LSTM with 4 rows per
-        thread 19% more).  The rows partition
+        that waiting at a barrier every step costs more than the product loses on
+        B/P columns.  Measured on 2 threads, float32, with the per-step products on
+        ``kernels/tiles.py`` (twenty-seventh session), rows against units in
+        tokens/s: 1.16x at (B, T, E, H) = (32, 256, 128, 256) and 1.12x at
+        (64, 512, 300, 512); with 10-12 rows a thread 1.17-1.19x at H = 256 but
+        0.99-1.00x at H = 512; with 8 rows a thread 0.96x and 0.75x.  (Before the
+        tiles, LSTM lost 11-26% and 1-5% this way.)  The rows partition
         always splits rows (on one thread both ways run all rows and units as one part).
         """
         B, T, E = x.shape
