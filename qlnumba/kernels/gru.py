@@ -133,7 +133,7 @@ def gru_backward(dx, dW, dU, db, db_U, dh, DX, DHN,
     db_U[:2 * H] += sums[:2 * H]
     gemm(dU[2 * H:], DHN2, HPREV2, True, False, True)           # U_n h_{t-1} + b_Un
     db_U[2 * H:] += DHN2.sum(axis=0)
-    dx += np.dot(DX2, W).reshape(B, T, E)
+    gemm(dx.reshape(B * T, E), DX2, W, False, False, True)      # δx_t = W^T δ
 
 
 @njit(**JIT_PARALLEL)
