@@ -5,10 +5,10 @@ Shapes legend
   x (B,T,E)   lengths (B,) int64   out (B,T,H)
   W (3H,E)  U (3H,H)  b, b_U (3H); rows r, z, n (reset, update, new)
   state h (B,H): the initial state on entry, the final state on return
+  forward's workspace (caller's buffer): ZX (B,T,3H), the input side W x_t
   saved by forward for backward (caller's buffers, reused between calls; a
     position a call does not write keeps a finite stale value that backward
     only ever multiplies by a zero gradient):
-    ZX (B,T,3H)     input side W x_t + b
     GATES (B,T,3,H) r_t, u_t, n_t
     HN (B,T,H)      U_n h_{t-1} + b_Un (what the reset gate multiplies)
     HPREV (B,T,H)   h_{t-1}
@@ -55,21 +55,24 @@ def gru_forward(out, h, ZX, GATES, HN, HPREV,
             if s >= L:
                 continue
             pos = L - 1 - s if reverse else s
-            zx, hu_row, gt = ZX[bb, pos], hU[bb], GATES[bb, pos]
+            zx, hu_row = ZX[bb, pos], hU[bb]
+            gr, gu, gn = GATES[bb, pos, 0], GATES[bb, pos, 1], GATES[bb, pos, 2]
             hrow, hprev, hn, orow = h[bb], HPREV[bb, pos], HN[bb, pos], out[bb, pos]
-            for j in range(3 * H):
-                zx[j] += b[j]                                   # W x_t + b
+            for j in range(3 * H):                              # one output array per loop
                 hu[j] = hu_row[j] + b_U[j]                      # U h_{t-1} + b_U
             for j in range(H):
-                gt[0, j] = sigmoid(zx[j] + hu[j])               # r_t
+                gr[j] = sigmoid(zx[j] + b[j] + hu[j])           # r_t
             for j in range(H):
-                gt[1, j] = sigmoid(zx[H + j] + hu[H + j])       # u_t
+                gu[j] = sigmoid(zx[H + j] + b[H + j] + hu[H + j])   # u_t
             for j in range(H):
                 hn[j] = hu[2 * H + j]
-                gt[2, j] = tanh(zx[2 * H + j] + gt[0, j] * hn[j])   # n_t = tanh(.. + r (U_n h + b_Un))
+            for j in range(H):                                  # n_t = tanh(W_n x + b_n + r (U_n h + b_Un))
+                gn[j] = tanh(zx[2 * H + j] + b[2 * H + j] + gr[j] * hn[j])
             for j in range(H):
                 hprev[j] = hrow[j]
-                hrow[j] = (1 - gt[1, j]) * gt[2, j] + gt[1, j] * hprev[j]   # h_t = (1-u) n + u h_{t-1}
+            for j in range(H):
+                hrow[j] = (1 - gu[j]) * gn[j] + gu[j] * hprev[j]   # h_t = (1-u) n + u h_{t-1}
+            for j in range(H):
                 orow[j] = hrow[j]
 
 
@@ -93,25 +96,31 @@ def gru_backward(dx, dW, dU, db, db_U, dh, DX, DHN,
     dhU = np.empty((B, H), dtype=dh.dtype)           # δ U (U^T δ of each row), one row per sequence
     dpk = pack_panels(DH_step)                       # DH_step as tile panels
     Upk = blocks_of(U)                               # U as tile blocks of columns
+    dht = np.empty(H, dtype=dh.dtype)                # δh_t of one row
     for s in range(lengths.max() - 1, -1, -1):
         for bb in range(B):
             L = lengths[bb]
             if s >= L:
                 continue
             pos = L - 1 - s if reverse else s
-            gt, hn, hprev, drow, dhrow = GATES[bb, pos], HN[bb, pos], HPREV[bb, pos], dout[bb, pos], dh[bb]
+            gr, gu, gn = GATES[bb, pos, 0], GATES[bb, pos, 1], GATES[bb, pos, 2]
+            hn, hprev, drow, dhrow = HN[bb, pos], HPREV[bb, pos], dout[bb, pos], dh[bb]
             dxr, dhs, dhn = DX[bb, pos], DH_step[bb], DHN[bb, pos]
+            dr, du, dpn = dxr[:H], dxr[H:2 * H], dxr[2 * H:]
+            # one output array per loop, so that LLVM vectorises each (few alias checks);
+            # flush (see activations): these feed every product below and the carry
             for j in range(H):
-                dht = drow[j] + dhrow[j]
-                u = gt[1, j]
-                # h_t = (1 - u) n + u h_{t-1}
-                # (flush: see activations; these feed every product below and the carry)
-                dpn = flush(dht * (1 - u) * dtanh(gt[2, j]))  # n = tanh(W_n x + b_n + r hn)
-                dxr[2 * H + j] = dpn
-                dhn[j] = flush(dpn * gt[0, j])
-                dxr[j] = flush(dpn * hn[j] * dsigmoid(gt[0, j]))   # r
-                dxr[H + j] = flush(dht * (hprev[j] - gt[2, j]) * dsigmoid(u))   # u
-                dhrow[j] = dht * u                          # + U^T δ below
+                dht[j] = drow[j] + dhrow[j]                 # δh_t: δout_t + the carry
+            for j in range(H):                              # h_t = (1 - u) n + u h_{t-1},
+                dpn[j] = flush(dht[j] * (1 - gu[j]) * dtanh(gn[j]))   # n = tanh(W_n x + b_n + r hn)
+            for j in range(H):
+                dhn[j] = flush(dpn[j] * gr[j])              # hn = U_n h_{t-1} + b_Un
+            for j in range(H):
+                dr[j] = flush(dpn[j] * hn[j] * dsigmoid(gr[j]))      # r = σ(..)
+            for j in range(H):
+                du[j] = flush(dht[j] * (hprev[j] - gn[j]) * dsigmoid(gu[j]))   # u = σ(..)
+            for j in range(H):
+                dhrow[j] = dht[j] * gu[j]                   # + U^T δ below
             for j in range(2 * H):                          # r, u: U h_{t-1} sits beside W x_t
                 dhs[j] = dxr[j]
             for j in range(H):
