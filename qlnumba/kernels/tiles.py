@@ -218,13 +218,12 @@ def tiles_gemm(C, Apk, X, m, accumulate):
             else:
                 _narrow_set(C, i64(p * MR), i64(0), Apk, i64(p), X, i64(0), i64(n), i64(m - p * MR))
         return
-    npan, nblk = (m + MR - 1) // MR, (n + NV * VW - 1) // (NV * VW)
-    for t in range(npan * nblk):
-        p, j0 = t // nblk, (t % nblk) * NV * VW      # panel by panel: each panel of A is read once
-        if accumulate:
-            _wide_add(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
-        else:
-            _wide_set(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
+    for p in range((m + MR - 1) // MR):              # panel by panel: each panel of A is read once
+        for j0 in range(0, n, NV * VW):
+            if accumulate:
+                _wide_add(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
+            else:
+                _wide_set(C, i64(p * MR), i64(j0), Apk, i64(p), X, i64(j0), i64(n - j0), i64(m - p * MR))
 
 
 @njit(**JIT)
