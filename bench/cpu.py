@@ -12,7 +12,11 @@ forward's products), against the peak of a large float32 BLAS product on the sam
 threads.  Every case warms up first (compilation excluded); then the cases are
 timed in --repeats interleaved rounds (each round runs every case once, so a
 slow spell of a shared machine hits all of them) and the medians are reported
-as tokens/s and ratios against torch.
+as tokens/s and ratios against torch.  Each timed call comes right after an
+untimed call of the same case (``timing.interleaved_times(rewarm=True)``; off with
+--no-rewarm): on the CI machine kind's VM, memory left untouched for a few seconds
+is slow to touch again, and at config C the case timed after torch's
+seconds-long calls lost 25-30% to that alone (bench/results/README.md).
 
 Subnormals.  On random data a fresh torch LSTM (forget-gate bias 0) passes back from the
 last step a gradient that shrinks by about half a step, so over T = 256 steps it turns
@@ -50,6 +54,8 @@ def parse_args():
     ap.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     ap.add_argument("--torch-subnormals", action="store_true",
                     help="leave torch's subnormal handling as shipped (default: set_flush_denormal(True))")
+    ap.add_argument("--no-rewarm", action="store_true",
+                    help="time each call without an untimed call of the same case right before it")
     ap.add_argument("--gru", action="store_true",
                     help="also time our GRU and torch's nn.GRU (GRU ratios are against torch's GRU)")
     return ap.parse_args()
@@ -184,7 +190,7 @@ def main():
         versions["torch_imported_first"] = True
     tokens = B * T
     result = {"config": args.config, "B": B, "T": T, "E": E, "H": H, "dtype": "float32",
-              "threads": args.threads, "repeats": args.repeats,
+              "threads": args.threads, "repeats": args.repeats, "rewarm": not args.no_rewarm,
               "machine": f"{host_cpu()}, {os.cpu_count()} cpus",
               "load_avg_1min": os.getloadavg()[0], "versions": versions,
               "matmul_peak_gflops": peak, "qlnumba_threads": qlnumba.config.get_num_threads(),
@@ -193,7 +199,7 @@ def main():
     before = cpu_times()
     for mode, index in (("train", 0), ("infer", 1)):
         seconds = interleaved_median_times({name: fns[index] for name, fns in cases.items()},
-                                           args.repeats)
+                                           args.repeats, rewarm=not args.no_rewarm)
         result[f"{mode}_tokens_per_s"] = {name: tokens / t for name, t in seconds.items()}
     for name in cases:
         psug = name == "qlnumba_ql"

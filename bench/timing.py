@@ -9,7 +9,7 @@ def median_time(fn, repeats, sync=lambda: None):
     return interleaved_median_times({"fn": fn}, repeats, sync, settle=0.0)["fn"]   # no contender
 
 
-def interleaved_times(fns, repeats, sync=lambda: None, settle=0.05, warmup=1):
+def interleaved_times(fns, repeats, sync=lambda: None, settle=0.05, warmup=1, rewarm=False):
     """Seconds of every timed call of each of ``fns`` (a dict of callables), by name: lists
     of ``repeats``, entry i from round i.
 
@@ -19,6 +19,13 @@ def interleaved_times(fns, repeats, sync=lambda: None, settle=0.05, warmup=1):
     process sleeps ``settle`` seconds (not timed), so that the thread pool of the previous
     contender (OpenMP threads spin for a while after their work) is asleep and does not
     compete for the cores.
+
+    With ``rewarm``, each timed call comes right after an untimed call of the same function,
+    so that it finds memory and caches as the next step of a loop would.  On a VM whose host
+    reclaims guest memory left untouched for a few seconds, the first touch of each page
+    afterwards costs microseconds: a contender timed right after another contender's
+    seconds-long call then paid for touching its own buffers again (bench/results/README.md,
+    twenty-eighth session).
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -27,6 +34,9 @@ def interleaved_times(fns, repeats, sync=lambda: None, settle=0.05, warmup=1):
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if rewarm:
+                fn()
+                sync()
             time.sleep(settle)
             t0 = time.perf_counter()
             fn()
@@ -35,9 +45,10 @@ def interleaved_times(fns, repeats, sync=lambda: None, settle=0.05, warmup=1):
     return times
 
 
-def interleaved_median_times(fns, repeats, sync=lambda: None, settle=0.05):
+def interleaved_median_times(fns, repeats, sync=lambda: None, settle=0.05, rewarm=False):
     """Median seconds of each of ``fns``, timed in interleaved rounds (``interleaved_times``)."""
-    return {name: statistics.median(t) for name, t in interleaved_times(fns, repeats, sync, settle).items()}
+    times = interleaved_times(fns, repeats, sync, settle, rewarm=rewarm)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def round_speedups(times, name, reference):

@@ -55,7 +55,7 @@ def test_cpu_benchmark_json(gru):
     for mode in ("train", "infer"):
         assert set(result[f"{mode}_tokens_per_s"]) == {"qlnumba_ql", "qlnumba_lstm"} | ({"qlnumba_gru"} if gru else set())
         assert all(v > 0 for v in result[f"{mode}_tokens_per_s"].values())
-    assert result["threads"] == 2 and result["qlnumba_partition"] == "units"
+    assert result["threads"] == 2 and result["qlnumba_partition"] == "units" and result["rewarm"] is True
     assert {"python", "numpy", "numba", "qlnumba"} <= set(result["versions"])
 
 
@@ -142,6 +142,12 @@ def test_interleaved_rounds_pair_each_case_with_its_contenders():
     times = interleaved_times(fns, repeats=3, sync=lambda: calls.append("sync"), settle=0.0, warmup=2)
     assert calls == ["ours", "ours", "sync", "cudnn", "cudnn", "sync"] + ["ours", "sync", "cudnn", "sync"] * 3
     assert [len(t) for t in times.values()] == [3, 3] and all(s >= 0 for t in times.values() for s in t)
+    calls.clear()                                   # rewarm: an untimed call right before each timed one
+    times = interleaved_times(fns, repeats=2, sync=lambda: calls.append("sync"), settle=0.0, warmup=1,
+                              rewarm=True)
+    assert calls == ["ours", "sync", "cudnn", "sync"] + ["ours", "sync", "ours", "sync",
+                                                         "cudnn", "sync", "cudnn", "sync"] * 2
+    assert [len(t) for t in times.values()] == [2, 2]
     rounds = {"ours": [1.0, 2.0, 0.5], "cudnn": [2.0, 2.0, 2.0]}
     assert round_speedups(rounds, "ours", "cudnn") == [2.0, 1.0, 4.0]
     with pytest.raises(ValueError):                 # rounds that do not pair up
