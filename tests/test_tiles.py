@@ -14,7 +14,7 @@ from numba import njit
 from qlnumba.config import JIT
 from qlnumba.kernels import tiles
 from qlnumba.kernels.blas import gemm
-from qlnumba.kernels.tiles import blocks_of, pack_panels, panels_of, rows_gemm, tiles_gemm
+from qlnumba.kernels.tiles import blocks_of, pack_rows, panels_of, rows_gemm, tiles_gemm
 
 from helpers import make_rng
 
@@ -46,18 +46,18 @@ shapes = st.tuples(st.integers(1, 40), st.integers(1, 40), st.integers(1, 80),
 
 
 @settings(deadline=None, max_examples=60)
-@given(shapes)
-def test_tiles_match_numpy(case):
+@given(shapes, st.sampled_from([tiles.MR, tiles.MRW]))
+def test_tiles_match_numpy(case, mr):
     m, K, n, dtype, accumulate, seed = case
     check_product(m, K, n, dtype, accumulate, seed,
-                  lambda C, A, X, acc: tiles_gemm(C, panels_of(A), X, A.shape[0], acc))
+                  lambda C, A, X, acc: tiles_gemm(C, panels_of(A, mr), X, A.shape[0], acc))
 
 
 def rows_product(C, A, X, accumulate):
     """``rows_gemm`` as the B-major kernels run it: panels and blocks made once, A repacked on
     every call (here after a first call with other rows, which must leave nothing behind)."""
     assert not accumulate
-    Apk, Xpk = pack_panels(A), blocks_of(X)
+    Apk, Xpk = pack_rows(A), blocks_of(X)
     rows_gemm(C, Apk, A[::-1].copy(), Xpk, X)
     rows_gemm(C, Apk, A, Xpk, X)
 
@@ -95,11 +95,15 @@ def test_edges_of_a_tile():
     """Exactly one tile, one row and one column past it, one vector of columns and past it."""
     for dtype in (np.float32, np.float64):
         vw = tiles.VBYTES // np.dtype(dtype).itemsize
-        for m in (1, tiles.MR, tiles.MR + 1, 2 * tiles.MR, 2 * tiles.MR + 1):
-            for n in (1, vw, vw + 1, tiles.NV * vw, tiles.NV * vw + 1):
-                for accumulate in (False, True):
-                    check_product(m, 5, n, dtype, accumulate, 7,
-                                  lambda C, A, X, acc: tiles_gemm(C, panels_of(A), X, A.shape[0], acc))
+        for mr in (tiles.MR, tiles.MRW):                  # panels of either height
+            for m in (1, mr, mr + 1, 2 * mr, 2 * mr + 1):
+                for n in (1, vw, vw + 1, tiles.NV * vw, tiles.NV * vw + 1):
+                    for accumulate in (False, True):
+                        check_product(m, 5, n, dtype, accumulate, 7,
+                                      lambda C, A, X, acc: tiles_gemm(C, panels_of(A, mr), X, A.shape[0], acc))
+        for m in (1, tiles.MR, tiles.MR + 1, 2 * tiles.MR + 1):       # rows_gemm's tiles
+            for n in (1, tiles.NV * vw, tiles.NV * vw + 1):
+                check_product(m, 5, n, dtype, False, 7, rows_product)
 
 
 def test_nan_stays_in_its_column():
@@ -114,12 +118,20 @@ def test_nan_stays_in_its_column():
 
 def test_packing_and_host_choice():
     A = np.arange(3 * 5, dtype=np.float64).reshape(3, 5)
-    Apk = panels_of(A)
-    assert Apk.shape == (2, 5, tiles.MR)                  # rounded up to an even panel count
-    assert (Apk[0, :, :3] == A.T).all() and not Apk[0, :, 3:].any() and not Apk[1].any()
+    for mr in (tiles.MRW, tiles.MR):
+        Apk = panels_of(A, mr)
+        assert Apk.shape == (2, 5, mr)                    # rounded up to an even panel count
+        assert (Apk[0, :, :3] == A.T).all() and not Apk[0, :, 3:].any() and not Apk[1].any()
+    assert panels_of(A).shape[2] == tiles.MR
+    A9 = np.arange(9 * 2, dtype=np.float64).reshape(9, 2)
+    assert (panels_of(A9, 4)[2, :, 0] == A9[8]).all()     # row 8: panel 2, first row
     assert tiles.VBYTES in (16, 32, 64)
     assert tiles.TILES == (tiles.VBYTES >= 32)
-    assert tiles.pack_panels(A).shape[0] == (2 if tiles.TILES else 0)
+    npan = 2 if tiles.TILES else 0
+    assert tiles.pack_rows(A).shape == (npan, 5, tiles.MR)
+    big = tiles.X_L1_BYTES // (5 * 8) + 1                 # columns of an X (5, big) beyond L1
+    assert tiles.pack_panels(A, big - 1).shape == (npan, 5, tiles.MR)
+    assert tiles.pack_panels(A, big).shape == (npan, 5, tiles.MRW)
     width = tiles.NV * tiles.VBYTES // 8
     X = np.arange(5 * (width + 3), dtype=np.float64).reshape(5, width + 3)
     Xpk = blocks_of(X)

@@ -30,7 +30,7 @@ from numba import njit, prange
 from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
 from .blas import gemm
-from .tiles import blocks_of, pack_panels, rows_gemm
+from .tiles import blocks_of, pack_rows, rows_gemm
 
 
 @njit(**JIT)
@@ -44,7 +44,7 @@ def gru_forward(out, h, ZX, GATES, HN, HPREV,
     UT = np.ascontiguousarray(U.T)                           # (H, 3H)
     UTpk = blocks_of(UT)                                     # U^T as tile blocks of columns
     hU = np.empty((B, 3 * H), dtype=h.dtype)                 # h_{t-1} U^T, one row per sequence
-    hpk = pack_panels(h)                                     # h_{t-1} as tile panels (kernels/tiles.py)
+    hpk = pack_rows(h)                                       # h_{t-1} as tile panels (kernels/tiles.py)
     hu = np.empty(3 * H, dtype=h.dtype)                      # U h_{t-1} + b_U of one row
     for bb in range(B):
         out[bb, lengths[bb]:, :] = 0.0
@@ -94,7 +94,7 @@ def gru_backward(dx, dW, dU, db, db_U, dh, DX, DHN,
         DHN[bb, lengths[bb]:, :] = 0.0
     DH_step = np.zeros((B, 3 * H), dtype=dh.dtype)   # δ of U h_{t-1} + b_U of this step, by row
     dhU = np.empty((B, H), dtype=dh.dtype)           # δ U (U^T δ of each row), one row per sequence
-    dpk = pack_panels(DH_step)                       # DH_step as tile panels
+    dpk = pack_rows(DH_step)                         # DH_step as tile panels
     Upk = blocks_of(U)                               # U as tile blocks of columns
     dht = np.empty(H, dtype=dh.dtype)                # δh_t of one row
     for s in range(lengths.max() - 1, -1, -1):

@@ -38,7 +38,7 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import dsigmoid, dtanh, flush, sigmoid, tanh
-from .tiles import blocks_of, pack_panels, rows_gemm
+from .tiles import blocks_of, pack_rows, rows_gemm
 
 
 @njit(**JIT)
@@ -54,7 +54,7 @@ def recurrent_forward(out, h, c, m, a, n, Z, GATES, C, CPREV, HPREV, MBLK, SBLK,
     UT = np.ascontiguousarray(U.T)                # (H, G)
     UTpk = blocks_of(UT)                          # U^T as tile blocks of columns
     hU = np.empty((B, G), dtype=h.dtype)          # h_{t-1} U^T, one row per sequence
-    hpk = pack_panels(h)                          # h_{t-1} as tile panels
+    hpk = pack_rows(h)                            # h_{t-1} as tile panels
     zbuf = np.empty(G, dtype=h.dtype)             # z_t of one row without psug (not kept)
     th = np.empty(H, dtype=h.dtype)               # tanh(c_t) of one row
     S_close = np.empty((B, H), dtype=h.dtype)     # rows closing a block this step:
@@ -168,7 +168,7 @@ def recurrent_backward(dx, dW, dU, db, dgamma, dbeta, dV_s, dV_m, db_r, dh, dc, 
         DZ[bb, lengths[bb]:, :] = 0.0               # padded steps add nothing to the sums below
     DZ_step = np.zeros((B, G), dtype=dh.dtype)      # δz of this step, gathered by row
     dhU = np.empty((B, H), dtype=dh.dtype)          # δz U (U^T δz of each row), one row per sequence
-    dpk = pack_panels(DZ_step)                      # DZ_step as tile panels
+    dpk = pack_rows(DZ_step)                        # DZ_step as tile panels
     Upk = blocks_of(U)                              # U as tile blocks of columns
     dhhat = np.empty(H, dtype=dh.dtype)             # δĥ_t of one row
     th = np.empty(H, dtype=dh.dtype)                # tanh(c_t) of one row

@@ -97,7 +97,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     #    steps in one product
     rows = NG * Hp
     Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
-    Upk = pack_panels(Upp)                        # for the per-step products U h_{t-1}
+    Upk = pack_panels(Upp, B)                     # for the per-step products U h_{t-1}
     chunk = chunk_steps(B)                        # a product wide enough for BLAS
     Xflat = np.empty(chunk * B * E, dtype=h.dtype)
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)

@@ -153,7 +153,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
     # 2) the steps; this part's rows of the input projection a chunk of steps at a time
     rows = NG * Hp
     Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
-    Upk = pack_panels(Upp)                        # for the per-step products U h_{t-1}
+    Upk = pack_panels(Upp, B)                     # for the per-step products U h_{t-1}
     chunk = chunk_steps(B)
     span = HS.shape[2] // B
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
@@ -363,7 +363,7 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
     n = Hp * B
     steps = lengths[order[0]]
     UCT = np.ascontiguousarray(U[:, u0:u1].T)     # (Hp, G): δh[units] = U[:, units]^T δz
-    UCTk = pack_panels(UCT)
+    UCTk = pack_panels(UCT, B)
     VmT = np.ascontiguousarray(V_m[:, u0:u1].T)   # (Hp, H): δm[units] += V_m[:, units]^T δp
     VsT = np.ascontiguousarray(V_s[:, u0:u1].T)
     GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), dh.dtype)  # γ_k of each element
