@@ -222,18 +222,23 @@ def panel_rows(K, n, itemsize):
 
 
 @njit(**JIT)
+def _packed(A, mr):
+    """``panels_of(A, mr)``; without TILES an empty array (BLAS takes A itself)."""
+    return panels_of(A, mr) if TILES else np.zeros((0, A.shape[1], mr), dtype=A.dtype)
+
+
+@njit(**JIT)
 def pack_panels(A, n):
     """The weights A (m, K) as panels for ``panel_gemm`` by an X of n columns (rows per
-    panel: ``panel_rows``); without TILES an empty array (BLAS takes A itself)."""
-    mr = panel_rows(A.shape[1], n, A.itemsize)
-    return panels_of(A, mr) if TILES else np.zeros((0, A.shape[1], mr), dtype=A.dtype)
+    panel: ``panel_rows``); without TILES an empty array."""
+    return _packed(A, panel_rows(A.shape[1], n, A.itemsize))
 
 
 @njit(**JIT)
 def pack_rows(A):
     """Panels of MR rows for ``rows_gemm``, which packs its A (rows of h_{t-1} or δz) into
     them every step; without TILES an empty array."""
-    return panels_of(A, MR) if TILES else np.zeros((0, A.shape[1], MR), dtype=A.dtype)
+    return _packed(A, MR)
 
 
 def _panels_gemm(wide_set, wide_add, narrow_set, narrow_add, mr):
