@@ -177,7 +177,8 @@ def main():
         layers["qlnumba_gru"] = qlnumba.GRU(E, H, dtype=np.float32, seed=0)
     cases = {name: qlnumba_case(layer, B, T, E, H, rng) for name, layer in layers.items()}
     versions = {"python": platform.python_version(), "numpy": np.__version__,
-                "numba": numba.__version__, "qlnumba": qlnumba.__version__}
+                "numba": numba.__version__, "qlnumba": qlnumba.__version__,
+                "wide_vectors": qlnumba.config.WIDE_VECTORS}
     if torch is not None:
         torch.set_num_threads(args.threads)
         # before torch starts its pool, whose threads inherit the mode: see the module's doc

@@ -21,6 +21,8 @@ Environment variables (read once, at import):
 
 ``QLNUMBA_CACHE``    "0" disables Numba's on-disk cache (default on).
 ``QLNUMBA_THREADS``  calls ``set_num_threads`` with this value.
+``QLNUMBA_WIDE_VECTORS``  "0" keeps LLVM's own vector width for the loops it vectorises
+                     (default: 512-bit vectors on AVX-512 hosts; see ``_prefer_512_bit``).
 """
 import os
 
@@ -35,6 +37,51 @@ JIT = dict(fastmath=FASTMATH, parallel=False, cache=CACHE, nogil=True, error_mod
 JIT_PARALLEL = dict(JIT, parallel=True)
 
 DTYPES = (np.float32, np.float64)
+
+
+def _prefer_512_bit():
+    """Let LLVM vectorise the kernels' loops with 512-bit vectors on AVX-512 hosts.
+
+    LLVM's tuning for Intel's AVX-512 cores (Skylake-SP to Sapphire Rapids, and the
+    "rocketlake" this VM's Xeon reports) prefers 256-bit vectors for the loops it
+    vectorises itself (``prefer-256-bit``), against clock slowdowns on the oldest of
+    them; only hand-written vector code (``kernels/tiles.py``) used the 512-bit
+    registers.  The element-wise loops (gates, state updates) run at twice the
+    values per instruction with them: on the CI machine kind's Xeon, QL-LSTM's gate
+    loop at (B, H) = (16, 256) took 1.62 ms per 256 steps against 1.99, and its whole
+    inference at (32, 256, 128, 256) 9.2-9.5 ms against 10.2 (bench/results/README.md).
+    Results are the same bits: no loop here reassociates sums (fastmath is off).
+
+    This is done by adding ``-prefer-256-bit`` to the features Numba compiles with
+    (``numba.core.config.CPU_FEATURES``, read once, when Numba sets up its CPU target:
+    at the first ``@njit``).  Numba's CPU target is shared, so the setting reaches
+    every Numba function of the process; it is left alone where the user chose
+    (NUMBA_CPU_NAME or NUMBA_CPU_FEATURES set), where QLNUMBA_WIDE_VECTORS=0, on
+    hosts without AVX-512, and where the CPU target was set up before this import
+    (it would not take effect).  Returns whether the setting is in place.
+    """
+    if os.environ.get("QLNUMBA_WIDE_VECTORS", "1") == "0":
+        return False
+    from numba.core import config as numba_config
+    from numba.core import registry
+
+    if numba_config.CPU_NAME is not None or numba_config.CPU_FEATURES is not None:
+        return False
+    if "_toplevel_target_context" in vars(registry.cpu_target):    # already set up
+        return False
+    import llvmlite.binding as llvm
+
+    try:
+        features = llvm.get_host_cpu_features().flatten()
+    except RuntimeError:                          # llvmlite cannot read this host's features
+        return False
+    if "+avx512f" not in features.split(","):
+        return False
+    numba_config.CPU_FEATURES = features + ",-prefer-256-bit"
+    return True
+
+
+WIDE_VECTORS = _prefer_512_bit()
 
 _threads = 1
 _partition = "units"

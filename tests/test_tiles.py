@@ -153,6 +153,74 @@ def test_vector_width_follows_numbas_target():
         assert got == want, (env, got)
 
 
+def _host_has_avx512():
+    import llvmlite.binding as llvm
+    return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+
+
+WIDE_CHECK = ("import qlnumba.config as c; from numba.core import registry; "
+              "f = registry.cpu_target.target_context.codegen().magic_tuple()[2]; "
+              "print(c.WIDE_VECTORS, f.endswith(',-prefer-256-bit'))")
+
+
+def _fresh_env(**env):
+    """os.environ without the variables that choose the vector width, plus ``env``."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("QLNUMBA_WIDE_VECTORS", "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES")}
+    return dict(base, **env)
+
+
+def test_wide_vectors_where_they_apply():
+    """512-bit vectors for LLVM's own loops on AVX-512 hosts (config._prefer_512_bit), and only
+    where the user left Numba's target alone and it was not set up before qlnumba's import."""
+    wide = str(_host_has_avx512())
+    cases = (("", {}, f"{wide} {wide}"),
+             ("", {"QLNUMBA_WIDE_VECTORS": "0"}, "False False"),
+             ("", {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": "+avx,+avx2,+fma"}, "False False"),
+             ("import numba; numba.njit(lambda v: v)(1); ", {}, "False False"))
+    for before, env, want in cases:
+        got = subprocess.run([sys.executable, "-c", before + WIDE_CHECK], env=_fresh_env(**env),
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert got == want, (before, env, got)
+
+
+SAME_BITS = """
+import hashlib, numpy as np, qlnumba
+qlnumba.config.set_num_threads(2)
+rng = np.random.default_rng(7)
+x = rng.standard_normal((6, 40, 5)).astype(np.float32)
+lengths = np.array([40, 33, 40, 7, 21, 1])
+digest = hashlib.sha256()
+for psug, hgr in ((True, True), (False, False)):
+    layer = qlnumba.QLLSTM(5, 24, psug=psug, hgr=hgr, block_size=4, dtype=np.float32, seed=1)
+    out, _ = layer.forward(x, lengths)
+    dx, grads = layer.backward(out)
+    infer, _ = layer.forward(x, lengths, need_grad=False)
+    for a in [out, dx, infer] + [grads[k] for k in sorted(grads)]:
+        digest.update(np.ascontiguousarray(a).tobytes())
+gru = qlnumba.GRU(5, 24, dtype=np.float32, seed=1)
+out, _ = gru.forward(x, lengths)
+dx, grads = gru.backward(out)
+for a in [out, dx] + [grads[k] for k in sorted(grads)]:
+    digest.update(np.ascontiguousarray(a).tobytes())
+print(qlnumba.config.WIDE_VECTORS, digest.hexdigest())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _host_has_avx512(), reason="the vector width only changes on AVX-512 hosts")
+def test_wide_vectors_give_the_same_bits():
+    """No kernel loop reassociates a sum, so 512-bit vectors change no bit of any result:
+    QL-LSTM, LSTM (training and inference) and GRU in float32, on 2 threads, both widths."""
+    runs = {}
+    for flag in ("1", "0"):
+        got = subprocess.run([sys.executable, "-c", SAME_BITS], env=_fresh_env(QLNUMBA_WIDE_VECTORS=flag),
+                             capture_output=True, text=True, check=True).stdout.split()
+        runs[got[0]] = got[1]
+    assert set(runs) == {"True", "False"}
+    assert runs["True"] == runs["False"]
+
+
 @pytest.mark.slow
 def test_kernels_without_tiles():
     """The kernels on the BLAS path that hosts without AVX2 take: the recurrent tests rerun in a
