@@ -43,14 +43,17 @@ def load_checkpoint(path, device=None):
     from .model import SequenceClassifier
 
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"PK\x03\x04":               # np.load would take a .npy, or try pickle
+            raise ValueError("not an .npz archive")
         with np.load(str(path), allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise ValueError(f"checkpoint not found: {path}") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ValueError(f"{path} is not a readable qlnumba checkpoint ({exc})") from None
-    if not isinstance(arrays, dict) or arrays.get("__format__") is None or \
-            str(arrays["__format__"]) != FORMAT:
+    if arrays.get("__format__") is None or str(arrays["__format__"]) != FORMAT:
         raise ValueError(f"{path} is not a qlnumba checkpoint (no '{FORMAT}' marker)")
     version = int(arrays["__version__"])
     if version != VERSION:

@@ -532,6 +532,9 @@ def _sized(X):
         return X
     if hasattr(X, "__array__"):
         return np.asarray(X)
+    if not hasattr(X, "__iter__"):
+        raise ValueError(f"X must be a sequence of sequences (texts, id sequences or feature "
+                         f"arrays), got {type(X).__name__}")
     return list(X)
 
 

@@ -114,7 +114,12 @@ def test_errors_are_one_line_without_a_traceback(tmp_path, capsys):
     assert err.startswith("qlnumba info: error: checkpoint not found") and "Traceback" not in err
     (tmp_path / "junk.npz").write_bytes(b"junk")
     assert main(["predict", str(tmp_path / "junk.npz"), "-"]) == 2
-    assert "not a readable qlnumba checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not a readable qlnumba checkpoint (not an .npz archive)" in err
+    assert "allow_pickle" not in err                 # no hint to load it unsafely
+    np.save(tmp_path / "array.npy", np.zeros(3))      # one array, not an archive
+    assert main(["info", str(tmp_path / "array.npy")]) == 2
+    assert "not an .npz archive" in capsys.readouterr().err
 
 
 def test_python_dash_m_runs_the_command():

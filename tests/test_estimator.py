@@ -304,11 +304,15 @@ def test_bad_data_is_refused(monkeypatch):
         clf.fit("a text", [0])
     with pytest.raises(ValueError, match="no sequences"):
         clf.fit([], [])
+    with pytest.raises(ValueError, match="sequence of sequences.*got NoneType"):
+        clf.fit(None, [0])
     with pytest.raises(ValueError, match=r"X\[1\] is int"):
         QLLSTMClassifier(input="text").fit(["a", 3], [0, 1])
     clf.fit(["a b", "c"], [0, 1])
     with pytest.raises(ValueError, match="fitted on text"):
         clf.predict(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="got int"):
+        clf.predict(3)
     with pytest.raises(ValueError, match="one class"):     # a failed refit: not fitted at all
         clf.fit(np.zeros((2, 3)), [0, 0])
     with pytest.raises(NotFittedError):
