@@ -182,6 +182,8 @@ class LanguageModel:
             raise ValueError(f"prompt must be a non-empty 1-D array of ids, got shape {prompt.shape}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if not isinstance(rng, np.random.Generator):
             raise ValueError("rng must be a numpy Generator (np.random.default_rng(seed))")
         if prompt.min() < 1:
@@ -191,8 +193,10 @@ class LanguageModel:
         _, probs, state = self.forward(prompt[None, :])
         out = np.empty(steps, np.int64)
         for i in range(steps):
-            p = probs[0].astype(np.float64) ** (1.0 / temperature)
-            p[list(exclude)] = 0.0
+            with np.errstate(divide="ignore"):              # log 0 = -inf: never drawn
+                logp = np.log(probs[0].astype(np.float64)) / temperature
+            logp[list(exclude)] = -np.inf
+            p = np.exp(logp - logp.max())                   # p^(1/T), scaled: no underflow at small T
             out[i] = np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")
             out[i] = min(out[i], len(p) - 1)
             _, probs, state = self.forward(out[i:i + 1][None, :], state=state)

@@ -130,6 +130,24 @@ def test_generation_is_seeded_and_stays_in_the_vocabulary():
         model.generate(np.array([1]), 3, np.random.default_rng(0), exclude=(1,))
     with pytest.raises(ValueError, match="exclude"):
         model.generate(np.array([1]), 3, np.random.default_rng(0), exclude=tuple(range(7)))
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        model.generate(np.array([1]), -1, np.random.default_rng(0))
+    assert len(model.generate(np.array([1]), 0, np.random.default_rng(0))) == 0
+
+
+def test_generation_at_a_tiny_temperature_is_greedy():
+    """p^(1/T) underflows in float64 for T = 1e-3; the draw is made in log space, so it is
+    the most likely id left after ``exclude``, not whatever id an all-zero vector gives."""
+    model = LanguageModel(7, embed_dim=3, hidden_size=4, seed=4)
+    prompt = np.array([1, 2])
+    out = model.generate(prompt, 5, np.random.default_rng(0), temperature=1e-3, exclude=(0, 3))
+    ids, state = prompt, None
+    for drawn in out:
+        _, probs, state = model.forward(ids[None, :], state=state)
+        p = probs[0].astype(np.float64)
+        p[[0, 3]] = -1.0
+        assert drawn == p.argmax()
+        ids = np.array([drawn])
 
 
 def test_bad_input_is_refused():
