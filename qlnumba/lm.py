@@ -180,8 +180,8 @@ class LanguageModel:
         prompt = np.asarray(prompt)
         if prompt.ndim != 1 or len(prompt) == 0:
             raise ValueError(f"prompt must be a non-empty 1-D array of ids, got shape {prompt.shape}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not 0 < temperature < np.inf:
+            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
         if not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
         if not isinstance(rng, np.random.Generator):

@@ -118,6 +118,8 @@ def test_generation_is_seeded_and_stays_in_the_vocabulary():
     assert a.min() >= 1 and a.max() < 7 and len(a) == 30
     with pytest.raises(ValueError, match="temperature"):
         model.generate(np.array([1]), 3, np.random.default_rng(0), temperature=0)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(np.array([1]), 3, np.random.default_rng(0), temperature=np.inf)
     with pytest.raises(ValueError, match="Generator"):
         model.generate(np.array([1]), 3, 0)
     with pytest.raises(ValueError, match="non-empty"):
