@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qlnumba import layers
-from qlnumba.kernels.recurrent_infer import deal_columns, recurrent_infer_rows
-from qlnumba.kernels.recurrent_units import CHUNK_COLUMNS, CHUNK_MAX
+from qlnumba.kernels.recurrent_infer import deal_columns, input_chunk_steps, recurrent_infer_rows
+from qlnumba.kernels.recurrent_units import CHUNK_MAX
 from qlnumba.layers import INFER_ROWS_MIN
 from helpers import assert_close, make_rng, random_state
 from test_recurrent import SWITCH_IDS, SWITCHES, assert_matches_reference, make_layer, randomize
@@ -18,7 +18,7 @@ from test_recurrent import SWITCH_IDS, SWITCHES, assert_matches_reference, make_
 THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
 SPLITS = [(n, partition) for n in THREADS for partition in ("units", "rows") if n > 1 or partition == "units"]
 SPLIT_IDS = [f"{n}-{partition}" for n, partition in SPLITS]
-CHUNK = CHUNK_MAX              # the kernel's steps per chunk for batches of up to 16 rows
+CHUNK = CHUNK_MAX              # the kernel's steps per chunk for these small batches and inputs
 
 
 def check_inference(kind, B, T, E, H, K, num_layers, bidirectional, lengths, seed, dtype=np.float64,
@@ -61,6 +61,7 @@ def test_inference_float32_long_ragged(threads, n, partition, kind):
     """Several chunks, rows ending inside and at the edge of a chunk, uneven unit parts."""
     threads(n, partition)
     T = 3 * CHUNK + 5
+    assert input_chunk_steps(6, 4, 4) == CHUNK
     check_inference(kind, 6, T, 4, 19, 4, 1, True, [T, 1, CHUNK, CHUNK + 1, 2 * CHUNK - 1, 17],
                     seed=60, dtype=np.float32, tol=2e-5)
 
@@ -68,13 +69,15 @@ def test_inference_float32_long_ragged(threads, n, partition, kind):
 @pytest.mark.parametrize("n", THREADS)
 @pytest.mark.parametrize("kind", [(True, True), (False, False)], ids=["ql", "lstm"])
 def test_inference_wide_batch_shorter_chunks(threads, n, kind):
-    """A batch wide enough for chunks of fewer steps (CHUNK_COLUMNS // B), ragged; on 2 threads
-    QL-LSTM splits the rows here (20 per thread), LSTM the units."""
+    """A batch wide enough for chunks of fewer steps (``input_chunk_steps``: 6 steps with all 80
+    columns, 12 with 40), ragged; on 2 threads QL-LSTM splits the rows here (40 per thread),
+    LSTM the units."""
     threads(n, "units")
-    B = 80
-    assert CHUNK_COLUMNS // (B // 2) < CHUNK_MAX and B // 2 >= INFER_ROWS_MIN
+    B, E = 80, 4
+    assert input_chunk_steps(B // 2, E, 8) < CHUNK_MAX and B // 2 >= INFER_ROWS_MIN
+    assert 1 < input_chunk_steps(B, E, 8) < 15 // 2
     lengths = make_rng(62).integers(1, 16, B)
-    check_inference(kind, B, 15, 2, 5, 3, 1, True, lengths, seed=63)
+    check_inference(kind, B, 15, E, 5, 3, 1, True, lengths, seed=63)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")

@@ -24,10 +24,11 @@ Columns are the batch rows sorted by decreasing length, so the sequences still
 running at step s are columns 0 .. nact-1.  A column whose row has ended has its
 final state saved when it drops off; after that it is still computed (on zero
 inputs, so it stays finite) but never read, and no loop needs a mask.  The
-steps run in chunks (``chunk`` steps, below): each thread gathers a chunk's inputs
-in step order (reverse direction and ragged lengths resolved there) and gives
-their projection onto its units in one product, which stays in its cache (a
-projection of every step at once has rows 4 T B bytes apart).  Each step's
+steps run in chunks (``chunk`` steps, below): each thread gathers a chunk's inputs,
+transposed (reverse direction and ragged lengths resolved there), and gives their
+projection onto its units in one product on the register tiles (``tiles.panel_gemm``,
+W's rows packed once per call), which stays in its cache (a projection of every
+step at once has rows 4 T B bytes apart).  Each step's
 outputs go straight from the unit-major h_t to the running columns' rows of
 ``out``.  A block close works unit-major too: the closing columns of a and m
 are gathered into (H, nc) blocks, so the two products V_s s and V_m m give
@@ -51,8 +52,8 @@ Shapes legend (besides recurrent.py's)
   order (Bc,) int64    column j holds row order[j] (rows by decreasing length); the part
                        runs Bc columns: B with the units split, about B/P with the rows split
   (below, B stands for Bc)
-  XC (ns*B, E)         a thread's input of the ns <= chunk steps of a chunk, in step order:
-                       XC[sc*B + j] = x[order[j], position of step s], zero where the row has ended
+  XT (E, ns*B)         a thread's input of the ns <= chunk steps of a chunk, transposed:
+                       XT[:, sc*B + j] = x[order[j], position of step s], zero where the row has ended
   Wp, Up (P, NG*HPMAX, E or H)  thread p's rows of W, U: gate k, unit u0+i at row k*Hp + i
   HT (2, H, B)         h_{t-1} and h_t unit-major, alternating by step parity
   MT, AT (H, B)        m and a unit-major
@@ -66,10 +67,48 @@ from numba import njit, prange
 
 from ..config import JIT, JIT_PARALLEL
 from .activations import sigmoid, tanh
-from .recurrent_units import (advance_counters, chunk_steps, close_blocks, pack_unit_rows,
+from .recurrent_units import (CHUNK_MAX, advance_counters, close_blocks, pack_unit_rows,
                               part_params, publish_h, save_column)
 from .sync import STRIDE, barrier
 from .tiles import pack_panels, panel_gemm
+
+
+# A chunk's inputs x^T take at most this many bytes (at least one step): every panel of W's
+# rows reads them again, from L1 only if they are small (tiles.py).  Measured against the
+# chunks of ``chunk_steps`` multiplied by BLAS (about 256 columns, in float32): LSTM at
+# (B, T, E, H) = (32, 256, 128, 256) 4-11% less time on one thread, level on two; at
+# (64, 512, 300, 512) 2-7% less on two; QL-LSTM level at both.  32 KB was no better.
+INPUT_CHUNK_BYTES = 16 * 1024
+
+
+@njit(**JIT)
+def input_chunk_steps(B, E, itemsize):
+    """Steps per chunk of the input projection: as many as keep the chunk's inputs x^T (E, ns*B)
+    within INPUT_CHUNK_BYTES, at least one and at most CHUNK_MAX."""
+    return max(1, min(CHUNK_MAX, INPUT_CHUNK_BYTES // (E * B * itemsize)))
+
+
+@njit(**JIT)
+def gather_inputs(XT, x, lengths, order, s, reverse):
+    """XT (E, ns*B): the inputs of steps s .. s+ns-1, transposed for ``panel_gemm``:
+    XT[:, k*B + j] = x[order[j], position of step s+k], zero where the row has ended.
+    In blocks of 16 columns x 16 features, so that each read row and written row stays in L1."""
+    E, n = XT.shape
+    B = order.shape[0]
+    for c0 in range(0, n, 16):
+        for e0 in range(0, E, 16):
+            e1 = min(e0 + 16, E)
+            for col in range(c0, min(c0 + 16, n)):
+                k, j = col // B, col % B
+                row = order[j]
+                L = lengths[row]
+                if s + k < L:
+                    xr = x[row, L - 1 - (s + k) if reverse else s + k]
+                    for e in range(e0, e1):
+                        XT[e, col] = xr[e]
+                else:
+                    for e in range(e0, e1):
+                        XT[e, col] = 0.0
 
 
 # The two loops below are functions of their own, not written out in ``_infer_part``: each
@@ -129,8 +168,9 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     rows = NG * Hp
     Wpp, Upp = Wp[p, :rows], Up[p, :rows]          # (NG*Hp, E), (NG*Hp, H)
     Upk = pack_panels(Upp, B)                     # for the per-step products U h_{t-1}
-    chunk = chunk_steps(B)                        # a product wide enough for BLAS
-    Xflat = np.empty(chunk * B * E, dtype=h.dtype)
+    chunk = input_chunk_steps(B, E, h.itemsize)   # x_t^T of a chunk's steps fits in L1
+    Wpk = pack_panels(Wpp, chunk * B)             # for the chunks' products W x^T
+    XTflat = np.empty(E * chunk * B, dtype=h.dtype)
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
     Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's ns steps: column sc*B + j
     HU = np.empty((rows if psug else 0, B), dtype=h.dtype)   # z_t, this part's rows (QL-LSTM)
@@ -145,17 +185,10 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
         sc = s % chunk
         if sc == 0:
             ns = min(chunk, steps - s)
-            XC = Xflat[:ns * B * E].reshape(ns * B, E)
-            for k in range(ns):                   # the chunk's inputs in step order, every thread
-                for j in range(B):                # its own copy (no data shared between cores)
-                    row = order[j]
-                    L = lengths[row]
-                    if s + k < L:
-                        XC[k * B + j] = x[row, L - 1 - (s + k) if reverse else s + k]
-                    else:
-                        XC[k * B + j] = 0.0
-            Zc = Zflat[:rows * ns * B].reshape(rows, ns * B)
-            np.dot(Wpp, XC.T, Zc)
+            XT = XTflat[:E * ns * B].reshape(E, ns * B)
+            gather_inputs(XT, x, lengths, order, s, reverse)   # every thread its own copy (no
+            Zc = Zflat[:rows * ns * B].reshape(rows, ns * B)   # data shared between cores)
+            panel_gemm(Zc, Wpk, Wpp, XT, False)
         cur, nxt = s % 2, (s + 1) % 2
         while lengths[order[nact - 1]] <= s:      # a row that has ended: its final state now
             nact -= 1                             # (after its step s-1); its column drops off
