@@ -80,6 +80,18 @@ def test_inference_wide_batch_shorter_chunks(threads, n, kind):
     check_inference(kind, B, 15, E, 5, 3, 1, True, lengths, seed=63)
 
 
+@pytest.mark.parametrize("n,partition", SPLITS, ids=SPLIT_IDS)
+@pytest.mark.parametrize("kind", [(True, True), (False, False)], ids=["ql", "lstm"])
+def test_inference_chunks_of_one_step(threads, n, partition, kind):
+    """Inputs wide enough that a chunk holds one step (``input_chunk_steps``), ragged, both
+    directions: every step gathers and projects its own inputs."""
+    threads(n, partition)
+    B, E = 12, 200
+    assert input_chunk_steps(B // 2, E, 8) == 1
+    lengths = make_rng(64).integers(1, 10, B)
+    check_inference(kind, B, 9, E, 5, 3, 1, True, lengths, seed=65)
+
+
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
 def test_inference_split_choice(threads, monkeypatch):
     """Units partition, 2 threads: QL-LSTM splits rows from INFER_ROWS_MIN rows per thread on,
