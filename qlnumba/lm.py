@@ -196,7 +196,11 @@ class LanguageModel:
             with np.errstate(divide="ignore"):              # log 0 = -inf: never drawn
                 logp = np.log(probs[0].astype(np.float64)) / temperature
             logp[list(exclude)] = -np.inf
-            p = np.exp(logp - logp.max())                   # p^(1/T), scaled: no underflow at small T
+            top = logp.max()
+            if top == -np.inf:                              # every id left rounded to 0: uniform
+                logp[:], top = 0.0, 0.0
+                logp[list(exclude)] = -np.inf
+            p = np.exp(logp - top)                          # p^(1/T), scaled: no underflow at small T
             out[i] = np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")
             out[i] = min(out[i], len(p) - 1)
             _, probs, state = self.forward(out[i:i + 1][None, :], state=state)

@@ -152,6 +152,22 @@ def test_generation_at_a_tiny_temperature_is_greedy():
         ids = np.array([drawn])
 
 
+def test_generation_when_every_id_left_has_probability_zero(monkeypatch):
+    """All the mass on excluded ids (float32 rounds the rest to 0): the draw is uniform over the
+    ids left, never an excluded id and never NaN."""
+    model = LanguageModel(5, embed_dim=2, hidden_size=2, seed=0)
+    forward = model.forward
+
+    def peaked(*args, **kwargs):
+        loss, probs, state = forward(*args, **kwargs)
+        probs = np.zeros_like(probs)
+        probs[:, 1] = 1.0
+        return loss, probs, state
+    monkeypatch.setattr(model, "forward", peaked)
+    out = model.generate(np.array([2]), 60, np.random.default_rng(0), exclude=(0, 1))
+    assert set(out.tolist()) == {2, 3, 4}
+
+
 def test_bad_input_is_refused():
     model = LanguageModel(5, embed_dim=2, hidden_size=2, seed=0)
     with pytest.raises(ValueError, match="one direction"):
