@@ -254,8 +254,13 @@ def generate(args):
         raise ValueError(f"{args.checkpoint} is not a language model with its vocabulary")
     if args.chars < 0 or not args.prompt:
         raise ValueError("--chars must be >= 0 and --prompt non-empty")
-    ids = model.generate(encode_chars(args.prompt, vocab), args.chars,
-                         np.random.default_rng(args.seed), args.temperature, exclude=(PAD, UNK))
+    prompt = encode_chars(args.prompt, vocab)
+    unknown = sorted({ch for ch, i in zip(args.prompt, prompt) if i == UNK})
+    if unknown:
+        print(f"qlnumba generate: note: the model never saw {''.join(unknown)!r}; those prompt "
+              f"characters are read as unknown", file=sys.stderr)
+    ids = model.generate(prompt, args.chars, np.random.default_rng(args.seed), args.temperature,
+                         exclude=(PAD, UNK))
     print(args.prompt + decode_chars(ids, vocab))
     return 0
 

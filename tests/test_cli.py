@@ -166,7 +166,11 @@ def test_generate_from_a_language_model(tmp_path, capsys):
     assert out.startswith("to ") and len(out) == 23 and set(out) <= set("to be or n")
     assert main(["generate", str(tmp_path / "lm.npz"), "--prompt", "to ", "--chars", "20",
                  "--seed", "3"]) == 0
-    assert capsys.readouterr().out.rstrip("\n") == out                 # seeded
+    captured = capsys.readouterr()
+    assert captured.out.rstrip("\n") == out and captured.err == ""    # seeded
+    assert main(["generate", str(tmp_path / "lm.npz"), "--prompt", "TO zz", "--chars", "2"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("TO zz") and "never saw 'OTz'" in captured.err
     assert main(["info", str(tmp_path / "lm.npz"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["model"]["architecture"] == "language_model" and report["val_loss"] == 2.0
