@@ -35,6 +35,19 @@ def main(argv=None):
     return exit_status(run, f"qlnumba {args.command}: ", " (or read the model with --device cpu)")
 
 
+def check_options(args, at_least_one=(), fractions=()):
+    """ValueError for a count option below 1 (None passes: not given) or a fraction outside
+    (0, 1); the training programs call it before they read any data."""
+    for name in at_least_one:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in fractions:
+        value = getattr(args, name)
+        if not 0 < value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in (0, 1), got {value}")
+
+
 def exit_status(run, prefix, cpu_hint):
     """``run()``'s exit status, or 2 after one line on stderr (``prefix``error: message) for
     the errors a user can mend: bad checkpoints, files, data and input (ValueError,

@@ -222,6 +222,15 @@ def test_missing_text_gives_clear_errors(tmp_path):
     assert train_shakespeare.main(["--data-dir", str(tmp_path / "nowhere"), "--threads", "1"]) == 2
 
 
+def test_training_program_refuses_bad_counts(tmp_path, capsys):
+    """--batch-size 0 was a ZeroDivisionError traceback, --steps 0 numpy's "high <= 0"."""
+    for option, message in [("--batch-size", "--batch-size must be >= 1, got 0"),
+                            ("--steps", "--steps must be >= 1, got 0"),
+                            ("--epochs", "--epochs must be >= 1, got 0")]:
+        assert train_shakespeare.main(["--data-dir", str(tmp_path), "--threads", "1", option, "0"]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
 def test_training_program_on_a_text_the_test_wrote(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "input.txt").write_text("To be, or not to be: that is the question.\n" * 60)

@@ -77,6 +77,29 @@ def test_training_cli_reports_missing_data_without_traceback(tmp_path, capsys):
     assert "IMDB data folder not found" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("option,value,message", [
+    ("--epochs", "0", "--epochs must be >= 1, got 0"),
+    ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
+    ("--patience", "0", "--patience must be >= 1, got 0"),
+    ("--limit", "0", "--limit must be >= 1, got 0"),
+    ("--val-fraction", "1", "--val-fraction must lie in (0, 1), got 1.0")])
+def test_training_cli_refuses_bad_counts_before_reading_data(tmp_path, capsys, option, value, message):
+    """Checked first: --epochs 0 once went on to evaluate whatever best.npz the folder held."""
+    rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path),
+                          "--threads", "1", option, value])
+    assert rc == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_training_cli_resume_with_no_epoch_left_says_so(tiny_imdb, tmp_path, capsys):
+    common = ["--data-dir", str(tiny_imdb), "--out", str(tmp_path), "--threads", "1", "--min-freq", "1",
+              "--hidden", "4", "--embed-dim", "4", "--no-progress"]
+    assert train_imdb.main(common + ["--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert train_imdb.main(common + ["--epochs", "1", "--resume", str(tmp_path / "last.npz")]) == 2
+    assert "has trained 1 epochs; --epochs 1 leaves none to run" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")
 def test_training_cli_without_a_gpu_says_so(tiny_imdb, tmp_path, capsys):
     rc = train_imdb.main(["--data-dir", str(tiny_imdb), "--out", str(tmp_path), "--threads", "1",

@@ -74,10 +74,12 @@ def main(argv=None):
 
 def run(args):
     from qlnumba import QLLSTMClassifier
+    from qlnumba.cli import check_options
     from qlnumba.config import set_num_threads
     from qlnumba.data import load_fashion_mnist
     from qlnumba.data.fashion_mnist import CLASSES, as_sequences
 
+    check_options(args, ("epochs", "batch_size", "patience", "limit"))
     set_num_threads(args.threads)
     t_start = time.time()
     data = load_fashion_mnist(args.data_dir, ("train", "test"), args.limit)

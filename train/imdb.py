@@ -101,11 +101,13 @@ def run(args):
 
     import qlnumba
     from qlnumba.checkpoint import load_checkpoint, save_checkpoint
+    from qlnumba.cli import check_options
     from qlnumba.config import set_num_threads
     from qlnumba.model import make_trainer
     from qlnumba.data import (Vocabulary, bucket_batches, encode_corpus, load_imdb, pad_batch,
                               sorted_batches, tokenize)
 
+    check_options(args, ("epochs", "batch_size", "patience", "min_freq", "limit"), ("val_fraction",))
     set_num_threads(args.threads)
     dtype = np.dtype(args.dtype).type
     out_dir = Path(args.out)
@@ -172,6 +174,9 @@ def run(args):
     trainer = make_trainer(model, opt)             # with --device cuda: every array on the GPU
     counts = model.param_counts()
     first_epoch = meta.get("epoch", 0) + 1
+    if first_epoch > args.epochs:
+        raise ValueError(f"{args.resume} has trained {first_epoch - 1} epochs; --epochs "
+                         f"{args.epochs} leaves none to run (--eval evaluates a checkpoint)")
     best_val = meta.get("best_val_accuracy", -1.0)
     rng = np.random.default_rng([args.seed, first_epoch])
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -97,12 +97,14 @@ def run(args):
 
     import qlnumba
     from qlnumba.checkpoint import load_checkpoint, save_checkpoint
+    from qlnumba.cli import check_options
     from qlnumba.config import set_num_threads
     from qlnumba.model import make_trainer
     from qlnumba.data import load_shakespeare
     from qlnumba.data.shakespeare import char_vocabulary, encode_chars, split_ids, stream_batches
     from qlnumba.lm import LanguageModel
 
+    check_options(args, ("batch_size", "steps", "epochs", "limit"), ("val_fraction",))
     set_num_threads(args.threads)
     if args.sample:
         model, vocab, _, _ = load_checkpoint(args.sample, device=args.device)
