@@ -58,7 +58,10 @@ def parse_args():
                     help="time each call without an untimed call of the same case right before it")
     ap.add_argument("--gru", action="store_true",
                     help="also time our GRU and torch's nn.GRU (GRU ratios are against torch's GRU)")
-    return ap.parse_args()
+    args = ap.parse_args()
+    if args.threads < 1 or args.repeats < 1:
+        ap.error(f"--threads and --repeats must be >= 1, got {args.threads} and {args.repeats}")
+    return args
 
 
 args = parse_args()

@@ -367,6 +367,8 @@ def main():
                          "float64 products never take a tensor-core tile)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be >= 1, got {args.repeats}")
     if not set(args.trainer_kinds.split(",")) <= {"ql", "lstm", "psug", "hgr", "bilstm", "gru"}:
         ap.error(f"--trainer-kinds: kinds of ql, lstm, psug, hgr, bilstm, gru, got {args.trainer_kinds}")
     import numba

@@ -107,6 +107,8 @@ def main():
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if min(args.threads, args.repeats, args.B, args.T, args.H) < 1:
+        ap.error("--threads, --repeats, --B, --T and --H must be >= 1")
     B, T, E, H = args.B, args.T, 1, args.H
     results = {}
     for kind in args.kinds.split(","):

@@ -55,6 +55,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.repeats < 1 or not all(n.isdigit() and int(n) >= 1 for n in args.threads.split(",")):
+        ap.error(f"--repeats must be >= 1 and --threads counts >= 1, got {args.repeats} and {args.threads}")
     from threadpoolctl import threadpool_info
     import scipy.linalg.cython_blas  # noqa: F401  (Numba's BLAS: loaded, so that it is listed)
     todo = cases(np.random.default_rng(0))
