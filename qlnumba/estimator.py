@@ -50,6 +50,8 @@ from .optim import Adam
 INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
 ESTIMATOR_META = "qlnumba.QLLSTMClassifier"      # the checkpoint's meta["estimator"]["class"]
+NETWORK_PARAMS = ("kind", "hidden_size", "num_layers", "block_size", "embed_dropout",
+                  "head_dropout", "dtype", "device")   # fixed when the network is built
 
 
 class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
@@ -97,7 +99,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         Seeds the initialisation, the batch order, dropout and the hold-out.
     warm_start : bool, default False
         True: ``fit`` on a fitted classifier trains its network on, with the same input
-        kind, vocabulary and labels (those of y must be among ``classes_``).
+        kind, vocabulary and labels (those of y must be among ``classes_``). The network's
+        own parameters (kind, sizes, dropout, dtype, device) must be those it was built
+        with; a change is refused (so is one before ``partial_fit``), not ignored.
     device : {"cpu", "cuda"}, default "cpu"
         "cuda" (``pip install qlnumba[cuda]``): the recurrent layers run on the GPU, and
         ``fit`` / ``partial_fit`` train with every array there (any kind and input,
@@ -143,6 +147,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         rng = np.random.default_rng(self.random_state)
         if self.warm_start and hasattr(self, "model_"):
+            self._check_network_params()
             corpus, targets = self._encode_labelled(X, y)
         else:
             corpus, targets = self._initialize(X, y, None, rng)
@@ -167,6 +172,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
                 raise ValueError(f"classes {np.unique(classes).tolist()} differ from those of "
                                  f"the first call, {self.classes_.tolist()}")
+            self._check_network_params()
             corpus, targets = self._encode_labelled(X, y)
         if getattr(self, "_rng", None) is None:          # after load
             self._rng = np.random.default_rng(self.random_state)
@@ -207,6 +213,17 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_, self.loss_curve_, self.validation_scores_ = 0, [], []
         self.best_validation_score_ = None
         return corpus, targets.astype(np.int64)
+
+    def _check_network_params(self):
+        """ValueError where a parameter that the fitted network was built with has been
+        changed since (``set_params``): training it on would silently ignore the change."""
+        config = self.model_.config
+        names = NETWORK_PARAMS + (("embed_dim",) if self.input_ != "features" else ())
+        wanted = {n: np.dtype(self.dtype).name if n == "dtype" else getattr(self, n) for n in names}
+        changed = [f"{n} {config[n]!r} -> {wanted[n]!r}" for n in names if wanted[n] != config[n]]
+        if changed:
+            raise ValueError(f"the fitted network was built with other parameters ({', '.join(changed)}); "
+                             "set them back to train it on, or fit with warm_start=False for a new one")
 
     def _encode_labelled(self, X, y):
         """X encoded for the fitted network, and y's indices into ``classes_``."""
@@ -297,6 +314,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             clf = cls(kind=config["kind"], hidden_size=config["hidden_size"],
                       embed_dim=config["embed_dim"], num_layers=config["num_layers"],
                       block_size=config["block_size"], input="text", vocab_size=len(vocab),
+                      embed_dropout=config["embed_dropout"], head_dropout=config["head_dropout"],
                       max_len=data.get("max_len"), keep=data.get("keep", "end"),
                       dtype=config["dtype"], device=config["device"])
             state = {"input": "text", "classes": [0, 1], "classes_dtype": "<i8"}
