@@ -192,14 +192,14 @@ class LanguageModel:
             raise ValueError(f"exclude must hold 0 (padding) and leave ids to draw, got {exclude}")
         _, probs, state = self.forward(prompt[None, :])
         out = np.empty(steps, np.int64)
+        drawable = np.ones(probs.shape[1], bool)
+        drawable[list(exclude)] = False
         for i in range(steps):
             with np.errstate(divide="ignore"):              # log 0 = -inf: never drawn
-                logp = np.log(probs[0].astype(np.float64)) / temperature
-            logp[list(exclude)] = -np.inf
+                logp = np.where(drawable, np.log(probs[0].astype(np.float64)) / temperature, -np.inf)
             top = logp.max()
             if top == -np.inf:                              # every id left rounded to 0: uniform
-                logp[:], top = 0.0, 0.0
-                logp[list(exclude)] = -np.inf
+                logp, top = np.where(drawable, 0.0, -np.inf), 0.0
             p = np.exp(logp - top)                          # p^(1/T), scaled: no underflow at small T
             out[i] = np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")
             out[i] = min(out[i], len(p) - 1)

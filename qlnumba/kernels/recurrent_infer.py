@@ -2,7 +2,8 @@
 
 The forward of ``recurrent.py`` (same model, same arguments for state and
 parameters) when nothing is saved for backward: ``recurrent_units.py``'s forward
-without its saves, keeping c in a thread's own block instead.  It keeps h, c, m,
+without its saves, keeping c in a thread's own block instead and projecting the
+inputs on the register tiles, in smaller chunks (below).  It keeps h, c, m,
 a and the step products *unit-major*: one row of B values per hidden unit, one
 column per sequence.  A thread's units then form one contiguous block of Hp*B
 values in every array (c, h, m, a), and the element-wise loops, over contiguous
