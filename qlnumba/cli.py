@@ -35,9 +35,10 @@ def main(argv=None):
     return exit_status(run, f"qlnumba {args.command}: ", " (or read the model with --device cpu)")
 
 
-def check_options(args, at_least_one=(), fractions=()):
-    """ValueError for a count option below 1 (None passes: not given) or a fraction outside
-    (0, 1); the training programs call it before they read any data."""
+def check_options(args, at_least_one=(), fractions=(), dropouts=()):
+    """ValueError for a count option below 1 (None passes: not given), a fraction outside
+    (0, 1) or a dropout outside [0, 1); the training programs call it before they read any
+    data."""
     for name in at_least_one:
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -46,6 +47,10 @@ def check_options(args, at_least_one=(), fractions=()):
         value = getattr(args, name)
         if not 0 < value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must lie in (0, 1), got {value}")
+    for name in dropouts:
+        value = getattr(args, name)
+        if not 0 <= value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {value}")
 
 
 def exit_status(run, prefix, cpu_hint):

@@ -51,7 +51,7 @@ INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
 ESTIMATOR_META = "qlnumba.QLLSTMClassifier"      # the checkpoint's meta["estimator"]["class"]
 NETWORK_PARAMS = ("kind", "hidden_size", "num_layers", "block_size", "embed_dropout",
-                  "head_dropout", "dtype", "device")   # fixed when the network is built
+                  "head_dropout", "layer_dropout", "dtype", "device")   # fixed when the network is built
 
 
 class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
@@ -88,6 +88,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     embed_dropout, head_dropout : float, default 0.0
         Dropout on the embeddings (on the input features for feature sequences) and on
         the head's input, while training.
+    layer_dropout : float, default 0.0
+        Dropout on each recurrent layer's output but the last, while training (between
+        stacked layers: it needs ``num_layers`` >= 2).
     early_stopping : bool, default False
         Hold out ``validation_fraction`` of the fit data, keep the parameters of the
         epoch with the best accuracy on it, and stop after ``n_iter_no_change`` epochs
@@ -127,7 +130,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                  batch_size=32, max_epochs=10, lr=2e-3, weight_decay=0.0, clip=5.0,
                  embed_dropout=0.0, head_dropout=0.0, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=2, dtype="float32",
-                 random_state=None, verbose=0, device="cpu", warm_start=False):
+                 random_state=None, verbose=0, device="cpu", warm_start=False, layer_dropout=0.0):
         self.kind, self.hidden_size, self.embed_dim = kind, hidden_size, embed_dim
         self.num_layers, self.block_size, self.input = num_layers, block_size, input
         self.vocab_size, self.min_freq, self.max_len, self.keep = vocab_size, min_freq, max_len, keep
@@ -137,7 +140,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         self.early_stopping, self.validation_fraction = early_stopping, validation_fraction
         self.n_iter_no_change, self.dtype = n_iter_no_change, dtype
         self.random_state, self.verbose, self.device = random_state, verbose, device
-        self.warm_start = warm_start
+        self.warm_start, self.layer_dropout = warm_start, layer_dropout
 
     # ---- scikit-learn API --------------------------------------------------------------
 
@@ -208,8 +211,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = SequenceClassifier(
             hidden_size=self.hidden_size, num_classes=len(self.classes_), kind=self.kind,
             num_layers=self.num_layers, block_size=self.block_size,
-            embed_dropout=self.embed_dropout, head_dropout=self.head_dropout, dtype=dtype,
-            seed=int(rng.integers(2 ** 63)), device=self.device, **sizes)
+            embed_dropout=self.embed_dropout, head_dropout=self.head_dropout,
+            layer_dropout=self.layer_dropout, dtype=dtype, seed=int(rng.integers(2 ** 63)),
+            device=self.device, **sizes)
         self.n_iter_, self.loss_curve_, self.validation_scores_ = 0, [], []
         self.best_validation_score_ = None
         return corpus, targets.astype(np.int64)
@@ -315,7 +319,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                       embed_dim=config["embed_dim"], num_layers=config["num_layers"],
                       block_size=config["block_size"], input="text", vocab_size=len(vocab),
                       embed_dropout=config["embed_dropout"], head_dropout=config["head_dropout"],
-                      max_len=data.get("max_len"), keep=data.get("keep", "end"),
+                      layer_dropout=config["layer_dropout"], max_len=data.get("max_len"),
+                      keep=data.get("keep", "end"),
                       dtype=config["dtype"], device=config["device"])
             state = {"input": "text", "classes": [0, 1], "classes_dtype": "<i8"}
         elif not isinstance(state, dict) or state.get("class") != ESTIMATOR_META:

@@ -13,8 +13,12 @@ Conventions (the same as PyTorch's ``batch_first=True``):
   ``layer * directions + direction``; ``n`` (steps into the current block) is
   (num_layers * directions, B) int64.  QL-LSTM keys: h, c, and with hgr m, a, n.
   GRU: h.
+- ``dropout`` (as PyTorch's): while training (``forward(..., rng=Generator)``) each layer's
+  output but the last is multiplied by an inverted-dropout mask drawn from ``rng`` before
+  the next layer reads it; backward multiplies that layer's input gradient by the same mask.
 """
 import math
+import warnings
 
 import numpy as np
 
@@ -42,6 +46,22 @@ def _check_size(value, name, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def check_fraction(value, name):
+    """A dropout probability: a real number in [0, 1), as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def dropout_mask(rng, shape, p, dtype):
+    """Inverted dropout: 0 with probability p, else 1 / (1 - p); None when there is nothing to
+    drop (no Generator: evaluation mode, or p = 0)."""
+    if rng is None or p == 0.0:
+        return None
+    return (rng.random(shape) >= p).astype(dtype) / dtype(1.0 - p)
 
 
 def _dummy(ndim, dtype):
@@ -271,13 +291,18 @@ class _StackedRecurrent:
     state_keys = ("h",)          # float state arrays, each (num_layers * directions, B, H)
     has_block_counter = False    # whether the state carries the integer n
 
-    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dtype, seed, device):
+    def __init__(self, input_size, hidden_size, num_layers, bidirectional, dtype, seed, device,
+                 dropout):
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.device = device
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
         self.num_layers = _check_size(num_layers, "num_layers")
+        self.dropout = check_fraction(dropout, "dropout")
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(f"dropout={self.dropout} does nothing with num_layers=1: it acts "
+                          "between stacked layers", stacklevel=3)
         self.dtype = check_dtype(dtype)
         self.bidirectional = bool(bidirectional)
         self.directions = 2 if self.bidirectional else 1
@@ -324,7 +349,7 @@ class _StackedRecurrent:
             checked["n"] = n.astype(np.int64)
         return checked
 
-    def forward(self, x, lengths=None, state=None, need_grad=True):
+    def forward(self, x, lengths=None, state=None, need_grad=True, rng=None):
         """Run all layers and directions.
 
         Parameters
@@ -333,6 +358,9 @@ class _StackedRecurrent:
         lengths : int array (B,), each in [1, T]; default all T
         state : dict, the initial state (see the module docstring); default zeros
         need_grad : bool, False for inference: saves nothing for ``backward`` (faster)
+        rng : numpy Generator or None.  With ``dropout`` > 0, a Generator switches training
+            mode on: a mask for each layer's output but the last is drawn from it, in layer
+            order.  None: no dropout (evaluation)
 
         Returns
         -------
@@ -345,7 +373,12 @@ class _StackedRecurrent:
         state = self._check_state(state, B)
         final = {k: np.empty_like(v) for k, v in state.items()}
         inp = x
+        masks = []                  # masks[k]: the dropout on layer k's output (None: none)
         for k, row in enumerate(self._cells):
+            if k > 0:
+                masks.append(dropout_mask(rng, inp.shape, self.dropout, self.dtype))
+                if masks[-1] is not None:
+                    inp = inp * masks[-1]
             outs = []
             for d, cell in enumerate(row):
                 i = k * self.directions + d
@@ -354,7 +387,7 @@ class _StackedRecurrent:
                 for key in final:
                     final[key][i] = st[key]
             inp = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=2)
-        self._tape = (B, T) if need_grad else None
+        self._tape = (B, T, masks) if need_grad else None
         return inp, final
 
     def backward(self, dout, dstate=None):
@@ -377,7 +410,7 @@ class _StackedRecurrent:
         if self._tape is None:
             raise ValueError("backward() called before forward() (or after forward(..., "
                              "need_grad=False)): there is nothing to differentiate")
-        B, T = self._tape
+        B, T, masks = self._tape
         H, D = self.hidden_size, self.directions
         dout = check_float_array(dout, "dout", 3, self.dtype, (B, T, H * D))
         dstate = {} if dstate is None else dict(dstate)
@@ -401,6 +434,8 @@ class _StackedRecurrent:
                               self._cell_state(dst, B))
                 for key in dstate0:
                     dstate0[key][i] = dst[key]
+            if k > 0 and masks[k - 1] is not None:     # inp = inp * masks[k - 1] in forward
+                dx *= masks[k - 1]
             d_in = dx
         self.dstate0 = dstate0
         return d_in, grads
@@ -424,15 +459,18 @@ class QLLSTM(_StackedRecurrent):
     seed : int or None, seeds the initialisation's numpy Generator
     device : "cpu" or "cuda" (numba-cuda's kernels, the extra ``qlnumba[cuda]``; host
         arrays in and out, the same results as "cpu")
+    dropout : float in [0, 1), on each layer's output but the last while training
+        (``forward(..., rng=Generator)``), as PyTorch's ``dropout``
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, psug=True,
-                 hgr=True, block_size=32, dtype=np.float32, seed=None, device="cpu"):
+                 hgr=True, block_size=32, dtype=np.float32, seed=None, device="cpu", dropout=0.0):
         self.psug, self.hgr = bool(psug), bool(hgr)
         self.block_size = _check_size(block_size, "block_size")
         self.state_keys = ("h", "c", "m", "a") if self.hgr else ("h", "c")
         self.has_block_counter = self.hgr
-        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed, device)
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed, device,
+                         dropout)
 
     def _make_cell(self, prefix, input_size, reverse, rng):
         cell = _QLCell(self.params, prefix, input_size, self.hidden_size, self.psug, self.hgr,
@@ -454,7 +492,7 @@ class QLLSTM(_StackedRecurrent):
         return (f"QLLSTM({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, psug={self.psug}, hgr={self.hgr}, "
                 f"block_size={self.block_size}, dtype={np.dtype(self.dtype).name}, "
-                f"device={self.device!r})")
+                f"device={self.device!r}, dropout={self.dropout})")
 
 
 class GRU(_StackedRecurrent):
@@ -464,8 +502,9 @@ class GRU(_StackedRecurrent):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False,
-                 dtype=np.float32, seed=None, device="cpu"):
-        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed, device)
+                 dtype=np.float32, seed=None, device="cpu", dropout=0.0):
+        super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed, device,
+                         dropout)
 
     def _make_cell(self, prefix, input_size, reverse, rng):
         cell = _GRUCell(self.params, prefix, input_size, self.hidden_size, reverse, self.dtype, rng)
@@ -477,4 +516,4 @@ class GRU(_StackedRecurrent):
     def __repr__(self):
         return (f"GRU({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
                 f"bidirectional={self.bidirectional}, dtype={np.dtype(self.dtype).name}, "
-                f"device={self.device!r})")
+                f"device={self.device!r}, dropout={self.dropout})")

@@ -18,6 +18,7 @@ import numpy as np
 
 from .kernels.embedding import embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
+from .layers import check_fraction
 from .model import MODEL_KINDS, dropout_mask, make_stack, stack_backward
 from .validate import check_dtype, check_ids
 
@@ -45,29 +46,33 @@ class LanguageModel:
     kind : str, one of LM_KINDS ("ql", "lstm", "psug", "hgr", "gru")
     num_layers, block_size : as for :class:`qlnumba.QLLSTM`
     dropout : float in [0, 1), on the embeddings and on the head's input while training
+    layer_dropout : float in [0, 1), on each recurrent layer's output but the last while
+        training (between stacked layers: needs num_layers >= 2)
     dtype : np.float32 or np.float64
     seed : int or None, seeds the initialisation
     device : "cpu" or "cuda", where the recurrent layers run
     """
 
     def __init__(self, vocab_size, embed_dim=64, hidden_size=256, kind="ql", num_layers=1,
-                 block_size=32, dropout=0.0, dtype=np.float32, seed=None, device="cpu"):
+                 block_size=32, dropout=0.0, dtype=np.float32, seed=None, device="cpu",
+                 layer_dropout=0.0):
         if kind not in LM_KINDS:
             raise ValueError(f"kind must be one of {list(LM_KINDS)} (a language model reads "
                              f"one direction), got {kind!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        dropout = check_fraction(dropout, "dropout")
+        layer_dropout = check_fraction(layer_dropout, "layer_dropout")
         if vocab_size < 2:
             raise ValueError(f"need vocab_size >= 2 (padding and one token), got {vocab_size}")
         dtype = check_dtype(dtype)
         self.config = dict(architecture="language_model", vocab_size=int(vocab_size),
                            embed_dim=int(embed_dim), hidden_size=int(hidden_size), kind=kind,
                            num_layers=int(num_layers), block_size=int(block_size),
-                           dropout=float(dropout), dtype=np.dtype(dtype).name, device=device)
+                           dropout=dropout, layer_dropout=layer_dropout,
+                           dtype=np.dtype(dtype).name, device=device)
         self.dtype = dtype
         rng = np.random.default_rng(seed)
         self.rnn = make_stack(kind, embed_dim, hidden_size, num_layers, block_size, dtype,
-                              int(rng.integers(2 ** 63)), device)
+                              int(rng.integers(2 ** 63)), device, layer_dropout)
         embed = rng.standard_normal((vocab_size, embed_dim)).astype(dtype)
         embed[0] = 0.0                                     # the padding row
         bound = 1.0 / math.sqrt(hidden_size)
@@ -92,7 +97,8 @@ class LanguageModel:
         """Mean cross-entropy over the valid steps (None without targets), the probabilities of
         the next token after each row's last valid step (B, V), and the state after it.
 
-        ``rng`` (a numpy Generator) switches dropout on: its masks are drawn from it.
+        ``rng`` (a numpy Generator) switches dropout on: its masks are drawn from it (the
+        embeddings', each recurrent layer's but the last, the head's input, in that order).
         ``need_grad`` (default: whether there are targets) saves what ``backward`` needs;
         False with targets gives the loss at inference speed (evaluation).
         """
@@ -111,7 +117,7 @@ class LanguageModel:
         need_grad = scoring if need_grad is None else bool(need_grad)
         if need_grad and not scoring:
             raise ValueError("need_grad=True needs targets: there is no loss to differentiate")
-        out, state = self.rnn.forward(emb, lengths, state, need_grad=need_grad)
+        out, state = self.rnn.forward(emb, lengths, state, need_grad=need_grad, rng=rng)
         if scoring:
             h = out[valid]                                             # (N, H)
             head_mask = dropout_mask(rng, h.shape, self.config["dropout"], self.dtype)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
-from .layers import GRU, QLLSTM
+from .layers import GRU, QLLSTM, check_fraction, dropout_mask
 from .validate import check_dtype, check_float_array, check_ids, check_lengths
 
 # the six models the IMDB comparison trains: (layer class, keyword arguments)
@@ -27,14 +27,6 @@ MODEL_KINDS = {
     "bilstm": (QLLSTM, dict(psug=False, hgr=False, bidirectional=True)),
     "gru": (GRU, dict()),
 }
-
-
-def dropout_mask(rng, shape, p, dtype):
-    """Inverted dropout: 0 with probability p, else 1 / (1 - p); None when there is nothing to
-    drop (no Generator: evaluation mode, or p = 0)."""
-    if rng is None or p == 0.0:
-        return None
-    return (rng.random(shape) >= p).astype(dtype) / dtype(1.0 - p)
 
 
 def stack_backward(model, grads, dout, emb_mask, ids):
@@ -80,10 +72,12 @@ def make_trainer(model, opt):
     return (CudaTrainer if isinstance(model, SequenceClassifier) else CudaLMTrainer)(model, opt)
 
 
-def make_stack(kind, input_size, hidden_size, num_layers, block_size, dtype, seed, device):
-    """The recurrent layer stack of one of :data:`MODEL_KINDS` (GRU takes no block size)."""
+def make_stack(kind, input_size, hidden_size, num_layers, block_size, dtype, seed, device,
+               dropout=0.0):
+    """The recurrent layer stack of one of :data:`MODEL_KINDS` (GRU takes no block size);
+    ``dropout`` acts between its layers while training."""
     cls, kwargs = MODEL_KINDS[kind]
-    kwargs = dict(kwargs, device=device)
+    kwargs = dict(kwargs, device=device, dropout=dropout)
     if cls is QLLSTM:
         kwargs["block_size"] = block_size
     return cls(input_size, hidden_size, num_layers=num_layers, dtype=dtype, seed=seed, **kwargs)
@@ -99,6 +93,8 @@ class SequenceClassifier:
     num_layers, block_size : as for :class:`qlnumba.QLLSTM`
     embed_dropout, head_dropout : float in [0, 1), dropout on the embeddings and
         on the head's input while training
+    layer_dropout : float in [0, 1), dropout on each recurrent layer's output but the
+        last while training (between stacked layers: needs num_layers >= 2)
     dtype : np.float32 or np.float64
     seed : int or None, seeds the initialisation
     device : "cpu" or "cuda": where the recurrent layers run (the embedding and head
@@ -111,12 +107,12 @@ class SequenceClassifier:
 
     def __init__(self, vocab_size=None, embed_dim=128, hidden_size=256, num_classes=2, kind="ql",
                  num_layers=1, block_size=32, embed_dropout=0.0, head_dropout=0.0,
-                 dtype=np.float32, seed=None, device="cpu", input_size=None):
+                 dtype=np.float32, seed=None, device="cpu", input_size=None, layer_dropout=0.0):
         if kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
-        for name, value in (("embed_dropout", embed_dropout), ("head_dropout", head_dropout)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must lie in [0, 1), got {value}")
+        embed_dropout = check_fraction(embed_dropout, "embed_dropout")
+        head_dropout = check_fraction(head_dropout, "head_dropout")
+        layer_dropout = check_fraction(layer_dropout, "layer_dropout")
         if (vocab_size is None) == (input_size is None):
             raise ValueError("give exactly one of vocab_size (token ids in) and input_size "
                              f"(feature vectors in), got {vocab_size!r} and {input_size!r}")
@@ -132,13 +128,13 @@ class SequenceClassifier:
                            embed_dim=None if dense else int(embed_dim),
                            hidden_size=int(hidden_size), num_classes=int(num_classes), kind=kind,
                            num_layers=int(num_layers), block_size=int(block_size),
-                           embed_dropout=float(embed_dropout), head_dropout=float(head_dropout),
-                           dtype=np.dtype(dtype).name, device=device,
+                           embed_dropout=embed_dropout, head_dropout=head_dropout,
+                           layer_dropout=layer_dropout, dtype=np.dtype(dtype).name, device=device,
                            input_size=int(input_size) if dense else None)
         self.dtype = dtype
         rng = np.random.default_rng(seed)
         self.rnn = make_stack(kind, input_size if dense else embed_dim, hidden_size, num_layers,
-                              block_size, dtype, int(rng.integers(2 ** 63)), device)
+                              block_size, dtype, int(rng.integers(2 ** 63)), device, layer_dropout)
         D = hidden_size * self.rnn.directions
         self.params = {}
         if not dense:
@@ -177,7 +173,8 @@ class SequenceClassifier:
 
         ``ids`` are token ids (B, T), or, for a model built with ``input_size``, feature
         vectors x (B, T, input_size) of the model's dtype.  ``rng`` (a numpy Generator)
-        switches training mode on: dropout masks are drawn from it.  Without it the
+        switches training mode on: dropout masks are drawn from it (the embeddings', each
+        recurrent layer's but the last, the head's input, in that order).  Without it the
         model runs in evaluation mode.
         """
         ids, lengths = self._check_inputs(ids, lengths)
@@ -197,7 +194,7 @@ class SequenceClassifier:
         emb_mask = dropout_mask(rng, emb.shape, self.config["embed_dropout"], self.dtype)
         if emb_mask is not None:
             emb = emb * emb_mask
-        out, _ = self.rnn.forward(emb, lengths, need_grad=targets is not None)
+        out, _ = self.rnn.forward(emb, lengths, need_grad=targets is not None, rng=rng)
         h_last = self._last_step(out, lengths)
         head_mask = dropout_mask(rng, h_last.shape, self.config["head_dropout"], self.dtype)
         if head_mask is not None:

@@ -72,8 +72,11 @@ def gru_row(x, length, p, st, reverse):
     return out, {"h": h}
 
 
-def stack(row_fn, x, lengths, params, state, num_layers, directions):
+def stack(row_fn, x, lengths, params, state, num_layers, directions, masks=None):
     """Stacked, optionally bidirectional layers built from a one-row cell.
+
+    masks: None, or masks[k - 1] (B, T, H * directions) multiplies layer k - 1's output
+    before layer k reads it (dropout between layers).
 
     row_fn(x_row, length, cell_params, cell_state, reverse) -> (out_row, final_state).
     params use the library's names (l{k}. / l{k}r.); state arrays are
@@ -83,6 +86,8 @@ def stack(row_fn, x, lengths, params, state, num_layers, directions):
     inp = x.astype(np.float64)
     final = {k: np.array(v, dtype=np.float64 if k != "n" else np.int64) for k, v in state.items()}
     for k in range(num_layers):
+        if k > 0 and masks is not None:
+            inp = inp * masks[k - 1]
         outs = []
         for d in range(directions):
             prefix = f"l{k}{'r' if d else ''}."

@@ -205,13 +205,14 @@ def test_warm_start_trains_the_fitted_network_on():
     with pytest.raises(ValueError, match="not among the classes"):
         clf.fit(texts[:2], ["neg", "neutral"])
     for change in [dict(hidden_size=16), dict(kind="lstm"), dict(head_dropout=0.5),
-                   dict(dtype="float64"), dict(embed_dim=4)]:
+                   dict(layer_dropout=0.5), dict(dtype="float64"), dict(embed_dim=4)]:
         clf.set_params(**change)                     # the network stays as it was built: refused
         with pytest.raises(ValueError, match=f"built with other parameters \\({next(iter(change))} "):
             clf.fit(texts, labels)
         with pytest.raises(ValueError, match="built with other parameters"):
             clf.partial_fit(texts, labels)
-        clf.set_params(hidden_size=8, kind="ql", head_dropout=0.0, dtype="float32", embed_dim=8)
+        clf.set_params(hidden_size=8, kind="ql", head_dropout=0.0, layer_dropout=0.0,
+                       dtype="float32", embed_dim=8)
     assert clf.n_iter_ == 5
     clf.set_params(warm_start=False, max_epochs=1)
     assert clf.fit(texts, labels).n_iter_ == 1                    # a new network
@@ -255,10 +256,11 @@ def test_load_reads_a_training_programs_checkpoint(tmp_path):
                                model.forward(np.array([[2, 2], [3, 0]]), np.array([2, 1]))[1],
                                rtol=1e-6)
     dropped = qlnumba.SequenceClassifier(len(vocab), embed_dim=4, hidden_size=4, seed=0,
-                                         embed_dropout=0.3, head_dropout=0.2)
+                                         embed_dropout=0.3, head_dropout=0.2, num_layers=2,
+                                         layer_dropout=0.1)
     save_checkpoint(tmp_path / "dropout.npz", dropped, vocab, meta={"epoch": 1})
     clf = QLLSTMClassifier.load(tmp_path / "dropout.npz")
-    assert (clf.embed_dropout, clf.head_dropout) == (0.3, 0.2)   # the network's, not the defaults
+    assert (clf.embed_dropout, clf.head_dropout, clf.layer_dropout) == (0.3, 0.2, 0.1)   # not the defaults
     clf.partial_fit(["good good", "bad"], [1, 0])                # so it trains on
     assert clf.n_iter_ == 2
 

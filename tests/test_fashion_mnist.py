@@ -113,6 +113,9 @@ def test_training_program_reports_missing_data_without_traceback(tmp_path, capsy
     assert train_fashion.main(["--data-dir", str(tmp_path / "nowhere"), "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert "Fashion-MNIST folder not found" in err and "Traceback" not in err
+    assert train_fashion.main(["--data-dir", str(tmp_path / "nowhere"), "--threads", "1",
+                               "--layer-dropout", "1"]) == 2                 # before the data
+    assert capsys.readouterr().err.strip() == "error: --layer-dropout must lie in [0, 1), got 1.0"
 
 
 @pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")

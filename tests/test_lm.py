@@ -22,12 +22,15 @@ import shakespeare as train_shakespeare  # noqa: E402
 HAVE_TEXT = (default_shakespeare_dir() / "input.txt").is_file()
 
 
+@pytest.mark.parametrize("num_layers,layer_dropout", [(1, 0.0), (2, 0.4)])
 @pytest.mark.parametrize("kind", LM_KINDS)
-def test_gradients_match_finite_differences(kind):
-    """Ragged rows, a carried initial state, dropout: every parameter's gradient."""
+def test_gradients_match_finite_differences(kind, num_layers, layer_dropout):
+    """Ragged rows, a carried initial state, dropout (and between two layers): every
+    parameter's gradient."""
     rng = make_rng(50)
     model = LanguageModel(6, embed_dim=3, hidden_size=3, kind=kind, block_size=2, dropout=0.25,
-                          dtype=np.float64, seed=1)
+                          num_layers=num_layers, layer_dropout=layer_dropout, dtype=np.float64,
+                          seed=1)
     ids = rng.integers(1, 6, (3, 5))
     targets = rng.integers(1, 6, (3, 5))
     lengths = np.array([5, 2, 4])
@@ -229,6 +232,9 @@ def test_training_program_refuses_bad_counts(tmp_path, capsys):
                             ("--epochs", "--epochs must be >= 1, got 0")]:
         assert train_shakespeare.main(["--data-dir", str(tmp_path), "--threads", "1", option, "0"]) == 2
         assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert train_shakespeare.main(["--data-dir", str(tmp_path), "--threads", "1",
+                                   "--layer-dropout", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --layer-dropout must lie in [0, 1), got 1.0"
 
 
 def test_training_program_on_a_text_the_test_wrote(tmp_path, capsys):

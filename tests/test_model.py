@@ -6,10 +6,12 @@ import qlnumba
 from helpers import assert_close, make_rng, numeric_grad
 
 
+@pytest.mark.parametrize("num_layers,layer_dropout", [(1, 0.0), (2, 0.4)])
 @pytest.mark.parametrize("kind", sorted(qlnumba.MODEL_KINDS))
-def test_model_gradients_match_finite_differences(kind):
+def test_model_gradients_match_finite_differences(kind, num_layers, layer_dropout):
     model = qlnumba.SequenceClassifier(7, embed_dim=3, hidden_size=3, num_classes=3, kind=kind,
                                        block_size=2, embed_dropout=0.3, head_dropout=0.2,
+                                       num_layers=num_layers, layer_dropout=layer_dropout,
                                        dtype=np.float64, seed=1)
     ids = np.array([[1, 2, 3, 4, 5], [6, 1, 0, 0, 0], [2, 2, 2, 0, 0]])
     lengths = np.array([5, 2, 3])
@@ -26,12 +28,15 @@ def test_model_gradients_match_finite_differences(kind):
         assert_close(grads[name], numeric_grad(loss, p), 1e-5, 1e-8, name)
 
 
-@pytest.mark.parametrize("kind", ["ql", "lstm", "gru"])
-def test_short_training_run_loss_falls(kind):
-    """Fixed seed, a toy task (is token 3 present?), 60 Adam steps: the loss must fall well."""
+@pytest.mark.parametrize("kind,num_layers,layer_dropout",
+                         [("ql", 1, 0.0), ("lstm", 1, 0.0), ("gru", 1, 0.0), ("ql", 2, 0.2)])
+def test_short_training_run_loss_falls(kind, num_layers, layer_dropout):
+    """Fixed seed, a toy task (is token 3 present?), 60 Adam steps: the loss must fall well
+    (also with two layers and dropout between them)."""
     rng = make_rng(21)
     V, B, T = 12, 16, 10
-    model = qlnumba.SequenceClassifier(V, embed_dim=8, hidden_size=8, kind=kind, block_size=4, seed=2)
+    model = qlnumba.SequenceClassifier(V, embed_dim=8, hidden_size=8, kind=kind, block_size=4, seed=2,
+                                       num_layers=num_layers, layer_dropout=layer_dropout)
     opt = qlnumba.Adam(model.params, lr=0.02, clip_norm=5.0)
     ids = rng.integers(4, V, (B, T))
     targets = rng.integers(0, 2, B)
@@ -118,3 +123,25 @@ def test_feature_vector_model_bad_input():
         qlnumba.SequenceClassifier(10, input_size=2)
     with pytest.raises(ValueError, match="exactly one"):
         qlnumba.SequenceClassifier()
+
+
+@pytest.mark.parametrize("model_class", ["classifier", "language_model"])
+def test_layer_dropout_acts_only_while_training(model_class):
+    """layer_dropout alone: a Generator changes the loss (the same masks for the same seed);
+    without one the model is the same as one built without dropout."""
+    kw = dict(embed_dim=4, hidden_size=5, kind="ql", num_layers=3, block_size=2, seed=3,
+              dtype=np.float64)
+    if model_class == "classifier":
+        make = lambda p: qlnumba.SequenceClassifier(9, layer_dropout=p, **kw)
+    else:
+        make = lambda p: qlnumba.LanguageModel(9, layer_dropout=p, **kw)
+    rng = make_rng(8)
+    ids, targets = rng.integers(1, 9, (4, 6)), rng.integers(0, 2, 4)
+    if model_class == "language_model":
+        targets = rng.integers(1, 9, (4, 6))
+    dropped, plain = make(0.5), make(0.0)
+    loss = lambda m, r=None: m.forward(ids, None, targets, rng=r)[0]
+    assert loss(dropped) == loss(plain)
+    assert loss(dropped, np.random.default_rng(1)) == loss(dropped, np.random.default_rng(1))
+    assert loss(dropped, np.random.default_rng(1)) != loss(plain, np.random.default_rng(1))
+    assert loss(plain, np.random.default_rng(1)) == loss(plain)       # no other dropout here

@@ -21,12 +21,12 @@ def make_layer(kind, E, H, num_layers=1, bidirectional=False, K=3, dtype=np.floa
                           dtype=dtype, seed=seed)
 
 
-def reference_forward(layer, x, lengths, state):
+def reference_forward(layer, x, lengths, state, masks=None):
     if isinstance(layer, qlnumba.GRU):
         row = gru_row
     else:
         row = lambda xr, L, p, s, rev: ql_row(xr, L, p, s, layer.block_size, layer.psug, layer.hgr, rev)
-    return stack(row, x, lengths, layer.params, state, layer.num_layers, layer.directions)
+    return stack(row, x, lengths, layer.params, state, layer.num_layers, layer.directions, masks)
 
 
 def randomize(layer, rng, scale=0.6):
@@ -53,9 +53,10 @@ def test_forward_matches_reference(kind, dtype, tol):
     assert_matches_reference(layer, x, lengths, state, out, final, tol)
 
 
-def assert_matches_reference(layer, x, lengths, state, out, final, tol):
-    """``out, final`` from ``layer.forward(x, lengths, state)``: the reference's, zero past each row."""
-    want_out, want_final = reference_forward(layer, x, lengths, state)
+def assert_matches_reference(layer, x, lengths, state, out, final, tol, masks=None):
+    """``out, final`` from ``layer.forward(x, lengths, state)``: the reference's, zero past each
+    row (``masks``: the dropout masks between layers, see ``reference.stack``)."""
+    want_out, want_final = reference_forward(layer, x, lengths, state, masks)
     assert out.dtype == x.dtype
     assert_close(out, want_out, tol, tol, "out")
     for key in final:
@@ -77,23 +78,28 @@ def problems(draw, kinds=KINDS):
                 seed=draw(st.integers(0, 2 ** 31)))
 
 
-def run_gradcheck(pb):
+def run_gradcheck(pb, dropout=0.0):
+    """Gradients of every parameter, x and the initial state against central differences;
+    with ``dropout``, the masks between layers are the same at every call (a fresh
+    Generator with one seed)."""
     rng = make_rng(pb["seed"])
     layer = make_layer(pb["kind"], pb["E"], pb["H"], pb["num_layers"], pb["bidirectional"], pb["K"])
+    layer.dropout = dropout
     randomize(layer, rng)
     B, T = pb["B"], pb["T"]
     x = rng.standard_normal((B, T, pb["E"]))
     lengths = np.array(pb["lengths"])
     state = random_state(layer, B, rng)
-    out, final = layer.forward(x, lengths, state)
+    masks_rng = (lambda: np.random.default_rng(pb["seed"] + 1)) if dropout else (lambda: None)
+    out, final = layer.forward(x, lengths, state, rng=masks_rng())
     R = rng.standard_normal(out.shape)                       # loss = <R, out> + Σ <R_k, final_k>
     R_state = {k: rng.standard_normal(final[k].shape) for k in layer.state_keys}
 
     def loss():
-        o, f = layer.forward(x, lengths, state)
+        o, f = layer.forward(x, lengths, state, rng=masks_rng())
         return (R * o).sum() + sum((R_state[k] * f[k]).sum() for k in layer.state_keys)
 
-    layer.forward(x, lengths, state)
+    layer.forward(x, lengths, state, rng=masks_rng())
     dx, grads = layer.backward(R, R_state)
     dstate0 = layer.dstate0
     assert set(grads) == set(layer.params)
@@ -112,6 +118,46 @@ def test_gradients_qllstm(pb):
 @given(problems(["gru"]))
 def test_gradients_gru(pb):
     run_gradcheck(pb)
+
+
+@given(problems(), st.integers(2, 3), st.sampled_from([0.3, 0.7]))
+def test_gradients_with_dropout_between_layers(pb, num_layers, p):
+    run_gradcheck(dict(pb, num_layers=num_layers), dropout=p)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+def test_dropout_between_layers_matches_reference(kind):
+    """dropout p: while training (rng given) layer k reads layer k-1's output times a mask
+    drawn from rng in layer order, 0 or 1 / (1 - p); without rng nothing is dropped."""
+    rng = make_rng(11)
+    B, T, E, H, p = 4, 7, 3, 4, 0.4
+    layer = make_layer(kind, E, H, num_layers=3, bidirectional=True, K=3)
+    layer.dropout = p
+    randomize(layer, rng)
+    x = rng.standard_normal((B, T, E))
+    lengths = np.array([7, 1, 4, 6])
+    state = random_state(layer, B, rng)
+    out, final = layer.forward(x, lengths, state, rng=np.random.default_rng(5))
+    draw = np.random.default_rng(5)
+    masks = [(draw.random((B, T, 2 * H)) >= p) / (1 - p) for _ in range(2)]
+    assert_matches_reference(layer, x, lengths, state, out, final, 1e-12, masks)
+    assert 0 < sum((m == 0).sum() for m in masks) < 2 * B * T * 2 * H
+    plain, _ = layer.forward(x, lengths, state)               # evaluation: no masks
+    assert_matches_reference(layer, x, lengths, state, plain, layer.forward(x, lengths, state)[1], 1e-12)
+    assert not np.allclose(plain, out)
+
+
+def test_dropout_between_layers_is_checked():
+    with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\)"):
+        qlnumba.QLLSTM(3, 4, num_layers=2, dropout=1.0)
+    with pytest.raises(ValueError, match="dropout"):
+        qlnumba.GRU(3, 4, num_layers=2, dropout="0.5")
+    with pytest.warns(UserWarning, match="num_layers=1"):
+        qlnumba.QLLSTM(3, 4, dropout=0.5)
+    with pytest.raises(ValueError, match="layer_dropout"):
+        qlnumba.SequenceClassifier(10, num_layers=2, layer_dropout=-0.1)
+    with pytest.raises(ValueError, match="layer_dropout"):
+        qlnumba.LanguageModel(10, num_layers=2, layer_dropout=float("nan"))
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)

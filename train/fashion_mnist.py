@@ -27,6 +27,7 @@ LR = 2e-3
 WEIGHT_DECAY = 0.0
 CLIP = 5.0
 HEAD_DROPOUT = 0.1
+LAYER_DROPOUT = 0.0     # between stacked layers (with --layers 2 or more)
 PATIENCE = 2            # epochs without a better validation accuracy before stopping
 VAL_FRACTION = 0.1
 SEED = 0
@@ -49,6 +50,7 @@ def parse_args(argv=None):
     a("--weight-decay", type=float, default=WEIGHT_DECAY)
     a("--clip", type=float, default=CLIP, help="global gradient-norm clip (0 = none)")
     a("--head-dropout", type=float, default=HEAD_DROPOUT)
+    a("--layer-dropout", type=float, default=LAYER_DROPOUT, help="between stacked layers")
     a("--patience", type=int, default=PATIENCE)
     a("--val-fraction", type=float, default=VAL_FRACTION)
     a("--seed", type=int, default=SEED)
@@ -79,7 +81,8 @@ def run(args):
     from qlnumba.data import load_fashion_mnist
     from qlnumba.data.fashion_mnist import CLASSES, as_sequences
 
-    check_options(args, ("epochs", "batch_size", "patience", "limit"))
+    check_options(args, ("epochs", "batch_size", "patience", "limit"), (),
+                  ("head_dropout", "layer_dropout"))
     set_num_threads(args.threads)
     t_start = time.time()
     data = load_fashion_mnist(args.data_dir, ("train", "test"), args.limit)
@@ -92,6 +95,7 @@ def run(args):
                            block_size=block, input="features", batch_size=args.batch_size,
                            max_epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                            clip=args.clip or None, head_dropout=args.head_dropout,
+                           layer_dropout=args.layer_dropout,
                            early_stopping=True, validation_fraction=args.val_fraction,
                            n_iter_no_change=args.patience, random_state=args.seed, verbose=1,
                            device=args.device)

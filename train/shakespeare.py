@@ -30,6 +30,7 @@ EPOCHS = 10
 LR = 2e-3
 CLIP = 5.0
 DROPOUT = 0.1
+LAYER_DROPOUT = 0.0     # between stacked layers (with --layers 2 or more)
 VAL_FRACTION = 0.1
 SEED = 0
 THREADS = 2
@@ -55,6 +56,7 @@ def parse_args(argv=None):
     a("--lr", type=float, default=LR, help="Adam learning rate")
     a("--clip", type=float, default=CLIP, help="global gradient-norm clip (0 = none)")
     a("--dropout", type=float, default=DROPOUT, help="on the embeddings and the head's input")
+    a("--layer-dropout", type=float, default=LAYER_DROPOUT, help="between stacked layers")
     a("--val-fraction", type=float, default=VAL_FRACTION, help="the text's last part, held out")
     a("--seed", type=int, default=SEED)
     a("--threads", type=int, default=THREADS, help="threads for Numba and BLAS")
@@ -104,7 +106,8 @@ def run(args):
     from qlnumba.data.shakespeare import char_vocabulary, encode_chars, split_ids, stream_batches
     from qlnumba.lm import LanguageModel
 
-    check_options(args, ("batch_size", "steps", "epochs", "limit"), ("val_fraction",))
+    check_options(args, ("batch_size", "steps", "epochs", "limit"), ("val_fraction",),
+                  ("dropout", "layer_dropout"))
     set_num_threads(args.threads)
     if args.sample:
         model, vocab, _, _ = load_checkpoint(args.sample, device=args.device)
@@ -119,7 +122,8 @@ def run(args):
     train, val = split_ids(encode_chars(text, vocab), args.val_fraction)
     model = LanguageModel(len(vocab), args.embed_dim, args.hidden, kind=args.model,
                           num_layers=args.layers, block_size=args.block_size,
-                          dropout=args.dropout, seed=args.seed, device=args.device)
+                          dropout=args.dropout, layer_dropout=args.layer_dropout, seed=args.seed,
+                          device=args.device)
     opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
     trainer = make_trainer(model, opt)             # with --device cuda: every array on the GPU
     rng = np.random.default_rng(args.seed)

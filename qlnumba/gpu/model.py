@@ -96,6 +96,7 @@ class _DeviceTrainer:
         if opt.params is not model.params:
             raise ValueError("opt must be the Adam over model.params")
         self.model, self.opt, self.rnn = model, opt, rnn
+        self.layer_masks = []                  # set by _forward, read by _stack_backward
         self.rows = rnn._cells                 # rows[k][d]: layer k's cell of direction d
         self.dtype = np.dtype(model.dtype)
         self.workspace = Workspace(self.dtype)
@@ -133,8 +134,9 @@ class _DeviceTrainer:
         return d_mask
 
     def _forward(self, d_inputs, lengths, p, rng, state=None):
-        """Embedding (dropout p) and the recurrent stack: (out (B,T,D), the embedding's
-        dropout mask or None, the final state).  ``d_inputs``: token ids (B,T), or the
+        """Embedding (dropout p) and the recurrent stack, with its dropout between layers
+        (``layer_masks``): (out (B,T,D), the embedding's dropout mask or None, the final
+        state).  ``d_inputs``: token ids (B,T), or the
         feature vectors x (B,T,F) of a model without an embedding (a copy: dropout p
         scales it in place).  ``state``: None, zeros made on the device and no final
         state (None); or the stack's host dict, each cell's part copied in, and the final
@@ -148,7 +150,16 @@ class _DeviceTrainer:
         d_emb_mask = self._dropout("emb_mask", emb, p, rng)
         final = None if state is None else {key: np.empty_like(v) for key, v in state.items()}
         x, i = emb, 0
+        self.layer_masks = []      # [k]: the dropout mask on layer k's output, or None
         for k, row in enumerate(self.rows):
+            if k > 0:                  # the CPU stack's x * mask, drawn in layer order
+                d_mask = None
+                if rng is not None and self.rnn.dropout > 0:
+                    x_in = self.workspace.empty(f"layer_in{k}", x.shape)
+                    x_in.copy_to_device(x)             # x stays as layer k - 1 wrote it
+                    d_mask = self._dropout(f"layer_mask{k}", x_in, self.rnn.dropout, rng)
+                    x = x_in
+                self.layer_masks.append(d_mask)
             outs = []
             for cell in row:
                 st = None
@@ -176,25 +187,35 @@ class _DeviceTrainer:
     def _stack_backward(self, dout):
         """δout (B,T,D) of the stack's output back through every layer (no gradient of
         the final state: truncated BPTT for a carried one) into the cells' gradient
-        accumulators; returns δ of the embedding's output (B,T,E)."""
-        ws, i = self.workspace, len(self.cell_grads)
-        for row in reversed(self.rows):
+        accumulators, and through the dropout between layers; returns δ of the embedding's
+        output (B,T,E)."""
+        i = len(self.cell_grads)
+        for k in range(len(self.rows) - 1, -1, -1):
+            row = self.rows[k]
             i -= len(row)
-            if len(row) == 1:
-                dout = row[0].backward_device(dout, self.cell_grads[i], None)
-                continue
-            B, T, D = dout.shape
-            H = D // 2
-            flat = dout.reshape(dout.size)
-            halves = ws.empty("dout_fwd", (B, T, H)), ws.empty("dout_rev", (B, T, H))
-            copy_rows(halves[0].reshape(B * T * H), flat, B * T, 1, 1, 2, H)     # row 2r -> row r
-            copy_rows(halves[1].reshape(B * T * H), flat[H:], B * T, 1, 1, 2, H)  # row 2r+1 -> r
-            dx_fwd = row[0].backward_device(halves[0], self.cell_grads[i], None)
-            dx_rev = row[1].backward_device(halves[1], self.cell_grads[i + 1], None)
-            kernels(self.dtype)["add"][grid_for(dx_fwd.size)](dx_fwd.reshape(dx_fwd.size),
-                                                               dx_rev.reshape(dx_rev.size))
-            dout = dx_fwd                     # both directions read the layer's input
+            dout = self._layer_backward(row, dout, i)
+            if k > 0 and self.layer_masks[k - 1] is not None:   # x * mask in _forward
+                kernels(self.dtype)["scale"][grid_for(dout.size)](dout.reshape(dout.size),
+                                                                   self.layer_masks[k - 1])
         return dout
+
+    def _layer_backward(self, row, dout, i):
+        """δout (B,T,D) of one layer's output back through its cells (the state's rows i
+        and, bidirectional, i + 1): δ of the layer's input."""
+        ws = self.workspace
+        if len(row) == 1:
+            return row[0].backward_device(dout, self.cell_grads[i], None)
+        B, T, D = dout.shape
+        H = D // 2
+        flat = dout.reshape(dout.size)
+        halves = ws.empty("dout_fwd", (B, T, H)), ws.empty("dout_rev", (B, T, H))
+        copy_rows(halves[0].reshape(B * T * H), flat, B * T, 1, 1, 2, H)     # row 2r -> row r
+        copy_rows(halves[1].reshape(B * T * H), flat[H:], B * T, 1, 1, 2, H)  # row 2r+1 -> r
+        dx_fwd = row[0].backward_device(halves[0], self.cell_grads[i], None)
+        dx_rev = row[1].backward_device(halves[1], self.cell_grads[i + 1], None)
+        kernels(self.dtype)["add"][grid_for(dx_fwd.size)](dx_fwd.reshape(dx_fwd.size),
+                                                           dx_rev.reshape(dx_rev.size))
+        return dx_fwd                         # both directions read the layer's input
 
     def _id_runs(self, ids):
         """The embedding gradient's id runs, sorted on the host (call it while the device

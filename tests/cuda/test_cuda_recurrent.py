@@ -446,15 +446,18 @@ def test_persistent_gru_settings_equal_cpu(row_groups, item_rows, loads, item_co
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
-@pytest.mark.parametrize("kind,layers", [("ql", 2), ("lstm", 1), ("bilstm", 2), ("gru", 2)])
-def test_cuda_trainer_steps_equal_cpu_training(kind, layers):
-    """Two device-resident training steps (dropout on) give the CPU loop's losses,
-    probabilities, parameters and Adam state: every model kind, bidirectional layers
-    (two directions side by side, their input's δ summed) and GRU cells too."""
+@pytest.mark.parametrize("kind,layers,layer_dropout", [("ql", 2, 0.4), ("lstm", 1, 0.0),
+                                                       ("bilstm", 2, 0.4), ("gru", 2, 0.0)])
+def test_cuda_trainer_steps_equal_cpu_training(kind, layers, layer_dropout):
+    """Two device-resident training steps (dropout on, between layers too where
+    layer_dropout is given) give the CPU loop's losses, probabilities, parameters and Adam
+    state: every model kind, bidirectional layers (two directions side by side, their
+    input's δ summed) and GRU cells too."""
     from qlnumba.gpu.model import CudaTrainer
     rng = make_rng(64)
     kw = dict(embed_dim=3, hidden_size=4, kind=kind, num_layers=layers, block_size=2,
-              embed_dropout=0.2, head_dropout=0.3, dtype=np.float64, seed=8)
+              embed_dropout=0.2, head_dropout=0.3, layer_dropout=layer_dropout,
+              dtype=np.float64, seed=8)
     cpu = qlnumba.SequenceClassifier(11, **kw)
     gpu = qlnumba.SequenceClassifier(11, device="cuda", **kw)
     opt_kw = dict(lr=0.05, weight_decay=0.01, clip_norm=0.5)
@@ -586,16 +589,18 @@ def test_cuda_trainer_refuses_what_it_cannot_train():
         CudaLMTrainer(lm, qlnumba.Adam(LanguageModel(5, embed_dim=2, hidden_size=3).params))
 
 
-@pytest.mark.parametrize("kind,layers", [("ql", 2), ("lstm", 1), ("gru", 2)])
-def test_cuda_lm_trainer_steps_equal_cpu_training(kind, layers):
+@pytest.mark.parametrize("kind,layers,layer_dropout", [("ql", 2, 0.4), ("lstm", 1, 0.0),
+                                                       ("gru", 2, 0.4)])
+def test_cuda_lm_trainer_steps_equal_cpu_training(kind, layers, layer_dropout):
     """Three device-resident training steps of a language model, on ragged chunks with
-    the state carried from each to the next and dropout on, give the CPU loop's losses,
-    probabilities, states, parameters and Adam state."""
+    the state carried from each to the next and dropout on (between layers too where
+    layer_dropout is given), give the CPU loop's losses, probabilities, states,
+    parameters and Adam state."""
     from qlnumba.gpu.model import CudaLMTrainer
     from qlnumba.lm import LanguageModel
     rng = make_rng(67)
     kw = dict(embed_dim=3, hidden_size=4, kind=kind, num_layers=layers, block_size=2,
-              dropout=0.2, dtype=np.float64, seed=9)
+              dropout=0.2, layer_dropout=layer_dropout, dtype=np.float64, seed=9)
     cpu, gpu = LanguageModel(7, **kw), LanguageModel(7, device="cuda", **kw)
     opt_kw = dict(lr=0.05, weight_decay=0.01, clip_norm=0.5)
     cpu_opt, gpu_opt = qlnumba.Adam(cpu.params, **opt_kw), qlnumba.Adam(gpu.params, **opt_kw)
