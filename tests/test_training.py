@@ -41,6 +41,22 @@ def test_checkpoint_round_trip(tmp_path):
     assert opt2.t == 1 and all((opt2.m[k] == opt.m[k]).all() for k in opt.m)
 
 
+def test_checkpoint_from_before_layer_dropout_loads(tmp_path):
+    """A checkpoint whose model config has no layer_dropout (written before it existed)
+    loads as a model without dropout between layers."""
+    model = qlnumba.SequenceClassifier(6, embed_dim=4, hidden_size=3, num_layers=2, seed=0)
+    save_checkpoint(tmp_path / "new.npz", model)
+    with np.load(tmp_path / "new.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["__meta__"]))
+    del meta["model_config"]["layer_dropout"]
+    arrays["__meta__"] = np.array(json.dumps(meta))
+    with open(tmp_path / "old.npz", "wb") as f:
+        np.savez(f, **arrays)
+    loaded = load_checkpoint(tmp_path / "old.npz")[0]
+    assert loaded.config == model.config and loaded.rnn.dropout == 0.0
+
+
 def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"PK\x03\x04 definitely not a zip")
@@ -82,7 +98,9 @@ def test_training_cli_reports_missing_data_without_traceback(tmp_path, capsys):
     ("--batch-size", "0", "--batch-size must be >= 1, got 0"),
     ("--patience", "0", "--patience must be >= 1, got 0"),
     ("--limit", "0", "--limit must be >= 1, got 0"),
-    ("--val-fraction", "1", "--val-fraction must lie in (0, 1), got 1.0")])
+    ("--val-fraction", "1", "--val-fraction must lie in (0, 1), got 1.0"),
+    ("--head-dropout", "1", "--head-dropout must lie in [0, 1), got 1.0"),
+    ("--layer-dropout", "-0.5", "--layer-dropout must lie in [0, 1), got -0.5")])
 def test_training_cli_refuses_bad_counts_before_reading_data(tmp_path, capsys, option, value, message):
     """Checked first: --epochs 0 once went on to evaluate whatever best.npz the folder held."""
     rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path),
@@ -98,6 +116,34 @@ def test_training_cli_resume_with_no_epoch_left_says_so(tiny_imdb, tmp_path, cap
     capsys.readouterr()
     assert train_imdb.main(common + ["--epochs", "1", "--resume", str(tmp_path / "last.npz")]) == 2
     assert "has trained 1 epochs; --epochs 1 leaves none to run" in capsys.readouterr().err
+
+
+def test_training_cli_resume_refuses_other_model_options(tiny_imdb, tmp_path, capsys):
+    """--resume trains the checkpoint's model: a model option given that differs from it was
+    silently ignored; now it is refused before the data is read.  The same value passes."""
+    common = ["--data-dir", str(tiny_imdb), "--out", str(tmp_path), "--threads", "1", "--min-freq", "1",
+              "--embed-dim", "4", "--no-progress"]
+    assert train_imdb.main(common + ["--epochs", "1", "--hidden", "4", "--layers", "2"]) == 0
+    capsys.readouterr()
+    resume = common + ["--epochs", "2", "--resume", str(tmp_path / "last.npz")]
+    assert train_imdb.main(resume + ["--hidden", "8", "--layer-dropout", "0.2", "--model", "ql"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--hidden 8 (the checkpoint's: 4), --layer-dropout 0.2 " \
+        "(the checkpoint's: 0.0)" in err and "--model" not in err
+    assert train_imdb.main(resume + ["--hidden", "4"]) == 0      # its own value; --layers left out
+
+
+def test_training_cli_eval_takes_the_device_option(tiny_imdb, tmp_path, capsys):
+    """--eval (and --resume) build the checkpoint's model on --device: a model saved from a
+    GPU run is evaluated on the CPU (it was built for the GPU it was saved from)."""
+    model = qlnumba.SequenceClassifier(50, embed_dim=4, hidden_size=4, seed=0)
+    model.config["device"] = "cuda"                                 # as a GPU run saves it
+    vocab = Vocabulary(["<pad>", "<unk>"] + [f"w{i}" for i in range(48)])
+    save_checkpoint(tmp_path / "gpu.npz", model, vocab, meta={"epoch": 1})
+    rc = train_imdb.main(["--data-dir", str(tiny_imdb), "--threads", "1", "--device", "cpu",
+                          "--eval", str(tmp_path / "gpu.npz")])
+    assert rc == 0, capsys.readouterr().err
+    assert "test_accuracy" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")

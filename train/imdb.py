@@ -34,6 +34,7 @@ WEIGHT_DECAY = 0.0
 CLIP = 5.0              # global gradient-norm clip
 EMBED_DROPOUT = 0.3
 HEAD_DROPOUT = 0.3
+LAYER_DROPOUT = 0.0     # between stacked layers (with --layers 2 or more)
 PATIENCE = 2            # epochs without a better validation accuracy before stopping
 VAL_FRACTION = 0.1
 SPLIT_SEED = 1234       # the validation hold-out; fixed across training seeds
@@ -65,6 +66,7 @@ def parse_args(argv=None):
     a("--clip", type=float, default=CLIP, help="global gradient-norm clip (0 = none)")
     a("--embed-dropout", type=float, default=EMBED_DROPOUT)
     a("--head-dropout", type=float, default=HEAD_DROPOUT)
+    a("--layer-dropout", type=float, default=LAYER_DROPOUT, help="between stacked layers")
     a("--patience", type=int, default=PATIENCE, help="early stopping: epochs without improvement")
     a("--val-fraction", type=float, default=VAL_FRACTION, help="part of train held out for validation")
     a("--split-seed", type=int, default=SPLIT_SEED, help="seed of the validation hold-out")
@@ -75,14 +77,36 @@ def parse_args(argv=None):
            "$QLNUMBA_DATA_DIR/imdb, then ../shared/data/imdb beside the checkout)")
     a("--out", default=OUT, help="folder for best.npz, last.npz, log.jsonl and summary.json")
     a("--resume", default=None, metavar="CKPT",
-      help="continue training from a checkpoint (OUT/last.npz: after the last finished epoch)")
+      help="continue training from a checkpoint (OUT/last.npz: after the last finished epoch): "
+           "its model, vocabulary and optimizer state; model options given must be its own")
     a("--eval", default=None, metavar="CKPT", help="only evaluate a saved model on the test split")
     a("--limit", type=int, default=None, help="use only the first N reviews of each split (smoke runs)")
     a("--dtype", default="float32", choices=["float32", "float64"])
     a("--device", default="cpu", choices=["cpu", "cuda"],
       help="cuda: train with every array on the GPU (qlnumba.gpu.model.CudaTrainer), any --model")
     a("--no-progress", action="store_true", help="no progress bar")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    # the options given on the command line: parsed again into a namespace that already
+    # holds every option as None, so argparse fills in no defaults
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))
+    args.given = sorted(k for k, v in vars(ap.parse_args(argv, unset)).items() if v is not None)
+    return args
+
+
+# a resumed run's model is the checkpoint's: these options, given, must agree with it
+MODEL_OPTIONS = dict(model="kind", embed_dim="embed_dim", hidden="hidden_size", layers="num_layers",
+                     block_size="block_size", embed_dropout="embed_dropout",
+                     head_dropout="head_dropout", layer_dropout="layer_dropout", dtype="dtype")
+
+
+def check_resumed_model(args, config):
+    """ValueError naming each model option given that differs from the checkpoint's model."""
+    differ = [f"--{name.replace('_', '-')} {getattr(args, name)} (the checkpoint's: {config[key]})"
+              for name, key in MODEL_OPTIONS.items()
+              if name in args.given and getattr(args, name) != config.get(key)]
+    if differ:
+        raise ValueError(f"{args.resume} was built with other model options: {', '.join(differ)}; "
+                         "a resumed run trains the checkpoint's model on")
 
 
 def main(argv=None):
@@ -107,7 +131,8 @@ def run(args):
     from qlnumba.data import (Vocabulary, bucket_batches, encode_corpus, load_imdb, pad_batch,
                               sorted_batches, tokenize)
 
-    check_options(args, ("epochs", "batch_size", "patience", "min_freq", "limit"), ("val_fraction",))
+    check_options(args, ("epochs", "batch_size", "patience", "min_freq", "limit"), ("val_fraction",),
+                  ("embed_dropout", "head_dropout", "layer_dropout"))
     set_num_threads(args.threads)
     dtype = np.dtype(args.dtype).type
     out_dir = Path(args.out)
@@ -136,13 +161,21 @@ def run(args):
         return {"test_accuracy": acc, "test_macro_f1": f1, "test_by_length": by_length}
 
     if args.eval:
-        model, vocab, _, meta = load_checkpoint(args.eval)
+        model, vocab, _, meta = load_checkpoint(args.eval, args.device)
         if vocab is None:
             raise ValueError(f"{args.eval} has no vocabulary; it cannot read text")
         data = meta.get("data", {})
         report = test_report(model, vocab, data.get("max_len", args.max_len), data.get("keep", args.keep))
         print(json.dumps(report, indent=1))
         return 0
+
+    resumed = load_checkpoint(args.resume, args.device) if args.resume else None
+    if resumed:
+        check_resumed_model(args, resumed[0].config)
+        done = resumed[3].get("epoch", 0)
+        if done >= args.epochs:
+            raise ValueError(f"{args.resume} has trained {done} epochs; --epochs {args.epochs} "
+                             "leaves none to run (--eval evaluates a checkpoint)")
 
     # ---- data ----
     (texts, labels), = load_imdb(args.data_dir, ("train",), args.limit).values()
@@ -152,7 +185,6 @@ def run(args):
     val_idx, train_idx = order[:n_val], order[n_val:]
     tokens = [tokenize(t) for t in texts]
     train_tokens = [tokens[i] for i in train_idx]
-    resumed = load_checkpoint(args.resume) if args.resume else None
     vocab = resumed[1] if resumed else Vocabulary.build(train_tokens, args.vocab_size, args.min_freq)
     train = encode_corpus(train_tokens, vocab, args.max_len, args.keep)
     val = encode_corpus([tokens[i] for i in val_idx], vocab, args.max_len, args.keep)
@@ -165,7 +197,8 @@ def run(args):
         model = qlnumba.SequenceClassifier(
             len(vocab), args.embed_dim, args.hidden, 2, kind=args.model, num_layers=args.layers,
             block_size=args.block_size, embed_dropout=args.embed_dropout,
-            head_dropout=args.head_dropout, dtype=dtype, seed=args.seed, device=args.device)
+            head_dropout=args.head_dropout, layer_dropout=args.layer_dropout, dtype=dtype,
+            seed=args.seed, device=args.device)
         opt_state, meta = None, {}
     opt = qlnumba.Adam(model.params, lr=args.lr, weight_decay=args.weight_decay,
                        clip_norm=args.clip or None)
@@ -174,9 +207,6 @@ def run(args):
     trainer = make_trainer(model, opt)             # with --device cuda: every array on the GPU
     counts = model.param_counts()
     first_epoch = meta.get("epoch", 0) + 1
-    if first_epoch > args.epochs:
-        raise ValueError(f"{args.resume} has trained {first_epoch - 1} epochs; --epochs "
-                         f"{args.epochs} leaves none to run (--eval evaluates a checkpoint)")
     best_val = meta.get("best_val_accuracy", -1.0)
     rng = np.random.default_rng([args.seed, first_epoch])
     out_dir.mkdir(parents=True, exist_ok=True)
