@@ -103,8 +103,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     warm_start : bool, default False
         True: ``fit`` on a fitted classifier trains its network on, with the same input
         kind, vocabulary and labels (those of y must be among ``classes_``). The network's
-        own parameters (kind, sizes, dropout, dtype, device) must be those it was built
-        with; a change is refused (so is one before ``partial_fit``), not ignored.
+        own parameters (kind, sizes, dropout, dtype, device; for text, the vocabulary's
+        ``vocab_size`` and ``min_freq``) must be those it was built with; a change is
+        refused (so is one before ``partial_fit``), not ignored.
     device : {"cpu", "cuda"}, default "cpu"
         "cuda" (``pip install qlnumba[cuda]``): the recurrent layers run on the GPU, and
         ``fit`` / ``partial_fit`` train with every array there (any kind and input,
@@ -191,6 +192,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
             delattr(self, attr)                # a refit that fails leaves no half-old state
         self._optimizer = self._rng = None
+        self._vocabulary_params = {}
         X = _sized(X)
         self.input_ = self._input_kind(X)
         corpus = self._encode(X, fitting=True)
@@ -225,6 +227,10 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         names = NETWORK_PARAMS + (("embed_dim",) if self.input_ != "features" else ())
         wanted = {n: np.dtype(self.dtype).name if n == "dtype" else getattr(self, n) for n in names}
         changed = [f"{n} {config[n]!r} -> {wanted[n]!r}" for n in names if wanted[n] != config[n]]
+        if self.input_ == "text":            # the vocabulary, and so the embedding, is fixed too
+            built = getattr(self, "_vocabulary_params", {})
+            changed += [f"{n} {v!r} -> {getattr(self, n)!r}" for n, v in built.items()
+                        if getattr(self, n) != v]
         if changed:
             raise ValueError(f"the fitted network was built with other parameters ({', '.join(changed)}); "
                              "set them back to train it on, or fit with warm_start=False for a new one")
@@ -341,6 +347,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{path}: the estimator state does not match the network "
                              f"(input {clf.input_!r}, {len(clf.classes_)} classes)")
         clf.model_, clf.vocabulary_ = model, vocab
+        if vocab is not None:               # built with the parameters that come with it
+            clf._vocabulary_params = dict(vocab_size=clf.vocab_size, min_freq=clf.min_freq)
         clf.n_iter_ = state.get("n_iter", meta.get("epoch", 0))
         clf.loss_curve_ = list(state.get("loss_curve", []))
         clf.validation_scores_ = list(state.get("validation_scores", []))
@@ -482,6 +490,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             tokens = [tokenize(t) for t in texts]
             if fitting:
                 self.vocabulary_ = Vocabulary.build(tokens, self.vocab_size, self.min_freq)
+                self._vocabulary_params = dict(vocab_size=self.vocab_size, min_freq=self.min_freq)
             return encode_corpus(tokens, self.vocabulary_, self.max_len, self.keep)
         if fitting:
             self.vocabulary_ = None

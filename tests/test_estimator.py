@@ -205,14 +205,15 @@ def test_warm_start_trains_the_fitted_network_on():
     with pytest.raises(ValueError, match="not among the classes"):
         clf.fit(texts[:2], ["neg", "neutral"])
     for change in [dict(hidden_size=16), dict(kind="lstm"), dict(head_dropout=0.5),
-                   dict(layer_dropout=0.5), dict(dtype="float64"), dict(embed_dim=4)]:
+                   dict(layer_dropout=0.5), dict(dtype="float64"), dict(embed_dim=4),
+                   dict(vocab_size=50), dict(min_freq=2)]:
         clf.set_params(**change)                     # the network stays as it was built: refused
         with pytest.raises(ValueError, match=f"built with other parameters \\({next(iter(change))} "):
             clf.fit(texts, labels)
         with pytest.raises(ValueError, match="built with other parameters"):
             clf.partial_fit(texts, labels)
         clf.set_params(hidden_size=8, kind="ql", head_dropout=0.0, layer_dropout=0.0,
-                       dtype="float32", embed_dim=8)
+                       dtype="float32", embed_dim=8, vocab_size=25_000, min_freq=1)
     assert clf.n_iter_ == 5
     clf.set_params(warm_start=False, max_epochs=1)
     assert clf.fit(texts, labels).n_iter_ == 1                    # a new network
