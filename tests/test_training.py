@@ -212,3 +212,13 @@ def test_host_trainer_step_is_forward_backward_update():
     trainer.sync_to_host()
     for k in model.params:
         assert np.array_equal(model.params[k], by_hand.params[k]), k
+
+
+def test_report_command_shows_the_options_given():
+    import report
+    args = dict(model="ql", hidden=128, seed=0, threads=2, layers=2, layer_dropout=0.3,
+                given=["layer_dropout", "layers", "no_progress", "out", "seed", "threads"])
+    assert report.command({"args": args}) == \
+        "`python train/imdb.py --model ql --layer-dropout 0.3 --layers 2 --seed 0 --threads 2`"
+    old = dict(model="gru", hidden=192, seed=1, threads=1)              # before "given"
+    assert report.command({"args": old}) == "`python train/imdb.py --model gru --hidden 192 --seed 1 --threads 1`"

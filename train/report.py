@@ -9,10 +9,17 @@ from pathlib import Path
 ORDER = ["ql", "lstm", "bilstm", "gru", "psug", "hgr"]
 
 
+NOT_SHOWN = {"model", "hidden", "seed", "threads", "data_dir", "out", "no_progress", "resume"}
+
+
 def command(s):
+    """The run's command: model, H where not 128, the other options given (runs that
+    recorded them: ``args["given"]``), seed and threads."""
     a = s["args"]
     hidden = f" --hidden {a['hidden']}" if a["hidden"] != 128 else ""
-    return f"`python train/imdb.py --model {a['model']}{hidden} --seed {a['seed']} --threads {a['threads']}`"
+    given = "".join(f" --{k.replace('_', '-')} {a[k]}" for k in a.get("given", []) if k not in NOT_SHOWN)
+    return (f"`python train/imdb.py --model {a['model']}{hidden}{given} --seed {a['seed']} "
+            f"--threads {a['threads']}`")
 
 
 def main(root):
