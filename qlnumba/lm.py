@@ -112,7 +112,7 @@ class LanguageModel:
         embedding_forward(emb, ids, self.params["embed"])
         emb_mask = dropout_mask(rng, emb.shape, self.config["dropout"], self.dtype)
         if emb_mask is not None:
-            emb *= emb_mask
+            emb_mask.apply(emb, out=emb)
         scoring = targets is not None                 # the loss at every valid step
         need_grad = scoring if need_grad is None else bool(need_grad)
         if need_grad and not scoring:
@@ -122,7 +122,7 @@ class LanguageModel:
             h = out[valid]                                             # (N, H)
             head_mask = dropout_mask(rng, h.shape, self.config["dropout"], self.dtype)
             if head_mask is not None:
-                h *= head_mask
+                head_mask.apply(h, out=h)
             t = targets[valid].astype(np.int64)
         else:                                  # only each row's last valid step is needed
             h, head_mask = out[np.arange(B), lengths - 1], None
@@ -148,7 +148,7 @@ class LanguageModel:
         linear_xent_backward(dh, grads["head.W"], grads["head.b"], probs, h, targets,
                              self.params["head.W"], 1.0 / len(h))
         if head_mask is not None:
-            dh *= head_mask
+            head_mask.backward(dh)
         dout = np.zeros((B, T, h.shape[1]), self.dtype)
         dout[valid] = dh
         return stack_backward(self, grads, dout, emb_mask, ids)

@@ -36,7 +36,7 @@ def stack_backward(model, grads, dout, emb_mask, ids):
     demb, rnn_grads = model.rnn.backward(dout)
     if "embed" in grads:
         if emb_mask is not None:
-            demb *= emb_mask
+            emb_mask.backward(demb)
         embedding_backward(grads["embed"], demb, ids)
     for k, g in rnn_grads.items():
         grads["rnn." + k] = g
@@ -192,13 +192,13 @@ class SequenceClassifier:
         else:
             emb = ids                                      # the caller's array: never written
         emb_mask = dropout_mask(rng, emb.shape, self.config["embed_dropout"], self.dtype)
-        if emb_mask is not None:
-            emb = emb * emb_mask
+        if emb_mask is not None:                           # in place in our own buffer only
+            emb = emb_mask.apply(emb, out=emb if self.takes_ids else None)
         out, _ = self.rnn.forward(emb, lengths, need_grad=targets is not None, rng=rng)
         h_last = self._last_step(out, lengths)
         head_mask = dropout_mask(rng, h_last.shape, self.config["head_dropout"], self.dtype)
         if head_mask is not None:
-            h_last *= head_mask
+            head_mask.apply(h_last, out=h_last)
         probs = np.empty((B, C), self.dtype)
         losses = np.empty(B, self.dtype)
         t = np.zeros(B, np.int64) if targets is None else targets
@@ -217,7 +217,7 @@ class SequenceClassifier:
         linear_xent_backward(dh_last, grads["head.W"], grads["head.b"], probs, h_last, targets,
                              self.params["head.W"], 1.0 / B)
         if head_mask is not None:
-            dh_last *= head_mask
+            head_mask.backward(dh_last)
         dout = np.zeros((B, T, h_last.shape[1]), self.dtype)
         self._scatter_last_step(dout, dh_last, lengths)
         return stack_backward(self, grads, dout, emb_mask, ids)

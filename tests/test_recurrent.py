@@ -138,8 +138,9 @@ def test_dropout_between_layers_matches_reference(kind):
     lengths = np.array([7, 1, 4, 6])
     state = random_state(layer, B, rng)
     out, final = layer.forward(x, lengths, state, rng=np.random.default_rng(5))
-    draw = np.random.default_rng(5)
-    masks = [(draw.random((B, T, 2 * H)) >= p) / (1 - p) for _ in range(2)]
+    draw = np.random.default_rng(5)             # 16-bit draws, kept where >= p * 65536 (rounded)
+    masks = [(draw.integers(0, 65536, (B, T, 2 * H), dtype=np.uint16) >= round(p * 65536))
+             * (65536 / (65536 - round(p * 65536))) for _ in range(2)]
     assert_matches_reference(layer, x, lengths, state, out, final, 1e-12, masks)
     assert 0 < sum((m == 0).sum() for m in masks) < 2 * B * T * 2 * H
     plain, _ = layer.forward(x, lengths, state)               # evaluation: no masks

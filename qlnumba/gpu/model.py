@@ -11,10 +11,10 @@ picks the trainer for a model (``HostTrainer`` for one on the CPU, the same inte
 that the training programs and the estimator run one loop for both.
 
 Per step, only these go to the device: the batch (one copy of ids, lengths, targets and
-the head's rows; a second one of a classifier's feature vectors), dropout masks, each
-cell's lengths (with a QL-LSTM cell's block closes: one copy), the ids' sort for the
-embedding gradient (one copy, made on the host while the forward runs) and Adam's
-constants (one copy).  The losses and probabilities (after the forward) and the
+the head's rows; a second one of a classifier's feature vectors), dropout masks (16 bits
+a value), each cell's lengths (with a QL-LSTM cell's block closes: one copy), the ids'
+sort for the embedding gradient (one copy, made on the host while the forward runs) and
+Adam's constants (one copy).  The losses and probabilities (after the forward) and the
 gradient norm's partial sums (one copy) come back.  The language model's carried state
 (a few (B, H) arrays a cell) goes there and back too: the classifier starts from zeros
 made on the device.  The step's device arrays live in a ``Workspace`` (parameters and
@@ -47,10 +47,12 @@ from ..validate import check_ids
 @lru_cache(maxsize=None)
 def kernels(dtype):
     @cuda.jit
-    def scale(a, mask):
-        """a *= mask (flat): a dropout mask drawn on the host."""
+    def dropout(a, bits, threshold, scale):
+        """a = a * scale where bits >= threshold, else 0 (flat, in place): a dropout mask
+        drawn on the host (``qlnumba.layers.DropoutMask``), its backward the same."""
+        zero = scale - scale
         for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
-            a[i] *= mask[i]
+            a[i] = a[i] * (scale if bits[i] >= threshold else zero)
 
     @cuda.jit
     def gather_rows(dst, src, rows):
@@ -75,7 +77,7 @@ def kernels(dtype):
         for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
             a[i] += b[i]
 
-    return dict(scale=scale, gather_rows=gather_rows, scatter_rows=scatter_rows, add=add)
+    return dict(dropout=dropout, gather_rows=gather_rows, scatter_rows=scatter_rows, add=add)
 
 
 class _DeviceTrainer:
@@ -124,14 +126,19 @@ class _DeviceTrainer:
             self.cell_grads.append({n: self.grads.get(k, dummies.get(n)) for n, k in keys.items()})
 
     def _dropout(self, name, a, p, rng):
-        """a (device) *= a dropout mask drawn on the host (the CPU model's draw); the mask's
-        device copy, or None where there is none."""
+        """a (device) with a dropout mask drawn on the host applied in place (the CPU model's
+        draw); the mask (its bits on the device, threshold, scale) for ``_dropout_backward``,
+        or None where there is none."""
         mask = dropout_mask(rng, a.shape, p, self.model.dtype)
         if mask is None:
             return None
-        d_mask = self.workspace.put(name, mask.reshape(-1))
-        kernels(self.dtype)["scale"][grid_for(a.size)](a.reshape(a.size), d_mask)
+        d_mask = (self.workspace.put(name, mask.bits.reshape(-1)), mask.threshold, mask.scale)
+        self._dropout_backward(a, d_mask)              # the forward is the same scaling
         return d_mask
+
+    def _dropout_backward(self, da, d_mask):
+        """da (device, δ of a masked array) becomes δ of the array before the mask, in place."""
+        kernels(self.dtype)["dropout"][grid_for(da.size)](da.reshape(da.size), *d_mask)
 
     def _forward(self, d_inputs, lengths, p, rng, state=None):
         """Embedding (dropout p) and the recurrent stack, with its dropout between layers
@@ -194,9 +201,8 @@ class _DeviceTrainer:
             row = self.rows[k]
             i -= len(row)
             dout = self._layer_backward(row, dout, i)
-            if k > 0 and self.layer_masks[k - 1] is not None:   # x * mask in _forward
-                kernels(self.dtype)["scale"][grid_for(dout.size)](dout.reshape(dout.size),
-                                                                   self.layer_masks[k - 1])
+            if k > 0 and self.layer_masks[k - 1] is not None:   # _dropout in _forward
+                self._dropout_backward(dout, self.layer_masks[k - 1])
         return dout
 
     def _layer_backward(self, row, dout, i):
@@ -260,14 +266,14 @@ class _DeviceTrainer:
         ops.linear_xent_backward(dh, G["head.W"], G["head.b"], probs, h, d_targets, P["head.W"],
                                  1.0 / N, dlogits=ws.empty("dlogits", (N, C)))
         if d_head_mask is not None:
-            k["scale"][grid_for(N * D)](dh.reshape(N * D), d_head_mask)
+            self._dropout_backward(dh, d_head_mask)
         dout = ws.zeros("dout", (B, T, D))
         k["scatter_rows"][grid_for(N * D)](dout.reshape(B * T * parts, W), dh.reshape(N * parts, W),
                                            d_rows)
         dout = self._stack_backward(dout)
         if id_runs is not None:               # δ of the features themselves is not needed
             if d_emb_mask is not None:
-                k["scale"][grid_for(dout.size)](dout.reshape(dout.size), d_emb_mask)
+                self._dropout_backward(dout, d_emb_mask)
             ops.embedding_backward(self.grads["embed"], dout, d_ids, id_runs)
         self.adam.step(self.grads, flat_grads=self.grad_flat)
         return loss, host_probs
