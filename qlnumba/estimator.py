@@ -50,8 +50,8 @@ from .optim import Adam
 INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
 ESTIMATOR_META = "qlnumba.QLLSTMClassifier"      # the checkpoint's meta["estimator"]["class"]
-NETWORK_PARAMS = ("kind", "hidden_size", "num_layers", "block_size", "embed_dropout",
-                  "head_dropout", "layer_dropout", "dtype", "device")   # fixed when the network is built
+NETWORK_PARAMS = ("kind", "hidden_size", "num_layers", "block_size", "embed_dropout",   # fixed when
+                  "head_dropout", "layer_dropout", "dtype", "device")   # the network is built
 
 
 class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
@@ -131,7 +131,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                  batch_size=32, max_epochs=10, lr=2e-3, weight_decay=0.0, clip=5.0,
                  embed_dropout=0.0, head_dropout=0.0, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=2, dtype="float32",
-                 random_state=None, verbose=0, device="cpu", warm_start=False, layer_dropout=0.0):
+                 random_state=None, verbose=0, device="cpu", warm_start=False,
+                 layer_dropout=0.0):
         self.kind, self.hidden_size, self.embed_dim = kind, hidden_size, embed_dim
         self.num_layers, self.block_size, self.input = num_layers, block_size, input
         self.vocab_size, self.min_freq, self.max_len, self.keep = vocab_size, min_freq, max_len, keep

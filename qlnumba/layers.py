@@ -66,20 +66,30 @@ class DropoutMask(namedtuple("DropoutMask", "bits threshold scale")):
     about half of numpy's float64 uniform draw.)"""
 
     def apply(self, x, out=None):
-        """x with the mask applied, into ``out`` (a new array by default; may be x)."""
-        out = np.empty_like(x) if out is None else out
+        """x with the mask applied, into ``out`` (a new array by default; may be x; C order,
+        so that its flat view is itself)."""
+        x = np.ascontiguousarray(x)
+        out = np.empty_like(x) if out is None else _c_order(out)
         dropout_forward(out.reshape(-1), x.reshape(-1), self.bits.reshape(-1), self.threshold,
                         self.scale)
         return out
 
     def backward(self, dx):
-        """The gradient w.r.t. ``apply``'s x, from dx w.r.t. its output, in place."""
-        dropout_backward(dx.reshape(-1), self.bits.reshape(-1), self.threshold, self.scale)
+        """The gradient w.r.t. ``apply``'s x, from dx (C order) w.r.t. its output, in place."""
+        dropout_backward(_c_order(dx).reshape(-1), self.bits.reshape(-1), self.threshold,
+                         self.scale)
         return dx
 
     def dense(self, dtype):
         """The mask as numbers: scale where kept, 0 where dropped."""
         return np.where(self.bits >= self.threshold, self.scale, 0).astype(dtype)
+
+
+def _c_order(a):
+    """``a`` itself, checked to be C-contiguous (a kernel writes into its flat view)."""
+    if not a.flags.c_contiguous:
+        raise ValueError("a dropout mask writes only into C-contiguous arrays")
+    return a
 
 
 def dropout_mask(rng, shape, p, dtype):

@@ -22,6 +22,9 @@ def test_mask_kernels_equal_the_dense_mask(dtype):
     y = x.copy()
     assert mask.apply(y, out=y) is y
     np.testing.assert_array_equal(y, x * dense)
+    np.testing.assert_array_equal(mask.apply(np.asfortranarray(x)), x * dense)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        mask.apply(x, out=np.empty(x.shape, dtype, order="F"))
 
 
 def test_drop_probability_and_scale():
