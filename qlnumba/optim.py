@@ -4,14 +4,16 @@ import math
 import numpy as np
 
 from .config import get_num_threads, row_blocks
-from .kernels.adam import adam_step, adam_step_split, sum_of_squares
+from .kernels.adam import adam_step, adam_step_split, sum_of_squares, sum_of_squares_split
 
-SPLIT_MIN = 1 << 16     # parameters of a tensor for which Adam's step runs on every thread
+SPLIT_MIN = 1 << 16     # parameters of a tensor for which Adam's step and its norm run on every thread
 
 
 def global_norm(grads):
-    """sqrt of the sum of squares of every gradient array."""
-    return math.sqrt(sum(sum_of_squares(g.reshape(-1)) for g in grads.values()))
+    """sqrt of the sum of squares of every gradient array (a large one summed in eight parts
+    on every thread: the same result on any number of threads)."""
+    return math.sqrt(sum(sum_of_squares_split(g.reshape(-1)) if g.size >= SPLIT_MIN
+                         else sum_of_squares(g.reshape(-1)) for g in grads.values()))
 
 
 def check_adam_constants(lr, betas, eps, weight_decay, clip_norm):

@@ -7,7 +7,7 @@ import reference
 from qlnumba.kernels.blas import gemm_njit
 from qlnumba.kernels.embedding import embedding_backward, embedding_forward
 from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward
-from qlnumba.kernels.adam import sum_of_squares
+from qlnumba.kernels.adam import sum_of_squares, sum_of_squares_split
 from qlnumba.optim import SPLIT_MIN, Adam, global_norm
 
 
@@ -148,6 +148,18 @@ def test_gemm_empty_inner_dimension():
 def test_sum_of_squares_over_eight_running_sums(size):
     g = make_rng(71).standard_normal(size).astype(np.float32)
     assert sum_of_squares(g) == pytest.approx(float(np.sum(g.astype(np.float64) ** 2)), rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 1001, 70_001])
+def test_sum_of_squares_in_eight_parts(size, threads):
+    """The large tensors' sum (global_norm): eight parts, the same bits on 1 and 2 threads."""
+    g = make_rng(73).standard_normal(size).astype(np.float32)
+    sums = []
+    for n in (1, 2):
+        threads(n)
+        sums.append(sum_of_squares_split(g))
+    assert sums[0] == sums[1]
+    assert sums[0] == pytest.approx(float(np.sum(g.astype(np.float64) ** 2)), rel=1e-12, abs=0)
 
 
 def test_adam_split_over_threads_equals_one_thread(threads):

@@ -33,6 +33,17 @@ def sum_of_squares(g):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+@njit(**JIT_PARALLEL)
+def sum_of_squares_split(g):
+    """``sum_of_squares`` of eight equal parts side by side, added in order: the same result
+    on any number of threads (not the same bits as one running sum)."""
+    parts = np.zeros(8)
+    chunk = (g.size + 7) // 8
+    for k in prange(8):
+        parts[k] = sum_of_squares(g[k * chunk:min(g.size, (k + 1) * chunk)])
+    return ((parts[0] + parts[1]) + (parts[2] + parts[3])) + ((parts[4] + parts[5]) + (parts[6] + parts[7]))
+
+
 @njit(**JIT)
 def adam_step(p, m, v, g, consts):
     """One AdamW step; ``g`` is multiplied by grad_scale (clipping) first."""
