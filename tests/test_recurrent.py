@@ -128,7 +128,8 @@ def test_gradients_with_dropout_between_layers(pb, num_layers, p):
 @pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
 def test_dropout_between_layers_matches_reference(kind):
     """dropout p: while training (rng given) layer k reads layer k-1's output times a mask
-    drawn from rng in layer order, 0 or 1 / (1 - p); without rng nothing is dropped."""
+    drawn from rng in layer order (0, or 65536 / (65536 - θ) with θ = round(65536 p): see
+    ``layers.DropoutMask``); without rng nothing is dropped."""
     rng = make_rng(11)
     B, T, E, H, p = 4, 7, 3, 4, 0.4
     layer = make_layer(kind, E, H, num_layers=3, bidirectional=True, K=3)
