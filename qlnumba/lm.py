@@ -18,8 +18,8 @@ import numpy as np
 
 from .kernels.embedding import embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
-from .layers import check_fraction
-from .model import MODEL_KINDS, dropout_mask, make_stack, stack_backward
+from .layers import check_fraction, dropout_mask
+from .model import MODEL_KINDS, make_stack, stack_backward
 from .validate import check_dtype, check_ids
 
 LM_KINDS = tuple(k for k in MODEL_KINDS if k != "bilstm")   # a reverse direction sees the future

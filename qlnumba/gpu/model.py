@@ -39,8 +39,9 @@ import numpy as np
 
 from . import ops
 from .arrays import Workspace, clear, copy_rows, cuda, grid_for
+from ..layers import dropout_mask
 from ..lm import LanguageModel, check_targets
-from ..model import SequenceClassifier, dropout_mask
+from ..model import SequenceClassifier
 from ..validate import check_ids
 
 
@@ -127,18 +128,18 @@ class _DeviceTrainer:
 
     def _dropout(self, name, a, p, rng):
         """a (device) with a dropout mask drawn on the host applied in place (the CPU model's
-        draw); the mask (its bits on the device, threshold, scale) for ``_dropout_backward``,
-        or None where there is none."""
+        draw); the mask (its bits on the device, threshold, scale) for ``_mask``, or None where
+        there is none."""
         mask = dropout_mask(rng, a.shape, p, self.model.dtype)
         if mask is None:
             return None
         d_mask = (self.workspace.put(name, mask.bits.reshape(-1)), mask.threshold, mask.scale)
-        self._dropout_backward(a, d_mask)              # the forward is the same scaling
+        self._mask(a, d_mask)
         return d_mask
 
-    def _dropout_backward(self, da, d_mask):
-        """da (device, δ of a masked array) becomes δ of the array before the mask, in place."""
-        kernels(self.dtype)["dropout"][grid_for(da.size)](da.reshape(da.size), *d_mask)
+    def _mask(self, a, d_mask):
+        """a (device) *= the mask, in place: the forward of dropout, and its backward on δ."""
+        kernels(self.dtype)["dropout"][grid_for(a.size)](a.reshape(a.size), *d_mask)
 
     def _forward(self, d_inputs, lengths, p, rng, state=None):
         """Embedding (dropout p) and the recurrent stack, with its dropout between layers
@@ -202,7 +203,7 @@ class _DeviceTrainer:
             i -= len(row)
             dout = self._layer_backward(row, dout, i)
             if k > 0 and self.layer_masks[k - 1] is not None:   # _dropout in _forward
-                self._dropout_backward(dout, self.layer_masks[k - 1])
+                self._mask(dout, self.layer_masks[k - 1])
         return dout
 
     def _layer_backward(self, row, dout, i):
@@ -266,14 +267,14 @@ class _DeviceTrainer:
         ops.linear_xent_backward(dh, G["head.W"], G["head.b"], probs, h, d_targets, P["head.W"],
                                  1.0 / N, dlogits=ws.empty("dlogits", (N, C)))
         if d_head_mask is not None:
-            self._dropout_backward(dh, d_head_mask)
+            self._mask(dh, d_head_mask)
         dout = ws.zeros("dout", (B, T, D))
         k["scatter_rows"][grid_for(N * D)](dout.reshape(B * T * parts, W), dh.reshape(N * parts, W),
                                            d_rows)
         dout = self._stack_backward(dout)
         if id_runs is not None:               # δ of the features themselves is not needed
             if d_emb_mask is not None:
-                self._dropout_backward(dout, d_emb_mask)
+                self._mask(dout, d_emb_mask)
             ops.embedding_backward(self.grads["embed"], dout, d_ids, id_runs)
         self.adam.step(self.grads, flat_grads=self.grad_flat)
         return loss, host_probs
