@@ -363,7 +363,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             clf._optimizer = clf._new_optimizer()
             try:
                 clf._optimizer.load_state_dict(opt_state)
-            except (KeyError, ValueError) as exc:
+            except ValueError as exc:
                 raise ValueError(f"{path}: corrupt optimizer state ({exc})") from None
         return clf
 

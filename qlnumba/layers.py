@@ -30,7 +30,7 @@ from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, re
                                 recurrent_forward_split)
 from .kernels.recurrent_infer import recurrent_infer_rows, recurrent_infer_units
 from .kernels.recurrent_units import grad_span_steps, recurrent_backward_units, recurrent_forward_units
-from .validate import check_dtype, check_float_array, check_lengths
+from .validate import check_dtype, check_float_array, check_lengths, check_rng
 
 INFER_ROWS_MIN = 16     # QL-LSTM inference splits rows where every thread gets this many
 
@@ -409,6 +409,7 @@ class _StackedRecurrent:
         B, T, _ = x.shape
         lengths = check_lengths(lengths, B, T)
         state = self._check_state(state, B)
+        check_rng(rng)
         final = {k: np.empty_like(v) for k, v in state.items()}
         inp = x
         masks = []                  # masks[k]: the dropout on layer k's output (None: none)

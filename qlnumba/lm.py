@@ -20,7 +20,7 @@ from .kernels.embedding import embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
 from .layers import check_fraction, dropout_mask
 from .model import MODEL_KINDS, make_stack, stack_backward
-from .validate import check_dtype, check_ids
+from .validate import check_dtype, check_ids, check_rng
 
 LM_KINDS = tuple(k for k in MODEL_KINDS if k != "bilstm")   # a reverse direction sees the future
 
@@ -104,6 +104,7 @@ class LanguageModel:
         """
         V = self.config["vocab_size"]
         ids, lengths = check_ids(ids, lengths, V)
+        check_rng(rng)
         B, T = ids.shape
         valid = np.arange(T)[None, :] < lengths[:, None]              # (B, T)
         if targets is not None:
@@ -190,8 +191,9 @@ class LanguageModel:
             raise ValueError(f"temperature must be finite and > 0, got {temperature}")
         if not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-        if not isinstance(rng, np.random.Generator):
-            raise ValueError("rng must be a numpy Generator (np.random.default_rng(seed))")
+        if check_rng(rng) is None:
+            raise ValueError("rng must be a numpy Generator (np.random.default_rng(seed)), "
+                             "got None")
         if prompt.min() < 1:
             raise ValueError("prompt ids must be >= 1 (0 is padding)")
         if 0 not in exclude or len(set(exclude)) >= self.config["vocab_size"]:

@@ -16,7 +16,7 @@ import numpy as np
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
 from .layers import GRU, QLLSTM, check_fraction, dropout_mask
-from .validate import check_dtype, check_float_array, check_ids, check_lengths
+from .validate import check_dtype, check_float_array, check_ids, check_lengths, check_rng
 
 # the six models the IMDB comparison trains: (layer class, keyword arguments)
 MODEL_KINDS = {
@@ -178,6 +178,7 @@ class SequenceClassifier:
         model runs in evaluation mode.
         """
         ids, lengths = self._check_inputs(ids, lengths)
+        check_rng(rng)
         B, T = ids.shape[:2]
         C = self.config["num_classes"]
         if targets is not None:

@@ -100,11 +100,28 @@ class Adam:
         return out
 
     def load_state_dict(self, arrays):
-        t = int(arrays["t"])
+        """Take t, m and v from ``arrays`` (what :meth:`state_dict` returned, for these
+        parameters).  Everything is checked before anything is written: missing or extra
+        keys, a shape or dtype other than the parameter's, NaN or inf, a negative v or t
+        raise ``ValueError`` and leave the optimizer as it was."""
+        wanted = {"t"} | {f"{name}/{k}" for k in self.params for name in ("m", "v")}
+        if set(arrays) != wanted:
+            missing, extra = sorted(wanted - set(arrays)), sorted(set(arrays) - wanted)
+            raise ValueError("optimizer state does not match the parameters: "
+                             f"missing {missing[:5]}, extra {extra[:5]}")
+        t = np.asarray(arrays["t"])
+        if t.shape != () or t.dtype.kind not in "iu" or t < 0:
+            raise ValueError(f"optimizer state t must be an integer >= 0, got {t!r}")
         for k, p in self.params.items():
-            for name, store in (("m", self.m), ("v", self.v)):
-                a = arrays[f"{name}/{k}"]
-                if a.shape != p.shape:
-                    raise ValueError(f"optimizer state {name}/{k} has shape {a.shape}, expected {p.shape}")
-                store[k][...] = a
-        self.t = t
+            for name in ("m", "v"):
+                a = np.asarray(arrays[f"{name}/{k}"])
+                if a.shape != p.shape or a.dtype != p.dtype:
+                    raise ValueError(f"optimizer state {name}/{k} is {a.dtype} {a.shape}, "
+                                     f"expected {p.dtype} {p.shape}")
+                if not np.isfinite(a).all() or (name == "v" and (a < 0).any()):
+                    raise ValueError(f"optimizer state {name}/{k} holds NaN, inf"
+                                     f"{' or negative values' if name == 'v' else ''}")
+        for k in self.params:
+            self.m[k][...] = arrays[f"m/{k}"]
+            self.v[k][...] = arrays[f"v/{k}"]
+        self.t = int(t)

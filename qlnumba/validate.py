@@ -41,6 +41,15 @@ def check_float_array(arr, name, ndim, dtype, shape=None):
     return np.ascontiguousarray(arr)
 
 
+def check_rng(rng):
+    """``rng`` itself, which must be None (evaluation: no dropout) or a numpy Generator
+    (training: the dropout masks are drawn from it)."""
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise ValueError("rng must be None or a numpy Generator (np.random.default_rng(seed)), "
+                         f"got {type(rng).__name__}")
+    return rng
+
+
 def check_lengths(lengths, batch, steps):
     """Per-row lengths as int64 (B,), each in [1, steps]; None means all ``steps``."""
     if lengths is None:

@@ -186,6 +186,10 @@ def test_bad_input_is_refused():
         model.forward(np.array([[1, 2]]), need_grad=True)
     with pytest.raises(ValueError, match="dropout"):
         LanguageModel(5, dropout=1.0)
+    with pytest.raises(ValueError, match="rng must be None or a numpy Generator"):
+        model.forward(np.array([[1, 2]]), targets=np.array([[2, 3]]), rng=1)
+    with pytest.raises(ValueError, match="rng must be a numpy Generator .*got None"):
+        model.generate(np.array([1]), 3, None)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -81,6 +81,8 @@ def test_model_bad_input():
         qlnumba.SequenceClassifier(10, kind="transformer")
     with pytest.raises(ValueError, match="forward"):
         qlnumba.SequenceClassifier(10).backward()
+    with pytest.raises(ValueError, match="rng must be None or a numpy Generator"):
+        model.forward(np.array([[1, 2]]), targets=np.array([1]), rng=0)
 
 
 @pytest.mark.parametrize("kind", ["ql", "bilstm", "gru"])

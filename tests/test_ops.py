@@ -116,6 +116,37 @@ def test_adam_refuses_nan_gradients_and_leaves_params():
         opt.step({"q": np.ones(2)})
 
 
+def test_adam_state_is_checked_before_any_of_it_is_taken():
+    """load_state_dict raised KeyError on a foreign state, cast another dtype silently,
+    took NaN, and wrote m before finding a bad v.  Now each is a ValueError, and a refused
+    state leaves t, m and v as they were."""
+    params = {"a": np.ones((2, 3)), "b": np.ones(4)}
+    source = Adam({k: v.copy() for k, v in params.items()})
+    source.step({k: np.full_like(v, 0.5) for k, v in params.items()})
+    good = source.state_dict()
+    bad_states = [
+        ({"x": np.ones(1)}, "missing"),
+        ({k: v for k, v in good.items() if k != "v/b"}, r"missing \['v/b'\]"),
+        (dict(good, **{"m/c": np.ones(1)}), r"extra \['m/c'\]"),
+        (dict(good, t=np.array(-1)), "t must be an integer >= 0"),
+        (dict(good, t=np.array(1.5)), "t must be an integer >= 0"),
+        (dict(good, t=np.array([1, 2])), "t must be an integer >= 0"),
+        (dict(good, **{"m/a": np.ones(3)}), "m/a is float64 \\(3,\\), expected float64 \\(2, 3\\)"),
+        (dict(good, **{"m/a": np.ones((2, 3), np.float32)}), "m/a is float32"),
+        (dict(good, **{"v/b": np.array([1.0, np.nan, 1.0, 1.0])}), "v/b holds NaN, inf or negative"),
+        (dict(good, **{"v/b": -np.ones(4)}), "v/b holds NaN, inf or negative"),
+        (dict(good, **{"m/b": np.full(4, np.inf)}), "m/b holds NaN, inf"),
+    ]
+    opt = Adam(params)
+    for state, match in bad_states:
+        with pytest.raises(ValueError, match=match):
+            opt.load_state_dict(state)
+        assert opt.t == 0 and all((opt.m[k] == 0).all() and (opt.v[k] == 0).all() for k in params)
+    opt.load_state_dict(good)
+    assert opt.t == 1 and all((opt.m[k] == source.m[k]).all() and (opt.v[k] == source.v[k]).all()
+                              for k in params)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])

@@ -86,6 +86,27 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
         load_checkpoint(tmp_path / "absent.npz")
 
 
+def test_training_cli_resume_refuses_a_corrupt_optimizer_state(tmp_path, capsys):
+    """A checkpoint whose Adam state is foreign or corrupt ended --resume with a KeyError
+    traceback (or took NaN moments in); now one line names the file, before any data is read."""
+    vocab = Vocabulary(["<pad>", "<unk>", "a", "b", "c", "d"])
+    model = small_model()
+    opt = qlnumba.Adam(model.params)
+    save_checkpoint(tmp_path / "ok.npz", model, vocab, opt, meta={"epoch": 1})
+    with np.load(tmp_path / "ok.npz") as z:
+        arrays = dict(z)
+    arrays["opt/m/head.W"] = np.full_like(arrays["opt/m/head.W"], np.nan)
+    np.savez(tmp_path / "nan.npz", **arrays)
+    del arrays["opt/t"]
+    np.savez(tmp_path / "foreign.npz", **arrays)
+    for name, message in (("nan.npz", "m/head.W holds NaN"), ("foreign.npz", "missing ['t']")):
+        rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path),
+                              "--threads", "1", "--epochs", "2", "--resume", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith(f"error: {tmp_path / name}: optimizer state") \
+            and message in err and "Traceback" not in err
+
+
 def test_training_cli_reports_missing_data_without_traceback(tmp_path, capsys):
     rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--threads", "1"])
     assert rc == 2

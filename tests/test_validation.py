@@ -60,6 +60,17 @@ def test_bad_state(layer):
             layer.forward(x_ok(), None, dict(state, n=np.full((1, 2), 2)))
 
 
+def test_rng_that_is_not_a_generator(layer):
+    """forward(rng=3) failed deep inside with AttributeError (with dropout) or passed
+    silently (without); a Generator or None is what it takes."""
+    for bad in (3, np.random.RandomState(0), "seed"):
+        with pytest.raises(ValueError, match="rng must be None or a numpy Generator"):
+            layer.forward(x_ok(), rng=bad)
+    stacked = type(layer)(3, 4, num_layers=2, dropout=0.5, dtype=np.float64, seed=0)
+    with pytest.raises(ValueError, match="rng must be None or a numpy Generator"):
+        stacked.forward(x_ok(), rng=7)
+
+
 def test_backward_before_forward_and_bad_dout(layer):
     with pytest.raises(ValueError, match="before forward"):
         layer.backward(np.zeros((2, 5, 4)))

@@ -99,6 +99,20 @@ MODEL_OPTIONS = dict(model="kind", embed_dim="embed_dim", hidden="hidden_size", 
                      head_dropout="head_dropout", layer_dropout="layer_dropout", dtype="dtype")
 
 
+def new_optimizer(model, args, opt_state=None, path=None):
+    """AdamW over the model's parameters with the options' constants; its t, m and v from
+    ``opt_state`` (a resumed checkpoint's, read from ``path``) when there is one."""
+    from qlnumba import Adam
+    opt = Adam(model.params, lr=args.lr, weight_decay=args.weight_decay,
+                       clip_norm=args.clip or None)
+    if opt_state:
+        try:
+            opt.load_state_dict(opt_state)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return opt
+
+
 def check_resumed_model(args, config):
     """ValueError naming each model option given that differs from the checkpoint's model."""
     differ = [f"--{name.replace('_', '-')} {getattr(args, name)} (the checkpoint's: {config[key]})"
@@ -176,6 +190,7 @@ def run(args):
         if done >= args.epochs:
             raise ValueError(f"{args.resume} has trained {done} epochs; --epochs {args.epochs} "
                              "leaves none to run (--eval evaluates a checkpoint)")
+        opt = new_optimizer(resumed[0], args, resumed[2], args.resume)   # checked before the data
 
     # ---- data ----
     (texts, labels), = load_imdb(args.data_dir, ("train",), args.limit).values()
@@ -192,18 +207,14 @@ def run(args):
 
     # ---- model ----
     if resumed:
-        model, _, opt_state, meta = resumed
+        model, _, _, meta = resumed
     else:
         model = qlnumba.SequenceClassifier(
             len(vocab), args.embed_dim, args.hidden, 2, kind=args.model, num_layers=args.layers,
             block_size=args.block_size, embed_dropout=args.embed_dropout,
             head_dropout=args.head_dropout, layer_dropout=args.layer_dropout, dtype=dtype,
             seed=args.seed, device=args.device)
-        opt_state, meta = None, {}
-    opt = qlnumba.Adam(model.params, lr=args.lr, weight_decay=args.weight_decay,
-                       clip_norm=args.clip or None)
-    if opt_state:
-        opt.load_state_dict(opt_state)
+        opt, meta = new_optimizer(model, args), {}
     trainer = make_trainer(model, opt)             # with --device cuda: every array on the GPU
     counts = model.param_counts()
     first_epoch = meta.get("epoch", 0) + 1

@@ -42,7 +42,7 @@ from .arrays import Workspace, clear, copy_rows, cuda, grid_for
 from ..layers import dropout_mask
 from ..lm import LanguageModel, check_targets
 from ..model import SequenceClassifier
-from ..validate import check_ids
+from ..validate import check_ids, check_rng
 
 
 @lru_cache(maxsize=None)
@@ -311,6 +311,7 @@ class CudaTrainer(_DeviceTrainer):
         returned without a backward pass or an update."""
         model, ws = self.model, self.workspace
         inputs, lengths = model._check_inputs(ids, lengths)
+        check_rng(rng)
         B, T = inputs.shape[:2]
         C = model.config["num_classes"]
         targets = np.asarray(targets)
@@ -357,6 +358,7 @@ class CudaLMTrainer(_DeviceTrainer):
         model, ws = self.model, self.workspace
         V, p = model.config["vocab_size"], model.config["dropout"]
         ids, lengths = check_ids(ids, lengths, V)
+        check_rng(rng)
         B, T = ids.shape
         valid = np.arange(T)[None, :] < lengths[:, None]              # (B, T)
         targets = check_targets(targets, valid, V)
