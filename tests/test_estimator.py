@@ -290,6 +290,11 @@ def test_load_refuses_what_is_not_a_classifier(tmp_path):
     objects = QLLSTMClassifier(hidden_size=4, max_epochs=1).fit([[1.0, 2.0], [2.0, 1.0]], labels)
     objects.save(tmp_path / "objects.npz")
     assert list(QLLSTMClassifier.load(tmp_path / "objects.npz").classes_) == ["a", "b"]
+    with np.load(tmp_path / "objects.npz") as z:
+        arrays = {k: z[k] for k in z.files if k != "opt/v/head.b"}
+    np.savez(tmp_path / "no_v.npz", **arrays)
+    with pytest.raises(ValueError, match=r"corrupt optimizer state .*missing \['v/head.b'\]"):
+        QLLSTMClassifier.load(tmp_path / "no_v.npz")
     for odd in ([(1,), "a"], [1, "a"]):
         objects.classes_ = np.array(odd, dtype=object)
         with pytest.raises(ValueError, match="mixed or object"):

@@ -587,6 +587,11 @@ def test_cuda_trainer_refuses_what_it_cannot_train():
         CudaLMTrainer(model, qlnumba.Adam(model.params))
     with pytest.raises(ValueError, match="opt must be the Adam over model.params"):
         CudaLMTrainer(lm, qlnumba.Adam(LanguageModel(5, embed_dim=2, hidden_size=3).params))
+    with pytest.raises(ValueError, match="rng must be None or a numpy Generator"):
+        CudaLMTrainer(lm, qlnumba.Adam(lm.params)).step(np.array([[1, 2]]), None, np.array([[2, 3]]), rng=5)
+    with pytest.raises(ValueError, match="rng must be None or a numpy Generator"):
+        CudaTrainer(classifier, qlnumba.Adam(classifier.params)).step(np.array([[1, 2]]), None,
+                                                                       np.array([1]), rng=5)
 
 
 @pytest.mark.parametrize("kind,layers,layer_dropout", [("ql", 2, 0.0), ("ql", 2, 0.4), ("lstm", 1, 0.0),
