@@ -187,7 +187,10 @@ def predict(args):
         elif source == "-":
             raise ValueError(f"this model reads {clf.input_}: give .npy files, not standard input")
         else:
-            X = np.load(source, allow_pickle=False)
+            try:
+                X = np.load(source, allow_pickle=False)
+            except ValueError as exc:                  # not a .npy, or an object array
+                raise ValueError(f"{source} is not a .npy array of numbers ({exc})") from None
             if not isinstance(X, np.ndarray):
                 raise ValueError(f"{source} is not a .npy array")
             if clf.input_ == "ids":
@@ -284,12 +287,18 @@ def generate(args):
 
 
 def _read_lines(path):
-    """The lines of a text file, of a gzipped one (by its name), or of standard input ('-')."""
-    if path == "-":
-        return sys.stdin.readlines()
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return f.readlines()
+    """The lines of a text file, of a gzipped one (by its name), or of standard input ('-'),
+    read as UTF-8."""
+    try:
+        if path == "-":
+            return sys.stdin.readlines()
+        opener = gzip.open if str(path).endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            return f.readlines()
+    except UnicodeDecodeError as exc:
+        name = "standard input" if path == "-" else path
+        raise ValueError(f"{name} is not UTF-8 text (byte {exc.object[exc.start]:#04x}: "
+                         f"{exc.reason}); a model of text reads lines of UTF-8 text") from None
 
 
 if __name__ == "__main__":

@@ -472,6 +472,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError("X holds no sequences")
         if isinstance(items[0], str):
             return "text"
+        if isinstance(items[0], bytes):
+            raise ValueError("X holds bytes; decode the texts to str first "
+                             "([b.decode('utf-8') for b in X])")
         first = np.asarray(items[0])
         return "ids" if first.ndim == 1 and first.dtype.kind in "iu" else "features"
 

@@ -60,6 +60,20 @@ def test_predict_texts_from_a_file_and_from_stdin(text_model, tmp_path, capsys, 
     assert set(rows[0]) == {"neg", "pos"} and rows[0]["pos"] > 0.5 > rows[1]["pos"]
 
 
+def test_predict_refuses_what_is_not_text_in_one_line(text_model, tmp_path, capsys, monkeypatch):
+    """An array given to a model of text printed Python's own 'utf-8 codec can't decode'."""
+    path, _ = text_model
+    np.save(tmp_path / "x.npy", np.ones((2, 3)))
+    capsys.readouterr()
+    assert main(["predict", str(path), str(tmp_path / "x.npy")]) == 2
+    assert capsys.readouterr().err == (f"qlnumba predict: error: {tmp_path / 'x.npy'} is not UTF-8 "
+                                       "text (byte 0x93: invalid start byte); a model of text reads "
+                                       "lines of UTF-8 text\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"good \xff film\n"), encoding="utf-8"))
+    assert main(["predict", str(path)]) == 2
+    assert "standard input is not UTF-8 text (byte 0xff" in capsys.readouterr().err
+
+
 def test_predict_arrays_for_a_feature_model(tmp_path, capsys):
     x = make_rng(12).standard_normal((20, 5))
     clf = QLLSTMClassifier(hidden_size=4, max_epochs=1).fit(x, np.arange(20) % 2)
@@ -74,6 +88,9 @@ def test_predict_arrays_for_a_feature_model(tmp_path, capsys):
     np.save(tmp_path / "wide.npy", x[:, :4])
     assert main(["predict", str(tmp_path / "f.npz"), str(tmp_path / "wide.npy")]) == 2
     assert "X has 4 features" in capsys.readouterr().err
+    np.save(tmp_path / "objects.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
+    assert main(["predict", str(tmp_path / "f.npz"), str(tmp_path / "objects.npy")]) == 2
+    assert f"{tmp_path / 'objects.npy'} is not a .npy array of numbers" in capsys.readouterr().err
 
 
 def test_predict_padded_ids_for_a_model_of_ids(tmp_path, capsys):

@@ -334,6 +334,8 @@ def test_bad_data_is_refused(monkeypatch):
         clf.fit(None, [0])
     with pytest.raises(ValueError, match=r"X\[1\] is int"):
         QLLSTMClassifier(input="text").fit(["a", 3], [0, 1])
+    with pytest.raises(ValueError, match="X holds bytes; decode the texts to str first"):
+        clf.fit([b"a b", b"c"], [0, 1])              # was numpy's "could not convert string to float"
     clf.fit(["a b", "c"], [0, 1])
     with pytest.raises(ValueError, match="fitted on text"):
         clf.predict(np.zeros((2, 3)))
