@@ -187,7 +187,8 @@ class LanguageModel:
         prompt = np.asarray(prompt)
         if prompt.ndim != 1 or len(prompt) == 0:
             raise ValueError(f"prompt must be a non-empty 1-D array of ids, got shape {prompt.shape}")
-        if not 0 < temperature < np.inf:
+        if not isinstance(temperature, (int, float, np.integer, np.floating)) \
+                or not 0 < temperature < np.inf:
             raise ValueError(f"temperature must be finite and > 0, got {temperature}")
         if not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
@@ -196,12 +197,19 @@ class LanguageModel:
                              "got None")
         if prompt.min() < 1:
             raise ValueError("prompt ids must be >= 1 (0 is padding)")
-        if 0 not in exclude or len(set(exclude)) >= self.config["vocab_size"]:
-            raise ValueError(f"exclude must hold 0 (padding) and leave ids to draw, got {exclude}")
+        V = self.config["vocab_size"]
+        try:
+            excluded = np.array(sorted(set(exclude)))
+        except TypeError:                                   # None, or not comparable ids
+            excluded = np.zeros(0)
+        if excluded.dtype.kind not in "iu" or 0 not in excluded or excluded[0] < 0 \
+                or excluded[-1] >= V or len(excluded) >= V:
+            raise ValueError(f"exclude must hold 0 (padding) and other ids in [0, {V}), and "
+                             f"leave ids to draw, got {exclude}")
         _, probs, state = self.forward(prompt[None, :])
         out = np.empty(steps, np.int64)
         drawable = np.ones(probs.shape[1], bool)
-        drawable[list(exclude)] = False
+        drawable[excluded] = False
         for i in range(steps):
             with np.errstate(divide="ignore"):              # log 0 = -inf: never drawn
                 logp = np.where(drawable, np.log(probs[0].astype(np.float64)) / temperature, -np.inf)

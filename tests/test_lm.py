@@ -135,6 +135,13 @@ def test_generation_is_seeded_and_stays_in_the_vocabulary():
         model.generate(np.array([1]), 3, np.random.default_rng(0), exclude=(1,))
     with pytest.raises(ValueError, match="exclude"):
         model.generate(np.array([1]), 3, np.random.default_rng(0), exclude=tuple(range(7)))
+    for bad in ((0, 7), (0, -1), (0, 1.5), None, (0, "a")):     # (0, 7) was an IndexError, None a TypeError
+        with pytest.raises(ValueError, match=r"exclude must hold 0 \(padding\) and other ids in \[0, 7\)"):
+            model.generate(np.array([1]), 3, np.random.default_rng(0), exclude=bad)
+    d = model.generate(np.array([1, 2]), 50, np.random.default_rng(5), exclude={0, np.int64(1)})
+    assert 0 not in d and 1 not in d
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(np.array([1]), 3, np.random.default_rng(0), temperature="1")
     with pytest.raises(ValueError, match="steps must be an integer >= 0"):
         model.generate(np.array([1]), -1, np.random.default_rng(0))
     assert len(model.generate(np.array([1]), 0, np.random.default_rng(0))) == 0
