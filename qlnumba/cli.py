@@ -19,6 +19,7 @@ multi-threaded BLAS, scores a text in one stream about 8 times slower (bench/thr
 import argparse
 import gzip
 import json
+import math
 import os
 import sys
 
@@ -35,22 +36,29 @@ def main(argv=None):
     return exit_status(run, f"qlnumba {args.command}: ", " (or read the model with --device cpu)")
 
 
-def check_options(args, at_least_one=(), fractions=(), dropouts=()):
-    """ValueError for a count option below 1 (None passes: not given), a fraction outside
-    (0, 1) or a dropout outside [0, 1); the training programs call it before they read any
-    data."""
-    for name in at_least_one:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in fractions:
-        value = getattr(args, name)
-        if not 0 < value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must lie in (0, 1), got {value}")
-    for name in dropouts:
-        value = getattr(args, name)
-        if not 0 <= value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {value}")
+# the rule of each kind of training option: what a value must pass, and what the message says
+OPTION_RULES = {
+    "counts": (lambda v: v >= 1, "must be >= 1"),
+    "naturals": (lambda v: v >= 0, "must be >= 0"),
+    "vocab_sizes": (lambda v: v >= 2, "must be >= 2 (padding and unknown)"),
+    "fractions": (lambda v: 0 < v < 1, "must lie in (0, 1)"),
+    "dropouts": (lambda v: 0 <= v < 1, "must lie in [0, 1)"),
+    "positives": (lambda v: 0 < v < math.inf, "must be a finite number > 0"),
+    "non_negatives": (lambda v: 0 <= v < math.inf, "must be a finite number >= 0"),
+}
+
+
+def check_options(args, **kinds):
+    """ValueError naming the first option that breaks its kind's rule in ``OPTION_RULES``
+    (NaN breaks every rule; None passes: not given).  The training programs call it before
+    they read any data or train, e.g. ``check_options(args, counts=("epochs",),
+    positives=("lr",))``."""
+    for kind, names in kinds.items():
+        passes, rule = OPTION_RULES[kind]
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and not passes(value):
+                raise ValueError(f"--{name.replace('_', '-')} {rule}, got {value}")
 
 
 def exit_status(run, prefix, cpu_hint):

@@ -116,6 +116,13 @@ def test_training_program_reports_missing_data_without_traceback(tmp_path, capsy
     assert train_fashion.main(["--data-dir", str(tmp_path / "nowhere"), "--threads", "1",
                                "--layer-dropout", "1"]) == 2                 # before the data
     assert capsys.readouterr().err.strip() == "error: --layer-dropout must lie in [0, 1), got 1.0"
+    for option, value, message in [("--lr", "0", "--lr must be a finite number > 0, got 0.0"),
+                                   ("--hidden", "0", "--hidden must be >= 1, got 0"),
+                                   ("--block-size", "-1", "--block-size must be >= 0, got -1"),
+                                   ("--val-fraction", "0", "--val-fraction must lie in (0, 1), got 0.0")]:
+        assert train_fashion.main(["--data-dir", str(tmp_path / "nowhere"), "--threads", "1",
+                                   option, value]) == 2        # these were found after the data
+        assert capsys.readouterr().err.strip() == f"error: {message}"
 
 
 @pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")

@@ -246,6 +246,14 @@ def test_training_program_refuses_bad_counts(tmp_path, capsys):
     assert train_shakespeare.main(["--data-dir", str(tmp_path), "--threads", "1",
                                    "--layer-dropout", "1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --layer-dropout must lie in [0, 1), got 1.0"
+    # --temperature 0 and --sample-chars -1 trained every epoch and then failed at the sample
+    for option, value, message in [("--temperature", "0", "--temperature must be a finite number > 0, got 0.0"),
+                                   ("--sample-chars", "-1", "--sample-chars must be >= 0, got -1"),
+                                   ("--lr", "nan", "--lr must be a finite number > 0, got nan"),
+                                   ("--clip", "-1", "--clip must be a finite number >= 0, got -1.0"),
+                                   ("--hidden", "0", "--hidden must be >= 1, got 0")]:
+        assert train_shakespeare.main(["--data-dir", str(tmp_path), "--threads", "1", option, value]) == 2
+        assert capsys.readouterr().err.strip() == f"error: {message}"
 
 
 def test_training_program_on_a_text_the_test_wrote(tmp_path, capsys):

@@ -121,7 +121,17 @@ def test_training_cli_reports_missing_data_without_traceback(tmp_path, capsys):
     ("--limit", "0", "--limit must be >= 1, got 0"),
     ("--val-fraction", "1", "--val-fraction must lie in (0, 1), got 1.0"),
     ("--head-dropout", "1", "--head-dropout must lie in [0, 1), got 1.0"),
-    ("--layer-dropout", "-0.5", "--layer-dropout must lie in [0, 1), got -0.5")])
+    ("--layer-dropout", "-0.5", "--layer-dropout must lie in [0, 1), got -0.5"),
+    # these were found only after the data had been read and tokenized
+    ("--lr", "0", "--lr must be a finite number > 0, got 0.0"),
+    ("--lr", "inf", "--lr must be a finite number > 0, got inf"),
+    ("--weight-decay", "-0.1", "--weight-decay must be a finite number >= 0, got -0.1"),
+    ("--clip", "nan", "--clip must be a finite number >= 0, got nan"),
+    ("--hidden", "0", "--hidden must be >= 1, got 0"),
+    ("--block-size", "0", "--block-size must be >= 1, got 0"),
+    ("--max-len", "0", "--max-len must be >= 1, got 0"),
+    ("--vocab-size", "1", "--vocab-size must be >= 2 (padding and unknown), got 1"),
+    ("--seed", "-1", "--seed must be >= 0, got -1")])
 def test_training_cli_refuses_bad_counts_before_reading_data(tmp_path, capsys, option, value, message):
     """Checked first: --epochs 0 once went on to evaluate whatever best.npz the folder held."""
     rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path),

@@ -81,8 +81,9 @@ def run(args):
     from qlnumba.data import load_fashion_mnist
     from qlnumba.data.fashion_mnist import CLASSES, as_sequences
 
-    check_options(args, ("epochs", "batch_size", "patience", "limit"), (),
-                  ("head_dropout", "layer_dropout"))
+    check_options(args, counts=("epochs", "batch_size", "patience", "limit", "hidden", "layers"),
+                  naturals=("seed", "block_size"), fractions=("val_fraction",), positives=("lr",),
+                  non_negatives=("weight_decay", "clip"), dropouts=("head_dropout", "layer_dropout"))
     set_num_threads(args.threads)
     t_start = time.time()
     data = load_fashion_mnist(args.data_dir, ("train", "test"), args.limit)

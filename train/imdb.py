@@ -145,8 +145,12 @@ def run(args):
     from qlnumba.data import (Vocabulary, bucket_batches, encode_corpus, load_imdb, pad_batch,
                               sorted_batches, tokenize)
 
-    check_options(args, ("epochs", "batch_size", "patience", "min_freq", "limit"), ("val_fraction",),
-                  ("embed_dropout", "head_dropout", "layer_dropout"))
+    check_options(args, counts=("epochs", "batch_size", "patience", "min_freq", "limit", "embed_dim",
+                                "hidden", "layers", "block_size", "max_len"),
+                  naturals=("seed", "split_seed"), vocab_sizes=("vocab_size",),
+                  fractions=("val_fraction",), positives=("lr",),
+                  non_negatives=("weight_decay", "clip"),
+                  dropouts=("embed_dropout", "head_dropout", "layer_dropout"))
     set_num_threads(args.threads)
     dtype = np.dtype(args.dtype).type
     out_dir = Path(args.out)

@@ -106,8 +106,11 @@ def run(args):
     from qlnumba.data.shakespeare import char_vocabulary, encode_chars, split_ids, stream_batches
     from qlnumba.lm import LanguageModel
 
-    check_options(args, ("batch_size", "steps", "epochs", "limit"), ("val_fraction",),
-                  ("dropout", "layer_dropout"))
+    check_options(args, counts=("batch_size", "steps", "epochs", "limit", "embed_dim", "hidden",
+                                "layers", "block_size"),
+                  naturals=("seed", "sample_chars"), fractions=("val_fraction",),
+                  positives=("lr", "temperature"), non_negatives=("clip",),
+                  dropouts=("dropout", "layer_dropout"))
     set_num_threads(args.threads)
     if args.sample:
         model, vocab, _, _ = load_checkpoint(args.sample, device=args.device)
