@@ -82,6 +82,10 @@ class LanguageModel:
         self.params["head.b"] = np.zeros(vocab_size, dtype)
         self._tape = None
 
+    def __repr__(self):                     # the arguments that build this model (seed aside)
+        return "LanguageModel(" + ", ".join(
+            f"{k}={v!r}" for k, v in self.config.items() if k != "architecture") + ")"
+
     def param_counts(self):
         """Parameter counts of the embedding, the recurrent stack, the head and their total."""
         counts = {"embedding": self.params["embed"].size, "recurrent": self.rnn.num_params(),

@@ -147,6 +147,10 @@ class SequenceClassifier:
         self.params["head.b"] = np.zeros(num_classes, dtype)
         self._tape = None
 
+    def __repr__(self):                     # the arguments that build this model (seed aside)
+        return "SequenceClassifier(" + ", ".join(
+            f"{k}={v!r}" for k, v in self.config.items() if v is not None) + ")"
+
     def param_counts(self):
         """Parameter counts of the three parts and their total."""
         embed = self.params.get("embed")

@@ -58,6 +58,11 @@ class Adam:
         self.m = {k: np.zeros_like(p) for k, p in params.items()}
         self.v = {k: np.zeros_like(p) for k, p in params.items()}
 
+    def __repr__(self):
+        return (f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay}, clip_norm={self.clip_norm}; t={self.t}, "
+                f"{len(self.params)} parameter arrays)")
+
     def step(self, grads):
         """Apply one update; returns the gradients' global norm before clipping.
 

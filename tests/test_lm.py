@@ -199,6 +199,12 @@ def test_bad_input_is_refused():
         model.generate(np.array([1]), 3, None)
 
 
+def test_repr_names_the_arguments_that_build_the_model():
+    model = LanguageModel(9, embed_dim=3, hidden_size=4, kind="gru", num_layers=2, dropout=0.1)
+    assert repr(model).startswith("LanguageModel(vocab_size=9, embed_dim=3, hidden_size=4, kind='gru'")
+    assert eval(repr(model), {"LanguageModel": LanguageModel}).config == model.config
+
+
 def test_checkpoint_round_trip(tmp_path):
     vocab = char_vocabulary("hello")
     model = LanguageModel(len(vocab), embed_dim=3, hidden_size=4, kind="lstm", seed=6)

@@ -147,3 +147,13 @@ def test_layer_dropout_acts_only_while_training(model_class):
     assert loss(dropped, np.random.default_rng(1)) == loss(dropped, np.random.default_rng(1))
     assert loss(dropped, np.random.default_rng(1)) != loss(plain, np.random.default_rng(1))
     assert loss(plain, np.random.default_rng(1)) == loss(plain)       # no other dropout here
+
+
+def test_repr_names_the_arguments_that_build_the_model():
+    """repr was '<qlnumba.model.SequenceClassifier object at 0x...>'; now it is the call."""
+    for model in (qlnumba.SequenceClassifier(10, embed_dim=4, hidden_size=3, num_layers=2, layer_dropout=0.2),
+                  qlnumba.SequenceClassifier(input_size=3, hidden_size=4, kind="bilstm", dtype=np.float64)):
+        rebuilt = eval(repr(model), {"SequenceClassifier": qlnumba.SequenceClassifier})
+        assert rebuilt.config == model.config
+    assert repr(qlnumba.Adam(model.params, lr=0.01, clip_norm=5.0)).startswith(
+        "Adam(lr=0.01, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, clip_norm=5.0; t=0, ")
