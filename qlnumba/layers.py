@@ -44,7 +44,8 @@ def recurrent_param_count(input_size, hidden_size, psug=True, hgr=True):
     return count
 
 
-def _check_size(value, name, minimum=1):
+def check_size(value, name, minimum=1):
+    """A size or count: an integer (not a bool) >= minimum, as an int."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
@@ -334,9 +335,9 @@ class _StackedRecurrent:
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         self.device = device
-        self.input_size = _check_size(input_size, "input_size")
-        self.hidden_size = _check_size(hidden_size, "hidden_size")
-        self.num_layers = _check_size(num_layers, "num_layers")
+        self.input_size = check_size(input_size, "input_size")
+        self.hidden_size = check_size(hidden_size, "hidden_size")
+        self.num_layers = check_size(num_layers, "num_layers")
         self.dropout = check_fraction(dropout, "dropout")
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout={self.dropout} does nothing with num_layers=1: it acts "
@@ -505,7 +506,7 @@ class QLLSTM(_StackedRecurrent):
     def __init__(self, input_size, hidden_size, num_layers=1, bidirectional=False, psug=True,
                  hgr=True, block_size=32, dtype=np.float32, seed=None, device="cpu", dropout=0.0):
         self.psug, self.hgr = bool(psug), bool(hgr)
-        self.block_size = _check_size(block_size, "block_size")
+        self.block_size = check_size(block_size, "block_size")
         self.state_keys = ("h", "c", "m", "a") if self.hgr else ("h", "c")
         self.has_block_counter = self.hgr
         super().__init__(input_size, hidden_size, num_layers, bidirectional, dtype, seed, device,

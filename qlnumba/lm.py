@@ -18,7 +18,7 @@ import numpy as np
 
 from .kernels.embedding import embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
-from .layers import check_fraction, dropout_mask
+from .layers import check_fraction, check_size, dropout_mask
 from .model import MODEL_KINDS, make_stack, stack_backward
 from .validate import check_dtype, check_ids, check_rng
 
@@ -61,8 +61,8 @@ class LanguageModel:
                              f"one direction), got {kind!r}")
         dropout = check_fraction(dropout, "dropout")
         layer_dropout = check_fraction(layer_dropout, "layer_dropout")
-        if vocab_size < 2:
-            raise ValueError(f"need vocab_size >= 2 (padding and one token), got {vocab_size}")
+        vocab_size = check_size(vocab_size, "vocab_size", 2)     # padding and one token at least
+        embed_dim = check_size(embed_dim, "embed_dim")
         dtype = check_dtype(dtype)
         self.config = dict(architecture="language_model", vocab_size=int(vocab_size),
                            embed_dim=int(embed_dim), hidden_size=int(hidden_size), kind=kind,

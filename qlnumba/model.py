@@ -15,7 +15,7 @@ import numpy as np
 
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
-from .layers import GRU, QLLSTM, check_fraction, dropout_mask
+from .layers import GRU, QLLSTM, check_fraction, check_size, dropout_mask
 from .validate import check_dtype, check_float_array, check_ids, check_lengths, check_rng
 
 # the six models the IMDB comparison trains: (layer class, keyword arguments)
@@ -116,21 +116,21 @@ class SequenceClassifier:
         if (vocab_size is None) == (input_size is None):
             raise ValueError("give exactly one of vocab_size (token ids in) and input_size "
                              f"(feature vectors in), got {vocab_size!r} and {input_size!r}")
-        if vocab_size is not None and vocab_size < 2:
-            raise ValueError(f"need vocab_size >= 2 (padding and one token), got {vocab_size}")
-        if input_size is not None and input_size < 1:
-            raise ValueError(f"need input_size >= 1, got {input_size}")
-        if num_classes < 2:
-            raise ValueError(f"need num_classes >= 2, got {num_classes}")
-        dtype = check_dtype(dtype)
         dense = input_size is not None
-        self.config = dict(vocab_size=None if dense else int(vocab_size),
-                           embed_dim=None if dense else int(embed_dim),
-                           hidden_size=int(hidden_size), num_classes=int(num_classes), kind=kind,
+        if dense:
+            input_size = check_size(input_size, "input_size")
+        else:                              # the vocabulary: padding and at least one token
+            vocab_size = check_size(vocab_size, "vocab_size", 2)
+            embed_dim = check_size(embed_dim, "embed_dim")
+        num_classes = check_size(num_classes, "num_classes", 2)
+        dtype = check_dtype(dtype)
+        self.config = dict(vocab_size=None if dense else vocab_size,
+                           embed_dim=None if dense else embed_dim,
+                           hidden_size=int(hidden_size), num_classes=num_classes, kind=kind,
                            num_layers=int(num_layers), block_size=int(block_size),
                            embed_dropout=embed_dropout, head_dropout=head_dropout,
                            layer_dropout=layer_dropout, dtype=np.dtype(dtype).name, device=device,
-                           input_size=int(input_size) if dense else None)
+                           input_size=input_size if dense else None)
         self.dtype = dtype
         rng = np.random.default_rng(seed)
         self.rnn = make_stack(kind, input_size if dense else embed_dim, hidden_size, num_layers,

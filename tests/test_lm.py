@@ -195,6 +195,10 @@ def test_bad_input_is_refused():
         LanguageModel(5, dropout=1.0)
     with pytest.raises(ValueError, match="rng must be None or a numpy Generator"):
         model.forward(np.array([[1, 2]]), targets=np.array([[2, 3]]), rng=1)
+    with pytest.raises(ValueError, match="vocab_size must be an integer >= 2, got 5.5"):
+        LanguageModel(5.5)                                  # was a TypeError
+    with pytest.raises(ValueError, match="embed_dim must be an integer >= 1, got 0"):
+        LanguageModel(5, embed_dim=0)                       # was named input_size
     with pytest.raises(ValueError, match="rng must be a numpy Generator .*got None"):
         model.generate(np.array([1]), 3, None)
 

@@ -83,6 +83,14 @@ def test_model_bad_input():
         qlnumba.SequenceClassifier(10).backward()
     with pytest.raises(ValueError, match="rng must be None or a numpy Generator"):
         model.forward(np.array([[1, 2]]), targets=np.array([1]), rng=0)
+    # a float or str size was a TypeError from deep inside, embed_dim=0 was named input_size
+    for kwargs, message in [(dict(vocab_size=10.5), "vocab_size must be an integer >= 2, got 10.5"),
+                            (dict(vocab_size="10"), "vocab_size must be an integer >= 2, got '10'"),
+                            (dict(vocab_size=10, num_classes=2.5), "num_classes must be an integer >= 2"),
+                            (dict(vocab_size=10, embed_dim=0), "embed_dim must be an integer >= 1, got 0"),
+                            (dict(input_size=0), "input_size must be an integer >= 1, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            qlnumba.SequenceClassifier(**kwargs)
 
 
 @pytest.mark.parametrize("kind", ["ql", "bilstm", "gru"])
