@@ -16,13 +16,27 @@ def global_norm(grads):
                          else sum_of_squares(g.reshape(-1)) for g in grads.values()))
 
 
+def _real(value):
+    """True for an int or float (numpy's too, not a bool) that is not NaN or inf."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_adam_constants(lr, betas, eps, weight_decay, clip_norm):
-    """ValueError unless lr > 0, betas in [0, 1), eps >= 0, weight_decay >= 0, clip_norm None or > 0."""
-    if not lr > 0 or not 0 <= betas[0] < 1 or not 0 <= betas[1] < 1 or not eps >= 0:
-        raise ValueError(f"bad Adam constants lr={lr}, betas={betas}, eps={eps}")
-    if weight_decay < 0 or (clip_norm is not None and not clip_norm > 0):
-        raise ValueError(f"weight_decay must be >= 0 and clip_norm > 0, got "
-                         f"{weight_decay}, {clip_norm}")
+    """ValueError unless lr > 0, betas two numbers in [0, 1), eps >= 0 and weight_decay >= 0
+    (each finite), and clip_norm None or > 0.  A NaN or infinite lr or decay would turn
+    every parameter NaN at the first step."""
+    if not (_real(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+            and all(_real(b) and 0 <= b < 1 for b in betas)):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    if not (_real(eps) and eps >= 0):
+        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    if not (_real(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if clip_norm is not None and not (_real(clip_norm) and clip_norm > 0):
+        raise ValueError(f"clip_norm must be None or a finite number > 0, got {clip_norm!r}")
 
 
 class Adam:
@@ -44,8 +58,9 @@ class Adam:
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  clip_norm=None):
-        if not params:
-            raise ValueError("Adam needs at least one parameter array")
+        if not isinstance(params, dict) or not params:
+            raise ValueError("Adam needs a dict of parameter arrays (name -> array), got "
+                             f"{type(params).__name__}{' (empty)' if not params else ''}")
         for name, p in params.items():
             if not isinstance(p, np.ndarray) or not p.flags.c_contiguous or p.dtype.kind != "f":
                 raise ValueError(f"parameter {name!r} must be a C-contiguous float array")
@@ -68,11 +83,15 @@ class Adam:
 
         A non-finite norm raises ``ValueError`` and leaves the parameters untouched.
         """
+        if not isinstance(grads, dict):
+            raise ValueError(f"grads must be a dict name -> array, got {type(grads).__name__}")
         if set(grads) != set(self.params):
             missing = sorted(set(self.params) - set(grads))
             extra = sorted(set(grads) - set(self.params))
             raise ValueError(f"grads must have the keys of params; missing {missing}, extra {extra}")
         for k, g in grads.items():
+            if not isinstance(g, np.ndarray):
+                raise ValueError(f"grad {k!r} must be a numpy array, got {type(g).__name__}")
             if g.shape != self.params[k].shape or g.dtype != self.params[k].dtype:
                 raise ValueError(f"grad {k!r} is {g.dtype} {g.shape}, parameter is "
                                  f"{self.params[k].dtype} {self.params[k].shape}")

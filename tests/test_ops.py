@@ -116,6 +116,34 @@ def test_adam_refuses_nan_gradients_and_leaves_params():
         opt.step({"q": np.ones(2)})
 
 
+@pytest.mark.parametrize("kwargs,message", [
+    # NaN or inf lr and weight decay were taken, and the first step made every parameter NaN
+    (dict(lr=float("inf")), "lr must be a finite number > 0, got inf"),
+    (dict(weight_decay=float("nan")), "weight_decay must be a finite number >= 0, got nan"),
+    (dict(weight_decay=float("inf")), "weight_decay must be a finite number >= 0, got inf"),
+    # these were TypeError or IndexError
+    (dict(lr="0.1"), "lr must be a finite number > 0, got '0.1'"),
+    (dict(betas=(0.9,)), r"betas must be two numbers in \[0, 1\), got \(0.9,\)"),
+    (dict(betas=(0.9, 1.0)), r"betas must be two numbers in \[0, 1\)"),
+    (dict(eps=float("nan")), "eps must be a finite number >= 0, got nan"),
+    (dict(clip_norm="5"), "clip_norm must be None or a finite number > 0, got '5'"),
+    (dict(clip_norm=0), "clip_norm must be None or a finite number > 0, got 0"),
+])
+def test_adam_refuses_bad_constants(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Adam({"p": np.ones(2)}, **kwargs)
+
+
+def test_adam_refuses_what_is_not_a_dict_of_arrays():
+    with pytest.raises(ValueError, match="Adam needs a dict of parameter arrays"):
+        Adam([np.ones(2)])
+    opt = Adam({"p": np.ones(2)})
+    with pytest.raises(ValueError, match="grads must be a dict name -> array, got list"):
+        opt.step([np.ones(2)])
+    with pytest.raises(ValueError, match="grad 'p' must be a numpy array, got list"):
+        opt.step({"p": [1.0, 1.0]})
+
+
 def test_adam_state_is_checked_before_any_of_it_is_taken():
     """load_state_dict raised KeyError on a foreign state, cast another dtype silently,
     took NaN, and wrote m before finding a bad v.  Now each is a ValueError, and a refused
