@@ -45,7 +45,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data.batching import bucket_batches, pad_batch, sorted_batches
 from .data.text import EncodedCorpus, Vocabulary, encode_corpus, tokenize
 from .model import MODEL_KINDS, SequenceClassifier, make_trainer
-from .optim import Adam
+from .optim import Adam, check_adam_constants
 
 INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
@@ -447,9 +447,10 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             _check_int(self.max_len, "max_len", 1)
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
-        if not (self.lr > 0 and self.weight_decay >= 0 and (self.clip is None or self.clip >= 0)):
-            raise ValueError(f"need lr > 0, weight_decay >= 0 and clip >= 0 (or None), got "
-                             f"{self.lr}, {self.weight_decay}, {self.clip}")
+        if self.clip is not None and not (isinstance(self.clip, (int, float, np.integer, np.floating))
+                                          and 0 <= self.clip < math.inf):
+            raise ValueError(f"clip must be None or a finite number >= 0 (0: none), got {self.clip!r}")
+        check_adam_constants(self.lr, (0.9, 0.999), 1e-8, self.weight_decay, self.clip or None)
         if str(self.dtype) not in ("float32", "float64") and \
                 self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")

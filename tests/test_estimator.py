@@ -311,7 +311,12 @@ def test_load_refuses_what_is_not_a_classifier(tmp_path):
     (dict(max_len=0), "max_len must be an integer >= 1"),
     (dict(keep="middle"), "keep must be"),
     (dict(validation_fraction=1.0), "validation_fraction"),
-    (dict(lr=0.0), "need lr > 0"),
+    (dict(lr=0.0), "lr must be a finite number > 0, got 0.0"),
+    (dict(lr="0.1"), "lr must be a finite number > 0, got '0.1'"),          # was a TypeError
+    (dict(lr=float("inf")), "lr must be a finite number > 0, got inf"),
+    (dict(weight_decay=float("nan")), "weight_decay must be a finite number >= 0, got nan"),
+    (dict(clip=-1.0), r"clip must be None or a finite number >= 0 \(0: none\), got -1.0"),
+    (dict(clip=float("inf")), r"clip must be None or a finite number >= 0 \(0: none\), got inf"),
     (dict(device="tpu"), "device must be one of"),
 ])
 def test_bad_parameters_are_refused_at_fit(params, match):
