@@ -247,7 +247,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         y = column_or_1d(y, warn=True)
         if len(y) != n:
             raise ValueError(f"X holds {n} sequences but y {len(y)} labels")
-        check_classification_targets(y)
+        if y.dtype == object and any(label is None for label in y):
+            raise ValueError("y holds None; every sequence needs a label")
+        try:                    # sorts the labels: mixed types (1 and "a") do not compare
+            check_classification_targets(y)
+        except TypeError as exc:
+            raise ValueError(f"y's labels cannot be sorted together ({exc}); give labels of "
+                             "one type") from None
         return y
 
     def _class_indices(self, y):
@@ -550,11 +556,14 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             rows = [r[:, None] if r.ndim == 1 else r for r in rows]
         if not rows:
             raise ValueError("X holds no sequences")
-        width = rows[0].shape[-1] if fitting else self.model_.config["input_size"]
+        if fitting:                     # the first sequence's width (a number there: none)
+            width = rows[0].shape[1] if rows[0].ndim == 2 else None
+        else:
+            width = self.model_.config["input_size"]
         for i, r in enumerate(rows):
             if r.ndim != 2 or r.shape[1] != width:
-                raise ValueError(f"sequence {i} has shape {r.shape}; expected (steps, {width}) "
-                                 "feature vectors")
+                raise ValueError(f"sequence {i} has shape {r.shape}; expected (steps, "
+                                 f"{width or 'features'}) feature vectors")
             if len(r) == 0:
                 raise ValueError(f"sequence {i} is empty")
             if not np.isfinite(r).all():

@@ -1,0 +1,108 @@
+"""Bad input of any kind is a ValueError: hypothesis draws arguments of every sort (arrays of
+every dtype, rank and size, NaN, huge and negative values, lists, scalars, None, strings) for
+the public entry points and checks that nothing else escapes (no TypeError, IndexError or a
+Numba error from deep inside)."""
+import warnings
+
+import numpy as np
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import qlnumba
+from qlnumba import QLLSTMClassifier
+
+MANY = max(200, settings.default.max_examples)      # cheap calls: more draws than the profile's
+VALUES = [0, 1, 2, 3, 9, 10, -1, 2 ** 40, 0.5, np.nan, np.inf]
+DTYPES = [np.int8, np.int32, np.int64, np.uint8, np.uint64, np.float16, np.float32, np.float64,
+          bool, object, np.complex64]
+
+
+@st.composite
+def arrays(draw):
+    shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+    values = draw(st.lists(st.sampled_from(VALUES), min_size=int(np.prod(shape)),
+                           max_size=int(np.prod(shape))))
+    dtype = draw(st.sampled_from(DTYPES))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return np.array(values, dtype=object).astype(dtype).reshape(shape)
+        except (OverflowError, ValueError, TypeError):     # a value the dtype cannot hold
+            return np.zeros(shape, dtype)
+
+
+anything = st.one_of(arrays(), st.none(), st.lists(st.integers(-2, 12), max_size=4),
+                     st.sampled_from([3, 2.5, True, "abc"]))
+
+
+def only_value_errors(call):
+    try:
+        call()
+    except ValueError:
+        pass
+
+
+@settings(max_examples=MANY, suppress_health_check=list(HealthCheck))
+@given(a=anything, b=anything, c=anything)
+def test_models_and_layers_refuse_anything_with_a_value_error(a, b, c):
+    only_value_errors(lambda: MODELS["ids"].forward(a, b, c))
+    only_value_errors(lambda: MODELS["features"].forward(a, b, c))
+    only_value_errors(lambda: MODELS["lm"].forward(a, b, c))
+    only_value_errors(lambda: MODELS["lm"].score(a))
+    only_value_errors(lambda: MODELS["layer"].forward(a, b))
+    only_value_errors(lambda: MODELS["gru"].forward(a, b))
+    only_value_errors(lambda: MODELS["lm"].generate(a, 2, np.random.default_rng(0), exclude=b))
+
+
+MODELS = {"ids": qlnumba.SequenceClassifier(10, embed_dim=4, hidden_size=4, block_size=2, seed=0),
+          "features": qlnumba.SequenceClassifier(input_size=3, hidden_size=4, block_size=2, seed=0),
+          "lm": qlnumba.LanguageModel(10, embed_dim=4, hidden_size=4, block_size=2, seed=0),
+          "layer": qlnumba.QLLSTM(3, 4, block_size=2, seed=0),
+          "gru": qlnumba.GRU(3, 4, num_layers=2, bidirectional=True, seed=0)}
+
+KINDS = [st.text(min_size=1, max_size=6), st.lists(st.integers(1, 12), min_size=1, max_size=4),
+         st.lists(st.floats(-2, 2), min_size=1, max_size=4), st.integers(-3, 12), st.floats(),
+         st.none(), st.binary(max_size=3), st.lists(st.integers(-1, 12), max_size=3)]
+elements = st.one_of(KINDS)
+
+
+@st.composite
+def datasets(draw):
+    """(X, y) for a classifier.  X: a list of items of one kind (texts, id lists, number
+    lists, numbers, ...), perhaps with one item of another kind among them; a table (NaN
+    included); an (n, T, E) array; or ragged (T_i, E) arrays; any of them possibly empty.
+    y: n labels 0 or 1, or a list of anything."""
+    n = draw(st.integers(0, 6))
+    form = draw(st.sampled_from(["list", "table", "cube", "ragged"]))
+    if form == "list":
+        X = draw(st.lists(draw(st.sampled_from(KINDS)), min_size=n, max_size=n))
+        if X and draw(st.booleans()):
+            X[draw(st.integers(0, n - 1))] = draw(elements)
+    elif form == "table":
+        X = np.array(draw(st.lists(st.lists(st.sampled_from([0, 1, 2, -1, 0.5, np.nan]),
+                                            min_size=3, max_size=3), min_size=n, max_size=n)))
+    elif form == "cube":
+        X = np.zeros((n, draw(st.integers(0, 3)), draw(st.integers(0, 2))))
+    else:
+        X = [np.zeros((draw(st.integers(0, 3)), draw(st.integers(1, 2)))) for _ in range(n)]
+    y = draw(st.one_of(st.just([i % 2 for i in range(n)]),
+                       st.lists(st.sampled_from([0, 1]), min_size=n, max_size=n),
+                       st.none(), st.lists(st.sampled_from([0, 1, 2, "a", None, 1.5, np.nan]))))
+    return X, y
+
+
+@settings(max_examples=max(60, settings.default.max_examples), suppress_health_check=list(HealthCheck))
+@given(data=datasets(), data2=datasets(), input=st.sampled_from(["auto", "text", "ids", "features"]))
+def test_the_estimator_refuses_any_data_with_a_value_error(data, data2, input):
+    """Found a fit on [3, [1.0, 2.0]] (a number among feature sequences) to be an IndexError."""
+    clf = QLLSTMClassifier(hidden_size=2, embed_dim=2, block_size=2, max_epochs=1, batch_size=4,
+                           input=input)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")              # sklearn's conversion warnings
+        try:
+            clf.fit(*data)
+        except ValueError:
+            return
+        event("fitted")                     # --hypothesis-show-statistics: how often
+        only_value_errors(lambda: clf.predict(data2[0]))
+        only_value_errors(lambda: clf.partial_fit(*data2))
