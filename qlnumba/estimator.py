@@ -247,9 +247,10 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         y = column_or_1d(y, warn=True)
         if len(y) != n:
             raise ValueError(f"X holds {n} sequences but y {len(y)} labels")
-        if y.dtype == object and any(label is None for label in y):
-            raise ValueError("y holds None; every sequence needs a label")
-        try:                    # sorts the labels: mixed types (1 and "a") do not compare
+        if y.dtype == object and any(label is None or (isinstance(label, float) and math.isnan(label))
+                                     for label in y):
+            raise ValueError("y holds a missing label (None or NaN); every sequence needs one")
+        try:                    # sorts the labels: some mixed types do not compare
             check_classification_targets(y)
         except TypeError as exc:
             raise ValueError(f"y's labels cannot be sorted together ({exc}); give labels of "
