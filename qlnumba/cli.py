@@ -234,11 +234,18 @@ def evaluate(args):
             continue
         try:
             record = json.loads(line)
-            texts.append(record["text"])
-            labels.append(record["label"])
+            text, label = record["text"], record["label"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise ValueError(f"{args.data}, line {number}: not a JSON object with 'text' and "
                              "'label'") from None
+        if not isinstance(text, str):
+            raise ValueError(f"{args.data}, line {number}: 'text' must be a string, got "
+                             f"{json.dumps(text)}")
+        if isinstance(label, bool) or not isinstance(label, (str, int, float)):
+            raise ValueError(f"{args.data}, line {number}: 'label' must be a string or a "
+                             f"number, got {json.dumps(label)}")
+        texts.append(text)
+        labels.append(label)
     if not texts:
         raise ValueError(f"{args.data} holds no records")
     labels = np.asarray(labels)

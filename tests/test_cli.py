@@ -123,6 +123,13 @@ def test_evaluate_labelled_json_lines(text_model, tmp_path, capsys):
     (tmp_path / "odd.jsonl").write_text('{"text": "x", "label": "meh"}\n')
     assert main(["evaluate", str(path), str(tmp_path / "odd.jsonl")]) == 2
     assert "labels ['meh'] that the model does not know" in capsys.readouterr().err
+    # a list or an object as the label was a TypeError traceback; true was taken as 1
+    for record, message in [('{"text": "x", "label": ["pos"]}', """'label' must be a string or a number, got ["pos"]"""),
+                            ('{"text": "x", "label": true}', "'label' must be a string or a number, got true"),
+                            ('{"text": 5, "label": "pos"}', "'text' must be a string, got 5")]:
+        (tmp_path / "odd.jsonl").write_text('{"text": "good", "label": "pos"}\n' + record + "\n")
+        assert main(["evaluate", str(path), str(tmp_path / "odd.jsonl")]) == 2
+        assert capsys.readouterr().err == f"qlnumba evaluate: error: {tmp_path / 'odd.jsonl'}, line 2: {message}\n"
 
 
 def test_errors_are_one_line_without_a_traceback(tmp_path, capsys):
