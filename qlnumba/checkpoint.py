@@ -3,9 +3,11 @@
 Layout: ``__format__`` (the string below), ``__version__``, ``__meta__`` (JSON:
 model config, training state, anything JSON-able), ``__vocab__`` (JSON list of
 tokens, optional), ``param/<name>`` for every model parameter and
-``opt/<key>`` for the optimizer's state.
+``opt/<key>`` for the optimizer's state.  A save writes ``<path>.partial`` and renames it
+over ``path``, so a save that is interrupted leaves the previous checkpoint whole.
 """
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -24,9 +26,19 @@ def save_checkpoint(path, model, vocab=None, optimizer=None, meta=None):
     arrays.update({f"param/{k}": v for k, v in model.params.items()})
     if optimizer is not None:
         arrays.update({f"opt/{k}": v for k, v in optimizer.state_dict().items()})
+    # written beside it and renamed over it: a run stopped while writing (or a full disk)
+    # leaves the previous checkpoint whole, never half of the new one
     path = str(path)
-    with open(path, "wb") as f:                    # np.savez would append .npz to other names
-        np.savez(f, **arrays)
+    partial = f"{path}.partial"
+    try:
+        with open(partial, "wb") as f:             # np.savez would append .npz to other names
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def load_checkpoint(path, device=None):

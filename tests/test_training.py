@@ -41,6 +41,23 @@ def test_checkpoint_round_trip(tmp_path):
     assert opt2.t == 1 and all((opt2.m[k] == opt.m[k]).all() for k in opt.m)
 
 
+def test_a_checkpoint_write_that_fails_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    """The file was opened for writing in place: a run stopped in the middle of a save (or a
+    full disk) left a truncated best.npz, and the previous best was lost."""
+    path = tmp_path / "best.npz"
+    save_checkpoint(path, small_model(), meta={"epoch": 1})
+    before = path.read_bytes()
+
+    def fails_halfway(f, **arrays):
+        f.write(b"PK\x03\x04 half an archive")
+        raise OSError("No space left on device")
+    monkeypatch.setattr(np, "savez", fails_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, small_model(), meta={"epoch": 2})
+    assert path.read_bytes() == before and load_checkpoint(path)[3]["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz"]      # nothing left beside it
+
+
 def test_checkpoint_from_before_layer_dropout_loads(tmp_path):
     """A checkpoint whose model config has no layer_dropout (written before it existed)
     loads as a model without dropout between layers."""
