@@ -61,15 +61,19 @@ def check_options(args, **kinds):
                 raise ValueError(f"--{name.replace('_', '-')} {rule}, got {value}")
 
 
-def exit_status(run, prefix, cpu_hint):
+def exit_status(run, prefix, cpu_hint, interrupted_hint=""):
     """``run()``'s exit status, or 2 after one line on stderr (``prefix``error: message) for
     the errors a user can mend: bad checkpoints, files, data and input (ValueError,
     OSError), a GPU asked for where there is none, and a GPU out of memory (the message,
-    then ``cpu_hint``).  The ``qlnumba`` command and the training programs report their
-    errors through it."""
+    then ``cpu_hint``).  Ctrl-C: 130 after one line (then ``interrupted_hint``), not a
+    traceback.  The ``qlnumba`` command and the training programs report their errors
+    through it."""
     from .gpu import CudaUnavailable              # cheap: numba.cuda is imported only when asked for
     try:
         return run()
+    except KeyboardInterrupt:
+        print(f"\n{prefix}interrupted{interrupted_hint}", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as exc:
         print(f"{prefix}error: {exc}", file=sys.stderr)
         return 2

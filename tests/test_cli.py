@@ -132,6 +132,23 @@ def test_evaluate_labelled_json_lines(text_model, tmp_path, capsys):
         assert capsys.readouterr().err == f"qlnumba evaluate: error: {tmp_path / 'odd.jsonl'}, line 2: {message}\n"
 
 
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, capsys, monkeypatch):
+    """Ctrl-C printed a traceback from wherever the run was (often deep in a kernel)."""
+    import qlnumba.cli as cli
+
+    def stopped(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "info", stopped)
+    assert main(["info", str(tmp_path / "m.npz")]) == 130
+    assert capsys.readouterr().err == "\nqlnumba info: interrupted\n"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import imdb as train_imdb
+    monkeypatch.setattr(train_imdb, "run", stopped)
+    assert train_imdb.main(["--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == (f"\ninterrupted (--resume {tmp_path / 'run' / 'last.npz'} goes "
+                                       "on after the last whole epoch, once one has ended)\n")
+
+
 def test_errors_are_one_line_without_a_traceback(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.npz")]) == 2
     err = capsys.readouterr().err

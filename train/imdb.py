@@ -129,7 +129,9 @@ def main(argv=None):
         os.environ.setdefault(var, str(args.threads))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from qlnumba.cli import exit_status         # data, checkpoint and option errors: one line
-    return exit_status(lambda: run(args), "", "; or train on the CPU with --device cpu")
+    return exit_status(lambda: run(args), "", "; or train on the CPU with --device cpu",
+                       f" (--resume {Path(args.out) / 'last.npz'} goes on after the last whole "
+                       "epoch, once one has ended)")
 
 
 def run(args):
