@@ -61,7 +61,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     ----------
     kind : str, default "ql"
         The recurrent stack, one of ``qlnumba.MODEL_KINDS``: "ql" (QL-LSTM), "lstm",
-        "bilstm", "gru", "psug", "hgr".
+        "gru", "psug", "hgr", and bidirectional "biql", "bilstm", "bigru".
     hidden_size : int, default 128
     embed_dim : int, default 128
         Embedding width for text and ids (unused for feature sequences).

@@ -22,7 +22,8 @@ from .layers import check_fraction, check_size, dropout_mask
 from .model import MODEL_KINDS, make_stack, stack_backward
 from .validate import check_dtype, check_ids, check_rng
 
-LM_KINDS = tuple(k for k in MODEL_KINDS if k != "bilstm")   # a reverse direction sees the future
+# a reverse direction sees the future: a language model reads one direction only
+LM_KINDS = tuple(k for k, (_, kw) in MODEL_KINDS.items() if not kw.get("bidirectional"))
 
 
 def check_targets(targets, valid, vocab_size):

@@ -26,6 +26,8 @@ MODEL_KINDS = {
     "hgr": (QLLSTM, dict(psug=False, hgr=True)),
     "bilstm": (QLLSTM, dict(psug=False, hgr=False, bidirectional=True)),
     "gru": (GRU, dict()),
+    "biql": (QLLSTM, dict(psug=True, hgr=True, bidirectional=True)),
+    "bigru": (GRU, dict(bidirectional=True)),
 }
 
 

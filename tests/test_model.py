@@ -29,7 +29,8 @@ def test_model_gradients_match_finite_differences(kind, num_layers, layer_dropou
 
 
 @pytest.mark.parametrize("kind,num_layers,layer_dropout",
-                         [("ql", 1, 0.0), ("lstm", 1, 0.0), ("gru", 1, 0.0), ("ql", 2, 0.2)])
+                         [("ql", 1, 0.0), ("lstm", 1, 0.0), ("gru", 1, 0.0), ("ql", 2, 0.2),
+                          ("biql", 1, 0.0), ("bigru", 1, 0.0)])
 def test_short_training_run_loss_falls(kind, num_layers, layer_dropout):
     """Fixed seed, a toy task (is token 3 present?), 60 Adam steps: the loss must fall well
     (also with two layers and dropout between them)."""

@@ -124,6 +124,18 @@ def test_training_cli_resume_refuses_a_corrupt_optimizer_state(tmp_path, capsys)
             and message in err and "Traceback" not in err
 
 
+def test_training_programs_offer_every_model_kind(capsys):
+    """--model lists its choices by hand: they must be the library's kinds, no more, no less."""
+    import re
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    import fashion_mnist as train_fashion
+    for program in (train_imdb, train_fashion):
+        with pytest.raises(SystemExit):
+            program.parse_args(["--help"])
+        choices = re.search(r"--model \{([^}]*)\}", capsys.readouterr().out).group(1).split(",")
+        assert sorted(choices) == sorted(qlnumba.MODEL_KINDS)
+
+
 def test_training_cli_reports_missing_data_without_traceback(tmp_path, capsys):
     rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path), "--threads", "1"])
     assert rc == 2

@@ -17,7 +17,7 @@ from pathlib import Path
 
 # ---- defaults ------------------------------------------------------------------------------
 STEPS = "rows"          # rows: 28 steps x 28 pixels | pixels: 784 steps x 1 pixel
-MODEL = "ql"            # ql | lstm | gru | bilstm | psug | hgr
+MODEL = "ql"            # ql | lstm | gru | psug | hgr, or bidirectional biql | bilstm | bigru
 HIDDEN = 128
 LAYERS = 1
 BLOCK_SIZE = 0          # HGR-ASC block length K; 0: 7 for rows (4 blocks), 28 for pixels
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
     a("--steps", default=STEPS, choices=["rows", "pixels"], help="what one step of a sequence is")
-    a("--model", default=MODEL, choices=["ql", "lstm", "gru", "bilstm", "psug", "hgr"])
+    a("--model", default=MODEL, choices=["ql", "lstm", "gru", "psug", "hgr", "biql", "bilstm", "bigru"])
     a("--hidden", type=int, default=HIDDEN, help="hidden size H (per direction)")
     a("--layers", type=int, default=LAYERS)
     a("--block-size", type=int, default=BLOCK_SIZE, help="HGR-ASC block length K (0: by --steps)")

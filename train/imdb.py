@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 # ---- defaults: the headline configuration -------------------------------------------------
-MODEL = "ql"            # ql | lstm | gru | bilstm | psug | hgr
+MODEL = "ql"            # ql | lstm | gru | psug | hgr, or bidirectional biql | bilstm | bigru
 EMBED_DIM = 128
 HIDDEN = 128
 LAYERS = 1
@@ -49,8 +49,9 @@ LENGTH_BUCKETS = [(1, 256), (257, 512), (513, 1024), (1025, None)]
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
-    a("--model", default=MODEL, choices=["ql", "lstm", "gru", "bilstm", "psug", "hgr"],
-      help="recurrent layer: ql = QL-LSTM, psug / hgr = one component only, lstm, bilstm, gru")
+    a("--model", default=MODEL, choices=["ql", "lstm", "gru", "psug", "hgr", "biql", "bilstm", "bigru"],
+      help="recurrent layer: ql = QL-LSTM, psug / hgr = one component only, lstm, gru; "
+           "bi*: both directions")
     a("--embed-dim", type=int, default=EMBED_DIM, help="embedding width E")
     a("--hidden", type=int, default=HIDDEN, help="hidden size H (per direction)")
     a("--layers", type=int, default=LAYERS, help="stacked recurrent layers")

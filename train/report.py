@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ["ql", "lstm", "bilstm", "gru", "psug", "hgr"]
+ORDER = ["ql", "lstm", "bilstm", "gru", "psug", "hgr", "biql", "bigru"]
 
 
 NOT_SHOWN = {"model", "hidden", "seed", "threads", "data_dir", "out", "no_progress", "resume"}

@@ -295,7 +295,7 @@ class CudaTrainer(_DeviceTrainer):
     Parameters
     ----------
     model : SequenceClassifier built with device="cuda": any kind ("ql", "lstm", "psug",
-        "hgr", "bilstm", "gru"), any number of layers, token ids (vocab_size) or feature
+        "hgr", "gru", "biql", "bilstm", "bigru"), any number of layers, token ids (vocab_size) or feature
         vectors (input_size) in
     opt : qlnumba.Adam over ``model.params``: its constants, and its m, v, t as the
         starting state

@@ -447,7 +447,8 @@ def test_persistent_gru_settings_equal_cpu(row_groups, item_rows, loads, item_co
 
 
 @pytest.mark.parametrize("kind,layers,layer_dropout", [("ql", 2, 0.0), ("ql", 2, 0.4), ("lstm", 1, 0.0),
-                                                       ("bilstm", 2, 0.4), ("gru", 2, 0.0)])
+                                                       ("bilstm", 2, 0.4), ("gru", 2, 0.0),
+                                                       ("biql", 1, 0.0), ("bigru", 2, 0.4)])
 def test_cuda_trainer_steps_equal_cpu_training(kind, layers, layer_dropout):
     """Two device-resident training steps (dropout on, between layers too where
     layer_dropout is given) give the CPU loop's losses, probabilities, parameters and Adam
