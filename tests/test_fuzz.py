@@ -42,6 +42,13 @@ def only_value_errors(call):
         pass
 
 
+MODELS = {"ids": qlnumba.SequenceClassifier(10, embed_dim=4, hidden_size=4, block_size=2, seed=0),
+          "features": qlnumba.SequenceClassifier(input_size=3, hidden_size=4, block_size=2, seed=0),
+          "lm": qlnumba.LanguageModel(10, embed_dim=4, hidden_size=4, block_size=2, seed=0),
+          "layer": qlnumba.QLLSTM(3, 4, block_size=2, seed=0),
+          "gru": qlnumba.GRU(3, 4, num_layers=2, bidirectional=True, seed=0)}
+
+
 @settings(max_examples=MANY, suppress_health_check=list(HealthCheck))
 @given(a=anything, b=anything, c=anything)
 def test_models_and_layers_refuse_anything_with_a_value_error(a, b, c):
@@ -53,12 +60,6 @@ def test_models_and_layers_refuse_anything_with_a_value_error(a, b, c):
     only_value_errors(lambda: MODELS["gru"].forward(a, b))
     only_value_errors(lambda: MODELS["lm"].generate(a, 2, np.random.default_rng(0), exclude=b))
 
-
-MODELS = {"ids": qlnumba.SequenceClassifier(10, embed_dim=4, hidden_size=4, block_size=2, seed=0),
-          "features": qlnumba.SequenceClassifier(input_size=3, hidden_size=4, block_size=2, seed=0),
-          "lm": qlnumba.LanguageModel(10, embed_dim=4, hidden_size=4, block_size=2, seed=0),
-          "layer": qlnumba.QLLSTM(3, 4, block_size=2, seed=0),
-          "gru": qlnumba.GRU(3, 4, num_layers=2, bidirectional=True, seed=0)}
 
 KINDS = [st.text(min_size=1, max_size=6), st.lists(st.integers(1, 12), min_size=1, max_size=4),
          st.lists(st.floats(-2, 2), min_size=1, max_size=4), st.integers(-3, 12), st.floats(),
