@@ -111,7 +111,7 @@ def qlnumba_case(layer, B, T, E, H, rng):
         grads = {"head.W": np.zeros_like(head["head.W"]), "head.b": np.zeros_like(head["head.b"])}
         dh = np.zeros_like(h_last)
         linear_xent_backward(dh, grads["head.W"], grads["head.b"], probs, h_last, targets,
-                             head["head.W"], 1.0 / B)
+                             head["head.W"], np.full(B, 1.0 / B, np.float32))
         dout = np.zeros_like(out)
         dout[:, -1] = dh
         _, g = layer.backward(dout)

@@ -39,7 +39,8 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
+                                      validate_data)
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.batching import bucket_batches, pad_batch, sorted_batches
@@ -146,9 +147,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
 
     # ---- scikit-learn API --------------------------------------------------------------
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train a new network on X (n sequences) and y (n labels, two classes or more), or,
-        with ``warm_start`` on a fitted classifier, train the fitted one on."""
+        with ``warm_start`` on a fitted classifier, train the fitted one on.
+        ``sample_weight`` (n,), numbers >= 0: each sequence's weight in the loss (a batch's
+        loss is the mean of weight times loss), and in the held-out accuracy of
+        ``early_stopping``; ``sklearn.utils.class_weight.compute_sample_weight("balanced",
+        y)`` evens out classes of different sizes."""
         self._check_params()
         rng = np.random.default_rng(self.random_state)
         if self.warm_start and hasattr(self, "model_"):
@@ -156,15 +161,16 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             corpus, targets = self._encode_labelled(X, y)
         else:
             corpus, targets = self._initialize(X, y, None, rng)
+        weights = _sample_weights(sample_weight, len(corpus))
         self._optimizer, self._rng = self._new_optimizer(), rng   # partial_fit goes on from them
-        self._train(corpus, targets, rng, self.max_epochs, self.early_stopping)
+        self._train(corpus, targets, rng, self.max_epochs, self.early_stopping, weights)
         return self
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch on X and y, continuing from the last call (the same Adam state).  The
         first call builds the network and needs ``classes``, every label there will be.
         ``early_stopping`` does not apply (there is no epoch to compare with): hold data
-        out and score it between calls instead."""
+        out and score it between calls instead.  ``sample_weight``: as for :meth:`fit`."""
         if not hasattr(self, "model_"):
             if classes is None:
                 raise ValueError("the first call to partial_fit needs classes: every label "
@@ -183,7 +189,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             self._rng = np.random.default_rng(self.random_state)
         if getattr(self, "_optimizer", None) is None:
             self._optimizer = self._new_optimizer()
-        self._train(corpus, targets, self._rng, 1, early_stopping=False)
+        self._train(corpus, targets, self._rng, 1, False, _sample_weights(sample_weight, len(corpus)))
         return self
 
     def _initialize(self, X, y, classes, rng):
@@ -376,9 +382,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
 
     # ---- training ----------------------------------------------------------------------
 
-    def _train(self, corpus, targets, rng, epochs, early_stopping):
+    def _train(self, corpus, targets, rng, epochs, early_stopping, weights=None):
         """``epochs`` epochs of ``_optimizer`` over mini-batches of similar length; early
-        stopping on a hold-out if asked."""
+        stopping on a hold-out if asked.  ``weights``: each sequence's weight, or None."""
         train_rows = np.arange(len(corpus))
         val_rows = None
         if early_stopping:
@@ -391,6 +397,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             val = _subset(corpus, val_rows)
         train = _subset(corpus, train_rows)
         y_train = targets[train_rows]
+        w_train = None if weights is None else weights[train_rows]
         model, opt = self.model_, self._optimizer
         trainer = make_trainer(model, opt)             # on the GPU: every array there
         best_params, since_best = None, 0
@@ -400,7 +407,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             t0, loss_sum = time.perf_counter(), 0.0
             for idx in bucket_batches(train.lengths, self.batch_size, rng):
                 inputs, lengths = pad_batch(train, idx)
-                loss, _ = trainer.step(inputs, lengths, y_train[idx], rng=rng)   # and the update
+                loss, _ = trainer.step(inputs, lengths, y_train[idx], rng=rng,   # and the update
+                                       sample_weight=None if w_train is None else w_train[idx])
                 if not math.isfinite(loss):
                     raise ValueError(f"the training loss became {loss} in epoch {epoch}; "
                                      "try a smaller lr, a clip, or scaled features")
@@ -410,7 +418,10 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             self.loss_curve_.append(loss_sum / len(train))
             line = f"epoch {epoch}: loss {self.loss_curve_[-1]:.4f}"
             if val_rows is not None:
-                score = float((self._probabilities(val).argmax(1) == targets[val_rows]).mean())
+                correct = self._probabilities(val).argmax(1) == targets[val_rows]
+                w_val = None if weights is None else weights[val_rows]
+                score = float(np.average(correct, weights=w_val if w_val is not None
+                                         and w_val.sum() > 0 else None))
                 self.validation_scores_.append(score)
                 line += f", validation accuracy {score:.4f}"
                 if self.best_validation_score_ is None or score > self.best_validation_score_:
@@ -570,6 +581,15 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             if not np.isfinite(r).all():
                 raise ValueError(f"sequence {i} contains NaN or inf")
         return _concatenate(rows, dtype, self.max_len, self.keep)
+
+
+def _sample_weights(sample_weight, n):
+    """None (every sequence weighs 1), or the weights as float64 (n,): finite, >= 0, not
+    all zero (scikit-learn's checks)."""
+    if sample_weight is None:
+        return None
+    return _check_sample_weight(sample_weight, np.empty(n), dtype=np.float64,
+                                ensure_non_negative=True)
 
 
 def _sized(X):

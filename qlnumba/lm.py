@@ -152,7 +152,7 @@ class LanguageModel:
         grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         dh = np.zeros_like(h)
         linear_xent_backward(dh, grads["head.W"], grads["head.b"], probs, h, targets,
-                             self.params["head.W"], 1.0 / len(h))
+                             self.params["head.W"], np.full(len(h), 1.0 / len(h)))   # the mean
         if head_mask is not None:
             head_mask.backward(dh)
         dout = np.zeros((B, T, h.shape[1]), self.dtype)

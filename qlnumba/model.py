@@ -16,7 +16,7 @@ import numpy as np
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
 from .layers import GRU, QLLSTM, check_fraction, check_size, dropout_mask
-from .validate import check_dtype, check_float_array, check_ids, check_lengths, check_rng
+from .validate import check_dtype, check_float_array, check_ids, check_lengths, check_rng, check_sample_weight
 
 # the six models the IMDB comparison trains: (layer class, keyword arguments)
 MODEL_KINDS = {
@@ -54,8 +54,9 @@ class HostTrainer:
     def __init__(self, model, opt):
         self.model, self.opt = model, opt
 
-    def step(self, *batch, rng=None):
-        result = self.model.forward(*batch, rng=rng)
+    def step(self, *batch, rng=None, sample_weight=None):
+        weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
+        result = self.model.forward(*batch, rng=rng, **weighted)
         if math.isfinite(result[0]):
             self.opt.step(self.model.backward())
         return result
@@ -174,14 +175,15 @@ class SequenceClassifier:
         return x, check_lengths(lengths, *x.shape[:2])
 
 
-    def forward(self, ids, lengths=None, targets=None, rng=None):
+    def forward(self, ids, lengths=None, targets=None, rng=None, sample_weight=None):
         """Mean cross-entropy loss (None without targets) and class probabilities (B, C).
 
         ``ids`` are token ids (B, T), or, for a model built with ``input_size``, feature
         vectors x (B, T, input_size) of the model's dtype.  ``rng`` (a numpy Generator)
         switches training mode on: dropout masks are drawn from it (the embeddings', each
         recurrent layer's but the last, the head's input, in that order).  Without it the
-        model runs in evaluation mode.
+        model runs in evaluation mode.  ``sample_weight`` (B,), numbers >= 0 (with targets):
+        the loss is the mean of each row's loss times its weight, sum_i w_i l_i / B.
         """
         ids, lengths = self._check_inputs(ids, lengths)
         check_rng(rng)
@@ -193,6 +195,10 @@ class SequenceClassifier:
                     targets.min() < 0 or targets.max() >= C:
                 raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
             targets = targets.astype(np.int64)
+        if sample_weight is not None:
+            if targets is None:
+                raise ValueError("sample_weight weighs each row's loss: it needs targets")
+            sample_weight = check_sample_weight(sample_weight, B)
         if self.takes_ids:
             emb = np.empty((B, T, self.config["embed_dim"]), self.dtype)
             embedding_forward(emb, ids, self.params["embed"])
@@ -210,19 +216,24 @@ class SequenceClassifier:
         losses = np.empty(B, self.dtype)
         t = np.zeros(B, np.int64) if targets is None else targets
         linear_xent_forward(probs, losses, h_last, t, self.params["head.W"], self.params["head.b"])
-        self._tape = (ids, lengths, t, emb_mask, h_last, head_mask, probs, targets is not None)
-        return (float(losses.mean()) if targets is not None else None), probs
+        # each row's share of the loss, for backward: 1/B, or w_i/B with sample weights
+        shares = np.full(B, 1.0 / B) if sample_weight is None else sample_weight / B
+        self._tape = (ids, lengths, t, emb_mask, h_last, head_mask, probs, shares,
+                      targets is not None)
+        if targets is None:
+            return None, probs
+        return float(losses.mean() if sample_weight is None else losses @ shares), probs
 
     def backward(self):
         """Gradients of the last forward's mean loss; a dict with the keys of ``params``."""
         if self._tape is None or not self._tape[-1]:
             raise ValueError("backward() needs a preceding forward() with targets")
-        ids, lengths, targets, emb_mask, h_last, head_mask, probs, _ = self._tape
+        ids, lengths, targets, emb_mask, h_last, head_mask, probs, shares, _ = self._tape
         B, T = ids.shape[:2]
         grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         dh_last = np.zeros_like(h_last)
         linear_xent_backward(dh_last, grads["head.W"], grads["head.b"], probs, h_last, targets,
-                             self.params["head.W"], 1.0 / B)
+                             self.params["head.W"], shares)
         if head_mask is not None:
             head_mask.backward(dh_last)
         dout = np.zeros((B, T, h_last.shape[1]), self.dtype)

@@ -65,6 +65,17 @@ def check_lengths(lengths, batch, steps):
     return lengths.astype(np.int64)
 
 
+def check_sample_weight(sample_weight, batch):
+    """Each row's weight in the loss as float64 (B,): finite numbers >= 0."""
+    w = np.asarray(sample_weight)
+    if w.shape != (batch,) or w.dtype.kind not in "iuf":
+        raise ValueError(f"sample_weight must be ({batch},) numbers, one per row, got "
+                         f"{w.dtype} {w.shape}")
+    if not (np.isfinite(w).all() and (w >= 0).all()):
+        raise ValueError("sample_weight must be finite and >= 0")
+    return w.astype(np.float64)
+
+
 def check_ids(ids, lengths, vocab_size):
     """Token ids as C-contiguous int64 (B, T), each in [0, vocab_size), and lengths (B,)."""
     ids = np.asarray(ids)

@@ -275,7 +275,7 @@ def check_ops(gops, dtype, rng):
     probs, losses = dev(np.zeros((B, C), dtype)), dev(np.zeros(B, dtype))
     gops.linear_xent_forward(probs, losses, h, targets, W, b)
     gops.linear_xent_backward(dev(np.zeros((B, E), dtype)), dev(np.zeros((C, E), dtype)),
-                              dev(np.zeros(C, dtype)), probs, h, targets, W, 0.5)
+                              dev(np.zeros(C, dtype)), probs, h, targets, W, dev(np.full(B, 0.5, dtype)))
     gops.sum_of_squares(W.reshape(-1))          # CudaAdam.step's two kernels (it refuses host arrays)
     flat = W.reshape(-1)
     gops.adam_step(flat, np.zeros_like(flat), np.zeros_like(flat), np.ones_like(flat),

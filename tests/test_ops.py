@@ -48,9 +48,19 @@ def test_head_matches_reference_and_finite_differences():
     assert_close(probs, want_probs, 1e-12, 1e-14, "probs")
     assert abs(losses.mean() - want) < 1e-12
     dh, dW, db = np.zeros_like(h), np.zeros_like(W), np.zeros_like(b)
-    linear_xent_backward(dh, dW, db, probs, h, targets, W, 1.0 / N)
+    linear_xent_backward(dh, dW, db, probs, h, targets, W, np.full(N, 1.0 / N))
     for got, arr, name in ((dh, h, "h"), (dW, W, "W"), (db, b, "b")):
         assert_close(got, numeric_grad(loss, arr), 1e-6, 1e-9, name)
+    weights = rng.uniform(0, 2, N) / N              # each row's own share: a weighted mean
+
+    def weighted_loss():
+        probs, losses = np.empty((N, C)), np.empty(N)
+        linear_xent_forward(probs, losses, h, targets, W, b)
+        return losses @ weights
+    dh, dW, db = np.zeros_like(h), np.zeros_like(W), np.zeros_like(b)
+    linear_xent_backward(dh, dW, db, probs, h, targets, W, weights)
+    for got, arr, name in ((dh, h, "h"), (dW, W, "W"), (db, b, "b")):
+        assert_close(got, numeric_grad(weighted_loss, arr), 1e-6, 1e-9, f"weighted {name}")
 
 
 def test_head_is_stable_for_huge_logits():

@@ -81,12 +81,15 @@ def kernels(dtype):
             losses[i] = -math.log(max(probs[i, targets[i]], 1e-300))
 
     @cuda.jit
-    def xent_dlogits(dlogits, probs, targets, weight):
+    def xent_dlogits(dlogits, probs, targets, weight, weights):
+        """δlogits = (p - onehot) * each row's loss share: weights[i], or (weights empty)
+        the one share ``weight`` of every row."""
         N, C = probs.shape
         for idx in range(cuda.grid(1), N * C, cuda.gridsize(1)):
             i, k = idx // C, idx % C
             onehot = 1.0 if targets[i] == k else 0.0
-            dlogits[i, k] = (probs[i, k] - onehot) * weight   # δlogits = (p - onehot) * weight
+            share = weights[i] if weights.shape[0] > 0 else weight
+            dlogits[i, k] = (probs[i, k] - onehot) * share
 
     @cuda.jit
     def linear_backward(dh, dW, db, dlogits, h, W):
@@ -194,16 +197,28 @@ def linear_xent_forward(probs, losses, h, targets, W, b):
     _launch(kernels(h.dtype)["linear_xent_forward"], probs.shape[0], probs, losses, h, targets, W, b)
 
 
-def linear_xent_backward(dh, dW, db, probs, h, targets, W, weight, dlogits=None):
-    """Accumulates into dh, dW, db like the CPU kernel; ``weight`` is each row's loss share.
-    ``dlogits``: a device buffer shaped like probs for δlogits (else one is allocated)."""
+def linear_xent_backward(dh, dW, db, probs, h, targets, W, weights, dlogits=None):
+    """Accumulates into dh, dW, db like the CPU kernel.  ``weights``: each row's loss
+    share, as a device array (N,), or as one number for every row (1/N for the mean: then
+    nothing is copied to the device).  ``dlogits``: a device buffer shaped like probs for
+    δlogits (else one is allocated)."""
     k = kernels(h.dtype)
     if dlogits is None:
         dlogits = cuda.device_array(probs.shape, dtype=probs.dtype)
-    _launch(k["xent_dlogits"], probs.size, dlogits, probs, targets, probs.dtype.type(weight))
+    if np.isscalar(weights):
+        weight, weights = probs.dtype.type(weights), _no_weights(np.dtype(probs.dtype).name)
+    else:
+        weight = probs.dtype.type(0)
+    _launch(k["xent_dlogits"], probs.size, dlogits, probs, targets, weight, weights)
     N, C = probs.shape
     D = h.shape[1]
     _launch(k["linear_backward"], N * D + C * D + C, dh, dW, db, dlogits, h, W)
+
+
+@lru_cache(maxsize=None)
+def _no_weights(dtype):
+    """An empty device array: xent_dlogits then gives every row one share."""
+    return cuda.device_array(0, dtype=dtype)
 
 
 def whole(n):

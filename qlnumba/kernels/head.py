@@ -5,7 +5,7 @@ Shapes legend
   h (N,D)  W (C,D)  b (C)  targets (N,) int64 in [0, C)
   probs (N,C) softmax of the logits, saved for backward
   losses (N,) each row's -log p[target]
-  weight: every row's share of the loss (1/N for the mean)
+  weights (N,): each row's share of the loss (1/N each for the mean; w_i / N with sample weights)
 """
 import math
 
@@ -35,13 +35,13 @@ def linear_xent_forward(probs, losses, h, targets, W, b):
 
 
 @njit(**JIT)
-def linear_xent_backward(dh, dW, db, probs, h, targets, W, weight):
+def linear_xent_backward(dh, dW, db, probs, h, targets, W, weights):
     N, C = probs.shape
-    dlogits = probs.copy()                                # δlogits = (p - onehot) * weight
+    dlogits = probs.copy()                                # δlogits = (p - onehot) * weights[i]
     for i in range(N):
         dlogits[i, targets[i]] -= 1.0
         for k in range(C):
-            dlogits[i, k] *= weight
+            dlogits[i, k] *= weights[i]
     dW += np.dot(dlogits.T, h)
     db += dlogits.sum(axis=0)
     dh += np.dot(dlogits, W)

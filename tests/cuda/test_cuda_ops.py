@@ -68,14 +68,16 @@ def test_head_forward_backward(gpu, dtype, tol):
     probs, losses = np.empty((N, C), dtype), np.empty(N, dtype)
     linear_xent_forward(probs, losses, h, targets, W, b)
     dh, dW, db = np.ones((N, D), dtype), np.ones((C, D), dtype), np.ones(C, dtype)
-    linear_xent_backward(dh, dW, db, probs, h, targets, W, 1.0 / N)
+    weights = rng.uniform(0, 2, N).astype(dtype) / N               # each row's loss share
+    linear_xent_backward(dh, dW, db, probs, h, targets, W, weights)
     d = {k: cuda.to_device(v) for k, v in dict(h=h, W=W, b=b, targets=targets).items()}
     g_probs, g_losses = cuda.device_array((N, C), dtype), cuda.device_array(N, dtype)
     gpu.linear_xent_forward(g_probs, g_losses, d["h"], d["targets"], d["W"], d["b"])
     assert_close(g_probs.copy_to_host(), probs, tol, tol, "probs")
     assert_close(g_losses.copy_to_host(), losses, tol, tol, "losses")
     g_dh, g_dW, g_db = (cuda.to_device(np.ones(s, dtype)) for s in ((N, D), (C, D), C))
-    gpu.linear_xent_backward(g_dh, g_dW, g_db, g_probs, d["h"], d["targets"], d["W"], 1.0 / N)
+    gpu.linear_xent_backward(g_dh, g_dW, g_db, g_probs, d["h"], d["targets"], d["W"],
+                             cuda.to_device(weights))
     assert_close(g_dh.copy_to_host(), dh, tol, tol, "dh")
     assert_close(g_dW.copy_to_host(), dW, tol, tol, "dW")
     assert_close(g_db.copy_to_host(), db, tol, tol, "db")

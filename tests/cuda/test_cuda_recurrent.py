@@ -446,14 +446,15 @@ def test_persistent_gru_settings_equal_cpu(row_groups, item_rows, loads, item_co
     assert_layers_agree(results[1], results[0], 1e-10)
 
 
-@pytest.mark.parametrize("kind,layers,layer_dropout", [("ql", 2, 0.0), ("ql", 2, 0.4), ("lstm", 1, 0.0),
-                                                       ("bilstm", 2, 0.4), ("gru", 2, 0.0),
-                                                       ("biql", 1, 0.0), ("bigru", 2, 0.4)])
-def test_cuda_trainer_steps_equal_cpu_training(kind, layers, layer_dropout):
+@pytest.mark.parametrize("kind,layers,layer_dropout,weighted", [
+    ("ql", 2, 0.0, False), ("ql", 2, 0.4, True), ("lstm", 1, 0.0, False), ("bilstm", 2, 0.4, False),
+    ("gru", 2, 0.0, False), ("biql", 1, 0.0, True), ("bigru", 2, 0.4, True)])
+def test_cuda_trainer_steps_equal_cpu_training(kind, layers, layer_dropout, weighted):
     """Two device-resident training steps (dropout on, between layers too where
-    layer_dropout is given) give the CPU loop's losses, probabilities, parameters and Adam
-    state: every model kind, bidirectional layers (two directions side by side, their
-    input's δ summed) and GRU cells too."""
+    layer_dropout is given; each row's loss weighed where ``weighted``) give the CPU
+    loop's losses, probabilities, parameters and Adam state: every model kind,
+    bidirectional layers (two directions side by side, their input's δ summed) and GRU
+    cells too."""
     from qlnumba.gpu.model import CudaTrainer
     rng = make_rng(64)
     kw = dict(embed_dim=3, hidden_size=4, kind=kind, num_layers=layers, block_size=2,
@@ -469,9 +470,10 @@ def test_cuda_trainer_steps_equal_cpu_training(kind, layers, layer_dropout):
         ids = rng.integers(0, 11, (3, 5))
         lengths = np.array([5, 2, 4])
         targets = rng.integers(0, 2, 3)
-        loss_c, probs_c = cpu.forward(ids, lengths, targets, rng=cpu_rng)
+        w = rng.uniform(0, 2, 3) if weighted else None
+        loss_c, probs_c = cpu.forward(ids, lengths, targets, rng=cpu_rng, sample_weight=w)
         cpu_opt.step(cpu.backward())
-        loss_g, probs_g = trainer.step(ids, lengths, targets, rng=gpu_rng)
+        loss_g, probs_g = trainer.step(ids, lengths, targets, rng=gpu_rng, sample_weight=w)
         assert abs(loss_g - loss_c) < 1e-10
         assert_close(probs_g, probs_c, 1e-10, 1e-10, "probs")
     trainer.sync_to_host()
