@@ -59,6 +59,8 @@ def test_models_and_layers_refuse_anything_with_a_value_error(a, b, c):
     only_value_errors(lambda: MODELS["layer"].forward(a, b))
     only_value_errors(lambda: MODELS["gru"].forward(a, b))
     only_value_errors(lambda: MODELS["lm"].generate(a, 2, np.random.default_rng(0), exclude=b))
+    only_value_errors(lambda: MODELS["ids"].forward(np.array([[1, 2], [3, 0]]), None, np.array([0, 1]),
+                                                    rng=b, sample_weight=a))
 
 
 KINDS = [st.text(min_size=1, max_size=6), st.lists(st.integers(1, 12), min_size=1, max_size=4),
