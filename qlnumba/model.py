@@ -16,9 +16,10 @@ import numpy as np
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
 from .layers import GRU, QLLSTM, check_fraction, check_size, dropout_mask
-from .validate import check_dtype, check_float_array, check_ids, check_lengths, check_rng, check_sample_weight
+from .validate import (check_dtype, check_float_array, check_ids, check_lengths, check_rng,
+                       check_sample_weight)
 
-# the six models the IMDB comparison trains: (layer class, keyword arguments)
+# every model kind: (layer class, keyword arguments); results/imdb.md compares them
 MODEL_KINDS = {
     "ql": (QLLSTM, dict(psug=True, hgr=True)),
     "lstm": (QLLSTM, dict(psug=False, hgr=False)),

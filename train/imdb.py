@@ -104,8 +104,7 @@ def new_optimizer(model, args, opt_state=None, path=None):
     """AdamW over the model's parameters with the options' constants; its t, m and v from
     ``opt_state`` (a resumed checkpoint's, read from ``path``) when there is one."""
     from qlnumba import Adam
-    opt = Adam(model.params, lr=args.lr, weight_decay=args.weight_decay,
-                       clip_norm=args.clip or None)
+    opt = Adam(model.params, lr=args.lr, weight_decay=args.weight_decay, clip_norm=args.clip or None)
     if opt_state:
         try:
             opt.load_state_dict(opt_state)

@@ -244,9 +244,9 @@ class _DeviceTrainer:
         a model of feature vectors: no embedding gradient).  ``sample_weight`` (N,) float64
         on the host, or None: each row's loss weighed as in ``model.forward``; ``d_shares``
         its w_i / N on the device (copied before the forward: a copy now would wait for
-        it).  Returns
-        (mean loss, the probabilities (N, C), or the rows ``d_pick`` of them, on the host).
-        The gradient stops at the initial state (truncated BPTT for a carried one)."""
+        it).  Returns (mean loss, the probabilities (N, C), or the rows ``d_pick`` of them,
+        on the host).  The gradient stops at the initial state (truncated BPTT for a
+        carried one)."""
         k, ws, P, G = kernels(self.dtype), self.workspace, self.params, self.grads
         B, T, D = x.shape
         N, C, W = d_rows.shape[0] // parts, P["head.b"].shape[0], D // parts
@@ -300,8 +300,8 @@ class CudaTrainer(_DeviceTrainer):
     Parameters
     ----------
     model : SequenceClassifier built with device="cuda": any kind ("ql", "lstm", "psug",
-        "hgr", "gru", "biql", "bilstm", "bigru"), any number of layers, token ids (vocab_size) or feature
-        vectors (input_size) in
+        "hgr", "gru", "biql", "bilstm", "bigru"), any number of layers, token ids
+        (vocab_size) or feature vectors (input_size) in
     opt : qlnumba.Adam over ``model.params``: its constants, and its m, v, t as the
         starting state
     """
