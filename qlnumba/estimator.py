@@ -39,14 +39,14 @@ import time
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
-                                      validate_data)
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.batching import bucket_batches, pad_batch, sorted_batches
 from .data.text import EncodedCorpus, Vocabulary, encode_corpus, tokenize
 from .model import MODEL_KINDS, SequenceClassifier, make_trainer
 from .optim import Adam, check_adam_constants
+from .validate import check_sample_weight
 
 INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
@@ -585,11 +585,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
 
 def _sample_weights(sample_weight, n):
     """None (every sequence weighs 1), or the weights as float64 (n,): finite, >= 0, not
-    all zero (scikit-learn's checks)."""
+    all zero."""
     if sample_weight is None:
         return None
-    return _check_sample_weight(sample_weight, np.empty(n), dtype=np.float64,
-                                ensure_non_negative=True)
+    weights = check_sample_weight(sample_weight, n)
+    if not weights.any():
+        raise ValueError("sample_weight is zero for every sequence: there is nothing to learn from")
+    return weights
 
 
 def _sized(X):

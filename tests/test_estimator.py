@@ -70,9 +70,11 @@ def test_sample_weight_weighs_each_sequence():
     assert only_neg.predict_proba(texts)[:, 1].max() < plain.predict_proba(texts)[:, 1].max()
     stopped = make(early_stopping=True).fit(texts, labels, sample_weight=rng.uniform(0.5, 2, 120))
     assert len(stopped.validation_scores_) == stopped.n_iter_
-    for bad, message in [(np.ones(5), "sample_weight.shape"), (-np.ones(120), "Negative values"),
-                         (np.zeros(120), "Sample weights must contain at least one non-zero"),
-                         (np.full(120, np.nan), "NaN")]:
+    for bad, message in [(np.ones(5), r"sample_weight must be \(120,\) numbers, one per row, got float64 \(5,\)"),
+                         (-np.ones(120), "sample_weight must be finite and >= 0"),
+                         (np.zeros(120), "sample_weight is zero for every sequence"),
+                         (np.full(120, np.nan), "sample_weight must be finite and >= 0"),
+                         (["a"] * 120, "numbers, one per row")]:
         with pytest.raises(ValueError, match=message):
             make().fit(texts, labels, sample_weight=bad)
     part = make().partial_fit(texts, labels, classes=["neg", "pos"], sample_weight=np.ones(120))
