@@ -44,6 +44,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.batching import bucket_batches, pad_batch, sorted_batches
 from .data.text import EncodedCorpus, Vocabulary, encode_corpus, tokenize
+from .layers import check_size
 from .model import MODEL_KINDS, SequenceClassifier, make_trainer
 from .optim import Adam, check_adam_constants
 from .validate import check_sample_weight
@@ -459,10 +460,10 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"keep must be 'start' or 'end', got {self.keep!r}")
         for name in ("hidden_size", "embed_dim", "num_layers", "block_size", "batch_size",
                      "max_epochs", "min_freq", "n_iter_no_change"):
-            _check_int(getattr(self, name), name, 1)
-        _check_int(self.vocab_size, "vocab_size", 2)
+            check_size(getattr(self, name), name, 1)
+        check_size(self.vocab_size, "vocab_size", 2)
         if self.max_len is not None:
-            _check_int(self.max_len, "max_len", 1)
+            check_size(self.max_len, "max_len", 1)
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
         if self.clip is not None and not (isinstance(self.clip, (int, float, np.integer, np.floating))
@@ -633,11 +634,6 @@ def _json_params(params):
             value = value.item()
         out[name] = value
     return out
-
-
-def _check_int(value, name, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _concatenate(rows, dtype, max_len, keep):
