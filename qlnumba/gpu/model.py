@@ -233,7 +233,7 @@ class _DeviceTrainer:
         return runs["order"], runs["starts"], runs["uniq"]
 
     def _head_step(self, x, d_rows, d_targets, d_ids, ids, d_emb_mask, p, rng, d_pick=None,
-                   parts=1, sample_weight=None, d_shares=None):
+                   parts=1, shares=None):
         """The step after the stack's forward: the head on N rows h (N, D) gathered from
         out (B,T,D), with dropout p; softmax cross-entropy against d_targets (N,); then,
         where the mean loss is finite, BPTT back through the stack and the embedding, and
@@ -241,10 +241,10 @@ class _DeviceTrainer:
         h read as (N*parts, D/parts) is the rows ``d_rows`` (N*parts,) of out read as
         (B*T*parts, D/parts) (parts = 2: a bidirectional layer's two directions, from two
         steps).  d_ids and ids: the batch's token ids on the device and the host (None for
-        a model of feature vectors: no embedding gradient).  ``sample_weight`` (N,) float64
-        on the host, or None: each row's loss weighed as in ``model.forward``; ``d_shares``
-        its w_i / N on the device (copied before the forward: a copy now would wait for
-        it).  Returns (mean loss, the probabilities (N, C), or the rows ``d_pick`` of them,
+        a model of feature vectors: no embedding gradient).  ``shares``: None (the mean
+        loss), or each row's share w_i / N of the loss as in ``model.forward``, a pair
+        (float64 (N,) on the host, its copy on the device, made before the forward: a copy
+        now would wait for it).  Returns (mean loss, the probabilities (N, C), or the rows ``d_pick`` of them,
         on the host).  The gradient stops at the initial state (truncated BPTT for a
         carried one)."""
         k, ws, P, G = kernels(self.dtype), self.workspace, self.params, self.grads
@@ -261,7 +261,7 @@ class _DeviceTrainer:
             k["gather_rows"][grid_for(picked.size)](picked, probs, d_pick)
         id_runs = None if ids is None else self._id_runs(ids)
         host_losses = losses.copy_to_host()                           # the loss as model.forward's
-        loss = float(host_losses.mean() if sample_weight is None else host_losses @ (sample_weight / N))
+        loss = float(host_losses.mean() if shares is None else host_losses @ shares[0])
         host_probs = picked.copy_to_host()          # now, not after the update: no wait there
         if not np.isfinite(loss):                   # the caller stops; nothing is updated
             return loss, host_probs
@@ -269,7 +269,7 @@ class _DeviceTrainer:
         clear(self.grad_flat)
         dh = ws.zeros("dh", (N, D))
         ops.linear_xent_backward(dh, G["head.W"], G["head.b"], probs, h, d_targets, P["head.W"],
-                                 1.0 / N if d_shares is None else d_shares,
+                                 1.0 / N if shares is None else shares[1],
                                  dlogits=ws.empty("dlogits", (N, C)))
         if d_head_mask is not None:
             self._mask(dh, d_head_mask)
@@ -324,10 +324,10 @@ class CudaTrainer(_DeviceTrainer):
         if targets.shape != (B,) or targets.dtype.kind not in "iu" or \
                 targets.min() < 0 or targets.max() >= C:
             raise ValueError(f"targets must be (B,) = ({B},) integers in [0, {C})")
-        d_shares = None
+        shares = None
         if sample_weight is not None:                  # each row's loss share, w_i / B
-            sample_weight = check_sample_weight(sample_weight, B)
-            d_shares = ws.put("shares", sample_weight / B)
+            host_shares = check_sample_weight(sample_weight, B) / B
+            shares = host_shares, ws.put("shares", host_shares)
         last = np.arange(B) * T + lengths - 1                 # each row's last step in (B*T)
         parts = self.rnn.directions
         if parts == 2:       # as model._last_step: the reverse direction's last step is step 0
@@ -341,7 +341,7 @@ class CudaTrainer(_DeviceTrainer):
         x, d_emb_mask, _ = self._forward(d_inputs, lengths, model.config["embed_dropout"], rng)
         return self._head_step(x, batch["last"], batch["targets"], batch.get("ids"), ids,
                                d_emb_mask, model.config["head_dropout"], rng, parts=parts,
-                               sample_weight=sample_weight, d_shares=d_shares)
+                               shares=shares)
 
 
 class CudaLMTrainer(_DeviceTrainer):
