@@ -44,10 +44,9 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data.batching import bucket_batches, pad_batch, sorted_batches
 from .data.text import EncodedCorpus, Vocabulary, encode_corpus, tokenize
-from .layers import check_size
 from .model import MODEL_KINDS, SequenceClassifier, make_trainer
 from .optim import Adam, check_adam_constants
-from .validate import check_sample_weight
+from .validate import check_sample_weight, check_size, is_real
 
 INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
@@ -466,8 +465,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             check_size(self.max_len, "max_len", 1)
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
-        if self.clip is not None and not (isinstance(self.clip, (int, float, np.integer, np.floating))
-                                          and 0 <= self.clip < math.inf):
+        if self.clip is not None and not (is_real(self.clip) and self.clip >= 0):
             raise ValueError(f"clip must be None or a finite number >= 0 (0: none), got {self.clip!r}")
         check_adam_constants(self.lr, (0.9, 0.999), 1e-8, self.weight_decay, self.clip or None)
         if str(self.dtype) not in ("float32", "float64") and \

@@ -30,7 +30,7 @@ from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, re
                                 recurrent_forward_split)
 from .kernels.recurrent_infer import recurrent_infer_rows, recurrent_infer_units
 from .kernels.recurrent_units import grad_span_steps, recurrent_backward_units, recurrent_forward_units
-from .validate import check_dtype, check_float_array, check_lengths, check_rng
+from .validate import check_dtype, check_float_array, check_lengths, check_rng, check_size, is_real
 
 INFER_ROWS_MIN = 16     # QL-LSTM inference splits rows where every thread gets this many
 
@@ -44,17 +44,9 @@ def recurrent_param_count(input_size, hidden_size, psug=True, hgr=True):
     return count
 
 
-def check_size(value, name, minimum=1):
-    """A size or count: an integer (not a bool) >= minimum, as an int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def check_fraction(value, name):
     """A dropout probability: a real number in [0, 1), as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= value < 1.0:
+    if not (is_real(value) and 0.0 <= value < 1.0):
         raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from .kernels.embedding import embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
-from .layers import check_fraction, check_size, dropout_mask
+from .layers import check_fraction, dropout_mask
 from .model import MODEL_KINDS, make_stack, stack_backward
-from .validate import check_dtype, check_ids, check_rng
+from .validate import check_dtype, check_ids, check_rng, check_size, is_real
 
 # a reverse direction sees the future: a language model reads one direction only
 LM_KINDS = tuple(k for k, (_, kw) in MODEL_KINDS.items() if not kw.get("bidirectional"))
@@ -176,9 +176,7 @@ class LanguageModel:
         check_ids(ids[None, :], None, self.config["vocab_size"])
         if ids.min() < 1:
             raise ValueError("ids must be >= 1 (0 is padding)")
-        for name, value in (("streams", streams), ("steps", steps)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        streams, steps = check_size(streams, "streams"), check_size(steps, "steps")
         total, count, state = 0.0, 0, None
         for x, y, lengths in stream_batches(ids, streams, steps):
             loss, _, state = self.forward(x, lengths, y, state, need_grad=False)
@@ -192,11 +190,9 @@ class LanguageModel:
         prompt = np.asarray(prompt)
         if prompt.ndim != 1 or len(prompt) == 0:
             raise ValueError(f"prompt must be a non-empty 1-D array of ids, got shape {prompt.shape}")
-        if not isinstance(temperature, (int, float, np.integer, np.floating)) \
-                or not 0 < temperature < np.inf:
-            raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-        if not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+        if not (is_real(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        steps = check_size(steps, "steps", 0)
         if check_rng(rng) is None:
             raise ValueError("rng must be a numpy Generator (np.random.default_rng(seed)), "
                              "got None")

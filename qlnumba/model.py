@@ -15,9 +15,9 @@ import numpy as np
 
 from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
-from .layers import GRU, QLLSTM, check_fraction, check_size, dropout_mask
+from .layers import GRU, QLLSTM, check_fraction, dropout_mask
 from .validate import (check_dtype, check_float_array, check_ids, check_lengths, check_rng,
-                       check_sample_weight)
+                       check_sample_weight, check_size)
 
 # every model kind: (layer class, keyword arguments); results/imdb.md compares them
 MODEL_KINDS = {

@@ -5,6 +5,7 @@ import numpy as np
 
 from .config import get_num_threads, row_blocks
 from .kernels.adam import adam_step, adam_step_split, sum_of_squares, sum_of_squares_split
+from .validate import is_real
 
 SPLIT_MIN = 1 << 16     # parameters of a tensor for which Adam's step and its norm run on every thread
 
@@ -16,26 +17,20 @@ def global_norm(grads):
                          else sum_of_squares(g.reshape(-1)) for g in grads.values()))
 
 
-def _real(value):
-    """True for an int or float (numpy's too, not a bool) that is not NaN or inf."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and \
-        not isinstance(value, bool) and math.isfinite(value)
-
-
 def check_adam_constants(lr, betas, eps, weight_decay, clip_norm):
     """ValueError unless lr > 0, betas two numbers in [0, 1), eps >= 0 and weight_decay >= 0
     (each finite), and clip_norm None or > 0.  A NaN or infinite lr or decay would turn
     every parameter NaN at the first step."""
-    if not (_real(lr) and lr > 0):
+    if not (is_real(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if not (isinstance(betas, (tuple, list)) and len(betas) == 2
-            and all(_real(b) and 0 <= b < 1 for b in betas)):
+            and all(is_real(b) and 0 <= b < 1 for b in betas)):
         raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
-    if not (_real(eps) and eps >= 0):
+    if not (is_real(eps) and eps >= 0):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    if not (_real(weight_decay) and weight_decay >= 0):
+    if not (is_real(weight_decay) and weight_decay >= 0):
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    if clip_norm is not None and not (_real(clip_norm) and clip_norm > 0):
+    if clip_norm is not None and not (is_real(clip_norm) and clip_norm > 0):
         raise ValueError(f"clip_norm must be None or a finite number > 0, got {clip_norm!r}")
 
 

@@ -3,9 +3,24 @@
 Every failure is a ``ValueError`` whose message names the argument, what was
 expected and what came in.  Kernels never check anything; these do.
 """
+import math
+
 import numpy as np
 
 from .config import DTYPES
+
+
+def is_real(value):
+    """True for a finite int or float (numpy's too), not a bool, NaN or inf."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_size(value, name, minimum=1):
+    """A size or count: an integer (not a bool) >= minimum, as an int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_dtype(dtype):

@@ -95,3 +95,25 @@ def test_backward_before_forward_and_bad_dout(layer):
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         qlnumba.QLLSTM(**kwargs)
+
+
+def test_every_real_valued_argument_follows_one_rule():
+    """lr, clip, dropout and temperature share ``validate.is_real``: numpy's numbers are
+    taken, a bool, NaN or inf is refused, each with a ValueError naming the argument."""
+    from qlnumba.validate import is_real
+    assert all(is_real(v) for v in (1, 0.5, np.float32(0.25), np.int64(3), -2.0))
+    assert not any(is_real(v) for v in (True, np.bool_(True), np.nan, np.inf, "1", None, [1.0]))
+    params, lm = {"w": np.zeros(2)}, qlnumba.LanguageModel(5, embed_dim=2, hidden_size=2, seed=0)
+    calls = {
+        "lr": lambda v: qlnumba.Adam(params, lr=v),
+        "clip_norm": lambda v: qlnumba.Adam(params, clip_norm=v),
+        "embed_dropout": lambda v: qlnumba.SequenceClassifier(5, embed_dim=2, hidden_size=2, embed_dropout=v),
+        "temperature": lambda v: lm.generate(np.array([1]), 1, np.random.default_rng(0), temperature=v),
+    }
+    for name, call in calls.items():
+        call(np.float32(0.25))
+        for bad in (True, np.nan, np.inf):
+            with pytest.raises(ValueError, match=name):
+                call(bad)
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
+        lm.generate(np.array([1]), True, np.random.default_rng(0))
