@@ -98,6 +98,11 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         without a better one.
     validation_fraction : float, default 0.1
     n_iter_no_change : int, default 2
+    class_weight : dict, "balanced" or None, default None
+        Each class's weight in the loss (and in ``early_stopping``'s accuracy), times
+        ``sample_weight``: a dict label -> weight (labels left out weigh 1), or
+        "balanced", n / (C * count of the label) over ``fit``'s y (not for
+        ``partial_fit``, which sees part of the labels: give it a dict).
     dtype : {"float32", "float64"}, default "float32"
     random_state : int, numpy Generator or None, default None
         Seeds the initialisation, the batch order, dropout and the hold-out.
@@ -133,7 +138,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                  embed_dropout=0.0, head_dropout=0.0, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=2, dtype="float32",
                  random_state=None, verbose=0, device="cpu", warm_start=False,
-                 layer_dropout=0.0):
+                 layer_dropout=0.0, class_weight=None):
         self.kind, self.hidden_size, self.embed_dim = kind, hidden_size, embed_dim
         self.num_layers, self.block_size, self.input = num_layers, block_size, input
         self.vocab_size, self.min_freq, self.max_len, self.keep = vocab_size, min_freq, max_len, keep
@@ -144,6 +149,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_no_change, self.dtype = n_iter_no_change, dtype
         self.random_state, self.verbose, self.device = random_state, verbose, device
         self.warm_start, self.layer_dropout = warm_start, layer_dropout
+        self.class_weight = class_weight
 
     # ---- scikit-learn API --------------------------------------------------------------
 
@@ -152,8 +158,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         with ``warm_start`` on a fitted classifier, train the fitted one on.
         ``sample_weight`` (n,), numbers >= 0: each sequence's weight in the loss (a batch's
         loss is the mean of weight times loss), and in the held-out accuracy of
-        ``early_stopping``; ``sklearn.utils.class_weight.compute_sample_weight("balanced",
-        y)`` evens out classes of different sizes."""
+        ``early_stopping``, times ``class_weight`` (``"balanced"`` evens out classes of
+        different sizes)."""
         self._check_params()
         rng = np.random.default_rng(self.random_state)
         if self.warm_start and hasattr(self, "model_"):
@@ -161,7 +167,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             corpus, targets = self._encode_labelled(X, y)
         else:
             corpus, targets = self._initialize(X, y, None, rng)
-        weights = _sample_weights(sample_weight, len(corpus))
+        weights = self._weights(targets, sample_weight, partial=False)
         self._optimizer, self._rng = self._new_optimizer(), rng   # partial_fit goes on from them
         self._train(corpus, targets, rng, self.max_epochs, self.early_stopping, weights)
         return self
@@ -170,7 +176,12 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         """One epoch on X and y, continuing from the last call (the same Adam state).  The
         first call builds the network and needs ``classes``, every label there will be.
         ``early_stopping`` does not apply (there is no epoch to compare with): hold data
-        out and score it between calls instead.  ``sample_weight``: as for :meth:`fit`."""
+        out and score it between calls instead.  ``sample_weight``: as for :meth:`fit`;
+        ``class_weight`` must be a dict or None here."""
+        if _check_class_weight(self.class_weight) == "balanced":
+            raise ValueError("class_weight='balanced' needs every label at once and "
+                             "partial_fit sees a part of them; give a dict (e.g. sklearn's "
+                             "compute_class_weight over all the labels) or None")
         if not hasattr(self, "model_"):
             if classes is None:
                 raise ValueError("the first call to partial_fit needs classes: every label "
@@ -189,7 +200,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             self._rng = np.random.default_rng(self.random_state)
         if getattr(self, "_optimizer", None) is None:
             self._optimizer = self._new_optimizer()
-        self._train(corpus, targets, self._rng, 1, False, _sample_weights(sample_weight, len(corpus)))
+        self._train(corpus, targets, self._rng, 1, False,
+                    self._weights(targets, sample_weight, partial=True))
         return self
 
     def _initialize(self, X, y, classes, rng):
@@ -271,6 +283,33 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                              f"{self.classes_.tolist()}: {np.unique(y[~known]).tolist()[:5]}")
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
+    def _weights(self, targets, sample_weight, partial):
+        """Each sequence's weight in the loss, float64 (n,): ``sample_weight`` times its
+        class's ``class_weight``; None where both are None (every sequence weighs 1)."""
+        weights = None if sample_weight is None else check_sample_weight(sample_weight, len(targets))
+        if _check_class_weight(self.class_weight) is not None:
+            per_class = self._class_weights(targets)
+            weights = per_class[targets] * (1.0 if weights is None else weights)
+        if weights is not None and not weights.any():
+            which = "sample_weight" if self.class_weight is None else \
+                "sample_weight times class_weight"
+            raise ValueError(f"{which} is zero for every sequence: there is nothing to learn from")
+        return weights
+
+    def _class_weights(self, targets):
+        """``class_weight`` as an array (C,) in the order of ``classes_``."""
+        C = len(self.classes_)
+        if isinstance(self.class_weight, str):                # "balanced"
+            counts = np.bincount(targets, minlength=C)
+            return len(targets) / (C * np.maximum(counts, 1))
+        classes, per_class = self.classes_.tolist(), np.ones(C)
+        for label, weight in self.class_weight.items():
+            if label not in classes:
+                raise ValueError(f"class_weight names the label {label!r}, which is not among "
+                                 f"the classes {classes}")
+            per_class[classes.index(label)] = weight
+        return per_class
+
     def _new_optimizer(self):
         return Adam(self.model_.params, lr=self.lr, weight_decay=self.weight_decay,
                     clip_norm=self.clip or None)
@@ -348,8 +387,11 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                              f"{cls.__name__}'s")
         else:
             try:
-                clf = cls(**dict(state["params"], device=model.config["device"]))
-            except (KeyError, TypeError) as exc:
+                params = dict(state["params"], device=model.config["device"])
+                if isinstance(params.get("class_weight"), list):
+                    params["class_weight"] = {k: w for k, w in params["class_weight"]}
+                clf = cls(**params)
+            except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}: corrupt estimator state ({exc})") from None
         try:
             clf.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"]))
@@ -468,6 +510,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         if self.clip is not None and not (is_real(self.clip) and self.clip >= 0):
             raise ValueError(f"clip must be None or a finite number >= 0 (0: none), got {self.clip!r}")
         check_adam_constants(self.lr, (0.9, 0.999), 1e-8, self.weight_decay, self.clip or None)
+        _check_class_weight(self.class_weight)
         if str(self.dtype) not in ("float32", "float64") and \
                 self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
@@ -582,15 +625,14 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         return _concatenate(rows, dtype, self.max_len, self.keep)
 
 
-def _sample_weights(sample_weight, n):
-    """None (every sequence weighs 1), or the weights as float64 (n,): finite, >= 0, not
-    all zero."""
-    if sample_weight is None:
-        return None
-    weights = check_sample_weight(sample_weight, n)
-    if not weights.any():
-        raise ValueError("sample_weight is zero for every sequence: there is nothing to learn from")
-    return weights
+def _check_class_weight(class_weight):
+    """class_weight itself if it is None, "balanced" or a dict label -> finite weight >= 0."""
+    cw = class_weight
+    if not (cw is None or (isinstance(cw, str) and cw == "balanced") or (
+            isinstance(cw, dict) and all(is_real(w) and w >= 0 for w in cw.values()))):
+        raise ValueError(f"class_weight must be None, 'balanced' or a dict label -> finite "
+                         f"weight >= 0, got {cw!r}")
+    return cw
 
 
 def _sized(X):
@@ -620,8 +662,9 @@ def _plain_labels(classes):
 
 
 def _json_params(params):
-    """get_params() as JSON values: numpy scalars as Python ones, dtype by name, and a
-    Generator as None (the fit it seeded is done)."""
+    """get_params() as JSON values: numpy scalars as Python ones, dtype by name, a
+    Generator as None (the fit it seeded is done), and a class_weight dict as [label,
+    weight] pairs (labels keep their type)."""
     out = {}
     for name, value in params.items():
         if isinstance(value, np.random.Generator):
@@ -630,6 +673,9 @@ def _json_params(params):
             value = np.dtype(value).name
         elif isinstance(value, np.generic):
             value = value.item()
+        elif name == "class_weight" and isinstance(value, dict):   # JSON keys are str only
+            value = [[k.item() if isinstance(k, np.generic) else k, float(w)]
+                     for k, w in value.items()]
         out[name] = value
     return out
 

@@ -8,6 +8,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import qlnumba
@@ -79,6 +80,55 @@ def test_sample_weight_weighs_each_sequence():
             make().fit(texts, labels, sample_weight=bad)
     part = make().partial_fit(texts, labels, classes=["neg", "pos"], sample_weight=np.ones(120))
     assert part.n_iter_ == 1
+
+
+def test_class_weight_multiplies_each_sequences_weight():
+    rng = make_rng(32)
+    texts, labels = toy_reviews(rng, 120)
+    make = lambda **kw: QLLSTMClassifier(hidden_size=8, embed_dim=8, max_epochs=3, lr=0.01,
+                                         random_state=0, **kw)
+    sample_weight = rng.uniform(0.5, 2, 120)
+    per_class = {"neg": 3.0, "pos": 0.5}
+    by_class = make(class_weight=per_class).fit(texts, labels, sample_weight=sample_weight)
+    by_row = make().fit(texts, labels, sample_weight=sample_weight * np.where(labels == "neg", 3.0, 0.5))
+    for k, p in by_row.model_.params.items():
+        np.testing.assert_array_equal(by_class.model_.params[k], p)
+    # "balanced": n / (C * count), as scikit-learn's compute_sample_weight
+    skewed = np.concatenate([np.flatnonzero(labels == "neg"), np.flatnonzero(labels == "pos")[:10]])
+    t, y = [texts[i] for i in skewed], labels[skewed]
+    balanced = make(class_weight="balanced").fit(t, y)
+    by_row = make().fit(t, y, sample_weight=compute_sample_weight("balanced", y))
+    for k, p in by_row.model_.params.items():
+        np.testing.assert_allclose(balanced.model_.params[k], p, rtol=1e-6, atol=1e-7)
+    only_pos = make(class_weight={"neg": 0.0}).fit(texts, labels)     # a label left out weighs 1
+    assert (only_pos.predict(texts) == "pos").mean() > 0.9
+    for cw, message in [({"neg": -1.0}, "class_weight must be None, 'balanced' or a dict"),
+                        ({"neg": np.nan}, "class_weight must be None"),
+                        ({"neg": True}, "class_weight must be None"),
+                        ("even", "class_weight must be None"),
+                        ([1.0, 2.0], "class_weight must be None"),
+                        ({"ok": 2.0}, r"class_weight names the label 'ok', which is not among the "
+                                      r"classes \['neg', 'pos'\]"),
+                        ({"neg": 0.0, "pos": 0.0}, "sample_weight times class_weight is zero for every")]:
+        with pytest.raises(ValueError, match=message):
+            make(class_weight=cw).fit(texts, labels)
+    with pytest.raises(ValueError, match="class_weight='balanced' needs every label at once"):
+        make(class_weight="balanced").partial_fit(texts, labels, classes=["neg", "pos"])
+    part = make(class_weight={"pos": 2}).partial_fit(texts, labels, classes=["neg", "pos"])
+    part.set_params(class_weight={"pos": -2})
+    with pytest.raises(ValueError, match="class_weight must be None"):
+        part.partial_fit(texts, labels)
+    assert part.n_iter_ == 1
+
+
+def test_class_weight_survives_save_and_load(tmp_path):
+    x, y = spike_sequences(make_rng(33), 40, steps=5)
+    clf = QLLSTMClassifier(hidden_size=8, max_epochs=1, class_weight={np.int64(3): 2.0})
+    clf.fit(x, y + 3).save(tmp_path / "weighted.npz")
+    back = QLLSTMClassifier.load(tmp_path / "weighted.npz")
+    assert back.class_weight == {3: 2.0} and type(next(iter(back.class_weight))) is int
+    back.partial_fit(x, y + 3)                           # its label still names a class
+    assert back.n_iter_ == 2
 
 
 def test_text_classifier_learns_and_keeps_its_labels():

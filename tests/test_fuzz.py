@@ -95,11 +95,14 @@ def datasets(draw):
 
 
 @settings(max_examples=max(60, settings.default.max_examples), suppress_health_check=list(HealthCheck))
-@given(data=datasets(), data2=datasets(), input=st.sampled_from(["auto", "text", "ids", "features"]))
-def test_the_estimator_refuses_any_data_with_a_value_error(data, data2, input):
+@given(data=datasets(), data2=datasets(), input=st.sampled_from(["auto", "text", "ids", "features"]),
+       class_weight=st.one_of(st.none(), st.just("balanced"), anything,
+                              st.dictionaries(st.sampled_from([0, 1, 2, "a", None, 1.5]),
+                                              st.sampled_from(VALUES), max_size=3)))
+def test_the_estimator_refuses_any_data_with_a_value_error(data, data2, input, class_weight):
     """Found a fit on [3, [1.0, 2.0]] (a number among feature sequences) to be an IndexError."""
     clf = QLLSTMClassifier(hidden_size=2, embed_dim=2, block_size=2, max_epochs=1, batch_size=4,
-                           input=input)
+                           input=input, class_weight=class_weight)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")              # sklearn's conversion warnings
         try:
