@@ -167,7 +167,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             corpus, targets = self._encode_labelled(X, y)
         else:
             corpus, targets = self._initialize(X, y, None, rng)
-        weights = self._weights(targets, sample_weight, partial=False)
+        weights = self._weights(targets, sample_weight)
         self._optimizer, self._rng = self._new_optimizer(), rng   # partial_fit goes on from them
         self._train(corpus, targets, rng, self.max_epochs, self.early_stopping, weights)
         return self
@@ -200,8 +200,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             self._rng = np.random.default_rng(self.random_state)
         if getattr(self, "_optimizer", None) is None:
             self._optimizer = self._new_optimizer()
-        self._train(corpus, targets, self._rng, 1, False,
-                    self._weights(targets, sample_weight, partial=True))
+        self._train(corpus, targets, self._rng, 1, False, self._weights(targets, sample_weight))
         return self
 
     def _initialize(self, X, y, classes, rng):
@@ -283,7 +282,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                              f"{self.classes_.tolist()}: {np.unique(y[~known]).tolist()[:5]}")
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
-    def _weights(self, targets, sample_weight, partial):
+    def _weights(self, targets, sample_weight):
         """Each sequence's weight in the loss, float64 (n,): ``sample_weight`` times its
         class's ``class_weight``; None where both are None (every sequence weighs 1)."""
         weights = None if sample_weight is None else check_sample_weight(sample_weight, len(targets))
