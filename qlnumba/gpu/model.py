@@ -48,12 +48,12 @@ from ..validate import check_ids, check_rng, check_sample_weight
 @lru_cache(maxsize=None)
 def kernels(dtype):
     @cuda.jit
-    def dropout(a, bits, threshold, scale):
-        """a = a * scale where bits >= threshold, else 0 (flat, in place): a dropout mask
-        drawn on the host (``qlnumba.layers.DropoutMask``), its backward the same."""
+    def dropout(out, a, bits, threshold, scale):
+        """out = a * scale where bits >= threshold, else 0 (flat; out may be a): a dropout
+        mask drawn on the host (``qlnumba.layers.DropoutMask``), its backward the same."""
         zero = scale - scale
         for i in range(cuda.grid(1), a.shape[0], cuda.gridsize(1)):
-            a[i] = a[i] * (scale if bits[i] >= threshold else zero)
+            out[i] = a[i] * (scale if bits[i] >= threshold else zero)
 
     @cuda.jit
     def gather_rows(dst, src, rows):
@@ -126,20 +126,23 @@ class _DeviceTrainer:
             self.cell_params.append({n: self.params.get(k, dummies.get(n)) for n, k in keys.items()})
             self.cell_grads.append({n: self.grads.get(k, dummies.get(n)) for n, k in keys.items()})
 
-    def _dropout(self, name, a, p, rng):
-        """a (device) with a dropout mask drawn on the host applied in place (the CPU model's
-        draw); the mask (its bits on the device, threshold, scale) for ``_mask``, or None where
-        there is none."""
+    def _dropout(self, name, a, p, rng, out=None):
+        """a (device) with a dropout mask drawn on the host (the CPU model's draw) applied,
+        in place or into ``out`` (a's shape); the mask (its bits on the device, threshold,
+        scale) for ``_mask``, or None where there is none (then out is left as it was)."""
         mask = dropout_mask(rng, a.shape, p, self.model.dtype)
         if mask is None:
             return None
         d_mask = (self.workspace.put(name, mask.bits.reshape(-1)), mask.threshold, mask.scale)
-        self._mask(a, d_mask)
+        self._mask(a, d_mask, out)
         return d_mask
 
-    def _mask(self, a, d_mask):
-        """a (device) *= the mask, in place: the forward of dropout, and its backward on δ."""
-        kernels(self.dtype)["dropout"][grid_for(a.size)](a.reshape(a.size), *d_mask)
+    def _mask(self, a, d_mask, out=None):
+        """a (device) times the mask, in place or into ``out``: the forward of dropout, and
+        its backward on δ."""
+        out = a if out is None else out
+        kernels(self.dtype)["dropout"][grid_for(a.size)](out.reshape(out.size), a.reshape(a.size),
+                                                         *d_mask)
 
     def _forward(self, d_inputs, lengths, p, rng, state=None):
         """Embedding (dropout p) and the recurrent stack, with its dropout between layers
@@ -162,11 +165,10 @@ class _DeviceTrainer:
         for k, row in enumerate(self.rows):
             if k > 0:                  # the CPU stack's x * mask, drawn in layer order
                 d_mask = None
-                if rng is not None and self.rnn.dropout > 0:
+                if rng is not None and self.rnn.dropout > 0:    # x stays as layer k - 1 wrote it
                     x_in = self.workspace.empty(f"layer_in{k}", x.shape)
-                    x_in.copy_to_device(x)             # x stays as layer k - 1 wrote it
-                    d_mask = self._dropout(f"layer_mask{k}", x_in, self.rnn.dropout, rng)
-                    x = x_in
+                    d_mask = self._dropout(f"layer_mask{k}", x, self.rnn.dropout, rng, out=x_in)
+                    x = x if d_mask is None else x_in
                 self.layer_masks.append(d_mask)
             outs = []
             for cell in row:

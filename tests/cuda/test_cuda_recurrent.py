@@ -542,19 +542,23 @@ def test_device_calls_with_state_none_equal_zero_state(path):
         assert np.array_equal(g1[k], g2[k]), k
 
 
-@pytest.mark.parametrize("kind,layers", [("ql", 2), ("bilstm", 1), ("gru", 2)])
-def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(kind, layers, monkeypatch):
+@pytest.mark.parametrize("kind,layers,layer_dropout", [("ql", 2, 0.0), ("bilstm", 1, 0.0), ("gru", 2, 0.0),
+                                                     ("ql", 2, 0.3)])
+def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(kind, layers, layer_dropout,
+                                                                    monkeypatch):
     """After a first step, a CudaTrainer step of a batch no larger (here shorter, with other
     ids) allocates no device memory (a free can stall the device), copies from the device
     three times (the losses and probabilities after the forward, the gradient norm's
     partial sums) and to it six times (the batch's integers, the dropout mask, each of
     the two cells' lengths (and closes), the embedding gradient's id runs, sorted on the
-    host while the forward runs, Adam's constants)."""
+    host while the forward runs, Adam's constants), seven with dropout between the layers
+    (its mask; the masked input is written by the mask's kernel, not copied first)."""
     from qlnumba.gpu.model import CudaTrainer
     from qlnumba.gpu.recurrent import cuda
     rng = make_rng(65)
     model = qlnumba.SequenceClassifier(11, embed_dim=3, hidden_size=4, kind=kind, num_layers=layers,
-                                       block_size=2, embed_dropout=0.2, device="cuda", seed=8)
+                                       block_size=2, embed_dropout=0.2, layer_dropout=layer_dropout,
+                                       device="cuda", seed=8)
     trainer = CudaTrainer(model, qlnumba.Adam(model.params, lr=0.01, clip_norm=1.0))
     ids = np.arange(15).reshape(3, 5) % 11                  # every id: the most distinct ids
     targets = np.array([0, 1, 1])
@@ -569,7 +573,7 @@ def test_cuda_trainer_step_allocates_nothing_and_waits_three_times(kind, layers,
         monkeypatch.setattr(array_type, name,
                             lambda self, *a, _real=real, _name=name, **k: calls.append(_name) or _real(self, *a, **k))
     trainer.step(rng.integers(0, 11, (3, 4)), np.array([4, 2, 3]), targets, rng=np.random.default_rng(2))
-    assert sorted(calls) == ["copy_to_device"] * 6 + ["copy_to_host"] * 3
+    assert sorted(calls) == ["copy_to_device"] * (6 + (layer_dropout > 0)) + ["copy_to_host"] * 3
 
 
 def test_cuda_trainer_refuses_what_it_cannot_train():
