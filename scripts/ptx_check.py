@@ -302,7 +302,7 @@ def check_trainer_kernels(gmodel, dtype):
     k = gmodel.kernels(np.dtype(dtype))
     dev = cuda.to_device
     out, h, rows = dev(np.zeros((6, 4), dtype)), dev(np.zeros((2, 4), dtype)), dev(np.array([2, 3]))
-    k["dropout"][1, 1](out.reshape(-1), dev(np.zeros(24, np.uint16)), 19661, np.dtype(dtype).type(1.25))
+    k["dropout"][1, 1](out.reshape(-1), out.reshape(-1), dev(np.zeros(24, np.uint16)), 19661, np.dtype(dtype).type(1.25))
     k["gather_rows"][1, 1](h, out, rows)
     k["scatter_rows"][1, 1](out, h, rows)
     k["add"][1, 1](out.reshape(-1), out.reshape(-1))
