@@ -75,7 +75,7 @@ def main(argv=None):
 
 
 def run(args):
-    from qlnumba import QLLSTMClassifier
+    from qlnumba import MODEL_KINDS, QLLSTMClassifier
     from qlnumba.cli import check_options
     from qlnumba.config import set_num_threads
     from qlnumba.data import load_fashion_mnist
@@ -102,7 +102,8 @@ def run(args):
                            device=args.device)
     steps = x_train.shape[1]
     print(f"{args.model}, {len(x_train)} training images as {steps} steps of "
-          f"{x_train.shape[2] if x_train.ndim == 3 else 1} pixels, K = {block}")
+          f"{x_train.shape[2] if x_train.ndim == 3 else 1} pixels"
+          + (f", K = {block}" if MODEL_KINDS[args.model][1].get("hgr") else ""))
     t0 = time.time()
     clf.fit(x_train, y_train)
     train_seconds = time.time() - t0
