@@ -162,12 +162,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         different sizes)."""
         self._check_params()
         rng = np.random.default_rng(self.random_state)
-        if self.warm_start and hasattr(self, "model_"):
+        fresh = not (self.warm_start and hasattr(self, "model_"))
+        if fresh:
+            corpus, targets = self._initialize(X, y, None, rng)
+        else:
             self._check_network_params()
             corpus, targets = self._encode_labelled(X, y)
-        else:
-            corpus, targets = self._initialize(X, y, None, rng)
-        weights = self._weights(targets, sample_weight)
+        weights = self._weights(targets, sample_weight, forget=fresh)
         self._optimizer, self._rng = self._new_optimizer(), rng   # partial_fit goes on from them
         self._train(corpus, targets, rng, self.max_epochs, self.early_stopping, weights)
         return self
@@ -190,26 +191,26 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             rng = np.random.default_rng(self.random_state)
             corpus, targets = self._initialize(X, y, classes, rng)
             self._rng = rng                    # the next calls draw on from it, as fit's epochs
+            weights = self._weights(targets, sample_weight, forget=True)
         else:
             if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
                 raise ValueError(f"classes {np.unique(classes).tolist()} differ from those of "
                                  f"the first call, {self.classes_.tolist()}")
             self._check_network_params()
             corpus, targets = self._encode_labelled(X, y)
+            weights = self._weights(targets, sample_weight)
         if getattr(self, "_rng", None) is None:          # after load
             self._rng = np.random.default_rng(self.random_state)
         if getattr(self, "_optimizer", None) is None:
             self._optimizer = self._new_optimizer()
-        self._train(corpus, targets, self._rng, 1, False, self._weights(targets, sample_weight))
+        self._train(corpus, targets, self._rng, 1, False, weights)
         return self
 
     def _initialize(self, X, y, classes, rng):
         """A new network for X and y (a vocabulary from the texts of X; the labels of y, or
         ``classes``); returns the encoded X and y's class indices."""
         dtype = np.dtype(self.dtype)
-        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
-            delattr(self, attr)                # a refit that fails leaves no half-old state
-        self._optimizer = self._rng = None
+        self._forget()                         # a refit that fails leaves no half-old state
         self._vocabulary_params = {}
         X = _sized(X)
         self.input_ = self._input_kind(X)
@@ -237,6 +238,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_, self.loss_curve_, self.validation_scores_ = 0, [], []
         self.best_validation_score_ = None
         return corpus, targets.astype(np.int64)
+
+    def _forget(self):
+        """Drop what a fit learned (the attributes that end in "_", the Adam state): the
+        classifier is unfitted again."""
+        for attr in [a for a in vars(self) if a.endswith("_") and not a.startswith("_")]:
+            delattr(self, attr)
+        self._optimizer = self._rng = None
 
     def _check_network_params(self):
         """ValueError where a parameter that the fitted network was built with has been
@@ -282,17 +290,23 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                              f"{self.classes_.tolist()}: {np.unique(y[~known]).tolist()[:5]}")
         return np.searchsorted(self.classes_, y).astype(np.int64)
 
-    def _weights(self, targets, sample_weight):
+    def _weights(self, targets, sample_weight, forget=False):
         """Each sequence's weight in the loss, float64 (n,): ``sample_weight`` times its
-        class's ``class_weight``; None where both are None (every sequence weighs 1)."""
-        weights = None if sample_weight is None else check_sample_weight(sample_weight, len(targets))
-        if _check_class_weight(self.class_weight) is not None:
-            per_class = self._class_weights(targets)
-            weights = per_class[targets] * (1.0 if weights is None else weights)
-        if weights is not None and not weights.any():
-            which = "sample_weight" if self.class_weight is None else \
-                "sample_weight times class_weight"
-            raise ValueError(f"{which} is zero for every sequence: there is nothing to learn from")
+        class's ``class_weight``; None where both are None (every sequence weighs 1).
+        ``forget``: on bad weights, drop the network just built (no half-fitted classifier)."""
+        try:
+            weights = None if sample_weight is None else check_sample_weight(sample_weight, len(targets))
+            if _check_class_weight(self.class_weight) is not None:
+                per_class = self._class_weights(targets)
+                weights = per_class[targets] * (1.0 if weights is None else weights)
+            if weights is not None and not weights.any():
+                which = "sample_weight" if self.class_weight is None else \
+                    "sample_weight times class_weight"
+                raise ValueError(f"{which} is zero for every sequence: there is nothing to learn from")
+        except ValueError:
+            if forget:
+                self._forget()
+            raise
         return weights
 
     def _class_weights(self, targets):

@@ -110,8 +110,16 @@ def test_class_weight_multiplies_each_sequences_weight():
                         ({"ok": 2.0}, r"class_weight names the label 'ok', which is not among the "
                                       r"classes \['neg', 'pos'\]"),
                         ({"neg": 0.0, "pos": 0.0}, "sample_weight times class_weight is zero for every")]:
+        clf = make(class_weight=cw)
         with pytest.raises(ValueError, match=message):
-            make(class_weight=cw).fit(texts, labels)
+            clf.fit(texts, labels)
+        with pytest.raises(NotFittedError):            # no half-built network stays behind
+            clf.predict(texts)
+    first = make(class_weight={"ok": 1.0})
+    with pytest.raises(ValueError, match="class_weight names the label 'ok'"):
+        first.partial_fit(texts, labels, classes=["neg", "pos"])
+    with pytest.raises(ValueError, match="needs classes"):         # still the first call
+        first.partial_fit(texts, labels)
     with pytest.raises(ValueError, match="class_weight='balanced' needs every label at once"):
         make(class_weight="balanced").partial_fit(texts, labels, classes=["neg", "pos"])
     part = make(class_weight={"pos": 2}).partial_fit(texts, labels, classes=["neg", "pos"])
