@@ -296,7 +296,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         ``forget``: on bad weights, drop the network just built (no half-fitted classifier)."""
         try:
             weights = None if sample_weight is None else check_sample_weight(sample_weight, len(targets))
-            if _check_class_weight(self.class_weight) is not None:
+            if self.class_weight is not None:          # checked by fit and partial_fit
                 per_class = self._class_weights(targets)
                 weights = per_class[targets] * (1.0 if weights is None else weights)
             if weights is not None and not weights.any():
@@ -402,7 +402,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             try:
                 params = dict(state["params"], device=model.config["device"])
                 if isinstance(params.get("class_weight"), list):
-                    params["class_weight"] = {k: w for k, w in params["class_weight"]}
+                    params["class_weight"] = dict(params["class_weight"])
                 clf = cls(**params)
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{path}: corrupt estimator state ({exc})") from None

@@ -217,12 +217,12 @@ class SequenceClassifier:
         losses = np.empty(B, self.dtype)
         t = np.zeros(B, np.int64) if targets is None else targets
         linear_xent_forward(probs, losses, h_last, t, self.params["head.W"], self.params["head.b"])
+        if targets is None:
+            self._tape = (ids, lengths, t, emb_mask, h_last, head_mask, probs, None, False)
+            return None, probs
         # each row's share of the loss, for backward: 1/B, or w_i/B with sample weights
         shares = np.full(B, 1.0 / B) if sample_weight is None else sample_weight / B
-        self._tape = (ids, lengths, t, emb_mask, h_last, head_mask, probs, shares,
-                      targets is not None)
-        if targets is None:
-            return None, probs
+        self._tape = (ids, lengths, t, emb_mask, h_last, head_mask, probs, shares, True)
         return float(losses.mean() if sample_weight is None else losses @ shares), probs
 
     def backward(self):

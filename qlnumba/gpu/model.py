@@ -168,7 +168,7 @@ class _DeviceTrainer:
                 if rng is not None and self.rnn.dropout > 0:    # x stays as layer k - 1 wrote it
                     x_in = self.workspace.empty(f"layer_in{k}", x.shape)
                     d_mask = self._dropout(f"layer_mask{k}", x, self.rnn.dropout, rng, out=x_in)
-                    x = x if d_mask is None else x_in
+                    x = x_in
                 self.layer_masks.append(d_mask)
             outs = []
             for cell in row:
@@ -246,9 +246,9 @@ class _DeviceTrainer:
         a model of feature vectors: no embedding gradient).  ``shares``: None (the mean
         loss), or each row's share w_i / N of the loss as in ``model.forward``, a pair
         (float64 (N,) on the host, its copy on the device, made before the forward: a copy
-        now would wait for it).  Returns (mean loss, the probabilities (N, C), or the rows ``d_pick`` of them,
-        on the host).  The gradient stops at the initial state (truncated BPTT for a
-        carried one)."""
+        now would wait for it).  Returns (mean loss, the probabilities (N, C), or the rows
+        ``d_pick`` of them, on the host).  The gradient stops at the initial state
+        (truncated BPTT for a carried one)."""
         k, ws, P, G = kernels(self.dtype), self.workspace, self.params, self.grads
         B, T, D = x.shape
         N, C, W = d_rows.shape[0] // parts, P["head.b"].shape[0], D // parts
