@@ -38,6 +38,15 @@ def check_targets(targets, valid, vocab_size):
     return targets
 
 
+def draw(weights, u):
+    """The index drawn from ``weights`` (V,) (>= 0, not all 0) by ``u`` in [0, 1): the first i
+    with cumsum(weights)[i] > u * cumsum(weights)[-1].  Scaling by the last partial sum, not by
+    weights.sum() (summed in another order, it can be larger in the last bits), keeps the
+    point below every partial sum's end, so an index of weight 0 is never drawn."""
+    ends = np.cumsum(weights)
+    return int(np.searchsorted(ends, u * ends[-1], side="right"))
+
+
 class LanguageModel:
     """Next-token model over a vocabulary of ``vocab_size`` ids (0 is padding).
 
@@ -218,7 +227,6 @@ class LanguageModel:
             if top == -np.inf:                              # every id left rounded to 0: uniform
                 logp, top = np.where(drawable, 0.0, -np.inf), 0.0
             p = np.exp(logp - top)                          # p^(1/T), scaled: no underflow at small T
-            out[i] = np.searchsorted(np.cumsum(p), rng.random() * p.sum(), side="right")
-            out[i] = min(out[i], len(p) - 1)
+            out[i] = draw(p, rng.random())
             _, probs, state = self.forward(out[i:i + 1][None, :], state=state)
         return out

@@ -14,7 +14,7 @@ from qlnumba.checkpoint import load_checkpoint, save_checkpoint
 from qlnumba.data import DataError, default_shakespeare_dir, load_shakespeare
 from qlnumba.data.shakespeare import (char_vocabulary, decode_chars, encode_chars, split_ids,
                                       stream_batches)
-from qlnumba.lm import LM_KINDS, LanguageModel
+from qlnumba.lm import LM_KINDS, LanguageModel, draw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 import shakespeare as train_shakespeare  # noqa: E402
@@ -176,6 +176,23 @@ def test_generation_when_every_id_left_has_probability_zero(monkeypatch):
     monkeypatch.setattr(model, "forward", peaked)
     out = model.generate(np.array([2]), 60, np.random.default_rng(0), exclude=(0, 1))
     assert set(out.tolist()) == {2, 3, 4}
+
+
+def test_a_draw_never_lands_on_a_weight_of_zero():
+    """u * weights.sum() (pairwise, in another order than cumsum) could pass the last partial
+    sum: searchsorted then gave len(weights), clamped to the last id, here of weight 0."""
+    seed = 0
+    print("seed", seed)
+    rng, top = np.random.default_rng(seed), np.nextafter(1.0, 0.0)   # rng.random()'s largest
+    found = 0
+    for _ in range(200):
+        w = np.append(rng.random(64), 0.0)                  # the last id excluded
+        if np.searchsorted(np.cumsum(w), top * w.sum(), side="right") == len(w):
+            found += 1                                      # the old draw's case
+        assert draw(w, top) == 63 and draw(w, 0.0) == 0
+    assert found > 0
+    w = np.array([0.0, 0.25, 0.0, 0.75, 0.0])
+    assert [draw(w, u) for u in (0.0, 0.2499, 0.25, 0.9, top)] == [1, 1, 3, 3, 3]
 
 
 def test_bad_input_is_refused():
