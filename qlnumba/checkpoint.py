@@ -67,7 +67,11 @@ def load_checkpoint(path, device=None):
         raise ValueError(f"{path} is not a readable qlnumba checkpoint ({exc})") from None
     if arrays.get("__format__") is None or str(arrays["__format__"]) != FORMAT:
         raise ValueError(f"{path} is not a qlnumba checkpoint (no '{FORMAT}' marker)")
-    version = int(arrays["__version__"])
+    version = arrays.get("__version__")
+    if version is None or version.shape != () or version.dtype.kind not in "iu":
+        raise ValueError(f"{path}: corrupt checkpoint (no integer '__version__', got "
+                         f"{None if version is None else f'{version.dtype} {version.shape}'})")
+    version = int(version)
     if version != VERSION:
         raise ValueError(f"{path} has checkpoint version {version}; this qlnumba reads version {VERSION}")
     try:

@@ -249,6 +249,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     def _check_network_params(self):
         """ValueError where a parameter that the fitted network was built with has been
         changed since (``set_params``): training it on would silently ignore the change."""
+        changed = self._network_changes()
+        if changed:
+            raise ValueError(f"the fitted network was built with other parameters ({', '.join(changed)}); "
+                             "set them back to train it on, or fit with warm_start=False for a new one")
+
+    def _network_changes(self):
+        """'name built -> now' for each parameter that differs from what built the network."""
         config = self.model_.config
         names = NETWORK_PARAMS + (("embed_dim",) if self.input_ != "features" else ())
         wanted = {n: np.dtype(self.dtype).name if n == "dtype" else getattr(self, n) for n in names}
@@ -257,9 +264,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             built = getattr(self, "_vocabulary_params", {})
             changed += [f"{n} {v!r} -> {getattr(self, n)!r}" for n, v in built.items()
                         if getattr(self, n) != v]
-        if changed:
-            raise ValueError(f"the fitted network was built with other parameters ({', '.join(changed)}); "
-                             "set them back to train it on, or fit with warm_start=False for a new one")
+        return changed
 
     def _encode_labelled(self, X, y):
         """X encoded for the fitted network, and y's indices into ``classes_``."""
@@ -383,50 +388,50 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         if not isinstance(model, SequenceClassifier):
             raise ValueError(f"{path} holds a {type(model).__name__}, not a classifier")
         state = meta.get("estimator")
-        if state is None:                                    # train/imdb.py's checkpoint
-            if vocab is None:
-                raise ValueError(f"{path} has neither an estimator's state nor a vocabulary")
-            data, config = meta.get("data", {}), model.config
-            clf = cls(kind=config["kind"], hidden_size=config["hidden_size"],
-                      embed_dim=config["embed_dim"], num_layers=config["num_layers"],
-                      block_size=config["block_size"], input="text", vocab_size=len(vocab),
-                      embed_dropout=config["embed_dropout"], head_dropout=config["head_dropout"],
-                      layer_dropout=config["layer_dropout"], max_len=data.get("max_len"),
-                      keep=data.get("keep", "end"),
-                      dtype=config["dtype"], device=config["device"])
-            state = {"input": "text", "classes": [0, 1], "classes_dtype": "<i8"}
-        elif not isinstance(state, dict) or state.get("class") != ESTIMATOR_META:
-            raise ValueError(f"{path}: the checkpoint's estimator state is not a "
-                             f"{cls.__name__}'s")
-        else:
-            try:
+        if state is None and vocab is None:
+            raise ValueError(f"{path} has neither an estimator's state nor a vocabulary")
+        if state is not None and (not isinstance(state, dict) or state.get("class") != ESTIMATOR_META):
+            raise ValueError(f"{path}: the checkpoint's estimator state is not a {cls.__name__}'s")
+        try:
+            if state is None:                                # train/imdb.py's checkpoint
+                data, config = meta.get("data", {}), model.config
+                clf = cls(kind=config["kind"], hidden_size=config["hidden_size"],
+                          embed_dim=config["embed_dim"], num_layers=config["num_layers"],
+                          block_size=config["block_size"], input="text", vocab_size=len(vocab),
+                          embed_dropout=config["embed_dropout"], head_dropout=config["head_dropout"],
+                          layer_dropout=config["layer_dropout"], max_len=data.get("max_len"),
+                          keep=data.get("keep", "end"),
+                          dtype=config["dtype"], device=config["device"])
+                state = {"input": "text", "classes": [0, 1], "classes_dtype": "<i8"}
+            else:
                 params = dict(state["params"], device=model.config["device"])
                 if isinstance(params.get("class_weight"), list):
                     params["class_weight"] = dict(params["class_weight"])
                 clf = cls(**params)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ValueError(f"{path}: corrupt estimator state ({exc})") from None
-        try:
+            clf._check_params()                 # a value no fit would take: corrupt
             clf.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"]))
             clf.input_ = state["input"]
-        except (KeyError, TypeError, ValueError) as exc:
+            clf._restore_history(state, meta)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: corrupt estimator state ({exc})") from None
-        if clf.input_ not in INPUTS[1:] or len(clf.classes_) != model.config["num_classes"] \
-                or (clf.input_ == "text") != (vocab is not None):
+        if clf.input_ not in INPUTS[1:] or clf.classes_.ndim != 1 \
+                or len(clf.classes_) != model.config["num_classes"] \
+                or len(np.unique(clf.classes_)) != len(clf.classes_) \
+                or (clf.input_ == "text") != (vocab is not None) \
+                or (clf.input_ == "features") != (model.config["input_size"] is not None):
             raise ValueError(f"{path}: the estimator state does not match the network "
-                             f"(input {clf.input_!r}, {len(clf.classes_)} classes)")
+                             f"(input {clf.input_!r}, classes {clf.classes_.tolist()!r})")
         clf.model_, clf.vocabulary_ = model, vocab
         if vocab is not None:               # built with the parameters that come with it
             clf._vocabulary_params = dict(vocab_size=clf.vocab_size, min_freq=clf.min_freq)
-        clf.n_iter_ = state.get("n_iter", meta.get("epoch", 0))
-        clf.loss_curve_ = list(state.get("loss_curve", []))
-        clf.validation_scores_ = list(state.get("validation_scores", []))
-        clf.best_validation_score_ = state.get("best_validation_score",
-                                               meta.get("best_val_accuracy"))
-        if "n_features_in" in state:
-            clf.n_features_in_ = int(state["n_features_in"])
-        if "feature_names_in" in state:
-            clf.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
+        changed = clf._network_changes()
+        if changed:
+            raise ValueError(f"{path}: the estimator state does not match the network (its "
+                             f"parameters say {', '.join(changed)})")
+        if hasattr(clf, "n_features_in_") and model.config["input_size"] != 1:
+            raise ValueError(f"{path}: the estimator state does not match the network (a "
+                             f"table of {clf.n_features_in_} columns: steps of 1 feature, not "
+                             f"input_size {model.config['input_size']})")
         if opt_state is not None:                   # partial_fit goes on from it
             clf._optimizer = clf._new_optimizer()
             try:
@@ -434,6 +439,32 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             except ValueError as exc:
                 raise ValueError(f"{path}: corrupt optimizer state ({exc})") from None
         return clf
+
+    def _restore_history(self, state, meta):
+        """The fitted attributes besides the network from a checkpoint's estimator state
+        (or a training program's meta); TypeError or ValueError where one has a wrong type."""
+        def real_list(name):
+            values = state.get(name, [])
+            if not isinstance(values, list) or not all(is_real(v) for v in values):
+                raise ValueError(f"{name} must be a list of numbers, got {values!r}")
+            return list(values)
+        n_iter = state.get("n_iter", meta.get("epoch", 0))
+        best = state.get("best_validation_score", meta.get("best_val_accuracy"))
+        if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
+            raise ValueError(f"n_iter must be an integer >= 0, got {n_iter!r}")
+        if best is not None and not is_real(best):
+            raise ValueError(f"best_validation_score must be a number or null, got {best!r}")
+        self.n_iter_, self.best_validation_score_ = n_iter, best
+        self.loss_curve_ = real_list("loss_curve")
+        self.validation_scores_ = real_list("validation_scores")
+        if "n_features_in" in state:
+            self.n_features_in_ = check_size(state["n_features_in"], "n_features_in")
+        if "feature_names_in" in state:
+            names = state["feature_names_in"]
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names) \
+                    or len(names) != getattr(self, "n_features_in_", None):
+                raise ValueError(f"feature_names_in must be n_features_in strings, got {names!r}")
+            self.feature_names_in_ = np.asarray(names, dtype=object)
 
     # ---- training ----------------------------------------------------------------------
 

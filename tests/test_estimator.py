@@ -396,6 +396,56 @@ def test_load_refuses_what_is_not_a_classifier(tmp_path):
                default=str)                          # get_params itself stays untouched
 
 
+def test_load_refuses_an_estimator_state_no_fit_would_write(tmp_path):
+    """Each of these loaded, then failed with a TypeError in predict or in load itself, or
+    loaded a classifier whose parameters disagreed with its network."""
+    pd = pytest.importorskip("pandas")
+    clf = QLLSTMClassifier(hidden_size=2, block_size=2, max_epochs=1, random_state=0)
+    clf.fit(pd.DataFrame(np.arange(12.0).reshape(4, 3), columns=list("abc")), [0, 1, 0, 1])
+    clf.save(tmp_path / "good.npz")
+    with np.load(tmp_path / "good.npz") as z:
+        arrays = dict(z)
+    good = json.loads(str(arrays["__meta__"]))
+    cases = [("params", "max_len", "x", "max_len must be an integer >= 1"),
+             ("params", "batch_size", 0, "batch_size must be an integer >= 1"),
+             ("params", "hidden_size", 9, r"its parameters say hidden_size 2 -> 9\)"),
+             ("params", "embed_dim", 9, None),            # no embedding: not read, fine
+             (None, "loss_curve", 3, "loss_curve must be a list of numbers"),
+             (None, "n_iter", "1", "n_iter must be an integer >= 0"),
+             (None, "best_validation_score", [], "best_validation_score must be a number"),
+             (None, "n_features_in", "x", "n_features_in must be an integer >= 1"),
+             (None, "feature_names_in", ["a"], "feature_names_in must be n_features_in strings"),
+             (None, "classes", 3, "classes 3"),
+             (None, "classes", [0, 0], r"classes \[0, 0\]"),
+             (None, "input", "ids", "input 'ids'")]
+    for where, key, value, match in cases:
+        meta = json.loads(json.dumps(good))
+        (meta["estimator"]["params"] if where else meta["estimator"])[key] = value
+        arrays["__meta__"] = np.array(json.dumps(meta))
+        np.savez(tmp_path / "bad.npz", **arrays)
+        if match is None:
+            QLLSTMClassifier.load(tmp_path / "bad.npz").predict(np.zeros((1, 3)))
+            continue
+        with pytest.raises(ValueError, match="bad.npz: (corrupt estimator state|the estimator "
+                                             "state does not match the network) \\(.*" + match):
+            QLLSTMClassifier.load(tmp_path / "bad.npz")
+    cube = QLLSTMClassifier(hidden_size=2, block_size=2, max_epochs=1).fit(np.zeros((2, 3, 2)), [0, 1])
+    cube.save(tmp_path / "cube.npz")                 # steps of 2 features: no table columns
+    with np.load(tmp_path / "cube.npz") as z:
+        cube_arrays = dict(z)
+    meta = json.loads(str(cube_arrays["__meta__"]))
+    meta["estimator"]["n_features_in"] = 3
+    cube_arrays["__meta__"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "bad.npz", **cube_arrays)
+    with pytest.raises(ValueError, match="not match the network .a table of 3 columns: steps of 1 "
+                                         "feature, not input_size 2"):
+        QLLSTMClassifier.load(tmp_path / "bad.npz")
+    arrays["__meta__"] = np.array(json.dumps(good))
+    np.savez(tmp_path / "again.npz", **arrays)
+    again = QLLSTMClassifier.load(tmp_path / "again.npz")
+    assert list(again.feature_names_in_) == ["a", "b", "c"] and again.n_iter_ == 1
+
+
 @pytest.mark.parametrize("params, match", [
     (dict(kind="transformer"), "kind must be one of"),
     (dict(input="images"), "input must be one of"),

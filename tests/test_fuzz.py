@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+import pytest
 
 import qlnumba
 from qlnumba import QLLSTMClassifier
@@ -18,7 +19,7 @@ DTYPES = [np.int8, np.int32, np.int64, np.uint8, np.uint64, np.float16, np.float
 
 
 @st.composite
-def arrays(draw):
+def arrays_of_any_kind(draw):
     shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
     values = draw(st.lists(st.sampled_from(VALUES), min_size=int(np.prod(shape)),
                            max_size=int(np.prod(shape))))
@@ -31,7 +32,7 @@ def arrays(draw):
             return np.zeros(shape, dtype)
 
 
-anything = st.one_of(arrays(), st.none(), st.lists(st.integers(-2, 12), max_size=4),
+anything = st.one_of(arrays_of_any_kind(), st.none(), st.lists(st.integers(-2, 12), max_size=4),
                      st.sampled_from([3, 2.5, True, "abc"]))
 
 
@@ -112,3 +113,86 @@ def test_the_estimator_refuses_any_data_with_a_value_error(data, data2, input, c
         event("fitted")                     # --hypothesis-show-statistics: how often
         only_value_errors(lambda: clf.predict(data2[0]))
         only_value_errors(lambda: clf.partial_fit(*data2))
+
+
+JSON_VALUES = [None, -1, 0, 3, 1e308, 0.5, True, "x", "text", [], [1, "a"], {}, {"a": 1}]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """The arrays of a text classifier's checkpoint (fitted twice: with optimizer state), of
+    a features classifier's, and of a language model's."""
+    from qlnumba.checkpoint import save_checkpoint
+    from qlnumba.data.text import Vocabulary
+    folder = tmp_path_factory.mktemp("checkpoints")
+    texts = QLLSTMClassifier(hidden_size=2, embed_dim=2, block_size=2, max_epochs=1, random_state=0)
+    texts.partial_fit(["a b", "b c a", "c"], ["x", "y", "x"], classes=["x", "y"])
+    texts.save(folder / "texts.npz")
+    features = QLLSTMClassifier(hidden_size=2, block_size=2, max_epochs=1, random_state=0,
+                                early_stopping=True, validation_fraction=0.5)
+    features.fit(np.arange(12.0).reshape(4, 3), [0, 1, 0, 1])
+    features.save(folder / "features.npz")
+    lm = qlnumba.LanguageModel(4, embed_dim=2, hidden_size=2, block_size=2, seed=0)
+    save_checkpoint(folder / "lm.npz", lm, Vocabulary(["<pad>", "<unk>", "a", "b"]),
+                    meta={"epoch": 1})
+    out = {}
+    for name in ("texts", "features", "lm"):
+        with np.load(folder / f"{name}.npz") as z:
+            out[name] = dict(z)
+    return out
+
+
+def json_paths(obj, prefix=()):
+    """The key path of every value in nested JSON dicts, the dicts' own included."""
+    yield prefix
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from json_paths(value, prefix + (key,))
+
+
+def set_json(obj, path, value):
+    """obj with the value at ``path`` replaced, or deleted for value ``...``."""
+    if not path:
+        return value
+    obj = dict(obj)
+    if len(path) == 1 and value is ...:
+        del obj[path[0]]
+    else:
+        obj[path[0]] = set_json(obj[path[0]], path[1:], value)
+    return obj
+
+
+@settings(max_examples=MANY, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(["texts", "features", "lm"]), how=st.sampled_from(["drop", "array", "json"]),
+       data=st.data())
+def test_a_corrupt_checkpoint_is_refused_with_a_value_error(checkpoints, tmp_path_factory, name, how, data):
+    """Any key dropped or replaced by any array, or any value in the JSON metadata (deep in
+    it too) replaced or dropped: load_checkpoint, QLLSTMClassifier.load then predict, and
+    `qlnumba info` refuse it with a ValueError (exit status 2), or load something that works."""
+    import json
+
+    from qlnumba.checkpoint import load_checkpoint
+    from qlnumba.cli import main
+    arrays = dict(checkpoints[name])
+    if how == "json":
+        key = data.draw(st.sampled_from(["__meta__", "__vocab__"] if "__vocab__" in arrays
+                                        else ["__meta__"]))
+        meta = json.loads(str(arrays[key]))
+        path = data.draw(st.sampled_from(list(json_paths(meta))))
+        value = data.draw(st.sampled_from(JSON_VALUES + ([...] if path else [])))
+        arrays[key] = np.array(json.dumps(set_json(meta, path, value)))
+        event(f"{key} {'/'.join(map(str, path[:2]))}")
+    else:
+        key = data.draw(st.sampled_from(sorted(arrays)))
+        if how == "drop":
+            del arrays[key]
+        else:
+            arrays[key] = data.draw(arrays_of_any_kind())
+    path = tmp_path_factory.mktemp("fuzz") / "c.npz"
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    only_value_errors(lambda: load_checkpoint(path))
+    if name != "lm":
+        only_value_errors(lambda: QLLSTMClassifier.load(path).predict(
+            ["a b"] if name == "texts" else np.zeros((1, 3))))
+    assert main(["info", str(path), "--threads", "1"]) in (0, 2)

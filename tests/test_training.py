@@ -95,6 +95,14 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     np.savez(tmp_path / "shapes.npz", **arrays)
     with pytest.raises(ValueError, match="head.W"):
         load_checkpoint(tmp_path / "shapes.npz")
+    for version in (None, np.array("1"), np.array([1, 1]), np.array(1.0)):   # KeyError, ..., took 1.0
+        if version is None:
+            arrays.pop("__version__")
+        else:
+            arrays["__version__"] = version
+        np.savez(tmp_path / "version.npz", **arrays)
+        with pytest.raises(ValueError, match="version.npz: corrupt checkpoint .no integer '__version__'"):
+            load_checkpoint(tmp_path / "version.npz")
     arrays["__version__"] = np.array(99)
     np.savez(tmp_path / "future.npz", **arrays)
     with pytest.raises(ValueError, match="version 99"):
