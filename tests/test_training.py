@@ -1,5 +1,6 @@
 """Checkpoints, the training program's CLI, and a short run on real IMDB reviews."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -199,6 +200,42 @@ def test_training_cli_resume_refuses_other_model_options(tiny_imdb, tmp_path, ca
     assert err.startswith("error: ") and "--hidden 8 (the checkpoint's: 4), --layer-dropout 0.2 " \
         "(the checkpoint's: 0.0)" in err and "--model" not in err
     assert train_imdb.main(resume + ["--hidden", "4"]) == 0      # its own value; --layers left out
+
+
+def test_training_cli_refuses_a_checkpoint_that_is_not_an_imdb_classifier(tiny_imdb, tmp_path, capsys):
+    """--resume and --eval read any qlnumba checkpoint.  A language model's --eval scored it as
+    a classifier (exit 0), a 3-class model trained on as one, a features classifier's --resume
+    was an AttributeError, and a non-integer epoch a TypeError.  A QLLSTMClassifier of text
+    into 0 and 1 is fine."""
+    from qlnumba import QLLSTMClassifier
+    vocab = Vocabulary(["<pad>", "<unk>", "a", "b", "c"])
+    save_checkpoint(tmp_path / "lm.npz", qlnumba.LanguageModel(5, embed_dim=2, hidden_size=2, seed=0),
+                    vocab, meta={"epoch": 1})
+    QLLSTMClassifier(hidden_size=2, block_size=2, max_epochs=1).fit(
+        np.zeros((3, 4)), [0, 1, 0]).save(tmp_path / "features.npz")
+    QLLSTMClassifier(hidden_size=2, embed_dim=2, max_epochs=1).fit(
+        ["a b", "c", "b"], [0, 1, 2]).save(tmp_path / "three.npz")
+    for name, meta in (("epoch", {"epoch": "1"}), ("data", {"epoch": 1, "data": [1]}),
+                       ("keep", {"epoch": 1, "data": {"keep": "middle"}}),
+                       ("max_len", {"epoch": 1, "data": {"max_len": 0}})):
+        save_checkpoint(tmp_path / f"{name}.npz", small_model(), Vocabulary(vocab.itos + ["d"]),
+                        meta=meta)
+    cases = {"lm": "holds a language model; IMDB needs a classifier of text",
+             "features": r"holds a classifier of ids or features \(no vocabulary\)",
+             "three": r"classifies into the labels \[0, 1, 2\], not IMDB's labels 0 and 1",
+             "epoch": r"corrupt training state \(epoch '1'", "data": r"corrupt training state \(data \[1\]\)",
+             "keep": "keep 'middle'", "max_len": "max_len must be an integer >= 1, got 0"}
+    common = ["--data-dir", str(tiny_imdb), "--out", str(tmp_path / "out"), "--threads", "1",
+              "--no-progress", "--epochs", "2"]
+    for name, message in cases.items():
+        for mode in ("--resume", "--eval"):
+            assert train_imdb.main(common + [mode, str(tmp_path / f"{name}.npz")]) == 2, (name, mode)
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and re.search(message, err), (name, mode, err)
+    QLLSTMClassifier(hidden_size=2, embed_dim=2, max_epochs=1, max_len=3).fit(
+        ["a b", "c", "b"], [0, 1, 0]).save(tmp_path / "two.npz")
+    assert train_imdb.main(common + ["--eval", str(tmp_path / "two.npz")]) == 0
+    assert "test_accuracy" in capsys.readouterr().out
 
 
 def test_training_cli_eval_takes_the_device_option(tiny_imdb, tmp_path, capsys):

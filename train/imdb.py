@@ -113,6 +113,44 @@ def new_optimizer(model, args, opt_state=None, path=None):
     return opt
 
 
+def load_imdb_checkpoint(path, device):
+    """``load_checkpoint(path, device)`` for --eval and --resume, checked: a classifier of text
+    (with its vocabulary) into IMDB's labels 0 and 1, with a training state of the right
+    types.  Returns (model, vocab, optimizer state, meta) with meta["epoch"] (0 if none),
+    meta["best_val_accuracy"] (-1 if none) and meta["data"] (max_len and keep; a
+    QLLSTMClassifier's own, from its parameters) filled in."""
+    from qlnumba.checkpoint import load_checkpoint
+    from qlnumba.model import SequenceClassifier
+    from qlnumba.validate import check_size, is_real
+    model, vocab, opt_state, meta = load_checkpoint(path, device)
+    if not isinstance(model, SequenceClassifier) or vocab is None:
+        what = "language model" if not isinstance(model, SequenceClassifier) else \
+            "classifier of ids or features (no vocabulary)"
+        raise ValueError(f"{path} holds a {what}; IMDB needs a classifier of text")
+    estimator = meta.get("estimator")
+    try:
+        classes = estimator["classes"] if estimator is not None else [0, 1]
+        data = meta.get("data", {}) if estimator is None else \
+            {k: estimator["params"][k] for k in ("max_len", "keep")}
+        epoch = meta.get("epoch", 0)
+        best = meta.get("best_val_accuracy", -1.0)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: corrupt training state ({exc})") from None
+    if model.config["num_classes"] != 2 or classes != [0, 1]:
+        into = f"the labels {classes}" if estimator is not None else \
+            f"{model.config['num_classes']} classes"
+        raise ValueError(f"{path} classifies into {into}, not IMDB's labels 0 and 1")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: corrupt training state (data {data!r})")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0 or not is_real(best) \
+            or data.get("keep", "end") not in ("start", "end"):
+        raise ValueError(f"{path}: corrupt training state (epoch {epoch!r}, best_val_accuracy "
+                         f"{best!r}, keep {data.get('keep')!r})")
+    if data.get("max_len") is not None:
+        check_size(data["max_len"], f"{path}: the training state's max_len")
+    return model, vocab, opt_state, dict(meta, epoch=epoch, best_val_accuracy=best, data=data)
+
+
 def check_resumed_model(args, config):
     """ValueError naming each model option given that differs from the checkpoint's model."""
     differ = [f"--{name.replace('_', '-')} {getattr(args, name)} (the checkpoint's: {config[key]})"
@@ -181,18 +219,16 @@ def run(args):
         return {"test_accuracy": acc, "test_macro_f1": f1, "test_by_length": by_length}
 
     if args.eval:
-        model, vocab, _, meta = load_checkpoint(args.eval, args.device)
-        if vocab is None:
-            raise ValueError(f"{args.eval} has no vocabulary; it cannot read text")
-        data = meta.get("data", {})
+        model, vocab, _, meta = load_imdb_checkpoint(args.eval, args.device)
+        data = meta["data"]
         report = test_report(model, vocab, data.get("max_len", args.max_len), data.get("keep", args.keep))
         print(json.dumps(report, indent=1))
         return 0
 
-    resumed = load_checkpoint(args.resume, args.device) if args.resume else None
+    resumed = load_imdb_checkpoint(args.resume, args.device) if args.resume else None
     if resumed:
         check_resumed_model(args, resumed[0].config)
-        done = resumed[3].get("epoch", 0)
+        done = resumed[3]["epoch"]
         if done >= args.epochs:
             raise ValueError(f"{args.resume} has trained {done} epochs; --epochs {args.epochs} "
                              "leaves none to run (--eval evaluates a checkpoint)")
@@ -223,7 +259,7 @@ def run(args):
         opt, meta = new_optimizer(model, args), {}
     trainer = make_trainer(model, opt)             # with --device cuda: every array on the GPU
     counts = model.param_counts()
-    first_epoch = meta.get("epoch", 0) + 1
+    first_epoch = meta.get("epoch", 0) + 1                  # a resumed run's: checked
     best_val = meta.get("best_val_accuracy", -1.0)
     rng = np.random.default_rng([args.seed, first_epoch])
     out_dir.mkdir(parents=True, exist_ok=True)
