@@ -410,13 +410,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                 clf = cls(**params)
             clf._check_params()                 # a value no fit would take: corrupt
             clf.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"]))
+            if clf.classes_.ndim != 1 or len(np.unique(clf.classes_)) != len(clf.classes_):
+                raise ValueError(f"classes must be distinct labels, got {clf.classes_.tolist()!r}")
             clf.input_ = state["input"]
             clf._restore_history(state, meta)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: corrupt estimator state ({exc})") from None
-        if clf.input_ not in INPUTS[1:] or clf.classes_.ndim != 1 \
-                or len(clf.classes_) != model.config["num_classes"] \
-                or len(np.unique(clf.classes_)) != len(clf.classes_) \
+        if clf.input_ not in INPUTS[1:] or len(clf.classes_) != model.config["num_classes"] \
                 or (clf.input_ == "text") != (vocab is not None) \
                 or (clf.input_ == "features") != (model.config["input_size"] is not None):
             raise ValueError(f"{path}: the estimator state does not match the network "

@@ -50,8 +50,9 @@ def test_vocabulary_frequency_order_size_and_unknowns():
     assert vocab.itos == ["<pad>", "<unk>", "b", "a"]
     assert vocab.encode(["a", "zzz", "b"]).tolist() == [3, UNK, 2]
     assert Vocabulary.build([["x", "y", "y"]], min_freq=2).itos == ["<pad>", "<unk>", "y"]
-    with pytest.raises(ValueError):
-        Vocabulary(["a", "b"])
+    for bad in (["a", "b"], ["<pad>", "<unk>", "a", "a"], ["<pad>", "<unk>", 3]):  # 3: from a JSON file
+        with pytest.raises(ValueError, match="a vocabulary is strings that start with"):
+            Vocabulary(bad)
 
 
 def test_encode_truncates_from_either_end_and_never_leaves_a_row_empty():

@@ -415,8 +415,9 @@ def test_load_refuses_an_estimator_state_no_fit_would_write(tmp_path):
              (None, "best_validation_score", [], "best_validation_score must be a number"),
              (None, "n_features_in", "x", "n_features_in must be an integer >= 1"),
              (None, "feature_names_in", ["a"], "feature_names_in must be n_features_in strings"),
-             (None, "classes", 3, "classes 3"),
-             (None, "classes", [0, 0], r"classes \[0, 0\]"),
+             (None, "classes", 3, "classes must be distinct labels, got 3"),
+             (None, "classes", [0, 0], r"classes must be distinct labels, got \[0, 0\]"),
+             (None, "classes", [0, 1, 2], r"classes \[0, 1, 2\]"),
              (None, "input", "ids", "input 'ids'")]
     for where, key, value, match in cases:
         meta = json.loads(json.dumps(good))

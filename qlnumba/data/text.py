@@ -20,8 +20,10 @@ class Vocabulary:
 
     def __init__(self, tokens):
         tokens = list(tokens)
-        if tokens[:2] != ["<pad>", "<unk>"] or len(set(tokens)) != len(tokens):
-            raise ValueError("a vocabulary starts with '<pad>', '<unk>' and has no duplicates")
+        if tokens[:2] != ["<pad>", "<unk>"] or len(set(tokens)) != len(tokens) \
+                or not all(isinstance(t, str) for t in tokens):
+            raise ValueError("a vocabulary is strings that start with '<pad>', '<unk>', with no "
+                             "duplicates")
         self.itos = tokens
         self.stoi = {t: i for i, t in enumerate(tokens)}
 
