@@ -48,9 +48,11 @@ def load_checkpoint(path, device=None):
     was saved from (a model trained on a GPU, read on a machine without one).
 
     Anything that is not a readable checkpoint of this format and version
-    raises ``ValueError`` naming the file and the problem.
+    raises ``ValueError`` naming the file and the problem; a GPU model read where there is
+    no GPU (``device`` None), ``CudaUnavailable`` naming ``device='cpu'``.
     """
     from .data.text import Vocabulary
+    from .gpu import CudaUnavailable
     from .lm import LanguageModel
     from .model import SequenceClassifier
 
@@ -87,6 +89,11 @@ def load_checkpoint(path, device=None):
         model = (LanguageModel if architecture == "language_model" else SequenceClassifier)(**config)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: corrupt checkpoint metadata ({exc})") from None
+    except CudaUnavailable as exc:
+        if device is not None:                   # asked for: the caller's to mend
+            raise
+        raise CudaUnavailable(f"{path} holds a model saved from a GPU, and {exc}; "
+                              "device='cpu' reads it on the CPU") from None
     stored = {k[len("param/"):] for k in arrays if k.startswith("param/")}
     if stored != set(model.params):
         raise ValueError(f"{path}: parameters {sorted(stored ^ set(model.params))} do not match the model")

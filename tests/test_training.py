@@ -251,6 +251,19 @@ def test_training_cli_eval_takes_the_device_option(tiny_imdb, tmp_path, capsys):
     assert "test_accuracy" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(gpu_usable(), reason="a GPU is here: the GPU model loads")
+def test_a_gpu_checkpoint_without_a_gpu_names_device_cpu(tmp_path):
+    from qlnumba import QLLSTMClassifier
+    from qlnumba.gpu import CudaUnavailable
+    model = small_model()
+    model.config["device"] = "cuda"                                 # as a GPU run saves it
+    save_checkpoint(tmp_path / "gpu.npz", model, Vocabulary(["<pad>", "<unk>", "a", "b", "c", "d"]))
+    with pytest.raises(CudaUnavailable, match=r"gpu.npz holds a model saved from a GPU, and .*; "
+                                              r"device='cpu' reads it on the CPU"):
+        QLLSTMClassifier.load(tmp_path / "gpu.npz")
+    assert QLLSTMClassifier.load(tmp_path / "gpu.npz", device="cpu").model_.config["device"] == "cpu"
+
+
 @pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")
 def test_training_cli_without_a_gpu_says_so(tiny_imdb, tmp_path, capsys):
     rc = train_imdb.main(["--data-dir", str(tiny_imdb), "--out", str(tmp_path), "--threads", "1",
