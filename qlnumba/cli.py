@@ -203,8 +203,8 @@ def predict(args):
                 X = np.load(source, allow_pickle=False)
             except ValueError as exc:                  # not a .npy, or an object array
                 raise ValueError(f"{source} is not a .npy array of numbers ({exc})") from None
-            if not isinstance(X, np.ndarray):
-                raise ValueError(f"{source} is not a .npy array")
+            if not isinstance(X, np.ndarray) or X.ndim == 0:
+                raise ValueError(f"{source} is not a .npy array of one or more sequences")
             if clf.input_ == "ids":
                 clf.set_params(input="ids")          # a 2-D array: ids padded with 0
         if len(X) == 0:

@@ -50,6 +50,7 @@ from .validate import check_sample_weight, check_size, is_real
 
 INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
+ID_MAX = int(np.iinfo(np.int32).max)              # ids are stored as int32
 ESTIMATOR_META = "qlnumba.QLLSTMClassifier"      # the checkpoint's meta["estimator"]["class"]
 NETWORK_PARAMS = ("kind", "hidden_size", "num_layers", "block_size", "embed_dropout",   # fixed when
                   "head_dropout", "layer_dropout", "dtype", "device")   # the network is built
@@ -628,6 +629,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             if r.min() < 1:
                 raise ValueError(f"sequence {i} holds id {r.min()}; ids must be >= 1 "
                                  "(0 is padding, and only after a row's end)")
+            if r.max() > ID_MAX:                     # int32 would wrap it onto another id
+                raise ValueError(f"sequence {i} holds id {r.max()}; ids must be <= {ID_MAX}")
         corpus = _concatenate(rows, np.int32, self.max_len, self.keep)
         if not fitting and corpus.ids.max() >= self.model_.config["vocab_size"]:
             raise ValueError(f"id {corpus.ids.max()} is outside the vocabulary of this "

@@ -91,6 +91,9 @@ def test_predict_arrays_for_a_feature_model(tmp_path, capsys):
     np.save(tmp_path / "objects.npy", np.array([1, "a"], dtype=object), allow_pickle=True)
     assert main(["predict", str(tmp_path / "f.npz"), str(tmp_path / "objects.npy")]) == 2
     assert f"{tmp_path / 'objects.npy'} is not a .npy array of numbers" in capsys.readouterr().err
+    np.save(tmp_path / "scalar.npy", np.array(3.0))                # was a TypeError from len()
+    assert main(["predict", str(tmp_path / "f.npz"), str(tmp_path / "scalar.npy")]) == 2
+    assert "scalar.npy is not a .npy array of one or more sequences" in capsys.readouterr().err
 
 
 def test_predict_padded_ids_for_a_model_of_ids(tmp_path, capsys):

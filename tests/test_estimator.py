@@ -184,6 +184,15 @@ def test_ids_ragged_and_padded_give_the_same_model():
         dense.predict(np.zeros((1, 4), np.int64))
     with pytest.raises(ValueError, match="fitted on ids"):
         ragged.predict(["a text"])
+    wrapped = 2 ** 32 + 7                       # int32 made it id 7: silently another token
+    big = padded.astype(np.uint64)
+    big[0, 0] = wrapped
+    for clf, ids, train in ((ragged, [big[0, :1]], [big[0, :len(rows[0])]] + rows[1:]),
+                            (dense, big[:1], big)):
+        with pytest.raises(ValueError, match=f"sequence 0 holds id {wrapped}; ids must be <= 2147483647"):
+            clf.predict(ids)
+        with pytest.raises(ValueError, match=f"sequence 0 holds id {wrapped}"):
+            clone(clf).fit(train, y)
 
 
 def test_feature_sequences_in_a_pipeline():
