@@ -339,6 +339,11 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         corpus = self._encode(X, fitting=False)
         return self._probabilities(corpus).astype(np.float64)
 
+    def predict_log_proba(self, X):
+        """The log of :meth:`predict_proba` (n, C); a probability that rounded to 0 gives -inf."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
     def predict(self, X):
         """The most probable label of each sequence, (n,)."""
         probs = self.predict_proba(X)

@@ -152,6 +152,7 @@ def test_text_classifier_learns_and_keeps_its_labels():
     np.testing.assert_array_equal(clf.predict(t for t in texts[200:]), clf.predict(texts[200:]))
     probs = clf.predict_proba(texts[200:])
     assert probs.dtype == np.float64 and np.allclose(probs.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(clf.predict_log_proba(texts[200:]), np.log(probs))
 
 
 def test_same_seed_same_model_and_clone_refits_alike():
