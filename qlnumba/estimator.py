@@ -46,7 +46,7 @@ from .data.batching import bucket_batches, pad_batch, sorted_batches
 from .data.text import EncodedCorpus, Vocabulary, encode_corpus, tokenize
 from .model import MODEL_KINDS, SequenceClassifier, make_trainer
 from .optim import Adam, check_adam_constants
-from .validate import check_sample_weight, check_size, is_real
+from .validate import check_sample_weight, check_seed, check_size, is_real
 
 INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
@@ -541,7 +541,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     # ---- input -------------------------------------------------------------------------
 
     def _check_params(self):
-        if self.kind not in MODEL_KINDS:
+        if not isinstance(self.kind, str) or self.kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {sorted(MODEL_KINDS)}, got {self.kind!r}")
         if self.input not in INPUTS:
             raise ValueError(f"input must be one of {INPUTS}, got {self.input!r}")
@@ -555,12 +555,13 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         check_size(self.vocab_size, "vocab_size", 2)
         if self.max_len is not None:
             check_size(self.max_len, "max_len", 1)
-        if not 0.0 < self.validation_fraction < 1.0:
+        if not (is_real(self.validation_fraction) and 0.0 < self.validation_fraction < 1.0):
             raise ValueError(f"validation_fraction must lie in (0, 1), got {self.validation_fraction}")
         if self.clip is not None and not (is_real(self.clip) and self.clip >= 0):
             raise ValueError(f"clip must be None or a finite number >= 0 (0: none), got {self.clip!r}")
         check_adam_constants(self.lr, (0.9, 0.999), 1e-8, self.weight_decay, self.clip or None)
         _check_class_weight(self.class_weight)
+        check_seed(self.random_state, "random_state")
         if str(self.dtype) not in ("float32", "float64") and \
                 self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")

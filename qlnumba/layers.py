@@ -30,7 +30,8 @@ from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, re
                                 recurrent_forward_split)
 from .kernels.recurrent_infer import recurrent_infer_rows, recurrent_infer_units
 from .kernels.recurrent_units import grad_span_steps, recurrent_backward_units, recurrent_forward_units
-from .validate import check_dtype, check_float_array, check_lengths, check_rng, check_size, is_real
+from .validate import (check_dtype, check_float_array, check_lengths, check_rng, check_seed,
+                       check_size, is_real)
 
 INFER_ROWS_MIN = 16     # QL-LSTM inference splits rows where every thread gets this many
 
@@ -338,7 +339,7 @@ class _StackedRecurrent:
         self.bidirectional = bool(bidirectional)
         self.directions = 2 if self.bidirectional else 1
         self.params = {}
-        rng = np.random.default_rng(seed)
+        rng = check_seed(seed)
         self._cells = []
         for k in range(self.num_layers):
             E = self.input_size if k == 0 else self.hidden_size * self.directions

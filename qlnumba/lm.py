@@ -20,7 +20,7 @@ from .kernels.embedding import embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
 from .layers import check_fraction, dropout_mask
 from .model import MODEL_KINDS, make_stack, stack_backward
-from .validate import check_dtype, check_ids, check_rng, check_size, is_real
+from .validate import check_dtype, check_ids, check_rng, check_seed, check_size, is_real
 
 # a reverse direction sees the future: a language model reads one direction only
 LM_KINDS = tuple(k for k, (_, kw) in MODEL_KINDS.items() if not kw.get("bidirectional"))
@@ -73,14 +73,17 @@ class LanguageModel:
         layer_dropout = check_fraction(layer_dropout, "layer_dropout")
         vocab_size = check_size(vocab_size, "vocab_size", 2)     # padding and one token at least
         embed_dim = check_size(embed_dim, "embed_dim")
+        hidden_size = check_size(hidden_size, "hidden_size")       # before int() below: a
+        num_layers = check_size(num_layers, "num_layers")          # None was a TypeError
+        block_size = check_size(block_size, "block_size")
         dtype = check_dtype(dtype)
         self.config = dict(architecture="language_model", vocab_size=int(vocab_size),
-                           embed_dim=int(embed_dim), hidden_size=int(hidden_size), kind=kind,
-                           num_layers=int(num_layers), block_size=int(block_size),
+                           embed_dim=int(embed_dim), hidden_size=hidden_size, kind=kind,
+                           num_layers=num_layers, block_size=block_size,
                            dropout=dropout, layer_dropout=layer_dropout,
                            dtype=np.dtype(dtype).name, device=device)
         self.dtype = dtype
-        rng = np.random.default_rng(seed)
+        rng = check_seed(seed)
         self.rnn = make_stack(kind, embed_dim, hidden_size, num_layers, block_size, dtype,
                               int(rng.integers(2 ** 63)), device, layer_dropout)
         embed = rng.standard_normal((vocab_size, embed_dim)).astype(dtype)

@@ -17,7 +17,7 @@ from .kernels.embedding import embedding_backward, embedding_forward
 from .kernels.head import linear_xent_backward, linear_xent_forward
 from .layers import GRU, QLLSTM, check_fraction, dropout_mask
 from .validate import (check_dtype, check_float_array, check_ids, check_lengths, check_rng,
-                       check_sample_weight, check_size)
+                       check_sample_weight, check_seed, check_size)
 
 # every model kind: (layer class, keyword arguments); results/imdb.md compares them
 MODEL_KINDS = {
@@ -112,7 +112,7 @@ class SequenceClassifier:
     def __init__(self, vocab_size=None, embed_dim=128, hidden_size=256, num_classes=2, kind="ql",
                  num_layers=1, block_size=32, embed_dropout=0.0, head_dropout=0.0,
                  dtype=np.float32, seed=None, device="cpu", input_size=None, layer_dropout=0.0):
-        if kind not in MODEL_KINDS:
+        if not isinstance(kind, str) or kind not in MODEL_KINDS:      # a list: not hashable
             raise ValueError(f"kind must be one of {sorted(MODEL_KINDS)}, got {kind!r}")
         embed_dropout = check_fraction(embed_dropout, "embed_dropout")
         head_dropout = check_fraction(head_dropout, "head_dropout")
@@ -127,16 +127,19 @@ class SequenceClassifier:
             vocab_size = check_size(vocab_size, "vocab_size", 2)
             embed_dim = check_size(embed_dim, "embed_dim")
         num_classes = check_size(num_classes, "num_classes", 2)
+        hidden_size = check_size(hidden_size, "hidden_size")       # before int() below: a
+        num_layers = check_size(num_layers, "num_layers")          # None was a TypeError
+        block_size = check_size(block_size, "block_size")
         dtype = check_dtype(dtype)
         self.config = dict(vocab_size=None if dense else vocab_size,
                            embed_dim=None if dense else embed_dim,
-                           hidden_size=int(hidden_size), num_classes=num_classes, kind=kind,
-                           num_layers=int(num_layers), block_size=int(block_size),
+                           hidden_size=hidden_size, num_classes=num_classes, kind=kind,
+                           num_layers=num_layers, block_size=block_size,
                            embed_dropout=embed_dropout, head_dropout=head_dropout,
                            layer_dropout=layer_dropout, dtype=np.dtype(dtype).name, device=device,
                            input_size=input_size if dense else None)
         self.dtype = dtype
-        rng = np.random.default_rng(seed)
+        rng = check_seed(seed)
         self.rnn = make_stack(kind, input_size if dense else embed_dim, hidden_size, num_layers,
                               block_size, dtype, int(rng.integers(2 ** 63)), device, layer_dropout)
         D = hidden_size * self.rnn.directions

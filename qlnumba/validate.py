@@ -25,7 +25,11 @@ def check_size(value, name, minimum=1):
 
 def check_dtype(dtype):
     """The numpy scalar type for ``dtype``, which must be float32 or float64."""
-    if np.dtype(dtype) not in [np.dtype(d) for d in DTYPES]:
+    try:
+        known = np.dtype(dtype) in [np.dtype(d) for d in DTYPES]
+    except TypeError:                                # not a dtype at all: "x", 1.5, (1,)
+        known = False
+    if not known or isinstance(dtype, bool):         # np.dtype(True) is bool, np.dtype(None) float64
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     return np.dtype(dtype).type
 
@@ -54,6 +58,16 @@ def check_float_array(arr, name, ndim, dtype, shape=None):
     if not (np.isfinite(arr.min()) and np.isfinite(arr.max())):
         raise ValueError(f"{name} contains NaN or inf")
     return np.ascontiguousarray(arr)
+
+
+def check_seed(seed, name="seed"):
+    """A numpy Generator from ``seed``: None (fresh entropy), an integer >= 0, or what numpy
+    seeds from itself (a Generator, used as is; a BitGenerator or SeedSequence)."""
+    seeds = (np.random.Generator, np.random.BitGenerator, np.random.SeedSequence)
+    if not (seed is None or isinstance(seed, seeds) or (isinstance(seed, (int, np.integer))
+                                                         and not isinstance(seed, bool) and seed >= 0)):
+        raise ValueError(f"{name} must be None, an integer >= 0 or a numpy Generator, got {seed!r}")
+    return np.random.default_rng(seed)
 
 
 def check_rng(rng):

@@ -459,12 +459,14 @@ def test_load_refuses_an_estimator_state_no_fit_would_write(tmp_path):
 
 @pytest.mark.parametrize("params, match", [
     (dict(kind="transformer"), "kind must be one of"),
+    (dict(kind=["ql"]), "kind must be one of"),                              # was a TypeError
     (dict(input="images"), "input must be one of"),
     (dict(dtype="float16"), "dtype must be"),
     (dict(hidden_size=0), "hidden_size must be an integer >= 1"),
     (dict(max_len=0), "max_len must be an integer >= 1"),
     (dict(keep="middle"), "keep must be"),
     (dict(validation_fraction=1.0), "validation_fraction"),
+    (dict(validation_fraction=None), "validation_fraction"),                # was a TypeError
     (dict(lr=0.0), "lr must be a finite number > 0, got 0.0"),
     (dict(lr="0.1"), "lr must be a finite number > 0, got '0.1'"),          # was a TypeError
     (dict(lr=float("inf")), "lr must be a finite number > 0, got inf"),

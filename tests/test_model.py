@@ -78,8 +78,9 @@ def test_model_bad_input():
         model.forward(np.zeros((1, 0), np.int64))
     with pytest.raises(ValueError, match="targets"):
         model.forward(np.array([[1, 2]]), targets=np.array([2]))
-    with pytest.raises(ValueError, match="kind"):
-        qlnumba.SequenceClassifier(10, kind="transformer")
+    for kind in ("transformer", ["ql"]):                 # a list was a TypeError (unhashable)
+        with pytest.raises(ValueError, match="kind must be one of"):
+            qlnumba.SequenceClassifier(10, kind=kind)
     with pytest.raises(ValueError, match="forward"):
         qlnumba.SequenceClassifier(10).backward()
     with pytest.raises(ValueError, match="rng must be None or a numpy Generator"):

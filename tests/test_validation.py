@@ -97,6 +97,37 @@ def test_bad_constructor_arguments(kwargs, match):
         qlnumba.QLLSTM(**kwargs)
 
 
+@pytest.mark.parametrize("name,value,match", [
+    ("hidden_size", None, "hidden_size must be an integer >= 1, got None"),
+    ("num_layers", np.inf, "num_layers must be an integer >= 1, got inf"),
+    ("block_size", None, "block_size must be an integer >= 1, got None"),
+    ("dtype", "x", "dtype must be float32 or float64, got 'x'"),
+    ("dtype", 1.5, "dtype must be float32 or float64, got 1.5"),
+    ("dtype", True, "dtype must be float32 or float64, got True"),
+    ("seed", 1.5, "seed must be None, an integer >= 0 or a numpy Generator, got 1.5"),
+    ("seed", "x", "seed must be None, an integer >= 0 or a numpy Generator, got 'x'"),
+    ("seed", -1, "seed must be None, an integer >= 0 or a numpy Generator, got -1"),
+    ("seed", True, "seed must be None, an integer >= 0 or a numpy Generator, got True"),
+])
+def test_every_constructor_refuses_a_bad_size_dtype_or_seed(name, value, match):
+    """Each of these was a TypeError (int(None) in the models' config, np.dtype('x'),
+    default_rng(1.5)) or, for a bool, taken as a number."""
+    builds = [lambda **kw: qlnumba.QLLSTM(**dict(dict(input_size=3, hidden_size=4), **kw)),
+              lambda **kw: qlnumba.GRU(**dict(dict(input_size=3, hidden_size=4), **kw)),
+              lambda **kw: qlnumba.SequenceClassifier(5, **kw),
+              lambda **kw: qlnumba.LanguageModel(5, **kw)]
+    for build in builds:
+        if name == "block_size" and build is builds[1]:
+            continue                                         # GRU has no block memory
+        with pytest.raises(ValueError, match=match):
+            build(**{name: value})
+    for seed in (None, 0, np.int64(3), np.random.default_rng(0)):
+        qlnumba.QLLSTM(3, 4, seed=seed)
+    if name == "seed":
+        with pytest.raises(ValueError, match=match.replace("seed", "random_state", 1)):
+            qlnumba.QLLSTMClassifier(random_state=value).fit(["a", "b"], [0, 1])
+
+
 def test_every_real_valued_argument_follows_one_rule():
     """lr, clip, dropout and temperature share ``validate.is_real``: numpy's numbers are
     taken, a bool, NaN or inf is refused, each with a ValueError naming the argument."""
