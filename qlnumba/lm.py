@@ -73,8 +73,8 @@ class LanguageModel:
         layer_dropout = check_fraction(layer_dropout, "layer_dropout")
         vocab_size = check_size(vocab_size, "vocab_size", 2)     # padding and one token at least
         embed_dim = check_size(embed_dim, "embed_dim")
-        hidden_size = check_size(hidden_size, "hidden_size")       # before int() below: a
-        num_layers = check_size(num_layers, "num_layers")          # None was a TypeError
+        hidden_size = check_size(hidden_size, "hidden_size")       # checked before the config
+        num_layers = check_size(num_layers, "num_layers")          # (its int(None): a TypeError)
         block_size = check_size(block_size, "block_size")
         dtype = check_dtype(dtype)
         self.config = dict(architecture="language_model", vocab_size=int(vocab_size),

@@ -127,8 +127,8 @@ class SequenceClassifier:
             vocab_size = check_size(vocab_size, "vocab_size", 2)
             embed_dim = check_size(embed_dim, "embed_dim")
         num_classes = check_size(num_classes, "num_classes", 2)
-        hidden_size = check_size(hidden_size, "hidden_size")       # before int() below: a
-        num_layers = check_size(num_layers, "num_layers")          # None was a TypeError
+        hidden_size = check_size(hidden_size, "hidden_size")       # checked before the config
+        num_layers = check_size(num_layers, "num_layers")          # (its int(None): a TypeError)
         block_size = check_size(block_size, "block_size")
         dtype = check_dtype(dtype)
         self.config = dict(vocab_size=None if dense else vocab_size,

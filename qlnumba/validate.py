@@ -25,11 +25,11 @@ def check_size(value, name, minimum=1):
 
 def check_dtype(dtype):
     """The numpy scalar type for ``dtype``, which must be float32 or float64."""
-    try:
+    try:                                             # (None is numpy's default, float64)
         known = np.dtype(dtype) in [np.dtype(d) for d in DTYPES]
-    except TypeError:                                # not a dtype at all: "x", 1.5, (1,)
+    except TypeError:                                # not a dtype at all: "x", 1.5, True
         known = False
-    if not known or isinstance(dtype, bool):         # np.dtype(True) is bool, np.dtype(None) float64
+    if not known:
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
     return np.dtype(dtype).type
 
