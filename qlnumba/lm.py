@@ -73,19 +73,18 @@ class LanguageModel:
         layer_dropout = check_fraction(layer_dropout, "layer_dropout")
         vocab_size = check_size(vocab_size, "vocab_size", 2)     # padding and one token at least
         embed_dim = check_size(embed_dim, "embed_dim")
-        hidden_size = check_size(hidden_size, "hidden_size")       # checked before the config
-        num_layers = check_size(num_layers, "num_layers")          # (its int(None): a TypeError)
-        block_size = check_size(block_size, "block_size")
+        block_size = check_size(block_size, "block_size")      # a GRU stack does not check it
         dtype = check_dtype(dtype)
-        self.config = dict(architecture="language_model", vocab_size=int(vocab_size),
-                           embed_dim=int(embed_dim), hidden_size=hidden_size, kind=kind,
-                           num_layers=num_layers, block_size=block_size,
-                           dropout=dropout, layer_dropout=layer_dropout,
-                           dtype=np.dtype(dtype).name, device=device)
         self.dtype = dtype
         rng = check_seed(seed)
         self.rnn = make_stack(kind, embed_dim, hidden_size, num_layers, block_size, dtype,
                               int(rng.integers(2 ** 63)), device, layer_dropout)
+        hidden_size = self.rnn.hidden_size                    # checked by the stack
+        self.config = dict(architecture="language_model", vocab_size=vocab_size,
+                           embed_dim=embed_dim, hidden_size=hidden_size, kind=kind,
+                           num_layers=self.rnn.num_layers, block_size=block_size,
+                           dropout=dropout, layer_dropout=layer_dropout,
+                           dtype=np.dtype(dtype).name, device=device)
         embed = rng.standard_normal((vocab_size, embed_dim)).astype(dtype)
         embed[0] = 0.0                                     # the padding row
         bound = 1.0 / math.sqrt(hidden_size)

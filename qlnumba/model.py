@@ -127,21 +127,20 @@ class SequenceClassifier:
             vocab_size = check_size(vocab_size, "vocab_size", 2)
             embed_dim = check_size(embed_dim, "embed_dim")
         num_classes = check_size(num_classes, "num_classes", 2)
-        hidden_size = check_size(hidden_size, "hidden_size")       # checked before the config
-        num_layers = check_size(num_layers, "num_layers")          # (its int(None): a TypeError)
-        block_size = check_size(block_size, "block_size")
+        block_size = check_size(block_size, "block_size")      # a GRU stack does not check it
         dtype = check_dtype(dtype)
-        self.config = dict(vocab_size=None if dense else vocab_size,
-                           embed_dim=None if dense else embed_dim,
-                           hidden_size=hidden_size, num_classes=num_classes, kind=kind,
-                           num_layers=num_layers, block_size=block_size,
-                           embed_dropout=embed_dropout, head_dropout=head_dropout,
-                           layer_dropout=layer_dropout, dtype=np.dtype(dtype).name, device=device,
-                           input_size=input_size if dense else None)
         self.dtype = dtype
         rng = check_seed(seed)
         self.rnn = make_stack(kind, input_size if dense else embed_dim, hidden_size, num_layers,
                               block_size, dtype, int(rng.integers(2 ** 63)), device, layer_dropout)
+        hidden_size = self.rnn.hidden_size                    # checked by the stack
+        self.config = dict(vocab_size=None if dense else vocab_size,
+                           embed_dim=None if dense else embed_dim,
+                           hidden_size=hidden_size, num_classes=num_classes, kind=kind,
+                           num_layers=self.rnn.num_layers, block_size=block_size,
+                           embed_dropout=embed_dropout, head_dropout=head_dropout,
+                           layer_dropout=layer_dropout, dtype=np.dtype(dtype).name, device=device,
+                           input_size=input_size if dense else None)
         D = hidden_size * self.rnn.directions
         self.params = {}
         if not dense:
