@@ -446,7 +446,9 @@ class _StackedRecurrent:
         B, T, masks = self._tape
         H, D = self.hidden_size, self.directions
         dout = check_float_array(dout, "dout", 3, self.dtype, (B, T, H * D))
-        dstate = {} if dstate is None else dict(dstate)
+        if dstate is not None and not isinstance(dstate, dict):
+            raise ValueError(f"dstate must be a dict of arrays, got {type(dstate).__name__}")
+        dstate = {} if dstate is None else dstate
         unknown = set(dstate) - set(self.state_keys)
         if unknown:
             raise ValueError(f"dstate keys must be among {list(self.state_keys)}, got {sorted(unknown)}")

@@ -62,6 +62,12 @@ def test_models_and_layers_refuse_anything_with_a_value_error(a, b, c):
     only_value_errors(lambda: MODELS["lm"].generate(a, 2, np.random.default_rng(0), exclude=b))
     only_value_errors(lambda: MODELS["ids"].forward(np.array([[1, 2], [3, 0]]), None, np.array([0, 1]),
                                                     rng=b, sample_weight=a))
+    for name in ("layer", "gru"):                   # backward after a good forward
+        layer = MODELS[name]
+        out, _ = layer.forward(np.ones((2, 3, 3), np.float32), np.array([3, 2]))
+        only_value_errors(lambda: layer.backward(a, b))
+        layer.forward(np.ones((2, 3, 3), np.float32), np.array([3, 2]))
+        only_value_errors(lambda: layer.backward(np.ones_like(out), a))
 
 
 KINDS = [st.text(min_size=1, max_size=6), st.lists(st.integers(1, 12), min_size=1, max_size=4),
