@@ -18,7 +18,9 @@ VERSION = 1
 
 def save_checkpoint(path, model, vocab=None, optimizer=None, meta=None):
     """Write ``model`` (a SequenceClassifier or a LanguageModel), its vocabulary and optimizer
-    state to ``path``."""
+    state to ``path``.  ``meta``: a dict of JSON values (epoch, scores, ...), returned by
+    :func:`load_checkpoint`.  What would not load again is refused with a ``ValueError``."""
+    _check_save(path, model, vocab, optimizer, meta)
     arrays = {"__format__": np.array(FORMAT), "__version__": np.array(VERSION),
               "__meta__": np.array(json.dumps(dict(meta or {}, model_config=model.config)))}
     if vocab is not None:
@@ -39,6 +41,29 @@ def save_checkpoint(path, model, vocab=None, optimizer=None, meta=None):
     finally:
         if os.path.exists(partial):
             os.remove(partial)
+
+
+def _check_save(path, model, vocab, optimizer, meta):
+    from .data.paths import check_path
+    from .data.text import Vocabulary
+    check_path(path, "path")
+    from .lm import LanguageModel
+    from .model import SequenceClassifier
+    if not isinstance(model, (SequenceClassifier, LanguageModel)):
+        raise ValueError(f"save_checkpoint saves a SequenceClassifier or a LanguageModel, got "
+                         f"{type(model).__name__}")
+    if vocab is not None and (not isinstance(vocab, Vocabulary)
+                              or len(vocab) != model.config.get("vocab_size")):
+        raise ValueError(f"vocab must be None or the model's Vocabulary of "
+                         f"{model.config.get('vocab_size')} tokens, got {vocab!r:.60}")
+    if optimizer is not None and set(getattr(optimizer, "params", ())) != set(model.params):
+        raise ValueError("optimizer must be None or an Adam over the model's parameters")
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"meta must be None or a dict, got {type(meta).__name__}")
+    try:
+        json.dumps(meta)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"meta must hold JSON values only (str, numbers, lists, dicts): {exc}") from None
 
 
 def load_checkpoint(path, device=None):

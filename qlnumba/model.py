@@ -246,6 +246,7 @@ class SequenceClassifier:
     def predict_proba(self, ids, lengths=None, batch_size=256):
         """Class probabilities (N, C), evaluated in batches, no dropout."""
         ids, lengths = self._check_inputs(ids, lengths)
+        batch_size = check_size(batch_size, "batch_size")
         out = []
         for i in range(0, len(ids), batch_size):
             T = int(lengths[i:i + batch_size].max())
@@ -275,5 +276,7 @@ def count_params(obj):
     """Embedding, recurrent and head parameter counts of a model, or of a bare layer."""
     if hasattr(obj, "param_counts"):                   # SequenceClassifier, LanguageModel
         return obj.param_counts()
+    if not hasattr(obj, "num_params"):
+        raise ValueError(f"count_params takes a model or a layer, got {type(obj).__name__}")
     n = obj.num_params()
     return {"embedding": 0, "recurrent": n, "head": 0, "total": n}

@@ -53,6 +53,13 @@ def test_vocabulary_frequency_order_size_and_unknowns():
     for bad in (["a", "b"], ["<pad>", "<unk>", "a", "a"], ["<pad>", "<unk>", 3]):  # 3: from a JSON file
         with pytest.raises(ValueError, match="a vocabulary is strings that start with"):
             Vocabulary(bad)
+    # a text where a list of tokens goes: its characters would have been the tokens
+    with pytest.raises(ValueError, match=r"each of token_lists must be a list of tokens \(tokenize"):
+        Vocabulary.build(["a moving film", "a dull one"])
+    with pytest.raises(ValueError, match="tokens must be a list of tokens"):
+        vocab.encode("a moving film")
+    with pytest.raises(ValueError, match=r"max_size \(with pad and unk\) must be an integer >= 2, got 2.5"):
+        Vocabulary.build([["a"]], max_size=2.5)
 
 
 def test_encode_truncates_from_either_end_and_never_leaves_a_row_empty():

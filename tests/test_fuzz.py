@@ -70,6 +70,40 @@ def test_models_and_layers_refuse_anything_with_a_value_error(a, b, c):
         only_value_errors(lambda: layer.backward(np.ones_like(out), a))
 
 
+@settings(max_examples=MANY, suppress_health_check=list(HealthCheck))
+@given(a=anything, b=anything, c=anything)
+def test_the_data_helpers_and_save_refuse_anything_with_a_value_error(a, b, c, tmp_path_factory):
+    """qlnumba.data's public functions and save_checkpoint: a str where a list of tokens goes
+    (its characters would have become tokens), a float limit or batch size, a number as a
+    path, a vocabulary of another size (a checkpoint that would not load again)."""
+    from qlnumba.checkpoint import save_checkpoint
+    from qlnumba.data import (Vocabulary, bucket_batches, encode_corpus, load_fashion_mnist, load_imdb,
+                              load_shakespeare, pad_batch, sorted_batches)
+    from qlnumba.data.fashion_mnist import as_sequences
+    from qlnumba.data.shakespeare import (char_vocabulary, decode_chars, encode_chars, split_ids,
+                                          stream_batches)
+    vocab = Vocabulary.build([["a", "b"], ["b"]])
+    corpus = encode_corpus([["a", "b"], ["b"]], vocab)
+    missing = tmp_path_factory.getbasetemp() / "no-such-folder"
+    for call in (lambda: Vocabulary(a), lambda: Vocabulary.build(a), lambda: Vocabulary.build([["a"]], a, b),
+                 lambda: vocab.encode(a), lambda: encode_corpus(a, vocab),
+                 lambda: encode_corpus([["a"]], vocab, a, b), lambda: pad_batch(corpus, a),
+                 lambda: bucket_batches(a, b, np.random.default_rng(0), c),
+                 lambda: bucket_batches([1, 2, 3], a, b), lambda: sorted_batches(a, b),
+                 lambda: as_sequences(a, b), lambda: list(stream_batches(a, b, c)),
+                 lambda: list(stream_batches(np.arange(50), a, b, c)), lambda: split_ids(a, b),
+                 lambda: encode_chars(a, vocab), lambda: decode_chars(a, vocab),
+                 lambda: char_vocabulary(a), lambda: load_imdb(missing, a, b),
+                 lambda: load_fashion_mnist(missing, a, b), lambda: load_shakespeare(a),
+                 lambda: qlnumba.count_params(a)):
+        only_value_errors(call)
+    model, path = MODELS["ids"], tmp_path_factory.getbasetemp() / "saved.npz"
+    for args in ((path, a), (path, model, a), (path, model, None, a), (path, model, None, None, a),
+                 (a, model) if not isinstance(a, str) else (path, model)):    # (a str is a path)
+        only_value_errors(lambda: save_checkpoint(*args))
+    only_value_errors(lambda: MODELS["ids"].predict_proba(np.array([[1, 2], [3, 0]]), None, a))
+
+
 KINDS = [st.text(min_size=1, max_size=6), st.lists(st.integers(1, 12), min_size=1, max_size=4),
          st.lists(st.floats(-2, 2), min_size=1, max_size=4), st.integers(-3, 12), st.floats(),
          st.none(), st.binary(max_size=3), st.lists(st.integers(-1, 12), max_size=3)]

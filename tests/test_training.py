@@ -59,6 +59,25 @@ def test_a_checkpoint_write_that_fails_leaves_the_old_one_whole(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz"]      # nothing left beside it
 
 
+def test_save_refuses_what_would_not_load_again(tmp_path):
+    """A vocabulary of another size, an optimizer of other parameters, metadata that JSON
+    cannot hold: load_checkpoint would refuse the file, so save_checkpoint refuses to write it."""
+    model, other = small_model(), qlnumba.SequenceClassifier(6, embed_dim=4, hidden_size=3, seed=0)
+    cases = {"vocab must be None or the model's Vocabulary of 6 tokens":
+             dict(vocab=Vocabulary(["<pad>", "<unk>", "a"])),
+             "optimizer must be None or an Adam over the model's parameters":
+             dict(optimizer=qlnumba.Adam({"x": np.zeros(2)})),
+             "meta must hold JSON values only": dict(meta={"epoch": np.zeros(2)}),
+             "meta must be None or a dict, got list": dict(meta=[1])}
+    for message, kwargs in cases.items():
+        with pytest.raises(ValueError, match=message):
+            save_checkpoint(tmp_path / "x.npz", model, **kwargs)
+    with pytest.raises(ValueError, match="path must be a path"):
+        save_checkpoint(3, model)
+    assert not list(tmp_path.iterdir())
+    save_checkpoint(tmp_path / "x.npz", other, optimizer=qlnumba.Adam(other.params))
+
+
 def test_checkpoint_from_before_layer_dropout_loads(tmp_path):
     """A checkpoint whose model config has no layer_dropout (written before it existed)
     loads as a model without dropout between layers."""

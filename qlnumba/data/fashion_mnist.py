@@ -12,11 +12,10 @@ Nothing is ever downloaded.
 """
 import gzip
 import zlib
-from pathlib import Path
 
 import numpy as np
 
-from .paths import DataError, default_data_dir
+from .paths import DataError, check_path, check_limit, check_splits, default_data_dir
 
 SPLIT_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
@@ -34,15 +33,14 @@ def load_fashion_mnist(data_dir=None, splits=("train", "test"), limit=None):
 
     ``limit`` keeps a fixed random sample of ``limit`` images of each split, in file order.
     """
-    data_dir = Path(data_dir) if data_dir is not None else default_fashion_mnist_dir()
+    splits, limit = check_splits(splits, SPLIT_FILES, "Fashion-MNIST"), check_limit(limit)
+    data_dir = check_path(data_dir, "data_dir") if data_dir is not None else default_fashion_mnist_dir()
     if not data_dir.is_dir():
         raise DataError(f"Fashion-MNIST folder not found: {data_dir}. Point --data-dir or "
                         "QLNUMBA_FASHION_MNIST_DIR at the folder holding the four "
                         "*-idx?-ubyte.gz files.")
     out = {}
     for split in splits:
-        if split not in SPLIT_FILES:
-            raise DataError(f"unknown Fashion-MNIST split {split!r}; known: {sorted(SPLIT_FILES)}")
         image_file, label_file = (data_dir / name for name in SPLIT_FILES[split])
         images = _read_idx(image_file, IMAGES_MAGIC)
         labels = _read_idx(label_file, LABELS_MAGIC)

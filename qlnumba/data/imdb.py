@@ -8,11 +8,10 @@ Where the data is looked for, first match wins:
 Nothing is ever downloaded.
 """
 import os
-from pathlib import Path
 
 import numpy as np
 
-from .paths import DataError, default_data_dir
+from .paths import DataError, check_path, check_limit, check_splits, default_data_dir
 
 SPLIT_FILES = {"train": "train.jsonl.gz", "test": "test.jsonl.gz"}
 
@@ -27,14 +26,13 @@ def load_imdb(data_dir=None, splits=("train", "test"), limit=None):
     ``limit`` keeps a fixed random sample of ``limit`` rows of each split, in file order
     (for tests and smoke runs; the files are sorted by label, so a plain head would be one class).
     """
-    data_dir = Path(data_dir) if data_dir is not None else default_imdb_dir()
+    splits, limit = check_splits(splits, SPLIT_FILES, "IMDB"), check_limit(limit)
+    data_dir = check_path(data_dir, "data_dir") if data_dir is not None else default_imdb_dir()
     if not data_dir.is_dir():
         raise DataError(f"IMDB data folder not found: {data_dir}. Point --data-dir or QLNUMBA_IMDB_DIR "
                         f"at the folder holding {', '.join(SPLIT_FILES.values())}.")
     files = {}
     for split in splits:
-        if split not in SPLIT_FILES:
-            raise DataError(f"unknown IMDB split {split!r}; known: {sorted(SPLIT_FILES)}")
         path = data_dir / SPLIT_FILES[split]
         if not path.is_file():
             raise DataError(f"IMDB file missing: {path} (expected {SPLIT_FILES[split]} in {data_dir})")

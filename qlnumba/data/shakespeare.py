@@ -8,11 +8,11 @@ Where the text is looked for, first match wins:
 Nothing is ever downloaded.  The usual split (nanoGPT's): the first 90% of the characters
 train, the last 10% validate.
 """
-from pathlib import Path
 
 import numpy as np
 
-from .paths import DataError, default_data_dir
+from ..validate import check_size, is_real
+from .paths import DataError, check_path, default_data_dir
 from .text import Vocabulary
 
 FILE = "input.txt"
@@ -24,7 +24,7 @@ def default_shakespeare_dir():
 
 def load_shakespeare(data_dir=None):
     """The whole text, a str."""
-    data_dir = Path(data_dir) if data_dir is not None else default_shakespeare_dir()
+    data_dir = check_path(data_dir, "data_dir") if data_dir is not None else default_shakespeare_dir()
     if not data_dir.is_dir():
         raise DataError(f"Tiny Shakespeare folder not found: {data_dir}. Point --data-dir or "
                         f"QLNUMBA_SHAKESPEARE_DIR at the folder holding {FILE}.")
@@ -43,23 +43,32 @@ def load_shakespeare(data_dir=None):
 def char_vocabulary(text):
     """A Vocabulary of the characters of ``text``, sorted: id 0 padding, 1 unknown, then
     one id per character."""
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str, got {type(text).__name__}")
     return Vocabulary(["<pad>", "<unk>"] + sorted(set(text) - {"<pad>", "<unk>"}))
 
 
 def encode_chars(text, vocab):
     """The ids of ``text``'s characters, int32 (unknown characters get id 1)."""
+    if not isinstance(text, str) or not isinstance(vocab, Vocabulary):
+        raise ValueError(f"encode_chars takes a str and a Vocabulary, got {type(text).__name__} "
+                         f"and {type(vocab).__name__}")
     return vocab.encode(list(text))
 
 
 def decode_chars(ids, vocab):
     """The characters of ``ids`` (padding and unknown ids as '?')."""
-    return "".join(vocab.itos[i] if i > 1 else "?" for i in np.asarray(ids).tolist())
+    ids = _check_ids(ids)
+    if ids.size and ids.max() >= len(vocab):
+        raise ValueError(f"ids must lie in [0, {len(vocab) - 1}], got {ids.max()}")
+    return "".join(vocab.itos[i] if i > 1 else "?" for i in ids.tolist())
 
 
 def split_ids(ids, val_fraction=0.1):
     """(train, validation): the first and the last part of ``ids``."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    ids = _check_ids(ids)
+    if not is_real(val_fraction) or not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
     n_val = max(2, int(round(val_fraction * len(ids))))
     if n_val > len(ids) - 2:
         raise ValueError(f"{len(ids)} ids are too few to hold out {val_fraction} of them")
@@ -74,7 +83,8 @@ def stream_batches(ids, batch, steps, offset=0):
     steps k*steps .. of every stream, so the state after one chunk is the state before the
     next.  The last chunk may be shorter (all rows alike).
     """
-    ids = np.asarray(ids, dtype=np.int64)[offset:]
+    batch, steps = check_size(batch, "batch"), check_size(steps, "steps")
+    ids = _check_ids(ids)[check_size(offset, "offset", 0):]
     per_stream = (len(ids) - 1) // batch                  # the last input needs a target
     if per_stream < 1:
         raise ValueError(f"{len(ids)} ids are too few for {batch} streams")
@@ -84,3 +94,11 @@ def stream_batches(ids, batch, steps, offset=0):
     for start in range(0, per_stream, steps):
         x = inputs[:, start:start + steps]
         yield x, targets[:, start:start + steps], np.full(batch, x.shape[1], np.int64)
+
+
+def _check_ids(ids):
+    """``ids`` as a 1-D int64 array of integers >= 0 (an empty list is an empty array)."""
+    ids = np.asarray(ids) if isinstance(ids, (list, tuple, np.ndarray)) else None
+    if ids is None or ids.ndim != 1 or (ids.size and (ids.dtype.kind not in "iu" or ids.min() < 0)):
+        raise ValueError("ids must be a 1-D array of integers >= 0")
+    return ids.astype(np.int64, copy=False) if ids.size else np.zeros(0, np.int64)

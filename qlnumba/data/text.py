@@ -4,6 +4,8 @@ from collections import Counter
 
 import numpy as np
 
+from ..validate import check_size
+
 PAD, UNK = 0, 1
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 # a word (letters or digits, with inner apostrophes: don't, rock'n'roll) or one punctuation mark
@@ -15,11 +17,21 @@ def tokenize(text):
     return _TOKEN.findall(_BREAK.sub(" ", text).lower())
 
 
+def _token_list(tokens, name):
+    """``tokens`` if it is a sequence to iterate over, not a str (a text is tokenized
+    first: its characters are not its tokens)."""
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, (list, tuple, np.ndarray)) \
+            or getattr(tokens, "ndim", 1) != 1:
+        raise ValueError(f"{name} must be a list of tokens (tokenize a text first), got "
+                         f"{type(tokens).__name__}")
+    return tokens
+
+
 class Vocabulary:
     """Token <-> id.  Id 0 is padding, id 1 stands for every unknown token."""
 
     def __init__(self, tokens):
-        tokens = list(tokens)
+        tokens = list(_token_list(tokens, "tokens"))
         if tokens[:2] != ["<pad>", "<unk>"] or len(set(tokens)) != len(tokens) \
                 or not all(isinstance(t, str) for t in tokens):
             raise ValueError("a vocabulary is strings that start with '<pad>', '<unk>', with no "
@@ -30,13 +42,17 @@ class Vocabulary:
     @classmethod
     def build(cls, token_lists, max_size=None, min_freq=1):
         """The most frequent tokens (ties broken alphabetically), at most ``max_size`` ids in all."""
+        if max_size is not None:
+            max_size = check_size(max_size, "max_size (with pad and unk)", 2)
+        min_freq = check_size(min_freq, "min_freq")
         counts = Counter()
-        for tokens in token_lists:
-            counts.update(tokens)
+        for tokens in _token_list(token_lists, "token_lists"):
+            counts.update(_token_list(tokens, "each of token_lists"))
+        if not all(isinstance(t, str) for t in counts):
+            raise ValueError("tokens must be str, got "
+                             f"{next(type(t).__name__ for t in counts if not isinstance(t, str))}")
         kept = sorted((t for t, c in counts.items() if c >= min_freq), key=lambda t: (-counts[t], t))
         if max_size is not None:
-            if max_size < 2:
-                raise ValueError(f"max_size must be >= 2 (pad and unk), got {max_size}")
             kept = kept[:max_size - 2]
         return cls(["<pad>", "<unk>"] + kept)
 
@@ -44,8 +60,12 @@ class Vocabulary:
         return len(self.itos)
 
     def encode(self, tokens):
+        """int32 ids of a list of tokens (UNK for a token the vocabulary lacks)."""
         stoi = self.stoi
-        return np.array([stoi.get(t, UNK) for t in tokens], dtype=np.int32)
+        try:                                            # a list or an array cell: unhashable
+            return np.array([stoi.get(t, UNK) for t in _token_list(tokens, "tokens")], dtype=np.int32)
+        except TypeError:
+            raise ValueError("tokens must be str") from None
 
 
 class EncodedCorpus:
@@ -74,11 +94,13 @@ def encode_corpus(token_lists, vocab, max_len=None, keep="start"):
     """
     if keep not in ("start", "end"):
         raise ValueError(f"keep must be 'start' or 'end', got {keep!r}")
-    if max_len is not None and max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if max_len is not None:
+        max_len = check_size(max_len, "max_len")
     rows = []
-    for tokens in token_lists:
-        ids = vocab.encode(tokens) if tokens else np.array([UNK], dtype=np.int32)
+    for tokens in _token_list(token_lists, "token_lists"):
+        ids = vocab.encode(tokens)
+        if len(ids) == 0:
+            ids = np.array([UNK], dtype=np.int32)
         if max_len is not None and len(ids) > max_len:
             ids = ids[:max_len] if keep == "start" else ids[-max_len:]
         rows.append(ids)
