@@ -398,9 +398,12 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"{path} has neither an estimator's state nor a vocabulary")
         if state is not None and (not isinstance(state, dict) or state.get("class") != ESTIMATOR_META):
             raise ValueError(f"{path}: the checkpoint's estimator state is not a {cls.__name__}'s")
+        what = "training" if state is None else "estimator"
         try:
             if state is None:                                # train/imdb.py's checkpoint
                 data, config = meta.get("data", {}), model.config
+                if not isinstance(data, dict):
+                    raise ValueError(f"data must be a dict, got {data!r}")
                 clf = cls(kind=config["kind"], hidden_size=config["hidden_size"],
                           embed_dim=config["embed_dim"], num_layers=config["num_layers"],
                           block_size=config["block_size"], input="text", vocab_size=len(vocab),
@@ -419,9 +422,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             if clf.classes_.ndim != 1 or len(np.unique(clf.classes_)) != len(clf.classes_):
                 raise ValueError(f"classes must be distinct labels, got {clf.classes_.tolist()!r}")
             clf.input_ = state["input"]
-            clf._restore_history(state, meta)
+            clf._restore_history(state, meta if what == "training" else None)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: corrupt estimator state ({exc})") from None
+            raise ValueError(f"{path}: corrupt {what} state ({exc})") from None
         if clf.input_ not in INPUTS[1:] or len(clf.classes_) != model.config["num_classes"] \
                 or (clf.input_ == "text") != (vocab is not None) \
                 or (clf.input_ == "features") != (model.config["input_size"] is not None):
@@ -446,20 +449,22 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError(f"{path}: corrupt optimizer state ({exc})") from None
         return clf
 
-    def _restore_history(self, state, meta):
-        """The fitted attributes besides the network from a checkpoint's estimator state
-        (or a training program's meta); TypeError or ValueError where one has a wrong type."""
+    def _restore_history(self, state, program_meta=None):
+        """The fitted attributes besides the network from a checkpoint's estimator state, or
+        from ``program_meta``, a training program's (its epoch and best_val_accuracy);
+        TypeError or ValueError where one has a wrong type."""
         def real_list(name):
             values = state.get(name, [])
             if not isinstance(values, list) or not all(is_real(v) for v in values):
                 raise ValueError(f"{name} must be a list of numbers, got {values!r}")
             return list(values)
-        n_iter = state.get("n_iter", meta.get("epoch", 0))
-        best = state.get("best_validation_score", meta.get("best_val_accuracy"))
+        source, names = (state, ("n_iter", "best_validation_score")) if program_meta is None \
+            else (program_meta, ("epoch", "best_val_accuracy"))
+        n_iter, best = source.get(names[0], 0), source.get(names[1])
         if isinstance(n_iter, bool) or not isinstance(n_iter, int) or n_iter < 0:
-            raise ValueError(f"n_iter must be an integer >= 0, got {n_iter!r}")
+            raise ValueError(f"{names[0]} must be an integer >= 0, got {n_iter!r}")
         if best is not None and not is_real(best):
-            raise ValueError(f"best_validation_score must be a number or null, got {best!r}")
+            raise ValueError(f"{names[1]} must be a number or null, got {best!r}")
         self.n_iter_, self.best_validation_score_ = n_iter, best
         self.loss_curve_ = real_list("loss_curve")
         self.validation_scores_ = real_list("validation_scores")

@@ -236,14 +236,17 @@ def test_training_cli_refuses_a_checkpoint_that_is_not_an_imdb_classifier(tiny_i
         ["a b", "c", "b"], [0, 1, 2]).save(tmp_path / "three.npz")
     for name, meta in (("epoch", {"epoch": "1"}), ("data", {"epoch": 1, "data": [1]}),
                        ("keep", {"epoch": 1, "data": {"keep": "middle"}}),
-                       ("max_len", {"epoch": 1, "data": {"max_len": 0}})):
+                       ("max_len", {"epoch": 1, "data": {"max_len": 0}}),
+                       ("best", {"epoch": 1, "best_val_accuracy": "x"})):
         save_checkpoint(tmp_path / f"{name}.npz", small_model(), Vocabulary(vocab.itos + ["d"]),
                         meta=meta)
     cases = {"lm": "holds a language model; IMDB needs a classifier of text",
              "features": r"holds a classifier of ids or features \(no vocabulary\)",
              "three": r"classifies into the labels \[0, 1, 2\], not IMDB's labels 0 and 1",
-             "epoch": r"corrupt training state \(epoch '1'", "data": r"corrupt training state \(data \[1\]\)",
-             "keep": "keep 'middle'", "max_len": "max_len must be an integer >= 1, got 0"}
+             "epoch": r"corrupt training state \(epoch must be an integer >= 0, got '1'\)",
+             "data": r"corrupt training state \(data must be a dict, got \[1\]\)",
+             "keep": r"corrupt training state \(keep must be 'start' or 'end', got 'middle'\)", "max_len": "max_len must be an integer >= 1, got 0",
+             "best": r"corrupt training state \(best_val_accuracy must be a number or null, got 'x'\)"}
     common = ["--data-dir", str(tiny_imdb), "--out", str(tmp_path / "out"), "--threads", "1",
               "--no-progress", "--epochs", "2"]
     for name, message in cases.items():

@@ -116,39 +116,29 @@ def new_optimizer(model, args, opt_state=None, path=None):
 def load_imdb_checkpoint(path, device):
     """``load_checkpoint(path, device)`` for --eval and --resume, checked: a classifier of text
     (with its vocabulary) into IMDB's labels 0 and 1, with a training state of the right
-    types.  Returns (model, vocab, optimizer state, meta) with meta["epoch"] (0 if none),
-    meta["best_val_accuracy"] (-1 if none) and meta["data"] (max_len and keep; a
-    QLLSTMClassifier's own, from its parameters) filled in."""
+    types (``QLLSTMClassifier.from_loaded``'s checks).  Returns (model, vocab, optimizer
+    state, meta) with meta["epoch"] (0 if none), meta["best_val_accuracy"] (-1 if none) and
+    meta["data"] (max_len and keep; a QLLSTMClassifier's own, from its parameters) filled in."""
+    from qlnumba import QLLSTMClassifier
     from qlnumba.checkpoint import load_checkpoint
     from qlnumba.model import SequenceClassifier
-    from qlnumba.validate import check_size, is_real
     model, vocab, opt_state, meta = load_checkpoint(path, device)
     if not isinstance(model, SequenceClassifier) or vocab is None:
         what = "language model" if not isinstance(model, SequenceClassifier) else \
             "classifier of ids or features (no vocabulary)"
         raise ValueError(f"{path} holds a {what}; IMDB needs a classifier of text")
-    estimator = meta.get("estimator")
-    try:
-        classes = estimator["classes"] if estimator is not None else [0, 1]
-        data = meta.get("data", {}) if estimator is None else \
-            {k: estimator["params"][k] for k in ("max_len", "keep")}
-        epoch = meta.get("epoch", 0)
-        best = meta.get("best_val_accuracy", -1.0)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: corrupt training state ({exc})") from None
-    if model.config["num_classes"] != 2 or classes != [0, 1]:
-        into = f"the labels {classes}" if estimator is not None else \
-            f"{model.config['num_classes']} classes"
-        raise ValueError(f"{path} classifies into {into}, not IMDB's labels 0 and 1")
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: corrupt training state (data {data!r})")
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0 or not is_real(best) \
-            or data.get("keep", "end") not in ("start", "end"):
-        raise ValueError(f"{path}: corrupt training state (epoch {epoch!r}, best_val_accuracy "
-                         f"{best!r}, keep {data.get('keep')!r})")
-    if data.get("max_len") is not None:
-        check_size(data["max_len"], f"{path}: the training state's max_len")
-    return model, vocab, opt_state, dict(meta, epoch=epoch, best_val_accuracy=best, data=data)
+    ours = "estimator" not in meta            # this program's checkpoint: its epochs and best
+    if ours and model.config["num_classes"] != 2:
+        raise ValueError(f"{path} classifies into {model.config['num_classes']} classes, not "
+                         "IMDB's labels 0 and 1")
+    clf = QLLSTMClassifier.from_loaded(path, (model, vocab, None, meta))
+    if clf.classes_.tolist() != [0, 1]:
+        raise ValueError(f"{path} classifies into the labels {clf.classes_.tolist()}, not IMDB's "
+                         "labels 0 and 1")
+    best = clf.best_validation_score_ if ours else None
+    return model, vocab, opt_state, dict(meta, epoch=clf.n_iter_ if ours else 0,
+                                         best_val_accuracy=-1.0 if best is None else best,
+                                         data={"max_len": clf.max_len, "keep": clf.keep})
 
 
 def check_resumed_model(args, config):
