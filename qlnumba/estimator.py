@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.metrics import accuracy_score
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
@@ -349,6 +350,15 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         probs = self.predict_proba(X)
         return self.classes_[np.argmax(probs, axis=1)]
 
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy of :meth:`predict` on X against y, weighted by ``sample_weight``
+        (n,), numbers >= 0, if given."""
+        predicted = self.predict(X)
+        y = column_or_1d(y)                          # (a 0-d y: a ValueError, not a TypeError)
+        if sample_weight is not None:
+            sample_weight = check_sample_weight(sample_weight, len(predicted))
+        return float(accuracy_score(y, predicted, sample_weight=sample_weight))
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.three_d_array = True
@@ -653,18 +663,17 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         dtype = np.dtype(self.dtype)
         if not hasattr(X, "ndim") and not hasattr(X, "columns"):
             try:                        # equal-length lists are a table, as sklearn reads them
-                X = np.asarray(X, dtype=np.float64)
-            except ValueError:          # ragged: sequences of different lengths
+                X = _real_array(X, np.float64)
+            except ValueError:          # ragged: sequences of different lengths (or not numbers)
                 X = list(X)
         if hasattr(X, "columns") or (hasattr(X, "ndim") and X.ndim == 2):
             # a table (n, T): sklearn's own checks give n_features_in_ and column names
             X = validate_data(self, X, reset=fitting, dtype=[np.float64, np.float32])
             rows = list(X.astype(dtype, copy=False)[:, :, None])
         elif hasattr(X, "ndim") and X.ndim == 3:
-            X = np.asarray(X, dtype=dtype)
-            rows = list(X)
+            rows = list(_real_array(X, dtype))
         else:
-            rows = [np.asarray(r, dtype=dtype) for r in X]
+            rows = [_real_array(r, dtype) for r in X]
             rows = [r[:, None] if r.ndim == 1 else r for r in rows]
         if not rows:
             raise ValueError("X holds no sequences")
@@ -683,6 +692,18 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         return _concatenate(rows, dtype, self.max_len, self.keep)
 
 
+def _real_array(values, dtype):
+    """``values`` as an array of ``dtype``; ValueError for complex numbers (a cast would
+    drop their imaginary parts) and for what is not numbers."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "c" or (arr.dtype == object and any(isinstance(v, complex) for v in arr.flat)):
+        raise ValueError("feature sequences must hold real numbers, got complex ones")
+    try:
+        return arr.astype(dtype, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"feature sequences must hold numbers ({exc})") from None
+
+
 def _check_class_weight(class_weight):
     """class_weight itself if it is None, "balanced" or a dict label -> finite weight >= 0."""
     cw = class_weight
@@ -696,6 +717,8 @@ def _check_class_weight(class_weight):
 def _sized(X):
     """X itself, or as an array or a list if it can only be converted or iterated once
     (array-likes without a length, generators)."""
+    if getattr(X, "ndim", None) == 0:                  # an array has __len__, but len() fails
+        raise ValueError(f"X must be a sequence of sequences, got a 0-d array {X!r:.60}")
     if hasattr(X, "__len__") or isinstance(X, (str, bytes)):
         return X
     if hasattr(X, "__array__"):

@@ -124,6 +124,8 @@ class Adam:
         keys, a shape or dtype other than the parameter's, NaN or inf, a negative v or t
         raise ``ValueError`` and leave the optimizer as it was."""
         wanted = {"t"} | {f"{name}/{k}" for k in self.params for name in ("m", "v")}
+        if not isinstance(arrays, dict):
+            raise ValueError(f"optimizer state must be a dict of arrays, got {type(arrays).__name__}")
         if set(arrays) != wanted:
             missing, extra = sorted(wanted - set(arrays)), sorted(set(arrays) - wanted)
             raise ValueError("optimizer state does not match the parameters: "

@@ -502,6 +502,10 @@ def test_bad_data_is_refused(monkeypatch):
             clf.fit(["a", "b", "c"], np.array(["x", missing, "y"], dtype=object))
     with pytest.raises(ValueError, match="X holds bytes; decode the texts to str first"):
         clf.fit([b"a b", b"c"], [0, 1])              # was numpy's "could not convert string to float"
+    for X in (np.ones((2, 3, 2), complex), [np.ones((3, 2), complex), np.ones((2, 2))],
+              [[1j, 2.0], [0.5, 1.0]]):               # were cast to real, dropping the imaginary parts
+        with pytest.raises(ValueError, match="feature sequences must hold real numbers, got complex"):
+            clf.fit(X, [0, 1])
     clf.fit(["a b", "c"], [0, 1])
     with pytest.raises(ValueError, match="fitted on text"):
         clf.predict(np.zeros((2, 3)))

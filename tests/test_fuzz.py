@@ -104,6 +104,27 @@ def test_the_data_helpers_and_save_refuse_anything_with_a_value_error(a, b, c, t
     only_value_errors(lambda: MODELS["ids"].predict_proba(np.array([[1, 2], [3, 0]]), None, a))
 
 
+@pytest.fixture(scope="module")
+def fitted():
+    """A classifier of texts and one of feature sequences, fitted."""
+    texts = QLLSTMClassifier(hidden_size=2, embed_dim=2, block_size=2, max_epochs=1, random_state=0)
+    features = QLLSTMClassifier(hidden_size=2, block_size=2, max_epochs=1, random_state=0)
+    return texts.fit(["a b", "b c", "c"], [0, 1, 0]), features.fit(np.zeros((3, 4)), [0, 1, 0])
+
+
+@settings(max_examples=MANY, suppress_health_check=list(HealthCheck))
+@given(a=anything, b=anything)
+def test_fitted_classifiers_and_adam_refuse_anything_with_a_value_error(fitted, a, b):
+    """A 0-d array as X was a TypeError in predict, and as score's sample_weight (from
+    scikit-learn's score); a non-dict optimizer state one in Adam.load_state_dict."""
+    texts, features = fitted
+    for call in (lambda: texts.predict(a), lambda: features.predict_proba(a),
+                 lambda: texts.score(a, b), lambda: texts.score(["a", "b c"], [0, 1], a),
+                 lambda: features.score(np.zeros((2, 4)), a, b),
+                 lambda: qlnumba.Adam(MODELS["layer"].params).load_state_dict(a)):
+        only_value_errors(call)
+
+
 KINDS = [st.text(min_size=1, max_size=6), st.lists(st.integers(1, 12), min_size=1, max_size=4),
          st.lists(st.floats(-2, 2), min_size=1, max_size=4), st.integers(-3, 12), st.floats(),
          st.none(), st.binary(max_size=3), st.lists(st.integers(-1, 12), max_size=3)]
