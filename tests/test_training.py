@@ -237,7 +237,9 @@ def test_training_cli_refuses_a_checkpoint_that_is_not_an_imdb_classifier(tiny_i
     for name, meta in (("epoch", {"epoch": "1"}), ("data", {"epoch": 1, "data": [1]}),
                        ("keep", {"epoch": 1, "data": {"keep": "middle"}}),
                        ("max_len", {"epoch": 1, "data": {"max_len": 0}}),
-                       ("best", {"epoch": 1, "best_val_accuracy": "x"})):
+                       ("best", {"epoch": 1, "best_val_accuracy": "x"}),
+                       ("rng", {"epoch": 1, "rng_state": {"bit_generator": "MT19937", "state": 3}}),
+                       ("since", {"epoch": 1, "epochs_since_best": -1})):
         save_checkpoint(tmp_path / f"{name}.npz", small_model(), Vocabulary(vocab.itos + ["d"]),
                         meta=meta)
     cases = {"lm": "holds a language model; IMDB needs a classifier of text",
@@ -246,7 +248,10 @@ def test_training_cli_refuses_a_checkpoint_that_is_not_an_imdb_classifier(tiny_i
              "epoch": r"corrupt training state \(epoch must be an integer >= 0, got '1'\)",
              "data": r"corrupt training state \(data must be a dict, got \[1\]\)",
              "keep": r"corrupt training state \(keep must be 'start' or 'end', got 'middle'\)", "max_len": "max_len must be an integer >= 1, got 0",
-             "best": r"corrupt training state \(best_val_accuracy must be a number or null, got 'x'\)"}
+             "best": r"corrupt training state \(best_val_accuracy must be a number or null, got 'x'\)",
+             "rng": r"corrupt training state \(rng_state or epochs_since_best: ",
+             "since": r"corrupt training state \(rng_state or epochs_since_best: epochs_since_best "
+                      r"must be an integer >= 0, got -1\)"}
     common = ["--data-dir", str(tiny_imdb), "--out", str(tmp_path / "out"), "--threads", "1",
               "--no-progress", "--epochs", "2"]
     for name, message in cases.items():
@@ -319,17 +324,31 @@ def test_short_run_on_real_reviews_learns(tmp_path, capsys):
 
 @pytest.mark.skipif(not HAVE_IMDB, reason="real IMDB data not found beside the checkout")
 def test_resume_continues_after_the_last_epoch(tmp_path):
+    """A run stopped after epoch 1 and resumed trains what the run without the stop trains:
+    the same batches and dropout masks (the Generator's state is in the checkpoint), the same
+    Adam state, the same early-stopping count.  (It drew epoch 2 from a fresh Generator.)"""
     common = ["--limit", "300", "--max-len", "40", "--hidden", "8", "--embed-dim", "8",
               "--vocab-size", "500", "--patience", "9", "--no-progress", "--seed", "3",
-              "--threads", "1"]
-    out = tmp_path / "run"
+              "--threads", "1", "--embed-dropout", "0.3", "--head-dropout", "0.3"]
+    out, whole = tmp_path / "run", tmp_path / "whole"
     assert train_imdb.main(common + ["--epochs", "1", "--out", str(out)]) == 0
     assert train_imdb.main(common + ["--epochs", "2", "--out", str(out),
                                      "--resume", str(out / "last.npz")]) == 0
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2]
-    _, _, opt_state, meta = load_checkpoint(out / "last.npz")
+    assert train_imdb.main(common + ["--epochs", "2", "--out", str(whole)]) == 0
+    logs = [[json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+            for run in (out, whole)]
+    assert [r["epoch"] for r in logs[0]] == [1, 2]
+    for resumed, uninterrupted in zip(*logs):
+        for key in ("train_loss", "train_accuracy", "val_accuracy"):
+            assert resumed[key] == uninterrupted[key], (resumed["epoch"], key)
+    (model, _, opt_state, meta), (model2, _, opt_state2, meta2) = (
+        load_checkpoint(run / "last.npz") for run in (out, whole))
     assert meta["epoch"] == 2 and int(opt_state["t"]) > 0
+    assert meta["rng_state"] == meta2["rng_state"]
+    assert meta["epochs_since_best"] == meta2["epochs_since_best"]
+    for k in model.params:
+        np.testing.assert_array_equal(model.params[k], model2.params[k], err_msg=k)
+        np.testing.assert_array_equal(opt_state[f"m/{k}"], opt_state2[f"m/{k}"], err_msg=k)
 
 
 def test_host_trainer_step_is_forward_backward_update():

@@ -79,7 +79,9 @@ def parse_args(argv=None):
     a("--out", default=OUT, help="folder for best.npz, last.npz, log.jsonl and summary.json")
     a("--resume", default=None, metavar="CKPT",
       help="continue training from a checkpoint (OUT/last.npz: after the last finished epoch): "
-           "its model, vocabulary and optimizer state; model options given must be its own")
+           "its model, vocabulary, optimizer state, random state and early-stopping count, so "
+           "the run trains on exactly as it would have without the stop; model options given "
+           "must be its own")
     a("--eval", default=None, metavar="CKPT", help="only evaluate a saved model on the test split")
     a("--limit", type=int, default=None, help="use only the first N reviews of each split (smoke runs)")
     a("--dtype", default="float32", choices=["float32", "float64"])
@@ -117,17 +119,22 @@ def load_imdb_checkpoint(path, device):
     """``load_checkpoint(path, device)`` for --eval and --resume, checked: a classifier of text
     (with its vocabulary) into IMDB's labels 0 and 1, with a training state of the right
     types (``QLLSTMClassifier.from_loaded``'s checks).  Returns (model, vocab, optimizer
-    state, meta) with meta["epoch"] (0 if none), meta["best_val_accuracy"] (-1 if none) and
-    meta["data"] (max_len and keep; a QLLSTMClassifier's own, from its parameters) filled in."""
+    state, meta) with meta["epoch"] (0 if none), meta["best_val_accuracy"] (-1 if none),
+    meta["data"] (max_len and keep; a QLLSTMClassifier's own, from its parameters),
+    meta["epochs_since_best"] (0 if none) and meta["rng"] (the run's Generator as the
+    checkpoint's epoch left it; None if the checkpoint has none) filled in."""
+    import numpy as np
+
     from qlnumba import QLLSTMClassifier
     from qlnumba.checkpoint import load_checkpoint
     from qlnumba.model import SequenceClassifier
+    from qlnumba.validate import check_size
     model, vocab, opt_state, meta = load_checkpoint(path, device)
     if not isinstance(model, SequenceClassifier) or vocab is None:
         what = "language model" if not isinstance(model, SequenceClassifier) else \
             "classifier of ids or features (no vocabulary)"
         raise ValueError(f"{path} holds a {what}; IMDB needs a classifier of text")
-    ours = "estimator" not in meta            # this program's checkpoint: its epochs and best
+    ours = "estimator" not in meta            # this program's checkpoint: its epochs, best, rng
     if ours and model.config["num_classes"] != 2:
         raise ValueError(f"{path} classifies into {model.config['num_classes']} classes, not "
                          "IMDB's labels 0 and 1")
@@ -136,9 +143,19 @@ def load_imdb_checkpoint(path, device):
         raise ValueError(f"{path} classifies into the labels {clf.classes_.tolist()}, not IMDB's "
                          "labels 0 and 1")
     best = clf.best_validation_score_ if ours else None
+    since_best, rng = meta.get("epochs_since_best", 0), None
+    try:
+        check_size(since_best, "epochs_since_best", 0)
+        if "rng_state" in meta:              # the Generator as the epoch left it: resume exactly
+            rng = np.random.default_rng()
+            rng.bit_generator.state = meta["rng_state"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: corrupt training state (rng_state or epochs_since_best: "
+                         f"{exc})") from None
     return model, vocab, opt_state, dict(meta, epoch=clf.n_iter_ if ours else 0,
                                          best_val_accuracy=-1.0 if best is None else best,
-                                         data={"max_len": clf.max_len, "keep": clf.keep})
+                                         data={"max_len": clf.max_len, "keep": clf.keep},
+                                         epochs_since_best=since_best, rng=rng)
 
 
 def check_resumed_model(args, config):
@@ -251,7 +268,9 @@ def run(args):
     counts = model.param_counts()
     first_epoch = meta.get("epoch", 0) + 1                  # a resumed run's: checked
     best_val = meta.get("best_val_accuracy", -1.0)
-    rng = np.random.default_rng([args.seed, first_epoch])
+    # batch order and dropout; a resumed run goes on with the Generator where it stopped, so
+    # that it trains what the run without the stop would have trained
+    rng = meta.get("rng") or np.random.default_rng([args.seed, first_epoch])
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "best.npz"
     log = open(out_dir / "log.jsonl", "a")
@@ -259,7 +278,7 @@ def run(args):
           f"train {len(train)} / val {len(val)} reviews, {int(train.lengths.sum())} tokens per epoch")
 
     # ---- training ----
-    since_best, train_time, train_tokens_seen = 0, 0.0, 0
+    since_best, train_time, train_tokens_seen = meta.get("epochs_since_best", 0), 0.0, 0
     epoch = first_epoch - 1
     for epoch in range(first_epoch, args.epochs + 1):
         batches = bucket_batches(train.lengths, args.batch_size, rng)
@@ -290,17 +309,16 @@ def run(args):
         print(json.dumps(record))
         improved = val_acc > best_val
         best_val = max(best_val, val_acc)
-        meta = {"epoch": epoch, "best_val_accuracy": best_val, "args": vars(args),
+        since_best = 0 if improved else since_best + 1
+        meta = {"epoch": epoch, "best_val_accuracy": best_val, "epochs_since_best": since_best,
+                "rng_state": rng.bit_generator.state, "args": vars(args),
                 "data": {"max_len": args.max_len, "keep": args.keep}}
         save_checkpoint(out_dir / "last.npz", model, vocab, opt, meta=meta)   # for --resume
         if improved:
-            since_best = 0
             save_checkpoint(ckpt, model, vocab, opt, meta=meta)
-        else:
-            since_best += 1
-            if since_best >= args.patience:
-                print(f"early stop: no better validation accuracy for {since_best} epochs")
-                break
+        elif since_best >= args.patience:
+            print(f"early stop: no better validation accuracy for {since_best} epochs")
+            break
 
     # ---- the test split, once, with the best model ----
     best, _, _, best_meta = load_checkpoint(ckpt)
