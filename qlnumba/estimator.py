@@ -47,7 +47,7 @@ from .data.batching import bucket_batches, pad_batch, sorted_batches
 from .data.text import EncodedCorpus, Vocabulary, encode_corpus, tokenize
 from .model import MODEL_KINDS, SequenceClassifier, make_trainer
 from .optim import Adam, check_adam_constants
-from .validate import check_sample_weight, check_seed, check_size, is_real
+from .validate import check_sample_weight, check_seed, check_size, generator_from_state, is_real
 
 INPUTS = ("auto", "text", "ids", "features")
 DEVICES = ("cpu", "cuda")
@@ -380,6 +380,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
                  "n_iter": self.n_iter_, "loss_curve": self.loss_curve_,
                  "validation_scores": self.validation_scores_,
                  "best_validation_score": self.best_validation_score_}
+        if getattr(self, "_rng", None) is not None:      # partial_fit after load draws on from it
+            state["rng_state"] = self._rng.bit_generator.state
         if hasattr(self, "n_features_in_"):
             state["n_features_in"] = int(self.n_features_in_)
         if hasattr(self, "feature_names_in_"):
@@ -476,6 +478,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         if best is not None and not is_real(best):
             raise ValueError(f"{names[1]} must be a number or null, got {best!r}")
         self.n_iter_, self.best_validation_score_ = n_iter, best
+        if "rng_state" in state:
+            self._rng = generator_from_state(state["rng_state"])
         self.loss_curve_ = real_list("loss_curve")
         self.validation_scores_ = real_list("validation_scores")
         if "n_features_in" in state:

@@ -70,6 +70,17 @@ def check_seed(seed, name="seed"):
     return np.random.default_rng(seed)
 
 
+def generator_from_state(state, name="rng_state"):
+    """A numpy Generator in ``state``, a ``Generator.bit_generator.state`` saved before (a
+    checkpoint's: training goes on with the draws it would have made)."""
+    rng = np.random.default_rng()
+    try:
+        rng.bit_generator.state = state
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{name} is not the state of a numpy Generator ({exc!r:.80})") from None
+    return rng
+
+
 def check_rng(rng):
     """``rng`` itself, which must be None (evaluation: no dropout) or a numpy Generator
     (training: the dropout masks are drawn from it)."""

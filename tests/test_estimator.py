@@ -290,6 +290,9 @@ def test_partial_fit_learns_from_parts_and_goes_on_after_load(tmp_path):
         np.testing.assert_array_equal(back._optimizer.m[k], clf._optimizer.m[k])
     back.partial_fit(x[:40], y[:40])
     assert back.n_iter_ == 6 and back._optimizer.t > clf._optimizer.t
+    clf.partial_fit(x[:40], y[:40])              # the same batches: the Generator came back too
+    for k in clf.model_.params:                  # (a loaded one drew from a fresh Generator)
+        np.testing.assert_array_equal(back.model_.params[k], clf.model_.params[k], err_msg=k)
     with pytest.raises(ValueError, match=r"expected \(steps, 1\)"):
         back.partial_fit(x[:4, :, :1].repeat(2, axis=2), y[:4])
 

@@ -123,12 +123,10 @@ def load_imdb_checkpoint(path, device):
     meta["data"] (max_len and keep; a QLLSTMClassifier's own, from its parameters),
     meta["epochs_since_best"] (0 if none) and meta["rng"] (the run's Generator as the
     checkpoint's epoch left it; None if the checkpoint has none) filled in."""
-    import numpy as np
-
     from qlnumba import QLLSTMClassifier
     from qlnumba.checkpoint import load_checkpoint
     from qlnumba.model import SequenceClassifier
-    from qlnumba.validate import check_size
+    from qlnumba.validate import check_size, generator_from_state
     model, vocab, opt_state, meta = load_checkpoint(path, device)
     if not isinstance(model, SequenceClassifier) or vocab is None:
         what = "language model" if not isinstance(model, SequenceClassifier) else \
@@ -147,11 +145,9 @@ def load_imdb_checkpoint(path, device):
     try:
         check_size(since_best, "epochs_since_best", 0)
         if "rng_state" in meta:              # the Generator as the epoch left it: resume exactly
-            rng = np.random.default_rng()
-            rng.bit_generator.state = meta["rng_state"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: corrupt training state (rng_state or epochs_since_best: "
-                         f"{exc})") from None
+            rng = generator_from_state(meta["rng_state"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: corrupt training state ({exc})") from None
     return model, vocab, opt_state, dict(meta, epoch=clf.n_iter_ if ours else 0,
                                          best_val_accuracy=-1.0 if best is None else best,
                                          data={"max_len": clf.max_len, "keep": clf.keep},
