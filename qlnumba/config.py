@@ -95,13 +95,12 @@ def set_num_threads(n, partition="units"):
     step) or "rows" (threads split the batch rows); see the module docstring.
     """
     global _threads, _partition
-    if partition not in PARTITIONS:
+    if not isinstance(partition, str) or partition not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
     import numba
 
-    if isinstance(n, bool) or int(n) != n or int(n) < 1:
-        raise ValueError(f"thread count must be an integer >= 1, got {n!r}")
-    n = min(int(n), numba.config.NUMBA_NUM_THREADS)
+    from .validate import check_size                 # (validate imports this module)
+    n = min(check_size(n, "thread count"), numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
     # Numba's np.dot calls SciPy's BLAS, which is loaded lazily: load it now, or the
     # limit (which reaches only libraries already loaded) would miss it
@@ -180,4 +179,7 @@ def row_blocks(batch):
 
 
 if "QLNUMBA_THREADS" in os.environ:
+    if not os.environ["QLNUMBA_THREADS"].strip().isdigit():
+        raise ValueError("QLNUMBA_THREADS must be an integer >= 1, got "
+                         f"{os.environ['QLNUMBA_THREADS']!r}")
     set_num_threads(int(os.environ["QLNUMBA_THREADS"]))

@@ -129,8 +129,9 @@ def test_row_blocks_and_thread_setting(threads):
     threads(2)
     assert config.row_blocks(7).tolist() == [0, 4, 7]
     assert config.row_blocks(1).tolist() == [0, 1]          # never an empty block
-    with pytest.raises(ValueError, match="thread count"):
-        config.set_num_threads(0)
+    for bad in (0, None, 2.5, [2], "2"):                  # None, [2]: were TypeErrors
+        with pytest.raises(ValueError, match="thread count must be an integer >= 1"):
+            config.set_num_threads(bad)
     with pytest.raises(ValueError, match="partition"):
         config.set_num_threads(2, "columns")
 
