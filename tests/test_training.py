@@ -350,6 +350,25 @@ def test_resume_continues_after_the_last_epoch(tmp_path):
         np.testing.assert_array_equal(opt_state[f"m/{k}"], opt_state2[f"m/{k}"], err_msg=k)
 
 
+def test_early_stopping_counts_on_across_a_resume(tmp_path, capsys):
+    """With a learning rate too small to change a prediction, the validation accuracy never
+    beats epoch 1's: --patience 2 stops after epoch 3, in one run or resumed after epoch 2
+    (the count of epochs without a better one is in the checkpoint)."""
+    common = ["--limit", "200", "--max-len", "20", "--hidden", "4", "--embed-dim", "4",
+              "--vocab-size", "300", "--patience", "2", "--no-progress", "--seed", "0",
+              "--threads", "1", "--lr", "1e-12"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train_imdb.main(common + ["--epochs", "6", "--out", str(whole)]) == 0
+    assert "early stop: no better validation accuracy for 2 epochs" in capsys.readouterr().out
+    assert train_imdb.main(common + ["--epochs", "2", "--out", str(parts)]) == 0
+    assert train_imdb.main(common + ["--epochs", "6", "--out", str(parts),
+                                     "--resume", str(parts / "last.npz")]) == 0
+    assert "early stop: no better validation accuracy for 2 epochs" in capsys.readouterr().out
+    for run in (whole, parts):
+        summary = json.loads((run / "summary.json").read_text())
+        assert (summary["epochs_run"], summary["best_epoch"]) == (3, 1), run
+
+
 def test_host_trainer_step_is_forward_backward_update():
     """make_trainer on a CPU model: HostTrainer, whose step is forward, backward and the Adam
     update, the same to the last bit as the three calls by hand; sync_to_host does nothing."""
