@@ -46,7 +46,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data.batching import bucket_batches, pad_batch, sorted_batches
 from .data.text import EncodedCorpus, Vocabulary, encode_corpus, tokenize
 from .model import MODEL_KINDS, SequenceClassifier, make_trainer
-from .optim import Adam, check_adam_constants
+from .optim import Adam, NonFiniteGradients, check_adam_constants
 from .validate import check_sample_weight, check_seed, check_size, generator_from_state, is_real
 
 INPUTS = ("auto", "text", "ids", "features")
@@ -518,11 +518,15 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             t0, loss_sum = time.perf_counter(), 0.0
             for idx in bucket_batches(train.lengths, self.batch_size, rng):
                 inputs, lengths = pad_batch(train, idx)
-                loss, _ = trainer.step(inputs, lengths, y_train[idx], rng=rng,   # and the update
-                                       sample_weight=None if w_train is None else w_train[idx])
-                if not math.isfinite(loss):
-                    raise ValueError(f"the training loss became {loss} in epoch {epoch}; "
-                                     "try a smaller lr, a clip, or scaled features")
+                try:
+                    loss, _ = trainer.step(inputs, lengths, y_train[idx], rng=rng,   # and the update
+                                           sample_weight=None if w_train is None else w_train[idx])
+                    diverged = None if math.isfinite(loss) else f"the training loss became {loss}"
+                except NonFiniteGradients:
+                    diverged = "the training gradients held NaN or inf"
+                if diverged:
+                    raise ValueError(f"{diverged} in epoch {epoch}; try a smaller lr, a clip, "
+                                     "or scaled features")
                 loss_sum += loss * len(idx)
             trainer.sync_to_host()                     # a GPU's model.params and opt: for predictions, copies
             self.n_iter_ = epoch

@@ -7,6 +7,11 @@ from .config import get_num_threads, row_blocks
 from .kernels.adam import adam_step, adam_step_split, sum_of_squares, sum_of_squares_split
 from .validate import is_real
 
+class NonFiniteGradients(ValueError):
+    """A step's gradients hold NaN or inf (the loss has diverged); the parameters and the
+    optimizer's state are left as they were."""
+
+
 SPLIT_MIN = 1 << 16     # parameters of a tensor for which Adam's step and its norm run on every thread
 
 
@@ -92,7 +97,7 @@ class Adam:
                                  f"{self.params[k].dtype} {self.params[k].shape}")
         norm = global_norm(grads)
         if not math.isfinite(norm):
-            raise ValueError("gradients contain NaN or inf; parameters left unchanged")
+            raise NonFiniteGradients("gradients contain NaN or inf; parameters left unchanged")
         scale = 1.0
         if self.clip_norm is not None and norm > self.clip_norm:
             scale = self.clip_norm / norm

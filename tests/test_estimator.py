@@ -527,6 +527,11 @@ def test_bad_data_is_refused(monkeypatch):
     monkeypatch.setattr(qlnumba.SequenceClassifier, "forward", nan_loss)
     with pytest.raises(ValueError, match="loss became nan in epoch 1"):
         QLLSTMClassifier(hidden_size=4, max_epochs=1).fit(np.zeros((4, 3)), [0, 1, 0, 1])
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"the training gradients held NaN or inf in epoch \d; "
+                                         r"try a smaller lr"):     # said nothing of the epoch
+        QLLSTMClassifier(hidden_size=4, embed_dim=4, max_epochs=3, batch_size=2, lr=1e30, clip=0,
+                         random_state=0).fit(["a good film", "a bad one"] * 4, [1, 0] * 4)
 
 
 @pytest.mark.slow

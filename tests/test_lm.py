@@ -2,6 +2,7 @@
 a short run whose loss falls, generation, checkpoints; Tiny Shakespeare reading and the
 training program."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -300,6 +301,13 @@ def test_training_program_on_a_text_the_test_wrote(tmp_path, capsys):
     assert train_shakespeare.main(["--sample", str(out / "best.npz"), "--prompt", "To",
                                    "--sample-chars", "40", "--threads", "1"]) == 0
     assert capsys.readouterr().out.strip() == summary["sample"].strip()
+    rc = train_shakespeare.main(["--data-dir", str(tmp_path / "data"), "--epochs", "3",
+                                 "--hidden", "16", "--embed-dim", "8", "--batch-size", "4",
+                                 "--steps", "16", "--lr", "1e30", "--clip", "0",
+                                 "--out", str(tmp_path / "diverged"), "--threads", "1"])
+    err = capsys.readouterr().err                    # a diverging run: one line, status 1
+    assert rc == 1 and re.search(r"error: the (loss became nan|gradients held NaN or inf) in "
+                                 r"epoch \d; try a smaller --lr", err), err
 
 
 @pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")

@@ -8,7 +8,7 @@ from qlnumba.kernels.blas import gemm_njit
 from qlnumba.kernels.embedding import embedding_backward, embedding_forward
 from qlnumba.kernels.head import linear_xent_backward, linear_xent_forward
 from qlnumba.kernels.adam import sum_of_squares, sum_of_squares_split
-from qlnumba.optim import SPLIT_MIN, Adam, global_norm
+from qlnumba.optim import SPLIT_MIN, Adam, NonFiniteGradients, global_norm
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -119,7 +119,7 @@ def test_clipping_scales_by_the_global_norm():
 def test_adam_refuses_nan_gradients_and_leaves_params():
     p = np.ones(2)
     opt = Adam({"p": p})
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(NonFiniteGradients, match="NaN"):        # a ValueError
         opt.step({"p": np.array([np.nan, 1.0])})
     assert (p == 1).all() and opt.t == 0
     with pytest.raises(ValueError, match="keys"):

@@ -369,6 +369,18 @@ def test_early_stopping_counts_on_across_a_resume(tmp_path, capsys):
         assert (summary["epochs_run"], summary["best_epoch"]) == (3, 1), run
 
 
+def test_a_diverging_run_stops_with_one_line(tiny_imdb, tmp_path, capsys):
+    """A learning rate of 1e30 drives the parameters to where the gradients overflow: Adam
+    refuses the step (NonFiniteGradients, a ValueError), and the program says at which epoch
+    and what to try, with exit status 1 (it said only 'gradients contain NaN or inf')."""
+    rc = train_imdb.main(["--data-dir", str(tiny_imdb), "--out", str(tmp_path / "out"),
+                          "--threads", "1", "--no-progress", "--epochs", "3", "--batch-size", "2",
+                          "--lr", "1e30", "--clip", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and re.search(r"error: the gradients held NaN or inf at epoch \d; stopping. "
+                                 r"Try a smaller --lr or --clip.", err), err
+
+
 def test_host_trainer_step_is_forward_backward_update():
     """make_trainer on a CPU model: HostTrainer, whose step is forward, backward and the Adam
     update, the same to the last bit as the three calls by hand; sync_to_host does nothing."""

@@ -185,6 +185,7 @@ def run(args):
     from qlnumba.cli import check_options
     from qlnumba.config import set_num_threads
     from qlnumba.model import make_trainer
+    from qlnumba.optim import NonFiniteGradients
     from qlnumba.data import (Vocabulary, bucket_batches, encode_corpus, load_imdb, pad_batch,
                               sorted_batches, tokenize)
 
@@ -282,10 +283,14 @@ def run(args):
         t0, seen, loss_sum, correct, n = time.time(), 0, 0.0, 0, 0
         for idx in bar:
             ids, lengths = pad_batch(train, idx)
-            loss, probs = trainer.step(ids, lengths, y_train[idx], rng=rng)   # and the update
-            if not math.isfinite(loss):
-                print(f"error: loss became {loss} at epoch {epoch}; stopping. Try a smaller --lr "
-                      f"or --clip.", file=sys.stderr)
+            try:
+                loss, probs = trainer.step(ids, lengths, y_train[idx], rng=rng)   # and the update
+                diverged = None if math.isfinite(loss) else f"the loss became {loss}"
+            except NonFiniteGradients:                  # (the parameters were left as they were)
+                diverged = "the gradients held NaN or inf"
+            if diverged:
+                print(f"error: {diverged} at epoch {epoch}; stopping. Try a smaller --lr or "
+                      f"--clip.", file=sys.stderr)
                 return 1
             seen += int(lengths.sum())
             loss_sum += loss * len(idx)

@@ -102,6 +102,7 @@ def run(args):
     from qlnumba.cli import check_options
     from qlnumba.config import set_num_threads
     from qlnumba.model import make_trainer
+    from qlnumba.optim import NonFiniteGradients
     from qlnumba.data import load_shakespeare
     from qlnumba.data.shakespeare import char_vocabulary, encode_chars, split_ids, stream_batches
     from qlnumba.lm import LanguageModel
@@ -141,10 +142,13 @@ def run(args):
         t0, total, seen, state = time.time(), 0.0, 0, None
         offset = int(rng.integers(0, args.steps))    # other chunk borders each epoch
         for x, y, lengths in stream_batches(train, args.batch_size, args.steps, offset):
-            loss, _, state = trainer.step(x, lengths, y, state, rng=rng)   # and the update
-            if not math.isfinite(loss):
-                print(f"error: loss became {loss} in epoch {epoch}; try a smaller --lr",
-                      file=sys.stderr)
+            try:
+                loss, _, state = trainer.step(x, lengths, y, state, rng=rng)   # and the update
+                diverged = None if math.isfinite(loss) else f"the loss became {loss}"
+            except NonFiniteGradients:                  # (the parameters were left as they were)
+                diverged = "the gradients held NaN or inf"
+            if diverged:
+                print(f"error: {diverged} in epoch {epoch}; try a smaller --lr", file=sys.stderr)
                 return 1
             total, seen = total + loss * x.size, seen + x.size
         trainer.sync_to_host()                         # a GPU's: for validation and the checkpoint

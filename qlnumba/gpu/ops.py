@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..optim import check_adam_constants
+from ..optim import NonFiniteGradients, check_adam_constants
 from . import get_cuda
 from .arrays import SIM, THREADS, grid_for
 
@@ -343,7 +343,7 @@ class CudaAdam:
         partial = self.partial.copy_to_host()
         norm = math.sqrt(sum(float(np.sum(partial[i])) for i in range(len(names))))
         if not math.isfinite(norm):
-            raise ValueError("gradients contain NaN or inf; parameters left unchanged")
+            raise NonFiniteGradients("gradients contain NaN or inf; parameters left unchanged")
         scale = self.clip_norm / norm if self.clip_norm is not None and norm > self.clip_norm else 1.0
         self.t += 1
         b1, b2 = self.betas
