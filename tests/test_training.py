@@ -321,14 +321,13 @@ def test_short_run_on_real_reviews_learns(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
 
 
-@pytest.mark.skipif(not HAVE_IMDB, reason="real IMDB data not found beside the checkout")
-def test_resume_continues_after_the_last_epoch(tmp_path):
+def test_resume_continues_after_the_last_epoch(tiny_imdb, tmp_path):
     """A run stopped after epoch 1 and resumed trains what the run without the stop trains:
     the same batches and dropout masks (the Generator's state is in the checkpoint), the same
     Adam state, the same early-stopping count.  (It drew epoch 2 from a fresh Generator.)"""
-    common = ["--limit", "300", "--max-len", "40", "--hidden", "8", "--embed-dim", "8",
-              "--vocab-size", "500", "--patience", "9", "--no-progress", "--seed", "3",
-              "--threads", "1", "--embed-dropout", "0.3", "--head-dropout", "0.3"]
+    common = ["--data-dir", str(tiny_imdb), "--hidden", "8", "--embed-dim", "8", "--batch-size", "2",
+              "--patience", "9", "--no-progress", "--seed", "3", "--threads", "1",
+              "--embed-dropout", "0.3", "--head-dropout", "0.3"]
     out, whole = tmp_path / "run", tmp_path / "whole"
     assert train_imdb.main(common + ["--epochs", "1", "--out", str(out)]) == 0
     assert train_imdb.main(common + ["--epochs", "2", "--out", str(out),
@@ -350,13 +349,12 @@ def test_resume_continues_after_the_last_epoch(tmp_path):
         np.testing.assert_array_equal(opt_state[f"m/{k}"], opt_state2[f"m/{k}"], err_msg=k)
 
 
-def test_early_stopping_counts_on_across_a_resume(tmp_path, capsys):
+def test_early_stopping_counts_on_across_a_resume(tiny_imdb, tmp_path, capsys):
     """With a learning rate too small to change a prediction, the validation accuracy never
     beats epoch 1's: --patience 2 stops after epoch 3, in one run or resumed after epoch 2
     (the count of epochs without a better one is in the checkpoint)."""
-    common = ["--limit", "200", "--max-len", "20", "--hidden", "4", "--embed-dim", "4",
-              "--vocab-size", "300", "--patience", "2", "--no-progress", "--seed", "0",
-              "--threads", "1", "--lr", "1e-12"]
+    common = ["--data-dir", str(tiny_imdb), "--hidden", "4", "--embed-dim", "4",
+              "--patience", "2", "--no-progress", "--seed", "0", "--threads", "1", "--lr", "1e-12"]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert train_imdb.main(common + ["--epochs", "6", "--out", str(whole)]) == 0
     assert "early stop: no better validation accuracy for 2 epochs" in capsys.readouterr().out
