@@ -44,11 +44,12 @@ def save_checkpoint(path, model, vocab=None, optimizer=None, meta=None):
 
 
 def _check_save(path, model, vocab, optimizer, meta):
+    """ValueError for what ``load_checkpoint`` would refuse to read back."""
     from .data.paths import check_path
     from .data.text import Vocabulary
-    check_path(path, "path")
     from .lm import LanguageModel
     from .model import SequenceClassifier
+    check_path(path, "path")
     if not isinstance(model, (SequenceClassifier, LanguageModel)):
         raise ValueError(f"save_checkpoint saves a SequenceClassifier or a LanguageModel, got "
                          f"{type(model).__name__}")

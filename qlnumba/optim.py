@@ -7,6 +7,7 @@ from .config import get_num_threads, row_blocks
 from .kernels.adam import adam_step, adam_step_split, sum_of_squares, sum_of_squares_split
 from .validate import is_real
 
+
 class NonFiniteGradients(ValueError):
     """A step's gradients hold NaN or inf (the loss has diverged); the parameters and the
     optimizer's state are left as they were."""
