@@ -61,6 +61,18 @@ def check_options(args, **kinds):
                 raise ValueError(f"--{name.replace('_', '-')} {rule}, got {value}")
 
 
+def check_resumed_options(args, config, options):
+    """ValueError naming each option of ``options`` (option name -> the model config's key)
+    that ``args.given`` holds and that differs from the resumed checkpoint's model ``config``:
+    a resumed run trains the checkpoint's model on."""
+    differ = [f"--{name.replace('_', '-')} {getattr(args, name)} (the checkpoint's: {config[key]})"
+              for name, key in options.items()
+              if name in args.given and getattr(args, name) != config.get(key)]
+    if differ:
+        raise ValueError(f"{args.resume} was built with other model options: {', '.join(differ)}; "
+                         "a resumed run trains the checkpoint's model on")
+
+
 def exit_status(run, prefix, cpu_hint, interrupted_hint=""):
     """``run()``'s exit status, or 2 after one line on stderr (``prefix``error: message) for
     the errors a user can mend: bad checkpoints, files, data and input (ValueError,

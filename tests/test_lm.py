@@ -310,6 +310,46 @@ def test_training_program_on_a_text_the_test_wrote(tmp_path, capsys):
                                  r"epoch \d; try a smaller --lr", err), err
 
 
+def test_training_program_resumes_exactly_and_refuses_another_run(tmp_path, capsys):
+    """Stopped after epoch 2 and resumed (--resume OUT/last.npz), a run trains what it would
+    have without the stop: the Generator (chunk borders, dropout) and Adam's state are in the
+    checkpoint.  Another text, other model options, no epoch left, or an --out without the
+    run's best.npz are refused in one line."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "input.txt").write_text("To be, or not to be: that is the question.\n" * 40)
+    common = ["--data-dir", str(tmp_path / "data"), "--hidden", "8", "--embed-dim", "4",
+              "--batch-size", "4", "--steps", "16", "--sample-chars", "5", "--threads", "1",
+              "--dropout", "0.2"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert train_shakespeare.main(common + ["--epochs", "3", "--out", str(whole)]) == 0
+    assert train_shakespeare.main(common + ["--epochs", "2", "--out", str(parts)]) == 0
+    assert train_shakespeare.main(common + ["--epochs", "3", "--out", str(parts),
+                                            "--resume", str(parts / "last.npz")]) == 0, \
+        capsys.readouterr().err
+    summaries = [json.loads((run / "summary.json").read_text()) for run in (whole, parts)]
+    assert [r["val_loss"] for r in summaries[0]["epochs"]] == \
+        [r["val_loss"] for r in summaries[1]["epochs"]]
+    assert summaries[0]["sample"] == summaries[1]["sample"]
+    (model, *_), (model2, *_) = (load_checkpoint(run / "last.npz") for run in (whole, parts))
+    for k in model.params:
+        np.testing.assert_array_equal(model.params[k], model2.params[k], err_msg=k)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "input.txt").write_text("Something else entirely, said Hamlet!\n" * 40)
+    capsys.readouterr()
+    resume = ["--resume", str(parts / "last.npz"), "--out", str(parts)]
+    for argv, message in (
+            (common[2:] + resume + ["--epochs", "4", "--data-dir", str(tmp_path / "other")],
+             "was trained on a text of other characters"),
+            (common + resume + ["--epochs", "4", "--hidden", "16"],
+             r"was built with other model options: --hidden 16 \(the checkpoint's: 8\)"),
+            (common + resume + ["--epochs", "3"], "has trained 3 epochs; --epochs 3 leaves none"),
+            (common + resume[:2] + ["--epochs", "4", "--out", str(tmp_path / "new")],
+             "best.npz, the run's best model so far, is missing")):
+        assert train_shakespeare.main(argv) == 2, message
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and re.search(message, err), (message, err)
+
+
 @pytest.mark.skipif(gpu_usable(), reason="a GPU is here: --device cuda would train on it")
 def test_training_program_without_a_gpu_says_so(tmp_path, capsys):
     (tmp_path / "input.txt").write_text("To be, or not to be.\n" * 20)

@@ -89,8 +89,8 @@ def parse_args(argv=None):
       help="cuda: train with every array on the GPU (qlnumba.gpu.model.CudaTrainer), any --model")
     a("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    # the options given on the command line: parsed again into a namespace that already
-    # holds every option as None, so argparse fills in no defaults
+    # the options given on the command line (a resumed run checks them): parsed again into a
+    # namespace that already holds every option as None, so argparse fills in no defaults
     unset = argparse.Namespace(**dict.fromkeys(vars(args)))
     args.given = sorted(k for k, v in vars(ap.parse_args(argv, unset)).items() if v is not None)
     return args
@@ -154,16 +154,6 @@ def load_imdb_checkpoint(path, device):
                                          epochs_since_best=since_best, rng=rng)
 
 
-def check_resumed_model(args, config):
-    """ValueError naming each model option given that differs from the checkpoint's model."""
-    differ = [f"--{name.replace('_', '-')} {getattr(args, name)} (the checkpoint's: {config[key]})"
-              for name, key in MODEL_OPTIONS.items()
-              if name in args.given and getattr(args, name) != config.get(key)]
-    if differ:
-        raise ValueError(f"{args.resume} was built with other model options: {', '.join(differ)}; "
-                         "a resumed run trains the checkpoint's model on")
-
-
 def main(argv=None):
     args = parse_args(argv)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -182,7 +172,7 @@ def run(args):
 
     import qlnumba
     from qlnumba.checkpoint import load_checkpoint, save_checkpoint
-    from qlnumba.cli import check_options
+    from qlnumba.cli import check_options, check_resumed_options
     from qlnumba.config import set_num_threads
     from qlnumba.model import make_trainer
     from qlnumba.optim import NonFiniteGradients
@@ -231,8 +221,12 @@ def run(args):
 
     resumed = load_imdb_checkpoint(args.resume, args.device) if args.resume else None
     if resumed:
-        check_resumed_model(args, resumed[0].config)
+        check_resumed_options(args, resumed[0].config, MODEL_OPTIONS)
         done = resumed[3]["epoch"]
+        if resumed[3]["best_val_accuracy"] >= 0 and not (Path(args.out) / "best.npz").is_file():
+            raise ValueError(f"{Path(args.out) / 'best.npz'}, the run's best model so far, is "
+                             f"missing; give --out the folder of the run that {args.resume} "
+                             "comes from")
         if done >= args.epochs:
             raise ValueError(f"{args.resume} has trained {done} epochs; --epochs {args.epochs} "
                              "leaves none to run (--eval evaluates a checkpoint)")

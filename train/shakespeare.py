@@ -4,6 +4,7 @@
     python train/shakespeare.py --model lstm
     python train/shakespeare.py --device cuda      # parameters and Adam state on the GPU
     python train/shakespeare.py --sample runs/shakespeare/best.npz --prompt "ROMEO:"
+    python train/shakespeare.py --epochs 20 --resume runs/shakespeare/last.npz   # train on
 
 The text's first 90% trains, the last 10% validates (nanoGPT's split).  Training reads
 the text as BATCH_SIZE parallel streams in chunks of STEPS characters, carrying the state
@@ -70,8 +71,62 @@ def parse_args(argv=None):
     a("--data-dir", default=None,
       help="folder with input.txt (default: $QLNUMBA_SHAKESPEARE_DIR, "
            "$QLNUMBA_DATA_DIR/tinyshakespeare, then ../shared/data/tinyshakespeare)")
-    a("--out", default=OUT, help="folder for best.npz, log.jsonl and summary.json")
-    return ap.parse_args(argv)
+    a("--out", default=OUT, help="folder for best.npz, last.npz, log.jsonl and summary.json")
+    a("--resume", default=None, metavar="CKPT",
+      help="continue training from a checkpoint (OUT/last.npz: after the last finished epoch): "
+           "its model, optimizer state and random state, so that the run trains on exactly as "
+           "it would have without the stop; the text must be the same, and model options "
+           "given must be the checkpoint's")
+    args = ap.parse_args(argv)
+    # the options given on the command line (a resumed run checks them): parsed again into a
+    # namespace that already holds every option as None, so argparse fills in no defaults
+    unset = argparse.Namespace(**dict.fromkeys(vars(args)))
+    args.given = sorted(k for k, v in vars(ap.parse_args(argv, unset)).items() if v is not None)
+    return args
+
+
+# a resumed run's model is the checkpoint's: these options, given, must agree with it
+MODEL_OPTIONS = dict(model="kind", embed_dim="embed_dim", hidden="hidden_size", layers="num_layers",
+                     block_size="block_size", dropout="dropout", layer_dropout="layer_dropout")
+
+
+def load_resumed(args, vocab):
+    """(model, optimizer, meta) of ``args.resume``, checked: a language model of this text's
+    characters, built with the model options given, with a training state of the right types.
+    meta["rng"] is the run's Generator as the checkpoint's epoch left it."""
+    import qlnumba
+    from qlnumba.checkpoint import load_checkpoint
+    from qlnumba.cli import check_resumed_options
+    from qlnumba.lm import LanguageModel
+    from qlnumba.validate import check_size, generator_from_state, is_real
+    model, saved_vocab, opt_state, meta = load_checkpoint(args.resume, device=args.device)
+    if not isinstance(model, LanguageModel) or saved_vocab is None:
+        raise ValueError(f"{args.resume} is not a language model with its vocabulary")
+    if saved_vocab.itos != vocab.itos:
+        raise ValueError(f"{args.resume} was trained on a text of other characters; resume on "
+                         "the same text (--data-dir, --limit)")
+    check_resumed_options(args, model.config, MODEL_OPTIONS)
+    try:
+        check_size(meta.get("epoch"), "epoch", 0)
+        history = meta.get("history")
+        if not isinstance(history, list) or len(history) != meta["epoch"] \
+                or not all(isinstance(r, dict) and is_real(r.get("val_loss")) for r in history):
+            raise ValueError(f"history must be one record of val_loss per epoch, got {history!r:.80}")
+        rng = generator_from_state(meta.get("rng_state"))
+    except ValueError as exc:
+        raise ValueError(f"{args.resume}: corrupt training state ({exc})") from None
+    if meta["epoch"] and not (Path(args.out) / "best.npz").is_file():
+        raise ValueError(f"{Path(args.out) / 'best.npz'}, the run's best model so far, is missing; "
+                         f"give --out the folder of the run that {args.resume} comes from")
+    if meta["epoch"] >= args.epochs:
+        raise ValueError(f"{args.resume} has trained {meta['epoch']} epochs; --epochs {args.epochs} "
+                         "leaves none to run (--sample prints a sample)")
+    opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
+    try:
+        opt.load_state_dict(opt_state or {})
+    except ValueError as exc:
+        raise ValueError(f"{args.resume}: {exc}") from None
+    return model, opt, dict(meta, rng=rng)
 
 
 def main(argv=None):
@@ -124,21 +179,27 @@ def run(args):
     text = load_shakespeare(args.data_dir)[:args.limit]
     vocab = char_vocabulary(text)
     train, val = split_ids(encode_chars(text, vocab), args.val_fraction)
-    model = LanguageModel(len(vocab), args.embed_dim, args.hidden, kind=args.model,
-                          num_layers=args.layers, block_size=args.block_size,
-                          dropout=args.dropout, layer_dropout=args.layer_dropout, seed=args.seed,
-                          device=args.device)
-    opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
+    if args.resume:
+        model, opt, meta = load_resumed(args, vocab)
+    else:
+        model = LanguageModel(len(vocab), args.embed_dim, args.hidden, kind=args.model,
+                              num_layers=args.layers, block_size=args.block_size,
+                              dropout=args.dropout, layer_dropout=args.layer_dropout,
+                              seed=args.seed, device=args.device)
+        opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
+        meta = {"epoch": 0, "history": [], "rng": np.random.default_rng(args.seed)}
     trainer = make_trainer(model, opt)             # with --device cuda: every array on the GPU
-    rng = np.random.default_rng(args.seed)
+    rng = meta["rng"]       # chunk borders and dropout; a resumed run's: where it stopped
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / "log.jsonl", "w")
-    print(f"{args.model}: parameters {model.param_counts()}; {len(vocab) - 2} characters; "
+    log = open(out_dir / "log.jsonl", "a" if args.resume else "w")
+    print(f"{model.config['kind']}: parameters {model.param_counts()}; {len(vocab) - 2} characters; "
           f"train {len(train)} / validation {len(val)} characters")
 
-    best, train_time, seen_all, history = math.inf, 0.0, 0, []
-    for epoch in range(1, args.epochs + 1):
+    history = meta["history"]
+    best = min([math.inf] + [r["val_loss"] for r in history])
+    train_time, seen_all = 0.0, 0
+    for epoch in range(meta["epoch"] + 1, args.epochs + 1):
         t0, total, seen, state = time.time(), 0.0, 0, None
         offset = int(rng.integers(0, args.steps))    # other chunk borders each epoch
         for x, y, lengths in stream_batches(train, args.batch_size, args.steps, offset):
@@ -161,15 +222,17 @@ def run(args):
         history.append(record)
         print(json.dumps(record), file=log, flush=True)
         print(json.dumps(record))
+        state = {"epoch": epoch, "val_loss": val_loss, "history": history,
+                 "rng_state": rng.bit_generator.state, "args": vars(args)}
+        save_checkpoint(out_dir / "last.npz", model, vocab, opt, meta=state)   # for --resume
         if val_loss < best:
             best = val_loss
-            save_checkpoint(out_dir / "best.npz", model, vocab, opt,
-                            meta={"epoch": epoch, "val_loss": val_loss, "args": vars(args)})
+            save_checkpoint(out_dir / "best.npz", model, vocab, opt, meta=state)
 
     # the sample on the CPU: generation is one character per call, and a device model's layer
     # API copies the parameters over on each call
     model, vocab, _, meta = load_checkpoint(out_dir / "best.npz", device="cpu")
-    summary = {"model": args.model, "seed": args.seed, "params": model.param_counts(),
+    summary = {"model": model.config["kind"], "seed": args.seed, "params": model.param_counts(),
                "best_epoch": meta["epoch"], "best_val_loss": best,
                "best_val_bits_per_char": best / math.log(2), "epochs": history,
                "train_seconds": train_time, "wall_seconds": time.time() - t_start,
