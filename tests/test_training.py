@@ -204,6 +204,11 @@ def test_training_cli_resume_with_no_epoch_left_says_so(tiny_imdb, tmp_path, cap
     capsys.readouterr()
     assert train_imdb.main(common + ["--epochs", "1", "--resume", str(tmp_path / "last.npz")]) == 2
     assert "has trained 1 epochs; --epochs 1 leaves none to run" in capsys.readouterr().err
+    # into another folder, a run whose epochs beat no earlier one would end on a missing best.npz
+    assert train_imdb.main(common + ["--epochs", "2", "--resume", str(tmp_path / "last.npz"),
+                                     "--out", str(tmp_path / "elsewhere")]) == 2
+    assert "best.npz, the run's best model so far, is missing; give --out the folder of the run" \
+        in capsys.readouterr().err
 
 
 def test_training_cli_resume_refuses_other_model_options(tiny_imdb, tmp_path, capsys):
