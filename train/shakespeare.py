@@ -222,12 +222,12 @@ def run(args):
         history.append(record)
         print(json.dumps(record), file=log, flush=True)
         print(json.dumps(record))
-        state = {"epoch": epoch, "val_loss": val_loss, "history": history,
+        saved = {"epoch": epoch, "val_loss": val_loss, "history": history,
                  "rng_state": rng.bit_generator.state, "args": vars(args)}
-        save_checkpoint(out_dir / "last.npz", model, vocab, opt, meta=state)   # for --resume
+        save_checkpoint(out_dir / "last.npz", model, vocab, opt, meta=saved)   # for --resume
         if val_loss < best:
             best = val_loss
-            save_checkpoint(out_dir / "best.npz", model, vocab, opt, meta=state)
+            save_checkpoint(out_dir / "best.npz", model, vocab, opt, meta=saved)
 
     # the sample on the CPU: generation is one character per call, and a device model's layer
     # API copies the parameters over on each call
