@@ -172,7 +172,11 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
             corpus, targets = self._encode_labelled(X, y)
         weights = self._weights(targets, sample_weight, forget=fresh)
         self._optimizer, self._rng = self._new_optimizer(), rng   # partial_fit goes on from them
-        self._train(corpus, targets, rng, self.max_epochs, self.early_stopping, weights)
+        try:
+            self._train(corpus, targets, rng, self.max_epochs, self.early_stopping, weights)
+        except ValueError:          # diverged: no half-trained network is left to predict with
+            self._forget()
+            raise
         return self
 
     def partial_fit(self, X, y, classes=None, sample_weight=None):
@@ -180,7 +184,9 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         first call builds the network and needs ``classes``, every label there will be.
         ``early_stopping`` does not apply (there is no epoch to compare with): hold data
         out and score it between calls instead.  ``sample_weight``: as for :meth:`fit`;
-        ``class_weight`` must be a dict or None here."""
+        ``class_weight`` must be a dict or None here.  A call whose training diverges raises
+        ``ValueError`` and leaves the network as its last finite step left it (unlike
+        :meth:`fit`, which leaves the classifier unfitted)."""
         if _check_class_weight(self.class_weight) == "balanced":
             raise ValueError("class_weight='balanced' needs every label at once and "
                              "partial_fit sees a part of them; give a dict (e.g. sklearn's "

@@ -528,10 +528,13 @@ def test_bad_data_is_refused(monkeypatch):
     with pytest.raises(ValueError, match="loss became nan in epoch 1"):
         QLLSTMClassifier(hidden_size=4, max_epochs=1).fit(np.zeros((4, 3)), [0, 1, 0, 1])
     monkeypatch.undo()
+    diverging = QLLSTMClassifier(hidden_size=4, embed_dim=4, max_epochs=3, batch_size=2, lr=1e30,
+                                 clip=0, random_state=0)
     with pytest.raises(ValueError, match=r"the training gradients held NaN or inf in epoch \d; "
                                          r"try a smaller lr"):     # said nothing of the epoch
-        QLLSTMClassifier(hidden_size=4, embed_dim=4, max_epochs=3, batch_size=2, lr=1e30, clip=0,
-                         random_state=0).fit(["a good film", "a bad one"] * 4, [1, 0] * 4)
+        diverging.fit(["a good film", "a bad one"] * 4, [1, 0] * 4)
+    with pytest.raises(NotFittedError):                 # it kept the half-trained network
+        diverging.predict(["a good film"])
 
 
 @pytest.mark.slow
