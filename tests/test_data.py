@@ -58,6 +58,8 @@ def test_vocabulary_frequency_order_size_and_unknowns():
         Vocabulary.build(["a moving film", "a dull one"])
     with pytest.raises(ValueError, match="tokens must be a list of tokens"):
         vocab.encode("a moving film")
+    with pytest.raises(ValueError, match="tokens must be str"):      # were UNK, silently
+        vocab.encode(["a", 3])
     with pytest.raises(ValueError, match=r"max_size \(with pad and unk\) must be an integer >= 2, got 2.5"):
         Vocabulary.build([["a"]], max_size=2.5)
 

@@ -63,9 +63,13 @@ class Vocabulary:
         """int32 ids of a list of tokens (UNK for a token the vocabulary lacks)."""
         stoi = self.stoi
         try:                                            # a list or an array cell: unhashable
-            return np.array([stoi.get(t, UNK) for t in _token_list(tokens, "tokens")], dtype=np.int32)
+            ids = np.array([stoi.get(t, UNK) for t in _token_list(tokens, "tokens")], dtype=np.int32)
         except TypeError:
-            raise ValueError("tokens must be str") from None
+            ids = None
+        # a number or a tuple would have been UNK (only the unknown ones need the check)
+        if ids is None or not all(isinstance(tokens[i], str) for i in np.flatnonzero(ids == UNK)):
+            raise ValueError("tokens must be str (a vocabulary holds str tokens)")
+        return ids
 
 
 class EncodedCorpus:
