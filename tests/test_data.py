@@ -50,7 +50,8 @@ def test_vocabulary_frequency_order_size_and_unknowns():
     assert vocab.itos == ["<pad>", "<unk>", "b", "a"]
     assert vocab.encode(["a", "zzz", "b"]).tolist() == [3, UNK, 2]
     assert Vocabulary.build([["x", "y", "y"]], min_freq=2).itos == ["<pad>", "<unk>", "y"]
-    for bad in (["a", "b"], ["<pad>", "<unk>", "a", "a"], ["<pad>", "<unk>", 3]):  # 3: from a JSON file
+    for bad in (["a", "b"], ["<pad>", "<unk>", "a", "a"], ["<pad>", "<unk>", 3],  # 3: from a JSON file
+                ["<pad>", "<unk>", ["a"]]):                                    # was a TypeError
         with pytest.raises(ValueError, match="a vocabulary is strings that start with"):
             Vocabulary(bad)
     # a text where a list of tokens goes: its characters would have been the tokens
@@ -60,6 +61,8 @@ def test_vocabulary_frequency_order_size_and_unknowns():
         vocab.encode("a moving film")
     with pytest.raises(ValueError, match="tokens must be str"):      # were UNK, silently
         vocab.encode(["a", 3])
+    with pytest.raises(ValueError, match="tokens must be str"):      # was a TypeError
+        Vocabulary.build([[["a"]]])
     with pytest.raises(ValueError, match=r"max_size \(with pad and unk\) must be an integer >= 2, got 2.5"):
         Vocabulary.build([["a"]], max_size=2.5)
 

@@ -32,8 +32,8 @@ class Vocabulary:
 
     def __init__(self, tokens):
         tokens = list(_token_list(tokens, "tokens"))
-        if tokens[:2] != ["<pad>", "<unk>"] or len(set(tokens)) != len(tokens) \
-                or not all(isinstance(t, str) for t in tokens):
+        if not all(isinstance(t, str) for t in tokens) or tokens[:2] != ["<pad>", "<unk>"] \
+                or len(set(tokens)) != len(tokens):             # (str first: set() hashes them)
             raise ValueError("a vocabulary is strings that start with '<pad>', '<unk>', with no "
                              "duplicates")
         self.itos = tokens
@@ -46,8 +46,11 @@ class Vocabulary:
             max_size = check_size(max_size, "max_size (with pad and unk)", 2)
         min_freq = check_size(min_freq, "min_freq")
         counts = Counter()
-        for tokens in _token_list(token_lists, "token_lists"):
-            counts.update(_token_list(tokens, "each of token_lists"))
+        try:                                            # (a list among the tokens: unhashable)
+            for tokens in _token_list(token_lists, "token_lists"):
+                counts.update(_token_list(tokens, "each of token_lists"))
+        except TypeError as exc:
+            raise ValueError(f"tokens must be str ({exc})") from None
         if not all(isinstance(t, str) for t in counts):
             raise ValueError("tokens must be str, got "
                              f"{next(type(t).__name__ for t in counts if not isinstance(t, str))}")
