@@ -73,6 +73,21 @@ def check_resumed_options(args, config, options):
                          "a resumed run trains the checkpoint's model on")
 
 
+def check_resume_left(args, done, has_best, hint):
+    """ValueError where a resumed run (``args.resume``, ``done`` epochs trained) cannot go on:
+    its best model so far (``has_best``: the run has one) is not in ``args.out``, where the
+    test or the sample at its end reads it, or ``args.epochs`` leaves no epoch to train
+    (``hint``: what the program offers instead)."""
+    from pathlib import Path
+    best = Path(args.out) / "best.npz"
+    if has_best and not best.is_file():
+        raise ValueError(f"{best}, the run's best model so far, is missing; give --out the "
+                         f"folder of the run that {args.resume} comes from")
+    if done >= args.epochs:
+        raise ValueError(f"{args.resume} has trained {done} epochs; --epochs {args.epochs} "
+                         f"leaves none to run ({hint})")
+
+
 def exit_status(run, prefix, cpu_hint, interrupted_hint=""):
     """``run()``'s exit status, or 2 after one line on stderr (``prefix``error: message) for
     the errors a user can mend: bad checkpoints, files, data and input (ValueError,

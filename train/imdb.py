@@ -172,7 +172,7 @@ def run(args):
 
     import qlnumba
     from qlnumba.checkpoint import load_checkpoint, save_checkpoint
-    from qlnumba.cli import check_options, check_resumed_options
+    from qlnumba.cli import check_options, check_resume_left, check_resumed_options
     from qlnumba.config import set_num_threads
     from qlnumba.model import make_trainer
     from qlnumba.optim import NonFiniteGradients
@@ -222,14 +222,8 @@ def run(args):
     resumed = load_imdb_checkpoint(args.resume, args.device) if args.resume else None
     if resumed:
         check_resumed_options(args, resumed[0].config, MODEL_OPTIONS)
-        done = resumed[3]["epoch"]
-        if resumed[3]["best_val_accuracy"] >= 0 and not (Path(args.out) / "best.npz").is_file():
-            raise ValueError(f"{Path(args.out) / 'best.npz'}, the run's best model so far, is "
-                             f"missing; give --out the folder of the run that {args.resume} "
-                             "comes from")
-        if done >= args.epochs:
-            raise ValueError(f"{args.resume} has trained {done} epochs; --epochs {args.epochs} "
-                             "leaves none to run (--eval evaluates a checkpoint)")
+        check_resume_left(args, resumed[3]["epoch"], resumed[3]["best_val_accuracy"] >= 0,
+                          "--eval evaluates a checkpoint")
         opt = new_optimizer(resumed[0], args, resumed[2], args.resume)   # checked before the data
 
     # ---- data ----

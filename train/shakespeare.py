@@ -90,13 +90,25 @@ MODEL_OPTIONS = dict(model="kind", embed_dim="embed_dim", hidden="hidden_size", 
                      block_size="block_size", dropout="dropout", layer_dropout="layer_dropout")
 
 
+def new_optimizer(model, args, opt_state=None):
+    """Adam over the model's parameters with the options' constants; its t, m and v from
+    ``opt_state`` (the resumed checkpoint's) when there is one."""
+    import qlnumba
+    opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
+    if opt_state is not None:
+        try:
+            opt.load_state_dict(opt_state)
+        except ValueError as exc:
+            raise ValueError(f"{args.resume}: {exc}") from None
+    return opt
+
+
 def load_resumed(args, vocab):
     """(model, optimizer, meta) of ``args.resume``, checked: a language model of this text's
     characters, built with the model options given, with a training state of the right types.
     meta["rng"] is the run's Generator as the checkpoint's epoch left it."""
-    import qlnumba
     from qlnumba.checkpoint import load_checkpoint
-    from qlnumba.cli import check_resumed_options
+    from qlnumba.cli import check_resume_left, check_resumed_options
     from qlnumba.lm import LanguageModel
     from qlnumba.validate import check_size, generator_from_state, is_real
     model, saved_vocab, opt_state, meta = load_checkpoint(args.resume, device=args.device)
@@ -115,18 +127,8 @@ def load_resumed(args, vocab):
         rng = generator_from_state(meta.get("rng_state"))
     except ValueError as exc:
         raise ValueError(f"{args.resume}: corrupt training state ({exc})") from None
-    if meta["epoch"] and not (Path(args.out) / "best.npz").is_file():
-        raise ValueError(f"{Path(args.out) / 'best.npz'}, the run's best model so far, is missing; "
-                         f"give --out the folder of the run that {args.resume} comes from")
-    if meta["epoch"] >= args.epochs:
-        raise ValueError(f"{args.resume} has trained {meta['epoch']} epochs; --epochs {args.epochs} "
-                         "leaves none to run (--sample prints a sample)")
-    opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
-    try:
-        opt.load_state_dict(opt_state or {})
-    except ValueError as exc:
-        raise ValueError(f"{args.resume}: {exc}") from None
-    return model, opt, dict(meta, rng=rng)
+    check_resume_left(args, meta["epoch"], meta["epoch"] > 0, "--sample prints a sample")
+    return model, new_optimizer(model, args, opt_state or {}), dict(meta, rng=rng)
 
 
 def main(argv=None):
@@ -152,7 +154,6 @@ def sample(model, vocab, args, seed):
 def run(args):
     import numpy as np
 
-    import qlnumba
     from qlnumba.checkpoint import load_checkpoint, save_checkpoint
     from qlnumba.cli import check_options
     from qlnumba.config import set_num_threads
@@ -186,7 +187,7 @@ def run(args):
                               num_layers=args.layers, block_size=args.block_size,
                               dropout=args.dropout, layer_dropout=args.layer_dropout,
                               seed=args.seed, device=args.device)
-        opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
+        opt = new_optimizer(model, args)
         meta = {"epoch": 0, "history": [], "rng": np.random.default_rng(args.seed)}
     trainer = make_trainer(model, opt)             # with --device cuda: every array on the GPU
     rng = meta["rng"]       # chunk borders and dropout; a resumed run's: where it stopped
