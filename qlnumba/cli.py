@@ -61,16 +61,20 @@ def check_options(args, **kinds):
                 raise ValueError(f"--{name.replace('_', '-')} {rule}, got {value}")
 
 
-def check_resumed_options(args, config, options):
-    """ValueError naming each option of ``options`` (option name -> the model config's key)
-    that ``args.given`` holds and that differs from the resumed checkpoint's model ``config``:
-    a resumed run trains the checkpoint's model on."""
+def take_resumed_options(args, config, options):
+    """Set the model options of ``args`` (``options``: option name -> the model config's key)
+    to the resumed checkpoint's model ``config``, so that what the run records (its summary,
+    its checkpoints' ``args``) is the model it trains, not the program's defaults.
+    ValueError naming each option that ``args.given`` holds and that differs: a resumed run
+    trains the checkpoint's model on."""
     differ = [f"--{name.replace('_', '-')} {getattr(args, name)} (the checkpoint's: {config[key]})"
               for name, key in options.items()
               if name in args.given and getattr(args, name) != config.get(key)]
     if differ:
         raise ValueError(f"{args.resume} was built with other model options: {', '.join(differ)}; "
                          "a resumed run trains the checkpoint's model on")
+    for name, key in options.items():
+        setattr(args, name, config[key])
 
 
 def check_resume_left(args, done, has_best, hint):

@@ -323,10 +323,11 @@ def test_training_program_resumes_exactly_and_refuses_another_run(tmp_path, caps
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert train_shakespeare.main(common + ["--epochs", "3", "--out", str(whole)]) == 0
     assert train_shakespeare.main(common + ["--epochs", "2", "--out", str(parts)]) == 0
-    assert train_shakespeare.main(common + ["--epochs", "3", "--out", str(parts),
-                                            "--resume", str(parts / "last.npz")]) == 0, \
+    assert train_shakespeare.main(common[:-2] + ["--epochs", "3", "--out", str(parts),   # no --dropout
+                                                 "--resume", str(parts / "last.npz")]) == 0, \
         capsys.readouterr().err
     summaries = [json.loads((run / "summary.json").read_text()) for run in (whole, parts)]
+    assert summaries[1]["args"]["dropout"] == 0.2        # the checkpoint's, not the default
     assert [r["val_loss"] for r in summaries[0]["epochs"]] == \
         [r["val_loss"] for r in summaries[1]["epochs"]]
     assert summaries[0]["sample"] == summaries[1]["sample"]

@@ -329,15 +329,18 @@ def test_short_run_on_real_reviews_learns(tmp_path, capsys):
 def test_resume_continues_after_the_last_epoch(tiny_imdb, tmp_path):
     """A run stopped after epoch 1 and resumed trains what the run without the stop trains:
     the same batches and dropout masks (the Generator's state is in the checkpoint), the same
-    Adam state, the same early-stopping count.  (It drew epoch 2 from a fresh Generator.)"""
+    Adam state, the same early-stopping count.  (It drew epoch 2 from a fresh Generator.)
+    The resumed run, not given --block-size, records the checkpoint's (not the default)."""
     common = ["--data-dir", str(tiny_imdb), "--hidden", "8", "--embed-dim", "8", "--batch-size", "2",
               "--patience", "9", "--no-progress", "--seed", "3", "--threads", "1",
               "--embed-dropout", "0.3", "--head-dropout", "0.3"]
     out, whole = tmp_path / "run", tmp_path / "whole"
-    assert train_imdb.main(common + ["--epochs", "1", "--out", str(out)]) == 0
+    assert train_imdb.main(common + ["--epochs", "1", "--out", str(out), "--block-size", "3"]) == 0
     assert train_imdb.main(common + ["--epochs", "2", "--out", str(out),
                                      "--resume", str(out / "last.npz")]) == 0
-    assert train_imdb.main(common + ["--epochs", "2", "--out", str(whole)]) == 0
+    assert train_imdb.main(common + ["--epochs", "2", "--out", str(whole), "--block-size", "3"]) == 0
+    assert train_imdb.BLOCK_SIZE != 3
+    assert json.loads((out / "summary.json").read_text())["args"]["block_size"] == 3
     logs = [[json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
             for run in (out, whole)]
     assert [r["epoch"] for r in logs[0]] == [1, 2]

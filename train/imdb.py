@@ -172,7 +172,7 @@ def run(args):
 
     import qlnumba
     from qlnumba.checkpoint import load_checkpoint, save_checkpoint
-    from qlnumba.cli import check_options, check_resume_left, check_resumed_options
+    from qlnumba.cli import check_options, check_resume_left, take_resumed_options
     from qlnumba.config import set_num_threads
     from qlnumba.model import make_trainer
     from qlnumba.optim import NonFiniteGradients
@@ -221,7 +221,7 @@ def run(args):
 
     resumed = load_imdb_checkpoint(args.resume, args.device) if args.resume else None
     if resumed:
-        check_resumed_options(args, resumed[0].config, MODEL_OPTIONS)
+        take_resumed_options(args, resumed[0].config, MODEL_OPTIONS)
         check_resume_left(args, resumed[3]["epoch"], resumed[3]["best_val_accuracy"] >= 0,
                           "--eval evaluates a checkpoint")
         opt = new_optimizer(resumed[0], args, resumed[2], args.resume)   # checked before the data

@@ -108,7 +108,7 @@ def load_resumed(args, vocab):
     characters, built with the model options given, with a training state of the right types.
     meta["rng"] is the run's Generator as the checkpoint's epoch left it."""
     from qlnumba.checkpoint import load_checkpoint
-    from qlnumba.cli import check_resume_left, check_resumed_options
+    from qlnumba.cli import check_resume_left, take_resumed_options
     from qlnumba.lm import LanguageModel
     from qlnumba.validate import check_size, generator_from_state, is_real
     model, saved_vocab, opt_state, meta = load_checkpoint(args.resume, device=args.device)
@@ -117,7 +117,7 @@ def load_resumed(args, vocab):
     if saved_vocab.itos != vocab.itos:
         raise ValueError(f"{args.resume} was trained on a text of other characters; resume on "
                          "the same text (--data-dir, --limit)")
-    check_resumed_options(args, model.config, MODEL_OPTIONS)
+    take_resumed_options(args, model.config, MODEL_OPTIONS)
     try:
         check_size(meta.get("epoch"), "epoch", 0)
         history = meta.get("history")
