@@ -70,7 +70,8 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
         Embedding width for text and ids (unused for feature sequences).
     num_layers : int, default 1
     block_size : int, default 32
-        HGR-ASC block length K.
+        HGR-ASC block length K (the design card's default; on IMDB's reviews 4 scored
+        1.25 points higher, at about 85% of the speed: results/imdb.md).
     input : {"auto", "text", "ids", "features"}, default "auto"
         What X holds (see the module docstring).
     vocab_size : int, default 25000
