@@ -105,8 +105,9 @@ def new_optimizer(model, args, opt_state=None):
 
 def load_resumed(args, vocab):
     """(model, optimizer, meta) of ``args.resume``, checked: a language model of this text's
-    characters, built with the model options given, with a training state of the right types.
-    meta["rng"] is the run's Generator as the checkpoint's epoch left it."""
+    characters, built with the model options given, with a training state of the right types;
+    the model options of ``args`` become the checkpoint's.  meta["rng"] is the run's Generator
+    as the checkpoint's epoch left it."""
     from qlnumba.checkpoint import load_checkpoint
     from qlnumba.cli import check_resume_left, take_resumed_options
     from qlnumba.lm import LanguageModel
