@@ -77,6 +77,20 @@ def take_resumed_options(args, config, options):
         setattr(args, name, config[key])
 
 
+def new_adam(model, opt_state, path, **constants):
+    """``qlnumba.Adam(model.params, **constants)``, its t, m and v from ``opt_state`` (the
+    optimizer state of the checkpoint at ``path``) unless that is None; ValueError naming
+    ``path`` where the state does not fit the model."""
+    from .optim import Adam
+    opt = Adam(model.params, **constants)
+    if opt_state is not None:
+        try:
+            opt.load_state_dict(opt_state)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    return opt
+
+
 def check_resume_left(args, done, has_best, hint):
     """ValueError where a resumed run (``args.resume``, ``done`` epochs trained) cannot go on:
     its best model so far (``has_best``: the run has one) is not in ``args.out``, where the

@@ -105,14 +105,9 @@ MODEL_OPTIONS = dict(model="kind", embed_dim="embed_dim", hidden="hidden_size", 
 def new_optimizer(model, args, opt_state=None, path=None):
     """AdamW over the model's parameters with the options' constants; its t, m and v from
     ``opt_state`` (a resumed checkpoint's, read from ``path``) when there is one."""
-    from qlnumba import Adam
-    opt = Adam(model.params, lr=args.lr, weight_decay=args.weight_decay, clip_norm=args.clip or None)
-    if opt_state:
-        try:
-            opt.load_state_dict(opt_state)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    return opt
+    from qlnumba.cli import new_adam
+    return new_adam(model, opt_state, path, lr=args.lr, weight_decay=args.weight_decay,
+                    clip_norm=args.clip or None)
 
 
 def load_imdb_checkpoint(path, device):

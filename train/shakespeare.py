@@ -93,14 +93,8 @@ MODEL_OPTIONS = dict(model="kind", embed_dim="embed_dim", hidden="hidden_size", 
 def new_optimizer(model, args, opt_state=None):
     """Adam over the model's parameters with the options' constants; its t, m and v from
     ``opt_state`` (the resumed checkpoint's) when there is one."""
-    import qlnumba
-    opt = qlnumba.Adam(model.params, lr=args.lr, clip_norm=args.clip or None)
-    if opt_state is not None:
-        try:
-            opt.load_state_dict(opt_state)
-        except ValueError as exc:
-            raise ValueError(f"{args.resume}: {exc}") from None
-    return opt
+    from qlnumba.cli import new_adam
+    return new_adam(model, opt_state, args.resume, lr=args.lr, clip_norm=args.clip or None)
 
 
 def load_resumed(args, vocab):
