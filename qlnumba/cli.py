@@ -77,11 +77,17 @@ def take_resumed_options(args, config, options):
         setattr(args, name, config[key])
 
 
-def new_adam(model, opt_state, path, **constants):
+def new_adam(model, opt_state, path, epochs_done=0, **constants):
     """``qlnumba.Adam(model.params, **constants)``, its t, m and v from ``opt_state`` (the
-    optimizer state of the checkpoint at ``path``) unless that is None; ValueError naming
-    ``path`` where the state does not fit the model."""
+    optimizer state of the checkpoint at ``path``, ``epochs_done`` epochs into its run) unless
+    that is None; ValueError naming ``path`` where the state does not fit the model, or where
+    there is none though the run has trained (a fresh Adam would not go on as the run would
+    have: its first steps, with no moments, are much larger)."""
     from .optim import Adam
+    if opt_state is None and epochs_done > 0:
+        raise ValueError(f"{path} has trained {epochs_done} epochs but holds no optimizer state "
+                         "(Adam's t, m and v), so the run cannot go on as it would have; resume "
+                         "from the run's last.npz, which has it")
     opt = Adam(model.params, **constants)
     if opt_state is not None:
         try:

@@ -313,8 +313,8 @@ def test_training_program_on_a_text_the_test_wrote(tmp_path, capsys):
 def test_training_program_resumes_exactly_and_refuses_another_run(tmp_path, capsys):
     """Stopped after epoch 2 and resumed (--resume OUT/last.npz), a run trains what it would
     have without the stop: the Generator (chunk borders, dropout) and Adam's state are in the
-    checkpoint.  Another text, other model options, no epoch left, or an --out without the
-    run's best.npz are refused in one line."""
+    checkpoint.  Another text, other model options, no epoch left, an --out without the
+    run's best.npz, or a checkpoint without Adam's state are refused in one line."""
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "input.txt").write_text("To be, or not to be: that is the question.\n" * 40)
     common = ["--data-dir", str(tmp_path / "data"), "--hidden", "8", "--embed-dim", "4",
@@ -336,6 +336,8 @@ def test_training_program_resumes_exactly_and_refuses_another_run(tmp_path, caps
         np.testing.assert_array_equal(model.params[k], model2.params[k], err_msg=k)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "input.txt").write_text("Something else entirely, said Hamlet!\n" * 40)
+    with np.load(parts / "last.npz") as z:                 # a trained run's, Adam's state taken out
+        np.savez(parts / "no_adam.npz", **{k: v for k, v in z.items() if not k.startswith("opt/")})
     capsys.readouterr()
     resume = ["--resume", str(parts / "last.npz"), "--out", str(parts)]
     for argv, message in (
@@ -345,7 +347,9 @@ def test_training_program_resumes_exactly_and_refuses_another_run(tmp_path, caps
              r"was built with other model options: --hidden 16 \(the checkpoint's: 8\)"),
             (common + resume + ["--epochs", "3"], "has trained 3 epochs; --epochs 3 leaves none"),
             (common + resume[:2] + ["--epochs", "4", "--out", str(tmp_path / "new")],
-             "best.npz, the run's best model so far, is missing")):
+             "best.npz, the run's best model so far, is missing"),
+            (common + ["--resume", str(parts / "no_adam.npz"), "--out", str(parts), "--epochs", "4"],
+             r"has trained 3 epochs but holds no optimizer state \(Adam's t, m and v\)")):
         assert train_shakespeare.main(argv) == 2, message
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and re.search(message, err), (message, err)

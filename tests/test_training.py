@@ -152,6 +152,24 @@ def test_training_cli_resume_refuses_a_corrupt_optimizer_state(tmp_path, capsys)
             and message in err and "Traceback" not in err
 
 
+def test_training_cli_resume_refuses_a_trained_checkpoint_without_optimizer_state(tmp_path, capsys):
+    """A checkpoint of a trained run without Adam's state went on with a fresh Adam, whose first
+    steps are not the run's; now it is refused, before any data is read.  One of no epochs (a
+    model saved to start from) still starts a fresh Adam."""
+    vocab = Vocabulary(["<pad>", "<unk>", "a", "b", "c", "d"])
+    save_checkpoint(tmp_path / "trained.npz", small_model(), vocab, meta={"epoch": 1})
+    rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path),
+                          "--threads", "1", "--epochs", "2", "--resume", str(tmp_path / "trained.npz")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (f"error: {tmp_path / 'trained.npz'} has trained 1 epochs but holds no "
+                               "optimizer state (Adam's t, m and v), so the run cannot go on as it "
+                               "would have; resume from the run's last.npz, which has it\n")
+    save_checkpoint(tmp_path / "start.npz", small_model(), vocab)
+    rc = train_imdb.main(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path),
+                          "--threads", "1", "--epochs", "2", "--resume", str(tmp_path / "start.npz")])
+    assert rc == 2 and capsys.readouterr().err.startswith("error: IMDB data folder not found")
+
+
 def test_training_programs_offer_every_model_kind(capsys):
     """--model lists its choices by hand: they must be the library's kinds, no more, no less."""
     import re

@@ -102,11 +102,12 @@ MODEL_OPTIONS = dict(model="kind", embed_dim="embed_dim", hidden="hidden_size", 
                      head_dropout="head_dropout", layer_dropout="layer_dropout", dtype="dtype")
 
 
-def new_optimizer(model, args, opt_state=None, path=None):
+def new_optimizer(model, args, opt_state=None, path=None, epochs_done=0):
     """AdamW over the model's parameters with the options' constants; its t, m and v from
-    ``opt_state`` (a resumed checkpoint's, read from ``path``) when there is one."""
+    ``opt_state`` (a resumed checkpoint's, read from ``path``, ``epochs_done`` epochs into its
+    run) when there is one; ValueError where there is none and the run has trained."""
     from qlnumba.cli import new_adam
-    return new_adam(model, opt_state, path, lr=args.lr, weight_decay=args.weight_decay,
+    return new_adam(model, opt_state, path, epochs_done, lr=args.lr, weight_decay=args.weight_decay,
                     clip_norm=args.clip or None)
 
 
@@ -219,7 +220,8 @@ def run(args):
         take_resumed_options(args, resumed[0].config, MODEL_OPTIONS)
         check_resume_left(args, resumed[3]["epoch"], resumed[3]["best_val_accuracy"] >= 0,
                           "--eval evaluates a checkpoint")
-        opt = new_optimizer(resumed[0], args, resumed[2], args.resume)   # checked before the data
+        opt = new_optimizer(resumed[0], args, resumed[2], args.resume,   # checked before the data
+                            resumed[3]["epoch"])
 
     # ---- data ----
     (texts, labels), = load_imdb(args.data_dir, ("train",), args.limit).values()

@@ -90,11 +90,13 @@ MODEL_OPTIONS = dict(model="kind", embed_dim="embed_dim", hidden="hidden_size", 
                      block_size="block_size", dropout="dropout", layer_dropout="layer_dropout")
 
 
-def new_optimizer(model, args, opt_state=None):
+def new_optimizer(model, args, opt_state=None, epochs_done=0):
     """Adam over the model's parameters with the options' constants; its t, m and v from
-    ``opt_state`` (the resumed checkpoint's) when there is one."""
+    ``opt_state`` (the resumed checkpoint's, ``epochs_done`` epochs into its run) when there is
+    one; ValueError where there is none and the run has trained."""
     from qlnumba.cli import new_adam
-    return new_adam(model, opt_state, args.resume, lr=args.lr, clip_norm=args.clip or None)
+    return new_adam(model, opt_state, args.resume, epochs_done, lr=args.lr,
+                    clip_norm=args.clip or None)
 
 
 def load_resumed(args, vocab):
@@ -123,7 +125,7 @@ def load_resumed(args, vocab):
     except ValueError as exc:
         raise ValueError(f"{args.resume}: corrupt training state ({exc})") from None
     check_resume_left(args, meta["epoch"], meta["epoch"] > 0, "--sample prints a sample")
-    return model, new_optimizer(model, args, opt_state or {}), dict(meta, rng=rng)
+    return model, new_optimizer(model, args, opt_state, meta["epoch"]), dict(meta, rng=rng)
 
 
 def main(argv=None):
