@@ -12,6 +12,8 @@ fighting over the cores collapses speed.  How the work is split (``partition``):
 - ``"units"`` (QL-LSTM/LSTM layers, the default): each thread owns a slice of the
   hidden units of every row and the threads meet at a spin barrier every step
   (kernels/recurrent_units.py; one thread runs these kernels too, as one part).
+  Called from several Python threads at once, these kernels take turns
+  (``spin_region``).
   Per-step products keep all B columns (sequences).  QL-LSTM inference splits rows instead where
   every thread gets 16 rows or more (``layers._QLCell._infer``: no barrier).
 - ``"rows"``: the rows of each batch are split into ``n`` blocks run side by side
@@ -24,7 +26,9 @@ Environment variables (read once, at import):
 ``QLNUMBA_WIDE_VECTORS``  "0" keeps LLVM's own vector width for the loops it vectorises
                      (default: 512-bit vectors on AVX-512 hosts; see ``_prefer_512_bit``).
 """
+import contextlib
 import os
+import threading
 
 import numpy as np
 
@@ -169,6 +173,20 @@ def unit_blocks(hidden, align=8):
         edges[-1] = hidden
         return edges
     return np.linspace(0, hidden, parts + 1).round().astype(np.int64)
+
+
+_spinning = threading.Lock()
+
+
+def spin_region(bounds):
+    """The context to call a kernel in whose ``len(bounds) - 1`` parts meet at spin
+    barriers: with two parts or more, a process-wide lock, so that such kernels called
+    from several Python threads at once (the kernels release the GIL) run one after
+    the other.  Side by side they would put more spinning threads than cores: a
+    thread would wait for a part whose thread is not running, and two QL-LSTM
+    trainers on 2 threads each, on 2 cores, took 13.5x as long as one after the
+    other (thirty-seventh session).  One part never waits: no lock."""
+    return _spinning if len(bounds) > 2 else contextlib.nullcontext()
 
 
 def row_blocks(batch):

@@ -23,7 +23,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .config import row_blocks, unit_blocks
+from .config import row_blocks, spin_region, unit_blocks
 from .kernels.dropout import dropout_backward, dropout_forward
 from .kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forward_split
 from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, recurrent_forward,
@@ -224,9 +224,10 @@ class _QLCell:
                      MBLK=buf("MBLK", B, NB + 1 if self.hgr else 0, H), SBLK=buf("SBLK", B, NB, H),
                      RBLK=buf("RBLK", B, NB, H))
         n0 = st["n"].copy()
-        recurrent_forward_units(out, st["h"], st["c"], st["m"], st["a"], st["n"], *saved.values(),
-                                x, lengths,
-                                *self._forward_params(), ubounds)
+        with spin_region(ubounds):
+            recurrent_forward_units(out, st["h"], st["c"], st["m"], st["a"], st["n"],
+                                    *saved.values(), x, lengths,
+                                    *self._forward_params(), ubounds)
         self.cache = ("units", x, lengths, n0, saved, ubounds)
         return out
 
@@ -253,7 +254,8 @@ class _QLCell:
         parts = len(row_blocks(B)) - 1
         ubounds = unit_blocks(self.H)
         if ubounds is not None and not (self.psug and B >= INFER_ROWS_MIN * parts):
-            recurrent_infer_units(*args, ubounds)
+            with spin_region(ubounds):
+                recurrent_infer_units(*args, ubounds)
         else:
             recurrent_infer_rows(*args, parts)
         self.cache = None
@@ -274,11 +276,12 @@ class _QLCell:
 
     def _backward_units(self, dx, g, dout, dst):
         _, x, lengths, n0, saved, ubounds = self.cache
-        recurrent_backward_units(dx, g("W", 2), g("U", 2), g("b", 1), g("gamma", 2), g("beta", 2),
-                                 g("V_s", 2), g("V_m", 2), g("b_r", 1),
-                                 dst["h"], dst["c"], dst["m"], dst["a"],
-                                 dout, x, lengths, n0, *saved.values(),
-                                 *self._backward_params(), ubounds)
+        with spin_region(ubounds):
+            recurrent_backward_units(dx, g("W", 2), g("U", 2), g("b", 1), g("gamma", 2),
+                                     g("beta", 2), g("V_s", 2), g("V_m", 2), g("b_r", 1),
+                                     dst["h"], dst["c"], dst["m"], dst["a"],
+                                     dout, x, lengths, n0, *saved.values(),
+                                     *self._backward_params(), ubounds)
 
 
 class _GRUCell:

@@ -175,3 +175,54 @@ def test_split_units_float32_close_to_float64(kind, threads):
     for name in g64:
         scale = np.abs(g64[name]).max()
         assert_close(g32[name], g64[name], 1e-4, 1e-4 * scale, f"grad {name}")
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+def test_layers_called_from_two_python_threads_take_turns_at_the_spin_barriers():
+    """The kernels release the GIL, so two Python threads (a server scoring requests, two
+    fits side by side) can run them at once.  Two spin-barrier kernels side by side put 4
+    spinning threads on the 2 cores of the CI machine: the two trainers below took 24x as
+    long as one after the other.  config.spin_region makes them take turns (1.7-2.7x: the
+    rest of a step, its embedding, head and Adam, still runs side by side).  Results must
+    be those of the trainers run alone; the time, well under that collapse."""
+    import threading
+    import time
+
+    import qlnumba
+    from qlnumba.model import make_trainer
+    config.set_num_threads(2)              # (BLAS on one thread: its own spinning threads kept out)
+    rng = make_rng(37)
+    ids, lengths = rng.integers(2, 500, (32, 128)), rng.integers(100, 129, 32)
+    y = rng.integers(0, 2, 32)
+
+    def trainer():
+        model = qlnumba.SequenceClassifier(500, 32, 64, 2, kind="ql", block_size=4,
+                                           dtype=np.float32, seed=0)
+        return model, make_trainer(model, qlnumba.Adam(model.params))
+
+    def train(t, steps):
+        for _ in range(steps):
+            t.step(ids, lengths, y)
+
+    alone = [trainer() for _ in range(2)]
+    for _, t in alone:
+        train(t, 1)                                       # compiles
+    start = time.perf_counter()
+    for _, t in alone:
+        train(t, 16)
+    one_after_other = time.perf_counter() - start
+    side = [trainer() for _ in range(2)]
+    for _, t in side:
+        train(t, 1)
+    runs = [threading.Thread(target=train, args=(t, 16)) for _, t in side]
+    start = time.perf_counter()
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    side_by_side = time.perf_counter() - start
+    for (m1, _), (m2, _) in zip(alone, side):
+        for k in m1.params:
+            np.testing.assert_array_equal(m2.params[k], m1.params[k], err_msg=k)
+    print(f"16 steps each: one after the other {one_after_other:.3f} s, side by side {side_by_side:.3f} s")
+    assert side_by_side < 5 * one_after_other
