@@ -33,6 +33,7 @@ says which (``versions.torch_flush_denormal``).
     python bench/cpu.py --config A            # table
     python bench/cpu.py --config A --json     # one JSON object
     python bench/cpu.py --config A --gru      # GRUs too
+    python bench/cpu.py --block-size 4        # QL-LSTM at train/imdb.py's block length
 """
 import argparse
 import json
@@ -47,6 +48,9 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=sorted(CONFIGS), default="A", help="(B, T, E, H) preset")
     ap.add_argument("--threads", type=int, default=2, help="threads for Numba, BLAS and torch")
+    ap.add_argument("--block-size", type=int, default=32,
+                    help="QL-LSTM's HGR-ASC block length K (the library's default 32; "
+                         "train/imdb.py's is 4)")
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds (median)")
     ap.add_argument("--partition", choices=("units", "rows"), default="units",
                     help="how qlnumba splits work across threads (qlnumba.config.set_num_threads)")
@@ -174,7 +178,8 @@ def main():
     peak = matmul_peak_gflops(args.threads)
     qlnumba.config.set_num_threads(args.threads, args.partition)
     rng = np.random.default_rng(0)
-    layers = {"qlnumba_ql": qlnumba.QLLSTM(E, H, psug=True, hgr=True, dtype=np.float32, seed=0),
+    layers = {"qlnumba_ql": qlnumba.QLLSTM(E, H, psug=True, hgr=True, block_size=args.block_size,
+                                           dtype=np.float32, seed=0),
               "qlnumba_lstm": qlnumba.QLLSTM(E, H, psug=False, hgr=False, dtype=np.float32, seed=0)}
     if args.gru:
         layers["qlnumba_gru"] = qlnumba.GRU(E, H, dtype=np.float32, seed=0)
@@ -194,7 +199,7 @@ def main():
         versions["torch_imported_first"] = True
     tokens = B * T
     result = {"config": args.config, "B": B, "T": T, "E": E, "H": H, "dtype": "float32",
-              "threads": args.threads, "repeats": args.repeats, "rewarm": not args.no_rewarm,
+              "threads": args.threads, "block_size": args.block_size, "repeats": args.repeats, "rewarm": not args.no_rewarm,
               "machine": f"{host_cpu()}, {os.cpu_count()} cpus",
               "load_avg_1min": os.getloadavg()[0], "versions": versions,
               "matmul_peak_gflops": peak, "qlnumba_threads": qlnumba.config.get_num_threads(),
@@ -224,8 +229,8 @@ def main():
     if args.json:
         print(json.dumps(result))
         return
-    print(f"config {args.config}: B={B} T={T} E={E} H={H} float32, {args.threads} threads, "
-          f"median of {args.repeats}")
+    print(f"config {args.config}: B={B} T={T} E={E} H={H} float32, QL-LSTM's K={args.block_size}, "
+          f"{args.threads} threads, median of {args.repeats}")
     steal = result["steal_percent"]
     print(f"machine: {result['machine']}, load {result['load_avg_1min']:.2f}"
           + (f", CPU time stolen by the host while timing {steal:.1f}%" if steal is not None else "")

@@ -71,7 +71,7 @@ class QLLSTMClassifier(ClassifierMixin, BaseEstimator):
     num_layers : int, default 1
     block_size : int, default 32
         HGR-ASC block length K (the design card's default; on IMDB's reviews 4 scored
-        1.25 points higher, at about 85% of the speed: results/imdb.md).
+        1.25 points higher, at about the same speed: results/imdb.md).
     input : {"auto", "text", "ids", "features"}, default "auto"
         What X holds (see the module docstring).
     vocab_size : int, default 25000

@@ -176,7 +176,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
     Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's ns steps: column sc*B + j
     HU = np.empty((rows if psug else 0, B), dtype=h.dtype)   # z_t, this part's rows (QL-LSTM)
     n = Hp * B                                    # this part's values of z (QL-LSTM), c, h, m, a
-    brow, GAM, BET, Vs_p, Vm_p = part_params(b, gamma, beta, V_s, V_m, u0, u1, B, psug)
+    brow, GAM, BET, VSM, VSMk = part_params(b, gamma, beta, V_s, V_m, u0, u1, B, psug)
     z, ct = HU.reshape(HU.size), CT.reshape(n)    # flat views (contiguous)
     hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
     mt, at = MT[u0:u1].reshape(n), AT[u0:u1].reshape(n)   # this part's m and a, flat
@@ -216,7 +216,7 @@ def _infer_part(p, P, flags, HT, MT, AT, out, h, c, m, a, x, lengths, order, n0,
         barrier(flags, p, P, nbar)                # h_t complete; a complete for the closes
         if hgr:
             nbar = close_blocks(p, P, flags, nbar, MT, AT, SBLK, SBLK, SBLK, order, n0, nact, s,
-                                Vs_p, Vm_p, b_r, K, u0, u1, False)
+                                VSM, VSMk, b_r, K, u0, u1, False)
     # 3) final state of the rows that ran every step
     for j in range(nact):
         save_column(h, c, m, a, HT[steps % 2], CT, MT, AT, order[j], j, u0, u1, hgr)

@@ -108,7 +108,8 @@ def expand_units(A, u0, u1, B):
 def part_params(b, gamma, beta, V_s, V_m, u0, u1, B, psug):
     """The parameters a forward part reads per step, for units u0 .. u1: b in the packed row
     order of Up (NG*Hp,); γ and β expanded by ``expand_units`` (4, Hp*B) with psug; the
-    rows of V_s and V_m (Hp, H)."""
+    rows of V_s beside those of V_m, VSM (Hp, 2H) = [V_s[u0:u1] | V_m[u0:u1]], and VSM
+    packed for ``panel_gemm`` by B columns (a block close's one product)."""
     NG = 1 if psug else 4
     H, Hp = b.shape[0] // NG, u1 - u0
     brow = np.empty(NG * Hp, dtype=b.dtype)
@@ -116,7 +117,12 @@ def part_params(b, gamma, beta, V_s, V_m, u0, u1, B, psug):
         brow[k * Hp:(k + 1) * Hp] = b[k * H + u0:k * H + u1]
     GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), b.dtype)
     BET = expand_units(beta, u0, u1, B) if psug else np.empty((4, 1), b.dtype)
-    return (brow, GAM, BET, np.ascontiguousarray(V_s[u0:u1]), np.ascontiguousarray(V_m[u0:u1]))
+    Hv = V_s.shape[1]                             # H with hgr, 0 without (V_s empty)
+    VSM = np.empty((Hp if Hv else 0, 2 * Hv), dtype=b.dtype)
+    if Hv:
+        VSM[:, :Hv] = V_s[u0:u1]
+        VSM[:, Hv:] = V_m[u0:u1]
+    return brow, GAM, BET, VSM, pack_panels(VSM, B)
 
 
 @njit(**JIT)
@@ -159,7 +165,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
     Zflat = np.empty(rows * chunk * B, dtype=h.dtype)
     Zc = Zflat.reshape(rows, chunk * B)           # x W^T of the chunk's steps: column sc*B + j
     HU = np.empty((rows, B), dtype=h.dtype)       # z_t (psug: U h_{t-1} only, z goes to ZS)
-    brow, GAM, BET, Vs_p, Vm_p = part_params(b, gamma, beta, V_s, V_m, u0, u1, B, psug)
+    brow, GAM, BET, VSM, VSMk = part_params(b, gamma, beta, V_s, V_m, u0, u1, B, psug)
     hh = np.empty(n, dtype=h.dtype)               # h_t of this part's units
     mt, at = MT[u0:u1].reshape(n), AT[u0:u1].reshape(n)   # this part's m and a, flat
     nact = B
@@ -222,7 +228,7 @@ def _forward_part(p, P, flags, HT, MT, AT, out, h, c, m, a, XS, ZS, GS, CS, THS,
         barrier(flags, p, P, nbar)                # h_t complete; a complete for the closes
         if hgr:
             nbar = close_blocks(p, P, flags, nbar, MT, AT, SBLK, RBLK, MBLK, order, n0, nact, s,
-                                Vs_p, Vm_p, b_r, K, u0, u1, True)
+                                VSM, VSMk, b_r, K, u0, u1, True)
     # 3) final state of the rows that ran every step
     for j in range(nact):
         save_column(h, c, m, a, HT[steps % 2], CS[steps, u0:u1], MT, AT, order[j], j, u0, u1, hgr)
@@ -251,12 +257,13 @@ def publish_h(HTn, out, hh, mt, at, order, lengths, nact, s, u0, u1, hgr, revers
 
 @njit(**JIT)
 def close_blocks(p, P, flags, nbar, MT, AT, SBLK, RBLK, MBLK, order, n0, nact, s,
-                 Vs_p, Vm_p, b_r, K, u0, u1, save):
+                 VSM, VSMk, b_r, K, u0, u1, save):
     """The blocks that close after step s, this part's units of m and a; returns the barrier
     count.  Every unit of a and m must be complete (a barrier after the step).  With ``save``,
     s, r and the new m go to SBLK, RBLK, MBLK (backward's saves).
 
-    Shapes: MT, AT (H, B) unit-major; Vs_p, Vm_p (Hp, H) this part's rows of V_s, V_m.
+    Shapes: MT, AT (H, B) unit-major; VSM (Hp, 2H) this part's rows of V_s beside those of
+    V_m, VSMk VSM packed by ``part_params``.
     """
     H, B = MT.shape
     Hp = u1 - u0
@@ -268,36 +275,37 @@ def close_blocks(p, P, flags, nbar, MT, AT, SBLK, RBLK, MBLK, order, n0, nact, s
             nc += 1
     if nc == 0:
         return nbar
-    SC, MC = np.empty((H, nc), dtype=MT.dtype), np.empty((H, nc), dtype=MT.dtype)
-    for v in range(H):                            # every unit of the closing columns
-        av, mv, sv, mc = AT[v], MT[v], SC[v], MC[v]
+    SM = np.empty((2 * H, nc), dtype=MT.dtype)    # s over m: every unit of the closing columns
+    for v in range(H):
+        av, mv, sv, mc = AT[v], MT[v], SM[v], SM[H + v]
         for q in range(nc):
             sv[q] = av[cols[q]] / K                                   # s = a / K
             mc[q] = mv[cols[q]]
-    PC, QC = np.empty((Hp, nc), dtype=MT.dtype), np.empty((Hp, nc), dtype=MT.dtype)
-    np.dot(Vs_p, SC, PC)                          # this part's units of V_s s, V_m m
-    np.dot(Vm_p, MC, QC)
+    PC = np.empty((Hp, nc), dtype=MT.dtype)
+    panel_gemm(PC, VSMk, VSM, SM, False)          # this part's units of V_s s + V_m m
     nbar += 1
     barrier(flags, p, P, nbar)                    # every part has read a and m
-    r_new, m_new = np.empty(nc, dtype=MT.dtype), np.empty(nc, dtype=MT.dtype)
+    RN, MN = np.empty((Hp, nc), dtype=MT.dtype), np.empty((Hp, nc), dtype=MT.dtype)
     for i in range(Hp):
         u = u0 + i
-        pc, qc, sv, mc, br = PC[i], QC[i], SC[u], MC[u], b_r[u]
+        pc, sv, mc, br, rn, mn = PC[i], SM[u], SM[H + u], b_r[u], RN[i], MN[i]
         for q in range(nc):
-            r_new[q] = sigmoid(pc[q] + qc[q] + br)                    # r = σ(V_s s + V_m m + b_r)
+            rn[q] = sigmoid(pc[q] + br)                               # r = σ(V_s s + V_m m + b_r)
         for q in range(nc):
-            m_new[q] = r_new[q] * mc[q] + (1 - r_new[q]) * sv[q]      # m = r m + (1-r) s
+            mn[q] = rn[q] * mc[q] + (1 - rn[q]) * sv[q]               # m = r m + (1-r) s
         mv, av = MT[u], AT[u]
         for q in range(nc):
-            j = cols[q]
-            mv[j] = m_new[q]
-            av[j] = 0.0
-            if save:
-                row = order[j]
-                jb = (n0[row] + s + 1) // K - 1
-                SBLK[row, jb, u] = sv[q]
-                RBLK[row, jb, u] = r_new[q]
-                MBLK[row, jb + 1, u] = m_new[q]
+            mv[cols[q]] = mn[q]
+            av[cols[q]] = 0.0
+    if save:                                      # row by row: each row's units are contiguous
+        for q in range(nc):
+            row = order[cols[q]]
+            jb = (n0[row] + s + 1) // K - 1
+            srow, rrow, mrow = SBLK[row, jb, u0:u1], RBLK[row, jb, u0:u1], MBLK[row, jb + 1, u0:u1]
+            for i in range(Hp):
+                srow[i] = SM[u0 + i, q]
+                rrow[i] = RN[i, q]
+                mrow[i] = MN[i, q]
     return nbar
 
 
@@ -364,8 +372,12 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
     steps = lengths[order[0]]
     UCT = np.ascontiguousarray(U[:, u0:u1].T)     # (Hp, G): δh[units] = U[:, units]^T δz
     UCTk = pack_panels(UCT, B)
-    VmT = np.ascontiguousarray(V_m[:, u0:u1].T)   # (Hp, H): δm[units] += V_m[:, units]^T δp
-    VsT = np.ascontiguousarray(V_s[:, u0:u1].T)
+    Hv = V_s.shape[0]                             # H with hgr, 0 without (V_s empty)
+    VT = np.empty((2 * Hp if Hv else 0, Hv), dtype=dh.dtype)  # δm[units] += V_m[:, units]^T δp
+    if Hv:                                        # over δs[units] += V_s[:, units]^T δp:
+        VT[:Hp] = V_m[:, u0:u1].T                 # (2Hp, H), one product at a close
+        VT[Hp:] = V_s[:, u0:u1].T
+    VTk = pack_panels(VT, B)
     GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), dh.dtype)  # γ_k of each element
     DG = np.zeros((8, n), dtype=dh.dtype)         # δγ_k, δβ_k of each element, summed over B at the end
     DH = np.zeros((Hp, B), dtype=dh.dtype)        # the running δh, δc, δm, δa of this part's units;
@@ -382,7 +394,7 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
     DXf = np.empty(span * B * E, dtype=dh.dtype)      # δx of this part's steps of a span
     ones = np.ones((span * B, 1), dtype=dh.dtype)
     cols_close = np.empty(B, dtype=np.int64)
-    DMCf, DSCf = np.empty(Hp * B, dtype=dh.dtype), np.empty(Hp * B, dtype=dh.dtype)
+    DVf = np.empty(2 * Hp * B, dtype=dh.dtype)    # V_m^T δp over V_s^T δp, the closing columns
     nact = 0
     nbar = 0
     for s in range(steps - 1, -1, -1):
@@ -405,30 +417,30 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
                     nc += 1
         if nc > 0:
             DPc = DPT[:H * nc].reshape(H, nc)     # δp of every unit, the closing columns
-            for i in range(Hp):
-                u = u0 + i
-                for q in range(nc):
-                    j = cols_close[q]
-                    row = order[j]
-                    jb = (n0[row] + s + 1) // K - 1
-                    rr = RBLK[row, jb, u]
+            for q in range(nc):                   # row by row: each row's units are contiguous
+                j = cols_close[q]
+                row = order[j]
+                jb = (n0[row] + s + 1) // K - 1
+                rrow, mrow, srow = RBLK[row, jb, u0:u1], MBLK[row, jb, u0:u1], SBLK[row, jb, u0:u1]
+                dprow = DP[row, jb, u0:u1]
+                for i in range(Hp):
+                    rr = rrow[i]
                     dm_after = DM[i, j]                                   # δm' of m' = r m + (1-r) s
-                    dp = flush(dm_after * (MBLK[row, jb, u] - SBLK[row, jb, u]) * dsigmoid(rr))  # r = σ(p)
-                    DPc[u, q] = dp
-                    DP[row, jb, u] = dp
+                    dp = flush(dm_after * (mrow[i] - srow[i]) * dsigmoid(rr))   # r = σ(p)
+                    DPc[u0 + i, q] = dp
+                    dprow[i] = dp
                     DM[i, j] = dm_after * rr                              # + V_m^T δp below
                     DA[i, j] = dm_after * (1 - rr)                        # δs, + V_s^T δp below
             nbar += 1
             barrier(flags, p, P, nbar)            # every unit of δp written
-            DMC, DSC = DMCf[:Hp * nc].reshape(Hp, nc), DSCf[:Hp * nc].reshape(Hp, nc)
-            np.dot(VmT, DPc, DMC)
-            np.dot(VsT, DPc, DSC)
+            DV = DVf[:2 * Hp * nc].reshape(2 * Hp, nc)
+            panel_gemm(DV, VTk, VT, DPc, False)   # p = V_s s + V_m m + b_r, this part's units
             for i in range(Hp):
                 for q in range(nc):
                     j = cols_close[q]
-                    DM[i, j] = flush(DM[i, j] + DMC[i, q])          # the carries: see flush
+                    DM[i, j] = flush(DM[i, j] + DV[i, q])           # the carries: see flush
                     # s = a / K, and a restarted from 0 after the close: the running δa is replaced
-                    DA[i, j] = flush((DA[i, j] + DSC[i, q]) / K)
+                    DA[i, j] = flush((DA[i, j] + DV[Hp + i, q]) / K)
         # 2) the step itself, flat over this part's units of every column
         for j in range(nact):
             row = order[j]
