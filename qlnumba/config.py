@@ -12,8 +12,8 @@ fighting over the cores collapses speed.  How the work is split (``partition``):
 - ``"units"`` (QL-LSTM/LSTM layers, the default): each thread owns a slice of the
   hidden units of every row and the threads meet at a spin barrier every step
   (kernels/recurrent_units.py; one thread runs these kernels too, as one part).
-  Called from several Python threads at once, these kernels take turns
-  (``spin_region``).
+  Called from several Python threads at once, kernels on several threads take
+  turns where they would need more threads than there are (``threads_region``).
   Per-step products keep all B columns (sequences).  QL-LSTM inference splits rows instead where
   every thread gets 16 rows or more (``layers._QLCell._infer``: no barrier).
 - ``"rows"``: the rows of each batch are split into ``n`` blocks run side by side
@@ -175,18 +175,45 @@ def unit_blocks(hidden, align=8):
     return np.linspace(0, hidden, parts + 1).round().astype(np.int64)
 
 
-_spinning = threading.Lock()
+class _ThreadBudget:
+    """The Numba threads of the process, handed to kernels that run on several of them."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._busy = 0
+
+    @contextlib.contextmanager
+    def take(self, parts):
+        import numba
+        total = numba.config.NUMBA_NUM_THREADS
+        parts = min(parts, total)
+        with self._cond:
+            self._cond.wait_for(lambda: self._busy + parts <= total)
+            self._busy += parts
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy -= parts
+                self._cond.notify_all()
 
 
-def spin_region(bounds):
-    """The context to call a kernel in whose ``len(bounds) - 1`` parts meet at spin
-    barriers: with two parts or more, a process-wide lock, so that such kernels called
-    from several Python threads at once (the kernels release the GIL) run one after
-    the other.  Side by side they would put more spinning threads than cores: a
-    thread would wait for a part whose thread is not running, and two QL-LSTM
-    trainers on 2 threads each, on 2 cores, took 13.5x as long as one after the
-    other (thirty-seventh session).  One part never waits: no lock."""
-    return _spinning if len(bounds) > 2 else contextlib.nullcontext()
+_budget = _ThreadBudget()
+
+
+def threads_region(parts):
+    """The context to call a kernel in that runs on ``parts`` Numba threads.
+
+    The kernels release the GIL, so Python threads can call them at once.  Side by
+    side, kernels whose threads together outnumber Numba's threads (the cores, by
+    default) would share cores, and the spin barriers of the units partition then
+    wait for parts whose threads are not running: two QL-LSTM trainers on 2 threads
+    each, on 2 cores, took 13.5-24x as long side by side as one after the other
+    (thirty-seventh session).  A kernel on two parts or more waits here until that
+    many of the process's threads are free (on 16 cores, four kernels on 4 threads
+    still run side by side); one part, the serial kernels, never waits.
+    """
+    return _budget.take(parts) if parts > 1 else contextlib.nullcontext()
 
 
 def row_blocks(batch):

@@ -23,7 +23,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .config import row_blocks, spin_region, unit_blocks
+from .config import row_blocks, threads_region, unit_blocks
 from .kernels.dropout import dropout_backward, dropout_forward
 from .kernels.gru import gru_backward, gru_backward_split, gru_forward, gru_forward_split
 from .kernels.recurrent import (recurrent_backward, recurrent_backward_split, recurrent_forward,
@@ -107,7 +107,8 @@ def _run(serial, split, args, batch):
     ``_QLCell``.)"""
     bounds = row_blocks(batch)
     if len(bounds) > 2:
-        split(*args, bounds)
+        with threads_region(len(bounds) - 1):
+            split(*args, bounds)
     else:
         serial(*args)
 
@@ -224,7 +225,7 @@ class _QLCell:
                      MBLK=buf("MBLK", B, NB + 1 if self.hgr else 0, H), SBLK=buf("SBLK", B, NB, H),
                      RBLK=buf("RBLK", B, NB, H))
         n0 = st["n"].copy()
-        with spin_region(ubounds):
+        with threads_region(len(ubounds) - 1):
             recurrent_forward_units(out, st["h"], st["c"], st["m"], st["a"], st["n"],
                                     *saved.values(), x, lengths,
                                     *self._forward_params(), ubounds)
@@ -254,10 +255,11 @@ class _QLCell:
         parts = len(row_blocks(B)) - 1
         ubounds = unit_blocks(self.H)
         if ubounds is not None and not (self.psug and B >= INFER_ROWS_MIN * parts):
-            with spin_region(ubounds):
+            with threads_region(len(ubounds) - 1):
                 recurrent_infer_units(*args, ubounds)
         else:
-            recurrent_infer_rows(*args, parts)
+            with threads_region(parts):
+                recurrent_infer_rows(*args, parts)
         self.cache = None
         return out
 
@@ -276,7 +278,7 @@ class _QLCell:
 
     def _backward_units(self, dx, g, dout, dst):
         _, x, lengths, n0, saved, ubounds = self.cache
-        with spin_region(ubounds):
+        with threads_region(len(ubounds) - 1):
             recurrent_backward_units(dx, g("W", 2), g("U", 2), g("b", 1), g("gamma", 2),
                                      g("beta", 2), g("V_s", 2), g("V_m", 2), g("b_r", 1),
                                      dst["h"], dst["c"], dst["m"], dst["a"],

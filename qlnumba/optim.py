@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from .config import get_num_threads, row_blocks
+from .config import get_num_threads, row_blocks, threads_region
 from .kernels.adam import adam_step, adam_step_split, sum_of_squares, sum_of_squares_split
 from .validate import is_real
 
@@ -19,8 +19,15 @@ SPLIT_MIN = 1 << 16     # parameters of a tensor for which Adam's step and its n
 def global_norm(grads):
     """sqrt of the sum of squares of every gradient array (a large one summed in eight parts
     on every thread: the same result on any number of threads)."""
-    return math.sqrt(sum(sum_of_squares_split(g.reshape(-1)) if g.size >= SPLIT_MIN
-                         else sum_of_squares(g.reshape(-1)) for g in grads.values()))
+    import numba
+    total = 0.0
+    for g in grads.values():
+        if g.size >= SPLIT_MIN:
+            with threads_region(numba.get_num_threads()):
+                total += sum_of_squares_split(g.reshape(-1))
+        else:
+            total += sum_of_squares(g.reshape(-1))
+    return math.sqrt(total)
 
 
 def check_adam_constants(lr, betas, eps, weight_decay, clip_norm):
@@ -111,7 +118,9 @@ class Adam:
             args = (p.reshape(-1), self.m[k].reshape(-1), self.v[k].reshape(-1),
                     np.ascontiguousarray(grads[k]).reshape(-1), consts)
             if p.size >= SPLIT_MIN and get_num_threads() > 1:     # big tensors: every thread
-                adam_step_split(*args, row_blocks(p.size))
+                bounds = row_blocks(p.size)
+                with threads_region(len(bounds) - 1):
+                    adam_step_split(*args, bounds)
             else:
                 adam_step(*args)
         return norm

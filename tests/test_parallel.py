@@ -182,8 +182,9 @@ def test_layers_called_from_two_python_threads_take_turns_at_the_spin_barriers()
     """The kernels release the GIL, so two Python threads (a server scoring requests, two
     fits side by side) can run them at once.  Two spin-barrier kernels side by side put 4
     spinning threads on the 2 cores of the CI machine: the two trainers below took 24x as
-    long as one after the other.  config.spin_region makes them take turns (1.7-2.7x: the
-    rest of a step, its embedding, head and Adam, still runs side by side).  Results must
+    long as one after the other.  config.threads_region makes kernels on several threads
+    take turns where they would need more threads than there are (1.6-2.7x: the serial
+    kernels of a step, its embedding, head and dropout, still run side by side).  Results must
     be those of the trainers run alone; the time, well under that collapse."""
     import threading
     import time
@@ -226,3 +227,41 @@ def test_layers_called_from_two_python_threads_take_turns_at_the_spin_barriers()
             np.testing.assert_array_equal(m2.params[k], m1.params[k], err_msg=k)
     print(f"16 steps each: one after the other {one_after_other:.3f} s, side by side {side_by_side:.3f} s")
     assert side_by_side < 5 * one_after_other
+
+
+def test_threads_region_hands_out_numba_threads(monkeypatch):
+    """Kernels on 2 threads of 2 take turns; two on 1 thread each, or on 2 of 4, run side by
+    side; more parts than threads wait for all of them (never forever)."""
+    import threading
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
+
+    def overlap(parts_a, parts_b):
+        inside, release = threading.Event(), threading.Event()
+
+        def hold():
+            with config.threads_region(parts_a):
+                inside.set()
+                release.wait(5)
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert inside.wait(5)
+        entered = threading.Event()
+
+        def enter():
+            with config.threads_region(parts_b):
+                entered.set()
+        other = threading.Thread(target=enter)
+        other.start()
+        side_by_side = entered.wait(0.3)          # while the first still holds its threads
+        release.set()
+        holder.join()
+        other.join(5)
+        assert entered.is_set() and not other.is_alive() and config._budget._busy == 0
+        return side_by_side
+
+    assert not overlap(2, 2)
+    assert not overlap(2, 3)                      # 3 parts of 2 threads: both of them
+    assert overlap(1, 1)                          # serial kernels never wait
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 4)
+    assert overlap(2, 2)
+    assert not overlap(3, 2)
