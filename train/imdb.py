@@ -107,8 +107,8 @@ def new_optimizer(model, args, opt_state=None, path=None, epochs_done=0):
     ``opt_state`` (a resumed checkpoint's, read from ``path``, ``epochs_done`` epochs into its
     run) when there is one; ValueError where there is none and the run has trained."""
     from qlnumba.cli import new_adam
-    return new_adam(model, opt_state, path, epochs_done, lr=args.lr, weight_decay=args.weight_decay,
-                    clip_norm=args.clip or None)
+    return new_adam(model, opt_state, path, epochs_done, lr=args.lr,
+                    weight_decay=args.weight_decay, clip_norm=args.clip or None)
 
 
 def load_imdb_checkpoint(path, device):

@@ -10,7 +10,9 @@ computes its units' gates, cell and output, and waits at one spin barrier
 (``sync.barrier``) for the others before the next step reads the new h.  h
 (and, in backward, δz) alternate between two buffers, so one barrier per step is
 enough; a step where some block closes needs a second one (the close reads
-every unit of a and m before any thread updates its own).
+every unit of a and m before any thread updates its own).  A close's V_s s + V_m m
+is one product, [V_s | V_m] [s; m], on the tiles (backward: [V_m^T; V_s^T] δp),
+and its saves go row by row, each row's units contiguous (``close_blocks``).
 
 Unit-major: every per-step array holds one row of B values per hidden unit, one
 column per sequence, so a thread's units are one contiguous block of Hp*B values
