@@ -205,28 +205,32 @@ def test_layers_called_from_two_python_threads_take_turns_at_the_spin_barriers()
         for _ in range(steps):
             t.step(ids, lengths, y)
 
-    alone = [trainer() for _ in range(2)]
-    for _, t in alone:
-        train(t, 1)                                       # compiles
-    start = time.perf_counter()
-    for _, t in alone:
-        train(t, 16)
-    one_after_other = time.perf_counter() - start
-    side = [trainer() for _ in range(2)]
-    for _, t in side:
-        train(t, 1)
-    runs = [threading.Thread(target=train, args=(t, 16)) for _, t in side]
-    start = time.perf_counter()
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join()
-    side_by_side = time.perf_counter() - start
-    for (m1, _), (m2, _) in zip(alone, side):
+    def one_after_other(pair, steps):
+        start = time.perf_counter()
+        for _, t in pair:
+            train(t, steps)
+        return time.perf_counter() - start
+
+    def side_by_side(pair, steps):
+        runs = [threading.Thread(target=train, args=(t, steps)) for _, t in pair]
+        start = time.perf_counter()
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join()
+        return time.perf_counter() - start
+
+    alone, side = [trainer() for _ in range(2)], [trainer() for _ in range(2)]
+    one_after_other(alone, 1)                             # compiles
+    one_after_other(side, 1)
+    times = [(one_after_other(alone, 8), side_by_side(side, 8)) for _ in range(3)]
+    for (m1, _), (m2, _) in zip(alone, side):             # the same 25 steps each
         for k in m1.params:
             np.testing.assert_array_equal(m2.params[k], m1.params[k], err_msg=k)
-    print(f"16 steps each: one after the other {one_after_other:.3f} s, side by side {side_by_side:.3f} s")
-    assert side_by_side < 5 * one_after_other
+    print("8 steps each, one after the other / side by side (s):",
+          ", ".join(f"{a:.3f} / {b:.3f}" for a, b in times))
+    best_alone, best_side = min(a for a, _ in times), min(b for _, b in times)   # least noise
+    assert best_side < 5 * best_alone
 
 
 def test_threads_region_hands_out_numba_threads(monkeypatch):
