@@ -199,7 +199,8 @@ def main():
         versions["torch_imported_first"] = True
     tokens = B * T
     result = {"config": args.config, "B": B, "T": T, "E": E, "H": H, "dtype": "float32",
-              "threads": args.threads, "block_size": args.block_size, "repeats": args.repeats, "rewarm": not args.no_rewarm,
+              "threads": args.threads, "block_size": args.block_size, "repeats": args.repeats,
+              "rewarm": not args.no_rewarm,
               "machine": f"{host_cpu()}, {os.cpu_count()} cpus",
               "load_avg_1min": os.getloadavg()[0], "versions": versions,
               "matmul_peak_gflops": peak, "qlnumba_threads": qlnumba.config.get_num_threads(),

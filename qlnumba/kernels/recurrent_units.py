@@ -374,10 +374,12 @@ def _backward_part(p, P, flags, DZT, DZC, DPT, dx, dW, dU, db, dgamma, dbeta, dV
     steps = lengths[order[0]]
     UCT = np.ascontiguousarray(U[:, u0:u1].T)     # (Hp, G): δh[units] = U[:, units]^T δz
     UCTk = pack_panels(UCT, B)
-    Hv = V_s.shape[0]                             # H with hgr, 0 without (V_s empty)
-    VT = np.empty((2 * Hp if Hv else 0, Hv), dtype=dh.dtype)  # δm[units] += V_m[:, units]^T δp
-    if Hv:                                        # over δs[units] += V_s[:, units]^T δp:
-        VT[:Hp] = V_m[:, u0:u1].T                 # (2Hp, H), one product at a close
+    # V_m[:, units]^T over V_s[:, units]^T, (2Hp, H): at a close one product gives this
+    # part's δm += V_m^T δp and δs += V_s^T δp (hgr off: V_s is empty, and so is VT)
+    Hv = V_s.shape[0]
+    VT = np.empty((2 * Hp if Hv else 0, Hv), dtype=dh.dtype)
+    if Hv:
+        VT[:Hp] = V_m[:, u0:u1].T
         VT[Hp:] = V_s[:, u0:u1].T
     VTk = pack_panels(VT, B)
     GAM = expand_units(gamma, u0, u1, B) if psug else np.empty((4, 1), dh.dtype)  # γ_k of each element
